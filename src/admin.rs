@@ -1,0 +1,137 @@
+//! The tunnel's own HTTP endpoints: readiness (15021), Prometheus metrics (15020) and a local
+//! admin port (127.0.0.1:15000) with a dump of the mesh state for debugging.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::identity::SecretManager;
+use crate::metrics::Metrics;
+use crate::state::StateHandle;
+
+/// Shared view the endpoints read from.
+pub struct AdminState {
+    pub ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
+    pub state: StateHandle,
+    pub certs: Arc<SecretManager>,
+}
+
+impl AdminState {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint {
+    Readiness,
+    Metrics,
+    Admin,
+}
+
+/// Serves one endpoint family on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, endpoint: Endpoint, admin: Arc<AdminState>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(endpoint, &admin, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (endpoint, req.uri().path()) {
+        (Endpoint::Readiness, "/healthz/ready") => {
+            if admin.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Endpoint::Metrics, "/metrics") | (Endpoint::Metrics, "/stats/prometheus") => {
+            text(StatusCode::OK, admin.metrics.encode())
+        }
+        (Endpoint::Admin, "/config_dump") => {
+            let body = config_dump(admin).to_string();
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response parts are valid")
+        }
+        (Endpoint::Admin, "/") => text(StatusCode::OK, "endpoints: /config_dump\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn config_dump(admin: &AdminState) -> serde_json::Value {
+    let store = admin.state.read();
+    let mut workloads: Vec<_> = store
+        .workloads()
+        .map(|w| {
+            serde_json::json!({
+                "uid": w.uid,
+                "name": w.name,
+                "namespace": w.namespace,
+                "identity": w.identity().to_string(),
+                "workloadIps": w.workload_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                "protocol": format!("{:?}", w.protocol).to_uppercase(),
+                "node": w.node,
+                "network": w.network,
+                "services": w.services.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    workloads.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
+    let mut services: Vec<_> = store
+        .services()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "namespace": s.namespace,
+                "hostname": s.hostname,
+                "vips": s.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                "ports": s.ports.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+                "endpoints": store.endpoints(&s.key()).iter().map(|w| w.uid.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    services.sort_by(|a, b| a["hostname"].as_str().cmp(&b["hostname"].as_str()));
+    let certificates: Vec<String> = admin
+        .certs
+        .cached_identities()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    serde_json::json!({
+        "workloads": workloads,
+        "services": services,
+        "certificates": certificates,
+    })
+}

@@ -1,0 +1,210 @@
+//! Wiring: load config and certificates, bind the listeners, serve until a shutdown signal,
+//! then drain. Everything that can fail on bad input fails here, before the tunnel reports
+//! ready, so it never runs half-configured.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin::{self, AdminState, Endpoint};
+use crate::config::{CaSource, Config, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::hbone::pool::Pool;
+use crate::identity::manager::CertificateSource;
+use crate::identity::{CaError, LocalCa, ManagerError, SecretManager};
+use crate::metrics::Metrics;
+use crate::proxy::{inbound, inbound_plain, outbound, ProxyInputs, Scope};
+use crate::socket::{SocketFactory, TUNNEL_MARK};
+use crate::state::{self, Defaults, LoadError, StateHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("config file: {0}")]
+    Config(#[from] LoadError),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+    #[error("certificate for {identity}: {source}")]
+    Certificate {
+        identity: String,
+        source: Box<ManagerError>,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start the admin thread: {0}")]
+    AdminThread(std::io::Error),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the tunnel until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let config = Arc::new(config);
+    let defaults = Defaults {
+        trust_domain: config.trust_domain.clone(),
+        cluster_id: config.cluster_id.clone(),
+    };
+    let path = config
+        .local_xds_path
+        .clone()
+        .expect("Config::from_env requires a config source");
+    let loaded = state::load_file(&path, &defaults)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let state = StateHandle::new(loaded.store);
+
+    let ca = match &config.ca {
+        CaSource::Fake => LocalCa::generate(&config.trust_domain)?,
+        CaSource::LocalDir(dir) => LocalCa::load(dir)?,
+    };
+    let certs = SecretManager::new(CertificateSource::Local(Arc::new(ca)), config.secret_ttl);
+    let scope = Scope {
+        node: config.node_name.clone(),
+        workload: config.proxy_workload_info.clone(),
+    };
+    // Issue the local workloads' certificates now: a broken CA shows up at start, not on the
+    // first connection.
+    let local_identities: std::collections::BTreeSet<_> = state
+        .read()
+        .workloads()
+        .filter(|w| scope.serves(w))
+        .map(|w| w.identity())
+        .collect();
+    for identity in &local_identities {
+        certs
+            .fetch(identity)
+            .await
+            .map_err(|source| AppError::Certificate {
+                identity: identity.to_string(),
+                source: Box::new(source),
+            })?;
+    }
+    tracing::info!(
+        config = %path.display(),
+        workloads = state.read().workloads().count(),
+        local_workloads = state.read().workloads().filter(|w| scope.serves(w)).count(),
+        identities = local_identities.len(),
+        node = config.node_name.as_deref().unwrap_or("-"),
+        "mesh state loaded"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let admin = Arc::new(AdminState {
+        ready: AtomicBool::new(false),
+        metrics: metrics.clone(),
+        state: state.clone(),
+        certs: certs.clone(),
+    });
+    start_admin_thread(&config, admin.clone())?;
+
+    let pi = Arc::new(ProxyInputs {
+        config: config.clone(),
+        state,
+        certs,
+        pool: Pool::new(config.pool.clone()),
+        sockets: SocketFactory::current(Some(TUNNEL_MARK)),
+        metrics: metrics.clone(),
+        scope,
+    });
+    let listeners = SocketFactory::current(None);
+    let bind = |port: u16, what: &'static str| {
+        let addr = SocketAddr::new(config.bind_ip, port);
+        listeners
+            .listen(addr)
+            .map_err(|source| AppError::Bind { addr, what, source })
+    };
+    let outbound_listener = bind(OUTBOUND_PORT, "outbound capture")?;
+    let plaintext_listener = bind(INBOUND_PLAINTEXT_PORT, "inbound plaintext")?;
+    let hbone_listener = bind(HBONE_PORT, "inbound HBONE")?;
+    let tasks = [
+        tokio::spawn(outbound::run(pi.clone(), outbound_listener)),
+        tokio::spawn(inbound_plain::run(pi.clone(), plaintext_listener)),
+        tokio::spawn(inbound::run(pi.clone(), hbone_listener)),
+    ];
+    admin.set_ready(true);
+    tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
+
+    wait_for_shutdown_signal().await?;
+    admin.set_ready(false);
+    for task in &tasks {
+        task.abort();
+    }
+    drain(&metrics, config.drain_timeout).await;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    Ok(())
+}
+
+/// Lets live connections finish, up to `timeout`.
+async fn drain(metrics: &Metrics, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while metrics.active_connections.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = metrics.active_connections.get();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain timeout reached; closing remaining connections"
+        );
+    }
+}
+
+/// Readiness, metrics and admin run on their own thread and runtime, so a slow scrape or a
+/// large config dump never competes with the data path's workers.
+fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), AppError> {
+    let mut bound = Vec::new();
+    for (addr, endpoint, what) in [
+        (config.readiness_addr, Endpoint::Readiness, "readiness"),
+        (config.metrics_addr, Endpoint::Metrics, "metrics"),
+        (config.admin_addr, Endpoint::Admin, "admin"),
+    ] {
+        let listener = SocketFactory::current(None)
+            .listen(addr)
+            .map_err(|source| AppError::Bind { addr, what, source })?
+            .into_std()
+            .map_err(|source| AppError::Bind { addr, what, source })?;
+        bound.push((listener, endpoint));
+    }
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin runtime failed to start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut tasks = Vec::new();
+                for (listener, endpoint) in bound {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => tasks.push(tokio::spawn(admin::serve(l, endpoint, admin.clone()))),
+                        Err(e) => tracing::error!(error = %e, ?endpoint, "admin listener unusable"),
+                    }
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })
+        .map_err(AppError::AdminThread)?;
+    Ok(())
+}

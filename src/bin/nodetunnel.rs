@@ -1,0 +1,98 @@
+//! `nodetunnel`: the node tunnel daemon, plus `generate-ca` to create a shared mesh root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Per-node HBONE tunnel for ambient service mesh (configured by environment variables; see README)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new mesh root CA in Istio's plug-in CA file layout (for LOCAL_CA_DIR).
+    GenerateCa {
+        /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::GenerateCa { dir, trust_domain }) => generate_ca(&dir, &trust_domain),
+        None => run_daemon(),
+    }
+}
+
+fn generate_ca(dir: &std::path::Path, trust_domain: &str) -> ExitCode {
+    let result = std::fs::create_dir_all(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))
+        .and_then(|_| {
+            nodetunnel::identity::LocalCa::generate(trust_domain).map_err(|e| e.to_string())
+        })
+        .and_then(|ca| ca.write(dir).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "wrote a new root CA for trust domain {trust_domain} to {}",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon() -> ExitCode {
+    let config = match nodetunnel::config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workers = std::env::var("WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(nodetunnel::app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3.
+//!
+//! `client` opens mTLS HTTP/2 connections and CONNECT streams on them, `pool` shares those
+//! connections between streams of the same source identity, `server` terminates them, and
+//! `stream` makes one CONNECT stream look like a byte stream to the copy loop.
+
+pub mod client;
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+/// HTTP/2 settings used on both ends. Large windows keep a single stream from stalling on
+/// flow control across a high bandwidth-delay path; frames up to 1 MiB cut per-frame overhead.
+pub(crate) mod settings {
+    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+    /// Streams a server accepts on one connection; clients cap themselves lower (pool config).
+    pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 1000;
+}

@@ -1,0 +1,160 @@
+//! Client side of HBONE: an mTLS HTTP/2 connection to a peer tunnel's 15008, and CONNECT
+//! streams opened on it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::settings;
+use super::stream::H2Stream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {addr} did not negotiate ALPN h2")]
+    NoH2 { addr: SocketAddr },
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: h2::Error },
+    #[error("HTTP/2 stream to {authority}: {source}")]
+    Stream {
+        authority: SocketAddr,
+        source: h2::Error,
+    },
+    #[error("peer refused CONNECT to {authority} with HTTP {status}")]
+    Refused {
+        authority: SocketAddr,
+        status: StatusCode,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// One established HBONE connection. Cloning the handle is cheap; the connection closes when
+/// the last handle is dropped and its streams have finished.
+#[derive(Clone)]
+pub struct Connection {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+    pub peer: SocketAddr,
+}
+
+impl Connection {
+    /// True once the connection task has ended (peer went away, GOAWAY, I/O error).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Opens a CONNECT stream to `authority` (the destination workload's `ip:port`).
+    pub async fn connect_stream(
+        &self,
+        authority: SocketAddr,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<H2Stream, ClientError> {
+        let stream_err = |source| ClientError::Stream { authority, source };
+        let mut send = self.send.clone().ready().await.map_err(stream_err)?;
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.to_string());
+        if let Some(ip) = forwarded_for {
+            request = request.header("forwarded", format!("for={}", forwarded_value(ip)));
+        }
+        let request = request
+            .body(())
+            .expect("a CONNECT request to a socket address is always valid");
+        let (response, send_stream) = send.send_request(request, false).map_err(stream_err)?;
+        let response = response.await.map_err(stream_err)?;
+        if response.status() != StatusCode::OK {
+            return Err(ClientError::Refused {
+                authority,
+                status: response.status(),
+            });
+        }
+        Ok(H2Stream::new(send_stream, response.into_body()))
+    }
+}
+
+/// RFC 7239: IPv6 addresses are quoted and bracketed.
+fn forwarded_value(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Runs TLS and the HTTP/2 handshake over an already connected socket.
+pub async fn handshake(
+    tcp: TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Connection, ClientError> {
+    let addr = tcp.peer_addr().map_err(|source| ClientError::Connect {
+        addr: ([0, 0, 0, 0], 0).into(),
+        source,
+    })?;
+    let server_name = ServerName::IpAddress(addr.ip().to_canonical().into());
+    let tls_stream = TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|source| ClientError::Tls { addr, source })?;
+    if tls_stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(ClientError::NoH2 { addr });
+    }
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(settings::STREAM_WINDOW)
+        .initial_connection_window_size(settings::CONNECTION_WINDOW)
+        .max_frame_size(settings::MAX_FRAME_SIZE)
+        .handshake::<_, Bytes>(tls_stream)
+        .await
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    Ok(spawn_driver(send, connection, addr))
+}
+
+/// Runs the HTTP/2 handshake over any byte stream, without TLS (used by tests of the pool).
+pub async fn handshake_plain<T>(io: T, addr: SocketAddr) -> Result<Connection, ClientError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    Ok(spawn_driver(send, connection, addr))
+}
+
+fn spawn_driver<T>(
+    send: SendRequest<Bytes>,
+    connection: h2::client::Connection<T, Bytes>,
+    addr: SocketAddr,
+) -> Connection
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(peer = %addr, error = %e, "HBONE connection ended with an error");
+        }
+        flag.store(true, Ordering::Release);
+    });
+    Connection {
+        send,
+        closed,
+        peer: addr,
+    }
+}

@@ -1,0 +1,887 @@
+//! An in-process certificate authority.
+//!
+//! Two uses: with `FAKE_CA=true` the tunnel mints a throwaway root at start-up ([`LocalCa::generate`]);
+//! otherwise it can load Istio's plug-in CA files ([`LocalCa::load`]) so its certificates chain to
+//! the same root as the rest of the mesh. Either way it signs CSRs for workload identities the way
+//! istiod does: the identity comes from the caller, never from the CSR.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::Identity;
+
+/// Istio's plug-in CA file names (`cacerts` secret keys).
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+
+/// How far issued certificates are back-dated, so peers with a slightly slow clock accept them.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("required CA file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot read CA file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not usable PEM: {reason}")]
+    NotPem { path: PathBuf, reason: String },
+    #[error("{path}: certificate cannot be parsed: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error("{path} is not a CA certificate (basic constraints lack CA=true)")]
+    NotCa { path: PathBuf },
+    #[error("{path}: private key cannot be loaded: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("{cert} (with {chain}) does not chain to a root in {root}: {reason}")]
+    Untrusted {
+        cert: PathBuf,
+        chain: PathBuf,
+        root: PathBuf,
+        reason: String,
+    },
+    #[error("cannot write CA file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("generating the CA certificate failed: {0}")]
+    Generate(rcgen::Error),
+    #[error("certificate signing request rejected: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("certificate lifetime must be positive, got {0:?}")]
+    BadTtl(Duration),
+    #[error("signing a certificate for {identity} failed: {source}")]
+    Sign {
+        identity: String,
+        source: rcgen::Error,
+    },
+}
+
+/// An in-process CA: a signing key + certificate, the chain above it and the trusted roots.
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// PEM of the signing key, kept only so [`LocalCa::write`] can persist it.
+    key_pem: String,
+    signing_cert: CertificateDer<'static>,
+    /// Certificates between an issued leaf and the root: the signing cert and any intermediates
+    /// above it. Empty when the signing cert is itself a root.
+    intermediates: Vec<CertificateDer<'static>>,
+    /// Every certificate in `root-cert.pem` (more than one during a root rotation).
+    roots: Vec<CertificateDer<'static>>,
+    /// The root the intermediates end in; it closes every issued chain.
+    chain_root: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("intermediates", &self.intermediates.len())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCa {
+    /// A throwaway self-signed ECDSA P-256 root for `trust_domain` (FAKE_CA).
+    pub fn generate(trust_domain: &str) -> Result<LocalCa, CaError> {
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "nodetunnel");
+        dn.push(
+            DnType::CommonName,
+            format!("nodetunnel root for {trust_domain}"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+        let cert = params.self_signed(&key).map_err(CaError::Generate)?;
+        let der = cert.der().clone();
+        Ok(LocalCa {
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+            signing_cert: der.clone(),
+            intermediates: Vec::new(),
+            roots: vec![der.clone()],
+            chain_root: der,
+        })
+    }
+
+    /// Loads Istio's plug-in CA files from `dir`; see the `*_FILE` constants.
+    ///
+    /// `ca-key.pem` may be PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`): Istio's
+    /// samples and `openssl` tooling produce the latter two, rcgen+ring only take PKCS#8, so they
+    /// are re-wrapped. The files are checked together (key matches cert, chain reaches a root) so
+    /// a broken secret fails at start-up naming the file, not at the first handshake.
+    pub fn load(dir: &Path) -> Result<LocalCa, CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let root_path = dir.join(ROOT_CERT_FILE);
+        let chain_path = dir.join(CERT_CHAIN_FILE);
+
+        let signing_cert = read_certs(&cert_path)?.remove(0);
+        let parsed = parse_cert(&cert_path, &signing_cert)?;
+        if !parsed.is_ca() {
+            return Err(CaError::NotCa { path: cert_path });
+        }
+        let key = load_key(&key_path, &cert_path, &parsed)?;
+        let key_pem = key.serialize_pem();
+        let issuer =
+            Issuer::from_ca_cert_der(&signing_cert, key).map_err(|e| CaError::BadCert {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+
+        let roots = read_certs(&root_path)?;
+        for root in &roots {
+            parse_cert(&root_path, root)?;
+        }
+        let chain = match fs::metadata(&chain_path) {
+            Ok(_) => read_certs(&chain_path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(CaError::Read {
+                    path: chain_path,
+                    source,
+                })
+            }
+        };
+        // Istio's cert-chain.pem normally starts with ca-cert and may or may not end with the
+        // root; accept both layouts by rebuilding "signing cert, intermediates" without roots.
+        let mut intermediates = Vec::new();
+        for cert in std::iter::once(&signing_cert).chain(chain.iter()) {
+            parse_cert(&chain_path, cert)?;
+            if !roots.contains(cert) && !intermediates.contains(cert) {
+                intermediates.push(cert.clone());
+            }
+        }
+        let top = intermediates.last().unwrap_or(&signing_cert);
+        let chain_root = issuing_root(top, &roots).clone();
+
+        let ca = LocalCa {
+            issuer,
+            key_pem,
+            signing_cert,
+            intermediates,
+            roots,
+            chain_root,
+        };
+        ca.check_chain().map_err(|reason| CaError::Untrusted {
+            cert: cert_path,
+            chain: chain_path,
+            root: root_path,
+            reason,
+        })?;
+        Ok(ca)
+    }
+
+    /// Writes the four plug-in files to `dir` (created if needed), the key with mode 0600, so
+    /// several tunnels (or tests) can share one root via [`LocalCa::load`].
+    pub fn write(&self, dir: &Path) -> Result<(), CaError> {
+        fs::create_dir_all(dir).map_err(|source| CaError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let chain: Vec<_> = self
+            .intermediates
+            .iter()
+            .chain(self.intermediates.is_empty().then_some(&self.signing_cert))
+            .cloned()
+            .collect();
+        write_file(
+            &dir.join(CA_CERT_FILE),
+            &certs_pem(std::slice::from_ref(&self.signing_cert)),
+            0o644,
+        )?;
+        write_file(&dir.join(CERT_CHAIN_FILE), &certs_pem(&chain), 0o644)?;
+        write_file(&dir.join(ROOT_CERT_FILE), &self.root_pem(), 0o644)?;
+        write_file(&dir.join(CA_KEY_FILE), &self.key_pem, 0o600)
+    }
+
+    /// Signs `csr_der` for `identity`, valid from one minute ago for `ttl`.
+    ///
+    /// Only the CSR's public key (and its self-signature) is used: the subject and SANs it asks
+    /// for are ignored, because the caller has already decided which identity the requester may
+    /// hold. Returns leaf, intermediates, root — Istio's `cert_chain` order.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        if ttl.is_zero() {
+            return Err(CaError::BadTtl(ttl));
+        }
+        let csr =
+            CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(CaError::BadCsr)?;
+        let sign_err = |source| CaError::Sign {
+            identity: identity.to_string(),
+            source,
+        };
+        let uri = identity.to_string().try_into().map_err(sign_err)?;
+        let mut params = CertificateParams::default();
+        // Istio leaves the subject empty; rcgen then marks the SAN extension critical (RFC 5280).
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ttl).into();
+        let leaf = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(sign_err)?;
+
+        let mut chain = Vec::with_capacity(self.intermediates.len() + 2);
+        chain.push(leaf.der().clone());
+        chain.extend(self.intermediates.iter().cloned());
+        chain.push(self.chain_root.clone());
+        Ok(chain)
+    }
+
+    /// The trust anchors peers' certificates must chain to.
+    pub fn root_certs(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.clone()
+    }
+
+    /// `root-cert.pem` contents.
+    pub fn root_pem(&self) -> String {
+        certs_pem(&self.roots)
+    }
+
+    /// Issues a throwaway leaf and verifies it against the roots with webpki, exactly as a peer
+    /// would, so a CA whose files don't fit together is refused when loaded.
+    fn check_chain(&self) -> Result<(), String> {
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| e.to_string())?;
+        let probe = Identity::new("probe.invalid", "probe", "probe");
+        let chain = self
+            .sign_csr(csr.der(), &probe, Duration::from_secs(60))
+            .map_err(|e| e.to_string())?;
+        let mut store = rustls::RootCertStore::empty();
+        for root in &self.roots {
+            store.add(root.clone()).map_err(|e| e.to_string())?;
+        }
+        let leaf =
+            rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| e.to_string())?;
+        let provider = rustls::crypto::ring::default_provider();
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &leaf,
+            &store,
+            &chain[1..],
+            UnixTime::now(),
+            provider.signature_verification_algorithms.all,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// A positive random serial of 16 bytes (RFC 5280 allows up to 20).
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // never a leading zero byte, so the encoding stays 16 bytes
+    SerialNumber::from_slice(&bytes)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, CaError> {
+    fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => CaError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => CaError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// All CERTIFICATE blocks of a PEM file; at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let bytes = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::NotPem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CaError::NotPem {
+            path: path.to_path_buf(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn parse_cert<'a>(
+    path: &Path,
+    der: &'a CertificateDer<'_>,
+) -> Result<X509Certificate<'a>, CaError> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| CaError::BadCert {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// Loads the signing key and checks it belongs to `cert` (parsed from `cert_path`).
+fn load_key(
+    key_path: &Path,
+    cert_path: &Path,
+    cert: &X509Certificate<'_>,
+) -> Result<KeyPair, CaError> {
+    let bytes = read_file(key_path)?;
+    let bad_key = |reason: String| CaError::BadKey {
+        path: key_path.to_path_buf(),
+        reason,
+    };
+    let mismatch = || CaError::KeyMismatch {
+        key: key_path.to_path_buf(),
+        cert: cert_path.to_path_buf(),
+    };
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| CaError::NotPem {
+        path: key_path.to_path_buf(),
+        reason: format!("no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block ({e})"),
+    })?;
+    let spki = cert.public_key();
+    let pkcs8 = match &key {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(k) => pkcs8_wrap(
+            &der_tlv(0x30, &[OID_RSA_ENCRYPTION, &[0x05, 0x00]].concat()),
+            k.secret_pkcs1_der(),
+        ),
+        PrivateKeyDer::Sec1(k) => {
+            // SEC1 may omit the curve; the certificate's SPKI names it (and must, to match).
+            if spki.algorithm.algorithm.as_bytes() != &OID_EC_PUBLIC_KEY[2..] {
+                return Err(mismatch());
+            }
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .ok_or_else(|| bad_key("certificate's EC key names no curve".into()))?;
+            let alg = [OID_EC_PUBLIC_KEY, &der_tlv(0x06, curve.as_bytes())].concat();
+            pkcs8_wrap(&der_tlv(0x30, &alg), k.secret_sec1_der())
+        }
+        _ => return Err(bad_key("unsupported private key encoding".into())),
+    };
+    let key =
+        KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8)).map_err(|e| bad_key(e.to_string()))?;
+    if key.public_key_raw() != spki.subject_public_key.data.as_ref() {
+        return Err(mismatch());
+    }
+    Ok(key)
+}
+
+/// DER of `1.2.840.10045.2.1` (id-ecPublicKey) with its tag and length.
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// DER of `1.2.840.113549.1.1.1` (rsaEncryption) with its tag and length.
+const OID_RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+
+/// PKCS#8 `PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }` around a raw key.
+fn pkcs8_wrap(algorithm: &[u8], private_key: &[u8]) -> Vec<u8> {
+    let body = [
+        &[0x02, 0x01, 0x00][..],
+        algorithm,
+        &der_tlv(0x04, private_key),
+    ]
+    .concat();
+    der_tlv(0x30, &body)
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The root whose subject is `cert`'s issuer; the first root if none matches (the trust check
+/// in [`LocalCa::load`] then reports the real problem).
+fn issuing_root<'a>(
+    cert: &CertificateDer<'_>,
+    roots: &'a [CertificateDer<'static>],
+) -> &'a CertificateDer<'static> {
+    let issuer = X509Certificate::from_der(cert).map(|(_, c)| c.issuer().as_raw().to_vec());
+    roots
+        .iter()
+        .find(|root| match (&issuer, X509Certificate::from_der(root)) {
+            (Ok(issuer), Ok((_, root))) => root.subject().as_raw() == issuer.as_slice(),
+            _ => false,
+        })
+        .unwrap_or(&roots[0])
+}
+
+fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
+    certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
+}
+
+/// RFC 7468 PEM: base64 in 64-column lines between BEGIN/END markers.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    // `mode` only applies to new files; an existing key file must not stay world-readable.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::CertifiedIssuer;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::GeneralName;
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "default", sa)
+    }
+
+    /// A CSR for a fresh key that asks for `sans` (and a subject) the CA must ignore.
+    fn csr(sans: Vec<SanType>) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn uri_sans(der: &CertificateDer<'_>) -> Vec<String> {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        cert.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => u.to_string(),
+                other => panic!("unexpected SAN {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Verifies `chain` (leaf first) against `roots` exactly as a TLS peer would.
+    fn verify(
+        chain: &[CertificateDer<'static>],
+        roots: &[CertificateDer<'static>],
+    ) -> Result<(), rustls::Error> {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).unwrap();
+        }
+        let leaf = rustls::server::ParsedCertificate::try_from(&chain[0])?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &leaf,
+            &store,
+            &chain[1..],
+            UnixTime::now(),
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .all,
+        )
+    }
+
+    fn load_err(dir: &Path) -> CaError {
+        LocalCa::load(dir).expect_err("load should fail")
+    }
+
+    #[test]
+    fn generate_write_load_round_trip() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        ca.write(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for file in [CA_CERT_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE] {
+            assert_eq!(
+                fs::read_to_string(dir.path().join(file)).unwrap(),
+                ca.root_pem(),
+                "{file}"
+            );
+        }
+
+        let loaded = LocalCa::load(dir.path()).unwrap();
+        assert_eq!(loaded.root_certs(), ca.root_certs());
+        let chain = loaded
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1], ca.root_certs()[0]);
+        verify(&chain, &ca.root_certs()).unwrap();
+
+        // Writing the loaded CA again reproduces files it loads from.
+        let again = tempfile::tempdir().unwrap();
+        loaded.write(again.path()).unwrap();
+        assert_eq!(
+            LocalCa::load(again.path()).unwrap().root_certs(),
+            ca.root_certs()
+        );
+    }
+
+    #[test]
+    fn leaf_carries_only_the_given_identity() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let asked = csr(vec![
+            SanType::DnsName("evil.example".try_into().unwrap()),
+            SanType::URI(
+                "spiffe://cluster.local/ns/kube-system/sa/admin"
+                    .try_into()
+                    .unwrap(),
+            ),
+        ]);
+        let ttl = Duration::from_secs(3600);
+        let chain = ca.sign_csr(&asked, &id("a"), ttl).unwrap();
+        assert_eq!(uri_sans(&chain[0]), vec![id("a").to_string()]);
+
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+        assert!(!leaf.is_ca());
+        assert!(
+            leaf.subject().as_raw().len() <= 2,
+            "subject should be empty: {}",
+            leaf.subject()
+        );
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let ku = leaf.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let not_before = leaf.validity().not_before.timestamp();
+        let not_after = leaf.validity().not_after.timestamp();
+        assert!(
+            (now - 62..=now - 58).contains(&not_before),
+            "not_before {not_before} now {now}"
+        );
+        assert!(
+            (now + 3598..=now + 3601).contains(&not_after),
+            "not_after {not_after} now {now}"
+        );
+        verify(&chain, &ca.root_certs()).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_csr_and_zero_ttl() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let mut tampered = csr(vec![]);
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0xff; // breaks the CSR's self-signature
+        assert!(matches!(
+            ca.sign_csr(&tampered, &id("a"), Duration::from_secs(60)),
+            Err(CaError::BadCsr(_))
+        ));
+        assert!(matches!(
+            ca.sign_csr(b"junk", &id("a"), Duration::from_secs(60)),
+            Err(CaError::BadCsr(_))
+        ));
+        assert!(matches!(
+            ca.sign_csr(&csr(vec![]), &id("a"), Duration::ZERO),
+            Err(CaError::BadTtl(_))
+        ));
+    }
+
+    /// Root → intermediate plug-in layout: ca-cert is the intermediate, cert-chain holds
+    /// intermediate + root.
+    #[test]
+    fn chain_order_with_intermediate() {
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::default();
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, "test root");
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let root = CertifiedIssuer::self_signed(root_params, root_key).unwrap();
+
+        let int_key = KeyPair::generate().unwrap();
+        let int_key_pem = int_key.serialize_pem();
+        let mut int_params = CertificateParams::default();
+        int_params
+            .distinguished_name
+            .push(DnType::CommonName, "test intermediate");
+        int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let int = int_params.signed_by(&int_key, &root).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, pem: &str| fs::write(dir.path().join(name), pem).unwrap();
+        put(CA_CERT_FILE, &int.pem());
+        put(CA_KEY_FILE, &int_key_pem);
+        put(ROOT_CERT_FILE, &root.pem());
+        put(CERT_CHAIN_FILE, &format!("{}{}", int.pem(), root.pem()));
+
+        let ca = LocalCa::load(dir.path()).unwrap();
+        let chain = ca
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(chain.len(), 3);
+        assert_eq!(&chain[1], int.der());
+        assert_eq!(&chain[2], root.der());
+        verify(&chain, &ca.root_certs()).unwrap();
+        // Without the intermediate, the leaf does not verify: the chain really needs it.
+        assert!(verify(&[chain[0].clone()], &ca.root_certs()).is_err());
+
+        // cert-chain.pem is optional: the intermediate comes from ca-cert.pem.
+        fs::remove_file(dir.path().join(CERT_CHAIN_FILE)).unwrap();
+        let chain = LocalCa::load(dir.path())
+            .unwrap()
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(chain.len(), 3);
+        verify(&chain, &ca.root_certs()).unwrap();
+
+        // A root that did not sign the intermediate is refused at load time.
+        let other = LocalCa::generate("cluster.local").unwrap();
+        put(ROOT_CERT_FILE, &other.root_pem());
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::Untrusted { ref root, .. } if root.ends_with(ROOT_CERT_FILE)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::Missing { ref path } if path.ends_with(CA_CERT_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains(CA_CERT_FILE));
+
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        ca.write(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(ROOT_CERT_FILE)).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::Missing { ref path } if path.ends_with(ROOT_CERT_FILE)),
+            "{err}"
+        );
+
+        ca.write(dir.path()).unwrap();
+        fs::write(dir.path().join(CA_CERT_FILE), "not a certificate").unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::NotPem { ref path, .. } if path.ends_with(CA_CERT_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains(CA_CERT_FILE), "{err}");
+
+        ca.write(dir.path()).unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), "garbage").unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::NotPem { ref path, .. } if path.ends_with(CA_KEY_FILE)),
+            "{err}"
+        );
+
+        let other = LocalCa::generate("cluster.local").unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), &other.key_pem).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::KeyMismatch { ref key, .. } if key.ends_with(CA_KEY_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains(CA_KEY_FILE) && err.to_string().contains(CA_CERT_FILE));
+
+        // A leaf certificate is no CA.
+        ca.write(dir.path()).unwrap();
+        let leaf = ca
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(60))
+            .unwrap();
+        fs::write(dir.path().join(CA_CERT_FILE), certs_pem(&leaf[..1])).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            matches!(err, CaError::NotCa { ref path } if path.ends_with(CA_CERT_FILE)),
+            "{err}"
+        );
+    }
+
+    /// `openssl ecparam -genkey` style SEC1 keys load too.
+    #[test]
+    fn loads_sec1_ec_key() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        ca.write(dir.path()).unwrap();
+        // PKCS#8 is SEQUENCE { version, algorithm, OCTET STRING { SEC1 ECPrivateKey } }.
+        let pkcs8 = PrivateKeyDer::from_pem_slice(ca.key_pem.as_bytes()).unwrap();
+        let (_, info) = x509_parser::der_parser::parse_der(pkcs8.secret_der()).unwrap();
+        let sec1 = info.as_sequence().unwrap()[2].as_slice().unwrap();
+        fs::write(
+            dir.path().join(CA_KEY_FILE),
+            pem_encode("EC PRIVATE KEY", sec1),
+        )
+        .unwrap();
+        let loaded = LocalCa::load(dir.path()).unwrap();
+        let chain = loaded
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(60))
+            .unwrap();
+        verify(&chain, &ca.root_certs()).unwrap();
+    }
+
+    /// Istio's sample plug-in certs use PKCS#1 RSA keys; this fixture was made with
+    /// `openssl genrsa -traditional 2048` and a self-signed CA cert valid until 2126.
+    #[test]
+    fn loads_pkcs1_rsa_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(CA_CERT_FILE), RSA_CA_CERT).unwrap();
+        fs::write(dir.path().join(ROOT_CERT_FILE), RSA_CA_CERT).unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), RSA_CA_KEY).unwrap();
+        let ca = LocalCa::load(dir.path()).unwrap();
+        let chain = ca
+            .sign_csr(&csr(vec![]), &id("a"), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(uri_sans(&chain[0]), vec![id("a").to_string()]);
+        verify(&chain, &ca.root_certs()).unwrap();
+    }
+
+    #[test]
+    fn pem_encoding_round_trips() {
+        for len in 1..70 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let pem = pem_encode("CERTIFICATE", &data);
+            assert!(pem.lines().all(|line| line.len() <= 64), "{pem}");
+            let decoded = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            assert_eq!(decoded.as_ref(), data.as_slice(), "len {len}");
+        }
+    }
+
+    const RSA_CA_CERT: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIDXTCCAkWgAwIBAgIUJN5mrVT2OG+jqaRzIlHC781AyZAwDQYJKoZIhvcNAQEL\n\
+BQAwNTEgMB4GA1UECgwXbm9kZXR1bm5lbCB0ZXN0IGZpeHR1cmUxETAPBgNVBAMM\n\
+CHJzYSByb290MCAXDTI2MTEyMTEwMDMxNloYDzIxMjYxMDI4MTAwMzE2WjA1MSAw\n\
+HgYDVQQKDBdub2RldHVubmVsIHRlc3QgZml4dHVyZTERMA8GA1UEAwwIcnNhIHJv\n\
+b3QwggEiMA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQDUL1KKQPJXYkmuq/4I\n\
+NsCnAmilMm+YzsIB5hqlFyhR0Yt86vqf8Zn7zxpVFY1UzO/ZKUPVQ09n5Yx5tGwT\n\
+uJyB6Pnv8ufFKWGeU6PSVJrzij9h/IhrVuQ/MMGQJODs1dryt7zicptk0giQH7OW\n\
+vJeie3/p+WKWa/lWKRSXCHcSrqRNks9hOKzmJGNsUqiUEfMRnEgoS0HjZel1f0lc\n\
+owS+vtUu6nPC1SnWMjPMwq/eODY9nOzTB8SjK3e6novcX+MiSBA2y/a/eioPX+FE\n\
+YJIWxrYH08hNFuhg8xVpZoX9DSm6BNT9r5W2XGSOwhrazbAFDJNLnRCZ5JAvv5nr\n\
+3bl3AgMBAAGjYzBhMB0GA1UdDgQWBBTLRFCQbUvRkbtjI/qxAPySV1db3zAfBgNV\n\
+HSMEGDAWgBTLRFCQbUvRkbtjI/qxAPySV1db3zAPBgNVHRMBAf8EBTADAQH/MA4G\n\
+A1UdDwEB/wQEAwIBBjANBgkqhkiG9w0BAQsFAAOCAQEApEZjxSgvvZnT513YTWfx\n\
+JjLwqVmGpknLj83eN2tFbVLZ2QuRgcIiKKfCCYPUQfNriOdB8mTI24tLvfTjf5LR\n\
+93ZaSmIxYTjw+gyCr7kcOTnxE8Wi3Uh27ZGo9XQ9konnRp8cUPDjOPhH02zaPj07\n\
+yDMyimXh7PIqk/+69K+cl9uBqUlATRFjxIon7j8wsro/J/WnYDI7IQ9JT1pT2WhZ\n\
+j/eshQY4eNZPaHq7F4doOKZvvgWJRg42EJbw9Aofh2K7/3xsaydQlFEXc/m96lpX\n\
+6nGTEgDPPXBaWAc5XXz4P/zKm71hkr30dFlSZ1+wLG3ROAkUtKmjDmL5eJ1usz11\n\
+3A==\n\
+-----END CERTIFICATE-----\n\
+";
+
+    const RSA_CA_KEY: &str = "\
+-----BEGIN RSA PRIVATE KEY-----\n\
+MIIEpAIBAAKCAQEA1C9SikDyV2JJrqv+CDbApwJopTJvmM7CAeYapRcoUdGLfOr6\n\
+n/GZ+88aVRWNVMzv2SlD1UNPZ+WMebRsE7icgej57/LnxSlhnlOj0lSa84o/YfyI\n\
+a1bkPzDBkCTg7NXa8re84nKbZNIIkB+zlryXont/6flilmv5VikUlwh3Eq6kTZLP\n\
+YTis5iRjbFKolBHzEZxIKEtB42XpdX9JXKMEvr7VLupzwtUp1jIzzMKv3jg2PZzs\n\
+0wfEoyt3up6L3F/jIkgQNsv2v3oqD1/hRGCSFsa2B9PITRboYPMVaWaF/Q0pugTU\n\
+/a+VtlxkjsIa2s2wBQyTS50QmeSQL7+Z6925dwIDAQABAoIBABNljA8VZtH0KzYr\n\
+hNptXuklgDlxxd/bLsMLrO3gkw//rteph2WtqVzqjsauZLAW1+orKodJUu31fwT1\n\
+KFgZLT129booo2VTphfaH4SvtUaEIc0sT7A4Tj80js1FgcZEunIrt7mfrnLl/GBo\n\
+dXtXHCl/Tq8t3ARSNIXa1YYFARWU9MaNHrKie2iRnFEa0M/u54SaKNyS3erjmEvz\n\
+B29Qr3aF8hYaq/r1LOeuoXsOpTVh/N+I9l2rmYgirtg2JdNuL7qpsEL0h53xITkC\n\
+jcnlnWp1rWPliQkk+Ca6F9L8Nj/b81S2++lGT7UtDSg6BJyH5C4f28e/dD5fcPuQ\n\
+sXCAMDECgYEA9aAa6NSpv7eSpIIMoDk/EwRifiwU16KGE+cztIdNi3bZvaEP7XwP\n\
++8xvJLYVu03eywavyQ68/4zQqvpQHMlxrk2otHOsVqIiCFJxYHQUDn+lDRL+M1k5\n\
+YkqU/fZi2ECSiqzb4nkP6jGsLcX9CbRkECASd/12z/4MqsIK8Jqcpo8CgYEA3SWh\n\
+uS3x2KtBwjeyMA/4tyL9Th7AKHVeWiBK1qqu9iGXNeQNSPk//nEwsvlxP8TQdK2u\n\
+oPvNAS2XTrMwOL0Kh7EjW2SRvCA30f8Wos7fHCLQelr2yVqs4i9lt4PvKGnJUr+i\n\
+BQJp32pVcItbsylh3CTmikBLbbJ2HO9+LfIF8pkCgYEA8LoXZXV3YEQj3kLu6ODy\n\
+Jks31HyTeLr6OOtxS08H+tVilW0S1Sev6pHzo8EpD0dEQSqugZiGNtblc4ybk3sC\n\
+hVfrLd/oWYfRXuKd53AccBE9y9B/fgfGK8T4vOYK/fJbLLo5Tn5j0J0aKEpQsoAv\n\
+SXaFYz/wf+x2saw3WJPPT5UCgYBlB3AenTLDfVmJVNB+zI0ffUiji8DVuujj26TU\n\
+9R0BLM9bu1emYtgtcaCB4xstushQxZfly6MYSq+5MHtzMEnDO9WfRw6dF0rpENRS\n\
+hJfAztbXTv83dclNe8HIWOnFWK60sv9dsoCTpIxr4f5+lwUyAVmhB0ZuUv1Kss6+\n\
+RrcY4QKBgQCXRJyiyAoocjU1vzr5ZQuJoRj9nkYezoOzoxM1P00fBioTXr+ERdDH\n\
+bfJPN3yZHdwajHbOTPhniM870no6Q+uGmEclhZ4tsAxm0bpQKR2HKEJA2glEeUGe\n\
+0QhW+jWeRLlEiBpZRG9/ItyzW9pheHyX8rxs3wDNuWEpzc9sJgM21w==\n\
+-----END RSA PRIVATE KEY-----\n\
+";
+}

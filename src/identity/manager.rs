@@ -1,0 +1,683 @@
+//! Short-lived workload certificates, one per identity, cached and renewed before they expire.
+//!
+//! The node tunnel holds certificates for every pod on its node. Each identity gets a fresh
+//! key generated here (the private key never leaves the process); only a CSR goes to the CA.
+//! A certificate is handed out until its refresh point (half its lifetime) and never after it
+//! expires; a failed renewal keeps serving the still-valid old one while retrying with backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::RootCertStore;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::{CaError, Identity, LocalCa};
+
+/// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the background renewal sleeps when nothing is cached (it is woken on new entries).
+const IDLE_RENEWAL_CHECK: Duration = Duration::from_secs(60);
+/// Tolerated clock difference between us and the CA when checking `not_before`.
+const CA_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("generating a key or CSR for {identity} failed: {source}")]
+    Csr {
+        identity: String,
+        source: rcgen::Error,
+    },
+    /// Boxed to keep `ManagerError` small: callers wrap it in their own errors.
+    #[error("the CA refused to sign for {identity}: {source}")]
+    Ca {
+        identity: String,
+        source: Box<CaError>,
+    },
+    #[error("the CA returned an unusable certificate for {identity}: {reason}")]
+    InvalidCertificate { identity: String, reason: String },
+    #[error("no valid certificate for {identity}; last issuance failed ({last_error}), next try in {retry_in:?}")]
+    Backoff {
+        identity: String,
+        last_error: String,
+        retry_in: Duration,
+    },
+}
+
+/// A certificate for one identity, with everything a TLS config needs.
+pub struct WorkloadCert {
+    pub identity: Identity,
+    /// Leaf first, then intermediates; without the root (peers have it).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Arc<RootCertStore>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// When we received it; `not_before` is back-dated for clock skew, so the refresh point is
+    /// measured from here, or short lifetimes would be "half over" on arrival.
+    issued_at: SystemTime,
+}
+
+impl WorkloadCert {
+    /// Halfway between issuance and expiry: from here on, fetches renew it.
+    pub fn refresh_at(&self) -> SystemTime {
+        let start = self.issued_at.max(self.not_before);
+        let lifetime = self.not_after.duration_since(start).unwrap_or_default();
+        start + lifetime / 2
+    }
+
+    /// Whether the certificate may still be presented at `now`.
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
+
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+}
+
+impl std::fmt::Debug for WorkloadCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadCert")
+            .field("identity", &self.identity.to_string())
+            .field("chain_len", &self.chain.len())
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where certificates come from. A gRPC client for istiod's `IstioCertificateService` will be
+/// another variant; both take a CSR and return a chain leaf-first, root-last.
+#[derive(Debug, Clone)]
+pub enum CertificateSource {
+    Local(Arc<LocalCa>),
+}
+
+/// What a source returns: the chain as sent (leaf .. root) and the roots to trust.
+struct Signed {
+    chain: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl CertificateSource {
+    async fn sign(&self, csr: &[u8], id: &Identity, ttl: Duration) -> Result<Signed, ManagerError> {
+        match self {
+            CertificateSource::Local(ca) => {
+                let chain = ca
+                    .sign_csr(csr, id, ttl)
+                    .map_err(|source| ManagerError::Ca {
+                        identity: id.to_string(),
+                        source: Box::new(source),
+                    })?;
+                Ok(Signed {
+                    chain,
+                    roots: ca.root_certs(),
+                })
+            }
+        }
+    }
+}
+
+/// Per-identity state. `current` is read without waiting; `issuing` is held by whoever talks to
+/// the CA, which is what coalesces concurrent fetches into one issuance.
+#[derive(Default)]
+struct Slot {
+    current: RwLock<Option<Arc<WorkloadCert>>>,
+    issuing: tokio::sync::Mutex<Failures>,
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<WorkloadCert>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+pub struct SecretManager {
+    source: CertificateSource,
+    ttl: Duration,
+    slots: Mutex<HashMap<Identity, Arc<Slot>>>,
+    issuances: AtomicU64,
+    /// Wakes the renewal task when an identity is added.
+    changed: Arc<Notify>,
+    #[cfg(test)]
+    hooks: tests::Hooks,
+}
+
+impl std::fmt::Debug for SecretManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretManager")
+            .field("source", &self.source)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretManager {
+    pub fn new(source: CertificateSource, ttl: Duration) -> Arc<SecretManager> {
+        Arc::new(SecretManager {
+            source,
+            ttl,
+            slots: Mutex::default(),
+            issuances: AtomicU64::new(0),
+            changed: Arc::new(Notify::new()),
+            #[cfg(test)]
+            hooks: Default::default(),
+        })
+    }
+
+    /// A certificate for `id`: the cached one until its refresh point, else a new one.
+    ///
+    /// Past the refresh point, if another task is already renewing and the old certificate is
+    /// still valid, the old one is returned at once instead of waiting for the CA.
+    pub async fn fetch(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
+        let slot = self.slot(id);
+        let fresh = |cert: &Option<Arc<WorkloadCert>>| {
+            cert.as_ref()
+                .filter(|c| SystemTime::now() < c.refresh_at())
+                .cloned()
+        };
+        let still_valid = |cert: &Option<Arc<WorkloadCert>>| {
+            cert.as_ref()
+                .filter(|c| c.is_valid_at(SystemTime::now()))
+                .cloned()
+        };
+        let current = slot.current();
+        if let Some(cert) = fresh(&current) {
+            return Ok(cert);
+        }
+        let mut failures = match slot.issuing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match still_valid(&current) {
+                Some(cert) => return Ok(cert),
+                None => slot.issuing.lock().await,
+            },
+        };
+        // Someone may have renewed while we waited for the lock.
+        let current = slot.current();
+        if let Some(cert) = fresh(&current) {
+            return Ok(cert);
+        }
+        if let Some(retry_at) = failures.retry_at.filter(|t| Instant::now() < *t) {
+            return match still_valid(&current) {
+                Some(cert) => Ok(cert),
+                None => Err(ManagerError::Backoff {
+                    identity: id.to_string(),
+                    last_error: failures.last_error.clone(),
+                    retry_in: retry_at - Instant::now(),
+                }),
+            };
+        }
+        match self.issue(id).await {
+            Ok(cert) => {
+                *failures = Failures::default();
+                *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cert.clone());
+                Ok(cert)
+            }
+            Err(err) => {
+                let delay = MIN_BACKOFF
+                    .saturating_mul(1 << failures.count.min(16))
+                    .min(MAX_BACKOFF);
+                failures.count += 1;
+                failures.retry_at = Some(Instant::now() + delay);
+                failures.last_error = err.to_string();
+                match still_valid(&current) {
+                    Some(cert) => {
+                        tracing::warn!(identity = %id, error = %err, retry_in = ?delay,
+                            "certificate renewal failed; keeping the current certificate");
+                        Ok(cert)
+                    }
+                    None => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Issues a new certificate for `id`, bypassing the cache: a fresh P-256 key, a CSR naming
+    /// `id`, the source's signature, then [`validate`]. Use [`SecretManager::fetch`] normally.
+    pub async fn issue(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
+        self.issuances.fetch_add(1, Ordering::Relaxed);
+        let csr_err = |source| ManagerError::Csr {
+            identity: id.to_string(),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(csr_err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into().map_err(csr_err)?)];
+        let csr = params.serialize_request(&key).map_err(csr_err)?;
+
+        #[cfg(test)]
+        self.hooks.before_sign(id).await?;
+        let signed = self.source.sign(csr.der(), id, self.ttl).await?;
+        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let cert =
+            validate(id, signed, key).map_err(|reason| ManagerError::InvalidCertificate {
+                identity: id.to_string(),
+                reason,
+            })?;
+        tracing::debug!(identity = %id, not_after = ?cert.not_after, "issued workload certificate");
+        Ok(Arc::new(cert))
+    }
+
+    /// Drops `id`'s certificate (its pods are gone); a later fetch issues a new one.
+    pub fn forget(&self, id: &Identity) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Identities with a cache slot, sorted, for debugging.
+    pub fn cached_identities(&self) -> Vec<Identity> {
+        let mut ids: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// How many issuances were attempted (successful or not), for metrics and tests.
+    pub fn issuance_count(&self) -> u64 {
+        self.issuances.load(Ordering::Relaxed)
+    }
+
+    /// Renews every cached certificate at its refresh point, so fetches on the data path find a
+    /// fresh one instead of waiting for the CA. Optional: `fetch` alone already never returns an
+    /// expired certificate. The task holds only a weak reference and ends at its next wake-up
+    /// (at most a minute) after the manager is dropped.
+    pub fn spawn_renewal(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<SecretManager> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(manager) = weak.upgrade() else {
+                    return;
+                };
+                // notify_one keeps a permit, so an identity added during renew_due still wakes us.
+                let changed = manager.changed.clone();
+                let wait = manager.renew_due().await;
+                drop(manager);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = changed.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// Fetches every identity whose certificate is due and returns how long until the next is.
+    async fn renew_due(&self) -> Duration {
+        let slots: Vec<(Identity, Arc<Slot>)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.clone()))
+            .collect();
+        let mut next = IDLE_RENEWAL_CHECK;
+        for (id, slot) in slots {
+            let now = SystemTime::now();
+            let due = slot.current().map(|c| c.refresh_at()).unwrap_or(now);
+            let wait = match due.duration_since(now) {
+                Ok(wait) => wait,
+                Err(_) => match self.fetch(&id).await {
+                    Ok(cert) => cert.refresh_at().duration_since(now).unwrap_or(MIN_BACKOFF),
+                    Err(_) => MIN_BACKOFF,
+                },
+            };
+            next = next.min(wait.max(MIN_BACKOFF));
+        }
+        next
+    }
+
+    fn slot(&self, id: &Identity) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(id) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(id.clone(), slot.clone());
+        self.changed.notify_one();
+        slot
+    }
+}
+
+/// Checks a CA answer before we present it: leaf carries exactly `id`, is for our key, is valid
+/// now, and chains to the roots (so a misconfigured CA fails here, not in every handshake).
+fn validate(
+    id: &Identity,
+    signed: Signed,
+    key: PrivateKeyDer<'static>,
+) -> Result<WorkloadCert, String> {
+    let Signed { mut chain, roots } = signed;
+    if chain.is_empty() {
+        return Err("empty certificate chain".into());
+    }
+    // Istio's cert_chain ends with the root; peers have it, so don't send it.
+    while chain.len() > 1 && chain.last().is_some_and(|c| roots.contains(c)) {
+        chain.pop();
+    }
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).map_err(|e| format!("leaf: {e}"))?;
+
+    let uris: Vec<&str> = leaf
+        .subject_alternative_name()
+        .map_err(|e| format!("leaf SAN: {e}"))?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if uris != [id.to_string().as_str()] {
+        return Err(format!(
+            "leaf URI SANs are {uris:?}, expected exactly [{id}]"
+        ));
+    }
+
+    let our_key = KeyPair::try_from(&key).map_err(|e| format!("own key: {e}"))?;
+    if leaf.public_key().subject_public_key.data.as_ref() != our_key.public_key_raw() {
+        return Err("leaf is not for the key in our CSR".into());
+    }
+
+    let to_time = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .map_err(|_| format!("validity time {t} before 1970"))
+    };
+    let not_before = to_time(leaf.validity().not_before)?;
+    let not_after = to_time(leaf.validity().not_after)?;
+    let now = SystemTime::now();
+    if not_after <= now || not_after <= not_before {
+        return Err(format!(
+            "leaf validity {not_before:?}..{not_after:?} is over or empty"
+        ));
+    }
+    if not_before > now + CA_CLOCK_SKEW {
+        return Err(format!(
+            "leaf is not valid before {not_before:?}; is the CA clock ahead?"
+        ));
+    }
+
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root).map_err(|e| format!("root: {e}"))?;
+    }
+    let parsed =
+        rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| e.to_string())?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &store,
+        &chain[1..],
+        UnixTime::now(),
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .map_err(|e| format!("chain does not verify against the roots: {e}"))?;
+    drop(parsed);
+
+    Ok(WorkloadCert {
+        identity: id.clone(),
+        chain,
+        key,
+        roots: Arc::new(store),
+        not_before,
+        not_after,
+        issued_at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "default", sa)
+    }
+
+    /// Test-only knobs: a CA that is slow (to widen races) or failing (to exercise backoff).
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        pub(super) fail: std::sync::atomic::AtomicBool,
+        pub(super) delay_ms: AtomicU64,
+    }
+
+    impl Hooks {
+        pub(super) async fn before_sign(&self, id: &Identity) -> Result<(), ManagerError> {
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(ManagerError::InvalidCertificate {
+                    identity: id.to_string(),
+                    reason: "injected test failure".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn manager(ttl: Duration) -> Arc<SecretManager> {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        SecretManager::new(CertificateSource::Local(Arc::new(ca)), ttl)
+    }
+
+    fn leaf_uris(cert: &WorkloadCert) -> Vec<String> {
+        let (_, leaf) = X509Certificate::from_der(cert.leaf()).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    async fn sleep_until(t: SystemTime) {
+        if let Ok(wait) = t.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fetches_coalesce_into_one_issuance() {
+        let m = manager(Duration::from_secs(3600));
+        // A slow CA and a common start make all 20 fetches overlap the one issuance.
+        m.hooks.delay_ms.store(100, Ordering::SeqCst);
+        let start = Arc::new(tokio::sync::Barrier::new(20));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (m, start) = (m.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    m.fetch(&id("a")).await.unwrap()
+                })
+            })
+            .collect();
+        let mut certs = Vec::new();
+        for t in tasks {
+            certs.push(t.await.unwrap());
+        }
+        assert_eq!(m.issuance_count(), 1);
+        assert!(certs.iter().all(|c| Arc::ptr_eq(c, &certs[0])));
+    }
+
+    #[tokio::test]
+    async fn identities_do_not_wait_for_each_other() {
+        let m = manager(Duration::from_secs(3600));
+        m.hooks.delay_ms.store(1000, Ordering::SeqCst);
+        let slow = tokio::spawn({
+            let m = m.clone();
+            async move { m.fetch(&id("slow")).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m.hooks.delay_ms.store(0, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        m.fetch(&id("fast")).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!slow.is_finished());
+        slow.await.unwrap();
+    }
+
+    /// Past the refresh point, fetches don't queue behind a slow renewal while the old
+    /// certificate is still valid.
+    #[tokio::test]
+    async fn renewal_in_flight_serves_the_old_cert() {
+        let m = manager(Duration::from_secs(4));
+        let first = m.fetch(&id("a")).await.unwrap();
+        sleep_until(first.refresh_at() + Duration::from_millis(50)).await;
+        m.hooks.delay_ms.store(1000, Ordering::SeqCst);
+        let renewing = tokio::spawn({
+            let m = m.clone();
+            async move { m.fetch(&id("a")).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        assert!(Arc::ptr_eq(&first, &m.fetch(&id("a")).await.unwrap()));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let renewed = renewing.await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(Arc::ptr_eq(&renewed, &m.fetch(&id("a")).await.unwrap()));
+        assert_eq!(m.issuance_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn cert_contents() {
+        let m = manager(Duration::from_secs(3600));
+        let cert = m.fetch(&id("a")).await.unwrap();
+        assert_eq!(cert.identity, id("a"));
+        assert_eq!(leaf_uris(&cert), vec![format!("URI({})", id("a"))]);
+        assert_eq!(
+            cert.chain.len(),
+            1,
+            "the root is not part of the presented chain"
+        );
+        assert_eq!(cert.roots.len(), 1);
+        let now = SystemTime::now();
+        assert!(cert.is_valid_at(now));
+        assert!(cert.not_after > now + Duration::from_secs(3590));
+        let refresh = cert.refresh_at().duration_since(now).unwrap();
+        assert!(
+            (Duration::from_secs(1790)..Duration::from_secs(1801)).contains(&refresh),
+            "{refresh:?}"
+        );
+        // The key is the one the leaf certifies.
+        let key = KeyPair::try_from(&cert.key).unwrap();
+        let (_, leaf) = X509Certificate::from_der(cert.leaf()).unwrap();
+        assert_eq!(
+            leaf.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[tokio::test]
+    async fn identities_get_their_own_certs() {
+        let m = manager(Duration::from_secs(3600));
+        let a = m.fetch(&id("a")).await.unwrap();
+        let b = m.fetch(&id("b")).await.unwrap();
+        assert_ne!(a.leaf(), b.leaf());
+        assert_ne!(a.key.secret_der(), b.key.secret_der());
+        assert_eq!(leaf_uris(&b), vec![format!("URI({})", id("b"))]);
+        assert_eq!(m.cached_identities(), vec![id("a"), id("b")]);
+        assert!(Arc::ptr_eq(&a, &m.fetch(&id("a")).await.unwrap()));
+        assert_eq!(m.issuance_count(), 2);
+
+        m.forget(&id("a"));
+        assert_eq!(m.cached_identities(), vec![id("b")]);
+        let a2 = m.fetch(&id("a")).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &a2));
+        assert_eq!(m.issuance_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn renews_after_refresh_point() {
+        let m = manager(Duration::from_secs(4));
+        let first = m.fetch(&id("a")).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &m.fetch(&id("a")).await.unwrap()));
+        assert_eq!(m.issuance_count(), 1);
+
+        sleep_until(first.refresh_at() + Duration::from_millis(50)).await;
+        let second = m.fetch(&id("a")).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(m.issuance_count(), 2);
+        assert!(second.refresh_at() > SystemTime::now());
+    }
+
+    #[tokio::test]
+    async fn failed_renewal_keeps_valid_cert_then_retries() {
+        let m = manager(Duration::from_secs(4));
+        let first = m.fetch(&id("a")).await.unwrap();
+        m.hooks.fail.store(true, Ordering::SeqCst);
+        sleep_until(first.refresh_at() + Duration::from_millis(50)).await;
+
+        assert!(Arc::ptr_eq(&first, &m.fetch(&id("a")).await.unwrap()));
+        assert_eq!(m.issuance_count(), 2);
+        // Within the backoff no new attempt is made.
+        assert!(Arc::ptr_eq(&first, &m.fetch(&id("a")).await.unwrap()));
+        assert_eq!(m.issuance_count(), 2);
+
+        m.hooks.fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(MIN_BACKOFF + Duration::from_millis(50)).await;
+        let renewed = m.fetch(&id("a")).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert_eq!(m.issuance_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn never_hands_out_an_expired_cert() {
+        let m = manager(Duration::from_secs(2));
+        let first = m.fetch(&id("a")).await.unwrap();
+        m.hooks.fail.store(true, Ordering::SeqCst);
+        sleep_until(first.not_after + Duration::from_millis(50)).await;
+        let err = m.fetch(&id("a")).await.unwrap_err();
+        assert!(
+            matches!(err, ManagerError::InvalidCertificate { .. }),
+            "{err}"
+        );
+        // A fetch during the backoff reports it without asking the CA again.
+        let err = m.fetch(&id("a")).await.unwrap_err();
+        assert!(matches!(err, ManagerError::Backoff { .. }), "{err}");
+        assert!(err.to_string().contains("injected test failure"), "{err}");
+        assert_eq!(m.issuance_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn background_renewal_renews_without_fetches() {
+        let m = manager(Duration::from_secs(4));
+        let first = m.fetch(&id("a")).await.unwrap();
+        let task = m.spawn_renewal();
+        sleep_until(first.refresh_at() + Duration::from_millis(500)).await;
+        assert_eq!(m.issuance_count(), 2);
+        let current = m.fetch(&id("a")).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &current));
+        assert_eq!(m.issuance_count(), 2, "the fetch found the renewed cert");
+        task.abort();
+    }
+}

@@ -1,0 +1,18 @@
+//! nodetunnel: a per-node tunnel for Kubernetes ambient service mesh.
+//!
+//! Modules follow the data flow and depend one way:
+//! `config` → `state` (workloads, services) → `identity` (certificates) → `tls` →
+//! `hbone` (client, pool, server) → `proxy` (outbound, inbound, copy) → `app` (wiring).
+//! `netns` and `socket` hold the only syscall-level code.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod hbone;
+pub mod identity;
+pub mod metrics;
+pub mod netns;
+pub mod proxy;
+pub mod socket;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,73 @@
+//! The data path: outbound capture (15001), inbound HBONE (15008), inbound plaintext (15006),
+//! and the byte copy between two connections they all share.
+
+mod access;
+pub mod copy;
+mod error;
+pub mod inbound;
+pub mod inbound_plain;
+pub mod outbound;
+
+pub use error::ProxyError;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::hbone::pool::Pool;
+use crate::identity::SecretManager;
+use crate::metrics::Metrics;
+use crate::socket::SocketFactory;
+use crate::state::{StateHandle, Workload};
+
+/// Which workloads this tunnel serves: those on its node (`NODE_NAME`), narrowed to one
+/// workload by `PROXY_WORKLOAD_INFO` in dedicated mode. With neither set, every workload in the
+/// config is local (a single-node mesh).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub node: Option<String>,
+    pub workload: Option<crate::config::ProxyWorkloadInfo>,
+}
+
+impl Scope {
+    pub fn serves(&self, w: &Workload) -> bool {
+        let node_ok = self.node.as_ref().is_none_or(|n| *n == w.node);
+        let workload_ok = self.workload.as_ref().is_none_or(|info| {
+            info.namespace == w.namespace
+                && info.name == w.name
+                && info.service_account == w.service_account
+        });
+        node_ok && workload_ok
+    }
+}
+
+/// Everything a listener needs to proxy a connection; shared by all of one tunnel's listeners.
+pub struct ProxyInputs {
+    pub config: Arc<Config>,
+    pub state: StateHandle,
+    pub certs: Arc<SecretManager>,
+    pub pool: Pool,
+    /// Creates upstream sockets (marked, in the right namespace).
+    pub sockets: SocketFactory,
+    pub metrics: Arc<Metrics>,
+    pub scope: Scope,
+}
+
+impl ProxyInputs {
+    /// The local workload holding `ip`, if this tunnel serves it.
+    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<Arc<Workload>> {
+        self.state
+            .read()
+            .workload_by_ip(&self.config.network, ip)
+            .filter(|w| self.scope.serves(w))
+    }
+
+    /// True for the tunnel's own listener ports: connections there were not redirected.
+    pub fn is_own_port(addr: SocketAddr) -> bool {
+        use crate::config::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+        matches!(
+            addr.port(),
+            OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT
+        )
+    }
+}

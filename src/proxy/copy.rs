@@ -1,0 +1,274 @@
+//! Bidirectional byte copy between two connections, half-close aware.
+//!
+//! When one side finishes sending (EOF), that direction's writer is shut down (FIN, or
+//! END_STREAM on HBONE) while the other direction keeps flowing: request/response protocols that
+//! half-close rely on this. Each direction owns one buffer that starts small (idle connections
+//! cost little) and doubles whenever a read fills it, up to a cap: bulk transfers get large reads
+//! with no allocation per chunk.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const INITIAL_BUFFER: usize = 16 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the first connection to the second.
+    pub a_to_b: u64,
+    /// From the second connection to the first.
+    pub b_to_a: u64,
+}
+
+/// Copies both ways until both directions have seen EOF (or one fails).
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<Transferred, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = OneWay::new();
+    let mut b_to_a = OneWay::new();
+    poll_fn(|cx| {
+        let ab = a_to_b.poll(cx, a, b).map_err(|e| CopyError {
+            direction: Direction::AToB,
+            transferred: Transferred::default(),
+            source: e,
+        })?;
+        let ba = b_to_a.poll(cx, b, a).map_err(|e| CopyError {
+            direction: Direction::BToA,
+            transferred: Transferred::default(),
+            source: e,
+        })?;
+        match (ab, ba) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+    .map_err(|mut e: CopyError| {
+        e.transferred = Transferred {
+            a_to_b: a_to_b.copied,
+            b_to_a: b_to_a.copied,
+        };
+        e
+    })?;
+    Ok(Transferred {
+        a_to_b: a_to_b.copied,
+        b_to_a: b_to_a.copied,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    AToB,
+    BToA,
+}
+
+/// A copy that failed part way; `transferred` says how far it got.
+#[derive(Debug, thiserror::Error)]
+#[error("copy {direction:?} failed after {transferred:?}: {source}")]
+pub struct CopyError {
+    pub direction: Direction,
+    pub transferred: Transferred,
+    pub source: io::Error,
+}
+
+struct OneWay {
+    buf: Vec<u8>,
+    /// Bytes `buf[pos..filled]` are read but not yet written.
+    pos: usize,
+    filled: usize,
+    read_eof: bool,
+    needs_flush: bool,
+    finished: bool,
+    copied: u64,
+}
+
+impl OneWay {
+    fn new() -> OneWay {
+        OneWay {
+            buf: vec![0; INITIAL_BUFFER],
+            pos: 0,
+            filled: 0,
+            read_eof: false,
+            needs_flush: false,
+            finished: false,
+            copied: 0,
+        }
+    }
+
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.filled && !self.read_eof {
+                let mut read_buf = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending => {
+                        // Nothing more to read now: push out what was written so far.
+                        if self.needs_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.needs_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                let n = read_buf.filled().len();
+                if n == 0 {
+                    self.read_eof = true;
+                } else {
+                    self.pos = 0;
+                    self.filled = n;
+                }
+            }
+            while self.pos < self.filled {
+                let n = ready!(
+                    Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.filled])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.needs_flush = true;
+            }
+            if self.filled == self.buf.len() && self.buf.len() < MAX_BUFFER {
+                // The last read filled the whole buffer: this connection is moving bulk data.
+                let grown = (self.buf.len() * 2).min(MAX_BUFFER);
+                self.buf.resize(grown, 0);
+            }
+            if self.read_eof {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.finished = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A relay between two real TCP connections: client <-> [relay] <-> server.
+    async fn relay() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<Transferred, CopyError>>,
+    ) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut relay_front, _) = front.accept().await.unwrap();
+        let mut relay_back = TcpStream::connect(back.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = back.accept().await.unwrap();
+        let task =
+            tokio::spawn(
+                async move { copy_bidirectional(&mut relay_front, &mut relay_back).await },
+            );
+        (client, server, task)
+    }
+
+    #[tokio::test]
+    async fn moves_bulk_data_exactly_both_ways() {
+        let (mut client, mut server, task) = relay().await;
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let down: Vec<u8> = (0..1_000_003u32).map(|i| (i * 13) as u8).collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let server_task = tokio::spawn(async move {
+            let (mut r, mut w) = server.split();
+            let send = async {
+                w.write_all(&down2).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let recv = async {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(send, recv);
+            assert!(got == up2, "server received different bytes");
+        });
+        let (mut r, mut w) = client.split();
+        let send = async {
+            w.write_all(&up).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert!(got == down, "client received different bytes");
+        server_task.await.unwrap();
+        let moved = task.await.unwrap().unwrap();
+        assert_eq!(moved.a_to_b, up.len() as u64);
+        assert_eq!(moved.b_to_a, down.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let (mut client, mut server, task) = relay().await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap(); // FIN towards the server only
+        let mut req = Vec::new();
+        server.read_to_end(&mut req).await.unwrap(); // the FIN arrived through the relay
+        assert_eq!(req, b"request");
+        // The server answers after the client stopped sending.
+        server.write_all(b"response after EOF").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut resp = Vec::new();
+        client.read_to_end(&mut resp).await.unwrap();
+        assert_eq!(resp, b"response after EOF");
+        let moved = task.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                a_to_b: 7,
+                b_to_a: 18
+            }
+        );
+    }
+
+    #[test]
+    fn buffer_grows_only_under_bulk_traffic() {
+        let mut way = OneWay::new();
+        assert_eq!(way.buf.len(), INITIAL_BUFFER);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = vec![1u8; 4 * MAX_BUFFER];
+        let mut reader: &[u8] = &data;
+        let mut sink: Vec<u8> = Vec::new();
+        assert!(way.poll(&mut cx, &mut reader, &mut sink).is_ready());
+        assert_eq!(sink.len(), data.len());
+        assert_eq!(way.buf.len(), MAX_BUFFER);
+        let mut small = OneWay::new();
+        let mut reader: &[u8] = b"tiny";
+        let mut sink: Vec<u8> = Vec::new();
+        assert!(small.poll(&mut cx, &mut reader, &mut sink).is_ready());
+        assert_eq!(small.buf.len(), INITIAL_BUFFER);
+    }
+}

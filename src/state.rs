@@ -1,0 +1,16 @@
+//! The mesh state the data path reads: workloads and services, indexed by workload IP,
+//! service VIP, hostname and uid. Filled from a local YAML file (`local`) or, later, xDS.
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+mod local;
+mod resolve;
+mod store;
+mod types;
+
+pub use local::{load_file, load_str, Defaults, LoadError, Loaded};
+pub use resolve::{ResolveError, Upstream};
+pub use store::{StateHandle, Store, StoreError};
+pub use types::{
+    HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
+};

@@ -1,0 +1,40 @@
+//! Small builders for state used by unit tests across modules.
+
+use std::collections::HashMap;
+
+use super::types::{HealthStatus, InboundProtocol, Service, Workload};
+
+/// An HBONE workload on node `n1` whose uid, name and service account are all `uid`.
+pub fn workload(uid: &str, ip: &str) -> Workload {
+    Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "default".into(),
+        service_account: uid.into(),
+        trust_domain: "cluster.local".into(),
+        workload_ips: vec![ip.parse().unwrap()],
+        protocol: InboundProtocol::Hbone,
+        node: "n1".into(),
+        network: String::new(),
+        cluster_id: "Kubernetes".into(),
+        hostname: String::new(),
+        canonical_name: String::new(),
+        canonical_revision: String::new(),
+        workload_name: String::new(),
+        workload_type: String::new(),
+        status: HealthStatus::Healthy,
+        services: HashMap::new(),
+    }
+}
+
+/// A service in `default` with one VIP and port 80 → 8080.
+pub fn service(host: &str, vip: &str) -> Service {
+    Service {
+        name: host.into(),
+        namespace: "default".into(),
+        hostname: host.into(),
+        vips: vec![vip.parse().unwrap()],
+        ports: HashMap::from([(80, 8080)]),
+        subject_alt_names: vec![],
+    }
+}

@@ -1,0 +1,313 @@
+//! Indexed storage of workloads and services.
+//!
+//! Service endpoints are derived from each workload's `services` map rather than stored
+//! separately, so a workload update can never leave a stale endpoint behind.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::types::{NamespacedHostname, NetworkAddress, Service, Workload};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("workload {uid:?} claims address {address}, already held by workload {holder:?}")]
+    DuplicateWorkloadAddress {
+        uid: String,
+        address: String,
+        holder: String,
+    },
+    #[error("service {key} claims VIP {vip}, already held by service {holder}")]
+    DuplicateVip {
+        key: String,
+        vip: String,
+        holder: String,
+    },
+}
+
+#[derive(Default, Debug)]
+pub struct Store {
+    workloads: HashMap<String, Arc<Workload>>,
+    workload_by_ip: HashMap<NetworkAddress, Arc<Workload>>,
+    services: HashMap<NamespacedHostname, Arc<Service>>,
+    service_by_vip: HashMap<NetworkAddress, Arc<Service>>,
+    services_by_host: HashMap<String, BTreeSet<NamespacedHostname>>,
+    /// Service key → uids of the workloads that name it in their `services` map.
+    endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
+}
+
+impl Store {
+    /// Inserts or replaces a workload (keyed by uid). An address already held by another
+    /// workload is refused and the store is left unchanged.
+    pub fn insert_workload(&mut self, workload: Workload) -> Result<(), StoreError> {
+        for ip in &workload.workload_ips {
+            let address = NetworkAddress::new(workload.network.clone(), *ip);
+            if let Some(holder) = self.workload_by_ip.get(&address) {
+                if holder.uid != workload.uid {
+                    return Err(StoreError::DuplicateWorkloadAddress {
+                        uid: workload.uid.clone(),
+                        address: address.to_string(),
+                        holder: holder.uid.clone(),
+                    });
+                }
+            }
+        }
+        self.remove_workload(&workload.uid);
+        let workload = Arc::new(workload);
+        for ip in &workload.workload_ips {
+            self.workload_by_ip.insert(
+                NetworkAddress::new(workload.network.clone(), *ip),
+                workload.clone(),
+            );
+        }
+        for key in workload.services.keys() {
+            self.endpoints
+                .entry(key.clone())
+                .or_default()
+                .insert(workload.uid.clone());
+        }
+        self.workloads.insert(workload.uid.clone(), workload);
+        Ok(())
+    }
+
+    pub fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
+        let old = self.workloads.remove(uid)?;
+        for ip in &old.workload_ips {
+            self.workload_by_ip
+                .remove(&NetworkAddress::new(old.network.clone(), *ip));
+        }
+        for key in old.services.keys() {
+            if let Some(uids) = self.endpoints.get_mut(key) {
+                uids.remove(uid);
+                if uids.is_empty() {
+                    self.endpoints.remove(key);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    /// Inserts or replaces a service (keyed by namespace/hostname).
+    pub fn insert_service(&mut self, service: Service) -> Result<(), StoreError> {
+        let key = service.key();
+        for vip in &service.vips {
+            if let Some(holder) = self.service_by_vip.get(vip) {
+                if holder.key() != key {
+                    return Err(StoreError::DuplicateVip {
+                        key: key.to_string(),
+                        vip: vip.to_string(),
+                        holder: holder.key().to_string(),
+                    });
+                }
+            }
+        }
+        self.remove_service(&key);
+        let service = Arc::new(service);
+        for vip in &service.vips {
+            self.service_by_vip.insert(vip.clone(), service.clone());
+        }
+        self.services_by_host
+            .entry(service.hostname.clone())
+            .or_default()
+            .insert(key.clone());
+        self.services.insert(key, service);
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
+        let old = self.services.remove(key)?;
+        for vip in &old.vips {
+            self.service_by_vip.remove(vip);
+        }
+        if let Some(keys) = self.services_by_host.get_mut(&old.hostname) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.services_by_host.remove(&old.hostname);
+            }
+        }
+        Some(old)
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.workloads.get(uid).cloned()
+    }
+
+    pub fn workload_by_ip(&self, network: &str, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.workload_by_ip
+            .get(&NetworkAddress::new(network, ip))
+            .cloned()
+    }
+
+    pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
+        self.service_by_vip
+            .get(&NetworkAddress::new(network, ip))
+            .cloned()
+    }
+
+    pub fn service(&self, key: &NamespacedHostname) -> Option<Arc<Service>> {
+        self.services.get(key).cloned()
+    }
+
+    pub fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
+        self.services_by_host
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.services.get(key).cloned())
+            .collect()
+    }
+
+    /// Workloads backing a service, in a stable (uid) order.
+    pub fn endpoints(&self, key: &NamespacedHostname) -> Vec<Arc<Workload>> {
+        self.endpoints
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| self.workloads.get(uid).cloned())
+            .collect()
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+}
+
+/// Shared handle to the store: many readers on the data path, rare writers (config updates).
+/// Readers hold the lock only for a lookup, never across an await.
+#[derive(Clone, Default, Debug)]
+pub struct StateHandle(Arc<RwLock<Store>>);
+
+impl StateHandle {
+    pub fn new(store: Store) -> StateHandle {
+        StateHandle(Arc::new(RwLock::new(store)))
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping the data path would, so poisoning is ignored.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the whole store at once (a reloaded config file).
+    pub fn replace(&self, store: Store) {
+        *self.write() = store;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::fixtures::{service, workload};
+
+    #[test]
+    fn indexes_workloads_by_ip_and_uid_and_follows_updates() {
+        let mut store = Store::default();
+        store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+        assert_eq!(
+            store
+                .workload_by_ip("", "10.0.0.1".parse().unwrap())
+                .unwrap()
+                .uid,
+            "a"
+        );
+        // Moving the workload to a new IP drops the old index entry.
+        store.insert_workload(workload("a", "10.0.0.2")).unwrap();
+        assert!(store
+            .workload_by_ip("", "10.0.0.1".parse().unwrap())
+            .is_none());
+        assert!(store
+            .workload_by_ip("", "10.0.0.2".parse().unwrap())
+            .is_some());
+        // Other networks are separate address spaces.
+        assert!(store
+            .workload_by_ip("net2", "10.0.0.2".parse().unwrap())
+            .is_none());
+        assert!(store.remove_workload("a").is_some());
+        assert!(store
+            .workload_by_ip("", "10.0.0.2".parse().unwrap())
+            .is_none());
+        assert!(store.workload_by_uid("a").is_none());
+    }
+
+    #[test]
+    fn refuses_an_address_held_by_another_workload() {
+        let mut store = Store::default();
+        store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+        let err = store
+            .insert_workload(workload("b", "10.0.0.1"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateWorkloadAddress { .. }));
+        assert_eq!(
+            store
+                .workload_by_ip("", "10.0.0.1".parse().unwrap())
+                .unwrap()
+                .uid,
+            "a"
+        );
+    }
+
+    #[test]
+    fn derives_service_endpoints_from_workloads() {
+        let mut store = Store::default();
+        let svc = service("web.default.svc.cluster.local", "/10.96.0.1");
+        let key = svc.key();
+        store.insert_service(svc).unwrap();
+        let mut a = workload("a", "10.0.0.1");
+        a.services.insert(key.clone(), HashMap::from([(80, 9090)]));
+        let mut b = workload("b", "10.0.0.2");
+        b.services.insert(key.clone(), HashMap::new());
+        store.insert_workload(a).unwrap();
+        store.insert_workload(b).unwrap();
+        let uids: Vec<_> = store
+            .endpoints(&key)
+            .iter()
+            .map(|w| w.uid.clone())
+            .collect();
+        assert_eq!(uids, ["a", "b"]);
+        store.insert_workload(workload("a", "10.0.0.1")).unwrap(); // a leaves the service
+        let uids: Vec<_> = store
+            .endpoints(&key)
+            .iter()
+            .map(|w| w.uid.clone())
+            .collect();
+        assert_eq!(uids, ["b"]);
+        assert_eq!(
+            store
+                .service_by_vip("", "10.96.0.1".parse().unwrap())
+                .unwrap()
+                .key(),
+            key
+        );
+        assert_eq!(
+            store
+                .services_by_hostname("web.default.svc.cluster.local")
+                .len(),
+            1
+        );
+        store.remove_service(&key);
+        assert!(store
+            .service_by_vip("", "10.96.0.1".parse().unwrap())
+            .is_none());
+        assert!(store
+            .services_by_hostname("web.default.svc.cluster.local")
+            .is_empty());
+    }
+
+    #[test]
+    fn refuses_a_vip_held_by_another_service() {
+        let mut store = Store::default();
+        store.insert_service(service("a", "/10.96.0.1")).unwrap();
+        assert!(matches!(
+            store.insert_service(service("b", "/10.96.0.1")),
+            Err(StoreError::DuplicateVip { .. })
+        ));
+    }
+}

@@ -1,0 +1,146 @@
+//! The tunnel's in-memory model of the mesh: workloads and services, as the control plane
+//! describes them (Istio's `istio.workload` API), reduced to what the data path needs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use crate::identity::Identity;
+
+/// How a workload expects to receive traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum InboundProtocol {
+    /// Plain TCP: no tunnel in front of it; peers connect directly.
+    #[default]
+    Tcp,
+    /// A node tunnel terminates HBONE (port 15008) in front of it.
+    Hbone,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HealthStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+/// An IP address qualified by the network it lives on (`network/ip` in config).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetworkAddress {
+    pub network: String,
+    pub address: IpAddr,
+}
+
+impl NetworkAddress {
+    pub fn new(network: impl Into<String>, address: IpAddr) -> NetworkAddress {
+        NetworkAddress {
+            network: network.into(),
+            address,
+        }
+    }
+}
+
+impl fmt::Display for NetworkAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.address)
+    }
+}
+
+impl FromStr for NetworkAddress {
+    type Err = String;
+
+    /// Accepts `network/ip`, `/ip` (default network) and a bare `ip`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (network, ip) = match s.rsplit_once('/') {
+            Some((network, ip)) => (network, ip),
+            None => ("", s),
+        };
+        let address = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not <network>/<ip>: {ip:?} is not an IP address"))?;
+        Ok(NetworkAddress::new(network, address))
+    }
+}
+
+/// A service's key: Istio keys services by namespace and hostname.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespacedHostname {
+    pub namespace: String,
+    pub hostname: String,
+}
+
+impl fmt::Display for NamespacedHostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.hostname)
+    }
+}
+
+impl FromStr for NamespacedHostname {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
+                Ok(NamespacedHostname {
+                    namespace: ns.to_string(),
+                    hostname: host.to_string(),
+                })
+            }
+            _ => Err(format!("{s:?} is not <namespace>/<hostname>")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+    pub workload_ips: Vec<IpAddr>,
+    pub protocol: InboundProtocol,
+    pub node: String,
+    pub network: String,
+    pub cluster_id: String,
+    pub hostname: String,
+    pub canonical_name: String,
+    pub canonical_revision: String,
+    pub workload_name: String,
+    pub workload_type: String,
+    pub status: HealthStatus,
+    /// Services this workload backs, with its own service-port → target-port overrides.
+    pub services: HashMap<NamespacedHostname, HashMap<u16, u16>>,
+}
+
+impl Workload {
+    pub fn identity(&self) -> Identity {
+        Identity::new(
+            self.trust_domain.clone(),
+            self.namespace.clone(),
+            self.service_account.clone(),
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<NetworkAddress>,
+    /// Service port → default target port (0 = same as the service port).
+    pub ports: HashMap<u16, u16>,
+    /// Identities a client accepts from any endpoint of this service, besides the endpoint's own.
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Service {
+    pub fn key(&self) -> NamespacedHostname {
+        NamespacedHostname {
+            namespace: self.namespace.clone(),
+            hostname: self.hostname.clone(),
+        }
+    }
+}

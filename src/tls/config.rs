@@ -1,0 +1,72 @@
+//! Building the client and server configs: TLS 1.3 only, two AES-GCM suites, ALPN `h2`, the
+//! ring provider passed explicitly (no process-wide default), no session resumption.
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::verify::{ClientIdentityVerifier, ServerIdentityVerifier};
+use super::TlsError;
+use crate::identity::{Identity, WorkloadCert};
+
+/// The only application protocol HBONE speaks.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The ring provider cut down to the suites Istio's ztunnel allows.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        ..ring::default_provider()
+    })
+}
+
+/// A client config presenting `cert` and accepting only a server whose identity is in
+/// `expected_server`. Connect with any `ServerName` (e.g. the destination IP): it is not checked.
+///
+/// Resumption is off: a resumed session skips certificate verification, and a config is built
+/// per destination anyway.
+pub fn client_config(
+    cert: &WorkloadCert,
+    expected_server: Vec<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = ServerIdentityVerifier {
+        roots: cert.roots.clone(),
+        expected: expected_server,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// A server config presenting `cert` and requiring a client certificate that chains to
+/// `cert.roots` and names an identity in `cert.identity`'s trust domain.
+pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let webpki = WebPkiClientVerifier::builder_with_provider(cert.roots.clone(), provider.clone())
+        .build()?;
+    let verifier = ClientIdentityVerifier {
+        inner: webpki,
+        trust_domain: cert.identity.trust_domain.clone(),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}

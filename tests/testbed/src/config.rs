@@ -1,0 +1,294 @@
+//! The daemon's inputs: the local YAML config (ztunnel's `LOCAL_XDS_PATH` shape), the CA
+//! directory (`nodetunnel generate-ca`) and the environment.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::cmd;
+use crate::error::{Error, Result};
+use crate::topology::addr;
+
+/// The trust domain used unless a test says otherwise.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The files `generate-ca` must write (Istio's plug-in CA names).
+pub const CA_FILES: [&str; 4] = [
+    "ca-cert.pem",
+    "ca-key.pem",
+    "root-cert.pem",
+    "cert-chain.pem",
+];
+
+/// `spiffe://cluster.local/ns/<namespace>/sa/<service_account>`.
+pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+/// How a workload receives traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Through its node's tunnel (:15008).
+    Hbone,
+    /// Plain TCP: senders pass through without a tunnel.
+    Tcp,
+}
+
+impl Protocol {
+    fn as_yaml(self) -> &'static str {
+        match self {
+            Protocol::Hbone => "HBONE",
+            Protocol::Tcp => "TCP",
+        }
+    }
+}
+
+/// One `workloads:` entry.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub ips: Vec<Ipv4Addr>,
+    pub protocol: Protocol,
+    pub node: String,
+    /// `"<ns>/<hostname>"` → `[(service port, target port)]`.
+    pub services: Vec<(String, Vec<(u16, u16)>)>,
+}
+
+impl Workload {
+    /// An HBONE workload in namespace `default` whose service account is its name.
+    pub fn new(name: &str, ip: Ipv4Addr, node: &str) -> Self {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            service_account: name.into(),
+            ips: vec![ip],
+            protocol: Protocol::Hbone,
+            node: node.into(),
+            services: Vec::new(),
+        }
+    }
+
+    pub fn service_account(mut self, sa: &str) -> Self {
+        self.service_account = sa.into();
+        self
+    }
+
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Makes this workload an endpoint of `service` (port → target port).
+    pub fn endpoint_of(mut self, service: &Service, ports: &[(u16, u16)]) -> Self {
+        self.services.push((
+            format!("{}/{}", service.namespace, service.hostname),
+            ports.to_vec(),
+        ));
+        self
+    }
+
+    /// `cluster1//v1/Pod/<namespace>/<name>`.
+    pub fn uid(&self) -> String {
+        format!("cluster1//v1/Pod/{}/{}", self.namespace, self.name)
+    }
+
+    /// The SPIFFE identity this workload's certificate carries.
+    pub fn identity(&self) -> String {
+        spiffe_id(&self.namespace, &self.service_account)
+    }
+}
+
+/// One `services:` entry.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<Ipv4Addr>,
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl Service {
+    /// Service `name` in namespace `default` with hostname `<name>.default.svc.cluster.local`.
+    pub fn new(name: &str, vip: Ipv4Addr, ports: &[(u16, u16)]) -> Self {
+        Service {
+            name: name.into(),
+            namespace: "default".into(),
+            hostname: format!("{name}.default.svc.cluster.local"),
+            vips: vec![vip],
+            ports: ports.to_vec(),
+        }
+    }
+}
+
+/// The whole local config file.
+#[derive(Clone, Debug, Default)]
+pub struct MeshConfig {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+}
+
+impl MeshConfig {
+    /// The standard mesh on the two-node topology: `client` (10.77.1.10) and `client2`
+    /// (10.77.1.11) on n1; `server` (10.77.2.10) on n2, endpoint of service `server`
+    /// (VIP 10.96.0.10, port 80 → `server_port`). The non-mesh pod 10.77.2.20 is not listed.
+    pub fn standard(server_port: u16) -> Self {
+        let service = Service::new("server", addr::SERVICE_VIP, &[(80, server_port)]);
+        MeshConfig {
+            workloads: vec![
+                Workload::new("client", addr::CLIENT, "n1"),
+                Workload::new("client2", addr::CLIENT2, "n1"),
+                Workload::new("server", addr::SERVER, "n2")
+                    .endpoint_of(&service, &[(80, server_port)]),
+            ],
+            services: vec![service],
+        }
+    }
+
+    /// The workload called `name`, for tweaking (e.g. a different service account).
+    pub fn workload_mut(&mut self, name: &str) -> &mut Workload {
+        self.workloads
+            .iter_mut()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no workload {name:?} in the config"))
+    }
+
+    pub fn with_workload(mut self, workload: Workload) -> Self {
+        self.workloads.push(workload);
+        self
+    }
+
+    /// Renders the YAML document.
+    pub fn to_yaml(&self) -> String {
+        let mut y = String::from("workloads:\n");
+        if self.workloads.is_empty() {
+            y = "workloads: []\n".into();
+        }
+        for w in &self.workloads {
+            let _ = writeln!(y, "- uid: {}", quote(&w.uid()));
+            let _ = writeln!(y, "  name: {}", quote(&w.name));
+            let _ = writeln!(y, "  namespace: {}", quote(&w.namespace));
+            let _ = writeln!(y, "  serviceAccount: {}", quote(&w.service_account));
+            let _ = writeln!(y, "  workloadIps: [{}]", ip_list(&w.ips, ""));
+            let _ = writeln!(y, "  protocol: {}", w.protocol.as_yaml());
+            let _ = writeln!(y, "  node: {}", quote(&w.node));
+            if !w.services.is_empty() {
+                y.push_str("  services:\n");
+                for (svc, ports) in &w.services {
+                    let _ = writeln!(y, "    {}:", quote(svc));
+                    for (port, target) in ports {
+                        let _ = writeln!(y, "      {port}: {target}");
+                    }
+                }
+            }
+        }
+        if self.services.is_empty() {
+            y.push_str("services: []\n");
+        } else {
+            y.push_str("services:\n");
+        }
+        for s in &self.services {
+            let _ = writeln!(y, "- name: {}", quote(&s.name));
+            let _ = writeln!(y, "  namespace: {}", quote(&s.namespace));
+            let _ = writeln!(y, "  hostname: {}", quote(&s.hostname));
+            let _ = writeln!(y, "  vips: [{}]", ip_list(&s.vips, "/"));
+            y.push_str("  ports:\n");
+            for (port, target) in &s.ports {
+                let _ = writeln!(y, "    {port}: {target}");
+            }
+        }
+        y
+    }
+
+    /// Writes the YAML document to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        fs::write(path, self.to_yaml())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn ip_list(ips: &[Ipv4Addr], prefix: &str) -> String {
+    ips.iter()
+        .map(|ip| quote(&format!("{prefix}{ip}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `<bin> generate-ca <dir>` and checks the four plug-in CA files exist.
+pub fn generate_ca(bin: &Path, dir: &Path) -> Result<()> {
+    let dir_s = dir.to_string_lossy();
+    cmd::run(&bin.to_string_lossy(), &["generate-ca", &dir_s])?;
+    for file in CA_FILES {
+        if !dir.join(file).is_file() {
+            return Err(Error::Invalid(format!(
+                "`{} generate-ca {dir_s}` did not write {file}",
+                bin.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where a tunnel gets its CA.
+#[derive(Clone, Copy, Debug)]
+pub enum Ca<'a> {
+    /// `LOCAL_CA_DIR=<dir>` (from [`generate_ca`]).
+    Dir(&'a Path),
+    /// `FAKE_CA=true`: a throwaway root no other tunnel trusts.
+    Fake,
+}
+
+/// The environment of a dedicated-mode tunnel serving `node`.
+pub fn tunnel_env(node: &str, config: &Path, ca: Ca<'_>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("LOCAL_XDS_PATH".to_string(), config.to_string_lossy().into_owned()),
+        ("NODE_NAME".to_string(), node.to_string()),
+        ("RUST_LOG".to_string(), "info".to_string()),
+        ("NO_COLOR".to_string(), "1".to_string()),
+    ];
+    match ca {
+        Ca::Dir(dir) => env.push(("LOCAL_CA_DIR".into(), dir.to_string_lossy().into_owned())),
+        Ca::Fake => env.push(("FAKE_CA".into(), "true".into())),
+    }
+    env
+}
+
+/// Borrows an owned environment as the `&[(&str, &str)]` that `start_tunnel` takes.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_config_renders_like_ztunnel_local_config() {
+        let yaml = MeshConfig::standard(8080).to_yaml();
+        assert!(yaml.starts_with("workloads:\n- uid: \"cluster1//v1/Pod/default/client\"\n"));
+        assert!(yaml.contains("  serviceAccount: \"server\"\n"));
+        assert!(yaml.contains("  workloadIps: [\"10.77.2.10\"]\n  protocol: HBONE\n  node: \"n2\"\n"));
+        assert!(yaml.contains(
+            "  services:\n    \"default/server.default.svc.cluster.local\":\n      80: 8080\n"
+        ));
+        assert!(yaml.contains("  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n"));
+        assert!(!yaml.contains("10.77.2.20"));
+    }
+
+    #[test]
+    fn identities_follow_service_accounts() {
+        let mut cfg = MeshConfig::standard(8080);
+        cfg.workload_mut("server").service_account = "impostor".into();
+        assert_eq!(
+            cfg.workload_mut("server").identity(),
+            "spiffe://cluster.local/ns/default/sa/impostor"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Test bed for nodetunnel: real network namespaces, real iptables capture, real daemon
+//! processes.
+//!
+//! ```ignore
+//! use nodetunnel_testbed::{addr, Capture, Topology, MeshConfig, Ca, tunnel_env, env_refs};
+//!
+//! if !nodetunnel_testbed::namespaces_available("my_test") { return; }
+//! let topo = Topology::two_node("my_test", Capture::ALL)?;         // n1 ⇄ n2, pods as IPs
+//! MeshConfig::standard(8080).write(&topo.path("mesh.yaml"))?;
+//! nodetunnel_testbed::generate_ca(bin, &topo.path("ca"))?;
+//! let env = tunnel_env("n1", &topo.path("mesh.yaml"), Ca::Dir(&topo.path("ca")));
+//! let t1 = topo.start_tunnel("n1", bin, &env_refs(&env))?;          // waits for /healthz/ready
+//! let server = Server::start(topo.ns("n2"), (addr::SERVER, 8080).into(), echo_handler)?;
+//! let mut s = topo.ns("n1").run(|| connect_from(addr::CLIENT, (addr::SERVER, 8080).into()))?;
+//! assert_eventually!(topo.ns("n2").established_on_local_port(15008).unwrap() == 1);
+//! ```
+//!
+//! Everything is removed on drop (also during a panic); namespaces left by killed runs are
+//! swept when the next topology is built. The harness does not link the daemon's crate: it
+//! only drives the binary.
+
+#![forbid(unsafe_code)]
+
+pub mod cmd;
+pub mod config;
+mod error;
+pub mod eventually;
+pub mod netns;
+mod privilege;
+mod signals;
+pub mod topology;
+pub mod traffic;
+pub mod tunnel;
+
+pub use config::{env_refs, generate_ca, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol, Service, Workload};
+pub use error::{Error, Result};
+pub use netns::{cleanup_all, Netns};
+pub use privilege::{namespaces_available, require_namespaces};
+pub use signals::cleanup_on_signals;
+pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
+pub use traffic::{connect_from, Server};
+pub use tunnel::Tunnel;
+
+use std::path::PathBuf;
+
+/// The `nodetunnel` binary next to the current executable (for the demo and bench binaries,
+/// which cargo builds into the same `target/<profile>/` directory).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{} has no parent directory", exe.display())))?;
+    let bin = dir.join(name);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::Invalid(format!(
+            "{} not found (build it first: cargo build --release)",
+            bin.display()
+        )))
+    }
+}

@@ -1,0 +1,273 @@
+//! A nodetunnel process running inside a namespace.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::netns::{self, Netns};
+use crate::topology::port;
+
+/// How long [`Tunnel::start`] waits for `/healthz/ready`.
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long a tunnel gets to exit after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(5);
+
+const LOG_TAIL_LINES: usize = 60;
+
+/// A running tunnel. Dropping it sends SIGTERM, then SIGKILL after [`TERM_GRACE`]; if the
+/// current thread is panicking, its log tail is printed to stderr (the test's output).
+pub struct Tunnel {
+    ns: Netns,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Tunnel {
+    /// Runs `ip netns exec <ns> <bin>` with `env` added to this process's environment, stdout
+    /// and stderr appended to `log_path`, and waits until `GET /healthz/ready` on
+    /// 127.0.0.1:15021 inside the namespace answers 200. Fails (with the log tail) if the
+    /// process exits or [`READY_DEADLINE`] passes first.
+    pub fn start(ns: &Netns, bin: &Path, env: &[(&str, &str)], log_path: &Path) -> Result<Tunnel> {
+        let log = File::create(log_path)
+            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the log file handle", e))?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns.name()])
+            .arg(bin)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {} in {}", bin.display(), ns.name()), e))?;
+        netns::register_pid(child.id() as i32);
+        let mut tunnel = Tunnel {
+            ns: ns.clone(),
+            child: Some(child),
+            log_path: log_path.to_path_buf(),
+        };
+        tunnel.wait_ready(READY_DEADLINE)?;
+        Ok(tunnel)
+    }
+
+    fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Err(self.not_ready(format!("process exited with {status}")));
+            }
+            let last = match self.ns.run(|| http_get_status(port::READINESS, "/healthz/ready")) {
+                Ok(200) => return Ok(()),
+                Ok(code) => format!("/healthz/ready answered {code}"),
+                Err(e) => format!("/healthz/ready: {e}"),
+            };
+            if Instant::now() >= end {
+                return Err(self.not_ready(format!("not ready after {deadline:?} (last: {last})")));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn not_ready(&self, reason: String) -> Error {
+        Error::TunnelNotReady {
+            netns: self.ns.name().to_string(),
+            reason,
+            log_tail: self.log_tail(LOG_TAIL_LINES),
+        }
+    }
+
+    /// The daemon's pid (the `ip netns exec` process execs it, so they are the same).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The namespace the tunnel runs in.
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the daemon wrote to stdout and stderr so far, ANSI colour codes removed.
+    pub fn log(&self) -> String {
+        let bytes = fs::read(&self.log_path).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&bytes))
+    }
+
+    /// The last `n` lines of [`log`](Self::log).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Access-log lines whose `key=value` fields include all of `fields`.
+    pub fn access_lines(&self, fields: &[(&str, &str)]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| fields.iter().all(|(k, v)| field(line, k) == Some(*v)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `Some(status)` if the process has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .map_err(|e| Error::io("polling the tunnel process", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// SIGTERM, wait up to [`TERM_GRACE`], then SIGKILL. Returns the exit status.
+    pub fn stop(mut self) -> Option<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id() as i32;
+        if let Ok(Some(status)) = child.try_wait() {
+            // Already reaped: the pid may belong to someone else now, so no signals.
+            netns::unregister_pid(pid);
+            return Some(status);
+        }
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let end = Instant::now() + TERM_GRACE;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+            }
+        };
+        netns::unregister_pid(pid);
+        status
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.terminate();
+        if thread::panicking() {
+            eprintln!(
+                "--- tunnel log {} (netns {}, last {LOG_TAIL_LINES} lines) ---\n{}\n--- end ---",
+                self.log_path.display(),
+                self.ns.name(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), which tracing may emit even into files.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=value` in an access-log line (quotes stripped), if present.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|token| {
+        let (k, v) = token.split_once('=')?;
+        let k = k.rsplit(['{', '(', ',', ':']).next().unwrap_or(k);
+        (k == key).then(|| v.trim_end_matches([',', '}', ')']).trim_matches('"'))
+    })
+}
+
+/// Numeric `key=value` of an access-log line.
+pub fn field_u64(line: &str, key: &str) -> Option<u64> {
+    field(line, key)?.parse().ok()
+}
+
+/// `GET <path>` on 127.0.0.1:`port` of the current namespace; returns the HTTP status code.
+pub fn http_get_status(port: u16, path: &str) -> std::io::Result<u16> {
+    let (status, _) = http_get(port, path)?;
+    Ok(status)
+}
+
+/// `GET <path>` on 127.0.0.1:`port` of the current namespace; returns status and body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.80}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{field, field_u64};
+
+
+    #[test]
+    fn ansi_codes_are_stripped() {
+        let line = "\u{1b}[3msrc\u{1b}[0m\u{1b}[2m=\u{1b}[0m10.77.1.10:4000 x";
+        assert_eq!(super::strip_ansi(line), "src=10.77.1.10:4000 x");
+    }
+
+    #[test]
+    fn fields_are_found_in_tracing_lines() {
+        let line = r#"2025-01-01T00:00:00Z  INFO access: connection complete src=10.77.1.10:4000 dst=10.77.2.10:8080 src_identity="spiffe://cluster.local/ns/default/sa/client" protocol=HBONE bytes_sent=104857600 bytes_recv=12"#;
+        assert_eq!(field(line, "src"), Some("10.77.1.10:4000"));
+        assert_eq!(field(line, "dst"), Some("10.77.2.10:8080"));
+        assert_eq!(
+            field(line, "src_identity"),
+            Some("spiffe://cluster.local/ns/default/sa/client")
+        );
+        assert_eq!(field(line, "dst_identity"), None);
+        assert_eq!(field_u64(line, "bytes_sent"), Some(104857600));
+        assert_eq!(field(line, "protocol"), Some("HBONE"));
+    }
+}
