@@ -33,6 +33,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -71,11 +72,16 @@ fn run_daemon() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = std::env::var("WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2);
+    let workers = match std::env::var("WORKER_THREADS") {
+        Err(_) => 2,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::error!("configuration: WORKER_THREADS={v:?}: expected a whole number of at least 1");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("worker")

@@ -250,7 +250,8 @@ impl SecretManager {
     }
 
     /// Issues a new certificate for `id`, bypassing the cache: a fresh P-256 key, a CSR naming
-    /// `id`, the source's signature, then [`validate`]. Use [`SecretManager::fetch`] normally.
+    /// `id`, the source's signature, then checks (right SAN, our key, valid now, chains to the
+    /// roots). Use [`SecretManager::fetch`] normally.
     pub async fn issue(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
         self.issuances.fetch_add(1, Ordering::Relaxed);
         let csr_err = |source| ManagerError::Csr {

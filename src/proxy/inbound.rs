@@ -90,6 +90,13 @@ async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingS
     record.protocol = "HBONE";
     record.src_identity = Some(peer.identity.to_string());
     record.labels.connection_security_policy = "mutual_tls";
+    // Name the source workload only when the peer's address and proven identity agree.
+    let source = pi
+        .state
+        .read()
+        .workload_by_ip(&pi.config.network, peer.addr.ip())
+        .filter(|w| w.identity() == peer.identity);
+    record.labels = std::mem::take(&mut record.labels).with_source(source.as_deref());
     record.labels.source_principal = peer.identity.to_string();
     record.labels.source_workload_namespace = peer.identity.namespace.clone();
     match proxy_stream(&pi, &peer, incoming, &mut record).await {
