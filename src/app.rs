@@ -62,6 +62,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         CaSource::LocalDir(dir) => LocalCa::load(dir)?,
     };
     let certs = SecretManager::new(CertificateSource::Local(Arc::new(ca)), config.secret_ttl);
+    // Renew cached certificates ahead of expiry even when no new connection asks for them.
+    let _renewal = certs.spawn_renewal();
     let scope = Scope {
         node: config.node_name.clone(),
         workload: config.proxy_workload_info.clone(),
