@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod inpod;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

@@ -8,7 +8,7 @@
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{
     bulk_exchange, bulk_handler, echo_handler, echo_roundtrip, sha256_hex, Pattern,
 };
-use nodetunnel_testbed::tunnel::field_u64;
+use nodetunnel_testbed::tunnel::{field, field_u64};
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
     spiffe_id, tunnel_env, Ca, Capture, MeshConfig, Netns, Protocol, Server, Topology, Tunnel,
@@ -73,7 +73,7 @@ fn standard_mesh(topo: &Topology) -> (Tunnel, Tunnel) {
     (t1, t2)
 }
 
-fn connect(ns: &Netns, src: std::net::Ipv4Addr, dst: SocketAddr) -> TcpStream {
+fn connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddr) -> TcpStream {
     ns.run(move || connect_from(src, dst))
         .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"))
 }
@@ -85,7 +85,7 @@ fn hbone_conns(ns: &Netns) -> usize {
 
 /// Opens `n` connections from `src` to `dst` at once (threads released by a barrier), echoes
 /// 16 KiB of a per-connection pattern on each, and returns them all still open.
-fn open_concurrently(ns: &Netns, src: std::net::Ipv4Addr, dst: SocketAddr, n: usize) -> Vec<TcpStream> {
+fn open_concurrently(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, n: usize) -> Vec<TcpStream> {
     let barrier = Arc::new(Barrier::new(n));
     let handles: Vec<_> = (0..n)
         .map(|i| {
@@ -119,7 +119,12 @@ fn request_then_read_all(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
         match stream.read(&mut buf) {
             Ok(0) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 panic!("the connection was neither served nor closed within the read timeout")
             }
             Err(_) => return got,
@@ -134,10 +139,19 @@ fn assert_refused(topo: &Topology, server: &Server, why: &str) {
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let got = request_then_read_all(&mut s, b"must not arrive\n");
-    assert!(got.is_empty(), "{why}: client received {} bytes: {:?}", got.len(), String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "{why}: client received {} bytes: {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got)
+    );
     // Give a (wrongly) forwarded connection time to show up before concluding it did not.
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(server.accepted(), before, "{why}: the server application saw a connection");
+    assert_eq!(
+        server.accepted(),
+        before,
+        "{why}: the server application saw a connection"
+    );
 }
 
 // ----------------------------------------------------------------------------------- tests
@@ -145,16 +159,26 @@ fn assert_refused(topo: &Topology, server: &Server, why: &str) {
 /// 100 MiB each way, concurrently, byte-exact, through n1's outbound capture → HBONE → n2.
 #[test]
 fn hbone_carries_100_mib_each_way_byte_exact() {
-    let Some(topo) = topology("hbone_100mib", Capture::ALL) else { return };
+    let Some(topo) = topology("hbone_100mib", Capture::ALL) else {
+        return;
+    };
     let (t1, t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), bulk_handler).unwrap();
-    assert_eq!(hbone_conns(topo.ns("n2")), 0, "no HBONE connection before traffic");
+    assert_eq!(
+        hbone_conns(topo.ns("n2")),
+        0,
+        "no HBONE connection before traffic"
+    );
 
     let mut stream = connect(topo.ns("n1"), addr::CLIENT, server_addr());
     let client = stream.local_addr().unwrap();
     let transfer = thread::spawn(move || bulk_exchange(&mut stream, 0x5eed, 100 * MIB, 100 * MIB));
     // While the transfer runs, n2 holds exactly one mTLS connection on :15008.
-    assert_eventually!(hbone_conns(topo.ns("n2")) == 1, Duration::from_secs(10), "no :15008 connection on n2 during the transfer");
+    assert_eventually!(
+        hbone_conns(topo.ns("n2")) == 1,
+        Duration::from_secs(10),
+        "no :15008 connection on n2 during the transfer"
+    );
     let report = transfer.join().unwrap().expect("bulk transfer");
     assert!(report.is_exact(), "not byte-exact: {report:?}");
     assert_eq!(server.accepted(), 1);
@@ -162,14 +186,42 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
 
     // Both access logs record the connection as HBONE with the right identities and sizes.
     let dst = server_addr().to_string();
-    assert_eventually!(!t1.access_lines(&[("dst", &dst), ("protocol", "HBONE")]).is_empty(), Duration::from_secs(10), "n1 logged no HBONE access line for {dst}:\n{}", t1.log_tail(30));
-    let out = t1.access_lines(&[("dst", &dst), ("protocol", "HBONE")]).remove(0);
-    assert_eq!(nodetunnel_testbed::tunnel::field(&out, "src"), Some(client.to_string().as_str()), "{out}");
-    assert_eq!(nodetunnel_testbed::tunnel::field(&out, "dst_identity"), Some(spiffe_id("default", "server").as_str()), "{out}");
-    assert_eventually!(!t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")]).is_empty(), Duration::from_secs(10), "n2 logged no HBONE access line for {dst}:\n{}", t2.log_tail(30));
-    let inb = t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")]).remove(0);
+    assert_eventually!(
+        !t1.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
+            .is_empty(),
+        Duration::from_secs(10),
+        "n1 logged no HBONE access line for {dst}:\n{}",
+        t1.log_tail(30)
+    );
+    let out = t1
+        .access_lines(&[("dst", &dst), ("protocol", "HBONE")])
+        .remove(0);
+    assert_eq!(
+        field(&out, "src"),
+        Some(client.to_string().as_str()),
+        "{out}"
+    );
+    assert_eq!(
+        field(&out, "dst_identity"),
+        Some(spiffe_id("default", "server").as_str()),
+        "{out}"
+    );
+    assert_eventually!(
+        !t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
+            .is_empty(),
+        Duration::from_secs(10),
+        "n2 logged no HBONE access line for {dst}:\n{}",
+        t2.log_tail(30)
+    );
+    let inb = t2
+        .access_lines(&[("dst", &dst), ("protocol", "HBONE")])
+        .remove(0);
     eprintln!("n1 access log: {out}\nn2 access log: {inb}");
-    assert_eq!(nodetunnel_testbed::tunnel::field(&inb, "src_identity"), Some(spiffe_id("default", "client").as_str()), "{inb}");
+    assert_eq!(
+        field(&inb, "src_identity"),
+        Some(spiffe_id("default", "client").as_str()),
+        "{inb}"
+    );
     for line in [&out, &inb] {
         for key in ["bytes_sent", "bytes_recv"] {
             let n = field_u64(line, key).unwrap_or_else(|| panic!("no numeric {key} in {line}"));
@@ -182,19 +234,33 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
 /// identity gets its own.
 #[test]
 fn fifty_connections_from_one_identity_share_one_hbone_connection() {
-    let Some(topo) = topology("hbone_pool", Capture::ALL) else { return };
+    let Some(topo) = topology("hbone_pool", Capture::ALL) else {
+        return;
+    };
     let (_t1, _t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let streams = open_concurrently(topo.ns("n1"), addr::CLIENT, server_addr(), 50);
     assert_eventually!(server.accepted() == 50);
-    let conns = topo.ns("n2").established(&format!("( sport = :{} )", port::HBONE)).unwrap();
-    assert_eq!(conns.len(), 1, "50 streams from one identity must share one HBONE connection; n2 has:\n{}", conns.join("\n"));
+    let conns = topo
+        .ns("n2")
+        .established(&format!("( sport = :{} )", port::HBONE))
+        .unwrap();
+    assert_eq!(
+        conns.len(),
+        1,
+        "50 streams from one identity must share one HBONE connection; n2 has:\n{}",
+        conns.join("\n")
+    );
 
     // A different source identity must not share it.
     let mut other = connect(topo.ns("n1"), addr::CLIENT2, server_addr());
     echo_roundtrip(&mut other, b"client2 says hi").unwrap();
-    assert_eventually!(hbone_conns(topo.ns("n2")) == 2, Duration::from_secs(5), "client2 should get its own HBONE connection");
+    assert_eventually!(
+        hbone_conns(topo.ns("n2")) == 2,
+        Duration::from_secs(5),
+        "client2 should get its own HBONE connection"
+    );
     drop(streams);
 }
 
@@ -202,14 +268,20 @@ fn fifty_connections_from_one_identity_share_one_hbone_connection() {
 /// 8080; nothing listens on 80) over one HBONE connection.
 #[test]
 fn fifty_connections_through_service_vip() {
-    let Some(topo) = topology("hbone_vip", Capture::ALL) else { return };
+    let Some(topo) = topology("hbone_vip", Capture::ALL) else {
+        return;
+    };
     let (_t1, _t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let vip: SocketAddr = (addr::SERVICE_VIP, 80).into();
     let streams = open_concurrently(topo.ns("n1"), addr::CLIENT, vip, 50);
     assert_eventually!(server.accepted() == 50);
-    assert_eq!(hbone_conns(topo.ns("n2")), 1, "VIP traffic must ride one HBONE connection");
+    assert_eq!(
+        hbone_conns(topo.ns("n2")),
+        1,
+        "VIP traffic must ride one HBONE connection"
+    );
     drop(streams);
 }
 
@@ -217,7 +289,9 @@ fn fifty_connections_through_service_vip() {
 /// the tunnel logs it as TCP, and no :15008 connection exists anywhere.
 #[test]
 fn passthrough_to_unknown_destination() {
-    let Some(topo) = topology("passthrough_unknown", Capture::ALL) else { return };
+    let Some(topo) = topology("passthrough_unknown", Capture::ALL) else {
+        return;
+    };
     let (t1, _t2) = standard_mesh(&topo);
     passthrough_roundtrip(&topo, &t1);
 }
@@ -225,7 +299,9 @@ fn passthrough_to_unknown_destination() {
 /// A destination workload with `protocol: TCP` is passed through as plain TCP.
 #[test]
 fn passthrough_to_tcp_protocol_workload() {
-    let Some(topo) = topology("passthrough_tcp", Capture::ALL) else { return };
+    let Some(topo) = topology("passthrough_tcp", Capture::ALL) else {
+        return;
+    };
     let cfg = MeshConfig::standard(SERVER_PORT)
         .with_workload(Workload::new("legacy", addr::NON_MESH, "n2").protocol(Protocol::Tcp));
     let cfg = write_config(&topo, "mesh.yaml", &cfg);
@@ -242,21 +318,45 @@ fn passthrough_roundtrip(topo: &Topology, t1: &Tunnel) {
     let client = s.local_addr().unwrap();
     echo_roundtrip(&mut s, &Pattern::new(9).bytes(MIB as usize)).expect("passthrough echo");
     assert_eq!(server.accepted(), 1);
-    assert_eq!(hbone_conns(topo.ns("n2")), 0, "passthrough must not use HBONE");
-    assert!(topo.ns("n1").established("( dport = :15008 )").unwrap().is_empty(), "n1 dialed :15008 for a passthrough");
+    assert_eq!(
+        hbone_conns(topo.ns("n2")),
+        0,
+        "passthrough must not use HBONE"
+    );
+    assert!(
+        topo.ns("n1")
+            .established("( dport = :15008 )")
+            .unwrap()
+            .is_empty(),
+        "n1 dialed :15008 for a passthrough"
+    );
     drop(s);
     // The tunnel did handle it (capture works; this is not a bypass).
     let dst_s = dst.to_string();
-    assert_eventually!(!t1.access_lines(&[("dst", &dst_s), ("protocol", "TCP")]).is_empty(), Duration::from_secs(10), "n1 logged no TCP access line for {dst_s}:\n{}", t1.log_tail(30));
-    let line = t1.access_lines(&[("dst", &dst_s), ("protocol", "TCP")]).remove(0);
-    assert_eq!(nodetunnel_testbed::tunnel::field(&line, "src"), Some(client.to_string().as_str()), "{line}");
+    assert_eventually!(
+        !t1.access_lines(&[("dst", &dst_s), ("protocol", "TCP")])
+            .is_empty(),
+        Duration::from_secs(10),
+        "n1 logged no TCP access line for {dst_s}:\n{}",
+        t1.log_tail(30)
+    );
+    let line = t1
+        .access_lines(&[("dst", &dst_s), ("protocol", "TCP")])
+        .remove(0);
+    assert_eq!(
+        field(&line, "src"),
+        Some(client.to_string().as_str()),
+        "{line}"
+    );
 }
 
 /// A peer whose certificate chains to another root is refused; the same setup with the shared
 /// CA works first (so the refusal is about trust, not a broken setup).
 #[test]
 fn peer_from_untrusted_ca_is_refused() {
-    let Some(topo) = topology("untrusted_ca", Capture::ALL) else { return };
+    let Some(topo) = topology("untrusted_ca", Capture::ALL) else {
+        return;
+    };
     let cfg = write_config(&topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
     let ca = make_ca(&topo);
     let _t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
@@ -264,21 +364,28 @@ fn peer_from_untrusted_ca_is_refused() {
 
     let t1 = start_tunnel(&topo, "n1", &cfg, Ca::Dir(&ca));
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
-    echo_roundtrip(&mut s, b"control: same CA works").expect("control connection with the shared CA");
+    echo_roundtrip(&mut s, b"control: same CA works")
+        .expect("control connection with the shared CA");
     drop(s);
     assert_eq!(server.accepted(), 1);
     t1.stop();
 
     let _t1 = start_tunnel(&topo, "n1", &cfg, Ca::Fake);
     assert_refused(&topo, &server, "n1 with a throwaway CA");
-    assert_eq!(hbone_conns(topo.ns("n2")), 0, "no HBONE connection may be established");
+    assert_eq!(
+        hbone_conns(topo.ns("n2")),
+        0,
+        "no HBONE connection may be established"
+    );
 }
 
 /// n2 presents `spiffe://cluster.local/ns/default/sa/impostor` for the server pod (its config
 /// says so), while n1 expects `.../sa/server`: n1 must refuse. The honest n2 works first.
 #[test]
 fn peer_with_wrong_identity_is_refused() {
-    let Some(topo) = topology("wrong_identity", Capture::ALL) else { return };
+    let Some(topo) = topology("wrong_identity", Capture::ALL) else {
+        return;
+    };
     let cfg = write_config(&topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
     let mut impostor = MeshConfig::standard(SERVER_PORT);
     impostor.workload_mut("server").service_account = "impostor".into();
@@ -289,7 +396,8 @@ fn peer_with_wrong_identity_is_refused() {
 
     let t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
-    echo_roundtrip(&mut s, b"control: honest peer works").expect("control connection to the honest n2");
+    echo_roundtrip(&mut s, b"control: honest peer works")
+        .expect("control connection to the honest n2");
     drop(s);
     assert_eq!(server.accepted(), 1);
     t2.stop();
@@ -302,7 +410,9 @@ fn peer_with_wrong_identity_is_refused() {
 /// (a hash of the request plus 1 MiB) and closes; the client gets the whole answer. Over HBONE.
 #[test]
 fn half_close_is_carried_over_hbone() {
-    let Some(topo) = topology("half_close", Capture::ALL) else { return };
+    let Some(topo) = topology("half_close", Capture::ALL) else {
+        return;
+    };
     let (_t1, t2) = standard_mesh(&topo);
     let reply_len = MIB;
     let server = Server::start(topo.ns("n2"), server_addr(), move |mut s: TcpStream| {
@@ -319,24 +429,43 @@ fn half_close_is_carried_over_hbone() {
     s.write_all(&request).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut reply = Vec::new();
-    s.read_to_end(&mut reply).expect("reading the reply after our half-close");
+    s.read_to_end(&mut reply)
+        .expect("reading the reply after our half-close");
 
     let header = format!("{} {}\n", request.len(), sha256_hex(&request));
-    assert!(reply.starts_with(header.as_bytes()), "server saw a different request: {:?}", String::from_utf8_lossy(&reply[..reply.len().min(100)]));
+    assert!(
+        reply.starts_with(header.as_bytes()),
+        "server saw a different request: {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(100)])
+    );
     let body = &reply[header.len()..];
     assert_eq!(body.len() as u64, reply_len, "reply truncated");
-    assert_eq!(Pattern::new(77).verify_from(&mut &body[..], reply_len).unwrap(), None, "reply corrupted");
+    assert_eq!(
+        Pattern::new(77)
+            .verify_from(&mut &body[..], reply_len)
+            .unwrap(),
+        None,
+        "reply corrupted"
+    );
     assert!(server.errors().is_empty(), "{:?}", server.errors());
 
     let dst = server_addr().to_string();
-    assert_eventually!(!t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")]).is_empty(), Duration::from_secs(10), "n2 logged no HBONE access line for {dst}:\n{}", t2.log_tail(30));
+    assert_eventually!(
+        !t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
+            .is_empty(),
+        Duration::from_secs(10),
+        "n2 logged no HBONE access line for {dst}:\n{}",
+        t2.log_tail(30)
+    );
 }
 
 /// A client outside the mesh (n1 has no tunnel and no capture; source 10.77.1.11 is not in
 /// n2's config) reaches the mesh server through n2's inbound plaintext capture (:15006).
 #[test]
 fn inbound_plaintext_from_non_mesh_client() {
-    let Some(topo) = topology("inbound_plaintext", Capture::ALL) else { return };
+    let Some(topo) = topology("inbound_plaintext", Capture::ALL) else {
+        return;
+    };
     topo.node("n1").set_capture(Capture::NONE).unwrap();
     let mut cfg = MeshConfig::standard(SERVER_PORT);
     cfg.workloads.retain(|w| w.name != "client2");
@@ -348,15 +477,28 @@ fn inbound_plaintext_from_non_mesh_client() {
     let mut s = connect(topo.ns("n1"), addr::CLIENT2, server_addr());
     let client = s.local_addr().unwrap();
     echo_roundtrip(&mut s, &Pattern::new(6).bytes(256 * 1024)).expect("echo through :15006");
-    let captured = topo.ns("n2").established(&format!("( sport = :{} )", port::INBOUND_PLAINTEXT)).unwrap();
-    assert_eq!(captured.len(), 1, "expected the client's connection on n2:15006, got:\n{}", captured.join("\n"));
+    let captured = topo
+        .ns("n2")
+        .established(&format!("( sport = :{} )", port::INBOUND_PLAINTEXT))
+        .unwrap();
+    assert_eq!(
+        captured.len(),
+        1,
+        "expected the client's connection on n2:15006, got:\n{}",
+        captured.join("\n")
+    );
     assert_eq!(server.accepted(), 1);
     assert_eq!(hbone_conns(topo.ns("n2")), 0);
     drop(s);
 
     let dst = server_addr().to_string();
     let src = client.to_string();
-    assert_eventually!(!t2.access_lines(&[("dst", &dst), ("src", &src)]).is_empty(), Duration::from_secs(10), "n2 logged no access line for {src} -> {dst}:\n{}", t2.log_tail(30));
+    assert_eventually!(
+        !t2.access_lines(&[("dst", &dst), ("src", &src)]).is_empty(),
+        Duration::from_secs(10),
+        "n2 logged no access line for {src} -> {dst}:\n{}",
+        t2.log_tail(30)
+    );
     let line = t2.access_lines(&[("dst", &dst), ("src", &src)]).remove(0);
-    assert_eq!(nodetunnel_testbed::tunnel::field(&line, "protocol"), Some("TCP"), "{line}");
+    assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
 }

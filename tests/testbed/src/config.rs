@@ -248,7 +248,10 @@ pub enum Ca<'a> {
 /// The environment of a dedicated-mode tunnel serving `node`.
 pub fn tunnel_env(node: &str, config: &Path, ca: Ca<'_>) -> Vec<(String, String)> {
     let mut env = vec![
-        ("LOCAL_XDS_PATH".to_string(), config.to_string_lossy().into_owned()),
+        (
+            "LOCAL_XDS_PATH".to_string(),
+            config.to_string_lossy().into_owned(),
+        ),
         ("NODE_NAME".to_string(), node.to_string()),
         ("RUST_LOG".to_string(), "info".to_string()),
         ("NO_COLOR".to_string(), "1".to_string()),
@@ -274,7 +277,9 @@ mod tests {
         let yaml = MeshConfig::standard(8080).to_yaml();
         assert!(yaml.starts_with("workloads:\n- uid: \"cluster1//v1/Pod/default/client\"\n"));
         assert!(yaml.contains("  serviceAccount: \"server\"\n"));
-        assert!(yaml.contains("  workloadIps: [\"10.77.2.10\"]\n  protocol: HBONE\n  node: \"n2\"\n"));
+        assert!(
+            yaml.contains("  workloadIps: [\"10.77.2.10\"]\n  protocol: HBONE\n  node: \"n2\"\n")
+        );
         assert!(yaml.contains(
             "  services:\n    \"default/server.default.svc.cluster.local\":\n      80: 8080\n"
         ));

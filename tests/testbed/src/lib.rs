@@ -32,7 +32,9 @@ pub mod topology;
 pub mod traffic;
 pub mod tunnel;
 
-pub use config::{env_refs, generate_ca, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol, Service, Workload};
+pub use config::{
+    env_refs, generate_ca, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol, Service, Workload,
+};
 pub use error::{Error, Result};
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
@@ -46,7 +48,8 @@ use std::path::PathBuf;
 /// The `nodetunnel` binary next to the current executable (for the demo and bench binaries,
 /// which cargo builds into the same `target/<profile>/` directory).
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
     let dir = exe
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent directory", exe.display())))?;

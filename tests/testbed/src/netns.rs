@@ -113,7 +113,10 @@ fn owner_pid(name: &str) -> Option<u32> {
 
 /// Kills the processes inside namespace `name` (never this process) and deletes the name.
 fn remove_namespace(name: &str) {
-    debug_assert!(owner_pid(name).is_some(), "refusing to remove foreign netns {name}");
+    debug_assert!(
+        owner_pid(name).is_some(),
+        "refusing to remove foreign netns {name}"
+    );
     if owner_pid(name).is_none() {
         return;
     }
@@ -136,7 +139,9 @@ fn kill_processes_in(name: &str) {
     }
     // Give the kernel a moment to reap them so the veth pair goes away with the namespace.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while pids.iter().any(|p| PathBuf::from(format!("/proc/{p}")).exists())
+    while pids
+        .iter()
+        .any(|p| PathBuf::from(format!("/proc/{p}")).exists())
         && Instant::now() < deadline
     {
         thread::sleep(Duration::from_millis(10));

@@ -1,28 +1,25 @@
 //! Cleanup on Ctrl-C / SIGTERM for the long-running binaries (demo, bench).
+//!
+//! Handlers, not a blocked mask + `sigwait`: a blocked mask would be inherited by the tunnel
+//! processes we start (std does not reset it before `exec`), and they would ignore SIGTERM.
 
 use std::thread;
 
-use nix::sys::signal::{SigSet, Signal};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in threads it starts later)
-/// and starts a thread that waits for them, then kills the test bed's child processes, deletes
-/// its namespaces ([`cleanup_all`](crate::cleanup_all)) and exits with 128 + signal.
-///
-/// Call it first thing in `main`, before any other thread exists. Child processes get a clean
-/// signal mask (std resets it before `exec`).
+/// Starts a thread that, on SIGINT, SIGTERM or SIGHUP, kills the test bed's child processes,
+/// deletes its namespaces ([`cleanup_all`](crate::cleanup_all)) and exits with 128 + signal.
 pub fn cleanup_on_signals() {
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    if set.thread_block().is_err() {
+    let Ok(mut signals) = Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        eprintln!("testbed: cannot install signal handlers; Ctrl-C will not clean up");
         return;
-    }
+    };
     thread::spawn(move || {
-        if let Ok(sig) = set.wait() {
-            eprintln!("\n{sig} received: cleaning up namespaces and processes");
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("\nsignal {sig} received: cleaning up namespaces and processes");
             crate::cleanup_all();
-            std::process::exit(128 + sig as i32);
+            std::process::exit(128 + sig);
         }
     });
 }

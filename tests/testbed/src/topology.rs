@@ -161,8 +161,18 @@ impl TopologyBuilder {
             crate::cmd::run(
                 "ip",
                 &[
-                    "link", "add", "eth0", "netns", a.ns.name(), "type", "veth", "peer", "name",
-                    "eth0", "netns", b.ns.name(),
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    a.ns.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    b.ns.name(),
                 ],
             )?;
         }
@@ -190,7 +200,9 @@ impl TopologyBuilder {
                     return Err(Error::Invalid(format!("link to unknown node {end:?}")));
                 }
                 if ends.contains(&end.as_str()) {
-                    return Err(Error::Invalid(format!("node {end:?} has more than one link")));
+                    return Err(Error::Invalid(format!(
+                        "node {end:?} has more than one link"
+                    )));
                 }
                 ends.push(end);
             }
@@ -248,8 +260,24 @@ impl Node {
             self.ns.exec(
                 "iptables",
                 &[
-                    "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "!", "-d", "127.0.0.0/8", "-m",
-                    "mark", "!", "--mark", TUNNEL_MARK, "-j", "REDIRECT", "--to-ports", "15001",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "!",
+                    "-d",
+                    "127.0.0.0/8",
+                    "-m",
+                    "mark",
+                    "!",
+                    "--mark",
+                    TUNNEL_MARK,
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "15001",
                 ],
             )?;
         }
@@ -258,8 +286,21 @@ impl Node {
                 self.ns.exec(
                     "iptables",
                     &[
-                        "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "!", "--dport", "15008",
-                        "-d", &pod.ip.to_string(), "-j", "REDIRECT", "--to-ports", "15006",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-p",
+                        "tcp",
+                        "!",
+                        "--dport",
+                        "15008",
+                        "-d",
+                        &pod.ip.to_string(),
+                        "-j",
+                        "REDIRECT",
+                        "--to-ports",
+                        "15006",
                     ],
                 )?;
             }

@@ -146,7 +146,8 @@ pub fn echo_roundtrip(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
     let w = thread::spawn(move || writer.write_all(&owned));
     let mut back = vec![0; data.len()];
     let read = stream.read_exact(&mut back);
-    w.join().map_err(|_| io::Error::other("writer panicked"))??;
+    w.join()
+        .map_err(|_| io::Error::other("writer panicked"))??;
     read?;
     if back != data {
         let i = (0..data.len()).find(|&i| back[i] != data[i]).unwrap_or(0);
@@ -185,7 +186,12 @@ const NONE: u64 = u64::MAX;
 
 /// Client side of the [`bulk_handler`] protocol: sends `up` bytes of pattern `seed` while
 /// receiving `down` bytes of pattern `seed + 1`, both at once; returns what each side verified.
-pub fn bulk_exchange(stream: &mut TcpStream, seed: u64, up: u64, down: u64) -> io::Result<BulkReport> {
+pub fn bulk_exchange(
+    stream: &mut TcpStream,
+    seed: u64,
+    up: u64,
+    down: u64,
+) -> io::Result<BulkReport> {
     let mut header = Vec::with_capacity(32);
     for v in [seed, up, seed.wrapping_add(1), down] {
         header.extend_from_slice(&v.to_be_bytes());
@@ -196,7 +202,8 @@ pub fn bulk_exchange(stream: &mut TcpStream, seed: u64, up: u64, down: u64) -> i
     let down_first_mismatch = Pattern::new(seed.wrapping_add(1)).verify_from(stream, down)?;
     let mut trailer = [0u8; 16];
     stream.read_exact(&mut trailer)?;
-    w.join().map_err(|_| io::Error::other("writer panicked"))??;
+    w.join()
+        .map_err(|_| io::Error::other("writer panicked"))??;
     let received = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
     let mismatch = u64::from_be_bytes(trailer[8..].try_into().expect("8 bytes"));
     Ok(BulkReport {
@@ -219,7 +226,8 @@ pub fn bulk_handler(mut stream: TcpStream) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let w = thread::spawn(move || Pattern::new(seed_down).write_to(&mut writer, down));
     let mismatch = Pattern::new(seed_up).verify_from(&mut stream, up)?;
-    w.join().map_err(|_| io::Error::other("writer panicked"))??;
+    w.join()
+        .map_err(|_| io::Error::other("writer panicked"))??;
     let mut trailer = up.to_be_bytes().to_vec();
     trailer.extend_from_slice(&mismatch.unwrap_or(NONE).to_be_bytes());
     stream.write_all(&trailer)?;
@@ -270,7 +278,12 @@ impl Server {
         let peers = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
-        let (s, a, p, e) = (stopping.clone(), accepted.clone(), peers.clone(), errors.clone());
+        let (s, a, p, e) = (
+            stopping.clone(),
+            accepted.clone(),
+            peers.clone(),
+            errors.clone(),
+        );
         ns.spawn(move || {
             let listener = match TcpListener::bind(addr).and_then(|l| Ok((l.try_clone()?, l))) {
                 Ok((mine, theirs)) => {
@@ -313,7 +326,10 @@ impl Server {
 
     /// Errors returned by handlers so far (a failing handler does not stop the server).
     pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -378,7 +394,10 @@ mod tests {
         let mut data = p.bytes(200_000);
         assert_eq!(p.verify_from(&mut &data[..], 200_000).unwrap(), None);
         data[150_001] ^= 1;
-        assert_eq!(p.verify_from(&mut &data[..], 200_000).unwrap(), Some(150_001));
+        assert_eq!(
+            p.verify_from(&mut &data[..], 200_000).unwrap(),
+            Some(150_001)
+        );
         let err = p.verify_from(&mut &data[..100], 200).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }

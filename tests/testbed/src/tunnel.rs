@@ -71,7 +71,10 @@ impl Tunnel {
             if let Some(status) = self.try_wait()? {
                 return Err(self.not_ready(format!("process exited with {status}")));
             }
-            let last = match self.ns.run(|| http_get_status(port::READINESS, "/healthz/ready")) {
+            let last = match self
+                .ns
+                .run(|| http_get_status(port::READINESS, "/healthz/ready"))
+            {
                 Ok(200) => return Ok(()),
                 Ok(code) => format!("/healthz/ready answered {code}"),
                 Err(e) => format!("/healthz/ready: {e}"),
@@ -249,7 +252,6 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::{field, field_u64};
-
 
     #[test]
     fn ansi_codes_are_stripped() {

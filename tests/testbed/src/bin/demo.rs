@@ -69,7 +69,10 @@ fn run() -> DemoResult {
     for t in [t1, t2] {
         let pid = t.pid();
         let status = t.stop();
-        println!("  stopped tunnel pid {pid} ({})", status.map_or("?".into(), |s| s.to_string()));
+        println!(
+            "  stopped tunnel pid {pid} ({})",
+            status.map_or("?".into(), |s| s.to_string())
+        );
     }
     drop(topo);
     Ok(())
@@ -82,23 +85,39 @@ fn section(title: &str) {
 fn tell_topology(topo: &Topology, mesh: &MeshConfig) {
     section("Topology: two network namespaces joined by one veth link (10.77.0.0/16)");
     for node in topo.nodes() {
-        println!("  node {} — netns {} — {}", node.name(), node.ns().name(), node.ip());
+        println!(
+            "  node {} — netns {} — {}",
+            node.name(),
+            node.ns().name(),
+            node.ip()
+        );
         for pod in node.pods() {
             let who = mesh
                 .workloads
                 .iter()
                 .find(|w| w.ips.contains(&pod.ip))
-                .map_or("not in the mesh".to_string(), |w| format!("identity {}", w.identity()));
+                .map_or("not in the mesh".to_string(), |w| {
+                    format!("identity {}", w.identity())
+                });
             println!("      pod {:<8} {:<12} {who}", pod.name, pod.ip.to_string());
         }
     }
     for svc in &mesh.services {
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|(p, t)| format!("{p} → {t}"))
+            .collect();
         println!(
-            "  service {} VIP {} ports {:?} (port → target)",
-            svc.hostname, svc.vips[0], svc.ports
+            "  service {} VIP {} port {}",
+            svc.hostname,
+            svc.vips[0],
+            ports.join(", ")
         );
     }
-    println!("  capture: nat OUTPUT → :15001 (except mark 0x539), nat PREROUTING to mesh pods → :15006");
+    println!(
+        "  capture: nat OUTPUT → :15001 (except mark 0x539), nat PREROUTING to mesh pods → :15006"
+    );
     println!("  CA: a fresh root from `nodetunnel generate-ca`, shared by both tunnels");
 }
 
@@ -123,7 +142,10 @@ fn hbone_transfer(topo: &Topology, t1: &Tunnel, t2: &Tunnel) -> DemoResult {
     let transfer = thread::spawn(move || bulk_exchange(&mut stream, 1, 10 * MIB, 10 * MIB));
     let mut hbone = Vec::new();
     wait_until(Duration::from_secs(5), || {
-        hbone = topo.ns("n2").established("( sport = :15008 )").unwrap_or_default();
+        hbone = topo
+            .ns("n2")
+            .established("( sport = :15008 )")
+            .unwrap_or_default();
         !hbone.is_empty()
     });
     let report = transfer.join().map_err(|_| "transfer thread panicked")??;
@@ -136,9 +158,14 @@ fn hbone_transfer(topo: &Topology, t1: &Tunnel, t2: &Tunnel) -> DemoResult {
         report.down_received / MIB,
         started.elapsed().as_millis()
     );
-    println!("  mTLS connection on n2 while it ran (`ss -tn state established '( sport = :15008 )'`):");
+    println!(
+        "  mTLS connection on n2 while it ran (`ss -tn state established '( sport = :15008 )'`):"
+    );
     for line in &hbone {
-        println!("      {}", line.split_whitespace().collect::<Vec<_>>().join("  "));
+        println!(
+            "      {}",
+            line.split_whitespace().collect::<Vec<_>>().join("  ")
+        );
     }
     if hbone.is_empty() {
         return Err("no HBONE connection on n2:15008 — the traffic did not use the tunnel".into());
@@ -161,7 +188,10 @@ fn service_request(topo: &Topology, t1: &Tunnel) -> DemoResult {
     println!("  1 KiB each way through the VIP, byte-exact (only :8080 listens on the server)");
     drop(stream);
     let lines = wait_for_access(t1, &[("protocol", "HBONE")], 2)?;
-    println!("  n1 access log: {}", summarize(lines.last().map_or("", String::as_str)));
+    println!(
+        "  n1 access log: {}",
+        summarize(lines.last().map_or("", String::as_str))
+    );
     Ok(())
 }
 
@@ -177,7 +207,11 @@ fn passthrough(topo: &Topology, t1: &Tunnel) -> DemoResult {
     Ok(())
 }
 
-fn wait_for_access(t: &Tunnel, fields: &[(&str, &str)], at_least: usize) -> DemoResult<Vec<String>> {
+fn wait_for_access(
+    t: &Tunnel,
+    fields: &[(&str, &str)],
+    at_least: usize,
+) -> DemoResult<Vec<String>> {
     let mut lines = Vec::new();
     wait_until(Duration::from_secs(5), || {
         lines = t.access_lines(fields);

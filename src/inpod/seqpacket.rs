@@ -1,0 +1,217 @@
+//! Async Unix `SOCK_SEQPACKET` sockets that carry file descriptors (`SCM_RIGHTS`).
+//!
+//! One datagram is one message. Received descriptors become [`OwnedFd`]s before anything
+//! looks at the payload, so a rejected message closes them on drop and none can leak.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+use tokio::io::unix::AsyncFd;
+
+/// The kernel's limit on descriptors in one message (`SCM_MAX_FD`). The control buffer has
+/// room for this many, so the kernel never has to drop descriptors for lack of space.
+const SCM_MAX_FD: usize = 253;
+
+/// A connected socket.
+#[derive(Debug)]
+pub struct SeqPacket {
+    fd: AsyncFd<OwnedFd>,
+    cmsg: Vec<u8>,
+}
+
+/// One received datagram.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Bytes written to the buffer (at most its length).
+    pub len: usize,
+    /// Every descriptor that came with it, already owned.
+    pub fds: Vec<OwnedFd>,
+    /// The datagram did not fit the buffer (`MSG_TRUNC`); the rest was discarded.
+    pub truncated: bool,
+    /// Control data did not fit (`MSG_CTRUNC`): descriptors may have been dropped.
+    pub control_truncated: bool,
+}
+
+impl SeqPacket {
+    /// Connects to a listening socket. Fails with `WouldBlock` if its backlog is full.
+    pub fn connect(path: &Path) -> io::Result<SeqPacket> {
+        let socket = Socket::new(Domain::UNIX, seqpacket(), None)?;
+        socket.connect(&SockAddr::unix(path)?)?;
+        SeqPacket::new(socket.into())
+    }
+
+    fn new(fd: OwnedFd) -> io::Result<SeqPacket> {
+        Ok(SeqPacket {
+            fd: sys::register(fd)?,
+            cmsg: nix::cmsg_space!([RawFd; SCM_MAX_FD]),
+        })
+    }
+
+    /// Leaves room for only two descriptors, so that more overflow (MSG_CTRUNC).
+    #[cfg(test)]
+    fn shrink_control_buffer(&mut self) {
+        self.cmsg = nix::cmsg_space!([RawFd; 2]);
+    }
+
+    /// Sends one datagram, with `fds` as `SCM_RIGHTS` when there are any.
+    pub async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let rights = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+        let iov = [IoSlice::new(bytes)];
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let sent = guard.try_io(|fd| {
+                let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+                sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, cmsgs, flags, None)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                // A seqpacket send is all or nothing.
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one datagram into `buf`. `None` at end of stream (a zero-length read without
+    /// descriptors: the peer closed; an empty datagram reads the same way).
+    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let cmsg = &mut self.cmsg;
+            match guard.try_io(|fd| recv_once(fd.as_raw_fd(), buf, cmsg)) {
+                Ok(Ok(d)) if d.len == 0 && d.fds.is_empty() && !d.control_truncated => {
+                    return Ok(None)
+                }
+                Ok(Ok(d)) => return Ok(Some(d)),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+fn recv_once(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Datagram> {
+    // The kernel writes control messages back to back; zeroing first makes the end of
+    // what it wrote recognisable to `sys::take_fds`.
+    cmsg.fill(0);
+    let mut iov = [IoSliceMut::new(buf)];
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), flags).map_err(io::Error::from)?;
+    let (bytes, got) = (msg.bytes, msg.flags);
+    // Parse the control buffer ourselves rather than with `RecvMsg::cmsgs`, which refuses
+    // to iterate after MSG_CTRUNC and would leave the descriptors that did arrive open.
+    let fds = sys::take_fds(cmsg);
+    Ok(Datagram {
+        len: bytes.min(buf.len()),
+        fds,
+        truncated: got.contains(MsgFlags::MSG_TRUNC),
+        control_truncated: got.contains(MsgFlags::MSG_CTRUNC),
+    })
+}
+
+fn seqpacket() -> Type {
+    Type::SEQPACKET.nonblocking().cloexec()
+}
+
+/// A listening socket.
+#[derive(Debug)]
+pub struct SeqPacketListener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl SeqPacketListener {
+    /// Binds `path` (removing a stale socket file first) and listens.
+    pub fn bind(path: &Path) -> io::Result<SeqPacketListener> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let socket = Socket::new(Domain::UNIX, seqpacket(), None)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        socket.listen(128)?;
+        Ok(SeqPacketListener {
+            fd: sys::register(socket.into())?,
+        })
+    }
+
+    pub async fn accept(&self) -> io::Result<SeqPacket> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| SockRef::from(fd.get_ref()).accept()) {
+                Ok(Ok((socket, _))) => {
+                    socket.set_nonblocking(true)?;
+                    return SeqPacket::new(socket.into());
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The only unsafe code in `inpod`: taking ownership of descriptors the kernel installed, and
+/// registering owned descriptors with the reactor.
+#[allow(unsafe_code)]
+mod sys {
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    use tokio::io::unix::AsyncFd;
+
+    use std::mem::{offset_of, size_of};
+
+    const HEADER: usize = size_of::<libc::cmsghdr>();
+    /// `CMSG_ALIGN` rounds to `size_t`.
+    const ALIGN: usize = size_of::<usize>();
+    const LEVEL: usize = offset_of!(libc::cmsghdr, cmsg_level);
+    const TYPE: usize = offset_of!(libc::cmsghdr, cmsg_type);
+
+    /// Every `SCM_RIGHTS` descriptor in a control buffer filled by `recvmsg` (zeroed before
+    /// the call). Walks the headers like `CMSG_NXTHDR`, reading bytes, never pointers.
+    pub(super) fn take_fds(buf: &[u8]) -> Vec<OwnedFd> {
+        let mut fds = Vec::new();
+        let mut at = 0;
+        while at + HEADER <= buf.len() {
+            let h = &buf[at..at + HEADER];
+            // cmsg_len is a size_t at offset 0 (glibc; musl's socklen_t plus zero padding
+            // reads the same on little-endian targets).
+            let len = usize::from_ne_bytes(h[..ALIGN].try_into().expect("size_t"));
+            let level = i32::from_ne_bytes(h[LEVEL..LEVEL + 4].try_into().expect("int"));
+            let kind = i32::from_ne_bytes(h[TYPE..TYPE + 4].try_into().expect("int"));
+            if len < HEADER || at + len > buf.len() {
+                break; // the zeroed rest, or nothing the kernel wrote
+            }
+            if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+                for raw in buf[at + HEADER..at + len].chunks_exact(4) {
+                    let fd = RawFd::from_ne_bytes(raw.try_into().expect("int"));
+                    // SAFETY: the kernel just installed `fd` in our descriptor table for this
+                    // SCM_RIGHTS message; nothing else has seen the number, so taking sole
+                    // ownership (and closing it on drop) is sound.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            at += len.next_multiple_of(ALIGN);
+        }
+        fds
+    }
+
+    /// Registers `fd` with the tokio reactor (readable and writable).
+    pub(super) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+        // SAFETY: `AsyncFd` needs the descriptor to stay open and the same for its lifetime.
+        // It owns the `OwnedFd`, which closes only on drop, and callers never swap it out
+        // (no `get_mut`).
+        Ok(unsafe { AsyncFd::register(fd) }?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
