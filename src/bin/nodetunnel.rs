@@ -74,13 +74,15 @@ fn run_daemon() -> ExitCode {
     };
     let workers = match std::env::var("WORKER_THREADS") {
         Err(_) => 2,
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                tracing::error!("configuration: WORKER_THREADS={v:?}: expected a whole number of at least 1");
-                return ExitCode::FAILURE;
+        Ok(v) => {
+            match v.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    tracing::error!("configuration: WORKER_THREADS={v:?}: expected a whole number of at least 1");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

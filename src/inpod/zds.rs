@@ -15,10 +15,10 @@ use nodetunnel_proto::istio::zds::{
     ZdsHello,
 };
 
-pub use prost::DecodeError;
-use prost::Message;
 use super::seqpacket::{Datagram, SeqPacket};
 pub use super::snapshot::NetnsId;
+pub use prost::DecodeError;
+use prost::Message;
 
 /// Receive buffer; a larger datagram is a protocol error.
 pub const RECV_BUFFER: usize = 64 * 1024;

@@ -11,9 +11,9 @@ use nodetunnel_proto::istio::zds::{
     WorkloadResponse, ZdsHello,
 };
 
-use prost::Message;
 use super::seqpacket::{SeqPacket, SeqPacketListener};
 use super::zds::WorkloadInfo;
+use prost::Message;
 
 /// How long the agent waits for the hello and for each ack.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -38,11 +38,13 @@ pub fn unique_prefix() -> String {
 struct Live {
     namespaces: Vec<String>,
     pids: Vec<i32>,
+    dirs: Vec<PathBuf>,
 }
 
 static LIVE: Mutex<Live> = Mutex::new(Live {
     namespaces: Vec::new(),
     pids: Vec::new(),
+    dirs: Vec::new(),
 });
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
@@ -58,14 +60,23 @@ pub(crate) fn unregister_pid(pid: i32) {
     live().pids.retain(|p| *p != pid);
 }
 
-/// Kills every child process and deletes every namespace this process created and still holds.
-/// For signal handlers (Ctrl-C in the demo): normal code relies on `Drop`.
+pub(crate) fn register_dir(dir: &std::path::Path) {
+    live().dirs.push(dir.to_path_buf());
+}
+
+pub(crate) fn unregister_dir(dir: &std::path::Path) {
+    live().dirs.retain(|d| d != dir);
+}
+
+/// Kills every child process and deletes every namespace and temp dir this process created and
+/// still holds. For signal handlers (Ctrl-C in the demo): normal code relies on `Drop`.
 pub fn cleanup_all() {
-    let (pids, namespaces) = {
+    let (pids, namespaces, dirs) = {
         let mut live = live();
         (
             std::mem::take(&mut live.pids),
             std::mem::take(&mut live.namespaces),
+            std::mem::take(&mut live.dirs),
         )
     };
     for pid in pids {
@@ -73,6 +84,9 @@ pub fn cleanup_all() {
     }
     for name in namespaces {
         remove_namespace(&name);
+    }
+    for dir in dirs {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 

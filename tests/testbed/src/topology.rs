@@ -146,6 +146,7 @@ impl TopologyBuilder {
             .prefix(&format!("{prefix}-{}-", self.name))
             .tempdir()
             .map_err(|e| Error::io("creating the topology's temp dir", e))?;
+        netns::register_dir(dir.path());
         let mut topo = Topology {
             name: self.name,
             prefix,
@@ -400,5 +401,12 @@ impl Topology {
             n += 1;
         };
         Tunnel::start(self.ns(node), bin, env, &log)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // The TempDir field removes the directory itself; only the signal-path record goes.
+        netns::unregister_dir(self.dir.path());
     }
 }
