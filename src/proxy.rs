@@ -53,6 +53,29 @@ pub struct ProxyInputs {
     pub scope: Scope,
 }
 
+/// Accepts connections until the task is dropped, running `handle` for each on its own task.
+/// A failed accept (e.g. out of file descriptors) backs off briefly instead of spinning.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, crate::socket::canonical(peer)));
+            }
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 impl ProxyInputs {
     /// The local workload holding `ip`, if this tunnel serves it.
     pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<Arc<Workload>> {

@@ -17,23 +17,15 @@ use crate::socket::{self, Source};
 use crate::tls;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let pi = pi.clone();
-                tokio::spawn(async move {
-                    let peer = socket::canonical(peer);
-                    if let Err(e) = serve_connection(pi, stream, peer).await {
-                        tracing::warn!(target: "access", direction = "inbound", src = %peer, flag = e.flag(), error = %e, "HBONE connection refused");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "HBONE accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    super::accept_loop(listener, "inbound HBONE", |stream, peer| {
+        let pi = pi.clone();
+        async move {
+            if let Err(e) = serve_connection(pi, stream, peer).await {
+                tracing::warn!(target: "access", direction = "inbound", src = %peer, flag = e.flag(), error = %e, "HBONE connection refused");
             }
         }
-    }
+    })
+    .await
 }
 
 /// Who is on the other end of an accepted mTLS connection, and which local address they dialed.

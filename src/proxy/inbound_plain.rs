@@ -13,18 +13,10 @@ use super::{ProxyError, ProxyInputs};
 use crate::socket::{self, Source};
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let pi = pi.clone();
-                tokio::spawn(async move { handle(pi, stream, socket::canonical(peer)).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound plaintext accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(listener, "inbound plaintext", |stream, peer| {
+        handle(pi.clone(), stream, peer)
+    })
+    .await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {

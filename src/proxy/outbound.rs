@@ -18,19 +18,10 @@ use crate::tls;
 
 /// Accepts captured connections until the listener fails or the task is dropped.
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let pi = pi.clone();
-                tokio::spawn(async move { handle(pi, stream, socket::canonical(peer)).await });
-            }
-            Err(e) => {
-                // Out of fds or similar: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(listener, "outbound", |stream, peer| {
+        handle(pi.clone(), stream, peer)
+    })
+    .await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
