@@ -186,16 +186,10 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
 
     // Both access logs record the connection as HBONE with the right identities and sizes.
     let dst = server_addr().to_string();
-    assert_eventually!(
-        !t1.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
-            .is_empty(),
+    let out = t1.wait_access_line(
+        &[("dst", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
-        "n1 logged no HBONE access line for {dst}:\n{}",
-        t1.log_tail(30)
     );
-    let out = t1
-        .access_lines(&[("dst", &dst), ("protocol", "HBONE")])
-        .remove(0);
     assert_eq!(
         field(&out, "src"),
         Some(client.to_string().as_str()),
@@ -206,16 +200,10 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
         Some(spiffe_id("default", "server").as_str()),
         "{out}"
     );
-    assert_eventually!(
-        !t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
-            .is_empty(),
+    let inb = t2.wait_access_line(
+        &[("dst", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
-        "n2 logged no HBONE access line for {dst}:\n{}",
-        t2.log_tail(30)
     );
-    let inb = t2
-        .access_lines(&[("dst", &dst), ("protocol", "HBONE")])
-        .remove(0);
     eprintln!("n1 access log: {out}\nn2 access log: {inb}");
     assert_eq!(
         field(&inb, "src_identity"),
@@ -333,16 +321,10 @@ fn passthrough_roundtrip(topo: &Topology, t1: &Tunnel) {
     drop(s);
     // The tunnel did handle it (capture works; this is not a bypass).
     let dst_s = dst.to_string();
-    assert_eventually!(
-        !t1.access_lines(&[("dst", &dst_s), ("protocol", "TCP")])
-            .is_empty(),
+    let line = t1.wait_access_line(
+        &[("dst", &dst_s), ("protocol", "TCP")],
         Duration::from_secs(10),
-        "n1 logged no TCP access line for {dst_s}:\n{}",
-        t1.log_tail(30)
     );
-    let line = t1
-        .access_lines(&[("dst", &dst_s), ("protocol", "TCP")])
-        .remove(0);
     assert_eq!(
         field(&line, "src"),
         Some(client.to_string().as_str()),
@@ -450,12 +432,9 @@ fn half_close_is_carried_over_hbone() {
     assert!(server.errors().is_empty(), "{:?}", server.errors());
 
     let dst = server_addr().to_string();
-    assert_eventually!(
-        !t2.access_lines(&[("dst", &dst), ("protocol", "HBONE")])
-            .is_empty(),
+    t2.wait_access_line(
+        &[("dst", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
-        "n2 logged no HBONE access line for {dst}:\n{}",
-        t2.log_tail(30)
     );
 }
 
@@ -493,12 +472,6 @@ fn inbound_plaintext_from_non_mesh_client() {
 
     let dst = server_addr().to_string();
     let src = client.to_string();
-    assert_eventually!(
-        !t2.access_lines(&[("dst", &dst), ("src", &src)]).is_empty(),
-        Duration::from_secs(10),
-        "n2 logged no access line for {src} -> {dst}:\n{}",
-        t2.log_tail(30)
-    );
-    let line = t2.access_lines(&[("dst", &dst), ("src", &src)]).remove(0);
+    let line = t2.wait_access_line(&[("dst", &dst), ("src", &src)], Duration::from_secs(10));
     assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
 }

@@ -130,6 +130,29 @@ impl Tunnel {
             .collect()
     }
 
+    /// Waits (up to `deadline`) for the first access-log line matching `fields` and returns it;
+    /// panics with the log tail if none appears. Access lines are written when a connection
+    /// ends, so callers poll rather than read once.
+    pub fn wait_access_line(
+        &self,
+        fields: &[(&str, &str)],
+        deadline: std::time::Duration,
+    ) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.access_lines(fields).into_iter().next() {
+                return line;
+            }
+            if start.elapsed() > deadline {
+                panic!(
+                    "no access line with {fields:?} within {deadline:?}; log tail:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// `Some(status)` if the process has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match self.child.as_mut() {
