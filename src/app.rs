@@ -5,15 +5,17 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{CaSource, Config, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
 use crate::identity::manager::CertificateSource;
 use crate::identity::{CaError, LocalCa, ManagerError, SecretManager};
+use crate::inpod::manager::InpodManager;
+use crate::inpod::pod::PodContext;
 use crate::metrics::Metrics;
-use crate::proxy::{inbound, inbound_plain, outbound, ProxyInputs, Scope};
+use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
 use crate::socket::{SocketFactory, TUNNEL_MARK};
 use crate::state::{self, Defaults, LoadError, StateHandle};
 
@@ -68,12 +70,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         node: config.node_name.clone(),
         workload: config.proxy_workload_info.clone(),
     };
-    // Issue the local workloads' certificates now: a broken CA shows up at start, not on the
-    // first connection.
+    // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
+    // start, not on the first connection. Shared mode issues them as pods arrive.
     let local_identities: std::collections::BTreeSet<_> = state
         .read()
         .workloads()
-        .filter(|w| scope.serves(w))
+        .filter(|w| config.inpod.is_none() && scope.serves(w))
         .map(|w| w.identity())
         .collect();
     for identity in &local_identities {
@@ -103,18 +105,56 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     });
     start_admin_thread(&config, admin.clone())?;
 
-    let pi = Arc::new(ProxyInputs {
-        config: config.clone(),
-        state,
-        certs,
-        pool: Pool::new(config.pool.clone()),
-        sockets: SocketFactory::current(Some(TUNNEL_MARK)),
-        metrics: metrics.clone(),
-        scope,
-    });
+    match &config.inpod {
+        None => {
+            let pi = Arc::new(ProxyInputs {
+                config: config.clone(),
+                state,
+                certs,
+                pool: Pool::new(config.pool.clone()),
+                sockets: SocketFactory::current(Some(TUNNEL_MARK)),
+                metrics,
+                scope,
+                delivery: Delivery::KernelSource,
+                tasks: ConnectionTasks::new(),
+            });
+            run_dedicated(pi, &admin).await
+        }
+        Some(inpod) => {
+            let ctx = PodContext {
+                config: config.clone(),
+                state,
+                certs,
+                metrics,
+                mark: inpod.mark,
+                port_reuse: inpod.port_reuse,
+            };
+            let ready = admin.clone();
+            let manager = InpodManager::new(
+                ctx,
+                inpod.uds.clone(),
+                config.drain_timeout,
+                Arc::new(move |r| ready.set_ready(r)),
+            );
+            tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(manager.run(async move {
+                let _ = stop_rx.await;
+            }));
+            let signal = wait_for_shutdown_signal().await;
+            admin.set_ready(false);
+            let _ = stop_tx.send(());
+            let _ = serving.await;
+            signal
+        }
+    }
+}
+
+/// Dedicated mode: the tunnel's own namespace holds the listeners.
+async fn run_dedicated(pi: Arc<ProxyInputs>, admin: &AdminState) -> Result<(), AppError> {
     let listeners = SocketFactory::current(None);
     let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(config.bind_ip, port);
+        let addr = SocketAddr::new(pi.config.bind_ip, port);
         listeners
             .listen(addr)
             .map_err(|source| AppError::Bind { addr, what, source })
@@ -130,13 +170,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     admin.set_ready(true);
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
-    wait_for_shutdown_signal().await?;
+    let signal = wait_for_shutdown_signal().await;
     admin.set_ready(false);
     for task in &tasks {
         task.abort();
     }
-    drain(&metrics, config.drain_timeout).await;
-    Ok(())
+    let outcome = pi.tasks.drain(pi.config.drain_timeout).await;
+    if outcome.cut > 0 {
+        tracing::warn!(
+            connections = outcome.cut,
+            "drain timeout reached; closed the remaining connections"
+        );
+    }
+    signal
 }
 
 async fn wait_for_shutdown_signal() -> Result<(), AppError> {
@@ -148,21 +194,6 @@ async fn wait_for_shutdown_signal() -> Result<(), AppError> {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     Ok(())
-}
-
-/// Lets live connections finish, up to `timeout`.
-async fn drain(metrics: &Metrics, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while metrics.active_connections.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = metrics.active_connections.get();
-    if left > 0 {
-        tracing::warn!(
-            connections = left,
-            "drain timeout reached; closing remaining connections"
-        );
-    }
 }
 
 /// Readiness, metrics and admin run on their own thread and runtime, so a slow scrape or a

@@ -74,9 +74,53 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
 }
 
+/// Shared (in-pod) mode settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InpodConfig {
+    /// `INPOD_UDS`: the node agent's ZDS socket (SOCK_SEQPACKET) the tunnel connects to.
+    pub uds: PathBuf,
+    /// `PACKET_MARK` (older name `INPOD_MARK`): SO_MARK on every socket the tunnel opens inside
+    /// a pod, which the in-pod rules exempt from redirection.
+    pub mark: u32,
+    /// `INPOD_PORT_REUSE`: SO_REUSEPORT on the in-pod listeners, so a new tunnel can bind next
+    /// to one that is still draining.
+    pub port_reuse: bool,
+}
+
+/// Istio's node agent socket path.
+pub const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
+
+impl InpodConfig {
+    fn from_env(env: &Env<'_>) -> Result<InpodConfig, ConfigError> {
+        let mark_var = if env.get("PACKET_MARK").is_some() {
+            "PACKET_MARK"
+        } else {
+            "INPOD_MARK"
+        };
+        let mark = env.number(mark_var, u64::from(crate::socket::TUNNEL_MARK))?;
+        let mark = u32::try_from(mark)
+            .ok()
+            .filter(|m| *m != 0)
+            .ok_or_else(|| {
+                invalid(
+                    mark_var,
+                    &mark.to_string(),
+                    "expected a mark in 1..=4294967295",
+                )
+            })?;
+        Ok(InpodConfig {
+            uds: PathBuf::from(env.get("INPOD_UDS").unwrap_or(DEFAULT_INPOD_UDS)),
+            mark,
+            port_reuse: env.bool("INPOD_PORT_REUSE", true)?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub proxy_mode: ProxyMode,
+    /// Set exactly when `proxy_mode` is `Shared`.
+    pub inpod: Option<InpodConfig>,
     pub local_xds_path: Option<PathBuf>,
     pub ca: CaSource,
     pub cluster_id: String,
@@ -122,12 +166,6 @@ impl Config {
                 ))
             }
         };
-        if proxy_mode == ProxyMode::Shared {
-            return Err(ConfigError::Unsupported {
-                var: "PROXY_MODE",
-                what: "shared (in-pod) mode",
-            });
-        }
         if env.get("XDS_ADDRESS").is_some() {
             return Err(ConfigError::Unsupported {
                 var: "XDS_ADDRESS",
@@ -155,6 +193,19 @@ impl Config {
             .get("PROXY_WORKLOAD_INFO")
             .map(parse_workload_info)
             .transpose()?;
+        let inpod = match proxy_mode {
+            ProxyMode::Dedicated => None,
+            ProxyMode::Shared => {
+                if let Some(info) = env.get("PROXY_WORKLOAD_INFO") {
+                    return Err(invalid(
+                        "PROXY_WORKLOAD_INFO",
+                        info,
+                        "only meaningful with PROXY_MODE=dedicated; in shared mode each pod's identity comes from the node agent",
+                    ));
+                }
+                Some(InpodConfig::from_env(&env)?)
+            }
+        };
         let ipv6 = env.bool("IPV6_ENABLED", true)?;
         let bind_ip: IpAddr = if ipv6 {
             Ipv6Addr::UNSPECIFIED.into()
@@ -171,6 +222,7 @@ impl Config {
         }
         Ok(Config {
             proxy_mode,
+            inpod,
             local_xds_path,
             ca,
             cluster_id: env.get("CLUSTER_ID").unwrap_or("Kubernetes").to_string(),
@@ -401,6 +453,62 @@ mod tests {
                 service_account: "sleep".into()
             })
         );
+    }
+
+    #[test]
+    fn shared_mode_reads_the_inpod_settings() {
+        let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+        let cfg = Config::from_vars(&vars(&[base[0], base[1], ("PROXY_MODE", "shared")])).unwrap();
+        assert_eq!(cfg.proxy_mode, ProxyMode::Shared);
+        let inpod = cfg.inpod.unwrap();
+        assert_eq!(inpod.uds, PathBuf::from(DEFAULT_INPOD_UDS));
+        assert_eq!(inpod.mark, 0x539);
+        assert!(inpod.port_reuse);
+
+        let cfg = Config::from_vars(&vars(&[
+            base[0],
+            base[1],
+            ("PROXY_MODE", "shared"),
+            ("INPOD_UDS", "/run/agent.sock"),
+            ("PACKET_MARK", "4242"),
+            ("INPOD_PORT_REUSE", "false"),
+        ]))
+        .unwrap();
+        let inpod = cfg.inpod.unwrap();
+        assert_eq!(inpod.uds, PathBuf::from("/run/agent.sock"));
+        assert_eq!(inpod.mark, 4242);
+        assert!(!inpod.port_reuse);
+
+        let dedicated = Config::from_vars(&vars(&base)).unwrap();
+        assert_eq!(dedicated.inpod, None);
+    }
+
+    #[test]
+    fn shared_mode_rejects_what_does_not_fit() {
+        let base = [
+            ("LOCAL_XDS_PATH", "/x.yaml"),
+            ("FAKE_CA", "true"),
+            ("PROXY_MODE", "shared"),
+        ];
+        let err = Config::from_vars(&vars(&[base[0], base[1], base[2], ("PACKET_MARK", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("PACKET_MARK=\"0\""), "{err}");
+        let err = Config::from_vars(&vars(&[
+            base[0],
+            base[1],
+            base[2],
+            ("INPOD_MARK", "99999999999"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("INPOD_MARK="), "{err}");
+        let err = Config::from_vars(&vars(&[
+            base[0],
+            base[1],
+            base[2],
+            ("PROXY_WORKLOAD_INFO", "default/client/sleep"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("PROXY_MODE=dedicated"), "{err}");
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! - [`zds`]: the tunnel side of the protocol (connect, hello, typed and validated requests,
 //!   acks, reconnect backoff).
 //! - [`snapshot`]: which pods to run as requests arrive (snapshot, drain, replace), no I/O.
-//! - [`zds_server`]: the agent side, for tests and tools.
+//! - [`zds_server`]: the agent side, for tests and tools; [`agent`]: a small node agent built
+//!   on it (`nodetunnel zds-agent`) that hands named namespaces to a tunnel.
 //! - `seqpacket`: the `SOCK_SEQPACKET` + `SCM_RIGHTS` transport; `codec`: the protobuf wire
 //!   format of the ZDS messages.
-//!
-//! Wiring into the daemon comes later.
+//! - [`pod`]: one pod's proxy, inside its namespace; [`manager`]: the loop tying ZDS requests to
+//!   pod proxies and readiness.
 
 #![deny(unsafe_code)]
 
+pub mod manager;
+pub mod pod;
+pub mod agent;
 mod seqpacket;
 pub mod snapshot;
 pub mod zds;

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod drain;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
 use crate::identity::SecretManager;
 use crate::metrics::Metrics;
@@ -41,23 +42,42 @@ impl Scope {
     }
 }
 
-/// Everything a listener needs to proxy a connection; shared by all of one tunnel's listeners.
+/// How inbound connections reach the local app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// From an address the kernel picks (dedicated mode: no rules route replies back to a
+    /// foreign source).
+    KernelSource,
+    /// From the original client's address (IP_TRANSPARENT), so the app sees the real client.
+    /// Needs the in-pod rules, which route the app's replies back to the tunnel.
+    PreserveClient,
+}
+
+/// Everything a listener needs to proxy a connection; shared by one listener group (the
+/// dedicated tunnel, or one pod in shared mode).
 pub struct ProxyInputs {
     pub config: Arc<Config>,
     pub state: StateHandle,
     pub certs: Arc<SecretManager>,
+    /// Outbound HBONE connections. One per listener group: in shared mode they are sockets
+    /// inside one pod's namespace and must never carry another pod's traffic.
     pub pool: Pool,
     /// Creates upstream sockets (marked, in the right namespace).
     pub sockets: SocketFactory,
     pub metrics: Arc<Metrics>,
     pub scope: Scope,
+    pub delivery: Delivery,
+    /// Every connection task of this group, for draining.
+    pub tasks: ConnectionTasks,
 }
 
-/// Accepts connections until the task is dropped, running `handle` for each on its own task.
-/// A failed accept (e.g. out of file descriptors) backs off briefly instead of spinning.
+/// Accepts connections until the task is dropped, running `handle` for each on its own task
+/// in `tasks`. A failed accept (e.g. out of file descriptors) backs off briefly instead of
+/// spinning.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     what: &'static str,
+    tasks: &ConnectionTasks,
     handle: F,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
@@ -66,7 +86,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, crate::socket::canonical(peer)));
+                tasks.spawn(handle(stream, crate::socket::canonical(peer)));
             }
             Err(e) => {
                 tracing::warn!(listener = what, error = %e, "accept failed");
@@ -83,6 +103,14 @@ impl ProxyInputs {
             .read()
             .workload_by_ip(&self.config.network, ip)
             .filter(|w| self.scope.serves(w))
+    }
+
+    /// The source inbound delivery to the app uses, for a client at `client`.
+    pub fn delivery_source(&self, client: std::net::IpAddr) -> crate::socket::Source {
+        match self.delivery {
+            Delivery::KernelSource => crate::socket::Source::Any,
+            Delivery::PreserveClient => crate::socket::Source::Transparent(client),
+        }
     }
 
     /// True for the tunnel's own listener ports: connections there were not redirected.

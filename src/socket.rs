@@ -25,6 +25,10 @@ pub enum Source {
     Any,
     /// Bind to an address local to the namespace (e.g. the workload's own IP).
     Local(IpAddr),
+    /// Bind to a foreign address with IP_TRANSPARENT: inbound delivery inside a pod uses the
+    /// client's address, so the app sees the real client. The in-pod rules route the app's
+    /// replies back to the tunnel (connmark 0x111 → table 100 → local).
+    Transparent(IpAddr),
 }
 
 #[derive(Clone, Debug)]
@@ -32,12 +36,18 @@ pub struct SocketFactory {
     /// `None`: the namespace of the calling thread (the tunnel's own).
     netns: Option<Arc<Netns>>,
     mark: Option<u32>,
+    /// SO_REUSEPORT on listeners.
+    port_reuse: bool,
 }
 
 impl SocketFactory {
     /// Sockets in the tunnel's own namespace, marked with `mark`.
     pub fn current(mark: Option<u32>) -> SocketFactory {
-        SocketFactory { netns: None, mark }
+        SocketFactory {
+            netns: None,
+            mark,
+            port_reuse: true,
+        }
     }
 
     /// Sockets in `netns`, marked with `mark`.
@@ -45,58 +55,108 @@ impl SocketFactory {
         SocketFactory {
             netns: Some(netns),
             mark,
+            port_reuse: true,
         }
     }
 
-    fn create<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        match &self.netns {
-            None => f(),
-            Some(netns) => netns.run(f)?,
-        }
+    /// Turns SO_REUSEPORT on listeners on or off (`INPOD_PORT_REUSE`).
+    pub fn with_port_reuse(mut self, port_reuse: bool) -> SocketFactory {
+        self.port_reuse = port_reuse;
+        self
+    }
+
+    /// The namespace sockets are created in; `None` is the tunnel's own.
+    pub fn netns(&self) -> Option<&Arc<Netns>> {
+        self.netns.as_ref()
     }
 
     /// A listener with SO_REUSEPORT (so a new tunnel can take over while the old one drains).
     /// An unspecified IPv6 address listens dual-stack, falling back to IPv4 where the
-    /// namespace has no IPv6.
+    /// namespace has no IPv6. Blocks briefly on a fresh thread when the factory has a
+    /// namespace: call it at set-up, not per connection.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        let std_listener = self.create(|| match bind_listener(addr) {
-            Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && is_no_ipv6(&e) => {
-                bind_listener(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()))
-            }
-            other => other,
-        })?;
+        let port_reuse = self.port_reuse;
+        let bind = move || bind_dual_stack(addr, port_reuse);
+        let std_listener = match &self.netns {
+            None => bind()?,
+            Some(netns) => netns.run(bind)??,
+        };
         let listener = TcpListener::from_std(std_listener.into())?;
         Ok(listener)
+    }
+
+    /// Like [`listen`](Self::listen), but the namespace is entered on a shared `netns`
+    /// thread, so the caller's (tokio) thread never blocks on a thread spawn.
+    pub async fn listen_async(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let Some(netns) = &self.netns else {
+            return self.listen(addr);
+        };
+        let port_reuse = self.port_reuse;
+        let std_listener = netns
+            .run_async(move || bind_dual_stack(addr, port_reuse))
+            .await??;
+        TcpListener::from_std(std_listener.into())
     }
 
     /// Connects to `dst` from a socket created in this factory's namespace, with its mark.
     pub async fn connect(&self, dst: SocketAddr, source: Source) -> io::Result<TcpStream> {
         let mark = self.mark;
-        let socket = self.create(|| {
-            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-            if let Some(mark) = mark {
-                socket.set_mark(mark)?;
-            }
-            socket.set_tcp_nodelay(true)?;
-            if let Source::Local(ip) = source {
-                socket.bind(&SocketAddr::new(ip, 0).into())?;
-            }
-            socket.set_nonblocking(true)?;
-            Ok(socket)
-        })?;
+        let create = move || upstream_socket(dst, mark, source);
+        let socket = match &self.netns {
+            None => create()?,
+            Some(netns) => netns.run_async(create).await??,
+        };
         let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
         let stream = socket.connect(dst).await?;
         Ok(stream)
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<Socket> {
+/// A non-blocking, not yet connected socket for `dst`, bound as `source` asks.
+fn upstream_socket(dst: SocketAddr, mark: Option<u32>, source: Source) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    match source {
+        Source::Any => {}
+        Source::Local(ip) => socket.bind(&SocketAddr::new(ip, 0).into())?,
+        Source::Transparent(ip) => {
+            if dst.is_ipv6() {
+                socket.set_ip_transparent_v6(true)?;
+            } else {
+                socket.set_ip_transparent_v4(true)?;
+            }
+            // Port 0: the kernel picks a free port for the foreign address, so concurrent
+            // deliveries from one client never collide.
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// `[::]` listens dual-stack; where the namespace has no IPv6 it falls back to `0.0.0.0`.
+fn bind_dual_stack(addr: SocketAddr, port_reuse: bool) -> io::Result<Socket> {
+    match bind_listener(addr, port_reuse) {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && is_no_ipv6(&e) => {
+            bind_listener(
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+                port_reuse,
+            )
+        }
+        other => other,
+    }
+}
+
+fn bind_listener(addr: SocketAddr, port_reuse: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(port_reuse)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;

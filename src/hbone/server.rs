@@ -67,12 +67,14 @@ impl IncomingStream {
 }
 
 /// Serves one HTTP/2 connection: each CONNECT stream is passed to `handle` on its own task.
-/// Returns when the peer closes the connection.
-pub async fn serve<IO, H, Fut>(io: IO, handle: H) -> Result<(), h2::Error>
+/// Returns when the peer closes the connection. Once `shutdown` resolves, the connection
+/// sends GOAWAY, takes no new streams and ends when its open streams have.
+pub async fn serve<IO, H, Fut, S>(io: IO, handle: H, shutdown: S) -> Result<(), h2::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(IncomingStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
+    S: Future<Output = ()>,
 {
     let mut connection = h2::server::Builder::new()
         .initial_window_size(settings::STREAM_WINDOW)
@@ -81,7 +83,22 @@ where
         .max_concurrent_streams(settings::SERVER_MAX_CONCURRENT_STREAMS)
         .handshake::<_, Bytes>(io)
         .await?;
-    while let Some(next) = connection.accept().await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut shutting_down = false;
+    loop {
+        let next = if shutting_down {
+            connection.accept().await
+        } else {
+            tokio::select! {
+                next = connection.accept() => next,
+                () = &mut shutdown => {
+                    shutting_down = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+            }
+        };
+        let Some(next) = next else { break };
         let (request, respond) = next?;
         tokio::spawn(handle(IncomingStream { request, respond }));
     }

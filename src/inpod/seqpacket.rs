@@ -4,7 +4,7 @@
 //! looks at the payload, so a rejected message closes them on drop and none can leak.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, MsgFlags, UnixAddr};
@@ -79,14 +79,21 @@ impl SeqPacket {
         }
     }
 
-    /// Receives one datagram into `buf`. `None` at end of stream (a zero-length read without
-    /// descriptors: the peer closed; an empty datagram reads the same way).
+    /// Receives one datagram into `buf`. `None` at end of stream. A zero-length read is
+    /// either the peer closing or an empty datagram; the socket's hang-up state tells them
+    /// apart, so an empty datagram is returned as one (and gets its error ack) instead of
+    /// ending the connection.
     pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
         loop {
             let mut guard = self.fd.readable().await?;
             let cmsg = &mut self.cmsg;
             match guard.try_io(|fd| recv_once(fd.as_raw_fd(), buf, cmsg)) {
-                Ok(Ok(d)) if d.len == 0 && d.fds.is_empty() && !d.control_truncated => {
+                Ok(Ok(d))
+                    if d.len == 0
+                        && d.fds.is_empty()
+                        && !d.control_truncated
+                        && peer_hung_up(self.fd.get_ref().as_fd())? =>
+                {
                     return Ok(None)
                 }
                 Ok(Ok(d)) => return Ok(Some(d)),
@@ -96,6 +103,20 @@ impl SeqPacket {
             }
         }
     }
+}
+
+/// Whether the other end has closed (POLLHUP / POLLRDHUP), without waiting.
+fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // nix has no name for POLLRDHUP; the bit is Linux's.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(fd, rdhup)];
+    poll(&mut fds, PollTimeout::ZERO)?;
+    // `revents` is `None` when a bit nix does not know is set, which can only be POLLRDHUP.
+    Ok(match fds[0].revents() {
+        None => true,
+        Some(seen) => seen.intersects(PollFlags::POLLHUP | rdhup),
+    })
 }
 
 fn recv_once(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Datagram> {

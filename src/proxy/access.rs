@@ -19,8 +19,14 @@ pub struct ConnectionRecord {
     pub labels: ConnectionLabels,
     started: Instant,
     opened: bool,
+    /// Set by `finish`; a record dropped without it belongs to a connection that was cut
+    /// (its task dropped at a drain deadline), which still gets its log line.
+    finished: bool,
     metrics: Arc<Metrics>,
 }
+
+/// `flag` / `response_flags` of a connection cut at a drain deadline.
+pub const DRAIN_CUT_FLAG: &str = "drain_cut";
 
 impl ConnectionRecord {
     pub fn new(
@@ -49,6 +55,7 @@ impl ConnectionRecord {
             },
             started: Instant::now(),
             opened: false,
+            finished: false,
             metrics,
         }
     }
@@ -64,6 +71,7 @@ impl ConnectionRecord {
 
     /// Writes the access-log line and closes the connection in the metrics.
     pub fn finish(mut self, transferred: Transferred, error: Option<&ProxyError>) {
+        self.finished = true;
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let dst = self
             .dst
@@ -121,5 +129,30 @@ impl ConnectionRecord {
 impl Drop for ConnectionRecord {
     fn drop(&mut self) {
         self.metrics.active_connections.dec();
+        if self.finished {
+            return;
+        }
+        // Cut mid-copy: the byte counts lived in the dropped copy loop and are unknown.
+        let dst = self
+            .dst
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into());
+        tracing::warn!(
+            target: "access",
+            direction = self.direction,
+            src = %self.src,
+            dst = %dst,
+            src_identity = self.src_identity.as_deref().unwrap_or("-"),
+            dst_identity = self.dst_identity.as_deref().unwrap_or("-"),
+            protocol = self.protocol,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            flag = DRAIN_CUT_FLAG,
+            "connection cut at the drain deadline"
+        );
+        if self.opened {
+            let mut labels = std::mem::take(&mut self.labels);
+            labels.response_flags = DRAIN_CUT_FLAG;
+            self.metrics.connections_closed.get_or_create(&labels).inc();
+        }
     }
 }

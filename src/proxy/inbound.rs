@@ -13,11 +13,11 @@ use super::outbound::connect_plain;
 use super::{ProxyError, ProxyInputs};
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::Identity;
-use crate::socket::{self, Source};
+use crate::socket;
 use crate::tls;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "inbound HBONE", |stream, peer| {
+    super::accept_loop(listener, "inbound HBONE", &pi.tasks.clone(), |stream, peer| {
         let pi = pi.clone();
         async move {
             if let Err(e) = serve_connection(pi, stream, peer).await {
@@ -67,9 +67,14 @@ async fn serve_connection(
         identity,
         dialed: local.ip(),
     };
-    let result = server::serve(tls_stream, |incoming| {
-        handle_stream(pi.clone(), info.clone(), incoming)
-    })
+    let result = server::serve(
+        tls_stream,
+        |incoming| {
+            pi.tasks
+                .wrap(handle_stream(pi.clone(), info.clone(), incoming))
+        },
+        pi.tasks.draining(),
+    )
     .await;
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "HBONE connection ended with an error");
@@ -114,7 +119,7 @@ async fn proxy_stream(
     record.dst = Some(target);
     record.dst_identity = Some(workload.identity().to_string());
     record.labels = std::mem::take(&mut record.labels).with_destination(Some(&workload));
-    let mut upstream = match connect_plain(pi, target, Source::Any).await {
+    let mut upstream = match connect_plain(pi, target, pi.delivery_source(peer.addr.ip())).await {
         Ok(up) => up,
         Err(e) => {
             incoming.refuse(e.status());

@@ -10,19 +10,22 @@ use super::access::ConnectionRecord;
 use super::copy::{copy_bidirectional, Transferred};
 use super::outbound::connect_plain;
 use super::{ProxyError, ProxyInputs};
-use crate::socket::{self, Source};
+use crate::socket;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "inbound plaintext", |stream, peer| {
-        handle(pi.clone(), stream, peer)
-    })
+    super::accept_loop(
+        listener,
+        "inbound plaintext",
+        &pi.tasks.clone(),
+        |stream, peer| handle(pi.clone(), stream, peer),
+    )
     .await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut record = ConnectionRecord::new(pi.metrics.clone(), "inbound", peer);
-    match proxy(&pi, &mut client, &mut record).await {
+    match proxy(&pi, &mut client, peer, &mut record).await {
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
@@ -31,6 +34,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
 async fn proxy(
     pi: &ProxyInputs,
     client: &mut TcpStream,
+    peer: SocketAddr,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, (Transferred, ProxyError)> {
     let fail = |e: ProxyError| (Transferred::default(), e);
@@ -44,7 +48,9 @@ async fn proxy(
         .ok_or_else(|| fail(ProxyError::NotLocal { target: dst }))?;
     record.dst_identity = Some(workload.identity().to_string());
     record.labels = std::mem::take(&mut record.labels).with_destination(Some(&workload));
-    let mut upstream = connect_plain(pi, dst, Source::Any).await.map_err(fail)?;
+    let mut upstream = connect_plain(pi, dst, pi.delivery_source(peer.ip()))
+        .await
+        .map_err(fail)?;
     record.opened();
     copy_bidirectional(client, &mut upstream)
         .await

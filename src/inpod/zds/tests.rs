@@ -303,6 +303,31 @@ async fn agent_gone_is_end_of_stream() {
 }
 
 #[tokio::test]
+async fn an_empty_datagram_is_a_request_without_payload_not_the_end() {
+    let Setup {
+        mut peer, mut conn, ..
+    } = setup().await;
+    // A WorkloadRequest with no payload encodes to zero bytes: the same read length as a
+    // close, which must not end the connection.
+    peer.send_raw(&[], &[]).await.unwrap();
+    let (event, ack) = tokio::join!(answer(&mut conn), peer.recv_ack());
+    assert!(matches!(
+        event,
+        WorkloadEvent::Invalid(ProtocolViolation::NoPayload)
+    ));
+    assert_eq!(
+        ack.unwrap().error.as_deref(),
+        Some("request without payload")
+    );
+    // Still connected: the next request goes through.
+    peer.send_raw(&keep("after"), &[]).await.unwrap();
+    assert!(matches!(
+        conn.next().await,
+        Ok(Some(WorkloadEvent::Keep { .. }))
+    ));
+}
+
+#[tokio::test]
 async fn connect_errors_and_stale_socket_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("zds.sock");

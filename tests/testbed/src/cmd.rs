@@ -1,6 +1,7 @@
 //! Running the external tools the test bed is built from (`ip`, `iptables`, `ss`, ...).
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use crate::error::{Error, Result};
 
@@ -12,6 +13,37 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
     } else {
         Err(Error::Command {
             cmd: render(program, args),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+/// Like [`run`], with `input` written to the program's stdin (e.g. `iptables-restore`).
+pub fn run_with_stdin(program: &str, args: &[&str], input: &str) -> Result<String> {
+    let rendered = render(program, args);
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(format!("spawning `{rendered}`"), e))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(input.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("waiting for `{rendered}`"), e))?;
+    if let Some(Err(e)) = written {
+        return Err(Error::io(format!("writing the input of `{rendered}`"), e));
+    }
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::Command {
+            cmd: rendered,
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })

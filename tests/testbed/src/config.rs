@@ -263,6 +263,20 @@ pub fn tunnel_env(node: &str, config: &Path, ca: Ca<'_>) -> Vec<(String, String)
     env
 }
 
+/// The environment of a shared-mode (in-pod) tunnel serving `node`: [`tunnel_env`] plus
+/// `PROXY_MODE=shared` and `INPOD_UDS=<uds>` (the ZDS socket the CNI agent listens on).
+pub fn shared_tunnel_env(
+    node: &str,
+    config: &Path,
+    ca: Ca<'_>,
+    uds: &Path,
+) -> Vec<(String, String)> {
+    let mut env = tunnel_env(node, config, ca);
+    env.push(("PROXY_MODE".into(), "shared".into()));
+    env.push(("INPOD_UDS".into(), uds.to_string_lossy().into_owned()));
+    env
+}
+
 /// Borrows an owned environment as the `&[(&str, &str)]` that `start_tunnel` takes.
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()

@@ -25,19 +25,27 @@ pub mod cmd;
 pub mod config;
 mod error;
 pub mod eventually;
+pub mod inpod;
 pub mod netns;
 mod privilege;
+pub mod procstat;
 mod signals;
 pub mod topology;
 pub mod traffic;
 pub mod tunnel;
 
 pub use config::{
-    env_refs, generate_ca, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol, Service, Workload,
+    env_refs, generate_ca, shared_tunnel_env, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol,
+    Service, Workload,
 };
 pub use error::{Error, Result};
+pub use inpod::{
+    apply_inpod_rules, remove_inpod_rules, InpodRules, PodNode, PodNs, PodTopology,
+    PodTopologyBuilder, INPOD_RULES_V4,
+};
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
+pub use procstat::ProcStats;
 pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};

@@ -143,10 +143,14 @@ fn kill_processes_in(name: &str) {
         return;
     };
     let me = process::id() as i32;
+    // Tunnels we started are stopped by their own handle (or by `cleanup_all`), never here: a
+    // shared-mode tunnel lives in a node namespace but may be inside a pod namespace for a
+    // moment (setns), and deleting that pod must not kill it.
+    let ours = live().pids.clone();
     let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
-        .filter(|p| *p != me)
+        .filter(|p| *p != me && !ours.contains(p))
         .collect();
     for pid in &pids {
         let _ = signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);

@@ -392,14 +392,7 @@ impl Topology {
     /// Starts `bin` in node `node`'s namespace with `env`, logging to `dir()/<node>-tunnel-<n>.log`,
     /// and waits until it is ready (see [`Tunnel::start`]).
     pub fn start_tunnel(&self, node: &str, bin: &Path, env: &[(&str, &str)]) -> Result<Tunnel> {
-        let mut n = 0;
-        let log = loop {
-            let candidate = self.path(&format!("{node}-tunnel-{n}.log"));
-            if !candidate.exists() {
-                break candidate;
-            }
-            n += 1;
-        };
+        let log = crate::tunnel::fresh_log_path(self.dir(), node);
         Tunnel::start(self.ns(node), bin, env, &log)
     }
 }

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
+use crate::procstat::ProcStats;
 use crate::topology::port;
 
 /// How long [`Tunnel::start`] waits for `/healthz/ready`.
@@ -37,6 +38,14 @@ impl Tunnel {
     /// 127.0.0.1:15021 inside the namespace answers 200. Fails (with the log tail) if the
     /// process exits or [`READY_DEADLINE`] passes first.
     pub fn start(ns: &Netns, bin: &Path, env: &[(&str, &str)], log_path: &Path) -> Result<Tunnel> {
+        let mut tunnel = Tunnel::spawn(ns, bin, env, log_path)?;
+        tunnel.wait_ready(READY_DEADLINE)?;
+        Ok(tunnel)
+    }
+
+    /// Like [`start`](Self::start) but returns as soon as the process runs, without waiting
+    /// for readiness (a shared-mode tunnel is not ready before its ZDS agent sent a snapshot).
+    pub fn spawn(ns: &Netns, bin: &Path, env: &[(&str, &str)], log_path: &Path) -> Result<Tunnel> {
         let log = File::create(log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log2 = log
@@ -56,25 +65,22 @@ impl Tunnel {
             .spawn()
             .map_err(|e| Error::io(format!("starting {} in {}", bin.display(), ns.name()), e))?;
         netns::register_pid(child.id() as i32);
-        let mut tunnel = Tunnel {
+        Ok(Tunnel {
             ns: ns.clone(),
             child: Some(child),
             log_path: log_path.to_path_buf(),
-        };
-        tunnel.wait_ready(READY_DEADLINE)?;
-        Ok(tunnel)
+        })
     }
 
-    fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+    /// Polls `/healthz/ready` until it answers 200. Fails (with the log tail) if the process
+    /// exits or `deadline` passes first.
+    pub fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
         let end = Instant::now() + deadline;
         loop {
             if let Some(status) = self.try_wait()? {
                 return Err(self.not_ready(format!("process exited with {status}")));
             }
-            let last = match self
-                .ns
-                .run(|| http_get_status(port::READINESS, "/healthz/ready"))
-            {
+            let last = match self.readiness() {
                 Ok(200) => return Ok(()),
                 Ok(code) => format!("/healthz/ready answered {code}"),
                 Err(e) => format!("/healthz/ready: {e}"),
@@ -84,6 +90,22 @@ impl Tunnel {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// One non-blocking probe: does `GET /healthz/ready` on 127.0.0.1:15021 inside the
+    /// tunnel's namespace answer 200 right now? (Connection refused or any other status → false.)
+    pub fn is_ready(&self) -> bool {
+        matches!(self.readiness(), Ok(200))
+    }
+
+    fn readiness(&self) -> std::io::Result<u16> {
+        self.ns
+            .run(|| http_get_status(port::READINESS, "/healthz/ready"))
+    }
+
+    /// Open fds, threads, CPU time and memory of the daemon right now (from `/proc/<pid>`).
+    pub fn stats(&self) -> Result<ProcStats> {
+        ProcStats::read(self.pid())
     }
 
     fn not_ready(&self, reason: String) -> Error {
@@ -205,6 +227,14 @@ impl Drop for Tunnel {
             );
         }
     }
+}
+
+/// `dir/<node>-tunnel-<n>.log` for the first `n` that does not exist yet.
+pub(crate) fn fresh_log_path(dir: &Path, node: &str) -> PathBuf {
+    (0..)
+        .map(|n| dir.join(format!("{node}-tunnel-{n}.log")))
+        .find(|candidate| !candidate.exists())
+        .expect("an unused log file name")
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`), which tracing may emit even into files.

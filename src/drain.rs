@@ -1,0 +1,149 @@
+//! Draining a group of connections: stop taking new ones, let live ones finish up to a
+//! deadline, then cut what is left.
+//!
+//! Every connection task of a listener group (the dedicated tunnel, or one pod in shared mode)
+//! runs through one [`ConnectionTasks`]. Removing a pod or shutting down then has one
+//! answer to "are its connections done?", instead of polling counters.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The connection tasks of one listener group. Cloning shares the group.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionTasks {
+    tracker: TaskTracker,
+    /// Cancelled when draining starts: long-lived multiplexed connections (inbound HBONE)
+    /// stop taking new streams and close once their streams end.
+    draining: CancellationToken,
+    /// Cancelled at the drain deadline: every task still running is dropped.
+    cut: CancellationToken,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Tasks still running at the deadline, which were cut.
+    pub cut: usize,
+}
+
+impl ConnectionTasks {
+    pub fn new() -> ConnectionTasks {
+        ConnectionTasks::default()
+    }
+
+    /// Spawns `task` as part of the group; it is dropped if the drain deadline passes.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(self.wrap(task));
+    }
+
+    /// `task`, counted in the group and cut at the drain deadline; for callers that spawn
+    /// themselves (e.g. the HBONE server spawning one task per stream).
+    pub fn wrap<F>(&self, task: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cut = self.cut.clone();
+        self.tracker.track_future(async move {
+            tokio::select! {
+                biased;
+                _ = cut.cancelled() => {}
+                _ = task => {}
+            }
+        })
+    }
+
+    /// Resolves when draining starts.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.draining.clone().cancelled_owned()
+    }
+
+    /// Tasks running now.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Starts draining and waits until every task has finished or `deadline` passed; then
+    /// cuts the rest and waits for them to be dropped.
+    pub async fn drain(&self, deadline: Duration) -> DrainOutcome {
+        self.tracker.close();
+        self.draining.cancel();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return DrainOutcome { cut: 0 };
+        }
+        let cut = self.tracker.len();
+        self.cut.cancel();
+        self.tracker.wait().await;
+        DrainOutcome { cut }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn finished_tasks_drain_at_once() {
+        let tasks = ConnectionTasks::new();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(tasks.len(), 1);
+        let outcome = tasks.drain(Duration::from_secs(10)).await;
+        assert_eq!(outcome, DrainOutcome { cut: 0 });
+        assert!(
+            done.load(Ordering::SeqCst),
+            "drain returned before the task ended"
+        );
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stuck_tasks_are_cut_at_the_deadline() {
+        let tasks = ConnectionTasks::new();
+        // A guard dropped when the task is cut: proves the future was really dropped.
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        tasks.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        let outcome = tasks.drain(Duration::from_millis(50)).await;
+        assert_eq!(outcome, DrainOutcome { cut: 1 });
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn draining_signal_lets_multiplexed_connections_wind_down() {
+        let tasks = ConnectionTasks::new();
+        let draining = tasks.draining();
+        // A connection that closes itself once told to drain.
+        tasks.spawn(draining);
+        let outcome = tasks.drain(Duration::from_secs(10)).await;
+        assert_eq!(outcome.cut, 0);
+    }
+}

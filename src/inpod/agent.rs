@@ -1,0 +1,526 @@
+//! A small ZDS node agent for tests, demos and benches: it holds a set of enrolled pods and
+//! serves tunnels the way Istio's CNI agent does, without Kubernetes.
+//!
+//! - Each tunnel that connects gets the snapshot: an `AddWorkload` per pod (in uid order) with a
+//!   freshly opened descriptor of its netns path (a `KeepWorkload` when the path no longer
+//!   opens), then `SnapshotSent`, waiting for each ack. It then gets every later add and del.
+//! - The newest connection wins. An older one is retired: kept open but sent nothing more, until
+//!   its tunnel closes it (closing it ourselves would make that tunnel reconnect and take over).
+//! - A tunnel that fails (send or receive error, bad or unexpected message, no ack within the
+//!   timeout, closed) is dropped. Pods added meanwhile are recorded and go out in the next
+//!   snapshot; pods deleted meanwhile are left out of it, so the tunnel drains them.
+//! - Netns descriptors are opened only to check a path on `add` and while a request is sent, and
+//!   closed right after.
+//!
+//! [`ZdsAgent`] is the handle. The agent itself is one task that does one thing at a time, so
+//! its [`AgentEvent`] stream is an ordered log; a caller's future being dropped never leaves a
+//! request half sent.
+//!
+//! # Line protocol (`nodetunnel zds-agent --socket <path>`)
+//!
+//! Parsed and printed by [`lines`]. Commands on stdin, one per line (blank lines and lines
+//! starting with `#` are ignored):
+//!
+//! - `add <uid> <netns> [<namespace>/<name>/<service-account>]`: `<netns>` is a path if it
+//!   contains `/`, otherwise a name under `/run/netns/`.
+//! - `del <uid>`: forwarded even for a uid the agent does not know.
+//! - `list`
+//!
+//! A malformed command prints `usage error: <reason> (...)` on stderr and is skipped. EOF (or
+//! SIGINT/SIGTERM) finishes the queued commands, closes the socket, removes the socket file and
+//! exits 0.
+//!
+//! stdout gets exactly one line per result or event, in the order they happened in the agent
+//! (`<op>` is `add` or `del`; texts from errors are joined onto one line):
+//!
+//! | line | meaning |
+//! |---|---|
+//! | `ack <op> <uid> ok` | the tunnel acked with success |
+//! | `ack <op> <uid> error: <text>` | the tunnel acked with an error |
+//! | `pending <op> <uid>: no tunnel connected` | recorded; the next snapshot reflects it |
+//! | `pending <op> <uid>: tunnel lost: <error>` | the tunnel failed on it and was dropped; recorded |
+//! | `error add <uid>: <error>` | the netns did not open; nothing recorded or sent |
+//! | `list <n> pods, tunnel connected` or `list <n> pods, no tunnel` | then `n` `pod` lines |
+//! | `pod <uid> <netns-path> <namespace>/<name>/<service-account>` | `-` instead when no info |
+//! | `tunnel replaced by a newer connection` | the older connection is retired |
+//! | `tunnel connected` | a tunnel said hello; the snapshot follows |
+//! | `snapshot keep <uid>: <error>` | the pod's netns no longer opens; sent as `KeepWorkload` |
+//! | `snapshot ack <request> error: <text>` | `<request>`: `add <uid>`, `keep <uid>` or `snapshot-sent` |
+//! | `snapshot sent: <n> pods, acks ok` or `snapshot sent: <n> pods, <k> error acks` | the tunnel is current |
+//! | `tunnel disconnected: <reason>` | the connection was dropped; waiting for the next |
+//!
+//! A snapshot's `snapshot keep`/`snapshot ack` lines come just before its `snapshot sent` line.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::zds::WorkloadInfo;
+use super::zds_server::{Ack, ZdsPeer, ZdsServer, ZdsServerError};
+
+pub mod lines;
+
+/// Pause after a failed `accept` (say, out of descriptors) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// An enrolled pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub uid: String,
+    pub netns: PathBuf,
+    pub info: Option<WorkloadInfo>,
+}
+
+/// What happened to an add or a del.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The tunnel answered (with success or an error).
+    Acked(Ack),
+    /// No tunnel is connected; the next snapshot reflects the change.
+    NoTunnel,
+    /// The tunnel failed on this request and was dropped; the next snapshot reflects it.
+    TunnelLost(ZdsServerError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("pod {uid}: cannot open netns {}: {source}", path.display())]
+    OpenNetns {
+        uid: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent task has stopped")]
+    Stopped,
+}
+
+/// The pods, by uid, and whether a tunnel is current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub pods: Vec<Pod>,
+    pub tunnel_connected: bool,
+}
+
+/// A command whose result goes to the event stream (see [`ZdsAgent::submit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Add(Pod),
+    Del { uid: String },
+    List,
+}
+
+/// Something that went wrong for one pod during a snapshot; the snapshot goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotProblem {
+    /// The netns path did not open, so the pod was sent as `KeepWorkload`.
+    NoNetns { uid: String, error: String },
+    /// An error ack; `request` is `add <uid>`, `keep <uid>` or `snapshot-sent`.
+    ErrorAck { request: String, error: String },
+}
+
+/// The agent's log, in order.
+#[derive(Debug)]
+pub enum AgentEvent {
+    /// A newer connection took over; the older one is retired.
+    Replaced,
+    /// A tunnel said hello; its snapshot is being sent.
+    Connected,
+    /// The snapshot was sent and every request in it acked.
+    SnapshotSent {
+        pods: usize,
+        problems: Vec<SnapshotProblem>,
+    },
+    /// The current connection was dropped.
+    Disconnected { reason: String },
+    /// Result of a submitted add.
+    Added {
+        uid: String,
+        result: Result<Delivery, AgentError>,
+    },
+    /// Result of a submitted del.
+    Deleted { uid: String, delivery: Delivery },
+    /// Result of a submitted list.
+    Listed(Listing),
+}
+
+/// Handle to a running agent. Dropping it stops the agent (after the queued commands) without
+/// removing the socket file; [`ZdsAgent::shutdown`] also removes it.
+#[derive(Debug)]
+pub struct ZdsAgent {
+    commands: mpsc::UnboundedSender<Command>,
+    actor: JoinHandle<()>,
+    acceptor: JoinHandle<()>,
+    path: PathBuf,
+    /// (st_dev, st_ino) of the socket file we bound, so shutdown removes only ours.
+    socket_id: Option<(u64, u64)>,
+}
+
+impl ZdsAgent {
+    /// Starts serving tunnels on `server`, waiting up to `ack_timeout` for each ack (Istio's
+    /// agent: [`super::zds_server::ACK_TIMEOUT`]). Must be called within a Tokio runtime.
+    pub fn start(
+        server: ZdsServer,
+        ack_timeout: Duration,
+    ) -> (ZdsAgent, mpsc::UnboundedReceiver<AgentEvent>) {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::unbounded_channel();
+        let path = server.path().to_owned();
+        let socket_id = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let actor = Actor {
+            pods: BTreeMap::new(),
+            tunnel: None,
+            retired: JoinSet::new(),
+            events,
+            ack_timeout,
+        };
+        let agent = ZdsAgent {
+            commands,
+            actor: tokio::spawn(actor.run(commands_rx, incoming_rx)),
+            acceptor: tokio::spawn(accept_loop(server, incoming)),
+            path,
+            socket_id,
+        };
+        (agent, events_rx)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the pod and, if a tunnel is connected, sends it an Add with the netns. A netns
+    /// path that does not open is an error and records nothing.
+    pub async fn add(
+        &self,
+        uid: impl Into<String>,
+        netns: impl Into<PathBuf>,
+        info: Option<WorkloadInfo>,
+    ) -> Result<Delivery, AgentError> {
+        let pod = Pod {
+            uid: uid.into(),
+            netns: netns.into(),
+            info,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Add(pod, ReplyTo::Caller(tx)));
+        rx.await.map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Forgets the pod and, if a tunnel is connected, sends it a Del.
+    pub async fn del(&self, uid: impl Into<String>) -> Result<Delivery, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Del(uid.into(), ReplyTo::Caller(tx)));
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    pub async fn list(&self) -> Result<Listing, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::List(ReplyTo::Caller(tx)));
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// Queues a command whose result arrives as an [`AgentEvent`] (`Added`, `Deleted`,
+    /// `Listed`), in order with the tunnel events.
+    pub fn submit(&self, request: Request) {
+        self.send(match request {
+            Request::Add(pod) => Command::Add(pod, ReplyTo::Events),
+            Request::Del { uid } => Command::Del(uid, ReplyTo::Events),
+            Request::List => Command::List(ReplyTo::Events),
+        });
+    }
+
+    fn send(&self, command: Command) {
+        // If the actor is gone, the dropped reply sender reports it as `Stopped`.
+        let _ = self.commands.send(command);
+    }
+
+    /// Finishes the queued commands, closes the connections and the listening socket, and
+    /// removes the socket file (unless another agent has bound the path since).
+    pub async fn shutdown(self) {
+        let ZdsAgent {
+            commands,
+            actor,
+            acceptor,
+            path,
+            socket_id,
+        } = self;
+        drop(commands);
+        if let Err(error) = actor.await {
+            tracing::error!(%error, "zds agent task failed");
+        }
+        // The acceptor stops once the actor has dropped its end of the channel.
+        let _ = acceptor.await;
+        let current = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if current.is_some() && current == socket_id {
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "cannot remove the socket file");
+            }
+        }
+    }
+}
+
+enum Command {
+    Add(Pod, ReplyTo<Result<Delivery, AgentError>>),
+    Del(String, ReplyTo<Delivery>),
+    List(ReplyTo<Listing>),
+}
+
+/// Where a command's result goes: back to an awaiting caller, or into the event stream.
+enum ReplyTo<T> {
+    Caller(oneshot::Sender<T>),
+    Events,
+}
+
+impl<T> ReplyTo<T> {
+    fn send(
+        self,
+        value: T,
+        events: &mpsc::UnboundedSender<AgentEvent>,
+        event: impl FnOnce(T) -> AgentEvent,
+    ) {
+        // Either receiver may be gone (a caller that gave up, an unwatched stream): fine.
+        let _ = match self {
+            ReplyTo::Caller(tx) => tx.send(value).map_err(drop),
+            ReplyTo::Events => events.send(event(value)).map_err(drop),
+        };
+    }
+}
+
+/// The agent: owns the pods and the connections, does one thing at a time.
+struct Actor {
+    pods: BTreeMap<String, Pod>,
+    tunnel: Option<ZdsPeer>,
+    /// Older connections, each watched until its tunnel closes it.
+    retired: JoinSet<()>,
+    events: mpsc::UnboundedSender<AgentEvent>,
+    ack_timeout: Duration,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut incoming: mpsc::UnboundedReceiver<ZdsPeer>,
+    ) {
+        loop {
+            // Every branch is cancel safe: a channel receive, or waiting for a datagram.
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                Some(peer) = incoming.recv() => self.connected(peer).await,
+                reason = gone(&mut self.tunnel) => self.disconnected(reason),
+            }
+        }
+        tracing::debug!("zds agent stopped");
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Add(pod, reply) => {
+                let uid = pod.uid.clone();
+                let result = self.add(pod).await;
+                reply.send(result, &self.events, |result| AgentEvent::Added {
+                    uid,
+                    result,
+                });
+            }
+            Command::Del(uid, reply) => {
+                let delivery = self.del(&uid).await;
+                reply.send(delivery, &self.events, |delivery| AgentEvent::Deleted {
+                    uid,
+                    delivery,
+                });
+            }
+            Command::List(reply) => {
+                let listing = Listing {
+                    pods: self.pods.values().cloned().collect(),
+                    tunnel_connected: self.tunnel.is_some(),
+                };
+                reply.send(listing, &self.events, AgentEvent::Listed);
+            }
+        }
+    }
+
+    async fn add(&mut self, pod: Pod) -> Result<Delivery, AgentError> {
+        let netns = open_netns(&pod.netns).map_err(|source| AgentError::OpenNetns {
+            uid: pod.uid.clone(),
+            path: pod.netns.clone(),
+            source,
+        })?;
+        let uid = pod.uid.clone();
+        self.pods.insert(uid.clone(), pod);
+        let pod = &self.pods[&uid];
+        let Some(peer) = self.tunnel.as_mut() else {
+            return Ok(Delivery::NoTunnel);
+        };
+        let sent = peer.add(&pod.uid, pod.info.as_ref(), netns.as_fd()).await;
+        drop(netns);
+        Ok(self.delivered(sent))
+    }
+
+    async fn del(&mut self, uid: &str) -> Delivery {
+        self.pods.remove(uid);
+        match self.tunnel.as_mut() {
+            None => Delivery::NoTunnel,
+            Some(peer) => {
+                let sent = peer.del(uid).await;
+                self.delivered(sent)
+            }
+        }
+    }
+
+    fn delivered(&mut self, sent: Result<Ack, ZdsServerError>) -> Delivery {
+        match sent {
+            Ok(ack) => Delivery::Acked(ack),
+            Err(error) => {
+                // After a failure (a timeout included) a late ack would be taken for the
+                // next request's: the connection is done.
+                self.disconnected(error.to_string());
+                Delivery::TunnelLost(error)
+            }
+        }
+    }
+
+    async fn connected(&mut self, mut peer: ZdsPeer) {
+        peer.set_ack_timeout(self.ack_timeout);
+        if let Some(old) = self.tunnel.take() {
+            tracing::info!("a newer tunnel connected; retiring the older connection");
+            self.retire(old);
+            self.emit(AgentEvent::Replaced);
+        }
+        tracing::info!(
+            pods = self.pods.len(),
+            "tunnel connected, sending the snapshot"
+        );
+        self.emit(AgentEvent::Connected);
+        match send_snapshot(&self.pods, &mut peer).await {
+            Ok(problems) => {
+                self.tunnel = Some(peer);
+                let pods = self.pods.len();
+                tracing::info!(pods, problems = problems.len(), "snapshot sent");
+                self.emit(AgentEvent::SnapshotSent { pods, problems });
+            }
+            Err(error) => self.disconnected(error.to_string()),
+        }
+    }
+
+    fn disconnected(&mut self, reason: String) {
+        self.tunnel = None;
+        tracing::warn!(%reason, "tunnel disconnected; waiting for the next connection");
+        self.emit(AgentEvent::Disconnected { reason });
+    }
+
+    fn retire(&mut self, mut peer: ZdsPeer) {
+        while self.retired.try_join_next().is_some() {}
+        self.retired.spawn(async move {
+            let reason = watch(&mut peer).await;
+            tracing::info!(%reason, "retired tunnel connection closed");
+        });
+    }
+
+    fn emit(&self, event: AgentEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// Sends every pod, then `SnapshotSent`. Error acks are collected; a failed connection ends it.
+async fn send_snapshot(
+    pods: &BTreeMap<String, Pod>,
+    peer: &mut ZdsPeer,
+) -> Result<Vec<SnapshotProblem>, ZdsServerError> {
+    let mut problems = Vec::new();
+    for pod in pods.values() {
+        let uid = &pod.uid;
+        let (request, ack) = match open_netns(&pod.netns) {
+            Ok(netns) => {
+                let ack = peer.add(uid, pod.info.as_ref(), netns.as_fd()).await?;
+                (format!("add {uid}"), ack)
+            }
+            Err(error) => {
+                let error = format!("cannot open netns {}: {error}", pod.netns.display());
+                tracing::warn!(%uid, %error, "sending the pod without its netns (keep)");
+                problems.push(SnapshotProblem::NoNetns {
+                    uid: uid.clone(),
+                    error,
+                });
+                (format!("keep {uid}"), peer.keep(uid).await?)
+            }
+        };
+        if let Some(error) = ack.error {
+            problems.push(SnapshotProblem::ErrorAck { request, error });
+        }
+    }
+    if let Some(error) = peer.snapshot_sent().await?.error {
+        let request = "snapshot-sent".to_owned();
+        problems.push(SnapshotProblem::ErrorAck { request, error });
+    }
+    Ok(problems)
+}
+
+/// Resolves when the current connection fails; never while there is none.
+async fn gone(tunnel: &mut Option<ZdsPeer>) -> String {
+    match tunnel {
+        Some(peer) => watch(peer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits on an idle connection until it closes or breaks; the tunnel sends nothing unasked.
+async fn watch(peer: &mut ZdsPeer) -> String {
+    loop {
+        match peer.recv_ack().await {
+            // Nothing arrived, so nothing was consumed: keep waiting.
+            Err(ZdsServerError::Timeout { .. }) => continue,
+            Err(error) => return error.to_string(),
+            Ok(ack) => return format!("unexpected message from the tunnel: {ack:?}"),
+        }
+    }
+}
+
+/// Accepts tunnels and hands each one (after its hello) to the actor, until the actor stops.
+async fn accept_loop(server: ZdsServer, incoming: mpsc::UnboundedSender<ZdsPeer>) {
+    loop {
+        let accepted = tokio::select! {
+            () = incoming.closed() => return,
+            accepted = server.accept() => accepted,
+        };
+        match accepted {
+            Ok(peer) => {
+                if incoming.send(peer).is_err() {
+                    return;
+                }
+            }
+            Err(ZdsServerError::Accept(error)) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+            Err(error) => tracing::warn!(%error, "rejected a tunnel connection"),
+        }
+    }
+}
+
+/// Opens a netns file for sending. Non-blocking, so a FIFO given by mistake cannot hang the
+/// agent; close-on-exec like every std `File`.
+fn open_netns(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests;

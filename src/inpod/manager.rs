@@ -1,0 +1,245 @@
+//! Shared mode's control loop: stay connected to the node agent, turn its ZDS requests into
+//! started and drained pod proxies, and report readiness (ready only once the agent's
+//! snapshot has been applied on the current connection).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::pod::{PodContext, PodProxy};
+use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
+use super::zds::{netns_id, Backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
+use crate::identity::Identity;
+
+/// Told whenever readiness changes.
+pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
+
+pub struct InpodManager {
+    ctx: PodContext,
+    uds: PathBuf,
+    /// How long a removed pod's live connections may continue.
+    drain_deadline: Duration,
+    readiness: Readiness,
+    tracker: SnapshotTracker,
+    pods: HashMap<String, PodProxy>,
+    /// Running pods per identity: a certificate is forgotten (no longer renewed) once the
+    /// last pod using it is gone.
+    identities: HashMap<Identity, usize>,
+    /// Pods being drained.
+    drains: JoinSet<()>,
+}
+
+impl InpodManager {
+    pub fn new(
+        ctx: PodContext,
+        uds: PathBuf,
+        drain_deadline: Duration,
+        readiness: Readiness,
+    ) -> InpodManager {
+        InpodManager {
+            ctx,
+            uds,
+            drain_deadline,
+            readiness,
+            tracker: SnapshotTracker::new(),
+            pods: HashMap::new(),
+            identities: HashMap::new(),
+            drains: JoinSet::new(),
+        }
+    }
+
+    /// Serves until `shutdown` resolves; then stops every pod and waits for their drains.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut backoff = Backoff::new();
+        loop {
+            let uds = self.uds.clone();
+            let mut conn = tokio::select! {
+                conn = ZdsClient::connect_retrying(&uds, &mut backoff) => conn,
+                () = &mut shutdown => break,
+            };
+            tracing::info!(uds = %uds.display(), pods = self.pods.len(), "connected to the node agent");
+            self.tracker.connected();
+            let ended = tokio::select! {
+                ended = self.serve_connection(&mut conn) => ended,
+                () = &mut shutdown => {
+                    self.tracker.disconnected();
+                    break;
+                }
+            };
+            self.tracker.disconnected();
+            (self.readiness)(false);
+            match ended {
+                ConnectionEnd::AfterSnapshot(reason) => {
+                    tracing::warn!(%reason, pods = self.pods.len(), "node agent connection lost; keeping pods, not ready until the next snapshot");
+                    backoff.reset();
+                }
+                ConnectionEnd::BeforeSnapshot(reason) => {
+                    // An agent that accepts and hangs up at once must not make us spin.
+                    let delay = backoff.next().unwrap_or(super::zds::MAX_BACKOFF);
+                    tracing::warn!(%reason, ?delay, "node agent connection lost before its snapshot");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+            }
+        }
+        (self.readiness)(false);
+        self.stop_all().await;
+    }
+
+    /// Handles requests until the connection ends; says why it ended.
+    async fn serve_connection(&mut self, conn: &mut ZdsConnection) -> ConnectionEnd {
+        let reason = loop {
+            let event = match conn.next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break "the agent closed the connection".to_owned(),
+                Err(e) => break e.to_string(),
+            };
+            let error = self.handle(event).await;
+            if let Some(error) = &error {
+                tracing::warn!(%error, "node agent request refused");
+            }
+            if let Err(e) = conn.ack(error).await {
+                break e.to_string();
+            }
+            // Reap finished drains so the set does not grow.
+            while self.drains.try_join_next().is_some() {}
+        };
+        if self.tracker.is_ready() {
+            ConnectionEnd::AfterSnapshot(reason)
+        } else {
+            ConnectionEnd::BeforeSnapshot(reason)
+        }
+    }
+
+    /// Applies one request; `Some(reason)` is the error to ack with.
+    async fn handle(&mut self, event: WorkloadEvent) -> Option<String> {
+        match event {
+            WorkloadEvent::Add { uid, info, netns } => {
+                let id = match netns_id(&netns) {
+                    Ok(id) => id,
+                    Err(e) => return Some(format!("add {uid}: cannot stat the netns fd: {e}")),
+                };
+                match self.tracker.add(&uid, id) {
+                    AddDecision::Unchanged => {
+                        tracing::debug!(%uid, "add for a running pod in the same netns: nothing to do");
+                        None
+                    }
+                    AddDecision::Start => self.start(&uid, info.as_ref(), netns).await,
+                    AddDecision::Replace { old } => {
+                        tracing::info!(%uid, ?old, new = ?id, "pod netns changed: replacing its proxy");
+                        self.stop(&uid).await;
+                        self.start(&uid, info.as_ref(), netns).await
+                    }
+                }
+            }
+            WorkloadEvent::Keep { uid } => match self.tracker.keep(&uid) {
+                Ok(KeepDecision::Kept) => None,
+                Ok(KeepDecision::Unknown) => {
+                    tracing::debug!(%uid, "keep for a pod without a proxy: nothing to keep");
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+            WorkloadEvent::Del { uid } => {
+                match self.tracker.del(&uid) {
+                    DelDecision::Stop => self.stop(&uid).await,
+                    DelDecision::Unknown => tracing::debug!(%uid, "del for an unknown pod"),
+                }
+                None
+            }
+            WorkloadEvent::SnapshotSent => match self.tracker.snapshot_sent() {
+                Ok(stale) => {
+                    for uid in &stale {
+                        tracing::info!(%uid, "pod not in the agent's snapshot: draining");
+                        self.stop(uid).await;
+                    }
+                    tracing::info!(
+                        pods = self.pods.len(),
+                        drained = stale.len(),
+                        "snapshot applied: ready"
+                    );
+                    (self.readiness)(true);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+            WorkloadEvent::Invalid(violation) => Some(violation.to_string()),
+        }
+    }
+
+    async fn start(
+        &mut self,
+        uid: &str,
+        info: Option<&WorkloadInfo>,
+        netns: std::os::fd::OwnedFd,
+    ) -> Option<String> {
+        if info.is_none() {
+            tracing::warn!(%uid, "add without workload info: the pod may act as any workload of this node");
+        }
+        match PodProxy::start(&self.ctx, uid, info, netns).await {
+            Ok(pod) => {
+                if let Some(identity) = pod.identity() {
+                    *self.identities.entry(identity.clone()).or_default() += 1;
+                }
+                tracing::info!(
+                    %uid,
+                    workload = ?info.map(|i| format!("{}/{}", i.namespace, i.name)),
+                    identity = ?pod.identity().map(ToString::to_string),
+                    "pod proxy started"
+                );
+                self.pods.insert(uid.to_owned(), pod);
+                None
+            }
+            Err(e) => {
+                self.tracker.forget(uid);
+                Some(format!("add {uid}: {e}"))
+            }
+        }
+    }
+
+    /// Closes a pod's listeners now and drains its connections in the background.
+    async fn stop(&mut self, uid: &str) {
+        let Some(mut pod) = self.pods.remove(uid) else {
+            return;
+        };
+        if let Some(identity) = pod.identity().cloned() {
+            if let Some(count) = self.identities.get_mut(&identity) {
+                *count -= 1;
+                if *count == 0 {
+                    self.identities.remove(&identity);
+                    self.ctx.certs.forget(&identity);
+                }
+            }
+        }
+        pod.stop_listening().await;
+        let live = pod.connections();
+        tracing::info!(%uid, connections = live, deadline = ?self.drain_deadline, "pod removed: listeners closed, draining");
+        let drain = pod.drain(self.drain_deadline);
+        self.drains.spawn(async move {
+            drain.await;
+        });
+    }
+
+    async fn stop_all(&mut self) {
+        let uids: Vec<String> = self.pods.keys().cloned().collect();
+        for uid in &uids {
+            self.tracker.forget(uid);
+            self.stop(uid).await;
+        }
+        while self.drains.join_next().await.is_some() {}
+    }
+}
+
+enum ConnectionEnd {
+    /// The connection had delivered a snapshot: it was healthy, reconnect at once.
+    AfterSnapshot(String),
+    /// It ended before a snapshot: back off before the next attempt.
+    BeforeSnapshot(String),
+}
