@@ -598,3 +598,56 @@ fn two_hundred_pods_added_and_removed_leak_no_fds_and_no_threads() {
     let _server = mesh.server("server", SERVER_PORT, echo_handler);
     echo_once(&mesh, "client", server_addr(), b"after churn").expect("client → server");
 }
+
+#[test]
+fn re_adding_a_pod_is_a_no_op_in_the_same_netns_and_a_replacement_in_a_new_one() {
+    let Some(mut mesh) = Mesh::start("inpod_readd") else {
+        return;
+    };
+    let _server = mesh.server("server", SERVER_PORT, echo_handler);
+    let mut live = mesh.connect("client", server_addr()).expect("connect");
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    echo_roundtrip(&mut live, b"before").expect("echo");
+
+    // Same uid, same namespace: acknowledged, nothing restarts.
+    let (uid, path, info) = {
+        let pod = mesh.pod("client");
+        (uid_of(pod), pod.ns().path(), info_of(pod))
+    };
+    assert_ok(
+        &mesh.agent("n1").add_as(&uid, &path, &info),
+        "same add again",
+    );
+    echo_roundtrip(&mut live, b"after re-add").expect("live connection after a no-op add");
+    echo_once(&mesh, "client", server_addr(), b"new").expect("new connection after a no-op add");
+
+    // Same uid, new namespace (the pod sandbox was recreated): the old proxy is drained, the
+    // new namespace gets listeners.
+    mesh.topo
+        .add_pod("n1", "client-new", Ipv4Addr::new(10, 77, 1, 12), true)
+        .expect("adding the new sandbox");
+    let new_path = mesh.pod("client-new").ns().path();
+    assert_ok(
+        &mesh.agent("n1").add_as(&uid, &new_path, &info),
+        "add in a new netns",
+    );
+    let refused = mesh.connect("client", server_addr());
+    assert_eq!(
+        refused.as_ref().map_err(|e| e.kind()).err(),
+        Some(io::ErrorKind::ConnectionRefused),
+        "the old sandbox still accepts: {refused:?}"
+    );
+    let listening = mesh.pod("client-new").ns().exec("ss", &["-Hltn"]).unwrap();
+    for port in [15001, 15006, 15008] {
+        assert!(
+            listening.contains(&format!(":{port} ")),
+            "no :{port} listener in the new sandbox:\n{listening}"
+        );
+    }
+    live.set_read_timeout(Some(DRAIN * 3)).unwrap();
+    assert!(
+        is_closed(&mut live),
+        "the replaced proxy's connection survived its drain"
+    );
+}
