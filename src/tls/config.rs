@@ -1,5 +1,6 @@
 //! Building the client and server configs: TLS 1.3 only, two AES-GCM suites, ALPN `h2`, the
-//! ring provider passed explicitly (no process-wide default), no session resumption.
+//! ring provider passed explicitly (no process-wide default), no session resumption. Each config
+//! is built once per certificate and cached with it.
 
 use std::sync::Arc;
 
@@ -29,9 +30,20 @@ fn provider() -> Arc<CryptoProvider> {
 /// A client config presenting `cert` and accepting only a server whose identity is in
 /// `expected_server`. Connect with any `ServerName` (e.g. the destination IP): it is not checked.
 ///
-/// Resumption is off: a resumed session skips certificate verification, and a config is built
-/// per destination anyway.
+/// Built once per certificate and expected set, then shared (see [`TlsConfigs`]); a renewed
+/// certificate gets new configs. Resumption is off: a resumed session skips certificate
+/// verification.
+///
+/// [`TlsConfigs`]: crate::identity::TlsConfigs
 pub fn client_config(
+    cert: &WorkloadCert,
+    expected_server: Vec<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    cert.tls_configs()
+        .client(expected_server, |expected| build_client(cert, expected))
+}
+
+fn build_client(
     cert: &WorkloadCert,
     expected_server: Vec<Identity>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
@@ -53,7 +65,15 @@ pub fn client_config(
 
 /// A server config presenting `cert` and requiring a client certificate that chains to
 /// `cert.roots` and names an identity in `cert.identity`'s trust domain.
+///
+/// Built once per certificate, then shared (see [`TlsConfigs`]).
+///
+/// [`TlsConfigs`]: crate::identity::TlsConfigs
 pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, TlsError> {
+    cert.tls_configs().server(|| build_server(cert))
+}
+
+fn build_server(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let webpki = WebPkiClientVerifier::builder_with_provider(cert.roots.clone(), provider.clone())
         .build()?;

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CertificateError, ClientConfig, ProtocolVersion, ServerConfig};
@@ -12,7 +12,7 @@ use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 use super::*;
 use crate::identity::manager::CertificateSource;
-use crate::identity::{LocalCa, SecretManager, WorkloadCert};
+use crate::identity::{LocalCa, SecretManager, TlsConfigs, WorkloadCert};
 
 fn id(td: &str, sa: &str) -> Identity {
     Identity::new(td, "default", sa)
@@ -280,6 +280,136 @@ async fn configs_allow_only_tls13_aes_gcm_and_h2() {
     }
     assert_eq!(client.alpn_protocols, vec![ALPN_H2.to_vec()]);
     assert_eq!(server.alpn_protocols, vec![ALPN_H2.to_vec()]);
+}
+
+/// The leaf certificate the other end presented.
+fn peer_leaf<S>(conn: &rustls::ConnectionCommon<S>) -> CertificateDer<'static> {
+    conn.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+/// Asserts the client refused the server because it expected `expected`.
+fn assert_unexpected_server(out: Outcome, expected: &Identity) {
+    let err = out.client.unwrap_err();
+    match identity_error(&err) {
+        TlsError::UnexpectedServer { expected: e, .. } => assert_eq!(e, &vec![expected.clone()]),
+        other => panic!("wrong rejection: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn configs_are_built_once_per_certificate() {
+    let ca = ca();
+    let (a, b) = (id("cluster.local", "a"), id("cluster.local", "b"));
+    let ours = cert(&ca, &a).await;
+    let server = server_config(&ours).unwrap();
+    assert!(Arc::ptr_eq(&server, &server_config(&ours).unwrap()));
+    let client = client_config(&ours, vec![b.clone()]).unwrap();
+    assert!(Arc::ptr_eq(
+        &client,
+        &client_config(&ours, vec![b.clone()]).unwrap()
+    ));
+    assert_eq!(ours.tls_configs().client_count(), 1);
+
+    // Another certificate of the same identity has its own configs.
+    let other = cert(&ca, &a).await;
+    assert!(!Arc::ptr_eq(&server, &server_config(&other).unwrap()));
+    assert!(!Arc::ptr_eq(
+        &client,
+        &client_config(&other, vec![b]).unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn renewed_certificate_gets_fresh_configs() {
+    let ca = ca();
+    let (a, b) = (id("cluster.local", "a"), id("cluster.local", "b"));
+    let peer = cert(&ca, &a).await;
+    let manager = SecretManager::new(CertificateSource::Local(ca), Duration::from_secs(2));
+    let first = manager.fetch(&b).await.unwrap();
+    let (server, client) = (
+        server_config(&first).unwrap(),
+        client_config(&first, vec![a.clone()]).unwrap(),
+    );
+    if let Ok(wait) =
+        (first.refresh_at() + Duration::from_millis(50)).duration_since(SystemTime::now())
+    {
+        tokio::time::sleep(wait).await;
+    }
+    let renewed = manager.fetch(&b).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &renewed), "the manager renewed");
+    let renewed_server = server_config(&renewed).unwrap();
+    let renewed_client = client_config(&renewed, vec![a.clone()]).unwrap();
+    assert!(!Arc::ptr_eq(&server, &renewed_server));
+    assert!(!Arc::ptr_eq(&client, &renewed_client));
+
+    // The new configs present the new certificate, on both sides.
+    let out = handshake(client_config(&peer, vec![b]).unwrap(), renewed_server).await;
+    assert_eq!(&peer_leaf(out.client.unwrap().get_ref().1), renewed.leaf());
+    let out = handshake(renewed_client, server_config(&peer).unwrap()).await;
+    assert_eq!(&peer_leaf(out.server.unwrap().get_ref().1), renewed.leaf());
+}
+
+#[tokio::test]
+async fn client_configs_are_per_expected_set_and_verify_their_own_set() {
+    let ca = ca();
+    let (a, b, c) = (
+        id("cluster.local", "a"),
+        id("cluster.local", "b"),
+        id("cluster.local", "c"),
+    );
+    let client = cert(&ca, &a).await;
+    let (server_b, server_c) = (cert(&ca, &b).await, cert(&ca, &c).await);
+    let to_b = client_config(&client, vec![b.clone()]).unwrap();
+    let to_c = client_config(&client, vec![c.clone()]).unwrap();
+    assert!(!Arc::ptr_eq(&to_b, &to_c));
+    assert_eq!(client.tls_configs().client_count(), 2);
+
+    // Each cached config, fetched again, accepts its own server and refuses the other.
+    for _ in 0..2 {
+        let to_b = client_config(&client, vec![b.clone()]).unwrap();
+        let to_c = client_config(&client, vec![c.clone()]).unwrap();
+        let out = handshake(to_b.clone(), server_config(&server_b).unwrap()).await;
+        assert_eq!(&peer_leaf(out.client.unwrap().get_ref().1), server_b.leaf());
+        let out = handshake(to_c.clone(), server_config(&server_c).unwrap()).await;
+        assert_eq!(&peer_leaf(out.client.unwrap().get_ref().1), server_c.leaf());
+        assert_unexpected_server(handshake(to_b, server_config(&server_c).unwrap()).await, &b);
+        assert_unexpected_server(handshake(to_c, server_config(&server_b).unwrap()).await, &c);
+    }
+    assert_eq!(client.tls_configs().client_count(), 2);
+}
+
+#[tokio::test]
+async fn client_config_cache_is_bounded() {
+    let ca = ca();
+    let client = cert(&ca, &id("cluster.local", "a")).await;
+    let max = TlsConfigs::MAX_CLIENT_CONFIGS;
+    let target = |i: usize| vec![id("cluster.local", &format!("sa{i}"))];
+    let mut newest = None;
+    for i in 0..2 * max {
+        newest = Some(client_config(&client, target(i)).unwrap());
+        assert!(client.tls_configs().client_count() <= max);
+    }
+    assert_eq!(client.tls_configs().client_count(), max);
+    // The set just added is still cached.
+    assert!(Arc::ptr_eq(
+        &newest.unwrap(),
+        &client_config(&client, target(2 * max - 1)).unwrap()
+    ));
+    // Every set, evicted or not, still yields a config that verifies its server.
+    let server = cert(&ca, &target(0)[0]).await;
+    for i in [0, max, 2 * max - 1] {
+        let out = handshake(
+            client_config(&client, target(i)).unwrap(),
+            server_config(&server).unwrap(),
+        )
+        .await;
+        if i == 0 {
+            out.client.unwrap();
+        } else {
+            assert_unexpected_server(out, &target(i)[0]);
+        }
+    }
+    assert_eq!(client.tls_configs().client_count(), max);
 }
 
 /// A self-signed certificate with the given SANs, to feed `peer_identity` odd shapes.
