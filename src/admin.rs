@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::identity::SecretManager;
+use crate::inpod::manager::PodTable;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
 
@@ -23,6 +24,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub state: StateHandle,
     pub certs: Arc<SecretManager>,
+    /// Shared mode's running pods (empty in dedicated mode).
+    pub pods: PodTable,
 }
 
 impl AdminState {
@@ -129,9 +132,25 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
         .iter()
         .map(|i| i.to_string())
         .collect();
+    let pods: Vec<_> = admin
+        .pods
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(uid, pod)| {
+            serde_json::json!({
+                "uid": uid,
+                "workload": pod.workload,
+                "identity": pod.identity,
+                "netns": format!("{}:{}", pod.netns.0, pod.netns.1),
+                "connections": pod.connections.len(),
+            })
+        })
+        .collect();
     serde_json::json!({
         "workloads": workloads,
         "services": services,
         "certificates": certificates,
+        "pods": pods,
     })
 }

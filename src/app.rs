@@ -12,7 +12,7 @@ use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
 use crate::identity::manager::CertificateSource;
 use crate::identity::{CaError, LocalCa, ManagerError, SecretManager};
-use crate::inpod::manager::InpodManager;
+use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;
 use crate::metrics::Metrics;
 use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
@@ -102,6 +102,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         metrics: metrics.clone(),
         state: state.clone(),
         certs: certs.clone(),
+        pods: PodTable::default(),
     });
     start_admin_thread(&config, admin.clone())?;
 
@@ -135,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 inpod.uds.clone(),
                 config.drain_timeout,
                 Arc::new(move |r| ready.set_ready(r)),
+                admin.pods.clone(),
             );
             tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

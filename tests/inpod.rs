@@ -20,6 +20,7 @@ use nodetunnel_proto::istio::zds::{self as pb, workload_request::Payload};
 use nodetunnel_testbed::inpod::{InpodRules, PodNs, PodTopology};
 use nodetunnel_testbed::procstat;
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
+use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
     shared_tunnel_env, Ca, MeshConfig, Server, Tunnel,
@@ -233,6 +234,17 @@ impl Mesh {
         Server::start(pod.ns(), (pod.ip(), port).into(), handler).expect("starting the server")
     }
 
+    /// The tunnel's `/config_dump` (admin port, inside the node namespace).
+    fn config_dump(&self, node: &str) -> String {
+        let (status, body) = self
+            .tunnel(node)
+            .ns()
+            .run(|| http_get(15000, "/config_dump"))
+            .expect("GET /config_dump");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Established connections on local port `port` inside pod `pod`.
     fn established_on(&self, pod: &str, port: u16) -> usize {
         self.pod(pod)
@@ -344,7 +356,18 @@ fn a_deleted_pod_drains_its_live_connection_then_refuses_new_ones() {
     echo_roundtrip(&mut live, b"before delete").expect("echo before delete");
 
     let uid = uid_of(mesh.pod("client"));
+    let dump = mesh.config_dump("n1");
+    assert!(
+        dump.contains(&format!("\"uid\":\"{uid}\""))
+            && dump.contains("\"identity\":\"spiffe://cluster.local/ns/default/sa/client\""),
+        "/config_dump lacks the running pod: {dump}"
+    );
     assert_ok(&mesh.agent("n1").del(&uid), "del client");
+    let dump = mesh.config_dump("n1");
+    assert!(
+        !dump.contains(&format!("\"uid\":\"{uid}\"")),
+        "/config_dump still lists the deleted pod: {dump}"
+    );
     // Listeners are gone at once: the in-pod rules still redirect to :15001, where nothing
     // listens any more.
     let refused = mesh.connect("client", server_addr());
@@ -475,7 +498,7 @@ fn malformed_zds_requests_get_error_acks_and_other_pods_keep_working() {
     let del = request(Payload::Del(pb::DelWorkload {
         uid: "uid-client".into(),
     }));
-    let cases: Vec<(&str, Vec<u8>, Vec<&std::fs::File>, &str)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, Vec<&std::fs::File>, &str)> = vec![
         (
             "fd on a del",
             del,
@@ -513,6 +536,15 @@ fn malformed_zds_requests_get_error_acks_and_other_pods_keep_working() {
             "without payload",
         ),
     ];
+    // Well-formed, but the fd is a regular file rather than a network namespace.
+    let not_a_netns = std::fs::File::open(mesh.topo.path("mesh.yaml")).unwrap();
+    let add_file = add("uid-file");
+    cases.push((
+        "add with a non-netns fd",
+        add_file,
+        vec![&not_a_netns],
+        "inside the pod's network namespace",
+    ));
     let fds_before = procstat::fd_count(mesh.tunnel("n1").pid()).unwrap();
     for (what, bytes, fds, expected) in cases {
         let ack = mesh.agent("n1").raw(what, &bytes, &fds);

@@ -18,6 +18,21 @@ use crate::identity::Identity;
 /// Told whenever readiness changes.
 pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// The running pods by uid, as the admin endpoint shows them.
+pub type PodTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodSummary>>>;
+
+/// What `/config_dump` says about a running pod.
+#[derive(Clone, Debug)]
+pub struct PodSummary {
+    /// `<namespace>/<name>` from the agent, if it said.
+    pub workload: Option<String>,
+    pub identity: Option<String>,
+    /// (st_dev, st_ino) of the pod's network namespace.
+    pub netns: super::snapshot::NetnsId,
+    /// Live connections, read when the dump is made.
+    pub connections: crate::drain::ConnectionTasks,
+}
+
 pub struct InpodManager {
     ctx: PodContext,
     uds: PathBuf,
@@ -31,6 +46,7 @@ pub struct InpodManager {
     identities: HashMap<Identity, usize>,
     /// Pods being drained.
     drains: JoinSet<()>,
+    table: PodTable,
 }
 
 impl InpodManager {
@@ -39,6 +55,7 @@ impl InpodManager {
         uds: PathBuf,
         drain_deadline: Duration,
         readiness: Readiness,
+        table: PodTable,
     ) -> InpodManager {
         InpodManager {
             ctx,
@@ -49,6 +66,7 @@ impl InpodManager {
             pods: HashMap::new(),
             identities: HashMap::new(),
             drains: JoinSet::new(),
+            table,
         }
     }
 
@@ -194,6 +212,13 @@ impl InpodManager {
                     identity = ?pod.identity().map(ToString::to_string),
                     "pod proxy started"
                 );
+                let summary = PodSummary {
+                    workload: info.map(|i| format!("{}/{}", i.namespace, i.name)),
+                    identity: pod.identity().map(ToString::to_string),
+                    netns: pod.netns_id(),
+                    connections: pod.connection_tasks(),
+                };
+                self.table_mut().insert(uid.to_owned(), summary);
                 self.pods.insert(uid.to_owned(), pod);
                 None
             }
@@ -209,6 +234,7 @@ impl InpodManager {
         let Some(mut pod) = self.pods.remove(uid) else {
             return;
         };
+        self.table_mut().remove(uid);
         if let Some(identity) = pod.identity().cloned() {
             if let Some(count) = self.identities.get_mut(&identity) {
                 *count -= 1;
@@ -225,6 +251,12 @@ impl InpodManager {
         self.drains.spawn(async move {
             drain.await;
         });
+    }
+
+    fn table_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, PodSummary>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn stop_all(&mut self) {

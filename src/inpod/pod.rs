@@ -153,6 +153,11 @@ impl PodProxy {
         self.inputs.tasks.len()
     }
 
+    /// A handle on the pod's connection tasks (for counting them later).
+    pub fn connection_tasks(&self) -> ConnectionTasks {
+        self.inputs.tasks.clone()
+    }
+
     /// Stops accepting: returns once the pod's listeners are closed, so a connection
     /// attempted afterwards is refused. Live connections are untouched until
     /// [`drain`](Self::drain).
