@@ -683,3 +683,25 @@ fn re_adding_a_pod_is_a_no_op_in_the_same_netns_and_a_replacement_in_a_new_one()
         "the replaced proxy's connection survived its drain"
     );
 }
+
+#[test]
+fn passthrough_to_a_non_mesh_pod_leaves_from_the_pod_with_its_own_address() {
+    let Some(mesh) = Mesh::start("inpod_passthrough") else {
+        return;
+    };
+    let plain = mesh.server("plain", SERVER_PORT, echo_handler);
+    let dst: SocketAddr = (addr::NON_MESH, SERVER_PORT).into();
+    echo_once(&mesh, "client", dst, b"plain tcp").expect("client → non-mesh pod");
+    // The tunnel's upstream socket lives in the client pod (marked, so the rules let it out)
+    // and uses the pod's address: the non-mesh server sees the client pod, not the node.
+    assert_eq!(
+        plain.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![std::net::IpAddr::from(addr::CLIENT)]
+    );
+    let line = mesh.tunnel("n1").wait_access_line(
+        &[("direction", "outbound"), ("protocol", "TCP")],
+        Duration::from_secs(10),
+    );
+    assert!(line.contains(&dst.to_string()), "{line}");
+    assert_eq!(mesh.established_on("plain", 15008), 0);
+}
