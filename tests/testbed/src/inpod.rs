@@ -12,6 +12,7 @@
 //! - `rp_filter=0` in every namespace (transparent and forwarded traffic must not be dropped).
 
 mod builder;
+pub mod mesh;
 pub mod rules;
 
 use std::net::Ipv4Addr;
@@ -25,6 +26,7 @@ use crate::topology::addr;
 use crate::tunnel::{self, Tunnel};
 
 pub use builder::PodTopologyBuilder;
+pub use mesh::{InpodMesh, ZdsAgentProcess};
 pub use rules::{apply_inpod_rules, remove_inpod_rules, INPOD_RULES_V4};
 
 /// Whether mesh pods get the in-pod rules when they are created.

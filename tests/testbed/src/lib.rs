@@ -40,8 +40,8 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use inpod::{
-    apply_inpod_rules, remove_inpod_rules, InpodRules, PodNode, PodNs, PodTopology,
-    PodTopologyBuilder, INPOD_RULES_V4,
+    apply_inpod_rules, remove_inpod_rules, InpodMesh, InpodRules, PodNode, PodNs, PodTopology,
+    PodTopologyBuilder, ZdsAgentProcess, INPOD_RULES_V4,
 };
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};

@@ -219,7 +219,9 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         self.terminate();
         if thread::panicking() {
-            eprintln!(
+            // Not eprintln!: a closed stderr would panic again mid-unwind and abort.
+            let _ = writeln!(
+                std::io::stderr(),
                 "--- tunnel log {} (netns {}, last {LOG_TAIL_LINES} lines) ---\n{}\n--- end ---",
                 self.log_path.display(),
                 self.ns.name(),

@@ -1,26 +1,52 @@
-//! `nodetunnel-bench throughput [--seconds N]`: single-stream iperf3 throughput from the client
-//! pod (10.77.1.10) to the server pod (10.77.2.10) on the two-node topology, first directly
-//! (no capture rules, no tunnels), then through both tunnels (HBONE); prints both and the ratio.
-//! Run it through `bench/throughput.sh`, which builds the release binaries first.
+//! `nodetunnel-bench`: benchmarks on namespace topologies. Run them through the scripts in
+//! `bench/`, which build the release binaries first.
+//!
+//! - `throughput [--seconds N]`: single-stream iperf3 from the client pod (10.77.1.10) to the
+//!   server pod (10.77.2.10) on the two-node dedicated-mode topology, first directly (no
+//!   capture rules, no tunnels), then through both tunnels (HBONE); both and the ratio.
+//! - `inpod [--seconds N] [--requests N]`: pod → pod through two in-pod tunnels against the
+//!   direct path of the same pods: iperf3 with 1 and 8 streams, tunnel CPU per GB, keep-alive
+//!   and connection-per-request latency, tunnel memory; a table with the targets (see
+//!   [`inpod`]).
+//! - `http-serve <ip:port>` (internal): the tiny HTTP server the `inpod` bench runs in a pod.
 
-use std::process::{Child, Command, ExitCode, Stdio};
+#[path = "bench/http.rs"]
+mod http;
+#[path = "bench/inpod.rs"]
+mod inpod;
+#[path = "bench/iperf.rs"]
+mod iperf;
+#[path = "bench/wrk.rs"]
+mod wrk;
+
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use nodetunnel_testbed::{
     addr, cleanup_on_signals, env_refs, eventually::wait_until, generate_ca, require_namespaces,
-    sibling_binary, tunnel_env, Ca, Capture, MeshConfig, Netns, Topology,
+    sibling_binary, tunnel_env, Ca, Capture, MeshConfig, Topology,
 };
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const IPERF_PORT: u16 = 5201;
 
+const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
+       nodetunnel-bench inpod [--seconds N] [--requests N]";
+
 fn main() -> ExitCode {
-    cleanup_on_signals();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("throughput") => parse_seconds(&args[1..]).and_then(throughput),
-        _ => Err("usage: nodetunnel-bench throughput [--seconds N]".into()),
+        Some("throughput") => {
+            cleanup_on_signals();
+            Options::parse(&args[1..]).and_then(|o| throughput(o.seconds))
+        }
+        Some("inpod") => {
+            cleanup_on_signals();
+            Options::parse(&args[1..]).and_then(inpod::run)
+        }
+        Some("http-serve") if args.len() == 2 => http::serve(&args[1]),
+        _ => Err(USAGE.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,23 +57,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_seconds(args: &[String]) -> BenchResult<u32> {
-    match args {
-        [] => Ok(10),
-        [flag, n] if flag == "--seconds" => Ok(n
-            .parse()
-            .map_err(|_| format!("--seconds {n}: not a number"))?),
-        _ => Err(format!("unexpected arguments {args:?}").into()),
-    }
+/// Command-line options shared by the benchmarks.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Length of each iperf3 and wrk run.
+    pub seconds: u32,
+    /// Timed requests of the connection-per-request test (`inpod`).
+    pub requests: usize,
 }
 
-/// Kills (SIGKILL) and reaps a helper process (the iperf3 server) on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Options {
+    fn parse(args: &[String]) -> BenchResult<Options> {
+        let mut options = Options {
+            seconds: 10,
+            requests: 2000,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let number = || -> BenchResult<usize> {
+                match value.parse() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!("{flag} {value}: not a positive number").into()),
+                }
+            };
+            match flag.as_str() {
+                "--seconds" => options.seconds = number()? as u32,
+                "--requests" => options.requests = number()?,
+                _ => return Err(format!("unexpected argument {flag:?}\n{USAGE}").into()),
+            }
+        }
+        Ok(options)
     }
 }
 
@@ -63,10 +105,11 @@ fn throughput(seconds: u32) -> BenchResult {
         topo.prefix()
     );
 
-    let _iperf_server = start_iperf_server(topo.ns("n2"))?;
+    let _iperf_server = iperf::start_server(topo.ns("n2"), addr::SERVER, IPERF_PORT)?;
+    let client = |ns| iperf::client(ns, addr::SERVER, addr::CLIENT, IPERF_PORT, seconds, 1);
 
     println!("direct (no capture, no tunnels), {seconds} s single stream ...");
-    let direct = iperf_client(topo.ns("n1"), seconds)?;
+    let direct = client(topo.ns("n1"))?.bits_per_second;
     println!("  direct: {:.2} Gbit/s", direct / 1e9);
 
     let config = topo.path("mesh.yaml");
@@ -85,7 +128,7 @@ fn throughput(seconds: u32) -> BenchResult {
     let t1 = start("n1")?;
 
     println!("through nodetunnel (HBONE: n1:15001 → mTLS h2 CONNECT → n2:15008), {seconds} s single stream ...");
-    let tunneled = iperf_client(topo.ns("n1"), seconds)?;
+    let tunneled = client(topo.ns("n1"))?.bits_per_second;
     // iperf3 opens a control and a data connection; both must have been carried over HBONE.
     let dst = format!("{}:{IPERF_PORT}", addr::SERVER);
     let fields = [("dst", dst.as_str()), ("protocol", "HBONE")];
@@ -118,76 +161,4 @@ fn throughput(seconds: u32) -> BenchResult {
     println!("  HBONE   {:>8.2} Gbit/s", tunneled / 1e9);
     println!("  ratio   {:>8.1} % of direct", 100.0 * tunneled / direct);
     Ok(())
-}
-
-fn start_iperf_server(ns: &Netns) -> BenchResult<Reaped> {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "iperf3",
-            "-s",
-            "-B",
-            &addr::SERVER.to_string(),
-        ])
-        .args(["-p", &IPERF_PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Reaped(child);
-    let listening = wait_until(Duration::from_secs(5), || {
-        ns.exec("ss", &["-Hltn", &format!("( sport = :{IPERF_PORT} )")])
-            .is_ok_and(|out| !out.trim().is_empty())
-    });
-    if !listening {
-        return Err("iperf3 server did not start listening".into());
-    }
-    Ok(server)
-}
-
-/// Runs `iperf3 -c 10.77.2.10 -B 10.77.1.10 -t <seconds> -J` in `ns`; returns received bit/s.
-fn iperf_client(ns: &Netns, seconds: u32) -> BenchResult<f64> {
-    let out = ns.exec(
-        "iperf3",
-        &[
-            "-c",
-            &addr::SERVER.to_string(),
-            "-B",
-            &addr::CLIENT.to_string(),
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-J",
-        ],
-    )?;
-    received_bits_per_second(&out).ok_or_else(|| {
-        format!("no end.sum_received.bits_per_second in iperf3 output:\n{out}").into()
-    })
-}
-
-/// `end.sum_received.bits_per_second` from iperf3's JSON, without a JSON library.
-fn received_bits_per_second(json: &str) -> Option<f64> {
-    let end = json.rfind("\"sum_received\"")?;
-    let rest = &json[end..];
-    let key = "\"bits_per_second\":";
-    let at = rest.find(key)? + key.len();
-    let number: String = rest[at..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
-        .collect();
-    number.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::received_bits_per_second;
-
-    #[test]
-    fn parses_iperf3_json() {
-        let json = r#"{"end": {"sum_sent": {"bits_per_second": 1.5e9}, "sum_received": {"seconds": 10, "bytes": 5, "bits_per_second":	12345678901.5, "sender": true}}}"#;
-        assert_eq!(received_bits_per_second(json), Some(12345678901.5));
-    }
 }

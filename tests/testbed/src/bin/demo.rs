@@ -1,23 +1,25 @@
-//! `nodetunnel-demo`: two nodes, two tunnels, three kinds of traffic, told as a story.
+//! `nodetunnel-demo`: two nodes, pods as network namespaces, one tunnel per node in shared
+//! (in-pod) mode fed by a ZDS agent, traffic told as a story. `nodetunnel-demo dedicated` tells
+//! the older story: tunnels serving their pods from the node's own namespace.
 //!
 //! ```text
-//! cargo build --release && sudo ./target/release/nodetunnel-demo
+//! cargo build --release && sudo ./target/release/nodetunnel-demo [dedicated]
 //! ```
 //!
 //! Finds `nodetunnel` next to its own executable. Everything it creates (namespaces, tunnel
-//! processes, temp files) is removed at the end, on error, and on Ctrl-C.
+//! and agent processes, temp files) is removed at the end, on error, and on Ctrl-C.
 
-use std::net::SocketAddr;
-use std::path::Path;
+#[path = "demo/dedicated.rs"]
+mod dedicated;
+#[path = "demo/inpod.rs"]
+mod inpod;
+
 use std::process::ExitCode;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    addr, cleanup_on_signals, connect_from, env_refs, eventually::wait_until, generate_ca, port,
-    require_namespaces, sibling_binary, tunnel_env, Ca, Capture, MeshConfig, Server, Topology,
+    cleanup_on_signals, eventually::wait_until, require_namespaces, sibling_binary, MeshConfig,
     Tunnel,
 };
 
@@ -27,7 +29,13 @@ const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
     cleanup_on_signals();
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => run(inpod::run),
+        ["dedicated"] => run(dedicated::run),
+        _ => Err("usage: nodetunnel-demo [dedicated]".into()),
+    };
+    match result {
         Ok(()) => {
             println!("\nAll namespaces and processes removed. Done.");
             ExitCode::SUCCESS
@@ -39,69 +47,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> DemoResult {
+fn run(story: fn(&std::path::Path) -> DemoResult) -> DemoResult {
     require_namespaces()?;
     let bin = sibling_binary("nodetunnel")?;
-    println!("nodetunnel demo — binary {}\n", bin.display());
-
-    let topo = Topology::two_node("demo", Capture::ALL)?;
-    let mesh = MeshConfig::standard(8080);
-    let config = topo.path("mesh.yaml");
-    mesh.write(&config)?;
-    let ca = topo.path("ca");
-    std::fs::create_dir_all(&ca)?;
-    generate_ca(&bin, &ca)?;
-    tell_topology(&topo, &mesh);
-
-    section("Starting one tunnel per node (dedicated mode, in the node's namespace)");
-    let t1 = start(&topo, &bin, "n1", &config, &ca)?;
-    let t2 = start(&topo, &bin, "n2", &config, &ca)?;
-
-    let server = Server::start(topo.ns("n2"), (addr::SERVER, 8080).into(), bulk_handler)?;
-    let plain = Server::start(topo.ns("n2"), (addr::NON_MESH, 9090).into(), echo_handler)?;
-
-    hbone_transfer(&topo, &t1, &t2)?;
-    service_request(&topo, &t1)?;
-    passthrough(&topo, &t1)?;
-
-    section("Cleaning up");
-    drop((server, plain));
-    for t in [t1, t2] {
-        let pid = t.pid();
-        let status = t.stop();
-        println!(
-            "  stopped tunnel pid {pid} ({})",
-            status.map_or("?".into(), |s| s.to_string())
-        );
-    }
-    drop(topo);
-    Ok(())
+    story(&bin)
 }
 
 fn section(title: &str) {
     println!("\n== {title}");
 }
 
-fn tell_topology(topo: &Topology, mesh: &MeshConfig) {
-    section("Topology: two network namespaces joined by one veth link (10.77.0.0/16)");
-    for node in topo.nodes() {
-        println!(
-            "  node {} — netns {} — {}",
-            node.name(),
-            node.ns().name(),
-            node.ip()
-        );
-        for pod in node.pods() {
-            let who = mesh
-                .workloads
-                .iter()
-                .find(|w| w.ips.contains(&pod.ip))
-                .map_or("not in the mesh".to_string(), |w| {
-                    format!("identity {}", w.identity())
-                });
-            println!("      pod {:<8} {:<12} {who}", pod.name, pod.ip.to_string());
-        }
-    }
+/// `identity spiffe://…` of the workload with address `ip`, or `not in the mesh`.
+fn identity_of(mesh: &MeshConfig, ip: std::net::Ipv4Addr) -> String {
+    mesh.workloads
+        .iter()
+        .find(|w| w.ips.contains(&ip))
+        .map_or("not in the mesh".to_string(), |w| {
+            format!("identity {}", w.identity())
+        })
+}
+
+fn print_services(mesh: &MeshConfig) {
     for svc in &mesh.services {
         let ports: Vec<String> = svc
             .ports
@@ -115,96 +81,6 @@ fn tell_topology(topo: &Topology, mesh: &MeshConfig) {
             ports.join(", ")
         );
     }
-    println!(
-        "  capture: nat OUTPUT → :15001 (except mark 0x539), nat PREROUTING to mesh pods → :15006"
-    );
-    println!("  CA: a fresh root from `nodetunnel generate-ca`, shared by both tunnels");
-}
-
-fn start(topo: &Topology, bin: &Path, node: &str, config: &Path, ca: &Path) -> DemoResult<Tunnel> {
-    let started = Instant::now();
-    let env = tunnel_env(node, config, Ca::Dir(ca));
-    let t = topo.start_tunnel(node, bin, &env_refs(&env))?;
-    println!(
-        "  {node}: pid {} ready after {} ms (GET /healthz/ready on :{} = 200)",
-        t.pid(),
-        started.elapsed().as_millis(),
-        port::READINESS
-    );
-    Ok(t)
-}
-
-fn hbone_transfer(topo: &Topology, t1: &Tunnel, t2: &Tunnel) -> DemoResult {
-    section("1) client 10.77.1.10 → server 10.77.2.10:8080: 10 MiB each way, over HBONE");
-    let dst: SocketAddr = (addr::SERVER, 8080).into();
-    let mut stream = topo.ns("n1").run(move || connect_from(addr::CLIENT, dst))?;
-    let started = Instant::now();
-    let transfer = thread::spawn(move || bulk_exchange(&mut stream, 1, 10 * MIB, 10 * MIB));
-    let mut hbone = Vec::new();
-    wait_until(Duration::from_secs(5), || {
-        hbone = topo
-            .ns("n2")
-            .established("( sport = :15008 )")
-            .unwrap_or_default();
-        !hbone.is_empty()
-    });
-    let report = transfer.join().map_err(|_| "transfer thread panicked")??;
-    if !report.is_exact() {
-        return Err(format!("transfer was not byte-exact: {report:?}").into());
-    }
-    println!(
-        "  sent {} MiB, received {} MiB back, both byte-exact, in {} ms",
-        report.up_sent / MIB,
-        report.down_received / MIB,
-        started.elapsed().as_millis()
-    );
-    println!(
-        "  mTLS connection on n2 while it ran (`ss -tn state established '( sport = :15008 )'`):"
-    );
-    for line in &hbone {
-        println!(
-            "      {}",
-            line.split_whitespace().collect::<Vec<_>>().join("  ")
-        );
-    }
-    if hbone.is_empty() {
-        return Err("no HBONE connection on n2:15008 — the traffic did not use the tunnel".into());
-    }
-    let fields = [("dst", "10.77.2.10:8080"), ("protocol", "HBONE")];
-    print_access("n1 (outbound)", t1, &fields)?;
-    print_access("n2 (inbound)", t2, &fields)?;
-    Ok(())
-}
-
-fn service_request(topo: &Topology, t1: &Tunnel) -> DemoResult {
-    section("2) client → service VIP 10.96.0.10:80 (mapped to the endpoint's port 8080)");
-    let vip: SocketAddr = (addr::SERVICE_VIP, 80).into();
-    // The bulk server on :8080 answers a tiny exchange; this proves 80 → 8080 mapping.
-    let mut stream = topo.ns("n1").run(move || connect_from(addr::CLIENT, vip))?;
-    let report = bulk_exchange(&mut stream, 2, 1024, 1024)?;
-    if !report.is_exact() {
-        return Err(format!("VIP exchange not exact: {report:?}").into());
-    }
-    println!("  1 KiB each way through the VIP, byte-exact (only :8080 listens on the server)");
-    drop(stream);
-    let lines = wait_for_access(t1, &[("protocol", "HBONE")], 2)?;
-    println!(
-        "  n1 access log: {}",
-        summarize(lines.last().map_or("", String::as_str))
-    );
-    Ok(())
-}
-
-fn passthrough(topo: &Topology, t1: &Tunnel) -> DemoResult {
-    section("3) client → 10.77.2.20:9090, a server outside the mesh: plain TCP passthrough");
-    let dst: SocketAddr = (addr::NON_MESH, 9090).into();
-    let mut stream = topo.ns("n1").run(move || connect_from(addr::CLIENT, dst))?;
-    echo_roundtrip(&mut stream, b"hello, legacy world")?;
-    let hbone_on_n2 = topo.ns("n2").established_on_local_port(port::HBONE)?;
-    println!("  echo round-trip OK; no new HBONE connection (n2 :15008 count still {hbone_on_n2})");
-    drop(stream);
-    print_access("n1", t1, &[("dst", "10.77.2.20:9090"), ("protocol", "TCP")])?;
-    Ok(())
 }
 
 fn wait_for_access(
@@ -250,4 +126,43 @@ fn summarize(line: &str) -> String {
     .filter_map(|k| field(line, k).map(|v| format!("{k}={v}")))
     .collect::<Vec<_>>()
     .join(" ")
+}
+
+/// An `ss` line with its columns separated by two spaces.
+fn squeeze(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join("  ")
+}
+
+/// Sends 10 MiB each way from `client` (in namespace `from`) to `dst` and prints how it went,
+/// catching the HBONE connection on :15008 in namespace `hbone_side` while it runs. Returns
+/// those `ss` lines.
+fn bulk_over_hbone(
+    from: &nodetunnel_testbed::Netns,
+    client: std::net::Ipv4Addr,
+    dst: std::net::SocketAddr,
+    hbone_side: &nodetunnel_testbed::Netns,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    use nodetunnel_testbed::eventually::wait_until;
+    use nodetunnel_testbed::traffic::bulk_exchange;
+    let mut stream = from.run(move || nodetunnel_testbed::connect_from(client, dst))?;
+    let started = std::time::Instant::now();
+    let transfer = std::thread::spawn(move || bulk_exchange(&mut stream, 1, 10 * MIB, 10 * MIB));
+    let mut hbone = Vec::new();
+    wait_until(std::time::Duration::from_secs(5), || {
+        hbone = hbone_side
+            .established("( sport = :15008 )")
+            .unwrap_or_default();
+        !hbone.is_empty()
+    });
+    let report = transfer.join().map_err(|_| "transfer thread panicked")??;
+    if !report.is_exact() {
+        return Err(format!("transfer was not byte-exact: {report:?}").into());
+    }
+    println!(
+        "  sent {} MiB, received {} MiB back, both byte-exact, in {} ms",
+        report.up_sent / MIB,
+        report.down_received / MIB,
+        started.elapsed().as_millis()
+    );
+    Ok(hbone)
 }
