@@ -13,9 +13,9 @@
 
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod manager;
 pub mod pod;
-pub mod agent;
 mod seqpacket;
 pub mod snapshot;
 pub mod zds;
