@@ -9,7 +9,7 @@
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
@@ -235,14 +235,26 @@ impl Mesh {
     }
 
     /// The tunnel's `/config_dump` (admin port, inside the node namespace).
-    fn config_dump(&self, node: &str) -> String {
+    fn config_dump(&self, node: &str) -> serde_json::Value {
         let (status, body) = self
             .tunnel(node)
             .ns()
             .run(|| http_get(15000, "/config_dump"))
             .expect("GET /config_dump");
         assert_eq!(status, 200, "{body}");
-        body
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"))
+    }
+
+    /// Panics unless a new connection from pod `from` to the server is refused (its
+    /// listeners are gone while its rules still redirect to :15001).
+    fn assert_refused(&self, from: &str, why: &str) {
+        let refused = self.connect(from, server_addr());
+        assert_eq!(
+            refused.as_ref().map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::ConnectionRefused),
+            "{why}: {refused:?}"
+        );
     }
 
     /// Established connections on local port `port` inside pod `pod`.
@@ -259,6 +271,23 @@ fn echo_once(mesh: &Mesh, from: &str, dst: SocketAddr, data: &[u8]) -> io::Resul
     let mut s = mesh.connect(from, dst)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     echo_roundtrip(&mut s, data)
+}
+
+/// The strings of a JSON array (empty for anything else).
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The source IPs of the connections `server` accepted, in order.
+fn peer_ips(server: &Server) -> Vec<IpAddr> {
+    server.peers().iter().map(|p| p.ip()).collect()
 }
 
 /// True when the connection is closed by the peer (EOF or reset) within the read timeout.
@@ -293,8 +322,8 @@ fn pod_to_pod_across_nodes_is_byte_exact_over_hbone_and_the_app_sees_the_client_
         "no HBONE into the server pod"
     );
     assert_eq!(
-        server.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-        vec![std::net::IpAddr::from(addr::CLIENT)],
+        peer_ips(&server),
+        vec![IpAddr::from(addr::CLIENT)],
         "the server app should see the client pod's address"
     );
     drop(s);
@@ -326,11 +355,7 @@ fn pod_to_pod_on_the_same_node_goes_through_the_tunnel() {
     for i in 0..5u8 {
         echo_once(&mesh, "client", dst, &[i; 100_000]).expect("echo client → client2");
     }
-    assert_eq!(server.accepted(), 5);
-    assert!(server
-        .peers()
-        .iter()
-        .all(|p| p.ip() == std::net::IpAddr::from(addr::CLIENT)));
+    assert_eq!(peer_ips(&server), vec![IpAddr::from(addr::CLIENT); 5]);
     mesh.tunnel("n1").wait_access_line(
         &[
             ("direction", "inbound"),
@@ -356,26 +381,36 @@ fn a_deleted_pod_drains_its_live_connection_then_refuses_new_ones() {
     echo_roundtrip(&mut live, b"before delete").expect("echo before delete");
 
     let uid = uid_of(mesh.pod("client"));
+    let client_id = "spiffe://cluster.local/ns/default/sa/client";
     let dump = mesh.config_dump("n1");
+    let pod = dump["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["uid"] == uid.as_str()))
+        .unwrap_or_else(|| panic!("/config_dump lacks the running pod: {dump}"));
+    assert_eq!(pod["identity"], client_id, "{dump}");
+    assert_eq!(pod["connections"], 1, "{dump}");
     assert!(
-        dump.contains(&format!("\"uid\":\"{uid}\""))
-            && dump.contains("\"identity\":\"spiffe://cluster.local/ns/default/sa/client\""),
-        "/config_dump lacks the running pod: {dump}"
+        strings(&dump["certificates"]).contains(&client_id.to_string()),
+        "{dump}"
     );
     assert_ok(&mesh.agent("n1").del(&uid), "del client");
     let dump = mesh.config_dump("n1");
+    let uids: Vec<&str> = dump["pods"]
+        .as_array()
+        .map(|pods| pods.iter().filter_map(|p| p["uid"].as_str()).collect())
+        .unwrap_or_default();
     assert!(
-        !dump.contains(&format!("\"uid\":\"{uid}\"")),
+        !uids.contains(&uid.as_str()),
         "/config_dump still lists the deleted pod: {dump}"
+    );
+    // Its identity had no other pod: the certificate is no longer kept (or renewed).
+    assert!(
+        !strings(&dump["certificates"]).contains(&client_id.to_string()),
+        "{dump}"
     );
     // Listeners are gone at once: the in-pod rules still redirect to :15001, where nothing
     // listens any more.
-    let refused = mesh.connect("client", server_addr());
-    assert_eq!(
-        refused.as_ref().map_err(|e| e.kind()).err(),
-        Some(io::ErrorKind::ConnectionRefused),
-        "new connection from a deleted pod: {refused:?}"
-    );
+    mesh.assert_refused("client", "new connection from a deleted pod");
     assert_eq!(
         mesh.pod("client")
             .ns()
@@ -457,12 +492,7 @@ fn agent_reconnect_snapshot_keeps_named_pods_and_drains_the_rest() {
     // its live connection cut after the deadline.
     echo_roundtrip(&mut kept, b"after snapshot").expect("kept pod's live connection");
     echo_once(&mesh, "client", server_addr(), b"new").expect("kept pod, new connection");
-    let refused = mesh.connect("client2", server_addr());
-    assert_eq!(
-        refused.as_ref().map_err(|e| e.kind()).err(),
-        Some(io::ErrorKind::ConnectionRefused),
-        "pod missing from the snapshot still accepts: {refused:?}"
-    );
+    mesh.assert_refused("client2", "pod missing from the snapshot still accepts");
     dropped.set_read_timeout(Some(DRAIN * 3)).unwrap();
     assert!(is_closed(&mut dropped), "drained pod's connection survived");
     echo_roundtrip(&mut kept, b"still").expect("kept pod's live connection after the drain");
@@ -664,12 +694,7 @@ fn re_adding_a_pod_is_a_no_op_in_the_same_netns_and_a_replacement_in_a_new_one()
         &mesh.agent("n1").add_as(&uid, &new_path, &info),
         "add in a new netns",
     );
-    let refused = mesh.connect("client", server_addr());
-    assert_eq!(
-        refused.as_ref().map_err(|e| e.kind()).err(),
-        Some(io::ErrorKind::ConnectionRefused),
-        "the old sandbox still accepts: {refused:?}"
-    );
+    mesh.assert_refused("client", "the old sandbox still accepts");
     let listening = mesh.pod("client-new").ns().exec("ss", &["-Hltn"]).unwrap();
     for port in [15001, 15006, 15008] {
         assert!(
@@ -694,10 +719,7 @@ fn passthrough_to_a_non_mesh_pod_leaves_from_the_pod_with_its_own_address() {
     echo_once(&mesh, "client", dst, b"plain tcp").expect("client → non-mesh pod");
     // The tunnel's upstream socket lives in the client pod (marked, so the rules let it out)
     // and uses the pod's address: the non-mesh server sees the client pod, not the node.
-    assert_eq!(
-        plain.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-        vec![std::net::IpAddr::from(addr::CLIENT)]
-    );
+    assert_eq!(peer_ips(&plain), vec![IpAddr::from(addr::CLIENT)]);
     let line = mesh.tunnel("n1").wait_access_line(
         &[("direction", "outbound"), ("protocol", "TCP")],
         Duration::from_secs(10),

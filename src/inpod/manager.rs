@@ -13,7 +13,6 @@ use tokio::task::JoinSet;
 use super::pod::{PodContext, PodProxy};
 use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
 use super::zds::{netns_id, Backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
-use crate::identity::Identity;
 
 /// Told whenever readiness changes.
 pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
@@ -41,9 +40,6 @@ pub struct InpodManager {
     readiness: Readiness,
     tracker: SnapshotTracker,
     pods: HashMap<String, PodProxy>,
-    /// Running pods per identity: a certificate is forgotten (no longer renewed) once the
-    /// last pod using it is gone.
-    identities: HashMap<Identity, usize>,
     /// Pods being drained.
     drains: JoinSet<()>,
     table: PodTable,
@@ -64,7 +60,6 @@ impl InpodManager {
             readiness,
             tracker: SnapshotTracker::new(),
             pods: HashMap::new(),
-            identities: HashMap::new(),
             drains: JoinSet::new(),
             table,
         }
@@ -203,21 +198,13 @@ impl InpodManager {
         }
         match PodProxy::start(&self.ctx, uid, info, netns).await {
             Ok(pod) => {
-                if let Some(identity) = pod.identity() {
-                    *self.identities.entry(identity.clone()).or_default() += 1;
-                }
-                tracing::info!(
-                    %uid,
-                    workload = ?info.map(|i| format!("{}/{}", i.namespace, i.name)),
-                    identity = ?pod.identity().map(ToString::to_string),
-                    "pod proxy started"
-                );
                 let summary = PodSummary {
                     workload: info.map(|i| format!("{}/{}", i.namespace, i.name)),
                     identity: pod.identity().map(ToString::to_string),
                     netns: pod.netns_id(),
                     connections: pod.connection_tasks(),
                 };
+                tracing::info!(%uid, workload = ?summary.workload, identity = ?summary.identity, "pod proxy started");
                 self.table_mut().insert(uid.to_owned(), summary);
                 self.pods.insert(uid.to_owned(), pod);
                 None
@@ -235,13 +222,10 @@ impl InpodManager {
             return;
         };
         self.table_mut().remove(uid);
-        if let Some(identity) = pod.identity().cloned() {
-            if let Some(count) = self.identities.get_mut(&identity) {
-                *count -= 1;
-                if *count == 0 {
-                    self.identities.remove(&identity);
-                    self.ctx.certs.forget(&identity);
-                }
+        // A certificate is forgotten (no longer renewed) once no running pod uses it.
+        if let Some(identity) = pod.identity() {
+            if !self.pods.values().any(|p| p.identity() == Some(identity)) {
+                self.ctx.certs.forget(identity);
             }
         }
         pod.stop_listening().await;

@@ -68,21 +68,17 @@ impl PodProxy {
         let netns_id = netns.id();
         let sockets =
             SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);
-        let listener_sockets = sockets.clone();
         let bind_ip = ctx.config.bind_ip;
-        let bind = |port: u16, what: &'static str| {
-            let addr = SocketAddr::new(bind_ip, port);
-            let factory = listener_sockets.clone();
-            async move {
-                factory
-                    .listen_async(addr)
-                    .await
-                    .map_err(|source| PodError::Listen { addr, what, source })
-            }
-        };
-        let outbound_listener = bind(OUTBOUND_PORT, "outbound capture").await?;
-        let plaintext_listener = bind(INBOUND_PLAINTEXT_PORT, "inbound plaintext").await?;
-        let hbone_listener = bind(HBONE_PORT, "inbound HBONE").await?;
+        let outbound_listener =
+            listen(&sockets, bind_ip, OUTBOUND_PORT, "outbound capture").await?;
+        let plaintext_listener = listen(
+            &sockets,
+            bind_ip,
+            INBOUND_PLAINTEXT_PORT,
+            "inbound plaintext",
+        )
+        .await?;
+        let hbone_listener = listen(&sockets, bind_ip, HBONE_PORT, "inbound HBONE").await?;
 
         // With workload info the pod is exactly that workload; without (older agents) it is
         // any workload of this node that its traffic comes from.
@@ -187,6 +183,20 @@ impl PodProxy {
         drop(self);
         outcome
     }
+}
+
+/// A listener on `ip:port` inside the factory's namespace; errors say which one.
+async fn listen(
+    sockets: &SocketFactory,
+    ip: std::net::IpAddr,
+    port: u16,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, PodError> {
+    let addr = SocketAddr::new(ip, port);
+    sockets
+        .listen_async(addr)
+        .await
+        .map_err(|source| PodError::Listen { addr, what, source })
 }
 
 /// The identity the pod's certificate is for: the mesh state's view of the workload when it

@@ -17,7 +17,7 @@ use crate::socket;
 use crate::tls;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "inbound HBONE", &pi.tasks.clone(), |stream, peer| {
+    super::accept_loop(listener, "inbound HBONE", &pi.tasks, |stream, peer| {
         let pi = pi.clone();
         async move {
             if let Err(e) = serve_connection(pi, stream, peer).await {

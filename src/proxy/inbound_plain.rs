@@ -13,12 +13,9 @@ use super::{ProxyError, ProxyInputs};
 use crate::socket;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(
-        listener,
-        "inbound plaintext",
-        &pi.tasks.clone(),
-        |stream, peer| handle(pi.clone(), stream, peer),
-    )
+    super::accept_loop(listener, "inbound plaintext", &pi.tasks, |stream, peer| {
+        handle(pi.clone(), stream, peer)
+    })
     .await
 }
 

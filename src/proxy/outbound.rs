@@ -18,7 +18,7 @@ use crate::tls;
 
 /// Accepts captured connections until the listener fails or the task is dropped.
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "outbound", &pi.tasks.clone(), |stream, peer| {
+    super::accept_loop(listener, "outbound", &pi.tasks, |stream, peer| {
         handle(pi.clone(), stream, peer)
     })
     .await

@@ -60,6 +60,17 @@ pub(crate) fn unregister_pid(pid: i32) {
     live().pids.retain(|p| *p != pid);
 }
 
+/// A topology's temp dir (configs, CA, logs, sockets), named after its namespace prefix and
+/// registered so the signal handler removes it too.
+pub(crate) fn topology_dir(prefix: &str, name: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{prefix}-{name}-"))
+        .tempdir()
+        .map_err(|e| Error::io("creating the topology's temp dir", e))?;
+    register_dir(dir.path());
+    Ok(dir)
+}
+
 pub(crate) fn register_dir(dir: &std::path::Path) {
     live().dirs.push(dir.to_path_buf());
 }

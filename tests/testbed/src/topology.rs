@@ -142,11 +142,7 @@ impl TopologyBuilder {
         netns::sweep_stale();
         self.validate()?;
         let prefix = netns::unique_prefix();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-{}-", self.name))
-            .tempdir()
-            .map_err(|e| Error::io("creating the topology's temp dir", e))?;
-        netns::register_dir(dir.path());
+        let dir = netns::topology_dir(&prefix, &self.name)?;
         let mut topo = Topology {
             name: self.name,
             prefix,

@@ -72,11 +72,7 @@ impl PodTopologyBuilder {
             }
         }
         let prefix = netns::unique_prefix();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-{}-", self.name))
-            .tempdir()
-            .map_err(|e| Error::io("creating the topology's temp dir", e))?;
-        netns::register_dir(dir.path());
+        let dir = netns::topology_dir(&prefix, &self.name)?;
         let mut topo = PodTopology {
             name: self.name,
             prefix,
