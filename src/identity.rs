@@ -5,11 +5,13 @@
 //! `tls_configs` caches the rustls configs built from each certificate.
 
 pub mod ca;
+pub mod ca_client;
 pub mod manager;
 mod spiffe;
 mod tls_configs;
 
 pub use ca::{CaError, LocalCa};
+pub use ca_client::{CaClient, CaClientError};
 pub use manager::{ManagerError, SecretManager, WorkloadCert};
 pub use spiffe::{Identity, IdentityError};
 pub use tls_configs::TlsConfigs;

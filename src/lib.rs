@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod drain;
+pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;
@@ -18,3 +20,4 @@ pub mod proxy;
 pub mod socket;
 pub mod state;
 pub mod tls;
+pub mod xds;

@@ -4,13 +4,14 @@
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod local;
+pub mod proto;
 mod resolve;
 mod store;
 mod types;
 
 pub use local::{load_file, load_str, Defaults, LoadError, Loaded};
 pub use resolve::{ResolveError, Upstream};
-pub use store::{StateHandle, Store, StoreError};
+pub use store::{StateHandle, Store, StoreDelta, StoreError};
 pub use types::{
-    HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
+    HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy, Service, Workload,
 };

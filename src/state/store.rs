@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::types::{NamespacedHostname, NetworkAddress, Service, Workload};
+use super::types::{NamespacedHostname, NetworkAddress, Policy, Service, Workload};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -23,6 +23,19 @@ pub enum StoreError {
         vip: String,
         holder: String,
     },
+}
+
+/// One xDS response's worth of changes, applied all-or-nothing by [`Store::apply`].
+#[derive(Default, Debug)]
+pub struct StoreDelta {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub policies: Vec<Policy>,
+    /// Removed `istio.workload.Address` resource names: a workload uid or a service's
+    /// `namespace/hostname`. Unknown names are ignored.
+    pub removed_addresses: Vec<String>,
+    /// Removed `istio.security.Authorization` resource names (`namespace/name`).
+    pub removed_policies: Vec<String>,
 }
 
 #[derive(Default, Debug)]
@@ -173,6 +186,17 @@ impl Store {
 
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
+    }
+
+    /// SKELETON (helper-state): applies `delta` atomically; on error the store is unchanged.
+    pub fn apply(&mut self, delta: StoreDelta) -> Result<(), StoreError> {
+        let _ = delta;
+        unimplemented!("skeleton")
+    }
+
+    /// SKELETON (helper-state)
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        std::iter::empty()
     }
 }
 

@@ -144,3 +144,19 @@ impl Service {
         }
     }
 }
+
+/// An L4 authorization policy (Istio's `istio.security.Authorization`), keyed by
+/// `namespace/name`. Stored and shown for debugging; enforcement comes later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub namespace: String,
+    // SKELETON: helper-state fills in scope, action and rules.
+}
+
+impl Policy {
+    /// The xDS resource name: `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}

@@ -1,0 +1,2 @@
+//! SKELETON (helper-control): `nodetunnel-control`.
+fn main() {}

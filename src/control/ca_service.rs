@@ -1,0 +1,1 @@
+//! SKELETON (helper-ca): the control plane's `IstioCertificateService`.

@@ -1,0 +1,1 @@
+//! SKELETON (helper-control): watching the mesh file.

@@ -1,0 +1,1 @@
+//! SKELETON (helper-control): the delta ADS server.

@@ -1,0 +1,1 @@
+//! SKELETON (helper-xds): the ADS stream loop.
