@@ -10,7 +10,7 @@ pub mod manager;
 mod spiffe;
 mod tls_configs;
 
-pub use ca::{CaError, LocalCa};
+pub use ca::{CaError, LocalCa, ServingCert};
 pub use ca_client::{CaClient, CaClientError};
 pub use manager::{ManagerError, SecretManager, WorkloadCert};
 pub use spiffe::{Identity, IdentityError};

@@ -67,6 +67,13 @@ pub enum CaError {
     },
 }
 
+/// A server certificate and its key, PEM encoded (what tonic's `Identity::from_pem` takes).
+pub struct ServingCert {
+    /// The leaf, then any intermediates; not the root.
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+}
+
 /// An in-process CA: a signing key + certificate, the chain above it and the trusted roots.
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
@@ -275,6 +282,17 @@ impl LocalCa {
     /// `root-cert.pem` contents.
     pub fn root_pem(&self) -> String {
         certs_pem(&self.roots)
+    }
+
+    /// SKELETON (helper-ca): a TLS server certificate for the control plane, with DNS or IP
+    /// SANs, signed by this CA.
+    pub fn issue_serving_cert(
+        &self,
+        sans: &[String],
+        ttl: Duration,
+    ) -> Result<ServingCert, CaError> {
+        let _ = (sans, ttl);
+        unimplemented!("skeleton")
     }
 
     /// Issues a throwaway leaf and verifies it against the roots with webpki, exactly as a peer
