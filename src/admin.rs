@@ -17,6 +17,7 @@ use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
+use crate::xds::XdsHandle;
 
 /// Shared view the endpoints read from.
 pub struct AdminState {
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub certs: Arc<SecretManager>,
     /// Shared mode's running pods (empty in dedicated mode).
     pub pods: PodTable,
+    /// The xDS client's view (`None` when the mesh comes from a local file).
+    pub xds: Option<XdsHandle>,
 }
 
 impl AdminState {
@@ -147,10 +150,29 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
             })
         })
         .collect();
+    let mut policies: Vec<_> = store
+        .policies()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "namespace": p.namespace,
+            })
+        })
+        .collect();
+    policies.sort_by(|a, b| {
+        (a["namespace"].as_str(), a["name"].as_str())
+            .cmp(&(b["namespace"].as_str(), b["name"].as_str()))
+    });
+    let xds = admin
+        .xds
+        .as_ref()
+        .map_or(serde_json::Value::Null, XdsHandle::snapshot);
     serde_json::json!({
         "workloads": workloads,
         "services": services,
+        "policies": policies,
         "certificates": certificates,
         "pods": pods,
+        "xds": xds,
     })
 }

@@ -5,19 +5,23 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::admin::{self, AdminState, Endpoint};
-use crate::config::{CaSource, Config, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::config::{
+    CaSource, Config, ConfigSource, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+};
 use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
 use crate::identity::manager::CertificateSource;
-use crate::identity::{CaError, LocalCa, ManagerError, SecretManager};
+use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;
 use crate::metrics::Metrics;
 use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
 use crate::socket::{SocketFactory, TUNNEL_MARK};
 use crate::state::{self, Defaults, LoadError, StateHandle};
+use crate::xds::{XdsClient, XdsError, XdsHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -25,6 +29,10 @@ pub enum AppError {
     Config(#[from] LoadError),
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
+    #[error("CA client: {0}")]
+    CaClient(#[from] CaClientError),
+    #[error("xDS client: {0}")]
+    Xds(#[from] XdsError),
     #[error("certificate for {identity}: {source}")]
     Certificate {
         identity: String,
@@ -42,69 +50,78 @@ pub enum AppError {
     Signal(std::io::Error),
 }
 
+/// How often a tunnel that is still waiting (for the control plane or the CA) says why.
+const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Runs the tunnel until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), AppError> {
     let config = Arc::new(config);
+    let mut shutdown = Box::pin(shutdown_signal()?);
     let defaults = Defaults {
         trust_domain: config.trust_domain.clone(),
         cluster_id: config.cluster_id.clone(),
     };
-    let path = config
-        .local_xds_path
-        .clone()
-        .expect("Config::from_env requires a config source");
-    let loaded = state::load_file(&path, &defaults)?;
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
-    let state = StateHandle::new(loaded.store);
-
-    let ca = match &config.ca {
-        CaSource::Fake => LocalCa::generate(&config.trust_domain)?,
-        CaSource::LocalDir(dir) => LocalCa::load(dir)?,
+    let state = StateHandle::default();
+    let xds = match &config.source {
+        ConfigSource::File(path) => {
+            let loaded = state::load_file(path, &defaults)?;
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            state.replace(loaded.store);
+            tracing::info!(config = %path.display(), workloads = state.read().workloads().count(), "mesh state loaded from file");
+            None
+        }
+        ConfigSource::Xds(xds) => {
+            let (client, handle) = XdsClient::new(xds.clone(), state.clone(), defaults)?;
+            tracing::info!(address = %xds.target.address, node_id = %xds.node.node_id(), "mesh state from the control plane (delta xDS)");
+            tokio::spawn(client.run());
+            Some(handle)
+        }
     };
-    let certs = SecretManager::new(CertificateSource::Local(Arc::new(ca)), config.secret_ttl);
+
+    let certs = SecretManager::new(certificate_source(&config)?, config.secret_ttl);
     // Renew cached certificates ahead of expiry even when no new connection asks for them.
     let _renewal = certs.spawn_renewal();
     let scope = Scope {
         node: config.node_name.clone(),
         workload: config.proxy_workload_info.clone(),
     };
-    // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
-    // start, not on the first connection. Shared mode issues them as pods arrive.
-    let local_identities: std::collections::BTreeSet<_> = state
-        .read()
-        .workloads()
-        .filter(|w| config.inpod.is_none() && scope.serves(w))
-        .map(|w| w.identity())
-        .collect();
-    for identity in &local_identities {
-        certs
-            .fetch(identity)
-            .await
-            .map_err(|source| AppError::Certificate {
-                identity: identity.to_string(),
-                source: Box::new(source),
-            })?;
-    }
-    tracing::info!(
-        config = %path.display(),
-        workloads = state.read().workloads().count(),
-        local_workloads = state.read().workloads().filter(|w| scope.serves(w)).count(),
-        identities = local_identities.len(),
-        node = config.node_name.as_deref().unwrap_or("-"),
-        "mesh state loaded"
-    );
 
     let metrics = Arc::new(Metrics::new());
+    if let Some(xds) = &xds {
+        metrics.register_xds(xds.clone());
+    }
     let admin = Arc::new(AdminState {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
         state: state.clone(),
         certs: certs.clone(),
         pods: PodTable::default(),
+        xds: xds.clone(),
     });
     start_admin_thread(&config, admin.clone())?;
+
+    if let Some(xds) = &xds {
+        tokio::select! {
+            signal = &mut shutdown => return signal,
+            () = wait_for_sync(xds) => {}
+        }
+    }
+    // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
+    // start, not on the first connection. Shared mode issues them as pods arrive.
+    if config.inpod.is_none() {
+        tokio::select! {
+            signal = &mut shutdown => return signal,
+            result = prefetch_local_certificates(&config, &state, &scope, &certs) => result?,
+        }
+    }
+    tracing::info!(
+        workloads = state.read().workloads().count(),
+        local_workloads = state.read().workloads().filter(|w| scope.serves(w)).count(),
+        node = config.node_name.as_deref().unwrap_or("-"),
+        "mesh state ready"
+    );
 
     match &config.inpod {
         None => {
@@ -119,7 +136,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 delivery: Delivery::KernelSource,
                 tasks: ConnectionTasks::new(),
             });
-            run_dedicated(pi, &admin).await
+            run_dedicated(pi, &admin, shutdown).await
         }
         Some(inpod) => {
             let ctx = PodContext {
@@ -143,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             let serving = tokio::spawn(manager.run(async move {
                 let _ = stop_rx.await;
             }));
-            let signal = wait_for_shutdown_signal().await;
+            let signal = shutdown.await;
             admin.set_ready(false);
             let _ = stop_tx.send(());
             let _ = serving.await;
@@ -152,8 +169,85 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
 }
 
+fn certificate_source(config: &Config) -> Result<CertificateSource, AppError> {
+    Ok(match &config.ca {
+        CaSource::Fake => {
+            CertificateSource::Local(Arc::new(LocalCa::generate(&config.trust_domain)?))
+        }
+        CaSource::LocalDir(dir) => CertificateSource::Local(Arc::new(LocalCa::load(dir)?)),
+        CaSource::Remote(target) => {
+            tracing::info!(address = %target.address, "certificates from the CA over gRPC");
+            CertificateSource::Remote(Arc::new(CaClient::new(target.clone())?))
+        }
+    })
+}
+
+/// Returns once the control plane delivered a first full state (both resource types), saying
+/// every few seconds what it is waiting on.
+async fn wait_for_sync(xds: &XdsHandle) {
+    let mut synced = xds.synced();
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(WAITING_LOG_INTERVAL, synced.wait_for(|s| *s)).await {
+            Ok(_) => {
+                tracing::info!(after = ?started.elapsed(), "initial xDS sync complete");
+                return;
+            }
+            Err(_) => tracing::warn!(
+                waited = ?started.elapsed(),
+                reason = xds.last_error().as_deref().unwrap_or("no response yet"),
+                "not ready: waiting for the initial xDS sync"
+            ),
+        }
+    }
+}
+
+/// Issues the certificates of the workloads this dedicated tunnel serves. A local CA that
+/// cannot sign is a configuration error (fail now); a remote CA may just not be up yet, so
+/// those failures are logged and retried (the manager paces retries with backoff) until it is.
+async fn prefetch_local_certificates(
+    config: &Config,
+    state: &StateHandle,
+    scope: &Scope,
+    certs: &SecretManager,
+) -> Result<(), AppError> {
+    let identities: std::collections::BTreeSet<_> = state
+        .read()
+        .workloads()
+        .filter(|w| scope.serves(w))
+        .map(|w| w.identity())
+        .collect();
+    let retry = matches!(config.ca, CaSource::Remote(_));
+    for identity in &identities {
+        let mut last_log: Option<std::time::Instant> = None;
+        loop {
+            match certs.fetch(identity).await {
+                Ok(_) => break,
+                Err(error) if retry => {
+                    if last_log.is_none_or(|t| t.elapsed() >= WAITING_LOG_INTERVAL) {
+                        tracing::warn!(%identity, %error, "not ready: no certificate yet; retrying");
+                        last_log = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source) => {
+                    return Err(AppError::Certificate {
+                        identity: identity.to_string(),
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Dedicated mode: the tunnel's own namespace holds the listeners.
-async fn run_dedicated(pi: Arc<ProxyInputs>, admin: &AdminState) -> Result<(), AppError> {
+async fn run_dedicated(
+    pi: Arc<ProxyInputs>,
+    admin: &AdminState,
+    shutdown: impl std::future::Future<Output = Result<(), AppError>>,
+) -> Result<(), AppError> {
     let listeners = SocketFactory::current(None);
     let bind = |port: u16, what: &'static str| {
         let addr = SocketAddr::new(pi.config.bind_ip, port);
@@ -172,7 +266,7 @@ async fn run_dedicated(pi: Arc<ProxyInputs>, admin: &AdminState) -> Result<(), A
     admin.set_ready(true);
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
-    let signal = wait_for_shutdown_signal().await;
+    let signal = shutdown.await;
     admin.set_ready(false);
     for task in &tasks {
         task.abort();
@@ -187,15 +281,19 @@ async fn run_dedicated(pi: Arc<ProxyInputs>, admin: &AdminState) -> Result<(), A
     signal
 }
 
-async fn wait_for_shutdown_signal() -> Result<(), AppError> {
+/// Registers the handlers now (so a signal during start-up is not lost to the default
+/// action) and returns a future that completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = Result<(), AppError>>, AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        Ok(())
+    })
 }
 
 /// Readiness, metrics and admin run on their own thread and runtime, so a slow scrape or a

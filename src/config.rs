@@ -9,6 +9,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::grpc::GrpcTarget;
+use crate::xds::{NodeInfo, XdsConfig};
+
 /// Ports inside the tunnel's (or the pod's) network namespace, fixed by the ambient contract.
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
@@ -25,17 +28,16 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("{var} is set, but {what} is not available in this build yet")]
-    Unsupported {
-        var: &'static str,
-        what: &'static str,
-    },
-    #[error("no configuration source: set LOCAL_XDS_PATH (a YAML file) or XDS_ADDRESS")]
+    #[error("no configuration source: set XDS_ADDRESS (a control plane) or LOCAL_XDS_PATH (a YAML file)")]
     NoConfigSource,
-    #[error("no certificate source: set FAKE_CA=true or LOCAL_CA_DIR=<dir with ca-cert.pem, ca-key.pem, root-cert.pem>")]
+    #[error("XDS_ADDRESS and LOCAL_XDS_PATH are both set; choose one")]
+    ConflictingConfigSources,
+    #[error("no certificate source: set CA_ADDRESS (an Istio-compatible CA), FAKE_CA=true, or LOCAL_CA_DIR=<dir with ca-cert.pem, ca-key.pem, root-cert.pem>")]
     NoCertificateSource,
-    #[error("FAKE_CA=true and LOCAL_CA_DIR are both set; choose one")]
-    ConflictingCertificateSources,
+    #[error("{0} are set; choose one certificate source")]
+    ConflictingCertificateSources(String),
+    #[error("{var}={path}: the file does not exist")]
+    MissingFile { var: &'static str, path: String },
 }
 
 /// How the tunnel runs: `dedicated` serves workloads in its own network namespace;
@@ -53,7 +55,22 @@ pub enum CaSource {
     Fake,
     /// A CA loaded from Istio's plug-in CA file names in a directory (`LOCAL_CA_DIR`).
     LocalDir(PathBuf),
+    /// An Istio-compatible CA over gRPC (`CA_ADDRESS`, `CA_ROOT_CA`, `CA_AUTH_TOKEN`).
+    Remote(GrpcTarget),
 }
+
+/// Where workloads, services and policies come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `LOCAL_XDS_PATH`: a YAML file read once at start.
+    File(PathBuf),
+    /// `XDS_ADDRESS`: a control plane over delta xDS.
+    Xds(XdsConfig),
+}
+
+/// Istio's defaults: the mounted istiod root and the projected service-account token.
+pub const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
+pub const DEFAULT_AUTH_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
 
 /// `PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>`: in dedicated mode, restricts the
 /// tunnel to the one workload it fronts.
@@ -121,7 +138,7 @@ pub struct Config {
     pub proxy_mode: ProxyMode,
     /// Set exactly when `proxy_mode` is `Shared`.
     pub inpod: Option<InpodConfig>,
-    pub local_xds_path: Option<PathBuf>,
+    pub source: ConfigSource,
     pub ca: CaSource,
     pub cluster_id: String,
     pub cluster_domain: String,
@@ -166,28 +183,66 @@ impl Config {
                 ))
             }
         };
-        if env.get("XDS_ADDRESS").is_some() {
-            return Err(ConfigError::Unsupported {
-                var: "XDS_ADDRESS",
-                what: "the xDS client",
-            });
-        }
-        if env.get("CA_ADDRESS").is_some() {
-            return Err(ConfigError::Unsupported {
-                var: "CA_ADDRESS",
-                what: "the gRPC CA client",
-            });
-        }
-        let local_xds_path = env.get("LOCAL_XDS_PATH").map(PathBuf::from);
-        if local_xds_path.is_none() {
-            return Err(ConfigError::NoConfigSource);
-        }
+        let cluster_id = env.get("CLUSTER_ID").unwrap_or("Kubernetes").to_string();
+        let cluster_domain = env
+            .get("CLUSTER_DOMAIN")
+            .unwrap_or("cluster.local")
+            .to_string();
+        let node_name = env.get("NODE_NAME").map(str::to_string);
+        let source = match (env.get("XDS_ADDRESS"), env.get("LOCAL_XDS_PATH")) {
+            (Some(_), Some(_)) => return Err(ConfigError::ConflictingConfigSources),
+            (None, None) => return Err(ConfigError::NoConfigSource),
+            (None, Some(path)) => ConfigSource::File(PathBuf::from(path)),
+            (Some(address), None) => ConfigSource::Xds(XdsConfig {
+                target: env.grpc_target(
+                    "XDS_ADDRESS",
+                    address,
+                    "XDS_ROOT_CA",
+                    "XDS_AUTH_TOKEN",
+                    &cluster_id,
+                )?,
+                node: NodeInfo {
+                    pod_name: env
+                        .get("POD_NAME")
+                        .map(str::to_string)
+                        .unwrap_or_else(hostname),
+                    pod_namespace: env
+                        .get("POD_NAMESPACE")
+                        .unwrap_or("istio-system")
+                        .to_string(),
+                    instance_ip: env.get("INSTANCE_IP").unwrap_or("127.0.0.1").to_string(),
+                    node_name: node_name.clone().unwrap_or_default(),
+                    cluster_id: cluster_id.clone(),
+                    cluster_domain: cluster_domain.clone(),
+                },
+            }),
+        };
         let fake_ca = env.bool("FAKE_CA", false)?;
-        let ca = match (fake_ca, env.get("LOCAL_CA_DIR")) {
-            (true, Some(_)) => return Err(ConfigError::ConflictingCertificateSources),
-            (true, None) => CaSource::Fake,
-            (false, Some(dir)) => CaSource::LocalDir(PathBuf::from(dir)),
-            (false, None) => return Err(ConfigError::NoCertificateSource),
+        let ca = match (fake_ca, env.get("LOCAL_CA_DIR"), env.get("CA_ADDRESS")) {
+            (false, None, Some(address)) => CaSource::Remote(env.grpc_target(
+                "CA_ADDRESS",
+                address,
+                "CA_ROOT_CA",
+                "CA_AUTH_TOKEN",
+                &cluster_id,
+            )?),
+            (true, None, None) => CaSource::Fake,
+            (false, Some(dir), None) => CaSource::LocalDir(PathBuf::from(dir)),
+            (false, None, None) => return Err(ConfigError::NoCertificateSource),
+            (fake, dir, address) => {
+                let set: Vec<&str> = [
+                    ("FAKE_CA=true", fake),
+                    ("LOCAL_CA_DIR", dir.is_some()),
+                    ("CA_ADDRESS", address.is_some()),
+                ]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| *name)
+                .collect();
+                return Err(ConfigError::ConflictingCertificateSources(
+                    set.join(" and "),
+                ));
+            }
         };
         let proxy_workload_info = env
             .get("PROXY_WORKLOAD_INFO")
@@ -223,18 +278,15 @@ impl Config {
         Ok(Config {
             proxy_mode,
             inpod,
-            local_xds_path,
+            source,
             ca,
-            cluster_id: env.get("CLUSTER_ID").unwrap_or("Kubernetes").to_string(),
-            cluster_domain: env
-                .get("CLUSTER_DOMAIN")
-                .unwrap_or("cluster.local")
-                .to_string(),
+            cluster_id,
+            cluster_domain,
             trust_domain: env
                 .get("TRUST_DOMAIN")
                 .unwrap_or("cluster.local")
                 .to_string(),
-            node_name: env.get("NODE_NAME").map(str::to_string),
+            node_name,
             network: env.get("NETWORK").unwrap_or("").to_string(),
             proxy_workload_info,
             secret_ttl: env.duration("SECRET_TTL", Duration::from_secs(24 * 3600))?,
@@ -278,10 +330,77 @@ fn parse_workload_info(value: &str) -> Result<ProxyWorkloadInfo, ConfigError> {
     }
 }
 
+/// The machine's host name (a pod's name in Kubernetes), for `POD_NAME`'s default.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "nodetunnel".to_string())
+}
+
 /// Typed reads of variables; each error names the variable.
 struct Env<'a>(&'a HashMap<String, String>);
 
 impl Env<'_> {
+    /// A gRPC service: `<addr_var>` (scheme optional, `https://` assumed as ztunnel does),
+    /// its TLS root `<root_var>` (a file, or `SYSTEM` for the system roots; Istio's mounted
+    /// root by default) and bearer token `<token_var>` (Istio's projected token by default,
+    /// used only if present; an explicitly named file must exist).
+    fn grpc_target(
+        &self,
+        addr_var: &'static str,
+        address: &str,
+        root_var: &'static str,
+        token_var: &'static str,
+        cluster_id: &str,
+    ) -> Result<GrpcTarget, ConfigError> {
+        let address = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("https://{address}")
+        };
+        match address.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("https" | "http"))
+                    && uri.host().is_some()
+                    && uri.port().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    addr_var,
+                    &address,
+                    "expected https://<host>:<port>, e.g. https://istiod.istio-system.svc:15012",
+                ))
+            }
+        }
+        let root_cert = match self.get(root_var) {
+            Some("SYSTEM") => None,
+            Some(path) => Some(self.existing_file(root_var, path)?),
+            None => Some(PathBuf::from(DEFAULT_ROOT_CA)),
+        };
+        let token = match self.get(token_var) {
+            Some(path) => Some(self.existing_file(token_var, path)?),
+            None => Some(PathBuf::from(DEFAULT_AUTH_TOKEN)).filter(|p| p.exists()),
+        };
+        Ok(GrpcTarget {
+            address,
+            root_cert,
+            token,
+            cluster_id: cluster_id.to_string(),
+        })
+    }
+
+    fn existing_file(&self, var: &'static str, path: &str) -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(path);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(ConfigError::MissingFile {
+                var,
+                path: path.display().to_string(),
+            })
+        }
+    }
+
     fn get(&self, var: &str) -> Option<&str> {
         self.0
             .get(var)
@@ -432,9 +551,80 @@ mod tests {
                 ("FAKE_CA", "true"),
                 ("LOCAL_CA_DIR", "/ca")
             ]))
-            .unwrap_err(),
-            ConfigError::ConflictingCertificateSources
+            .unwrap_err()
+            .to_string(),
+            "FAKE_CA=true and LOCAL_CA_DIR are set; choose one certificate source"
         );
+        assert_eq!(
+            Config::from_vars(&vars(&[
+                ("LOCAL_XDS_PATH", "/x"),
+                ("XDS_ADDRESS", "https://cp:15012"),
+                ("FAKE_CA", "true"),
+            ]))
+            .unwrap_err(),
+            ConfigError::ConflictingConfigSources
+        );
+    }
+
+    #[test]
+    fn control_plane_settings_use_istio_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root-cert.pem");
+        let token = dir.path().join("token");
+        std::fs::write(&root, "pem").unwrap();
+        std::fs::write(&token, "t").unwrap();
+        let (root_s, token_s) = (root.to_str().unwrap(), token.to_str().unwrap());
+        let cfg = Config::from_vars(&vars(&[
+            ("XDS_ADDRESS", "10.0.0.1:15012"),
+            ("XDS_ROOT_CA", root_s),
+            ("XDS_AUTH_TOKEN", token_s),
+            ("CA_ADDRESS", "https://ca.example:15012"),
+            ("CA_ROOT_CA", "SYSTEM"),
+            ("CLUSTER_ID", "c1"),
+            ("POD_NAME", "ztunnel-abc"),
+            ("POD_NAMESPACE", "istio-system"),
+            ("INSTANCE_IP", "10.0.0.7"),
+            ("NODE_NAME", "node-1"),
+        ]))
+        .unwrap();
+        let ConfigSource::Xds(xds) = &cfg.source else {
+            panic!("expected xDS, got {:?}", cfg.source);
+        };
+        assert_eq!(xds.target.address, "https://10.0.0.1:15012");
+        assert_eq!(xds.target.root_cert.as_deref(), Some(root.as_path()));
+        assert_eq!(xds.target.token.as_deref(), Some(token.as_path()));
+        assert_eq!(xds.target.cluster_id, "c1");
+        assert_eq!(
+            xds.node.node_id(),
+            "ztunnel~10.0.0.7~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+        );
+        assert_eq!(xds.node.node_name, "node-1");
+        let CaSource::Remote(ca) = &cfg.ca else {
+            panic!("expected a remote CA, got {:?}", cfg.ca);
+        };
+        assert_eq!(ca.address, "https://ca.example:15012");
+        assert_eq!(ca.root_cert, None, "SYSTEM means the system roots");
+
+        let err = Config::from_vars(&vars(&[
+            ("XDS_ADDRESS", "https://cp:15012"),
+            ("XDS_AUTH_TOKEN", "/nonexistent/token"),
+            ("FAKE_CA", "true"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "XDS_AUTH_TOKEN=/nonexistent/token: the file does not exist"
+        );
+        let err = Config::from_vars(&vars(&[("XDS_ADDRESS", "https://cp"), ("FAKE_CA", "true")]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("XDS_ADDRESS="), "{err}");
+        let err = Config::from_vars(&vars(&[
+            ("LOCAL_XDS_PATH", "/x"),
+            ("CA_ADDRESS", "https://cp:15012"),
+            ("LOCAL_CA_DIR", "/ca"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ConflictingCertificateSources(_)));
     }
 
     #[test]

@@ -2,13 +2,19 @@
 
 use std::sync::Mutex;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::state::Workload;
+use crate::xds::{TypeStats, XdsHandle};
 
 /// Labels of `istio_tcp_*` (a subset of Istio's standard set, same names and values).
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,12 +137,112 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// Adds the xDS client's counters, read from its handle at each scrape.
+    pub fn register_xds(&self, xds: XdsHandle) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register_collector(Box::new(XdsCollector(xds)));
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// The xDS client's state as metrics. Istio's `istio_xds_message_total{url}` counts responses
+/// per type; the `nodetunnel_xds_*` series add what an operator needs to see a stuck or
+/// rejected sync: connection state, resource counts, ACK/NACK split and apply time.
+#[derive(Debug)]
+struct XdsCollector(XdsHandle);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UrlLabel {
+    url: &'static str,
+}
+
+impl Collector for XdsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let types = [
+            (
+                nodetunnel_proto::WORKLOAD_ADDRESS_TYPE_URL,
+                &stats.addresses,
+            ),
+            (
+                nodetunnel_proto::AUTHORIZATION_TYPE_URL,
+                &stats.authorizations,
+            ),
+        ];
+        let per_type = |encoder: &mut DescriptorEncoder,
+                        name: &str,
+                        help: &str,
+                        counter: bool,
+                        value: &dyn Fn(&TypeStats) -> u64|
+         -> Result<(), std::fmt::Error> {
+            let kind = if counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (url, t) in types {
+                let label = UrlLabel { url };
+                let metric = family.encode_family(&label)?;
+                if counter {
+                    ConstCounter::new(value(t)).encode(metric)?;
+                } else {
+                    ConstGauge::new(value(t) as i64).encode(metric)?;
+                }
+            }
+            Ok(())
+        };
+        per_type(
+            &mut encoder,
+            "istio_xds_message",
+            "xDS responses received, per type URL",
+            true,
+            &|t| t.acks + t.nacks,
+        )?;
+        per_type(
+            &mut encoder,
+            "nodetunnel_xds_nacks",
+            "xDS responses rejected (NACKed), per type URL",
+            true,
+            &|t| t.nacks,
+        )?;
+        per_type(
+            &mut encoder,
+            "nodetunnel_xds_resources",
+            "Resources currently accepted from the control plane, per type URL",
+            false,
+            &|t| t.resources as u64,
+        )?;
+        let gauge = ConstGauge::new(i64::from(stats.connected));
+        gauge.encode(encoder.encode_descriptor(
+            "nodetunnel_xds_connected",
+            "1 while the xDS stream to the control plane is established",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(stats.connects).encode(encoder.encode_descriptor(
+            "nodetunnel_xds_connects",
+            "xDS streams established since start",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let apply = stats.last_apply_duration.map_or(0.0, |d| d.as_secs_f64());
+        ConstGauge::new(apply).encode(encoder.encode_descriptor(
+            "nodetunnel_xds_last_apply_seconds",
+            "How long the last accepted xDS response held the state lock while applying",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
     }
 }
 

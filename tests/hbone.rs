@@ -20,8 +20,8 @@ use nodetunnel_testbed::traffic::{
 use nodetunnel_testbed::tunnel::{field, field_u64};
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
-    spiffe_id, tunnel_env, Ca, Capture, MeshConfig, Netns, Protocol, Server, Topology, Tunnel,
-    Workload,
+    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Mesh, MeshConfig, Netns, Protocol, Server,
+    Topology, Tunnel, Workload,
 };
 
 const MIB: u64 = 1 << 20;
@@ -29,6 +29,10 @@ const SERVER_PORT: u16 = 8080;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
+}
+
+fn control_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
 }
 
 fn server_addr() -> SocketAddr {
@@ -58,19 +62,34 @@ fn make_ca(topo: &Topology) -> PathBuf {
     dir
 }
 
-fn start_tunnel(topo: &Topology, node: &str, config: &Path, ca: Ca<'_>) -> Tunnel {
-    let env = tunnel_env(node, config, ca);
+fn start_tunnel(topo: &Topology, node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Tunnel {
+    let env = tunnel_env(node, mesh, ca);
     topo.start_tunnel(node, bin(), &env_refs(&env))
         .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
 }
 
-/// Both tunnels of the standard mesh with one config and one CA.
-fn standard_mesh(topo: &Topology) -> (Tunnel, Tunnel) {
-    let cfg = write_config(topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
+/// `nodetunnel-control` on n1 serving `cfg` (written to mesh.yaml) with a new shared CA, which
+/// it returns too (for tunnels that load the CA files themselves).
+fn control_plane(topo: &Topology, cfg: &MeshConfig) -> (ControlPlane, PathBuf) {
+    let mesh = write_config(topo, "mesh.yaml", cfg);
     let ca = make_ca(topo);
-    let t2 = start_tunnel(topo, "n2", &cfg, Ca::Dir(&ca));
-    let t1 = start_tunnel(topo, "n1", &cfg, Ca::Dir(&ca));
-    (t1, t2)
+    let cp = topo
+        .start_control_plane("n1", control_bin(), &mesh, &ca, &[])
+        .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+    (cp, ca)
+}
+
+/// A tunnel configured entirely by the control plane (xDS + CA), as in a real cluster.
+fn start_controlled(topo: &Topology, node: &str, cp: &ControlPlane) -> Tunnel {
+    start_tunnel(topo, node, Mesh::Control(cp), Ca::Control(cp))
+}
+
+/// The control plane and both tunnels of the standard mesh.
+fn standard_mesh(topo: &Topology) -> (ControlPlane, Tunnel, Tunnel) {
+    let (cp, _) = control_plane(topo, &MeshConfig::standard(SERVER_PORT));
+    let t2 = start_controlled(topo, "n2", &cp);
+    let t1 = start_controlled(topo, "n1", &cp);
+    (cp, t1, t2)
 }
 
 fn connect(ns: &Netns, src: Ipv4Addr, dst: SocketAddr) -> TcpStream {
@@ -162,7 +181,7 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
     let Some(topo) = topology("hbone_100mib", Capture::ALL) else {
         return;
     };
-    let (t1, t2) = standard_mesh(&topo);
+    let (_cp, t1, t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), bulk_handler).unwrap();
     assert_eq!(
         hbone_conns(topo.ns("n2")),
@@ -225,7 +244,7 @@ fn fifty_connections_from_one_identity_share_one_hbone_connection() {
     let Some(topo) = topology("hbone_pool", Capture::ALL) else {
         return;
     };
-    let (_t1, _t2) = standard_mesh(&topo);
+    let (_cp, _t1, _t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let streams = open_concurrently(topo.ns("n1"), addr::CLIENT, server_addr(), 50);
@@ -259,7 +278,7 @@ fn fifty_connections_through_service_vip() {
     let Some(topo) = topology("hbone_vip", Capture::ALL) else {
         return;
     };
-    let (_t1, _t2) = standard_mesh(&topo);
+    let (_cp, _t1, _t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let vip: SocketAddr = (addr::SERVICE_VIP, 80).into();
@@ -280,7 +299,7 @@ fn passthrough_to_unknown_destination() {
     let Some(topo) = topology("passthrough_unknown", Capture::ALL) else {
         return;
     };
-    let (t1, _t2) = standard_mesh(&topo);
+    let (_cp, t1, _t2) = standard_mesh(&topo);
     passthrough_roundtrip(&topo, &t1);
 }
 
@@ -292,10 +311,9 @@ fn passthrough_to_tcp_protocol_workload() {
     };
     let cfg = MeshConfig::standard(SERVER_PORT)
         .with_workload(Workload::new("legacy", addr::NON_MESH, "n2").protocol(Protocol::Tcp));
-    let cfg = write_config(&topo, "mesh.yaml", &cfg);
-    let ca = make_ca(&topo);
-    let _t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
-    let t1 = start_tunnel(&topo, "n1", &cfg, Ca::Dir(&ca));
+    let (cp, _) = control_plane(&topo, &cfg);
+    let _t2 = start_controlled(&topo, "n2", &cp);
+    let t1 = start_controlled(&topo, "n1", &cp);
     passthrough_roundtrip(&topo, &t1);
 }
 
@@ -339,12 +357,11 @@ fn peer_from_untrusted_ca_is_refused() {
     let Some(topo) = topology("untrusted_ca", Capture::ALL) else {
         return;
     };
-    let cfg = write_config(&topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
-    let ca = make_ca(&topo);
-    let _t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
+    let (cp, _) = control_plane(&topo, &MeshConfig::standard(SERVER_PORT));
+    let _t2 = start_controlled(&topo, "n2", &cp);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
-    let t1 = start_tunnel(&topo, "n1", &cfg, Ca::Dir(&ca));
+    let t1 = start_controlled(&topo, "n1", &cp);
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
     echo_roundtrip(&mut s, b"control: same CA works")
         .expect("control connection with the shared CA");
@@ -352,7 +369,7 @@ fn peer_from_untrusted_ca_is_refused() {
     assert_eq!(server.accepted(), 1);
     t1.stop();
 
-    let _t1 = start_tunnel(&topo, "n1", &cfg, Ca::Fake);
+    let _t1 = start_tunnel(&topo, "n1", Mesh::Control(&cp), Ca::Fake);
     assert_refused(&topo, &server, "n1 with a throwaway CA");
     assert_eq!(
         hbone_conns(topo.ns("n2")),
@@ -368,15 +385,14 @@ fn peer_with_wrong_identity_is_refused() {
     let Some(topo) = topology("wrong_identity", Capture::ALL) else {
         return;
     };
-    let cfg = write_config(&topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
+    let (cp, ca) = control_plane(&topo, &MeshConfig::standard(SERVER_PORT));
     let mut impostor = MeshConfig::standard(SERVER_PORT);
     impostor.workload_mut("server").service_account = "impostor".into();
     let impostor_cfg = write_config(&topo, "impostor.yaml", &impostor);
-    let ca = make_ca(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
-    let _t1 = start_tunnel(&topo, "n1", &cfg, Ca::Dir(&ca));
+    let _t1 = start_controlled(&topo, "n1", &cp);
 
-    let t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
+    let t2 = start_controlled(&topo, "n2", &cp);
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
     echo_roundtrip(&mut s, b"control: honest peer works")
         .expect("control connection to the honest n2");
@@ -384,7 +400,10 @@ fn peer_with_wrong_identity_is_refused() {
     assert_eq!(server.accepted(), 1);
     t2.stop();
 
-    let _t2 = start_tunnel(&topo, "n2", &impostor_cfg, Ca::Dir(&ca));
+    // The control plane would not sign sa/impostor (no such workload in its mesh), so this
+    // tunnel reads its own config and loads the mesh CA files itself: a peer with a valid
+    // certificate from the right root, for the wrong identity.
+    let _t2 = start_tunnel(&topo, "n2", Mesh::File(&impostor_cfg), Ca::Dir(&ca));
     assert_refused(&topo, &server, "n2 presenting sa/impostor for the server");
 }
 
@@ -395,7 +414,7 @@ fn half_close_is_carried_over_hbone() {
     let Some(topo) = topology("half_close", Capture::ALL) else {
         return;
     };
-    let (_t1, t2) = standard_mesh(&topo);
+    let (_cp, _t1, t2) = standard_mesh(&topo);
     let reply_len = MIB;
     let server = Server::start(topo.ns("n2"), server_addr(), move |mut s: TcpStream| {
         let mut request = Vec::new();
@@ -448,9 +467,8 @@ fn inbound_plaintext_from_non_mesh_client() {
     topo.node("n1").set_capture(Capture::NONE).unwrap();
     let mut cfg = MeshConfig::standard(SERVER_PORT);
     cfg.workloads.retain(|w| w.name != "client2");
-    let cfg = write_config(&topo, "mesh.yaml", &cfg);
-    let ca = make_ca(&topo);
-    let t2 = start_tunnel(&topo, "n2", &cfg, Ca::Dir(&ca));
+    let (cp, _) = control_plane(&topo, &cfg);
+    let t2 = start_controlled(&topo, "n2", &cp);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let mut s = connect(topo.ns("n1"), addr::CLIENT2, server_addr());

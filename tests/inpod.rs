@@ -23,7 +23,7 @@ use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, ech
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
-    shared_tunnel_env, Ca, MeshConfig, Server, Tunnel,
+    shared_tunnel_env, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Server, Tunnel,
 };
 use prost::Message;
 
@@ -34,6 +34,10 @@ const DRAIN: Duration = Duration::from_secs(3);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
+}
+
+fn control_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
 }
 
 fn server_addr() -> SocketAddr {
@@ -142,6 +146,8 @@ struct Mesh {
     // removes the directory holding those logs.
     tunnels: Vec<(String, Tunnel)>,
     agents: Vec<(String, Agent)>,
+    /// `nodetunnel-control` on n1: xDS and certificates for both tunnels.
+    control: ControlPlane,
     topo: PodTopology,
 }
 
@@ -162,15 +168,24 @@ impl Mesh {
         let ca = topo.path("ca");
         std::fs::create_dir_all(&ca).expect("creating the CA dir");
         generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
+        let control = topo
+            .start_control_plane("n1", control_bin(), &config, &ca, &[])
+            .expect("starting the control plane");
         let mut mesh = Mesh {
             agents: Vec::new(),
             tunnels: Vec::new(),
+            control,
             topo,
         };
         for node in ["n1", "n2"] {
             let uds = mesh.topo.path(&format!("{node}-zds.sock"));
             let mut agent = Agent::bind(&uds);
-            let mut env = shared_tunnel_env(node, &config, Ca::Dir(&ca), &uds);
+            let mut env = shared_tunnel_env(
+                node,
+                MeshSource::Control(&mesh.control),
+                Ca::Control(&mesh.control),
+                &uds,
+            );
             env.push(("DRAIN_TIMEOUT".into(), format!("{}s", DRAIN.as_secs())));
             for (k, v) in extra_env {
                 env.push((k.to_string(), v.to_string()));

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::cmd;
+use crate::control::ControlPlane;
 use crate::error::{Error, Result};
 use crate::topology::addr;
 
@@ -236,42 +237,71 @@ pub fn generate_ca(bin: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a tunnel gets its workloads and services.
+#[derive(Clone, Copy)]
+pub enum Mesh<'a> {
+    /// `LOCAL_XDS_PATH=<file>` (a [`MeshConfig`] written to disk).
+    File(&'a Path),
+    /// `XDS_ADDRESS`: delta xDS from a running `nodetunnel-control`.
+    Control(&'a ControlPlane),
+}
+
 /// Where a tunnel gets its CA.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub enum Ca<'a> {
     /// `LOCAL_CA_DIR=<dir>` (from [`generate_ca`]).
     Dir(&'a Path),
     /// `FAKE_CA=true`: a throwaway root no other tunnel trusts.
     Fake,
+    /// `CA_ADDRESS`: certificates from a running `nodetunnel-control` over gRPC.
+    Control(&'a ControlPlane),
 }
 
 /// The environment of a dedicated-mode tunnel serving `node`.
-pub fn tunnel_env(node: &str, config: &Path, ca: Ca<'_>) -> Vec<(String, String)> {
+pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String)> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut env = vec![
-        (
-            "LOCAL_XDS_PATH".to_string(),
-            config.to_string_lossy().into_owned(),
-        ),
         ("NODE_NAME".to_string(), node.to_string()),
+        ("POD_NAME".to_string(), format!("nodetunnel-{node}")),
+        ("POD_NAMESPACE".to_string(), "istio-system".to_string()),
         ("RUST_LOG".to_string(), "info".to_string()),
         ("NO_COLOR".to_string(), "1".to_string()),
     ];
+    match mesh {
+        Mesh::File(config) => env.push(("LOCAL_XDS_PATH".into(), path(config))),
+        Mesh::Control(cp) => {
+            env.push(("XDS_ADDRESS".into(), cp.url()));
+            env.push(("XDS_ROOT_CA".into(), path(&cp.root_cert())));
+            env.push(("XDS_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+        }
+    }
     match ca {
-        Ca::Dir(dir) => env.push(("LOCAL_CA_DIR".into(), dir.to_string_lossy().into_owned())),
+        Ca::Dir(dir) => env.push(("LOCAL_CA_DIR".into(), path(dir))),
         Ca::Fake => env.push(("FAKE_CA".into(), "true".into())),
+        Ca::Control(cp) => {
+            env.push(("CA_ADDRESS".into(), cp.url()));
+            env.push(("CA_ROOT_CA".into(), path(&cp.root_cert())));
+            env.push(("CA_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+        }
     }
     env
+}
+
+/// Sets `key=value` in `env`, replacing an earlier value.
+pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
 }
 
 /// The environment of a shared-mode (in-pod) tunnel serving `node`: [`tunnel_env`] plus
 /// `PROXY_MODE=shared` and `INPOD_UDS=<uds>` (the ZDS socket the CNI agent listens on).
 pub fn shared_tunnel_env(
     node: &str,
-    config: &Path,
+    mesh: Mesh<'_>,
     ca: Ca<'_>,
     uds: &Path,
 ) -> Vec<(String, String)> {
-    let mut env = tunnel_env(node, config, ca);
+    let mut env = tunnel_env(node, mesh, ca);
     env.push(("PROXY_MODE".into(), "shared".into()));
     env.push(("INPOD_UDS".into(), uds.to_string_lossy().into_owned()));
     env

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use crate::control::{ControlPlane, ControlPlaneSpec};
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::topology::addr;
@@ -198,6 +199,20 @@ impl PodTopology {
     /// `dir()/<file>`.
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
+    }
+
+    /// Starts `nodetunnel-control` (`bin`) in node `node`'s namespace on the node's IP, serving
+    /// `mesh` with the CA in `ca_dir`, and waits until it is ready.
+    pub fn start_control_plane(
+        &self,
+        node: &str,
+        bin: &Path,
+        mesh: &Path,
+        ca_dir: &Path,
+        args: &[&str],
+    ) -> Result<ControlPlane> {
+        let spec = ControlPlaneSpec::new(mesh, ca_dir, self.node(node).ip(), args);
+        ControlPlane::start(self.node_ns(node), bin, self.dir(), spec)
     }
 
     /// Creates pod `name` on `node` with address `ip` (in the node's /24): its namespace, veth,

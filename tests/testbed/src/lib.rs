@@ -2,13 +2,13 @@
 //! processes.
 //!
 //! ```ignore
-//! use nodetunnel_testbed::{addr, Capture, Topology, MeshConfig, Ca, tunnel_env, env_refs};
+//! use nodetunnel_testbed::{addr, Capture, Topology, MeshConfig, Ca, Mesh, tunnel_env, env_refs};
 //!
 //! if !nodetunnel_testbed::namespaces_available("my_test") { return; }
 //! let topo = Topology::two_node("my_test", Capture::ALL)?;         // n1 ⇄ n2, pods as IPs
 //! MeshConfig::standard(8080).write(&topo.path("mesh.yaml"))?;
 //! nodetunnel_testbed::generate_ca(bin, &topo.path("ca"))?;
-//! let env = tunnel_env("n1", &topo.path("mesh.yaml"), Ca::Dir(&topo.path("ca")));
+//! let env = tunnel_env("n1", Mesh::File(&topo.path("mesh.yaml")), Ca::Dir(&topo.path("ca")));
 //! let t1 = topo.start_tunnel("n1", bin, &env_refs(&env))?;          // waits for /healthz/ready
 //! let server = Server::start(topo.ns("n2"), (addr::SERVER, 8080).into(), echo_handler)?;
 //! let mut s = topo.ns("n1").run(|| connect_from(addr::CLIENT, (addr::SERVER, 8080).into()))?;
@@ -23,11 +23,13 @@
 
 pub mod cmd;
 pub mod config;
+pub mod control;
 mod error;
 pub mod eventually;
 pub mod inpod;
 pub mod netns;
 mod privilege;
+pub mod process;
 pub mod procstat;
 mod signals;
 pub mod topology;
@@ -35,9 +37,10 @@ pub mod traffic;
 pub mod tunnel;
 
 pub use config::{
-    env_refs, generate_ca, shared_tunnel_env, spiffe_id, tunnel_env, Ca, MeshConfig, Protocol,
-    Service, Workload,
+    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Mesh, MeshConfig,
+    Protocol, Service, Workload,
 };
+pub use control::{ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
 pub use inpod::{
     apply_inpod_rules, remove_inpod_rules, InpodMesh, InpodRules, PodNode, PodNs, PodTopology,

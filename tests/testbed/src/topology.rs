@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use crate::control::{ControlPlane, ControlPlaneSpec};
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::tunnel::Tunnel;
@@ -263,6 +264,11 @@ impl Node {
                     "OUTPUT",
                     "-p",
                     "tcp",
+                    // The tunnel's own control-plane connections (xDS + CA on 15012) leave
+                    // uncaptured, as a ztunnel's connections to istiod do.
+                    "!",
+                    "--dport",
+                    "15012",
                     "!",
                     "-d",
                     "127.0.0.0/8",
@@ -390,6 +396,20 @@ impl Topology {
     pub fn start_tunnel(&self, node: &str, bin: &Path, env: &[(&str, &str)]) -> Result<Tunnel> {
         let log = crate::tunnel::fresh_log_path(self.dir(), node);
         Tunnel::start(self.ns(node), bin, env, &log)
+    }
+
+    /// Starts `nodetunnel-control` (`bin`) in node `node`'s namespace on the node's IP, serving
+    /// `mesh` with the CA in `ca_dir`, and waits until it is ready.
+    pub fn start_control_plane(
+        &self,
+        node: &str,
+        bin: &Path,
+        mesh: &Path,
+        ca_dir: &Path,
+        args: &[&str],
+    ) -> Result<ControlPlane> {
+        let spec = ControlPlaneSpec::new(mesh, ca_dir, self.node(node).ip(), args);
+        ControlPlane::start(self.ns(node), bin, self.dir(), spec)
     }
 }
 

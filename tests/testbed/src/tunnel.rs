@@ -1,35 +1,26 @@
 //! A nodetunnel process running inside a namespace.
 
-use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
-
 use crate::error::{Error, Result};
-use crate::netns::{self, Netns};
+use crate::netns::Netns;
+use crate::process::NsProcess;
+pub use crate::process::TERM_GRACE;
 use crate::procstat::ProcStats;
 use crate::topology::port;
 
 /// How long [`Tunnel::start`] waits for `/healthz/ready`.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// How long a tunnel gets to exit after SIGTERM before SIGKILL.
-pub const TERM_GRACE: Duration = Duration::from_secs(5);
-
-const LOG_TAIL_LINES: usize = 60;
-
 /// A running tunnel. Dropping it sends SIGTERM, then SIGKILL after [`TERM_GRACE`]; if the
 /// current thread is panicking, its log tail is printed to stderr (the test's output).
 pub struct Tunnel {
-    ns: Netns,
-    child: Option<Child>,
-    log_path: PathBuf,
+    process: NsProcess,
 }
 
 impl Tunnel {
@@ -46,29 +37,8 @@ impl Tunnel {
     /// Like [`start`](Self::start) but returns as soon as the process runs, without waiting
     /// for readiness (a shared-mode tunnel is not ready before its ZDS agent sent a snapshot).
     pub fn spawn(ns: &Netns, bin: &Path, env: &[(&str, &str)], log_path: &Path) -> Result<Tunnel> {
-        let log = File::create(log_path)
-            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::io("duplicating the log file handle", e))?;
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns.name()])
-            .arg(bin)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {} in {}", bin.display(), ns.name()), e))?;
-        netns::register_pid(child.id() as i32);
         Ok(Tunnel {
-            ns: ns.clone(),
-            child: Some(child),
-            log_path: log_path.to_path_buf(),
+            process: NsProcess::spawn("tunnel", ns, bin, &[], env, log_path)?,
         })
     }
 
@@ -99,8 +69,23 @@ impl Tunnel {
     }
 
     fn readiness(&self) -> std::io::Result<u16> {
-        self.ns
+        self.ns()
             .run(|| http_get_status(port::READINESS, "/healthz/ready"))
+    }
+
+    /// `GET <path>` on the tunnel's admin port (127.0.0.1:15000 in its namespace): the body.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        let owned = path.to_string();
+        let (status, body) = self
+            .ns()
+            .run(move || http_get(port::ADMIN, &owned))
+            .map_err(|e| Error::io(format!("GET {path} on the tunnel admin port"), e))?;
+        if status != 200 {
+            return Err(Error::Invalid(format!(
+                "GET {path} answered {status}: {body}"
+            )));
+        }
+        Ok(body)
     }
 
     /// Open fds, threads, CPU time and memory of the daemon right now (from `/proc/<pid>`).
@@ -110,37 +95,34 @@ impl Tunnel {
 
     fn not_ready(&self, reason: String) -> Error {
         Error::TunnelNotReady {
-            netns: self.ns.name().to_string(),
+            netns: self.ns().name().to_string(),
             reason,
-            log_tail: self.log_tail(LOG_TAIL_LINES),
+            log_tail: self.process.default_tail(),
         }
     }
 
     /// The daemon's pid (the `ip netns exec` process execs it, so they are the same).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.pid()
     }
 
     /// The namespace the tunnel runs in.
     pub fn ns(&self) -> &Netns {
-        &self.ns
+        self.process.ns()
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        self.process.log_path()
     }
 
     /// Everything the daemon wrote to stdout and stderr so far, ANSI colour codes removed.
     pub fn log(&self) -> String {
-        let bytes = fs::read(&self.log_path).unwrap_or_default();
-        strip_ansi(&String::from_utf8_lossy(&bytes))
+        self.process.log()
     }
 
     /// The last `n` lines of [`log`](Self::log).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.process.log_tail(n)
     }
 
     /// Access-log lines whose `key=value` fields include all of `fields`.
@@ -177,66 +159,18 @@ impl Tunnel {
 
     /// `Some(status)` if the process has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .map_err(|e| Error::io("polling the tunnel process", e)),
-            None => Ok(None),
-        }
+        self.process.try_wait()
     }
 
     /// SIGTERM, wait up to [`TERM_GRACE`], then SIGKILL. Returns the exit status.
     pub fn stop(mut self) -> Option<ExitStatus> {
-        self.terminate()
-    }
-
-    fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = child.id() as i32;
-        if let Ok(Some(status)) = child.try_wait() {
-            // Already reaped: the pid may belong to someone else now, so no signals.
-            netns::unregister_pid(pid);
-            return Some(status);
-        }
-        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let end = Instant::now() + TERM_GRACE;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    break child.wait().ok();
-                }
-            }
-        };
-        netns::unregister_pid(pid);
-        status
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        self.terminate();
-        if thread::panicking() {
-            // Not eprintln!: a closed stderr would panic again mid-unwind and abort.
-            let _ = writeln!(
-                std::io::stderr(),
-                "--- tunnel log {} (netns {}, last {LOG_TAIL_LINES} lines) ---\n{}\n--- end ---",
-                self.log_path.display(),
-                self.ns.name(),
-                self.log_tail(LOG_TAIL_LINES)
-            );
-        }
+        self.process.terminate()
     }
 }
 
 /// `dir/<node>-tunnel-<n>.log` for the first `n` that does not exist yet.
 pub(crate) fn fresh_log_path(dir: &Path, node: &str) -> PathBuf {
-    (0..)
-        .map(|n| dir.join(format!("{node}-tunnel-{n}.log")))
-        .find(|candidate| !candidate.exists())
-        .expect("an unused log file name")
+    crate::process::fresh_log_path(dir, &format!("{node}-tunnel"))
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`), which tracing may emit even into files.

@@ -13,7 +13,7 @@ use nodetunnel_testbed::inpod::rules::{PROBE_SOURCE, TUNNEL_SOCKET_MARK};
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
     addr, apply_inpod_rules, assert_eventually, connect_from, env_refs, namespaces_available,
-    remove_inpod_rules, shared_tunnel_env, Ca, InpodRules, Netns, PodTopology, Server,
+    remove_inpod_rules, shared_tunnel_env, Ca, InpodRules, Mesh, Netns, PodTopology, Server,
     INPOD_RULES_V4,
 };
 
@@ -318,7 +318,7 @@ fn shared_mode_tunnel_is_spawned_without_waiting_and_measured() {
     let uds = topo.path("zds.sock");
     let env = shared_tunnel_env(
         "n1",
-        &topo.path("mesh.yaml"),
+        Mesh::File(&topo.path("mesh.yaml")),
         Ca::Dir(&topo.path("ca")),
         &uds,
     );

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use nodetunnel_testbed::{
     addr, cleanup_on_signals, env_refs, eventually::wait_until, generate_ca, require_namespaces,
-    sibling_binary, tunnel_env, Ca, Capture, MeshConfig, Topology,
+    sibling_binary, tunnel_env, Ca, Capture, Mesh, MeshConfig, Topology,
 };
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -121,7 +121,7 @@ fn throughput(seconds: u32) -> BenchResult {
         node.set_capture(Capture::ALL)?;
     }
     let start = |node: &str| {
-        let env = tunnel_env(node, &config, Ca::Dir(&ca));
+        let env = tunnel_env(node, Mesh::File(&config), Ca::Dir(&ca));
         topo.start_tunnel(node, &bin, &env_refs(&env))
     };
     let t2 = start("n2")?;

@@ -6,7 +6,7 @@
 //! let topo = PodTopology::two_node("demo", InpodRules::Apply)?;
 //! MeshConfig::standard(8080).write(&topo.path("mesh.yaml"))?;
 //! generate_ca(bin, &topo.path("ca"))?;
-//! let mesh = InpodMesh::start(&topo, bin, &topo.path("mesh.yaml"), Ca::Dir(&topo.path("ca")), &[])?;
+//! let mesh = InpodMesh::start(&topo, bin, Mesh::File(&topo.path("mesh.yaml")), Ca::Dir(&topo.path("ca")), &[])?;
 //! // every mesh pod is enrolled and both tunnels are ready
 //! mesh.del(topo.pod("client2"))?;                 // `del uid-client2`, waits for the ack
 //! ```
@@ -23,7 +23,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{PodNs, PodTopology};
-use crate::config::{env_refs, shared_tunnel_env, Ca};
+use crate::config::{env_refs, shared_tunnel_env, Ca, Mesh};
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::tunnel::{strip_ansi, Tunnel, READY_DEADLINE};
@@ -62,7 +62,7 @@ pub struct InpodMesh {
 
 impl InpodMesh {
     /// For each node of `topo`: starts `nodetunnel zds-agent --socket <dir>/<node>-zds.sock`,
-    /// starts the tunnel ([`shared_tunnel_env`] for `config` and `ca`, then `extra_env`, which
+    /// starts the tunnel ([`shared_tunnel_env`] for `mesh_source` and `ca`, then `extra_env`, which
     /// wins over it), waits for the agent's `snapshot sent` (an empty snapshot), enrols the
     /// node's mesh pods one by one (`add uid-<pod> <netns path> default/<pod>/<pod>`, each
     /// acked `ok`), then waits for `/healthz/ready`. Errors carry the agent's output tail (and
@@ -70,7 +70,7 @@ impl InpodMesh {
     pub fn start(
         topo: &PodTopology,
         bin: &Path,
-        config: &Path,
+        mesh_source: Mesh<'_>,
         ca: Ca<'_>,
         extra_env: &[(&str, &str)],
     ) -> Result<InpodMesh> {
@@ -80,7 +80,7 @@ impl InpodMesh {
             let socket = topo.path(&format!("{name}-zds.sock"));
             let agent_log = topo.path(&format!("{name}-zds-agent.log"));
             let agent = ZdsAgentProcess::spawn(node.ns(), bin, &socket, &agent_log)?;
-            let mut env = shared_tunnel_env(name, config, ca, &socket);
+            let mut env = shared_tunnel_env(name, mesh_source, ca, &socket);
             env.extend(
                 extra_env
                     .iter()

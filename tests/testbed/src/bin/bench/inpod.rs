@@ -25,7 +25,7 @@ use std::time::Duration;
 use nodetunnel_testbed::procstat::{self, ProcStats};
 use nodetunnel_testbed::{
     addr, apply_inpod_rules, eventually::wait_until, generate_ca, require_namespaces,
-    sibling_binary, Ca, InpodMesh, InpodRules, MeshConfig, PodTopology,
+    sibling_binary, Ca, InpodMesh, InpodRules, Mesh, MeshConfig, PodTopology,
 };
 
 use crate::iperf::{self, Reaped};
@@ -80,7 +80,7 @@ pub fn run(options: Options) -> BenchResult {
     let ca = topo.path("ca");
     fs::create_dir_all(&ca)?;
     generate_ca(&bin, &ca)?;
-    let mesh = InpodMesh::start(&topo, &bin, &config, Ca::Dir(&ca), &[])?;
+    let mesh = InpodMesh::start(&topo, &bin, Mesh::File(&config), Ca::Dir(&ca), &[])?;
     thread::sleep(Duration::from_millis(500));
     let idle = stats(&mesh)?;
     println!(

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
-    addr, connect_from, env_refs, generate_ca, port, tunnel_env, Ca, Capture, MeshConfig, Server,
-    Topology, Tunnel,
+    addr, connect_from, env_refs, generate_ca, port, tunnel_env, Ca, Capture, Mesh, MeshConfig,
+    Server, Topology, Tunnel,
 };
 
 use crate::{
@@ -79,7 +79,7 @@ fn tell_topology(topo: &Topology, mesh: &MeshConfig) {
 
 fn start(topo: &Topology, bin: &Path, node: &str, config: &Path, ca: &Path) -> DemoResult<Tunnel> {
     let started = Instant::now();
-    let env = tunnel_env(node, config, Ca::Dir(ca));
+    let env = tunnel_env(node, Mesh::File(config), Ca::Dir(ca));
     let t = topo.start_tunnel(node, bin, &env_refs(&env))?;
     println!(
         "  {node}: pid {} ready after {} ms (GET /healthz/ready on :{} = 200)",

@@ -11,7 +11,8 @@ use nodetunnel_testbed::inpod::mesh::uid_of;
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    addr, connect_from, generate_ca, Ca, InpodMesh, InpodRules, MeshConfig, PodTopology, Server,
+    addr, connect_from, generate_ca, Ca, InpodMesh, InpodRules, Mesh, MeshConfig, PodTopology,
+    Server,
 };
 
 use crate::{
@@ -37,7 +38,7 @@ pub fn run(bin: &Path) -> DemoResult {
     let mesh = InpodMesh::start(
         &topo,
         bin,
-        &config_path,
+        Mesh::File(&config_path),
         Ca::Dir(&ca),
         &[("DRAIN_TIMEOUT", DRAIN)],
     )?;
