@@ -172,6 +172,7 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
         "services": services,
         "policies": policies,
         "certificates": certificates,
+        "certificateIssuances": admin.certs.issuance_count(),
         "pods": pods,
         "xds": xds,
     })

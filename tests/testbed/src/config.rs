@@ -204,10 +204,14 @@ impl MeshConfig {
         y
     }
 
-    /// Writes the YAML document to `path`.
+    /// Writes the YAML document to `path` atomically (a temp file renamed over it), so a
+    /// control plane watching the file never reads half of it.
     pub fn write(&self, path: &Path) -> Result<()> {
-        fs::write(path, self.to_yaml())
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        let tmp = path.with_extension("yaml.tmp");
+        fs::write(&tmp, self.to_yaml())
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("renaming onto {}", path.display()), e))
     }
 }
 
