@@ -71,10 +71,9 @@ fn spawn_tunnel(topo: &Topology, node: &str, env: &[(String, String)]) -> Tunnel
 }
 
 fn config_dump(tunnel: &Tunnel) -> Value {
-    let body = tunnel
-        .admin_get("/config_dump")
-        .unwrap_or_else(|e| panic!("/config_dump: {e}"));
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"))
+    tunnel
+        .config_dump()
+        .unwrap_or_else(|e| panic!("/config_dump: {e}"))
 }
 
 fn workload_uids(dump: &Value) -> Vec<String> {

@@ -20,7 +20,6 @@ use nodetunnel_proto::istio::zds::{self as pb, workload_request::Payload};
 use nodetunnel_testbed::inpod::{InpodRules, PodNs, PodTopology};
 use nodetunnel_testbed::procstat;
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
-use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
     shared_tunnel_env, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Server, Tunnel,
@@ -251,14 +250,9 @@ impl Mesh {
 
     /// The tunnel's `/config_dump` (admin port, inside the node namespace).
     fn config_dump(&self, node: &str) -> serde_json::Value {
-        let (status, body) = self
-            .tunnel(node)
-            .ns()
-            .run(|| http_get(15000, "/config_dump"))
-            .expect("GET /config_dump");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"))
+        self.tunnel(node)
+            .config_dump()
+            .unwrap_or_else(|e| panic!("/config_dump on {node}: {e}"))
     }
 
     /// Panics unless a new connection from pod `from` to the server is refused (its

@@ -88,6 +88,13 @@ impl Tunnel {
         Ok(body)
     }
 
+    /// The tunnel's `/config_dump`, parsed.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let body = self.admin_get("/config_dump")?;
+        serde_json::from_str(&body)
+            .map_err(|e| Error::Invalid(format!("/config_dump is not JSON ({e}): {body:.200}")))
+    }
+
     /// Open fds, threads, CPU time and memory of the daemon right now (from `/proc/<pid>`).
     pub fn stats(&self) -> Result<ProcStats> {
         ProcStats::read(self.pid())

@@ -6,7 +6,10 @@
 //! cargo build --release && sudo ./target/release/nodetunnel-demo [dedicated]
 //! ```
 //!
-//! Finds `nodetunnel` next to its own executable. Everything it creates (namespaces, tunnel
+//! Both stories get their configuration and certificates from `nodetunnel-control` (delta xDS
+//! and the CA over gRPC), which runs in node n1's namespace.
+//!
+//! Finds `nodetunnel` and `nodetunnel-control` next to its own executable. Everything it creates (namespaces, tunnel
 //! and agent processes, temp files) is removed at the end, on error, and on Ctrl-C.
 
 #[path = "demo/dedicated.rs"]
@@ -19,8 +22,8 @@ use std::time::Duration;
 
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    cleanup_on_signals, eventually::wait_until, require_namespaces, sibling_binary, MeshConfig,
-    Tunnel,
+    cleanup_on_signals, eventually::wait_until, require_namespaces, sibling_binary, ControlPlane,
+    MeshConfig, Tunnel,
 };
 
 type DemoResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -47,10 +50,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(story: fn(&std::path::Path) -> DemoResult) -> DemoResult {
+/// The binaries the demo drives (found next to its own executable).
+struct Bins {
+    /// `nodetunnel`: the tunnel daemon, `generate-ca` and `zds-agent`.
+    tunnel: std::path::PathBuf,
+    /// `nodetunnel-control`: xDS and CA for the tunnels.
+    control: std::path::PathBuf,
+}
+
+fn run(story: fn(&Bins) -> DemoResult) -> DemoResult {
     require_namespaces()?;
-    let bin = sibling_binary("nodetunnel")?;
-    story(&bin)
+    let bins = Bins {
+        tunnel: sibling_binary("nodetunnel")?,
+        control: sibling_binary("nodetunnel-control")?,
+    };
+    story(&bins)
+}
+
+/// Tells where the control plane runs and what it serves.
+fn tell_control_plane(cp: &ControlPlane, mesh: &MeshConfig) {
+    println!(
+        "  nodetunnel-control pid {} on {}: delta xDS ({} workloads, {} service) and the CA,",
+        cp.pid(),
+        cp.url(),
+        mesh.workloads.len(),
+        mesh.services.len()
+    );
+    println!(
+        "  from mesh.yaml (watched: edits are pushed); tunnels present a bearer token over TLS"
+    );
+}
+
+/// One line per tunnel: what it received over xDS and which certificates it holds.
+fn tell_xds_view(node: &str, t: &Tunnel) -> DemoResult {
+    let dump = t.config_dump()?;
+    let count = |key: &str| dump[key].as_array().map_or(0, Vec::len);
+    let certs: Vec<&str> = dump["certificates"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "  {node} tunnel: xDS connected={}, {} workloads + {} services received; certificates from the CA: {}",
+        dump["xds"]["connected"],
+        count("workloads"),
+        count("services"),
+        if certs.is_empty() { "none yet".to_string() } else { certs.join(", ") }
+    );
+    Ok(())
 }
 
 fn section(title: &str) {

@@ -7,16 +7,17 @@ use std::time::Instant;
 
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
-    addr, connect_from, env_refs, generate_ca, port, tunnel_env, Ca, Capture, Mesh, MeshConfig,
-    Server, Topology, Tunnel,
+    addr, connect_from, env_refs, generate_ca, port, tunnel_env, Ca, Capture, ControlPlane, Mesh,
+    MeshConfig, Server, Topology, Tunnel,
 };
 
 use crate::{
-    identity_of, print_access, print_services, section, squeeze, summarize, wait_for_access,
-    DemoResult,
+    identity_of, print_access, print_services, section, squeeze, summarize, tell_control_plane,
+    tell_xds_view, wait_for_access, Bins, DemoResult,
 };
 
-pub fn run(bin: &Path) -> DemoResult {
+pub fn run(bins: &Bins) -> DemoResult {
+    let bin = &bins.tunnel;
     println!(
         "nodetunnel demo, dedicated mode (tunnels serve their pods from the node's netns) — binary {}",
         bin.display()
@@ -31,9 +32,15 @@ pub fn run(bin: &Path) -> DemoResult {
     generate_ca(bin, &ca)?;
     tell_topology(&topo, &mesh);
 
+    section("Control plane");
+    let cp = topo.start_control_plane("n1", &bins.control, &config, &ca, &[])?;
+    tell_control_plane(&cp, &mesh);
+
     section("Starting one tunnel per node (dedicated mode, in the node's namespace)");
-    let t1 = start(&topo, bin, "n1", &config, &ca)?;
-    let t2 = start(&topo, bin, "n2", &config, &ca)?;
+    let t1 = start(&topo, bin, "n1", &cp)?;
+    let t2 = start(&topo, bin, "n2", &cp)?;
+    tell_xds_view("n1", &t1)?;
+    tell_xds_view("n2", &t2)?;
 
     let server = Server::start(topo.ns("n2"), (addr::SERVER, 8080).into(), bulk_handler)?;
     let plain = Server::start(topo.ns("n2"), (addr::NON_MESH, 9090).into(), echo_handler)?;
@@ -74,12 +81,12 @@ fn tell_topology(topo: &Topology, mesh: &MeshConfig) {
     println!(
         "  capture: nat OUTPUT → :15001 (except mark 0x539), nat PREROUTING to mesh pods → :15006"
     );
-    println!("  CA: a fresh root from `nodetunnel generate-ca`, shared by both tunnels");
+    println!("  CA: a fresh root from `nodetunnel generate-ca`, loaded by the control plane");
 }
 
-fn start(topo: &Topology, bin: &Path, node: &str, config: &Path, ca: &Path) -> DemoResult<Tunnel> {
+fn start(topo: &Topology, bin: &Path, node: &str, cp: &ControlPlane) -> DemoResult<Tunnel> {
     let started = Instant::now();
-    let env = tunnel_env(node, Mesh::File(config), Ca::Dir(ca));
+    let env = tunnel_env(node, Mesh::Control(cp), Ca::Control(cp));
     let t = topo.start_tunnel(node, bin, &env_refs(&env))?;
     println!(
         "  {node}: pid {} ready after {} ms (GET /healthz/ready on :{} = 200)",

@@ -5,24 +5,26 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nodetunnel_testbed::inpod::mesh::uid_of;
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    addr, connect_from, generate_ca, Ca, InpodMesh, InpodRules, Mesh, MeshConfig, PodTopology,
-    Server,
+    addr, connect_from, eventually::wait_until, generate_ca, Ca, InpodMesh, InpodRules, Mesh,
+    MeshConfig, PodTopology, Server, Service,
 };
 
 use crate::{
-    identity_of, print_access, print_services, section, squeeze, wait_for_access, DemoResult,
+    identity_of, print_access, print_services, section, squeeze, tell_control_plane, tell_xds_view,
+    wait_for_access, Bins, DemoResult,
 };
 
 /// The tunnels' DRAIN_TIMEOUT: a deleted pod's live connections get this long.
 const DRAIN: &str = "1s";
 
-pub fn run(bin: &Path) -> DemoResult {
+pub fn run(bins: &Bins) -> DemoResult {
+    let bin = &bins.tunnel;
     println!("nodetunnel demo, in-pod mode — binary {}", bin.display());
     let topo = PodTopology::two_node("demo", InpodRules::Apply)?;
     let config = MeshConfig::standard(8080);
@@ -33,13 +35,17 @@ pub fn run(bin: &Path) -> DemoResult {
     generate_ca(bin, &ca)?;
     tell_topology(&topo, &config);
 
+    section("Control plane (in n1's netns)");
+    let cp = topo.start_control_plane("n1", &bins.control, &config_path, &ca, &[])?;
+    tell_control_plane(&cp, &config);
+
     section("One tunnel per node netns (PROXY_MODE=shared), handed pod netns fds by its ZDS agent");
     let started = Instant::now();
     let mesh = InpodMesh::start(
         &topo,
         bin,
-        Mesh::File(&config_path),
-        Ca::Dir(&ca),
+        Mesh::Control(&cp),
+        Ca::Control(&cp),
         &[("DRAIN_TIMEOUT", DRAIN)],
     )?;
     println!("  (agent > … is a command on the agent's stdin, agent < … a line it printed)");
@@ -67,10 +73,14 @@ pub fn run(bin: &Path) -> DemoResult {
         started.elapsed().as_millis(),
         ports.join(" :")
     );
+    for (node, tunnel) in mesh.tunnels() {
+        tell_xds_view(node, tunnel)?;
+    }
 
     hbone_transfer(&topo, &mesh)?;
     vip_and_passthrough(&topo, &mesh)?;
     delete_pod(&topo, &mesh)?;
+    new_service(&topo, &mesh, config, &config_path)?;
 
     section("Cleaning up");
     for (node, tunnel, agent) in mesh.stop() {
@@ -110,7 +120,7 @@ fn tell_topology(topo: &PodTopology, config: &MeshConfig) {
     println!(
         "  in every mesh pod (rules of the CNI agent): outbound TCP → :15001, inbound TCP → :15006"
     );
-    println!("  except :15008; sockets marked 0x539 (the tunnel's own) pass. CA: `nodetunnel generate-ca`");
+    println!("  except :15008; sockets marked 0x539 (the tunnel's own) pass. CA root: `nodetunnel generate-ca`");
 }
 
 /// Wraps a handler so the server app prints who connected (the source address it sees).
@@ -220,5 +230,58 @@ fn delete_pod(topo: &PodTopology, mesh: &InpodMesh) -> DemoResult {
         .run(move || connect_from(addr::CLIENT, dst))?;
     echo_roundtrip(&mut stream, b"still meshed")?;
     println!("  client → server: still works (the other pods are untouched)");
+    Ok(())
+}
+
+/// A service added to mesh.yaml while everything runs: the control plane sees the file change
+/// and pushes just that service to both tunnels, and a client can use its VIP at once.
+fn new_service(
+    topo: &PodTopology,
+    mesh: &InpodMesh,
+    mut config: MeshConfig,
+    path: &Path,
+) -> DemoResult {
+    section(
+        "4) mesh.yaml gains service canary (VIP 10.96.0.11:80 → server:8080), nothing restarts",
+    );
+    let vip = std::net::Ipv4Addr::new(10, 96, 0, 11);
+    let canary = Service::new("canary", vip, &[(80, 8080)]);
+    let server = config.workload_mut("server");
+    server
+        .services
+        .push((format!("default/{}", canary.hostname), vec![(80, 8080)]));
+    config.services.push(canary);
+    let written = Instant::now();
+    config.write(path)?;
+    let n1 = mesh.tunnel("n1");
+    let has_canary = || {
+        n1.config_dump().is_ok_and(|d| {
+            d["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "canary"))
+        })
+    };
+    if !wait_until(Duration::from_secs(10), has_canary) {
+        return Err("the new service never reached the n1 tunnel".into());
+    }
+    println!(
+        "  the n1 tunnel had it {} ms after the file was written (delta xDS push)",
+        written.elapsed().as_millis()
+    );
+    let _server = Server::start(topo.ns("server"), (addr::SERVER, 8080).into(), echo_handler)?;
+    let dst: SocketAddr = (vip, 80).into();
+    let hbone_before = n1.access_lines(&[("protocol", "HBONE")]).len();
+    let mut stream = topo
+        .ns("client")
+        .run(move || connect_from(addr::CLIENT, dst))?;
+    echo_roundtrip(&mut stream, b"hello, canary")?;
+    drop(stream);
+    let line = wait_for_access(n1, &[("protocol", "HBONE")], hbone_before + 1)?;
+    let endpoint = line
+        .last()
+        .and_then(|l| field(l, "dst"))
+        .unwrap_or("?")
+        .to_string();
+    println!("  client → 10.96.0.11:80: echo OK, over HBONE to endpoint {endpoint}");
     Ok(())
 }
