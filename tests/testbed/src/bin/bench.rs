@@ -8,6 +8,10 @@
 //!   direct path of the same pods: iperf3 with 1 and 8 streams, tunnel CPU per GB, keep-alive
 //!   and connection-per-request latency, tunnel memory; a table with the targets (see
 //!   [`inpod`]).
+//! - `xds [--workloads N] [--services N] [--updates N]`: a large mesh (default 100,000
+//!   workloads + 10,000 services) from `nodetunnel-control`: time to the first full sync,
+//!   tunnel memory, single-workload update latency, against the same mesh from a file (see
+//!   [`xds`]).
 //! - `http-serve <ip:port>` (internal): the tiny HTTP server the `inpod` bench runs in a pod.
 
 #[path = "bench/http.rs"]
@@ -18,6 +22,8 @@ mod inpod;
 mod iperf;
 #[path = "bench/wrk.rs"]
 mod wrk;
+#[path = "bench/xds.rs"]
+mod xds;
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -32,7 +38,8 @@ type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 const IPERF_PORT: u16 = 5201;
 
 const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
-       nodetunnel-bench inpod [--seconds N] [--requests N]";
+       nodetunnel-bench inpod [--seconds N] [--requests N]
+       nodetunnel-bench xds [--workloads N] [--services N] [--updates N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +51,10 @@ fn main() -> ExitCode {
         Some("inpod") => {
             cleanup_on_signals();
             Options::parse(&args[1..]).and_then(inpod::run)
+        }
+        Some("xds") => {
+            cleanup_on_signals();
+            xds::run(&args[1..])
         }
         Some("http-serve") if args.len() == 2 => http::serve(&args[1]),
         _ => Err(USAGE.into()),
