@@ -588,3 +588,6 @@ fn string_match_to_proto(m: &StringMatch) -> sec::StringMatch {
         match_type: Some(match_type),
     }
 }
+
+#[cfg(test)]
+mod tests;
