@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use nodetunnel_proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
@@ -141,11 +142,8 @@ pub(super) fn apply(
             continue;
         }
         let version = resource.version.clone();
-        match convert(kind, resource, defaults) {
-            Ok(converted) => {
-                converted.add_to(&mut delta);
-                updated.push((name, version));
-            }
+        match convert_guarded(kind, resource, defaults, &mut delta) {
+            Ok(()) => updated.push((name, version)),
             Err(reason) => problems.push(Problem { name, reason }),
         }
     }
@@ -189,23 +187,40 @@ pub(super) fn apply(
     })
 }
 
-enum Converted {
-    Address(AddressResource),
-    Policy(crate::state::Policy),
+/// [`convert`], with a panic in the conversion code turned into a rejection of that resource.
+/// The conversion runs on input the control plane controls; should it ever hit a bug, the
+/// push is NACKed and the client lives on, instead of the xDS task dying and the tunnel
+/// silently never updating again. Unwinding cannot leave anything half-changed: the store is
+/// not locked yet, and a rejected response's `delta` is thrown away.
+fn convert_guarded(
+    kind: Kind,
+    resource: Resource,
+    defaults: &Defaults,
+    delta: &mut StoreDelta,
+) -> Result<(), String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        convert(kind, resource, defaults, delta)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!(
+            "converting it failed unexpectedly (a bug in nodetunnel): {what}"
+        ))
+    })
 }
 
-impl Converted {
-    fn add_to(self, delta: &mut StoreDelta) {
-        match self {
-            Converted::Address(AddressResource::Workload(w)) => delta.workloads.push(w),
-            Converted::Address(AddressResource::Service(s)) => delta.services.push(s),
-            Converted::Policy(p) => delta.policies.push(p),
-        }
-    }
-}
-
-/// Decodes and converts one resource; the error is a reason phrase (the caller names it).
-fn convert(kind: Kind, resource: Resource, defaults: &Defaults) -> Result<Converted, String> {
+/// Decodes and converts one resource into `delta`; the error is a reason phrase (the caller
+/// names the resource).
+fn convert(
+    kind: Kind,
+    resource: Resource,
+    defaults: &Defaults,
+    delta: &mut StoreDelta,
+) -> Result<(), String> {
     let Some(any) = resource.resource else {
         return Err("the resource has no body".into());
     };
@@ -221,18 +236,20 @@ fn convert(kind: Kind, resource: Resource, defaults: &Defaults) -> Result<Conver
         Kind::Address => {
             let msg = Address::decode(any.value.as_slice())
                 .map_err(|e| format!("not a valid istio.workload.Address: {e}"))?;
-            address_from_proto(name, msg, defaults)
-                .map(Converted::Address)
-                .map_err(reason)
+            match address_from_proto(name, msg, defaults).map_err(reason)? {
+                AddressResource::Workload(w) => delta.workloads.push(w),
+                AddressResource::Service(s) => delta.services.push(s),
+            }
         }
         Kind::Authorization => {
             let msg = Authorization::decode(any.value.as_slice())
                 .map_err(|e| format!("not a valid istio.security.Authorization: {e}"))?;
-            authorization_from_proto(name, msg)
-                .map(Converted::Policy)
-                .map_err(reason)
+            delta
+                .policies
+                .push(authorization_from_proto(name, msg).map_err(reason)?);
         }
     }
+    Ok(())
 }
 
 /// The conversion error without the resource name it repeats.
