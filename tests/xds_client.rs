@@ -585,6 +585,23 @@ async fn updates_replace_and_removals_delete() {
 }
 
 #[tokio::test]
+async fn pushes_beyond_grpc_default_message_limit_are_accepted() {
+    let pki = pki();
+    let mut server = AdsServer::start(&pki, None).await;
+    let tunnel = start_client(server.address(), &pki);
+    let mut s = server.session().await;
+    s.sync_standard().await;
+
+    // An initial push for a large mesh is tens of MiB; gRPC's default limit is 4 MiB. Pad
+    // one resource past it (aliases are ignored by the client).
+    let mut big = address("uid-big", "v1", workload("uid-big", [10, 0, 1, 1]));
+    big.aliases = (0..6 * 1024).map(|i| format!("{i:01024}")).collect();
+    s.push_acked(WORKLOAD_ADDRESS_TYPE_URL, vec![big], &[])
+        .await;
+    assert!(tunnel.state.read().workload_by_uid("uid-big").is_some());
+}
+
+#[tokio::test]
 async fn bad_responses_are_nacked_whole_and_state_keeps_serving() {
     let pki = pki();
     let mut server = AdsServer::start(&pki, None).await;

@@ -14,7 +14,6 @@ use nodetunnel_proto::google::rpc::Status as RpcStatus;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Code;
 
 use super::backoff::{self, Backoff};
 use super::node::node;
@@ -102,9 +101,15 @@ impl XdsClient {
                 }
             }
             if end.clean {
-                tracing::info!(address = %self.config.target.address, reason = %end.reason, retry_in = ?delay, "xDS stream ended; reconnecting");
+                tracing::info!(
+                    address = %self.config.target.address, reason = %end.reason,
+                    retry_in = ?delay, "xDS stream ended; reconnecting"
+                );
             } else {
-                tracing::warn!(address = %self.config.target.address, retry_in = ?delay, "xDS stream failed: {}", end.reason);
+                tracing::warn!(
+                    address = %self.config.target.address, retry_in = ?delay,
+                    "xDS stream failed: {}", end.reason
+                );
             }
             tokio::time::sleep(delay).await;
         }
@@ -140,7 +145,10 @@ impl XdsClient {
             s.connected = true;
             s.connects += 1;
         }
-        tracing::info!(address = %self.config.target.address, node_id = %self.node.id, "connected to the control plane");
+        tracing::info!(
+            address = %self.config.target.address, node_id = %self.node.id,
+            "connected to the control plane"
+        );
 
         let mut delivered = false;
         // Types not yet applied on this stream; when empty, this stream is in sync.
@@ -148,14 +156,9 @@ impl XdsClient {
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
+                // A clean close (istiod does this at its max connection age) is routine once
+                // the stream worked; one that never delivered anything is a failure.
                 Ok(None) => {
-                    return StreamEnd {
-                        delivered,
-                        reason: format!("{} closed the stream", self.what),
-                        clean: delivered,
-                    }
-                }
-                Err(status) if status.code() == Code::Ok => {
                     return StreamEnd {
                         delivered,
                         reason: format!("{} closed the stream", self.what),

@@ -255,7 +255,7 @@ fn convert(
 /// The conversion error without the resource name it repeats.
 fn reason(e: ProtoError) -> String {
     match e {
-        ProtoError::Invalid { message, .. } => message,
+        ProtoError::Invalid { field, reason, .. } => format!("{field}: {reason}"),
     }
 }
 
