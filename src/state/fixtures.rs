@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::types::{HealthStatus, InboundProtocol, Service, Workload};
+use super::types::{HealthStatus, InboundProtocol, Policy, PolicyScope, Service, Workload};
 
 /// An HBONE workload on node `n1` whose uid, name and service account are all `uid`.
 pub fn workload(uid: &str, ip: &str) -> Workload {
@@ -111,3 +111,13 @@ policies:
   action: Allow
   rules: [[]]
 "#;
+
+/// A namespace-scoped ALLOW policy with no rules.
+pub fn policy(namespace: &str, name: &str) -> Policy {
+    Policy {
+        name: name.into(),
+        namespace: namespace.into(),
+        scope: PolicyScope::Namespace,
+        ..Policy::default()
+    }
+}

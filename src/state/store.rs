@@ -264,7 +264,9 @@ impl Store {
     }
 
     /// Applies `delta`: removals first, then services, workloads and policies (services
-    /// before workloads so a workload may name a service added in the same delta).
+    /// before workloads so a workload may name a service added in the same delta). Within
+    /// the delta, the order of entries does not matter, except that the last of two entries
+    /// with the same key wins.
     ///
     /// All or nothing: when an upsert conflicts, every change already made is undone and the
     /// store is exactly as before. The cost is proportional to the delta, not the store: the
@@ -290,10 +292,31 @@ impl Store {
                 });
             }
         }
+        // Each kind in two passes: take out every old version the delta replaces, then insert
+        // the new ones. An address may then move between two entries of the same delta in
+        // any order (A takes B's IP while B moves on); only addresses held outside the delta,
+        // or claimed twice within it, conflict.
+        for service in &delta.services {
+            let key = service.key();
+            if let Some(previous) = self.remove_service(&key) {
+                undo.push(Undo::Service {
+                    key,
+                    previous: Some(previous),
+                });
+            }
+        }
         for service in delta.services {
             let key = service.key();
             let previous = self.upsert_service(service)?;
             undo.push(Undo::Service { key, previous });
+        }
+        for workload in &delta.workloads {
+            if let Some(previous) = self.remove_workload(&workload.uid) {
+                undo.push(Undo::Workload {
+                    uid: workload.uid.clone(),
+                    previous: Some(previous),
+                });
+            }
         }
         for workload in delta.workloads {
             let uid = workload.uid.clone();
