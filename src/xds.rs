@@ -2,11 +2,27 @@
 //! workload addresses and authorization policies, applied into the same store the local file
 //! fills.
 //!
-//! SKELETON (helper-xds).
+//! The flow, one file per step:
+//! `client` (connect, subscribe, reconnect) → `response` (decode, validate, apply one push
+//! all-or-nothing) → `status` (what was accepted, ACK/NACK counters, the handle the rest of the
+//! tunnel reads). `node` builds the identity we present; `backoff` paces reconnects.
+//!
+//! The protocol is Envoy's incremental ("delta") xDS over the aggregated stream
+//! `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`, the one
+//! istiod serves to ztunnel.
 
+mod backoff;
 pub mod client;
+mod node;
+mod response;
+mod status;
 
-use crate::grpc::GrpcTarget;
+use std::collections::BTreeMap;
+
+use crate::grpc::{GrpcError, GrpcTarget};
+
+pub use client::XdsClient;
+pub use status::{TypeStats, XdsHandle, XdsStats};
 
 /// Who this tunnel is to the control plane (Istio's node id and metadata).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +37,12 @@ pub struct NodeInfo {
     pub node_name: String,
     /// `CLUSTER_ID`
     pub cluster_id: String,
-    /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`
+    /// `CLUSTER_DOMAIN` (usually `cluster.local`), the last part of the node id.
     pub cluster_domain: String,
+    /// Further node metadata, sent as given: ztunnel forwards every `ISTIO_META_<KEY>`
+    /// environment variable as `<KEY>`, and operators use that to pass flags istiod reads
+    /// (e.g. `DNS_CAPTURE`). The keys above take precedence over an entry here.
+    pub extra_metadata: BTreeMap<String, String>,
 }
 
 impl NodeInfo {
@@ -43,4 +63,12 @@ impl NodeInfo {
 pub struct XdsConfig {
     pub target: GrpcTarget,
     pub node: NodeInfo,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    /// The address or root certificate is unusable; found at start-up so the tunnel fails
+    /// fast instead of retrying a configuration that can never work.
+    #[error("cannot set up the xDS client: {0}")]
+    Channel(#[from] GrpcError),
 }
