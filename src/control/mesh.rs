@@ -180,9 +180,7 @@ fn address_version(address: &Address) -> Version {
     match &mut canonical.r#type {
         Some(address::Type::Workload(w)) => {
             for (key, mut ports) in std::mem::take(&mut w.services) {
-                ports
-                    .ports
-                    .sort_by_key(|p| (p.service_port, p.target_port));
+                ports.ports.sort_by_key(|p| (p.service_port, p.target_port));
                 entries.insert(key, ports.encode_to_vec());
             }
         }

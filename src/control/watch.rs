@@ -145,7 +145,10 @@ impl MeshWatcher {
     }
 
     pub fn status(&self) -> LoadStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A shared handle to the status, for endpoints that outlive a borrow of the watcher.

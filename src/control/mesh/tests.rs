@@ -104,14 +104,24 @@ fn version_ignores_map_and_port_order() {
 #[test]
 fn diff_from_nothing_sends_everything() {
     let mesh = mesh_of(&[("b", [10, 0, 0, 2]), ("a", [10, 0, 0, 1])]);
-    let d = diff(&Held::new(), mesh.resources(ResourceType::Address), |_| true);
+    let d = diff(&Held::new(), mesh.resources(ResourceType::Address), |_| {
+        true
+    });
     assert_eq!(names(&d), (vec!["a", "b"], vec![]));
 }
 
 #[test]
 fn diff_sends_only_changes_and_removals() {
-    let old = mesh_of(&[("a", [10, 0, 0, 1]), ("b", [10, 0, 0, 2]), ("c", [10, 0, 0, 3])]);
-    let new = mesh_of(&[("a", [10, 0, 0, 1]), ("b", [10, 0, 0, 22]), ("d", [10, 0, 0, 4])]);
+    let old = mesh_of(&[
+        ("a", [10, 0, 0, 1]),
+        ("b", [10, 0, 0, 2]),
+        ("c", [10, 0, 0, 3]),
+    ]);
+    let new = mesh_of(&[
+        ("a", [10, 0, 0, 1]),
+        ("b", [10, 0, 0, 22]),
+        ("d", [10, 0, 0, 4]),
+    ]);
     let mut held = held_of(&old);
     let d = diff(&held, new.resources(ResourceType::Address), |_| true);
     assert_eq!(names(&d), (vec!["b", "d"], vec!["c"]));
@@ -127,7 +137,9 @@ fn unknown_versions_are_resent_and_filters_apply() {
     held.insert("a".into(), None);
     let d = diff(&held, mesh.resources(ResourceType::Address), |_| true);
     assert_eq!(names(&d), (vec!["a"], vec![]));
-    let d = diff(&Held::new(), mesh.resources(ResourceType::Address), |n| n == "b");
+    let d = diff(&Held::new(), mesh.resources(ResourceType::Address), |n| {
+        n == "b"
+    });
     assert_eq!(names(&d), (vec!["b"], vec![]));
 }
 

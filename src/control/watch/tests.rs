@@ -49,10 +49,16 @@ async fn bad_edit_keeps_the_last_good_mesh_and_a_fix_publishes() {
     assert_eq!(watcher.current().generation, 1);
 
     std::fs::write(&path, "workloads: []\nbogus: [\n").unwrap();
-    wait_for(&watcher, "the load error", |w| w.status().last_error.is_some()).await;
+    wait_for(&watcher, "the load error", |w| {
+        w.status().last_error.is_some()
+    })
+    .await;
     let status = watcher.status();
     let error = status.last_error.unwrap();
-    assert!(error.contains("mesh.yaml:"), "error names the file: {error}");
+    assert!(
+        error.contains("mesh.yaml:"),
+        "error names the file: {error}"
+    );
     assert_eq!(status.failed_loads, 1);
     assert_eq!(watcher.current().generation, 1, "last good mesh kept");
 
@@ -80,7 +86,10 @@ async fn rename_over_and_symlink_swap_are_seen() {
     std::fs::write(v2.join("mesh.yaml"), "services: []\n").unwrap();
     std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-    wait_for(&watcher, "the ConfigMap swap", |w| w.current().generation == 2).await;
+    wait_for(&watcher, "the ConfigMap swap", |w| {
+        w.current().generation == 2
+    })
+    .await;
 
     // An editor's save: write a temporary file, rename it over the target.
     std::fs::remove_file(&path).unwrap();
@@ -106,11 +115,17 @@ async fn unchanged_bytes_publish_nothing_and_deletion_is_reported_once() {
     std::fs::write(dir.path().join("other"), "x").unwrap();
     tokio::time::sleep(DEBOUNCE * 3).await;
     std::fs::remove_file(&path).unwrap();
-    wait_for(&watcher, "the deletion", |w| w.status().last_error.is_some()).await;
+    wait_for(&watcher, "the deletion", |w| {
+        w.status().last_error.is_some()
+    })
+    .await;
     assert_eq!(watcher.current().generation, 1);
     std::fs::write(dir.path().join("other"), "y").unwrap();
     tokio::time::sleep(DEBOUNCE * 3).await;
     assert_eq!(watcher.status().failed_loads, 1, "reported once");
     std::fs::write(&path, "workloads: []\n").unwrap();
-    wait_for(&watcher, "the file's return", |w| w.current().generation == 2).await;
+    wait_for(&watcher, "the file's return", |w| {
+        w.current().generation == 2
+    })
+    .await;
 }
