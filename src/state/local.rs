@@ -72,6 +72,25 @@ impl Default for Defaults {
     }
 }
 
+impl Defaults {
+    /// Fills the fields a control plane or file may leave empty, the way istiod does, so a
+    /// workload reads the same whether it came from a local file or from xDS: trust domain and
+    /// cluster id from `self`, service account `default`, workload type `deployment` (the
+    /// proto's zero value).
+    pub(super) fn fill_workload(&self, workload: &mut Workload) {
+        fill(&mut workload.trust_domain, &self.trust_domain);
+        fill(&mut workload.cluster_id, &self.cluster_id);
+        fill(&mut workload.service_account, "default");
+        fill(&mut workload.workload_type, "deployment");
+    }
+}
+
+fn fill(field: &mut String, default: &str) {
+    if field.is_empty() {
+        *field = default.to_string();
+    }
+}
+
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Loaded, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),

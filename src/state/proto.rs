@@ -1,52 +1,580 @@
-//! SKELETON (helper-state): conversions between the store's types and Istio's xDS protos.
+//! Conversions between the store's types and Istio's xDS resources (`istio.workload.Address`,
+//! `istio.security.Authorization`).
+//!
+//! Received resources come from the network, so every conversion validates what the data path
+//! relies on (uids, namespaces, address lengths, ports, enum values) and fails with the
+//! resource name, the field and the reason instead of storing something half-valid. Fields
+//! the store does not model (waypoints, gateways, locality, ...) are accepted and dropped.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use nodetunnel_proto::istio::security as sec;
 use nodetunnel_proto::istio::security::Authorization;
+use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
 use super::local::Defaults;
-use super::types::{Policy, Service, Workload};
+use super::types::{
+    HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy, PolicyAction,
+    PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,
+    Workload,
+};
 
 /// What one `istio.workload.Address` resource holds.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressResource {
     Workload(Workload),
     Service(Service),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("resource {name:?}: {message}")]
-    Invalid { name: String, message: String },
+    /// `field` is the proto field path, e.g. `workload.addresses[1]`.
+    #[error("resource {name:?}: {field}: {reason}")]
+    Invalid {
+        name: String,
+        field: String,
+        reason: String,
+    },
 }
 
+/// A field that failed validation, its path built from the inside out as the error travels up
+/// (so the success path never formats a path).
+#[derive(Debug)]
+struct FieldError {
+    field: String,
+    reason: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Prefixes the path with the enclosing field: `addresses[1]` under `workload`.
+    fn under(mut self, parent: impl fmt::Display) -> FieldError {
+        self.field = if self.field.is_empty() {
+            parent.to_string()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+
+    fn in_resource(self, name: &str) -> ProtoError {
+        ProtoError::Invalid {
+            name: name.to_string(),
+            field: self.field,
+            reason: self.reason,
+        }
+    }
+}
+
+type FieldResult<T> = Result<T, FieldError>;
+
 /// Converts a received Address resource named `name`; the name must be the workload's uid or
-/// the service's `namespace/hostname`.
+/// the service's `namespace/hostname`. Empty identity fields get `defaults`, as in local files.
 pub fn address_from_proto(
     name: &str,
     address: Address,
     defaults: &Defaults,
 ) -> Result<AddressResource, ProtoError> {
-    let _ = (name, address, defaults);
-    unimplemented!("skeleton")
+    match address.r#type {
+        Some(wl::address::Type::Workload(w)) => workload_from_proto(name, w, defaults)
+            .map(AddressResource::Workload)
+            .map_err(|e| e.under("workload").in_resource(name)),
+        Some(wl::address::Type::Service(s)) => service_from_proto(name, s)
+            .map(AddressResource::Service)
+            .map_err(|e| e.under("service").in_resource(name)),
+        None => Err(FieldError::new("type", "empty: neither `workload` nor `service` is set")
+            .in_resource(name)),
+    }
 }
 
 /// Converts a received Authorization resource named `name` (`namespace/name`).
 pub fn authorization_from_proto(name: &str, auth: Authorization) -> Result<Policy, ProtoError> {
-    let _ = (name, auth);
-    unimplemented!("skeleton")
+    policy_from_proto(name, auth).map_err(|e| e.in_resource(name))
 }
 
+fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> FieldResult<Workload> {
+    if w.uid.is_empty() {
+        return Err(FieldError::new("uid", "must not be empty"));
+    }
+    if w.uid != name {
+        return Err(FieldError::new(
+            "uid",
+            format!("{:?} differs from the resource name", w.uid),
+        ));
+    }
+    if w.namespace.is_empty() {
+        return Err(FieldError::new("namespace", "must not be empty"));
+    }
+    let workload_ips = w
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| ip_from_bytes(bytes).map_err(|e| e.under(format!("addresses[{i}]"))))
+        .collect::<FieldResult<Vec<_>>>()?;
+    let protocol = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
+        Ok(wl::TunnelProtocol::None) => InboundProtocol::Tcp,
+        Ok(wl::TunnelProtocol::Hbone) => InboundProtocol::Hbone,
+        Err(_) => return Err(unknown_enum("tunnel_protocol", w.tunnel_protocol)),
+    };
+    let status = match wl::WorkloadStatus::try_from(w.status) {
+        Ok(wl::WorkloadStatus::Healthy) => HealthStatus::Healthy,
+        Ok(wl::WorkloadStatus::Unhealthy) => HealthStatus::Unhealthy,
+        Err(_) => return Err(unknown_enum("status", w.status)),
+    };
+    let workload_type = wl::WorkloadType::try_from(w.workload_type)
+        .map_err(|_| unknown_enum("workload_type", w.workload_type))?;
+    let services = w
+        .services
+        .into_iter()
+        .map(|(key, list)| service_ports_entry(key, list))
+        .collect::<FieldResult<HashMap<_, _>>>()?;
+    let mut workload = Workload {
+        uid: w.uid,
+        name: w.name,
+        namespace: w.namespace,
+        service_account: w.service_account,
+        trust_domain: w.trust_domain,
+        workload_ips,
+        protocol,
+        node: w.node,
+        network: w.network,
+        cluster_id: w.cluster_id,
+        hostname: w.hostname,
+        canonical_name: w.canonical_name,
+        canonical_revision: w.canonical_revision,
+        workload_name: w.workload_name,
+        workload_type: workload_type_name(workload_type),
+        status,
+        services,
+    };
+    defaults.fill_workload(&mut workload);
+    Ok(workload)
+}
+
+/// One entry of a workload's `services` map: `namespace/hostname` → its port overrides.
+fn service_ports_entry(
+    key: String,
+    list: wl::PortList,
+) -> FieldResult<(NamespacedHostname, HashMap<u16, u16>)> {
+    let field = || format!("services[{key:?}]");
+    let parsed = key
+        .parse::<NamespacedHostname>()
+        .map_err(|reason| FieldError::new(field(), reason))?;
+    let ports = ports_from_proto(&list.ports).map_err(|e| e.under(field()))?;
+    Ok((parsed, ports))
+}
+
+fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
+    for (field, value) in [("namespace", &s.namespace), ("hostname", &s.hostname)] {
+        if value.is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if value.contains('/') {
+            return Err(FieldError::new(
+                field,
+                format!("{value:?} contains '/', which makes the resource name ambiguous"),
+            ));
+        }
+    }
+    if name.split_once('/') != Some((s.namespace.as_str(), s.hostname.as_str())) {
+        return Err(FieldError::new(
+            "hostname",
+            format!(
+                "namespace/hostname \"{}/{}\" differs from the resource name",
+                s.namespace, s.hostname
+            ),
+        ));
+    }
+    let vips = s
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            ip_from_bytes(&a.address)
+                .map(|ip| NetworkAddress::new(a.network.clone(), ip))
+                .map_err(|e| e.under(format!("addresses[{i}].address")))
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    let ports = ports_from_proto(&s.ports)?;
+    Ok(Service {
+        name: s.name,
+        namespace: s.namespace,
+        hostname: s.hostname,
+        vips,
+        ports,
+        subject_alt_names: s.subject_alt_names,
+    })
+}
+
+/// Service port → target port. A service port must be 1..=65535 and listed once; a target
+/// port of 0 means "same as the service port".
+fn ports_from_proto(ports: &[wl::Port]) -> FieldResult<HashMap<u16, u16>> {
+    let mut out = HashMap::with_capacity(ports.len());
+    for (i, p) in ports.iter().enumerate() {
+        let at = |e: FieldError| e.under(format!("ports[{i}]"));
+        let service_port = nonzero_port("service_port", p.service_port).map_err(at)?;
+        let target_port = u16::try_from(p.target_port)
+            .map_err(|_| at(FieldError::new("target_port", too_big(p.target_port))))?;
+        if out.insert(service_port, target_port).is_some() {
+            return Err(at(FieldError::new(
+                "service_port",
+                format!("service port {service_port} is listed twice"),
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn policy_from_proto(name: &str, auth: Authorization) -> FieldResult<Policy> {
+    for (field, value) in [("namespace", &auth.namespace), ("name", &auth.name)] {
+        if value.is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if value.contains('/') {
+            return Err(FieldError::new(
+                field,
+                format!("{value:?} contains '/', which makes the resource name ambiguous"),
+            ));
+        }
+    }
+    if name.split_once('/') != Some((auth.namespace.as_str(), auth.name.as_str())) {
+        return Err(FieldError::new(
+            "name",
+            format!(
+                "namespace/name \"{}/{}\" differs from the resource name",
+                auth.namespace, auth.name
+            ),
+        ));
+    }
+    let scope = match sec::Scope::try_from(auth.scope) {
+        Ok(sec::Scope::Global) => PolicyScope::Global,
+        Ok(sec::Scope::Namespace) => PolicyScope::Namespace,
+        Ok(sec::Scope::WorkloadSelector) => PolicyScope::WorkloadSelector,
+        Err(_) => return Err(unknown_enum("scope", auth.scope)),
+    };
+    let action = match sec::Action::try_from(auth.action) {
+        Ok(sec::Action::Allow) => PolicyAction::Allow,
+        Ok(sec::Action::Deny) => PolicyAction::Deny,
+        Err(_) => return Err(unknown_enum("action", auth.action)),
+    };
+    let rules = indexed("rules", auth.rules, rule_from_proto)?;
+    Ok(Policy {
+        name: auth.name,
+        namespace: auth.namespace,
+        scope,
+        action,
+        rules,
+    })
+}
+
+/// Converts each element, naming the failing one `field[i]`.
+fn indexed<P, T>(
+    field: &str,
+    items: Vec<P>,
+    convert: impl Fn(P) -> FieldResult<T>,
+) -> FieldResult<Vec<T>> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| convert(item).map_err(|e| e.under(format!("{field}[{i}]"))))
+        .collect()
+}
+
+fn rule_from_proto(rule: sec::Rule) -> FieldResult<PolicyRule> {
+    Ok(PolicyRule {
+        clauses: indexed("clauses", rule.clauses, clause_from_proto)?,
+    })
+}
+
+fn clause_from_proto(clause: sec::Clause) -> FieldResult<PolicyClause> {
+    Ok(PolicyClause {
+        matches: indexed("matches", clause.matches, match_from_proto)?,
+    })
+}
+
+fn match_from_proto(m: sec::Match) -> FieldResult<PolicyMatch> {
+    Ok(PolicyMatch {
+        namespaces: indexed("namespaces", m.namespaces, string_match_from_proto)?,
+        not_namespaces: indexed("not_namespaces", m.not_namespaces, string_match_from_proto)?,
+        service_accounts: m
+            .service_accounts
+            .into_iter()
+            .map(service_account_from_proto)
+            .collect(),
+        not_service_accounts: m
+            .not_service_accounts
+            .into_iter()
+            .map(service_account_from_proto)
+            .collect(),
+        principals: indexed("principals", m.principals, string_match_from_proto)?,
+        not_principals: indexed("not_principals", m.not_principals, string_match_from_proto)?,
+        source_ips: indexed("source_ips", m.source_ips, ip_net_from_proto)?,
+        not_source_ips: indexed("not_source_ips", m.not_source_ips, ip_net_from_proto)?,
+        destination_ips: indexed("destination_ips", m.destination_ips, ip_net_from_proto)?,
+        not_destination_ips: indexed(
+            "not_destination_ips",
+            m.not_destination_ips,
+            ip_net_from_proto,
+        )?,
+        destination_ports: match_ports("destination_ports", &m.destination_ports)?,
+        not_destination_ports: match_ports("not_destination_ports", &m.not_destination_ports)?,
+    })
+}
+
+/// An empty StringMatch is refused rather than skipped: dropping it could turn
+/// `namespaces: [<empty>]` into "no namespace condition", widening the policy.
+fn string_match_from_proto(m: sec::StringMatch) -> FieldResult<StringMatch> {
+    use sec::string_match::MatchType;
+    match m.match_type {
+        Some(MatchType::Exact(s)) => Ok(StringMatch::Exact(s)),
+        Some(MatchType::Prefix(s)) => Ok(StringMatch::Prefix(s)),
+        Some(MatchType::Suffix(s)) => Ok(StringMatch::Suffix(s)),
+        Some(MatchType::Presence(())) => Ok(StringMatch::Presence),
+        None => Err(FieldError::new(
+            "match_type",
+            "empty: none of exact, prefix, suffix, presence is set",
+        )),
+    }
+}
+
+fn service_account_from_proto(m: sec::ServiceAccountMatch) -> ServiceAccountMatch {
+    ServiceAccountMatch {
+        namespace: m.namespace,
+        service_account: m.service_account,
+    }
+}
+
+fn ip_net_from_proto(a: sec::Address) -> FieldResult<IpNet> {
+    let ip = ip_from_bytes(&a.address).map_err(|e| e.under("address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    u8::try_from(a.length)
+        .ok()
+        .and_then(|len| IpNet::new(ip, len).ok())
+        .ok_or_else(|| {
+            FieldError::new(
+                "length",
+                format!("prefix length {} exceeds {max} for {ip}", a.length),
+            )
+        })
+}
+
+fn match_ports(field: &str, ports: &[u32]) -> FieldResult<Vec<u16>> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| nonzero_port(&format!("{field}[{i}]"), p))
+        .collect()
+}
+
+fn nonzero_port(field: &str, port: u32) -> FieldResult<u16> {
+    match u16::try_from(port) {
+        Ok(0) => Err(FieldError::new(field, "port 0 is not a valid port")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(FieldError::new(field, too_big(port))),
+    }
+}
+
+fn too_big(port: u32) -> String {
+    format!("port {port} exceeds 65535")
+}
+
+/// The field path is empty: callers place it under the field the bytes came from.
+fn ip_from_bytes(bytes: &[u8]) -> FieldResult<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        Ok(IpAddr::V4(Ipv4Addr::from(v4)))
+    } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        Ok(IpAddr::V6(Ipv6Addr::from(v6)))
+    } else {
+        Err(FieldError::new(
+            "",
+            format!("{} bytes, expected 4 (IPv4) or 16 (IPv6)", bytes.len()),
+        ))
+    }
+}
+
+fn unknown_enum(field: &str, value: i32) -> FieldError {
+    FieldError::new(field, format!("unknown enum value {value}"))
+}
+
+/// Istio's name for a workload type as the store keeps it (lowercase, as ztunnel shows it).
+fn workload_type_name(t: wl::WorkloadType) -> String {
+    t.as_str_name().to_ascii_lowercase()
+}
+
+/// Parses a workload type name case-insensitively (`deployment`, `cronjob`, `pod`, `job`).
+pub(super) fn parse_workload_type(name: &str) -> Option<String> {
+    wl::WorkloadType::from_str_name(&name.to_ascii_uppercase()).map(workload_type_name)
+}
+
+fn ip_to_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Ports sorted by service port, so the same service always encodes to the same bytes.
+fn ports_to_proto(ports: &HashMap<u16, u16>) -> Vec<wl::Port> {
+    let mut out: Vec<_> = ports
+        .iter()
+        .map(|(&service_port, &target_port)| wl::Port {
+            service_port: service_port.into(),
+            target_port: target_port.into(),
+        })
+        .collect();
+    out.sort_by_key(|p| p.service_port);
+    out
+}
+
+/// An empty or unknown `workload_type` encodes as DEPLOYMENT, the proto's zero value.
 pub fn workload_to_proto(workload: &Workload) -> Address {
-    let _ = workload;
-    unimplemented!("skeleton")
+    let workload_type = wl::WorkloadType::from_str_name(&workload.workload_type.to_ascii_uppercase())
+        .unwrap_or(wl::WorkloadType::Deployment);
+    let w = wl::Workload {
+        uid: workload.uid.clone(),
+        name: workload.name.clone(),
+        namespace: workload.namespace.clone(),
+        addresses: workload.workload_ips.iter().map(|ip| ip_to_bytes(*ip)).collect(),
+        hostname: workload.hostname.clone(),
+        network: workload.network.clone(),
+        tunnel_protocol: match workload.protocol {
+            InboundProtocol::Tcp => wl::TunnelProtocol::None,
+            InboundProtocol::Hbone => wl::TunnelProtocol::Hbone,
+        } as i32,
+        trust_domain: workload.trust_domain.clone(),
+        service_account: workload.service_account.clone(),
+        node: workload.node.clone(),
+        canonical_name: workload.canonical_name.clone(),
+        canonical_revision: workload.canonical_revision.clone(),
+        workload_type: workload_type as i32,
+        workload_name: workload.workload_name.clone(),
+        services: workload
+            .services
+            .iter()
+            .map(|(key, ports)| {
+                let list = wl::PortList {
+                    ports: ports_to_proto(ports),
+                };
+                (key.to_string(), list)
+            })
+            .collect(),
+        status: match workload.status {
+            HealthStatus::Healthy => wl::WorkloadStatus::Healthy,
+            HealthStatus::Unhealthy => wl::WorkloadStatus::Unhealthy,
+        } as i32,
+        cluster_id: workload.cluster_id.clone(),
+        ..Default::default()
+    };
+    Address {
+        r#type: Some(wl::address::Type::Workload(w)),
+    }
 }
 
 pub fn service_to_proto(service: &Service) -> Address {
-    let _ = service;
-    unimplemented!("skeleton")
+    let s = wl::Service {
+        name: service.name.clone(),
+        namespace: service.namespace.clone(),
+        hostname: service.hostname.clone(),
+        addresses: service
+            .vips
+            .iter()
+            .map(|vip| wl::NetworkAddress {
+                network: vip.network.clone(),
+                address: ip_to_bytes(vip.address),
+            })
+            .collect(),
+        ports: ports_to_proto(&service.ports),
+        subject_alt_names: service.subject_alt_names.clone(),
+        ..Default::default()
+    };
+    Address {
+        r#type: Some(wl::address::Type::Service(s)),
+    }
 }
 
 pub fn policy_to_proto(policy: &Policy) -> Authorization {
-    let _ = policy;
-    unimplemented!("skeleton")
+    Authorization {
+        name: policy.name.clone(),
+        namespace: policy.namespace.clone(),
+        scope: match policy.scope {
+            PolicyScope::Global => sec::Scope::Global,
+            PolicyScope::Namespace => sec::Scope::Namespace,
+            PolicyScope::WorkloadSelector => sec::Scope::WorkloadSelector,
+        } as i32,
+        action: match policy.action {
+            PolicyAction::Allow => sec::Action::Allow,
+            PolicyAction::Deny => sec::Action::Deny,
+        } as i32,
+        rules: policy
+            .rules
+            .iter()
+            .map(|rule| sec::Rule {
+                clauses: rule
+                    .clauses
+                    .iter()
+                    .map(|clause| sec::Clause {
+                        matches: clause.matches.iter().map(match_to_proto).collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn match_to_proto(m: &PolicyMatch) -> sec::Match {
+    let strings = |v: &[StringMatch]| v.iter().map(string_match_to_proto).collect();
+    let accounts = |v: &[ServiceAccountMatch]| {
+        v.iter()
+            .map(|a| sec::ServiceAccountMatch {
+                namespace: a.namespace.clone(),
+                service_account: a.service_account.clone(),
+            })
+            .collect()
+    };
+    let nets = |v: &[IpNet]| {
+        v.iter()
+            .map(|net| sec::Address {
+                address: ip_to_bytes(net.addr()),
+                length: net.prefix_len().into(),
+            })
+            .collect()
+    };
+    let ports = |v: &[u16]| v.iter().map(|&p| u32::from(p)).collect();
+    sec::Match {
+        namespaces: strings(&m.namespaces),
+        not_namespaces: strings(&m.not_namespaces),
+        service_accounts: accounts(&m.service_accounts),
+        not_service_accounts: accounts(&m.not_service_accounts),
+        principals: strings(&m.principals),
+        not_principals: strings(&m.not_principals),
+        source_ips: nets(&m.source_ips),
+        not_source_ips: nets(&m.not_source_ips),
+        destination_ips: nets(&m.destination_ips),
+        not_destination_ips: nets(&m.not_destination_ips),
+        destination_ports: ports(&m.destination_ports),
+        not_destination_ports: ports(&m.not_destination_ports),
+    }
+}
+
+fn string_match_to_proto(m: &StringMatch) -> sec::StringMatch {
+    use sec::string_match::MatchType;
+    let match_type = match m {
+        StringMatch::Exact(s) => MatchType::Exact(s.clone()),
+        StringMatch::Prefix(s) => MatchType::Prefix(s.clone()),
+        StringMatch::Suffix(s) => MatchType::Suffix(s.clone()),
+        StringMatch::Presence => MatchType::Presence(()),
+    };
+    sec::StringMatch {
+        match_type: Some(match_type),
+    }
 }

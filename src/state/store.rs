@@ -1,4 +1,4 @@
-//! Indexed storage of workloads and services.
+//! Indexed storage of workloads, services and authorization policies.
 //!
 //! Service endpoints are derived from each workload's `services` map rather than stored
 //! separately, so a workload update can never leave a stale endpoint behind.
@@ -38,7 +38,39 @@ pub struct StoreDelta {
     pub removed_policies: Vec<String>,
 }
 
-#[derive(Default, Debug)]
+impl StoreDelta {
+    /// True when applying the delta would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty()
+            && self.services.is_empty()
+            && self.policies.is_empty()
+            && self.removed_addresses.is_empty()
+            && self.removed_policies.is_empty()
+    }
+}
+
+/// One change [`Store::apply`] made, recorded so a failed delta can be undone. Each entry
+/// holds what the key mapped to before the change; undoing the entries in reverse order
+/// walks the store back through exactly the states it passed through, so re-inserting a
+/// previous value can never conflict.
+enum Undo {
+    Workload {
+        uid: String,
+        previous: Option<Arc<Workload>>,
+    },
+    Service {
+        key: NamespacedHostname,
+        previous: Option<Arc<Service>>,
+    },
+    Policy {
+        key: String,
+        previous: Option<Arc<Policy>>,
+    },
+}
+
+/// Equality compares every index, not just the primary maps, so tests can assert that a
+/// rolled-back store is exactly what it was.
+#[derive(Default, Debug, PartialEq)]
 pub struct Store {
     workloads: HashMap<String, Arc<Workload>>,
     workload_by_ip: HashMap<NetworkAddress, Arc<Workload>>,
@@ -47,12 +79,19 @@ pub struct Store {
     services_by_host: HashMap<String, BTreeSet<NamespacedHostname>>,
     /// Service key → uids of the workloads that name it in their `services` map.
     endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
+    /// Policy key (`namespace/name`) → policy.
+    policies: HashMap<String, Arc<Policy>>,
 }
 
 impl Store {
     /// Inserts or replaces a workload (keyed by uid). An address already held by another
     /// workload is refused and the store is left unchanged.
     pub fn insert_workload(&mut self, workload: Workload) -> Result<(), StoreError> {
+        self.upsert_workload(workload).map(drop)
+    }
+
+    /// Like [`Store::insert_workload`], returning the workload it replaced.
+    fn upsert_workload(&mut self, workload: Workload) -> Result<Option<Arc<Workload>>, StoreError> {
         for ip in &workload.workload_ips {
             let address = NetworkAddress::new(workload.network.clone(), *ip);
             if let Some(holder) = self.workload_by_ip.get(&address) {
@@ -65,8 +104,13 @@ impl Store {
                 }
             }
         }
-        self.remove_workload(&workload.uid);
-        let workload = Arc::new(workload);
+        let previous = self.remove_workload(&workload.uid);
+        self.index_workload(Arc::new(workload));
+        Ok(previous)
+    }
+
+    /// Adds a workload whose uid is absent and whose addresses are free (checked by the caller).
+    fn index_workload(&mut self, workload: Arc<Workload>) {
         for ip in &workload.workload_ips {
             self.workload_by_ip.insert(
                 NetworkAddress::new(workload.network.clone(), *ip),
@@ -80,7 +124,6 @@ impl Store {
                 .insert(workload.uid.clone());
         }
         self.workloads.insert(workload.uid.clone(), workload);
-        Ok(())
     }
 
     pub fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
@@ -100,22 +143,33 @@ impl Store {
         Some(old)
     }
 
-    /// Inserts or replaces a service (keyed by namespace/hostname).
+    /// Inserts or replaces a service (keyed by namespace/hostname). A VIP already held by
+    /// another service is refused and the store is left unchanged.
     pub fn insert_service(&mut self, service: Service) -> Result<(), StoreError> {
-        let key = service.key();
+        self.upsert_service(service).map(drop)
+    }
+
+    /// Like [`Store::insert_service`], returning the service it replaced.
+    fn upsert_service(&mut self, service: Service) -> Result<Option<Arc<Service>>, StoreError> {
         for vip in &service.vips {
             if let Some(holder) = self.service_by_vip.get(vip) {
-                if holder.key() != key {
+                if holder.namespace != service.namespace || holder.hostname != service.hostname {
                     return Err(StoreError::DuplicateVip {
-                        key: key.to_string(),
+                        key: service.key().to_string(),
                         vip: vip.to_string(),
                         holder: holder.key().to_string(),
                     });
                 }
             }
         }
-        self.remove_service(&key);
-        let service = Arc::new(service);
+        let previous = self.remove_service(&service.key());
+        self.index_service(Arc::new(service));
+        Ok(previous)
+    }
+
+    /// Adds a service whose key is absent and whose VIPs are free (checked by the caller).
+    fn index_service(&mut self, service: Arc<Service>) {
+        let key = service.key();
         for vip in &service.vips {
             self.service_by_vip.insert(vip.clone(), service.clone());
         }
@@ -124,7 +178,6 @@ impl Store {
             .or_default()
             .insert(key.clone());
         self.services.insert(key, service);
-        Ok(())
     }
 
     pub fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
@@ -139,6 +192,21 @@ impl Store {
             }
         }
         Some(old)
+    }
+
+    /// Inserts or replaces a policy (keyed by `namespace/name`), returning the one replaced.
+    /// Policies never conflict with each other.
+    pub fn insert_policy(&mut self, policy: Policy) -> Option<Arc<Policy>> {
+        self.policies.insert(policy.key(), Arc::new(policy))
+    }
+
+    pub fn remove_policy(&mut self, key: &str) -> Option<Arc<Policy>> {
+        self.policies.remove(key)
+    }
+
+    /// The policy named `key` (`namespace/name`).
+    pub fn policy(&self, key: &str) -> Option<Arc<Policy>> {
+        self.policies.get(key).cloned()
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<Arc<Workload>> {
@@ -180,23 +248,108 @@ impl Store {
             .collect()
     }
 
-    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+    /// All workloads, in no particular order; `.len()` is O(1).
+    pub fn workloads(&self) -> impl ExactSizeIterator<Item = &Arc<Workload>> {
         self.workloads.values()
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+    /// All services, in no particular order; `.len()` is O(1).
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &Arc<Service>> {
         self.services.values()
     }
 
-    /// SKELETON (helper-state): applies `delta` atomically; on error the store is unchanged.
-    pub fn apply(&mut self, delta: StoreDelta) -> Result<(), StoreError> {
-        let _ = delta;
-        unimplemented!("skeleton")
+    /// All policies, in no particular order; `.len()` is O(1).
+    pub fn policies(&self) -> impl ExactSizeIterator<Item = &Arc<Policy>> {
+        self.policies.values()
     }
 
-    /// SKELETON (helper-state)
-    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
-        std::iter::empty()
+    /// Applies `delta`: removals first, then services, workloads and policies (services
+    /// before workloads so a workload may name a service added in the same delta).
+    ///
+    /// All or nothing: when an upsert conflicts, every change already made is undone and the
+    /// store is exactly as before. The cost is proportional to the delta, not the store: the
+    /// undo log holds only what the delta touched.
+    pub fn apply(&mut self, delta: StoreDelta) -> Result<(), StoreError> {
+        let mut undo = Vec::new();
+        let result = self.apply_logged(delta, &mut undo);
+        if result.is_err() {
+            self.roll_back(undo);
+        }
+        result
+    }
+
+    fn apply_logged(&mut self, delta: StoreDelta, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
+        for name in &delta.removed_addresses {
+            self.remove_address(name, undo);
+        }
+        for key in delta.removed_policies {
+            if let Some(previous) = self.policies.remove(&key) {
+                undo.push(Undo::Policy {
+                    key,
+                    previous: Some(previous),
+                });
+            }
+        }
+        for service in delta.services {
+            let key = service.key();
+            let previous = self.upsert_service(service)?;
+            undo.push(Undo::Service { key, previous });
+        }
+        for workload in delta.workloads {
+            let uid = workload.uid.clone();
+            let previous = self.upsert_workload(workload)?;
+            undo.push(Undo::Workload { uid, previous });
+        }
+        for policy in delta.policies {
+            let key = policy.key();
+            let previous = self.policies.insert(key.clone(), Arc::new(policy));
+            undo.push(Undo::Policy { key, previous });
+        }
+        Ok(())
+    }
+
+    /// Removes the Address resource `name`: the workload with that uid if there is one,
+    /// else the service whose `namespace/hostname` it is. Unknown names are ignored, as xDS
+    /// may repeat a removal.
+    fn remove_address(&mut self, name: &str, undo: &mut Vec<Undo>) {
+        if let Some(previous) = self.remove_workload(name) {
+            undo.push(Undo::Workload {
+                uid: name.to_string(),
+                previous: Some(previous),
+            });
+        } else if let Ok(key) = name.parse::<NamespacedHostname>() {
+            if let Some(previous) = self.remove_service(&key) {
+                undo.push(Undo::Service {
+                    key,
+                    previous: Some(previous),
+                });
+            }
+        }
+    }
+
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        for change in undo.into_iter().rev() {
+            match change {
+                Undo::Workload { uid, previous } => {
+                    self.remove_workload(&uid);
+                    if let Some(previous) = previous {
+                        self.index_workload(previous);
+                    }
+                }
+                Undo::Service { key, previous } => {
+                    self.remove_service(&key);
+                    if let Some(previous) = previous {
+                        self.index_service(previous);
+                    }
+                }
+                Undo::Policy { key, previous } => {
+                    self.policies.remove(&key);
+                    if let Some(previous) = previous {
+                        self.policies.insert(key, previous);
+                    }
+                }
+            }
+        }
     }
 }
 

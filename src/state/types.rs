@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
+
 use crate::identity::Identity;
 
 /// How a workload expects to receive traffic.
@@ -146,12 +148,18 @@ impl Service {
 }
 
 /// An L4 authorization policy (Istio's `istio.security.Authorization`), keyed by
-/// `namespace/name`. Stored and shown for debugging; enforcement comes later.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `namespace/name`. Stored, served and shown for debugging; enforcement comes later.
+///
+/// The nesting mirrors the proto so a policy round-trips unchanged: the action applies when
+/// any rule matches; a rule matches when all its clauses match; a clause matches when any of
+/// its matches does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub namespace: String,
-    // SKELETON: helper-state fills in scope, action and rules.
+    pub scope: PolicyScope,
+    pub action: PolicyAction,
+    pub rules: Vec<PolicyRule>,
 }
 
 impl Policy {
@@ -159,4 +167,72 @@ impl Policy {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// Which workloads a policy applies to. The default is the proto's zero value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PolicyScope {
+    /// Every workload in the mesh.
+    #[default]
+    Global,
+    /// Workloads in the policy's namespace.
+    Namespace,
+    /// Workloads that list the policy by name (`authorizationPolicies`).
+    WorkloadSelector,
+}
+
+/// What happens when a rule matches. The default is the proto's zero value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PolicyAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Matches when all its clauses match (an empty rule matches everything).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyRule {
+    pub clauses: Vec<PolicyClause>,
+}
+
+/// Matches when any of its matches does (Istio's `from`, `to` or `when` part of a rule).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyClause {
+    pub matches: Vec<PolicyMatch>,
+}
+
+/// Conditions on one connection. Within one field any value may match (OR); every non-empty
+/// field must be satisfied (AND); a `not_*` field is satisfied when none of its values match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyMatch {
+    /// The source identity's namespace.
+    pub namespaces: Vec<StringMatch>,
+    pub not_namespaces: Vec<StringMatch>,
+    /// The source identity's namespace and service account, both exact.
+    pub service_accounts: Vec<ServiceAccountMatch>,
+    pub not_service_accounts: Vec<ServiceAccountMatch>,
+    /// The source identity without `spiffe://` (`<trust domain>/ns/<ns>/sa/<sa>`).
+    pub principals: Vec<StringMatch>,
+    pub not_principals: Vec<StringMatch>,
+    pub source_ips: Vec<IpNet>,
+    pub not_source_ips: Vec<IpNet>,
+    pub destination_ips: Vec<IpNet>,
+    pub not_destination_ips: Vec<IpNet>,
+    pub destination_ports: Vec<u16>,
+    pub not_destination_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    /// Any non-empty value.
+    Presence,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceAccountMatch {
+    pub namespace: String,
+    pub service_account: String,
 }
