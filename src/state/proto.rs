@@ -92,8 +92,10 @@ pub fn address_from_proto(
         Some(wl::address::Type::Service(s)) => service_from_proto(name, s)
             .map(AddressResource::Service)
             .map_err(|e| e.under("service").in_resource(name)),
-        None => Err(FieldError::new("type", "empty: neither `workload` nor `service` is set")
-            .in_resource(name)),
+        None => Err(
+            FieldError::new("type", "empty: neither `workload` nor `service` is set")
+                .in_resource(name),
+        ),
     }
 }
 
@@ -438,13 +440,18 @@ fn ports_to_proto(ports: &HashMap<u16, u16>) -> Vec<wl::Port> {
 
 /// An empty or unknown `workload_type` encodes as DEPLOYMENT, the proto's zero value.
 pub fn workload_to_proto(workload: &Workload) -> Address {
-    let workload_type = wl::WorkloadType::from_str_name(&workload.workload_type.to_ascii_uppercase())
-        .unwrap_or(wl::WorkloadType::Deployment);
+    let workload_type =
+        wl::WorkloadType::from_str_name(&workload.workload_type.to_ascii_uppercase())
+            .unwrap_or(wl::WorkloadType::Deployment);
     let w = wl::Workload {
         uid: workload.uid.clone(),
         name: workload.name.clone(),
         namespace: workload.namespace.clone(),
-        addresses: workload.workload_ips.iter().map(|ip| ip_to_bytes(*ip)).collect(),
+        addresses: workload
+            .workload_ips
+            .iter()
+            .map(|ip| ip_to_bytes(*ip))
+            .collect(),
         hostname: workload.hostname.clone(),
         network: workload.network.clone(),
         tunnel_protocol: match workload.protocol {
