@@ -60,6 +60,8 @@ pub enum CaError {
     BadCsr(rcgen::Error),
     #[error("certificate lifetime must be positive, got {0:?}")]
     BadTtl(Duration),
+    #[error("{san:?} is not a usable subject alternative name: {reason}")]
+    BadSan { san: String, reason: String },
     #[error("signing a certificate for {identity} failed: {source}")]
     Sign {
         identity: String,
@@ -72,6 +74,15 @@ pub struct ServingCert {
     /// The leaf, then any intermediates; not the root.
     pub cert_chain_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs and panic messages.
+        f.debug_struct("ServingCert")
+            .field("cert_chain_pem", &self.cert_chain_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An in-process CA: a signing key + certificate, the chain above it and the trusted roots.
@@ -87,6 +98,7 @@ pub struct LocalCa {
     roots: Vec<CertificateDer<'static>>,
     /// The root the intermediates end in; it closes every issued chain.
     chain_root: CertificateDer<'static>,
+    trust_domain: Option<String>,
 }
 
 impl std::fmt::Debug for LocalCa {
@@ -130,6 +142,7 @@ impl LocalCa {
             intermediates: Vec::new(),
             roots: vec![der.clone()],
             chain_root: der,
+            trust_domain: Some(trust_domain.to_string()),
         })
     }
 
@@ -191,6 +204,7 @@ impl LocalCa {
             intermediates,
             roots,
             chain_root,
+            trust_domain: None,
         };
         ca.check_chain().map_err(|reason| CaError::Untrusted {
             cert: cert_path,
@@ -284,15 +298,73 @@ impl LocalCa {
         certs_pem(&self.roots)
     }
 
-    /// SKELETON (helper-ca): a TLS server certificate for the control plane, with DNS or IP
-    /// SANs, signed by this CA.
+    /// A TLS server certificate for a service that workloads reach over the mesh's own PKI
+    /// (the control plane): clients verify it with the same `root-cert.pem` they already trust
+    /// for workload certificates, so no second PKI has to be distributed.
+    ///
+    /// Each entry of `sans` becomes an IP address SAN if it parses as one, else a DNS name;
+    /// the first also becomes the subject CN for humans reading the certificate. The key is a
+    /// fresh P-256 key. The chain is the leaf and the intermediates, never the root: clients
+    /// have it, and a server sending it would only hide a client trusting the wrong root.
     pub fn issue_serving_cert(
         &self,
         sans: &[String],
         ttl: Duration,
     ) -> Result<ServingCert, CaError> {
-        let _ = (sans, ttl);
-        unimplemented!("skeleton")
+        if ttl.is_zero() {
+            return Err(CaError::BadTtl(ttl));
+        }
+        let Some(first) = sans.first() else {
+            return Err(CaError::BadSan {
+                san: String::new(),
+                reason: "a serving certificate needs at least one DNS name or IP address".into(),
+            });
+        };
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| serving_san(san))
+            .collect::<Result<_, _>>()?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, first.as_str());
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ttl).into();
+        let sign_err = |source| CaError::Sign {
+            identity: format!("serving certificate for {}", sans.join(", ")),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
+        let leaf = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.intermediates.iter().cloned());
+        Ok(ServingCert {
+            cert_chain_pem: certs_pem(&chain),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The trust domain this CA issues for, when known: set by [`LocalCa::generate`] and
+    /// [`LocalCa::with_trust_domain`]. Plug-in CA files don't name one (Istio takes it from the
+    /// mesh config), so a loaded CA has none until told.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.trust_domain.as_deref()
+    }
+
+    /// Records the trust domain a loaded CA serves, so signing services can refuse identities
+    /// outside it.
+    pub fn with_trust_domain(mut self, trust_domain: impl Into<String>) -> LocalCa {
+        self.trust_domain = Some(trust_domain.into());
+        self
     }
 
     /// Issues a throwaway leaf and verifies it against the roots with webpki, exactly as a peer
@@ -322,6 +394,24 @@ impl LocalCa {
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// An IP address SAN if `san` parses as one, else a DNS name (which rcgen checks is IA5).
+fn serving_san(san: &str) -> Result<SanType, CaError> {
+    if let Ok(ip) = san.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    if san.is_empty() || san.contains(char::is_whitespace) {
+        return Err(CaError::BadSan {
+            san: san.to_string(),
+            reason: "neither an IP address nor a DNS name".into(),
+        });
+    }
+    let name = san.try_into().map_err(|e: rcgen::Error| CaError::BadSan {
+        san: san.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(SanType::DnsName(name))
 }
 
 /// A positive random serial of 16 bytes (RFC 5280 allows up to 20).
@@ -473,7 +563,8 @@ fn issuing_root<'a>(
         .unwrap_or(&roots[0])
 }
 
-fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
+/// Certificates as concatenated PEM blocks, each ending in a newline.
+pub(crate) fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
     certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
 }
 

@@ -1,42 +1,212 @@
-//! SKELETON (helper-ca): gRPC client for Istio's `IstioCertificateService/CreateCertificate`.
+//! The gRPC client for Istio's `IstioCertificateService/CreateCertificate` (istiod, or
+//! `nodetunnel-control`).
+//!
+//! A node tunnel holds certificates for pods that are not itself, so every request names the
+//! workload in the metadata struct under `ImpersonatedIdentity` — the key istiod reads
+//! (`security.ImpersonatedIdentity`) and ztunnel sends, as a string value holding the SPIFFE
+//! URI. The CA decides whether this caller may act for that workload; we only ask.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use nodetunnel_proto::istio::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use nodetunnel_proto::istio::auth::IstioCertificateRequest;
+use prost_types::value::Kind;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tonic::transport::Channel;
 
 use super::Identity;
-use crate::grpc::{GrpcError, GrpcTarget};
+use crate::grpc::{explain, GrpcError, GrpcTarget};
+
+/// Metadata key under which the requested workload identity travels (Istio's name).
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// How long one CreateCertificate call may take, connecting included. Bounded so a CA that
+/// accepts connections but never answers turns into an error the manager backs off from,
+/// rather than a fetch that hangs a pod's first connection forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// The call failed; the text comes from [`explain`] and names the CA and the cause.
     #[error("{0}")]
     Rpc(String),
     #[error("the CA at {address} returned an unusable response: {reason}")]
     BadResponse { address: String, reason: String },
 }
 
-/// Talks to `CA_ADDRESS`. Connects lazily and reconnects by itself.
+/// Talks to `CA_ADDRESS`. Connects lazily and reconnects by itself; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CaClient {
     target: GrpcTarget,
+    client: IstioCertificateServiceClient<Channel>,
 }
 
 impl CaClient {
+    /// Builds the channel now, so a bad address or an unreadable root file fails at start-up;
+    /// the CA itself is first contacted by [`CaClient::sign`].
     pub fn new(target: GrpcTarget) -> Result<CaClient, CaClientError> {
-        Ok(CaClient { target })
+        let channel = target.channel()?;
+        Ok(CaClient {
+            client: IstioCertificateServiceClient::new(channel),
+            target,
+        })
     }
 
-    /// Sends `csr_pem` for `id` (as `ImpersonatedIdentity`); returns the chain leaf first,
-    /// root last.
+    /// Where this client sends requests.
+    pub fn address(&self) -> &str {
+        &self.target.address
+    }
+
+    /// Sends `csr_pem` for `id` (as `ImpersonatedIdentity`), asking for `ttl` (whole seconds,
+    /// at least one); returns the chain leaf first, root last, as the CA sent it.
+    ///
+    /// The token is read from its file on every call, so a rotated token is picked up.
     pub async fn sign(
         &self,
         csr_pem: &str,
         id: &Identity,
         ttl: Duration,
     ) -> Result<Vec<CertificateDer<'static>>, CaClientError> {
-        let _ = (csr_pem, id, ttl, &self.target);
-        unimplemented!("skeleton")
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: csr_pem.to_string(),
+            validity_duration: validity_seconds(ttl),
+            metadata: Some(impersonation_metadata(id)),
+        });
+        request.set_timeout(REQUEST_TIMEOUT);
+        self.target.authorize(&mut request)?;
+        let response = self
+            .client
+            .clone()
+            .create_certificate(request)
+            .await
+            .map_err(|status| {
+                CaClientError::Rpc(explain(
+                    &status,
+                    &format!("the CA at {}", self.target.address),
+                ))
+            })?
+            .into_inner();
+        parse_chain(&response.cert_chain).map_err(|reason| CaClientError::BadResponse {
+            address: self.target.address.clone(),
+            reason,
+        })
+    }
+}
+
+/// `{"ImpersonatedIdentity": "<spiffe id>"}` as a protobuf Struct.
+fn impersonation_metadata(id: &Identity) -> prost_types::Struct {
+    let value = prost_types::Value {
+        kind: Some(Kind::StringValue(id.to_string())),
+    };
+    prost_types::Struct {
+        fields: BTreeMap::from([(IMPERSONATED_IDENTITY.to_string(), value)]),
+    }
+}
+
+/// The request's `validity_duration`: seconds, rounded up so a sub-second TTL doesn't become 0
+/// (which a CA reads as "use your default").
+fn validity_seconds(ttl: Duration) -> i64 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// Decodes `cert_chain`. istiod sends one certificate per entry, but older CAs sent the
+/// intermediates or roots concatenated in one entry, so every entry may hold several PEM blocks.
+fn parse_chain(entries: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
+    if entries.is_empty() {
+        return Err("cert_chain is empty".into());
+    }
+    let mut chain = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let certs = CertificateDer::pem_slice_iter(entry.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cert_chain[{index}] is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("cert_chain[{index}] holds no CERTIFICATE block"));
+        }
+        chain.extend(certs);
+    }
+    Ok(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ca::certs_pem;
+    use crate::identity::LocalCa;
+
+    #[test]
+    fn metadata_names_the_workload_as_istio_expects() {
+        let id = Identity::new("cluster.local", "ns1", "sa1");
+        let md = impersonation_metadata(&id);
+        assert_eq!(md.fields.len(), 1);
+        assert_eq!(
+            md.fields["ImpersonatedIdentity"].kind,
+            Some(Kind::StringValue(
+                "spiffe://cluster.local/ns/ns1/sa/sa1".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn validity_is_whole_seconds_never_zero() {
+        assert_eq!(validity_seconds(Duration::from_secs(86400)), 86400);
+        assert_eq!(validity_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(validity_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(validity_seconds(Duration::ZERO), 1);
+        assert_eq!(validity_seconds(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn chain_entries_may_hold_one_or_several_certificates() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        let chain = ca
+            .sign_csr(
+                csr.der(),
+                &Identity::new("cluster.local", "a", "b"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        // One per entry, as istiod sends it (with its trailing newline).
+        let split: Vec<String> = chain
+            .iter()
+            .map(|c| certs_pem(std::slice::from_ref(c)) + "\n")
+            .collect();
+        assert_eq!(parse_chain(&split).unwrap(), chain);
+        // All in one entry, as older CAs did.
+        assert_eq!(parse_chain(&[certs_pem(&chain)]).unwrap(), chain);
+    }
+
+    #[test]
+    fn unusable_chains_are_refused_with_the_reason() {
+        assert_eq!(parse_chain(&[]).unwrap_err(), "cert_chain is empty");
+        let err = parse_chain(&["not a certificate".into()]).unwrap_err();
+        assert!(err.contains("cert_chain[0]"), "{err}");
+        let err =
+            parse_chain(&["-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".into()])
+                .unwrap_err();
+        assert!(err.contains("cert_chain[0]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_configuration_fails_at_construction() {
+        let target = GrpcTarget {
+            address: "https://127.0.0.1:15012".into(),
+            root_cert: Some("/nonexistent/ca-root.pem".into()),
+            token: None,
+            cluster_id: "Kubernetes".into(),
+        };
+        let err = CaClient::new(target).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca-root.pem"), "{err}");
     }
 }

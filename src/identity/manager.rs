@@ -4,20 +4,28 @@
 //! key generated here (the private key never leaves the process); only a CSR goes to the CA.
 //! A certificate is handed out until its refresh point (half its lifetime) and never after it
 //! expires; a failed renewal keeps serving the still-valid old one while retrying with backoff.
+//!
+//! Certificates come from an in-process CA or from a remote one over gRPC (istiod or
+//! `nodetunnel-control`). Every root a CA answers with joins a trust bundle shared by all
+//! identities (see `bundle`), so a CA root rotation doesn't cut off peers still holding
+//! certificates under the previous root.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+use rcgen::{CertificateParams, CertificateSigningRequest, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::RootCertStore;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::{CaError, Identity, LocalCa, TlsConfigs};
+use super::{CaClient, CaClientError, CaError, Identity, LocalCa, TlsConfigs};
+
+mod bundle;
+use bundle::TrustBundle;
 
 /// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -40,6 +48,13 @@ pub enum ManagerError {
         identity: String,
         source: Box<CaError>,
     },
+    /// Boxed like `Ca`. The source's text names the CA's address and the cause (unreachable,
+    /// credentials rejected, ...).
+    #[error("cannot get a certificate for {identity}: {source}")]
+    Remote {
+        identity: String,
+        source: Box<CaClientError>,
+    },
     #[error("the CA returned an unusable certificate for {identity}: {reason}")]
     InvalidCertificate { identity: String, reason: String },
     #[error("no valid certificate for {identity}; last issuance failed ({last_error}), next try in {retry_in:?}")]
@@ -56,6 +71,8 @@ pub struct WorkloadCert {
     /// Leaf first, then intermediates; without the root (peers have it).
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The manager's whole trust bundle when this certificate was issued: the root this
+    /// certificate chains to plus any still-trusted earlier roots (during a root rotation).
     pub roots: Arc<RootCertStore>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -100,11 +117,13 @@ impl std::fmt::Debug for WorkloadCert {
     }
 }
 
-/// Where certificates come from. A gRPC client for istiod's `IstioCertificateService` will be
-/// another variant; both take a CSR and return a chain leaf-first, root-last.
+/// Where certificates come from. Both take a CSR and return a chain leaf-first, root-last.
 #[derive(Debug, Clone)]
 pub enum CertificateSource {
+    /// An in-process CA (`FAKE_CA`, plug-in CA files).
     Local(Arc<LocalCa>),
+    /// istiod's (or `nodetunnel-control`'s) `IstioCertificateService` over gRPC.
+    Remote(Arc<CaClient>),
 }
 
 /// What a source returns: the chain as sent (leaf .. root) and the roots to trust.
@@ -114,11 +133,16 @@ struct Signed {
 }
 
 impl CertificateSource {
-    async fn sign(&self, csr: &[u8], id: &Identity, ttl: Duration) -> Result<Signed, ManagerError> {
+    async fn sign(
+        &self,
+        csr: &CertificateSigningRequest,
+        id: &Identity,
+        ttl: Duration,
+    ) -> Result<Signed, ManagerError> {
         match self {
             CertificateSource::Local(ca) => {
                 let chain = ca
-                    .sign_csr(csr, id, ttl)
+                    .sign_csr(csr.der(), id, ttl)
                     .map_err(|source| ManagerError::Ca {
                         identity: id.to_string(),
                         source: Box::new(source),
@@ -126,6 +150,38 @@ impl CertificateSource {
                 Ok(Signed {
                     chain,
                     roots: ca.root_certs(),
+                })
+            }
+            CertificateSource::Remote(client) => {
+                let pem = csr.pem().map_err(|source| ManagerError::Csr {
+                    identity: id.to_string(),
+                    source,
+                })?;
+                let chain =
+                    client
+                        .sign(&pem, id, ttl)
+                        .await
+                        .map_err(|source| ManagerError::Remote {
+                            identity: id.to_string(),
+                            source: Box::new(source),
+                        })?;
+                // Istio's CA ends the chain with the root it signed under; that root (and only
+                // it) is what this leaf must verify against. Without it nothing can be checked.
+                let root = match chain.as_slice() {
+                    [_leaf, .., root] => root.clone(),
+                    _ => {
+                        return Err(ManagerError::InvalidCertificate {
+                            identity: id.to_string(),
+                            reason: format!(
+                                "the CA at {} returned a single certificate; the chain must end with its root",
+                                client.address()
+                            ),
+                        })
+                    }
+                };
+                Ok(Signed {
+                    chain,
+                    roots: vec![root],
                 })
             }
         }
@@ -161,6 +217,8 @@ pub struct SecretManager {
     ttl: Duration,
     slots: Mutex<HashMap<Identity, Arc<Slot>>>,
     issuances: AtomicU64,
+    /// Roots from recent CA answers, given to every new certificate.
+    bundle: Mutex<TrustBundle>,
     /// Wakes the renewal task when an identity is added.
     changed: Arc<Notify>,
     #[cfg(test)]
@@ -183,6 +241,7 @@ impl SecretManager {
             ttl,
             slots: Mutex::default(),
             issuances: AtomicU64::new(0),
+            bundle: Mutex::new(TrustBundle::new(ttl.saturating_mul(2))),
             changed: Arc::new(Notify::new()),
             #[cfg(test)]
             hooks: Default::default(),
@@ -258,7 +317,8 @@ impl SecretManager {
 
     /// Issues a new certificate for `id`, bypassing the cache: a fresh P-256 key, a CSR naming
     /// `id`, the source's signature, then checks (right SAN, our key, valid now, chains to the
-    /// roots). Use [`SecretManager::fetch`] normally.
+    /// root the CA returned). The new certificate trusts the whole current bundle. Use
+    /// [`SecretManager::fetch`] normally.
     pub async fn issue(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
         self.issuances.fetch_add(1, Ordering::Relaxed);
         let csr_err = |source| ManagerError::Csr {
@@ -273,13 +333,20 @@ impl SecretManager {
 
         #[cfg(test)]
         self.hooks.before_sign(id).await?;
-        let signed = self.source.sign(csr.der(), id, self.ttl).await?;
+        let signed = self.source.sign(&csr, id, self.ttl).await?;
+        let source_roots = signed.roots.clone();
         let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let cert =
+        let mut cert =
             validate(id, signed, key).map_err(|reason| ManagerError::InvalidCertificate {
                 identity: id.to_string(),
                 reason,
             })?;
+        // Only roots of a verified answer join the bundle.
+        cert.roots = self
+            .bundle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&source_roots, Instant::now());
         tracing::debug!(identity = %id, not_after = ?cert.not_after, "issued workload certificate");
         Ok(Arc::new(cert))
     }

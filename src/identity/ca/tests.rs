@@ -156,10 +156,9 @@ fn rejects_bad_csr_and_zero_ttl() {
     ));
 }
 
-/// Root → intermediate plug-in layout: ca-cert is the intermediate, cert-chain holds
-/// intermediate + root.
-#[test]
-fn chain_order_with_intermediate() {
+/// Writes plug-in files for a CA whose signing cert is an intermediate under a separate root;
+/// returns the intermediate and the root.
+fn write_intermediate_ca(dir: &Path) -> (rcgen::Certificate, CertifiedIssuer<'static, KeyPair>) {
     let root_key = KeyPair::generate().unwrap();
     let mut root_params = CertificateParams::default();
     root_params
@@ -179,12 +178,21 @@ fn chain_order_with_intermediate() {
     int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let int = int_params.signed_by(&int_key, &root).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let put = |name: &str, pem: &str| fs::write(dir.path().join(name), pem).unwrap();
+    let put = |name: &str, pem: &str| fs::write(dir.join(name), pem).unwrap();
     put(CA_CERT_FILE, &int.pem());
     put(CA_KEY_FILE, &int_key_pem);
     put(ROOT_CERT_FILE, &root.pem());
     put(CERT_CHAIN_FILE, &format!("{}{}", int.pem(), root.pem()));
+    (int, root)
+}
+
+/// Root → intermediate plug-in layout: ca-cert is the intermediate, cert-chain holds
+/// intermediate + root.
+#[test]
+fn chain_order_with_intermediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |name: &str, pem: &str| fs::write(dir.path().join(name), pem).unwrap();
+    let (int, root) = write_intermediate_ca(dir.path());
 
     let ca = LocalCa::load(dir.path()).unwrap();
     let chain = ca
@@ -377,3 +385,105 @@ bfJPN3yZHdwajHbOTPhniM870no6Q+uGmEclhZ4tsAxm0bpQKR2HKEJA2glEeUGe\n\
 0QhW+jWeRLlEiBpZRG9/ItyzW9pheHyX8rxs3wDNuWEpzc9sJgM21w==\n\
 -----END RSA PRIVATE KEY-----\n\
 ";
+
+/// Verifies a serving chain (leaf first) for `name` against `roots`, as a TLS client would.
+fn verify_serving(
+    chain_pem: &str,
+    roots: &[CertificateDer<'static>],
+    name: &str,
+) -> Result<(), rustls::Error> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    verify(&chain, roots)?;
+    let leaf = rustls::server::ParsedCertificate::try_from(&chain[0])?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    rustls::client::verify_server_name(&leaf, &name)
+}
+
+#[test]
+fn serving_cert_names_hosts_and_addresses() {
+    let ca = LocalCa::generate("cluster.local").unwrap();
+    let sans = ["nodetunnel-control.istio-system.svc", "10.0.0.7", "::1"].map(String::from);
+    let serving = ca
+        .issue_serving_cert(&sans, Duration::from_secs(3600))
+        .unwrap();
+    for name in &sans {
+        verify_serving(&serving.cert_chain_pem, &ca.root_certs(), name).unwrap();
+    }
+    let wrong = verify_serving(&serving.cert_chain_pem, &ca.root_certs(), "other.svc");
+    assert!(wrong.is_err(), "a name not asked for is not covered");
+    assert!(verify_serving(&serving.cert_chain_pem, &ca.root_certs(), "10.0.0.8").is_err());
+
+    // The key is the leaf's, and the root is not in the chain.
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving.cert_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(chain.len(), 1);
+    let key = KeyPair::from_pem(&serving.key_pem).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+    // A server certificate only: workload (client) use is not granted.
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
+    assert!(!leaf.is_ca());
+}
+
+#[test]
+fn serving_cert_carries_intermediates_not_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (int, root) = write_intermediate_ca(dir.path());
+    let ca = LocalCa::load(dir.path()).unwrap();
+    let serving = ca
+        .issue_serving_cert(&["127.0.0.1".to_string()], Duration::from_secs(60))
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving.cert_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(&chain[1], int.der());
+    assert!(!chain.contains(root.der()));
+    verify_serving(&serving.cert_chain_pem, &ca.root_certs(), "127.0.0.1").unwrap();
+}
+
+#[test]
+fn serving_cert_rejects_unusable_names() {
+    let ca = LocalCa::generate("cluster.local").unwrap();
+    let ttl = Duration::from_secs(60);
+    assert!(matches!(
+        ca.issue_serving_cert(&[], ttl),
+        Err(CaError::BadSan { .. })
+    ));
+    for bad in ["", "has space.example", "caf\u{e9}.example"] {
+        let err = ca
+            .issue_serving_cert(&["ok.example".into(), bad.into()], ttl)
+            .expect_err(bad);
+        assert!(
+            matches!(&err, CaError::BadSan { san, .. } if san == bad),
+            "{bad}: {err}"
+        );
+    }
+    assert!(matches!(
+        ca.issue_serving_cert(&["ok.example".into()], Duration::ZERO),
+        Err(CaError::BadTtl(_))
+    ));
+}
+
+#[test]
+fn trust_domain_is_known_for_generated_cas_and_settable_for_loaded_ones() {
+    let ca = LocalCa::generate("example.org").unwrap();
+    assert_eq!(ca.trust_domain(), Some("example.org"));
+    let dir = tempfile::tempdir().unwrap();
+    ca.write(dir.path()).unwrap();
+    let loaded = LocalCa::load(dir.path()).unwrap();
+    assert_eq!(loaded.trust_domain(), None);
+    assert_eq!(
+        loaded.with_trust_domain("example.org").trust_domain(),
+        Some("example.org")
+    );
+}
