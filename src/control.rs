@@ -1,11 +1,278 @@
 //! `nodetunnel-control`: a small standalone control plane serving Istio's delta xDS and CA APIs
 //! from a YAML mesh description (the `LOCAL_XDS_PATH` shape), so a mesh runs without istiod.
 //!
-//! SKELETON: `auth` and `ca_service` belong to helper-ca; `mesh`, `watch`, `xds_server` and
-//! `run` to helper-control.
+//! Flow: `watch` loads the file into a `mesh` of versioned resources and publishes each good
+//! generation; `xds_server` streams them to tunnels (`push` cuts responses to size,
+//! `connections` records what each tunnel got); `ca_service` signs workload certificates for
+//! identities the current mesh contains; `auth` decides who may call either; `status` serves
+//! `/ready` and the debug endpoints. [`run`] wires them onto one TLS port, like istiod's 15012.
 
 pub mod auth;
 pub mod ca_service;
+pub mod connections;
 pub mod mesh;
+pub mod push;
+pub mod status;
 pub mod watch;
 pub mod xds_server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+
+use crate::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
+use crate::state::Defaults;
+use auth::Authenticator;
+use connections::Connections;
+use status::StatusState;
+use watch::{MeshWatcher, WatchError};
+use xds_server::{AdsServer, StreamLimits};
+
+/// Istio's default for `--tls-san`: the name tunnels dial (`istiod.istio-system.svc:15012`), and
+/// loopback for local runs.
+pub const DEFAULT_TLS_SANS: [&str; 3] = ["istiod.istio-system.svc", "localhost", "127.0.0.1"];
+
+/// The serving certificate is issued at start-up; a year outlives any sensible uptime.
+const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Everything `nodetunnel-control` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    /// The mesh description (YAML, `LOCAL_XDS_PATH` shape); watched for changes.
+    pub mesh_file: PathBuf,
+    /// xDS + CA over TLS.
+    pub listen: SocketAddr,
+    /// Plain-HTTP status listener.
+    pub status_addr: SocketAddr,
+    /// Plug-in CA files; generated into it when it is empty or missing. `None`: a throwaway CA.
+    pub ca_dir: Option<PathBuf>,
+    /// Where to write the root certificate PEM for the tunnels' `XDS_ROOT_CA` / `CA_ROOT_CA`.
+    pub write_root: Option<PathBuf>,
+    /// DNS names / IPs for the serving certificate; empty means [`DEFAULT_TLS_SANS`]. The listen
+    /// IP is added when it is a specific address.
+    pub tls_sans: Vec<String>,
+    /// Bearer tokens accepted from tunnels; `None` accepts only client certificates.
+    pub token_file: Option<PathBuf>,
+    /// Upper bound on the lifetime of issued workload certificates.
+    pub max_cert_ttl: Duration,
+    pub trust_domain: String,
+    pub cluster_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the mesh file: {0}")]
+    Mesh(#[from] WatchError),
+    #[error("cannot load the CA from {dir}: {source}")]
+    LoadCa { dir: PathBuf, source: CaError },
+    #[error("cannot create a CA: {0}")]
+    GenerateCa(CaError),
+    #[error("cannot write the new CA into {dir}: {source}")]
+    WriteCa { dir: PathBuf, source: CaError },
+    #[error("cannot read the CA directory {dir}: {source}")]
+    ReadCaDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the root certificate to {path} (--write-root): {source}")]
+    WriteRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot issue the serving certificate for {sans:?}: {source}")]
+    ServingCert { sans: Vec<String>, source: CaError },
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup for the gRPC listener failed: {0}")]
+    Tls(String),
+    #[error("the gRPC server failed: {0}")]
+    Serve(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
+    let defaults = Defaults {
+        trust_domain: opts.trust_domain.clone(),
+        cluster_id: opts.cluster_id.clone(),
+    };
+    let watcher = MeshWatcher::start(opts.mesh_file.clone(), defaults).await?;
+    let ca = Arc::new(load_or_create_ca(&opts)?);
+    if let Some(path) = &opts.write_root {
+        write_root(&ca, path)?;
+    }
+    let sans = serving_sans(&opts);
+    let serving = ca
+        .issue_serving_cert(&sans, SERVING_CERT_TTL)
+        .map_err(|source| ControlError::ServingCert {
+            sans: sans.clone(),
+            source,
+        })?;
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(
+            &serving.cert_chain_pem,
+            &serving.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(ca.root_pem()))
+        .client_auth_optional(true);
+
+    let grpc = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ControlError::Bind {
+            what: "xDS and CA (gRPC)",
+            addr: opts.listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().unwrap_or(opts.listen);
+    let status_listener = TcpListener::bind(opts.status_addr)
+        .await
+        .map_err(|source| ControlError::Bind {
+            what: "the status endpoints",
+            addr: opts.status_addr,
+            source,
+        })?;
+    let status_addr = status_listener.local_addr().unwrap_or(opts.status_addr);
+
+    let auth = Arc::new(Authenticator {
+        token_file: opts.token_file.clone(),
+        allow_client_certs: true,
+    });
+    let connections = Arc::new(Connections::default());
+    let shutdown = CancellationToken::new();
+    let ads = AdsServer::new(
+        watcher.subscribe(),
+        auth.clone(),
+        connections.clone(),
+        shutdown.clone(),
+        StreamLimits::default(),
+    );
+    let status = Arc::new(StatusState {
+        ready: false.into(),
+        connections,
+        meshes: watcher.subscribe(),
+        load: watcher.status_handle(),
+    });
+    let status_task = tokio::spawn(status::serve(status_listener, status.clone()));
+
+    let mut server = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ControlError::Tls(crate::grpc::error_chain(&e)))?;
+    let router = server.add_service(AggregatedDiscoveryServiceServer::new(ads));
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+    let stop = shutdown.clone();
+    let serving_task =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()));
+
+    status.ready.store(true, Ordering::Release);
+    tracing::info!(
+        status = %status_addr,
+        sans = ?sans,
+        "nodetunnel-control serving xDS and CA on {grpc_addr}"
+    );
+
+    let outcome = tokio::select! {
+        signal = wait_for_shutdown_signal() => signal,
+        served = serving_task => match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ControlError::Serve(crate::grpc::error_chain(&e))),
+            Err(e) => Err(ControlError::Serve(e.to_string())),
+        },
+    };
+    status.ready.store(false, Ordering::Release);
+    tracing::info!("nodetunnel-control shutting down");
+    shutdown.cancel();
+    status_task.abort();
+    drop(watcher);
+    outcome
+}
+
+/// `--ca-dir` with files: load them. `--ca-dir` empty or missing: generate and persist there,
+/// so a restart keeps the root the tunnels trust. No `--ca-dir`: a throwaway root.
+fn load_or_create_ca(opts: &ControlOptions) -> Result<LocalCa, ControlError> {
+    let Some(dir) = &opts.ca_dir else {
+        tracing::info!(
+            trust_domain = %opts.trust_domain,
+            "no --ca-dir: generated a throwaway root CA (use --write-root to hand it to tunnels)"
+        );
+        return LocalCa::generate(&opts.trust_domain).map_err(ControlError::GenerateCa);
+    };
+    if dir_is_empty(dir)? {
+        let ca = LocalCa::generate(&opts.trust_domain).map_err(ControlError::GenerateCa)?;
+        ca.write(dir).map_err(|source| ControlError::WriteCa {
+            dir: dir.clone(),
+            source,
+        })?;
+        tracing::info!(dir = %dir.display(), "generated a new root CA into the empty --ca-dir");
+        return Ok(ca);
+    }
+    let ca = LocalCa::load(dir).map_err(|source| ControlError::LoadCa {
+        dir: dir.clone(),
+        source,
+    })?;
+    tracing::info!(dir = %dir.display(), "loaded the plug-in CA");
+    Ok(ca)
+}
+
+fn dir_is_empty(dir: &Path) -> Result<bool, ControlError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(ControlError::ReadCaDir {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_root(ca: &LocalCa, path: &Path) -> Result<(), ControlError> {
+    let err = |source| ControlError::WriteRoot {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    // Write then rename: a tunnel starting at the same moment never reads half a PEM.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, ca.root_pem()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    tracing::info!(path = %path.display(), "wrote the root certificate ({ROOT_CERT_FILE})");
+    Ok(())
+}
+
+/// `--tls-san` values (or the defaults), plus the listen IP when it is a specific address.
+pub fn serving_sans(opts: &ControlOptions) -> Vec<String> {
+    let mut sans: Vec<String> = if opts.tls_sans.is_empty() {
+        DEFAULT_TLS_SANS.iter().map(|s| s.to_string()).collect()
+    } else {
+        opts.tls_sans.clone()
+    };
+    let ip: IpAddr = opts.listen.ip();
+    if !ip.is_unspecified() && !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    sans
+}
+
+async fn wait_for_shutdown_signal() -> Result<(), ControlError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ControlError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ControlError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,2 +1,168 @@
-//! SKELETON (helper-control): `nodetunnel-control`.
-fn main() {}
+//! `nodetunnel-control`: serves Istio's delta xDS and CA APIs from a YAML mesh file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use nodetunnel::control::{self, ControlOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A small control plane for nodetunnel (and ztunnel): delta xDS and the Istio CA, served from a YAML mesh file",
+    long_about = LONG_ABOUT
+)]
+struct Cli {
+    /// The mesh: YAML with top-level workloads, services, policies (the LOCAL_XDS_PATH shape).
+    /// Watched for changes; an edit that does not load is reported and the last good mesh kept.
+    #[arg(long, env = "MESH_FILE", value_name = "PATH")]
+    mesh: PathBuf,
+
+    /// Address for xDS and the CA (gRPC over TLS), like istiod's 15012.
+    #[arg(long, env = "CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+
+    /// Address for plain-HTTP /ready, /debug/connections and /debug/mesh.
+    #[arg(long, env = "CONTROL_STATUS_ADDR", default_value = "127.0.0.1:15014")]
+    status_addr: SocketAddr,
+
+    /// Directory with Istio's plug-in CA files (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem). If it is empty or missing, a new root is generated into it. Without
+    /// this option a throwaway root is generated in memory.
+    #[arg(long, env = "CA_DIR", value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+
+    /// Write the root certificate (PEM) here, for the tunnels' XDS_ROOT_CA and CA_ROOT_CA.
+    #[arg(long, value_name = "PATH")]
+    write_root: Option<PathBuf>,
+
+    /// DNS name or IP for the TLS serving certificate; repeat for several. Default:
+    /// istiod.istio-system.svc, localhost, 127.0.0.1. The --listen IP is always added when it
+    /// is a specific address.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+
+    /// File of bearer tokens accepted from tunnels (re-read when it changes). Without it only
+    /// client certificates chained to the mesh root are accepted.
+    #[arg(long, env = "TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+
+    /// Longest lifetime of an issued workload certificate, e.g. 24h, 90m, 3600s.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_cert_ttl: Duration,
+
+    /// Trust domain for generated CAs and for workloads that do not name one.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+
+    /// Cluster id for workloads that do not name one.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+}
+
+const LONG_ABOUT: &str = "\
+A small control plane for nodetunnel (and ztunnel): delta xDS and the Istio CA, served from a
+YAML mesh file.
+
+Serves on one TLS port (--listen):
+  envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources
+      types istio.workload.Address and istio.security.Authorization; every change to the mesh
+      file is pushed as only the resources whose content changed, plus removals
+  istio.v1.auth.IstioCertificateService/CreateCertificate
+      certificates for identities of workloads in the current mesh
+
+Callers authenticate with a bearer token from --token-file or a client certificate from the
+mesh CA. Point a tunnel at it with XDS_ADDRESS=https://<host>:15012, CA_ADDRESS=the same, and
+XDS_ROOT_CA/CA_ROOT_CA=the file written by --write-root.
+
+Status (--status-addr): /ready, /debug/connections, /debug/mesh. Logs go to stderr (RUST_LOG).
+SIGTERM or SIGINT closes all streams and exits 0; bad input exits 1 with the reason.";
+
+/// `90s`, `15m`, `24h`, `2d`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let opts = ControlOptions {
+        mesh_file: cli.mesh,
+        listen: cli.listen,
+        status_addr: cli.status_addr,
+        ca_dir: cli.ca_dir,
+        write_root: cli.write_root,
+        tls_sans: cli.tls_sans,
+        token_file: cli.token_file,
+        max_cert_ttl: cli.max_cert_ttl,
+        trust_domain: cli.trust_domain,
+        cluster_id: cli.cluster_id,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("control")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodetunnel-control: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(control::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("nodetunnel-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

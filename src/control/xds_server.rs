@@ -1,1 +1,506 @@
-//! SKELETON (helper-control): the delta ADS server.
+//! The delta ADS server (`DeltaAggregatedResources`): one task per tunnel stream that sends the
+//! initial state of each subscribed type, then only what changes with each new mesh generation.
+//!
+//! Protocol choices (Envoy's xDS protocol documentation, "Incremental xDS"):
+//! - A type's first request subscribes: an empty `resource_names_subscribe` or `"*"` is a
+//!   wildcard (everything of that type); explicit names subscribe to those only.
+//! - `initial_resource_versions` (first request of a type only) says what the client kept from a
+//!   previous stream: equal versions are not resent, names that no longer exist are sent in
+//!   `removed_resources`.
+//! - Every type's first request gets at least one response, even an empty one: clients use it to
+//!   know they are synced.
+//! - A request with `response_nonce` answers one response: with `error_detail` it is a NACK
+//!   (logged, counted, and that version is not resent — only a newer one will be), otherwise an
+//!   ACK. Pushes do not wait for ACKs; delta xDS has no need to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use nodetunnel_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{Authenticator, Caller};
+use super::connections::{ConnectionHandle, ConnectionStatus, Connections, Nack, TypeStatus};
+use super::mesh::{self, Held, ResourceType};
+use super::push;
+use super::watch::MeshSnapshot;
+
+/// Responses queued per stream beyond what HTTP/2 flow control already buffers.
+const OUT_QUEUE: usize = 8;
+/// A client that takes no response for this long is dropped: it holds a full copy of every
+/// change in memory, and a stuck tunnel must not cost the control plane without bound.
+const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tunables of a stream; tests shrink them.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub max_response_bytes: usize,
+    pub slow_client_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_response_bytes: push::MAX_RESPONSE_BYTES,
+            slow_client_timeout: SLOW_CLIENT_TIMEOUT,
+        }
+    }
+}
+
+/// The ADS service.
+pub struct AdsServer {
+    meshes: watch::Receiver<Arc<MeshSnapshot>>,
+    auth: Arc<Authenticator>,
+    connections: Arc<Connections>,
+    shutdown: CancellationToken,
+    limits: StreamLimits,
+}
+
+impl AdsServer {
+    /// `shutdown` ends every stream (with UNAVAILABLE), so a graceful server shutdown does not
+    /// wait forever on streams that never end by themselves.
+    pub fn new(
+        meshes: watch::Receiver<Arc<MeshSnapshot>>,
+        auth: Arc<Authenticator>,
+        connections: Arc<Connections>,
+        shutdown: CancellationToken,
+        limits: StreamLimits,
+    ) -> AdsServer {
+        AdsServer {
+            meshes,
+            auth,
+            connections,
+            shutdown,
+            limits,
+        }
+    }
+}
+
+type SotwStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        Err(Status::unimplemented(
+            "nodetunnel-control serves only delta xDS (DeltaAggregatedResources); \
+             state-of-the-world StreamAggregatedResources is not supported",
+        ))
+    }
+
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a: SocketAddr| a.to_string());
+        let caller = match self.auth.authenticate(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                tracing::warn!(%peer, reason = status.message(), "xDS stream refused");
+                return Err(status);
+            }
+        };
+        let handle = self.connections.register(ConnectionStatus {
+            peer: peer.clone(),
+            caller: caller_label(&caller),
+            connected_at: unix_now(),
+            ..ConnectionStatus::default()
+        });
+        let (out, rx) = mpsc::channel(OUT_QUEUE);
+        let stream = XdsStream {
+            handle,
+            peer,
+            node_id: None,
+            subscriptions: HashMap::new(),
+            meshes: self.meshes.clone(),
+            out,
+            nonces: 0,
+            limits: self.limits,
+        };
+        tokio::spawn(stream.run(request.into_inner(), self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn caller_label(caller: &Caller) -> String {
+    match caller {
+        Caller::Token { label } => format!("token:{label}"),
+        Caller::Certificate { identity } => format!("certificate:{identity}"),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a stream ended, other than the client closing it.
+enum End {
+    /// Tell the client this status, then close.
+    Refuse(Status),
+    /// The client went away (its receive side is gone) or broke the stream.
+    Gone(String),
+    /// The client stopped reading.
+    Slow,
+}
+
+/// One subscribed type on one stream.
+struct Subscription {
+    wildcard: bool,
+    names: HashSet<String>,
+    held: Held,
+    /// The mesh generation `held` matches.
+    generation: u64,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+struct XdsStream {
+    handle: ConnectionHandle,
+    peer: String,
+    node_id: Option<String>,
+    subscriptions: HashMap<ResourceType, Subscription>,
+    meshes: watch::Receiver<Arc<MeshSnapshot>>,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    nonces: u64,
+    limits: StreamLimits,
+}
+
+impl XdsStream {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        shutdown: CancellationToken,
+    ) {
+        let end = tokio::select! {
+            end = self.serve(&mut requests) => end,
+            () = shutdown.cancelled() => Err(End::Refuse(Status::unavailable(
+                "nodetunnel-control is shutting down; reconnect to another instance",
+            ))),
+        };
+        let node = self.node_id.as_deref().unwrap_or("-");
+        match end {
+            Ok(()) => tracing::info!(node, peer = %self.peer, "xDS stream closed by the client"),
+            Err(End::Gone(reason)) => {
+                tracing::info!(node, peer = %self.peer, %reason, "xDS stream ended")
+            }
+            Err(End::Slow) => tracing::warn!(
+                node,
+                peer = %self.peer,
+                timeout = ?self.limits.slow_client_timeout,
+                "dropping xDS client: it stopped reading responses"
+            ),
+            Err(End::Refuse(status)) => {
+                tracing::warn!(node, peer = %self.peer, reason = status.message(), "closing xDS stream");
+                let _ = self.out.try_send(Err(status));
+            }
+        }
+    }
+
+    async fn serve(&mut self, requests: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), End> {
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => self.on_request(request).await?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(End::Gone(status.to_string())),
+                },
+                changed = self.meshes.changed() => {
+                    if changed.is_err() {
+                        return Err(End::Refuse(Status::unavailable("nodetunnel-control stopped watching the mesh")));
+                    }
+                    self.push_changes().await?;
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), End> {
+        if self.node_id.is_none() {
+            let Some(id) = request
+                .node
+                .as_ref()
+                .map(|n| n.id.clone())
+                .filter(|id| !id.is_empty())
+            else {
+                return Err(End::Refuse(Status::invalid_argument(
+                    "the first DeltaDiscoveryRequest on a stream must carry node.id \
+                     (ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local)",
+                )));
+            };
+            tracing::info!(node = %id, peer = %self.peer, "tunnel connected for delta xDS");
+            self.handle.update(|s| s.node_id = id.clone());
+            self.node_id = Some(id);
+        }
+        let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
+            tracing::warn!(
+                node = self.node_id.as_deref().unwrap_or("-"),
+                type_url = %request.type_url,
+                "ignoring a request for a resource type this control plane does not serve"
+            );
+            return Ok(());
+        };
+        if !request.response_nonce.is_empty() {
+            self.on_answer(ty, &request);
+        }
+        if !self.subscriptions.contains_key(&ty) {
+            return self.subscribe(ty, request).await;
+        }
+        if !request.initial_resource_versions.is_empty() {
+            tracing::debug!(type_url = %request.type_url, "ignoring initial_resource_versions after the first request of a type");
+        }
+        if request.resource_names_subscribe.is_empty()
+            && request.resource_names_unsubscribe.is_empty()
+        {
+            return Ok(());
+        }
+        self.resubscribe(ty, request).await
+    }
+
+    /// ACK or NACK of one of our responses.
+    fn on_answer(&mut self, ty: ResourceType, request: &DeltaDiscoveryRequest) {
+        let nonce = request.response_nonce.clone();
+        match &request.error_detail {
+            Some(error) => {
+                tracing::warn!(
+                    node = self.node_id.as_deref().unwrap_or("-"),
+                    type_url = ty.type_url(),
+                    %nonce,
+                    code = error.code,
+                    message = %error.message,
+                    "tunnel rejected (NACKed) a response; not resending those versions"
+                );
+                self.update_type(ty, |t| {
+                    t.nack_count += 1;
+                    t.last_nack = Some(Nack {
+                        nonce,
+                        message: error.message.clone(),
+                        at: unix_now(),
+                    });
+                });
+            }
+            None => self.update_type(ty, |t| {
+                t.acks += 1;
+                t.last_acked_nonce = Some(nonce);
+            }),
+        }
+    }
+
+    /// A type's first request: record what the client holds, send the difference (always at
+    /// least one response).
+    async fn subscribe(
+        &mut self,
+        ty: ResourceType,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), End> {
+        let snapshot = self.meshes.borrow().clone();
+        let current = snapshot.mesh.resources(ty);
+        let mut sub = Subscription {
+            wildcard: request.resource_names_subscribe.is_empty(),
+            names: HashSet::new(),
+            held: Held::new(),
+            generation: snapshot.generation,
+        };
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                sub.wildcard = true;
+            } else {
+                sub.names.insert(name);
+            }
+        }
+        for (name, version) in request.initial_resource_versions {
+            // Share the mesh's name where it has one; a name it lacks is held only until the
+            // removal below is sent.
+            let key = current
+                .get_key_value(name.as_str())
+                .map_or_else(|| Arc::from(name.as_str()), |(k, _)| k.clone());
+            sub.held.insert(key, mesh::Version::parse(&version));
+        }
+        let mut diff = mesh::diff(&sub.held, current, |n| sub.wants(n));
+        missing_names(&mut diff, &sub, current, sub.names.iter());
+        mesh::apply(&mut sub.held, &diff);
+        tracing::debug!(
+            node = self.node_id.as_deref().unwrap_or("-"),
+            type_url = ty.type_url(),
+            wildcard = sub.wildcard,
+            names = sub.names.len(),
+            sending = diff.changed.len(),
+            removing = diff.removed.len(),
+            "subscribed"
+        );
+        let (wildcard, names, held) = (sub.wildcard, sub.names.len(), sub.held.len());
+        self.subscriptions.insert(ty, sub);
+        self.update_type(ty, |t| {
+            t.type_url = ty.type_url().to_string();
+            t.wildcard = wildcard;
+            t.subscribed_names = names;
+            t.held = held;
+        });
+        self.send(ty, snapshot.generation, &diff, true).await
+    }
+
+    /// A later request that changes a type's subscription.
+    async fn resubscribe(
+        &mut self,
+        ty: ResourceType,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), End> {
+        let snapshot = self.meshes.borrow().clone();
+        let current = snapshot.mesh.resources(ty);
+        let Some(sub) = self.subscriptions.get_mut(&ty) else {
+            return Ok(());
+        };
+        let mut added = Vec::new();
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                sub.wildcard = false;
+            } else {
+                sub.names.remove(&name);
+            }
+        }
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                sub.wildcard = true;
+            } else if sub.names.insert(name.clone()) {
+                added.push(name);
+            }
+        }
+        // The client forgets what it unsubscribed from; no removal is sent for those.
+        sub.held
+            .retain(|name, _| sub.wildcard || sub.names.contains(&**name));
+        // Bring the whole type up to the current generation while at it.
+        let mut diff = mesh::diff(&sub.held, current, |n| sub.wants(n));
+        missing_names(&mut diff, sub, current, added.iter());
+        mesh::apply(&mut sub.held, &diff);
+        sub.generation = snapshot.generation;
+        let (wildcard, names, held) = (sub.wildcard, sub.names.len(), sub.held.len());
+        self.update_type(ty, |t| {
+            t.wildcard = wildcard;
+            t.subscribed_names = names;
+            t.held = held;
+        });
+        self.send(ty, snapshot.generation, &diff, !added.is_empty())
+            .await
+    }
+
+    /// A new mesh generation: each subscribed type gets what changed for it.
+    async fn push_changes(&mut self) -> Result<(), End> {
+        let snapshot = self.meshes.borrow_and_update().clone();
+        let mut types: Vec<_> = self.subscriptions.keys().copied().collect();
+        types.sort();
+        for ty in types {
+            let Some(sub) = self.subscriptions.get_mut(&ty) else {
+                continue;
+            };
+            if sub.generation == snapshot.generation {
+                continue;
+            }
+            let diff = mesh::diff(&sub.held, snapshot.mesh.resources(ty), |n| sub.wants(n));
+            mesh::apply(&mut sub.held, &diff);
+            sub.generation = snapshot.generation;
+            let held = sub.held.len();
+            if diff.is_empty() {
+                continue;
+            }
+            tracing::debug!(
+                node = self.node_id.as_deref().unwrap_or("-"),
+                type_url = ty.type_url(),
+                generation = snapshot.generation,
+                changed = diff.changed.len(),
+                removed = diff.removed.len(),
+                "pushing changes"
+            );
+            self.update_type(ty, |t| t.held = held);
+            self.send(ty, snapshot.generation, &diff, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the responses for `diff`; a client that does not make room in time is dropped.
+    async fn send(
+        &mut self,
+        ty: ResourceType,
+        generation: u64,
+        diff: &mesh::Diff,
+        always: bool,
+    ) -> Result<(), End> {
+        let conn = self.handle.id();
+        let nonces = &mut self.nonces;
+        let responses = push::responses(
+            ty,
+            diff,
+            &generation.to_string(),
+            self.limits.max_response_bytes,
+            always,
+            || {
+                *nonces += 1;
+                format!("{conn}-{nonces}")
+            },
+        );
+        for response in responses {
+            let (resources, removals, nonce) = (
+                response.resources.len() as u64,
+                response.removed_resources.len() as u64,
+                response.nonce.clone(),
+            );
+            match tokio::time::timeout(self.limits.slow_client_timeout, self.out.send(Ok(response)))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(End::Gone("the client stopped receiving".into())),
+                Err(_) => return Err(End::Slow),
+            }
+            self.update_type(ty, |t| {
+                t.responses_sent += 1;
+                t.resources_sent += resources;
+                t.removals_sent += removals;
+                t.last_sent_nonce = Some(nonce);
+            });
+        }
+        Ok(())
+    }
+
+    fn update_type(&self, ty: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
+        self.handle.update(|s| {
+            f(s.types.entry(ty.short_name().to_string()).or_default());
+        });
+    }
+}
+
+/// Explicitly subscribed names the mesh does not have and the client was not told about: sent
+/// as removals, which is how delta xDS says "does not exist".
+fn missing_names<'a>(
+    diff: &mut mesh::Diff,
+    sub: &Subscription,
+    current: &mesh::ResourceMap,
+    names: impl Iterator<Item = &'a String>,
+) {
+    for name in names {
+        if !current.contains_key(name.as_str()) && !sub.held.contains_key(name.as_str()) {
+            diff.removed.push(Arc::from(name.as_str()));
+        }
+    }
+}
