@@ -214,6 +214,7 @@ impl Config {
                     node_name: node_name.clone().unwrap_or_default(),
                     cluster_id: cluster_id.clone(),
                     cluster_domain: cluster_domain.clone(),
+                    extra_metadata: istio_meta(vars),
                 },
             }),
         };
@@ -328,6 +329,17 @@ fn parse_workload_info(value: &str) -> Result<ProxyWorkloadInfo, ConfigError> {
             "expected <namespace>/<name>/<service account>",
         )),
     }
+}
+
+/// `ISTIO_META_<KEY>=<value>` variables as node metadata `<KEY>: <value>`, as Istio's proxies
+/// forward them (operators pass flags to istiod this way).
+fn istio_meta(vars: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    vars.iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("ISTIO_META_")?;
+            (!key.is_empty()).then(|| (key.to_string(), v.clone()))
+        })
+        .collect()
 }
 
 /// The machine's host name (a pod's name in Kubernetes), for `POD_NAME`'s default.
@@ -585,6 +597,7 @@ mod tests {
             ("POD_NAMESPACE", "istio-system"),
             ("INSTANCE_IP", "10.0.0.7"),
             ("NODE_NAME", "node-1"),
+            ("ISTIO_META_DNS_CAPTURE", "true"),
         ]))
         .unwrap();
         let ConfigSource::Xds(xds) = &cfg.source else {
@@ -599,6 +612,10 @@ mod tests {
             "ztunnel~10.0.0.7~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
         );
         assert_eq!(xds.node.node_name, "node-1");
+        assert_eq!(
+            xds.node.extra_metadata.get("DNS_CAPTURE").map(String::as_str),
+            Some("true")
+        );
         let CaSource::Remote(ca) = &cfg.ca else {
             panic!("expected a remote CA, got {:?}", cfg.ca);
         };

@@ -136,10 +136,11 @@ fn bearer_header(path: &Path) -> Result<MetadataValue<Ascii>, GrpcError> {
 /// rejected credentials, unreachable, or the server's own message, with the transport's cause
 /// chain (connection refused, certificate errors) rather than tonic's generic "transport error".
 pub fn explain(status: &Status, what: &str) -> String {
-    let detail = match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
-        None => status.message().to_string(),
-    };
+    let mut parts = vec![status.message().to_string()];
+    if let Some(source) = std::error::Error::source(status) {
+        push_causes(&mut parts, source);
+    }
+    let detail = parts.join(": ");
     match status.code() {
         Code::Unauthenticated => {
             format!("{what} rejected our credentials (UNAUTHENTICATED): {detail}")
@@ -155,16 +156,22 @@ pub fn explain(status: &Status, what: &str) -> String {
 
 /// `e`, then each `source()` below it, joined with ": ", skipping repeats.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut next = e.source();
+    let mut parts = Vec::new();
+    push_causes(&mut parts, e);
+    parts.join(": ")
+}
+
+/// Appends `e` and its causes to `parts`, skipping any text already said (tonic and hyper
+/// wrap the same cause several times: "tcp connect error: transport error: tcp connect error").
+fn push_causes(parts: &mut Vec<String>, e: &(dyn std::error::Error + 'static)) {
+    let mut next = Some(e);
     while let Some(cause) = next {
         let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         next = cause.source();
     }
-    parts.join(": ")
 }
 
 #[cfg(test)]
