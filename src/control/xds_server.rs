@@ -215,7 +215,12 @@ impl XdsStream {
             ),
             Err(End::Refuse(status)) => {
                 tracing::warn!(node, peer = %self.peer, reason = status.message(), "closing xDS stream");
-                let _ = self.out.try_send(Err(status));
+                // Bounded: a client that reads nothing would otherwise hold the task forever.
+                let _ = tokio::time::timeout(
+                    self.limits.slow_client_timeout.min(Duration::from_secs(2)),
+                    self.out.send(Err(status)),
+                )
+                .await;
             }
         }
     }
