@@ -564,7 +564,7 @@ fn issuing_root<'a>(
 }
 
 /// Certificates as concatenated PEM blocks, each ending in a newline.
-pub(crate) fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
+pub fn certs_pem(certs: &[CertificateDer<'_>]) -> String {
     certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
 }
 

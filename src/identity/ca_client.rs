@@ -25,7 +25,7 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// How long one CreateCertificate call may take, connecting included. Bounded so a CA that
 /// accepts connections but never answers turns into an error the manager backs off from,
 /// rather than a fetch that hangs a pod's first connection forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
@@ -43,6 +43,7 @@ pub enum CaClientError {
 pub struct CaClient {
     target: GrpcTarget,
     client: IstioCertificateServiceClient<Channel>,
+    timeout: Duration,
 }
 
 impl CaClient {
@@ -53,7 +54,14 @@ impl CaClient {
         Ok(CaClient {
             client: IstioCertificateServiceClient::new(channel),
             target,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Replaces [`DEFAULT_TIMEOUT`] as the limit for one call.
+    pub fn with_timeout(mut self, timeout: Duration) -> CaClient {
+        self.timeout = timeout;
+        self
     }
 
     /// Where this client sends requests.
@@ -76,13 +84,20 @@ impl CaClient {
             validity_duration: validity_seconds(ttl),
             metadata: Some(impersonation_metadata(id)),
         });
-        request.set_timeout(REQUEST_TIMEOUT);
+        // The header tells the CA when to give up; the local timeout also covers a CA that
+        // ignores it, or never completes the TLS handshake.
+        request.set_timeout(self.timeout);
         self.target.authorize(&mut request)?;
-        let response = self
-            .client
-            .clone()
-            .create_certificate(request)
-            .await
+        let mut client = self.client.clone();
+        let call = client.create_certificate(request);
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        };
+        let response = result
             .map_err(|status| {
                 CaClientError::Rpc(explain(
                     &status,

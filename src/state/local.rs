@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+mod policies;
+
+use policies::LocalPolicy;
+
+use super::proto::parse_workload_type;
 use super::store::{Store, StoreError};
 use super::types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
@@ -135,7 +140,7 @@ struct LocalConfig {
     #[serde(default)]
     services: Vec<LocalService>,
     #[serde(default)]
-    policies: Vec<serde_yaml_ng::Value>,
+    policies: Vec<LocalPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +238,7 @@ impl<'de> Deserialize<'de> for NamespacedHostname {
     }
 }
 
-/// Names an entry of the file for error messages: `workloads[2] (uid "...")`.
+/// Names an entry of the file for error messages: `workloads[2] (uid)`, `policies[0] (ns/name)`.
 struct Item<'a> {
     list: &'static str,
     index: usize,
@@ -252,80 +257,144 @@ impl fmt::Display for Item<'_> {
 
 impl LocalConfig {
     fn into_store(self, path: &Path, defaults: &Defaults) -> Result<Loaded, LoadError> {
-        let mut store = Store::default();
-        let mut warnings = Vec::new();
-        let invalid = |item: String, message: String| LoadError::Invalid {
-            path: path.to_path_buf(),
-            item,
-            message,
+        let mut loader = Loader {
+            path,
+            store: Store::default(),
+            warnings: Vec::new(),
         };
         for (index, s) in self.services.into_iter().enumerate() {
-            let item = Item {
-                list: "services",
-                index,
-                name: &s.hostname,
+            loader.add_service(index, s)?;
+        }
+        for (index, w) in self.workloads.into_iter().enumerate() {
+            loader.add_workload(index, w, defaults)?;
+        }
+        let policy_count = self.policies.len();
+        for (index, p) in self.policies.into_iter().enumerate() {
+            loader.add_policy(index, p)?;
+        }
+        if policy_count > 0 {
+            loader.warn(format!(
+                "`policies` has {policy_count} entries; they are stored and served but not \
+                 enforced by this version"
+            ));
+        }
+        Ok(Loaded {
+            store: loader.store,
+            warnings: loader.warnings,
+        })
+    }
+}
+
+/// The store being filled from one file, and what to tell the operator about it.
+struct Loader<'a> {
+    path: &'a Path,
+    store: Store,
+    warnings: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn warn(&mut self, message: impl fmt::Display) {
+        self.warnings
+            .push(format!("{}: {message}", self.path.display()));
+    }
+
+    fn invalid(&self, item: &str, message: impl Into<String>) -> LoadError {
+        LoadError::Invalid {
+            path: self.path.to_path_buf(),
+            item: item.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn conflict(&self, item: &str, source: StoreError) -> LoadError {
+        LoadError::Conflict {
+            path: self.path.to_path_buf(),
+            item: item.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Warns about each field ztunnel accepts that this version does not act on.
+    fn warn_unused(&mut self, item: &str, fields: &[(&str, bool)]) {
+        for (field, present) in fields {
+            if *present {
+                self.warn(format_args!(
+                    "{item}: field `{field}` is accepted but not used by this version"
+                ));
             }
-            .to_string();
-            for (field, present) in [
+        }
+    }
+
+    fn add_service(&mut self, index: usize, s: LocalService) -> Result<(), LoadError> {
+        let item = Item {
+            list: "services",
+            index,
+            name: &s.hostname,
+        }
+        .to_string();
+        self.warn_unused(
+            &item,
+            &[
                 ("endpoints", s.endpoints.is_some()),
                 ("waypoint", s.waypoint.is_some()),
                 ("loadBalancer", s.load_balancer.is_some()),
                 ("ipFamilies", s.ip_families.is_some()),
-            ] {
-                if present {
-                    warnings.push(format!(
-                        "{}: {item}: field `{field}` is accepted but not used by this version",
-                        path.display()
-                    ));
-                }
+            ],
+        );
+        for (field, value) in [
+            ("name", &s.name),
+            ("namespace", &s.namespace),
+            ("hostname", &s.hostname),
+        ] {
+            if value.is_empty() {
+                return Err(self.invalid(&item, format!("`{field}` must not be empty")));
             }
-            for (field, value) in [
-                ("name", &s.name),
-                ("namespace", &s.namespace),
-                ("hostname", &s.hostname),
-            ] {
-                if value.is_empty() {
-                    return Err(invalid(item, format!("`{field}` must not be empty")));
-                }
-            }
-            if s.ports.contains_key(&0) {
-                return Err(invalid(item, "`ports` has service port 0".into()));
-            }
-            let service = Service {
-                name: s.name,
-                namespace: s.namespace,
-                hostname: s.hostname,
-                vips: s.vips,
-                ports: s.ports,
-                subject_alt_names: s.subject_alt_names,
-            };
-            if store.service(&service.key()).is_some() {
-                return Err(invalid(
-                    item,
-                    format!("service {} is defined twice", service.key()),
+        }
+        for (field, value) in [("namespace", &s.namespace), ("hostname", &s.hostname)] {
+            if value.contains('/') {
+                return Err(self.invalid(
+                    &item,
+                    format!(
+                        "`{field}` {value:?} contains '/', which makes the service key ambiguous"
+                    ),
                 ));
             }
-            store
-                .insert_service(service)
-                .map_err(|source| LoadError::Conflict {
-                    path: path.to_path_buf(),
-                    item: item.clone(),
-                    source: Box::new(source),
-                })?;
         }
-        for (index, w) in self.workloads.into_iter().enumerate() {
-            let label = if w.uid.is_empty() {
-                w.name.clone()
-            } else {
-                w.uid.clone()
-            };
-            let item = Item {
-                list: "workloads",
-                index,
-                name: &label,
-            }
-            .to_string();
-            for (field, present) in [
+        if s.ports.contains_key(&0) {
+            return Err(self.invalid(&item, "`ports` has service port 0"));
+        }
+        let service = Service {
+            name: s.name,
+            namespace: s.namespace,
+            hostname: s.hostname,
+            vips: s.vips,
+            ports: s.ports,
+            subject_alt_names: s.subject_alt_names,
+        };
+        if self.store.service(&service.key()).is_some() {
+            return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
+        }
+        self.store
+            .insert_service(service)
+            .map_err(|e| self.conflict(&item, e))
+    }
+
+    fn add_workload(
+        &mut self,
+        index: usize,
+        w: LocalWorkload,
+        defaults: &Defaults,
+    ) -> Result<(), LoadError> {
+        let label = if w.uid.is_empty() { &w.name } else { &w.uid };
+        let item = Item {
+            list: "workloads",
+            index,
+            name: label,
+        }
+        .to_string();
+        self.warn_unused(
+            &item,
+            &[
                 ("waypoint", w.waypoint.is_some()),
                 ("networkGateway", w.network_gateway.is_some()),
                 ("networkMode", w.network_mode.is_some()),
@@ -334,250 +403,105 @@ impl LocalConfig {
                 ("authorizationPolicies", w.authorization_policies.is_some()),
                 ("locality", w.locality.is_some()),
                 ("capacity", w.capacity.is_some()),
-            ] {
-                if present {
-                    warnings.push(format!(
-                        "{}: {item}: field `{field}` is accepted but not used by this version",
-                        path.display()
-                    ));
-                }
-            }
-            if w.namespace.is_empty() {
-                return Err(invalid(item, "`namespace` must not be empty".into()));
-            }
-            if w.uid.is_empty() && w.name.is_empty() {
-                return Err(invalid(item, "needs a `uid` or a `name`".into()));
-            }
-            if w.workload_ips.is_empty() {
-                warnings.push(format!(
-                    "{}: {item}: no `workloadIps`; traffic can never reach it",
-                    path.display()
-                ));
-            }
-            let cluster_id = non_empty_or(w.cluster_id, &defaults.cluster_id);
-            let uid = if w.uid.is_empty() {
-                format!("{cluster_id}//v1/Pod/{}/{}", w.namespace, w.name)
-            } else {
-                w.uid
-            };
-            if store.workload_by_uid(&uid).is_some() {
-                return Err(invalid(item, format!("uid {uid:?} is used twice")));
-            }
-            let workload = Workload {
-                uid,
-                name: w.name,
-                namespace: w.namespace,
-                service_account: non_empty_or(w.service_account, "default"),
-                trust_domain: non_empty_or(w.trust_domain, &defaults.trust_domain),
-                workload_ips: w.workload_ips,
-                protocol: match w.protocol {
-                    Protocol::Tcp => InboundProtocol::Tcp,
-                    Protocol::Hbone => InboundProtocol::Hbone,
-                },
-                node: w.node,
-                network: w.network,
-                cluster_id,
-                hostname: w.hostname,
-                canonical_name: w.canonical_name,
-                canonical_revision: w.canonical_revision,
-                workload_name: w.workload_name,
-                workload_type: w.workload_type,
-                status: match w.status {
-                    Status::Healthy => HealthStatus::Healthy,
-                    Status::Unhealthy => HealthStatus::Unhealthy,
-                },
-                services: w.services,
-            };
-            for key in workload.services.keys() {
-                if store.service(key).is_none() {
-                    warnings.push(format!(
-                        "{}: {item}: names service {key}, which the file does not define",
-                        path.display()
-                    ));
-                }
-            }
-            store
-                .insert_workload(workload)
-                .map_err(|source| LoadError::Conflict {
-                    path: path.to_path_buf(),
-                    item: item.clone(),
-                    source: Box::new(source),
-                })?;
+            ],
+        );
+        if w.namespace.is_empty() {
+            return Err(self.invalid(&item, "`namespace` must not be empty"));
         }
-        if !self.policies.is_empty() {
-            warnings.push(format!(
-                "{}: `policies` has {} entries; authorization policies are not enforced by this version",
-                path.display(),
-                self.policies.len()
+        if w.uid.is_empty() && w.name.is_empty() {
+            return Err(self.invalid(&item, "needs a `uid` or a `name`"));
+        }
+        if w.workload_ips.is_empty() {
+            self.warn(format_args!(
+                "{item}: no `workloadIps`; traffic can never reach it"
             ));
         }
-        Ok(Loaded { store, warnings })
+        let workload_type = if w.workload_type.is_empty() {
+            String::new()
+        } else {
+            parse_workload_type(&w.workload_type).ok_or_else(|| {
+                self.invalid(
+                    &item,
+                    format!(
+                        "`workloadType` {:?} is not one of deployment, cronjob, pod, job",
+                        w.workload_type
+                    ),
+                )
+            })?
+        };
+        for (key, ports) in &w.services {
+            if ports.contains_key(&0) {
+                return Err(self.invalid(&item, format!("`services` {key} has service port 0")));
+            }
+        }
+        let mut workload = Workload {
+            uid: w.uid,
+            name: w.name,
+            namespace: w.namespace,
+            service_account: w.service_account,
+            trust_domain: w.trust_domain,
+            workload_ips: w.workload_ips,
+            protocol: match w.protocol {
+                Protocol::Tcp => InboundProtocol::Tcp,
+                Protocol::Hbone => InboundProtocol::Hbone,
+            },
+            node: w.node,
+            network: w.network,
+            cluster_id: w.cluster_id,
+            hostname: w.hostname,
+            canonical_name: w.canonical_name,
+            canonical_revision: w.canonical_revision,
+            workload_name: w.workload_name,
+            workload_type,
+            status: match w.status {
+                Status::Healthy => HealthStatus::Healthy,
+                Status::Unhealthy => HealthStatus::Unhealthy,
+            },
+            services: w.services,
+        };
+        defaults.fill_workload(&mut workload);
+        if workload.uid.is_empty() {
+            // istiod's uid form for a Kubernetes pod.
+            workload.uid = format!(
+                "{}//v1/Pod/{}/{}",
+                workload.cluster_id, workload.namespace, workload.name
+            );
+        }
+        if self.store.workload_by_uid(&workload.uid).is_some() {
+            return Err(self.invalid(&item, format!("uid {:?} is used twice", workload.uid)));
+        }
+        let missing: Vec<_> = workload
+            .services
+            .keys()
+            .filter(|key| self.store.service(key).is_none())
+            .cloned()
+            .collect();
+        for key in missing {
+            self.warn(format_args!(
+                "{item}: names service {key}, which the file does not define"
+            ));
+        }
+        self.store
+            .insert_workload(workload)
+            .map_err(|e| self.conflict(&item, e))
     }
-}
 
-fn non_empty_or(value: String, default: &str) -> String {
-    if value.is_empty() {
-        default.to_string()
-    } else {
-        value
+    fn add_policy(&mut self, index: usize, p: LocalPolicy) -> Result<(), LoadError> {
+        let label = p.label();
+        let item = Item {
+            list: "policies",
+            index,
+            name: &label,
+        }
+        .to_string();
+        let policy = p.into_policy().map_err(|e| self.invalid(&item, e))?;
+        if self.store.policy(&label).is_some() {
+            return Err(self.invalid(&item, format!("policy {label} is defined twice")));
+        }
+        self.store.insert_policy(policy);
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-workloads:
-- uid: cluster1//v1/Pod/default/client
-  name: client
-  namespace: default
-  serviceAccount: sleep
-  workloadIps: ["10.77.1.10"]
-  protocol: HBONE
-  node: n1
-  canonicalName: client
-  clusterId: cluster1
-  services: {}
-- name: server
-  namespace: default
-  workloadIps: ["10.77.2.10", "fd00::10"]
-  protocol: HBONE
-  trustDomain: example.org
-  node: n2
-  network: ""
-  services:
-    "default/server.default.svc.cluster.local":
-      80: 9090
-services:
-- name: server
-  namespace: default
-  hostname: server.default.svc.cluster.local
-  vips: ["/10.96.0.10", "net1/10.96.0.11"]
-  ports:
-    80: 8080
-  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/server"]
-"#;
-
-    fn load(text: &str) -> Result<Loaded, LoadError> {
-        load_str(text, Path::new("mesh.yaml"), &Defaults::default())
-    }
-
-    #[test]
-    fn loads_ztunnel_shaped_yaml_into_the_store() {
-        let loaded = load(GOOD).unwrap();
-        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-        let store = loaded.store;
-        let client = store
-            .workload_by_ip("", "10.77.1.10".parse().unwrap())
-            .unwrap();
-        assert_eq!(
-            client.identity().to_string(),
-            "spiffe://cluster.local/ns/default/sa/sleep"
-        );
-        assert_eq!(client.protocol, InboundProtocol::Hbone);
-        assert_eq!(client.node, "n1");
-        assert_eq!(client.cluster_id, "cluster1");
-        // Defaults as istiod fills them: uid, service account, trust domain.
-        let server = store
-            .workload_by_ip("", "fd00::10".parse().unwrap())
-            .unwrap();
-        assert_eq!(server.uid, "Kubernetes//v1/Pod/default/server");
-        assert_eq!(server.service_account, "default");
-        assert_eq!(server.trust_domain, "example.org");
-        let svc = store
-            .service_by_vip("net1", "10.96.0.11".parse().unwrap())
-            .unwrap();
-        assert_eq!(svc.ports[&80], 8080);
-        let up = store
-            .resolve("", "10.96.0.10:80".parse().unwrap(), |_| 0)
-            .unwrap();
-        assert_eq!(up.target(), "10.77.2.10:9090".parse().unwrap());
-    }
-
-    #[test]
-    fn syntax_errors_name_file_line_and_field() {
-        let text = "workloads:\n- name: a\n  namespace: default\n  protocol: HBONEX\n";
-        let err = load(text).unwrap_err();
-        let LoadError::Syntax { line, message, .. } = &err else {
-            panic!("expected a located error, got {err}");
-        };
-        assert_eq!(*line, 4);
-        assert!(message.contains("protocol"), "{message}");
-        assert!(err.to_string().starts_with("mesh.yaml:4:"), "{err}");
-
-        let text = "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.300\"]\n";
-        let err = load(text).unwrap_err();
-        assert!(matches!(err, LoadError::Syntax { line: 4, .. }), "{err}");
-        assert!(err.to_string().contains("workloadIps"), "{err}");
-
-        let text =
-            "services:\n- name: s\n  namespace: d\n  hostname: h\n  vips: [\"net/not-an-ip\"]\n";
-        let err = load(text).unwrap_err();
-        assert!(matches!(err, LoadError::Syntax { line: 5, .. }), "{err}");
-        assert!(err.to_string().contains("not-an-ip"), "{err}");
-
-        let text = "workloads:\n- name: a\n  namespace: default\n  services:\n    nohostname: {80: 8080}\n";
-        let err = load(text).unwrap_err();
-        assert!(matches!(err, LoadError::Syntax { line: 5, .. }), "{err}");
-    }
-
-    #[test]
-    fn unknown_fields_are_errors_like_ztunnel() {
-        let text = "workloads:\n- name: a\n  namespace: default\n  workloadIP: 10.0.0.1\n";
-        let err = load(text).unwrap_err();
-        assert!(matches!(err, LoadError::Syntax { line: 4, .. }), "{err}");
-        assert!(err.to_string().contains("workloadIP"), "{err}");
-    }
-
-    #[test]
-    fn fields_not_modeled_yet_are_warned_about_by_name() {
-        let text = r#"
-workloads:
-- name: a
-  namespace: default
-  workloadIps: ["10.0.0.1"]
-  waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
-  authorizationPolicies: ["default/deny"]
-policies:
-- name: deny
-  namespace: default
-"#;
-        let loaded = load(text).unwrap();
-        let all = loaded.warnings.join("\n");
-        assert!(all.contains("`waypoint`"), "{all}");
-        assert!(all.contains("`authorizationPolicies`"), "{all}");
-        assert!(all.contains("`policies` has 1 entries"), "{all}");
-    }
-
-    #[test]
-    fn semantic_errors_name_the_entry() {
-        let dup_ip = "workloads:\n- {name: a, namespace: d, workloadIps: [\"10.0.0.1\"]}\n- {name: b, namespace: d, workloadIps: [\"10.0.0.1\"]}\n";
-        let err = load(dup_ip).unwrap_err();
-        assert!(err.to_string().contains("workloads[1] (b)"), "{err}");
-        assert!(err.to_string().contains("10.0.0.1"), "{err}");
-
-        let dup_uid = "workloads:\n- {uid: x, namespace: d}\n- {uid: x, namespace: d}\n";
-        assert!(load(dup_uid)
-            .unwrap_err()
-            .to_string()
-            .contains("used twice"));
-
-        let no_ns = "workloads:\n- {name: a, namespace: \"\"}\n";
-        assert!(load(no_ns).unwrap_err().to_string().contains("`namespace`"));
-    }
-
-    #[test]
-    fn empty_file_is_an_empty_mesh() {
-        let loaded = load("").unwrap();
-        assert_eq!(loaded.store.workloads().count(), 0);
-    }
-
-    #[test]
-    fn unreadable_file_names_the_path() {
-        let err = load_file(Path::new("/nonexistent/mesh.yaml"), &Defaults::default()).unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("cannot read /nonexistent/mesh.yaml"));
-    }
-}
+mod tests;

@@ -148,7 +148,7 @@ impl Service {
 }
 
 /// An L4 authorization policy (Istio's `istio.security.Authorization`), keyed by
-/// `namespace/name`. Stored, served and shown for debugging; enforcement comes later.
+/// `namespace/name`. Loaded, stored and served over xDS; enforcement comes later.
 ///
 /// The nesting mirrors the proto so a policy round-trips unchanged: the action applies when
 /// any rule matches; a rule matches when all its clauses match; a clause matches when any of

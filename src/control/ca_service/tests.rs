@@ -203,7 +203,7 @@ fn malformed_requests_are_invalid_arguments() {
 }
 
 fn pem_csr(der: &[u8]) -> String {
-    // Re-use the crate's PEM writer through a certificate-shaped wrapper, then relabel.
+    // The crate writes PEM for certificates only; the label is all that differs.
     certs_pem(&[CertificateDer::from(der.to_vec())]).replace("CERTIFICATE", "CERTIFICATE REQUEST")
 }
 

@@ -226,3 +226,24 @@ async fn background_renewal_renews_without_fetches() {
     assert_eq!(m.issuance_count(), 2, "the fetch found the renewed cert");
     task.abort();
 }
+
+/// Every root the source vouches for joins the bundle, and every identity's new certificate
+/// carries the whole bundle (here: plug-in files listing a second root mid-rotation).
+#[tokio::test]
+async fn certificates_trust_every_root_the_source_returns() {
+    let current = LocalCa::generate("cluster.local").unwrap();
+    let next = LocalCa::generate("cluster.local").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    current.write(dir.path()).unwrap();
+    let roots = dir.path().join(crate::identity::ca::ROOT_CERT_FILE);
+    std::fs::write(&roots, current.root_pem() + &next.root_pem()).unwrap();
+    let ca = LocalCa::load(dir.path()).unwrap();
+    let m = SecretManager::new(
+        CertificateSource::Local(Arc::new(ca)),
+        Duration::from_secs(60),
+    );
+    for sa in ["a", "b"] {
+        let cert = m.fetch(&id(sa)).await.unwrap();
+        assert_eq!(cert.roots.len(), 2, "{sa}");
+    }
+}

@@ -1,0 +1,363 @@
+use super::*;
+use crate::state::fixtures::RICH_MESH;
+use crate::state::types::{
+    Policy, PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, ServiceAccountMatch,
+    StringMatch,
+};
+
+const GOOD: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/client
+  name: client
+  namespace: default
+  serviceAccount: sleep
+  workloadIps: ["10.77.1.10"]
+  protocol: HBONE
+  node: n1
+  canonicalName: client
+  clusterId: cluster1
+  services: {}
+- name: server
+  namespace: default
+  workloadIps: ["10.77.2.10", "fd00::10"]
+  protocol: HBONE
+  trustDomain: example.org
+  node: n2
+  network: ""
+  services:
+    "default/server.default.svc.cluster.local":
+      80: 9090
+services:
+- name: server
+  namespace: default
+  hostname: server.default.svc.cluster.local
+  vips: ["/10.96.0.10", "net1/10.96.0.11"]
+  ports:
+    80: 8080
+  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/server"]
+"#;
+
+fn load(text: &str) -> Result<Loaded, LoadError> {
+    load_str(text, Path::new("mesh.yaml"), &Defaults::default())
+}
+
+#[test]
+fn loads_ztunnel_shaped_yaml_into_the_store() {
+    let loaded = load(GOOD).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let store = loaded.store;
+    let client = store
+        .workload_by_ip("", "10.77.1.10".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        client.identity().to_string(),
+        "spiffe://cluster.local/ns/default/sa/sleep"
+    );
+    assert_eq!(client.protocol, InboundProtocol::Hbone);
+    assert_eq!(client.node, "n1");
+    assert_eq!(client.cluster_id, "cluster1");
+    // Defaults as istiod fills them: uid, service account, trust domain.
+    let server = store
+        .workload_by_ip("", "fd00::10".parse().unwrap())
+        .unwrap();
+    assert_eq!(server.uid, "Kubernetes//v1/Pod/default/server");
+    assert_eq!(server.service_account, "default");
+    assert_eq!(server.trust_domain, "example.org");
+    let svc = store
+        .service_by_vip("net1", "10.96.0.11".parse().unwrap())
+        .unwrap();
+    assert_eq!(svc.ports[&80], 8080);
+    let up = store
+        .resolve("", "10.96.0.10:80".parse().unwrap(), |_| 0)
+        .unwrap();
+    assert_eq!(up.target(), "10.77.2.10:9090".parse().unwrap());
+}
+
+#[test]
+fn syntax_errors_name_file_line_and_field() {
+    let text = "workloads:\n- name: a\n  namespace: default\n  protocol: HBONEX\n";
+    let err = load(text).unwrap_err();
+    let LoadError::Syntax { line, message, .. } = &err else {
+        panic!("expected a located error, got {err}");
+    };
+    assert_eq!(*line, 4);
+    assert!(message.contains("protocol"), "{message}");
+    assert!(err.to_string().starts_with("mesh.yaml:4:"), "{err}");
+
+    let text = "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.300\"]\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, LoadError::Syntax { line: 4, .. }), "{err}");
+    assert!(err.to_string().contains("workloadIps"), "{err}");
+
+    let text = "services:\n- name: s\n  namespace: d\n  hostname: h\n  vips: [\"net/not-an-ip\"]\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, LoadError::Syntax { line: 5, .. }), "{err}");
+    assert!(err.to_string().contains("not-an-ip"), "{err}");
+
+    let text =
+        "workloads:\n- name: a\n  namespace: default\n  services:\n    nohostname: {80: 8080}\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, LoadError::Syntax { line: 5, .. }), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_errors_like_ztunnel() {
+    let text = "workloads:\n- name: a\n  namespace: default\n  workloadIP: 10.0.0.1\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, LoadError::Syntax { line: 4, .. }), "{err}");
+    assert!(err.to_string().contains("workloadIP"), "{err}");
+}
+
+#[test]
+fn fields_not_modeled_yet_are_warned_about_by_name() {
+    let text = r#"
+workloads:
+- name: a
+  namespace: default
+  workloadIps: ["10.0.0.1"]
+  waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
+  authorizationPolicies: ["default/deny"]
+policies:
+- {name: deny, namespace: default, scope: WorkloadSelector, action: Deny}
+"#;
+    let loaded = load(text).unwrap();
+    let all = loaded.warnings.join("\n");
+    assert!(all.contains("`waypoint`"), "{all}");
+    assert!(all.contains("`authorizationPolicies`"), "{all}");
+    // Policies are kept, but nothing enforces them yet: the operator must be told.
+    assert!(
+        all.contains("`policies` has 1 entries; they are stored and served but not enforced"),
+        "{all}"
+    );
+    assert!(loaded.store.policy("default/deny").is_some());
+}
+
+#[test]
+fn semantic_errors_name_the_entry() {
+    let dup_ip = "workloads:\n- {name: a, namespace: d, workloadIps: [\"10.0.0.1\"]}\n- {name: b, namespace: d, workloadIps: [\"10.0.0.1\"]}\n";
+    let err = load(dup_ip).unwrap_err();
+    assert!(err.to_string().contains("workloads[1] (b)"), "{err}");
+    assert!(err.to_string().contains("10.0.0.1"), "{err}");
+
+    let dup_uid = "workloads:\n- {uid: x, namespace: d}\n- {uid: x, namespace: d}\n";
+    assert!(load(dup_uid)
+        .unwrap_err()
+        .to_string()
+        .contains("used twice"));
+
+    let no_ns = "workloads:\n- {name: a, namespace: \"\"}\n";
+    assert!(load(no_ns).unwrap_err().to_string().contains("`namespace`"));
+}
+
+#[test]
+fn empty_file_is_an_empty_mesh() {
+    let loaded = load("").unwrap();
+    assert_eq!(loaded.store.workloads().count(), 0);
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = load_file(Path::new("/nonexistent/mesh.yaml"), &Defaults::default()).unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with("cannot read /nonexistent/mesh.yaml"));
+}
+
+fn policy_yaml(body: &str) -> String {
+    format!("policies:\n- name: p\n  namespace: ns\n{body}")
+}
+
+#[test]
+fn loads_policies_in_ztunnel_shape() {
+    let loaded = load(RICH_MESH).unwrap();
+    let store = loaded.store;
+    assert_eq!(store.policies().len(), 3);
+    let exact = |s: &str| StringMatch::Exact(s.into());
+    let net = |s: &str| s.parse().unwrap();
+    let sa = |ns: &str, sa: &str| ServiceAccountMatch {
+        namespace: ns.into(),
+        service_account: sa.into(),
+    };
+    let expected = Policy {
+        name: "allow-sleep".into(),
+        namespace: "default".into(),
+        scope: PolicyScope::Namespace,
+        action: PolicyAction::Allow,
+        rules: vec![
+            PolicyRule {
+                clauses: vec![
+                    PolicyClause {
+                        matches: vec![
+                            PolicyMatch {
+                                principals: vec![
+                                    exact("cluster.local/ns/default/sa/sleep"),
+                                    StringMatch::Prefix("cluster.local/ns/ops/".into()),
+                                ],
+                                not_principals: vec![StringMatch::Suffix("/sa/untrusted".into())],
+                                namespaces: vec![exact("default")],
+                                not_namespaces: vec![StringMatch::Presence],
+                                ..Default::default()
+                            },
+                            PolicyMatch {
+                                service_accounts: vec![sa("default", "sleep")],
+                                not_service_accounts: vec![sa("default", "bad")],
+                                ..Default::default()
+                            },
+                        ],
+                    },
+                    PolicyClause {
+                        matches: vec![PolicyMatch {
+                            destination_ports: vec![80, 443],
+                            not_destination_ports: vec![8080],
+                            destination_ips: vec![net("10.77.2.0/24"), net("fd00::/64")],
+                            not_destination_ips: vec![net("10.77.2.99/32")],
+                            ..Default::default()
+                        }],
+                    },
+                ],
+            },
+            PolicyRule {
+                clauses: vec![PolicyClause {
+                    matches: vec![PolicyMatch {
+                        source_ips: vec![net("10.0.0.0/8")],
+                        not_source_ips: vec![net("10.1.0.0/16")],
+                        ..Default::default()
+                    }],
+                }],
+            },
+        ],
+    };
+    assert_eq!(*store.policy("default/allow-sleep").unwrap(), expected);
+    let deny = store.policy("istio-system/deny-all").unwrap();
+    assert_eq!(
+        (deny.scope, deny.action, deny.rules.len()),
+        (PolicyScope::Global, PolicyAction::Deny, 0)
+    );
+    let selected = store.policy("default/selected").unwrap();
+    assert_eq!(selected.scope, PolicyScope::WorkloadSelector);
+    assert_eq!(selected.rules, vec![PolicyRule::default()]);
+}
+
+#[test]
+fn policies_accept_proto_spellings_and_bare_ips() {
+    let text = policy_yaml(
+        "  scope: WORKLOAD_SELECTOR\n  action: DENY\n  rules: [[[{principals: [{exact: a}, {presence: {}}, {Presence: }, !Suffix b, !Presence []], sourceIps: [\"10.0.0.1\", \"fd00::1\"]}]]]\n",
+    );
+    let store = load(&text).unwrap().store;
+    let p = store.policy("ns/p").unwrap();
+    assert_eq!(p.scope, PolicyScope::WorkloadSelector);
+    assert_eq!(p.action, PolicyAction::Deny);
+    let m = &p.rules[0].clauses[0].matches[0];
+    assert_eq!(
+        m.principals,
+        [
+            StringMatch::Exact("a".into()),
+            StringMatch::Presence,
+            StringMatch::Presence,
+            StringMatch::Suffix("b".into()),
+            StringMatch::Presence,
+        ]
+    );
+    assert_eq!(
+        m.source_ips,
+        [
+            "10.0.0.1/32".parse().unwrap(),
+            "fd00::1/128".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn policy_syntax_errors_name_line_and_field() {
+    let cases = [
+        // Unknown field inside a match, as ztunnel would refuse it.
+        ("  scope: Global\n  action: Allow\n  rules:\n  - - - sourceIp: [\"10.0.0.0/8\"]\n", 7, "sourceIp"),
+        ("  scope: Everywhere\n  action: Allow\n", 4, "Everywhere"),
+        ("  action: Allow\n", 2, "scope"),
+        ("  scope: Global\n  action: Allow\n  rules: [[[{sourceIps: [\"10.0.0.0/33\"]}]]]\n", 6, "10.0.0.0/33"),
+        ("  scope: Global\n  action: Allow\n  rules: [[[{principals: [{Regex: a}]}]]]\n", 6, "Regex"),
+        ("  scope: Global\n  action: Allow\n  rules: [[[{principals: [{Presence: [x]}]}]]]\n", 6, "empty value"),
+        ("  scope: Global\n  action: Allow\n  rules: [[[{destinationPorts: [70000]}]]]\n", 6, "70000"),
+        ("  scope: Global\n  action: Allow\n  rules: [[[{serviceAccounts: [{namespace: a}]}]]]\n", 6, "serviceAccount"),
+    ];
+    for (body, line, needle) in cases {
+        let err = load(&policy_yaml(body)).unwrap_err();
+        let LoadError::Syntax { line: got, .. } = &err else {
+            panic!("{body}: expected a located error, got {err}");
+        };
+        assert_eq!(*got, line, "{body}: {err}");
+        assert!(err.to_string().contains(needle), "{body}: {err}");
+    }
+}
+
+#[test]
+fn policy_semantic_errors_name_the_entry() {
+    let cases = [
+        (
+            "  scope: Global\n  action: Allow\n  dryRun: true\n",
+            "dryRun",
+        ),
+        (
+            "  scope: Global\n  action: Allow\n  rules: [[[{}], [{notDestinationPorts: [0]}]]]\n",
+            "rules[0][1][0].notDestinationPorts: port 0",
+        ),
+    ];
+    for (body, needle) in cases {
+        let err = load(&policy_yaml(body)).unwrap_err();
+        assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("policies[0] (ns/p)"), "{text}");
+        assert!(text.contains(needle), "{text}");
+    }
+    let twice = "policies:\n- {name: a, namespace: n, scope: Global, action: Allow}\n- {name: a, namespace: n, scope: Global, action: Deny}\n";
+    let err = load(twice).unwrap_err().to_string();
+    assert!(
+        err.contains("policies[1] (n/a): policy n/a is defined twice"),
+        "{err}"
+    );
+    let no_name = "policies:\n- {name: \"\", namespace: n, scope: Global, action: Allow}\n";
+    let err = load(no_name).unwrap_err().to_string();
+    assert!(err.contains("`name` must not be empty"), "{err}");
+    let slash = "policies:\n- {name: a, namespace: n/x, scope: Global, action: Allow}\n";
+    let err = load(slash).unwrap_err().to_string();
+    assert!(err.contains("contains '/'"), "{err}");
+    // A failed entry leaves nothing half-loaded: dryRun false is fine.
+    let ok = policy_yaml("  scope: Global\n  action: Allow\n  dryRun: false\n");
+    assert!(load(&ok).unwrap().store.policy("ns/p").is_some());
+}
+
+#[test]
+fn workload_type_is_checked_and_defaults_like_the_proto() {
+    let text =
+        "workloads:\n- {name: a, namespace: d, workloadType: CronJob}\n- {name: b, namespace: d}\n";
+    let store = load(text).unwrap().store;
+    let a = store.workload_by_uid("Kubernetes//v1/Pod/d/a").unwrap();
+    assert_eq!(a.workload_type, "cronjob");
+    let b = store.workload_by_uid("Kubernetes//v1/Pod/d/b").unwrap();
+    assert_eq!(b.workload_type, "deployment");
+    let bad = "workloads:\n- {name: a, namespace: d, workloadType: statefulset}\n";
+    let err = load(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("workloads[0] (a): `workloadType` \"statefulset\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_ports_must_be_real_ports() {
+    let w = "workloads:\n- name: a\n  namespace: d\n  services: {\"d/h\": {0: 80}}\n";
+    let err = load(w).unwrap_err().to_string();
+    assert!(
+        err.contains("workloads[0] (a): `services` d/h has service port 0"),
+        "{err}"
+    );
+    let s = "services:\n- {name: s, namespace: d, hostname: h, ports: {0: 80}}\n";
+    let err = load(s).unwrap_err().to_string();
+    assert!(
+        err.contains("services[0] (h): `ports` has service port 0"),
+        "{err}"
+    );
+    let slash = "services:\n- {name: s, namespace: d, hostname: a/b}\n";
+    let err = load(slash).unwrap_err().to_string();
+    assert!(err.contains("contains '/'"), "{err}");
+}

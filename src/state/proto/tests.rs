@@ -1,0 +1,419 @@
+use std::path::Path;
+
+use prost::Message;
+
+use super::*;
+use crate::state::fixtures::RICH_MESH;
+use crate::state::local::load_str;
+use crate::state::store::{Store, StoreDelta};
+
+const UID: &str = "cluster1//v1/Pod/default/a";
+const SERVICE: &str = "default/web.default.svc";
+
+fn defaults() -> Defaults {
+    Defaults::default()
+}
+
+fn valid_workload() -> wl::Workload {
+    wl::Workload {
+        uid: UID.into(),
+        name: "a".into(),
+        namespace: "default".into(),
+        addresses: vec![vec![10, 0, 0, 1]],
+        ..Default::default()
+    }
+}
+
+fn valid_service() -> wl::Service {
+    wl::Service {
+        name: "web".into(),
+        namespace: "default".into(),
+        hostname: "web.default.svc".into(),
+        ports: vec![wl::Port {
+            service_port: 80,
+            target_port: 8080,
+        }],
+        ..Default::default()
+    }
+}
+
+fn valid_policy() -> Authorization {
+    Authorization {
+        name: "p".into(),
+        namespace: "ns".into(),
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match::default()],
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+fn workload_address(w: wl::Workload) -> Address {
+    Address {
+        r#type: Some(wl::address::Type::Workload(w)),
+    }
+}
+
+fn service_address(s: wl::Service) -> Address {
+    Address {
+        r#type: Some(wl::address::Type::Service(s)),
+    }
+}
+
+fn convert_workload(w: wl::Workload) -> Workload {
+    match address_from_proto(UID, workload_address(w), &defaults()) {
+        Ok(AddressResource::Workload(w)) => w,
+        other => panic!("expected a workload, got {other:?}"),
+    }
+}
+
+fn convert_service(s: wl::Service) -> Service {
+    match address_from_proto(SERVICE, service_address(s), &defaults()) {
+        Ok(AddressResource::Service(s)) => s,
+        other => panic!("expected a service, got {other:?}"),
+    }
+}
+
+/// The error for a valid workload changed by `change`, as "field: reason".
+fn workload_error(change: impl FnOnce(&mut wl::Workload)) -> String {
+    let mut w = valid_workload();
+    change(&mut w);
+    field_error(address_from_proto(UID, workload_address(w), &defaults()))
+}
+
+fn service_error(change: impl FnOnce(&mut wl::Service)) -> String {
+    let mut s = valid_service();
+    change(&mut s);
+    field_error(address_from_proto(SERVICE, service_address(s), &defaults()))
+}
+
+fn policy_error(change: impl FnOnce(&mut Authorization)) -> String {
+    let mut p = valid_policy();
+    change(&mut p);
+    field_error(authorization_from_proto("ns/p", p))
+}
+
+fn field_error<T: fmt::Debug>(result: Result<T, ProtoError>) -> String {
+    match result {
+        Err(ProtoError::Invalid { field, reason, .. }) => format!("{field}: {reason}"),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+/// Encodes and decodes, as the resources travel inside an xDS `Any`.
+fn wire<M: Message + Default>(m: &M) -> M {
+    M::decode(m.encode_to_vec().as_slice()).unwrap()
+}
+
+fn rich_store() -> Store {
+    load_str(RICH_MESH, Path::new("rich.yaml"), &defaults())
+        .unwrap()
+        .store
+}
+
+fn first_match(p: &mut Authorization) -> &mut sec::Match {
+    &mut p.rules[0].clauses[0].matches[0]
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_rich_mesh_round_trips_through_the_protos() {
+    let original = rich_store();
+    assert_eq!(original.workloads().len(), 2);
+    assert_eq!(original.services().len(), 2);
+    assert_eq!(original.policies().len(), 3);
+    let mut delta = StoreDelta::default();
+    for w in original.workloads() {
+        match address_from_proto(&w.uid, wire(&workload_to_proto(w)), &defaults()).unwrap() {
+            AddressResource::Workload(w) => delta.workloads.push(w),
+            other => panic!("a workload came back as {other:?}"),
+        }
+    }
+    for s in original.services() {
+        let name = s.key().to_string();
+        match address_from_proto(&name, wire(&service_to_proto(s)), &defaults()).unwrap() {
+            AddressResource::Service(s) => delta.services.push(s),
+            other => panic!("a service came back as {other:?}"),
+        }
+    }
+    for p in original.policies() {
+        let policy = authorization_from_proto(&p.key(), wire(&policy_to_proto(p))).unwrap();
+        delta.policies.push(policy);
+    }
+    let mut rebuilt = Store::default();
+    rebuilt.apply(delta).unwrap();
+    assert_eq!(rebuilt, original);
+}
+
+#[test]
+fn the_same_service_always_encodes_to_the_same_bytes() {
+    let store = rich_store();
+    for s in store.services() {
+        let first = service_to_proto(s).encode_to_vec();
+        for _ in 0..8 {
+            // HashMap iteration order differs between maps; the encoding must not.
+            let copy = Service {
+                ports: s.ports.iter().map(|(k, v)| (*k, *v)).collect(),
+                ..(**s).clone()
+            };
+            assert_eq!(service_to_proto(&copy).encode_to_vec(), first);
+        }
+    }
+}
+
+#[test]
+fn error_names_the_resource_field_and_reason() {
+    let mut w = valid_workload();
+    w.addresses.push(vec![1, 2, 3, 4, 5]);
+    let err = address_from_proto(UID, workload_address(w), &defaults()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"resource "cluster1//v1/Pod/default/a": workload.addresses[1]: 5 bytes, expected 4 (IPv4) or 16 (IPv6)"#
+    );
+}
+
+#[test]
+fn an_address_without_workload_or_service_is_refused() {
+    let err = field_error(address_from_proto(UID, Address::default(), &defaults()));
+    assert!(err.starts_with("type: empty"), "{err}");
+}
+
+#[test]
+fn workload_uid_must_be_set_and_match_the_resource_name() {
+    assert_eq!(
+        workload_error(|w| w.uid.clear()),
+        "workload.uid: must not be empty"
+    );
+    let err = workload_error(|w| w.uid = "cluster1//v1/Pod/default/b".into());
+    assert!(err.contains("differs from the resource name"), "{err}");
+}
+
+#[test]
+fn workload_namespace_must_be_set() {
+    assert_eq!(
+        workload_error(|w| w.namespace.clear()),
+        "workload.namespace: must not be empty"
+    );
+}
+
+#[test]
+fn workload_addresses_must_be_ipv4_or_ipv6() {
+    assert_eq!(
+        workload_error(|w| w.addresses = vec![vec![]]),
+        "workload.addresses[0]: 0 bytes, expected 4 (IPv4) or 16 (IPv6)"
+    );
+    let mut w = valid_workload();
+    w.addresses
+        .push(vec![0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        convert_workload(w).workload_ips,
+        [ip("10.0.0.1"), ip("fd00::1")]
+    );
+}
+
+#[test]
+fn unknown_enum_values_are_refused() {
+    assert_eq!(
+        workload_error(|w| w.tunnel_protocol = 7),
+        "workload.tunnel_protocol: unknown enum value 7"
+    );
+    assert_eq!(
+        workload_error(|w| w.status = -1),
+        "workload.status: unknown enum value -1"
+    );
+    assert_eq!(
+        workload_error(|w| w.workload_type = 9),
+        "workload.workload_type: unknown enum value 9"
+    );
+    assert_eq!(policy_error(|p| p.scope = 3), "scope: unknown enum value 3");
+    assert_eq!(
+        policy_error(|p| p.action = 2),
+        "action: unknown enum value 2"
+    );
+}
+
+#[test]
+fn workload_services_keys_and_ports_are_checked() {
+    let ports = |service_port, target_port| wl::PortList {
+        ports: vec![wl::Port {
+            service_port,
+            target_port,
+        }],
+    };
+    let err = workload_error(|w| {
+        w.services.insert("no-namespace".into(), ports(80, 80));
+    });
+    assert!(
+        err.starts_with(r#"workload.services["no-namespace"]: "no-namespace" is not"#),
+        "{err}"
+    );
+    assert_eq!(
+        workload_error(|w| {
+            w.services.insert("default/web".into(), ports(0, 80));
+        }),
+        r#"workload.services["default/web"].ports[0].service_port: port 0 is not a valid port"#
+    );
+    assert_eq!(
+        workload_error(|w| {
+            w.services.insert("default/web".into(), ports(80, 65536));
+        }),
+        r#"workload.services["default/web"].ports[0].target_port: port 65536 exceeds 65535"#
+    );
+    let mut twice = ports(80, 1);
+    twice.ports.push(wl::Port {
+        service_port: 80,
+        target_port: 2,
+    });
+    assert_eq!(
+        workload_error(|w| {
+            w.services.insert("default/web".into(), twice);
+        }),
+        r#"workload.services["default/web"].ports[1].service_port: service port 80 is listed twice"#
+    );
+}
+
+#[test]
+fn empty_identity_fields_get_the_same_defaults_as_local_files() {
+    let w = convert_workload(valid_workload());
+    assert_eq!(w.trust_domain, "cluster.local");
+    assert_eq!(w.service_account, "default");
+    assert_eq!(w.cluster_id, "Kubernetes");
+    assert_eq!(w.workload_type, "deployment");
+    assert_eq!(w.protocol, InboundProtocol::Tcp);
+    // The same entry in a local file reads exactly the same.
+    let local = load_str(
+        "workloads:\n- {uid: \"cluster1//v1/Pod/default/a\", name: a, namespace: default, workloadIps: [\"10.0.0.1\"]}\n",
+        Path::new("m.yaml"),
+        &defaults(),
+    )
+    .unwrap()
+    .store;
+    assert_eq!(*local.workload_by_uid(UID).unwrap(), w);
+}
+
+#[test]
+fn fields_the_store_does_not_model_are_accepted() {
+    let mut w = valid_workload();
+    w.waypoint = Some(wl::GatewayAddress {
+        hbone_mtls_port: 15008,
+        destination: None,
+    });
+    w.locality = Some(wl::Locality::default());
+    w.network_mode = 99;
+    w.authorization_policies = vec!["ns/p".into()];
+    w.capacity = Some(3);
+    convert_workload(w);
+    let mut s = valid_service();
+    s.ip_families = 42;
+    s.load_balancing = Some(wl::LoadBalancing {
+        mode: 17,
+        ..Default::default()
+    });
+    s.canonical = true;
+    convert_service(s);
+}
+
+#[test]
+fn service_key_must_match_the_resource_name() {
+    assert_eq!(
+        service_error(|s| s.hostname = "other.default.svc".into()),
+        r#"service.hostname: namespace/hostname "default/other.default.svc" differs from the resource name"#
+    );
+    assert_eq!(
+        service_error(|s| s.namespace.clear()),
+        "service.namespace: must not be empty"
+    );
+    let err = service_error(|s| s.hostname = "web.default.svc/x".into());
+    assert!(err.contains("contains '/'"), "{err}");
+}
+
+#[test]
+fn service_addresses_and_ports_are_checked() {
+    assert_eq!(
+        service_error(|s| s.addresses = vec![wl::NetworkAddress {
+            network: "n".into(),
+            address: vec![1; 3],
+        }]),
+        "service.addresses[0].address: 3 bytes, expected 4 (IPv4) or 16 (IPv6)"
+    );
+    assert_eq!(
+        service_error(|s| s.ports[0].service_port = 0),
+        "service.ports[0].service_port: port 0 is not a valid port"
+    );
+    assert_eq!(
+        service_error(|s| s.ports[0].service_port = 70000),
+        "service.ports[0].service_port: port 70000 exceeds 65535"
+    );
+    // Target port 0 means "same as the service port" and is kept as such.
+    let mut s = valid_service();
+    s.ports[0].target_port = 0;
+    assert_eq!(convert_service(s).ports, HashMap::from([(80, 0)]));
+}
+
+#[test]
+fn policy_name_must_match_the_resource_name() {
+    assert_eq!(
+        policy_error(|p| p.name = "q".into()),
+        r#"name: namespace/name "ns/q" differs from the resource name"#
+    );
+    assert_eq!(
+        policy_error(|p| p.namespace.clear()),
+        "namespace: must not be empty"
+    );
+    assert_eq!(policy_error(|p| p.name.clear()), "name: must not be empty");
+}
+
+#[test]
+fn policy_string_matches_must_say_what_they_match() {
+    assert_eq!(
+        policy_error(|p| first_match(p)
+            .not_principals
+            .push(sec::StringMatch::default())),
+        "rules[0].clauses[0].matches[0].not_principals[0].match_type: empty: none of exact, prefix, suffix, presence is set"
+    );
+}
+
+#[test]
+fn policy_ip_ranges_are_checked() {
+    let range = |address: Vec<u8>, length| sec::Address { address, length };
+    assert_eq!(
+        policy_error(|p| first_match(p).source_ips.push(range(vec![10, 0, 0], 8))),
+        "rules[0].clauses[0].matches[0].source_ips[0].address: 3 bytes, expected 4 (IPv4) or 16 (IPv6)"
+    );
+    assert_eq!(
+        policy_error(|p| first_match(p)
+            .not_destination_ips
+            .push(range(vec![10, 0, 0, 0], 33))),
+        "rules[0].clauses[0].matches[0].not_destination_ips[0].length: prefix length 33 exceeds 32 for 10.0.0.0"
+    );
+    assert_eq!(
+        policy_error(|p| first_match(p)
+            .destination_ips
+            .push(range(vec![0; 16], 300))),
+        "rules[0].clauses[0].matches[0].destination_ips[0].length: prefix length 300 exceeds 128 for ::"
+    );
+    let mut p = valid_policy();
+    first_match(&mut p).source_ips.push(range(vec![0; 16], 128));
+    let policy = authorization_from_proto("ns/p", p).unwrap();
+    assert_eq!(
+        policy.rules[0].clauses[0].matches[0].source_ips,
+        ["::/128".parse::<IpNet>().unwrap()]
+    );
+}
+
+#[test]
+fn policy_ports_are_checked() {
+    assert_eq!(
+        policy_error(|p| first_match(p).destination_ports = vec![80, 0]),
+        "rules[0].clauses[0].matches[0].destination_ports[1]: port 0 is not a valid port"
+    );
+    assert_eq!(
+        policy_error(|p| first_match(p).not_destination_ports = vec![65536]),
+        "rules[0].clauses[0].matches[0].not_destination_ports[0]: port 65536 exceeds 65535"
+    );
+}

@@ -1,0 +1,327 @@
+use super::*;
+use crate::state::fixtures::{policy, service, workload};
+
+#[test]
+fn indexes_workloads_by_ip_and_uid_and_follows_updates() {
+    let mut store = Store::default();
+    store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+    assert_eq!(
+        store
+            .workload_by_ip("", "10.0.0.1".parse().unwrap())
+            .unwrap()
+            .uid,
+        "a"
+    );
+    // Moving the workload to a new IP drops the old index entry.
+    store.insert_workload(workload("a", "10.0.0.2")).unwrap();
+    assert!(store
+        .workload_by_ip("", "10.0.0.1".parse().unwrap())
+        .is_none());
+    assert!(store
+        .workload_by_ip("", "10.0.0.2".parse().unwrap())
+        .is_some());
+    // Other networks are separate address spaces.
+    assert!(store
+        .workload_by_ip("net2", "10.0.0.2".parse().unwrap())
+        .is_none());
+    assert!(store.remove_workload("a").is_some());
+    assert!(store
+        .workload_by_ip("", "10.0.0.2".parse().unwrap())
+        .is_none());
+    assert!(store.workload_by_uid("a").is_none());
+}
+
+#[test]
+fn refuses_an_address_held_by_another_workload() {
+    let mut store = Store::default();
+    store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+    let err = store
+        .insert_workload(workload("b", "10.0.0.1"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateWorkloadAddress { .. }));
+    assert_eq!(
+        store
+            .workload_by_ip("", "10.0.0.1".parse().unwrap())
+            .unwrap()
+            .uid,
+        "a"
+    );
+}
+
+#[test]
+fn derives_service_endpoints_from_workloads() {
+    let mut store = Store::default();
+    let svc = service("web.default.svc.cluster.local", "/10.96.0.1");
+    let key = svc.key();
+    store.insert_service(svc).unwrap();
+    let mut a = workload("a", "10.0.0.1");
+    a.services.insert(key.clone(), HashMap::from([(80, 9090)]));
+    let mut b = workload("b", "10.0.0.2");
+    b.services.insert(key.clone(), HashMap::new());
+    store.insert_workload(a).unwrap();
+    store.insert_workload(b).unwrap();
+    let uids: Vec<_> = store
+        .endpoints(&key)
+        .iter()
+        .map(|w| w.uid.clone())
+        .collect();
+    assert_eq!(uids, ["a", "b"]);
+    store.insert_workload(workload("a", "10.0.0.1")).unwrap(); // a leaves the service
+    let uids: Vec<_> = store
+        .endpoints(&key)
+        .iter()
+        .map(|w| w.uid.clone())
+        .collect();
+    assert_eq!(uids, ["b"]);
+    assert_eq!(
+        store
+            .service_by_vip("", "10.96.0.1".parse().unwrap())
+            .unwrap()
+            .key(),
+        key
+    );
+    assert_eq!(
+        store
+            .services_by_hostname("web.default.svc.cluster.local")
+            .len(),
+        1
+    );
+    store.remove_service(&key);
+    assert!(store
+        .service_by_vip("", "10.96.0.1".parse().unwrap())
+        .is_none());
+    assert!(store
+        .services_by_hostname("web.default.svc.cluster.local")
+        .is_empty());
+}
+
+#[test]
+fn refuses_a_vip_held_by_another_service() {
+    let mut store = Store::default();
+    store.insert_service(service("a", "/10.96.0.1")).unwrap();
+    assert!(matches!(
+        store.insert_service(service("b", "/10.96.0.1")),
+        Err(StoreError::DuplicateVip { .. })
+    ));
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key(host: &str) -> NamespacedHostname {
+    NamespacedHostname {
+        namespace: "default".into(),
+        hostname: host.into(),
+    }
+}
+
+/// Workloads a (in s1), b and x; services s1 and s2; policy default/p1.
+fn mesh() -> Store {
+    let mut store = Store::default();
+    store.insert_service(service("s1", "/10.96.0.1")).unwrap();
+    store.insert_service(service("s2", "/10.96.0.2")).unwrap();
+    let mut a = workload("a", "10.0.0.1");
+    a.services.insert(key("s1"), HashMap::new());
+    store.insert_workload(a).unwrap();
+    store.insert_workload(workload("b", "10.0.0.2")).unwrap();
+    store.insert_workload(workload("x", "10.0.0.5")).unwrap();
+    store.insert_policy(policy("default", "p1"));
+    store
+}
+
+/// A delta touching every kind of change, whose third workload conflicts with `x`.
+fn delta_failing_at_workload_e() -> StoreDelta {
+    let mut c = workload("c", "10.0.0.3");
+    c.services.insert(key("s3"), HashMap::new());
+    let mut s1 = service("s1", "/10.96.0.1");
+    s1.vips.push("/10.96.0.9".parse().unwrap());
+    StoreDelta {
+        removed_addresses: vec!["a".into(), "default/s2".into()],
+        removed_policies: vec!["default/p1".into()],
+        services: vec![service("s3", "/10.96.0.3"), s1],
+        workloads: vec![
+            c,
+            workload("b", "10.0.0.4"),
+            workload("e", "10.0.0.5"),
+            workload("f", "10.0.0.6"),
+        ],
+        policies: vec![policy("default", "p2")],
+    }
+}
+
+#[test]
+fn apply_rolls_back_everything_when_an_upsert_conflicts() {
+    let mut store = mesh();
+    let err = store.apply(delta_failing_at_workload_e()).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::DuplicateWorkloadAddress {
+            uid: "e".into(),
+            address: "/10.0.0.5".into(),
+            holder: "x".into(),
+        }
+    );
+    // Equality covers every index (by IP, VIP, host, endpoints), not only the main maps.
+    assert_eq!(store, mesh());
+}
+
+#[test]
+fn apply_rolls_back_when_a_service_conflicts() {
+    let mut store = mesh();
+    let delta = StoreDelta {
+        removed_addresses: vec!["b".into()],
+        services: vec![service("s3", "/10.96.0.3"), service("s4", "/10.96.0.2")],
+        workloads: vec![workload("c", "10.0.0.3")],
+        ..StoreDelta::default()
+    };
+    assert!(matches!(
+        store.apply(delta),
+        Err(StoreError::DuplicateVip { ref key, ref holder, .. })
+            if key == "default/s4" && holder == "default/s2"
+    ));
+    assert_eq!(store, mesh());
+}
+
+#[test]
+fn apply_without_conflict_makes_every_change() {
+    let mut delta = delta_failing_at_workload_e();
+    delta.workloads.retain(|w| w.uid != "e");
+    let mut store = mesh();
+    store.apply(delta).unwrap();
+    assert!(store.workload_by_uid("a").is_none());
+    assert!(store.service(&key("s2")).is_none());
+    assert!(store.service_by_vip("", ip("10.96.0.2")).is_none());
+    assert!(store.policy("default/p1").is_none());
+    assert!(store.policy("default/p2").is_some());
+    assert_eq!(
+        store.service_by_vip("", ip("10.96.0.9")).unwrap().name,
+        "s1"
+    );
+    // a left s1's endpoints with its removal; c joined s3 in the same delta.
+    assert!(store.endpoints(&key("s1")).is_empty());
+    assert_eq!(store.endpoints(&key("s3"))[0].uid, "c");
+    assert!(store.workload_by_ip("", ip("10.0.0.2")).is_none());
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.4")).unwrap().uid, "b");
+    let mut uids: Vec<_> = store.workloads().map(|w| w.uid.as_str()).collect();
+    uids.sort();
+    assert_eq!(uids, ["b", "c", "f", "x"]);
+}
+
+#[test]
+fn apply_moves_an_ip_from_a_removed_workload_to_an_added_one() {
+    let mut store = mesh();
+    let delta = StoreDelta {
+        removed_addresses: vec!["a".into()],
+        workloads: vec![workload("new", "10.0.0.1")],
+        ..StoreDelta::default()
+    };
+    store.apply(delta).unwrap();
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "new");
+}
+
+#[test]
+fn apply_does_not_depend_on_the_order_of_entries() {
+    // b takes a's IP before a, later in the same delta, moves on; then a and b swap.
+    let mut store = mesh();
+    let delta = StoreDelta {
+        workloads: vec![workload("b", "10.0.0.1"), workload("a", "10.0.0.7")],
+        ..StoreDelta::default()
+    };
+    store.apply(delta).unwrap();
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "b");
+    let swap = StoreDelta {
+        workloads: vec![workload("a", "10.0.0.1"), workload("b", "10.0.0.7")],
+        services: vec![service("s1", "/10.96.0.2"), service("s2", "/10.96.0.1")],
+        ..StoreDelta::default()
+    };
+    store.apply(swap).unwrap();
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "a");
+    assert_eq!(
+        store.service_by_vip("", ip("10.96.0.1")).unwrap().name,
+        "s2"
+    );
+    // Two entries of one delta claiming the same address still conflict.
+    let twice = StoreDelta {
+        workloads: vec![workload("c", "10.0.0.3"), workload("d", "10.0.0.3")],
+        ..StoreDelta::default()
+    };
+    let before_twice = store.workloads().len();
+    assert!(store.apply(twice).is_err());
+    assert_eq!(store.workloads().len(), before_twice);
+    assert!(store.workload_by_uid("c").is_none());
+}
+
+#[test]
+fn apply_removes_by_uid_then_service_key_and_ignores_unknown_names() {
+    let mut store = mesh();
+    let delta = StoreDelta {
+        removed_addresses: vec![
+            "b".into(),
+            "default/s1".into(),
+            "nobody".into(),
+            "default/missing".into(),
+            "Kubernetes//v1/Pod/default/gone".into(),
+        ],
+        removed_policies: vec!["default/none".into()],
+        ..StoreDelta::default()
+    };
+    store.apply(delta).unwrap();
+    assert!(store.workload_by_uid("b").is_none());
+    assert!(store.service(&key("s1")).is_none());
+    assert!(store.services_by_hostname("s1").is_empty());
+    assert!(store.service(&key("s2")).is_some());
+    assert_eq!(store.workloads().len(), 2);
+    assert_eq!(store.policies().len(), 1);
+}
+
+#[test]
+fn repeated_keys_in_one_delta_keep_the_last_and_roll_back_cleanly() {
+    let mut store = mesh();
+    let mut second = policy("default", "p1");
+    second.action = crate::state::types::PolicyAction::Deny;
+    let delta = StoreDelta {
+        policies: vec![policy("default", "p1"), second.clone()],
+        workloads: vec![workload("b", "10.0.0.8"), workload("b", "10.0.0.9")],
+        ..StoreDelta::default()
+    };
+    store.apply(delta).unwrap();
+    assert_eq!(*store.policy("default/p1").unwrap(), second);
+    assert!(store.workload_by_ip("", ip("10.0.0.8")).is_none());
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.9")).unwrap().uid, "b");
+
+    let mut store = mesh();
+    let failing = StoreDelta {
+        workloads: vec![
+            workload("b", "10.0.0.8"),
+            workload("b", "10.0.0.9"),
+            workload("y", "10.0.0.5"),
+        ],
+        ..StoreDelta::default()
+    };
+    assert!(store.apply(failing).is_err());
+    assert_eq!(store, mesh());
+}
+
+#[test]
+fn policies_are_kept_by_namespace_and_name() {
+    let mut store = Store::default();
+    assert!(store.insert_policy(policy("ns", "a")).is_none());
+    assert!(store.insert_policy(policy("ns", "a")).is_some());
+    store.insert_policy(policy("other", "a"));
+    assert_eq!(store.policies().len(), 2);
+    assert_eq!(store.policy("ns/a").unwrap().namespace, "ns");
+    assert!(store.remove_policy("ns/a").is_some());
+    assert!(store.policy("ns/a").is_none());
+    assert!(store.remove_policy("ns/a").is_none());
+}
+
+#[test]
+fn delta_is_empty_only_without_changes() {
+    assert!(StoreDelta::default().is_empty());
+    let delta = StoreDelta {
+        removed_policies: vec!["a/b".into()],
+        ..StoreDelta::default()
+    };
+    assert!(!delta.is_empty());
+}
