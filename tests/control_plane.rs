@@ -878,3 +878,119 @@ async fn an_empty_ca_dir_gets_a_new_root_that_later_runs_load() {
         "the second run loaded the same root"
     );
 }
+
+/// In-process (the binary's 30 s patience is too long for a test): a client that subscribes and
+/// then never reads is dropped once the server cannot queue more for it, and its entry leaves
+/// `/debug/connections`' registry; a client that reads on is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    use nodetunnel::control::auth::Authenticator;
+    use nodetunnel::control::connections::Connections;
+    use nodetunnel::control::watch::MeshWatcher;
+    use nodetunnel::control::xds_server::{AdsServer, StreamLimits};
+    use nodetunnel::identity::LocalCa;
+    use nodetunnel::state::Defaults;
+    use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+    use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    // ~1.5 MB of resources: more than the client's 64 KiB window, the server's HTTP/2 send
+    // buffer and the response queue together.
+    let many: Vec<W> = (0..8_000u32)
+        .map(|i| {
+            w(
+                &format!("pod-{i:05}"),
+                &format!("10.1.{}.{}", i >> 8, i & 255),
+            )
+        })
+        .collect();
+    std::fs::write(&path, mesh_yaml(&many, false)).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} test\n")).unwrap();
+
+    let watcher = MeshWatcher::start(path, Defaults::default()).await.unwrap();
+    let ca = LocalCa::generate("cluster.local").unwrap();
+    let serving = ca
+        .issue_serving_cert(&["127.0.0.1".into()], Duration::from_secs(3600))
+        .unwrap();
+    let connections = Arc::new(Connections::default());
+    let ads = AdsServer::new(
+        watcher.subscribe(),
+        Arc::new(Authenticator::new(Some(tokens), false)),
+        connections.clone(),
+        tokio_util::sync::CancellationToken::new(),
+        StreamLimits {
+            max_response_bytes: 8 * 1024,
+            slow_client_timeout: Duration::from_millis(300),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(
+        &serving.cert_chain_pem,
+        &serving.key_pem,
+    ));
+    tokio::spawn(
+        Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(AggregatedDiscoveryServiceServer::new(ads))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let connect = || async {
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.root_pem())))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .delta_aggregated_resources(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let xds = Xds { tx, responses };
+        xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
+            .await;
+        xds
+    };
+
+    let mut reader = connect().await;
+    let mut read = 0;
+    let first = reader.recv().await;
+    read += first.resources.len();
+    let mut stalled = connect().await;
+
+    // The reader keeps up and gets everything; meanwhile the stalled client is dropped.
+    while read < many.len() {
+        read += reader.recv().await.resources.len();
+    }
+    let start = Instant::now();
+    while connections.len() != 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "stalled client never dropped: {:#?}",
+            connections.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Once it does read, it finds what was queued and then why it was dropped.
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, stalled.responses.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(status)) => break status,
+            other => panic!("expected the drop status, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
