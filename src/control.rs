@@ -44,6 +44,11 @@ pub const DEFAULT_TLS_SANS: [&str; 3] = ["istiod.istio-system.svc", "localhost",
 /// The serving certificate is issued at start-up; a year outlives any sensible uptime.
 const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Largest xDS request accepted. A reconnecting tunnel lists every resource it holds in
+/// `initial_resource_versions` — about 80 bytes each, so 8 MiB at 100,000 workloads — which
+/// tonic's default 4 MiB limit would refuse, leaving the tunnel unable to reconnect at all.
+const MAX_XDS_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// How long a shutdown waits for streams to receive their final status and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -175,7 +180,10 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
     let known: KnownIdentity = Arc::new(move |id| meshes.borrow().mesh.has_identity(id));
     let ca_service = CaService::new(ca.clone(), auth.clone(), known, opts.max_cert_ttl);
     let router = server
-        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads)
+                .max_decoding_message_size(MAX_XDS_REQUEST_BYTES),
+        )
         .add_service(IstioCertificateServiceServer::new(ca_service));
     let incoming = tonic::transport::server::TcpIncoming::from(grpc);
     // Two steps on shutdown: first every xDS stream ends with UNAVAILABLE (they never end by

@@ -707,9 +707,35 @@ async fn large_pushes_arrive_in_several_responses_under_the_client_limit() {
         }
     }
     assert!(nonces.len() >= 2, "split into {} responses", nonces.len());
+    let total = nonces.len();
     nonces.sort();
     nonces.dedup();
+    assert_eq!(nonces.len(), total, "one nonce per response");
     assert_eq!(got.len(), many.len());
+
+    // Reconnecting while holding all of them plus 30,000 stale names: a first request well over
+    // 4 MiB, answered with no resources and every stale name removed.
+    let mut held: HashMap<String, String> = got.into_iter().collect();
+    let stale: Vec<String> = (0..30_000)
+        .map(|i| format!("cluster1//v1/Pod/default/{}-{i:05}", "gone".repeat(20)))
+        .collect();
+    for name in &stale {
+        held.insert(name.clone(), "0123456789abcdef".into());
+    }
+    let mut again = cp.xds().await;
+    again.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &held).await;
+    let mut removed = Vec::new();
+    while removed.len() < stale.len() {
+        let r = again.recv().await;
+        assert!(
+            r.resources.is_empty(),
+            "{} resources resent",
+            r.resources.len()
+        );
+        removed.extend(r.removed_resources);
+    }
+    removed.sort();
+    assert_eq!(removed, stale);
 }
 
 #[tokio::test]
@@ -993,4 +1019,55 @@ async fn a_client_that_stops_reading_is_dropped() {
         }
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// Versions are content hashes, not counters: a tunnel that reconnects to a restarted control
+/// plane serving the same file is sent nothing (istiod behaves the same since it versions WDS
+/// resources by content).
+#[tokio::test]
+async fn versions_survive_a_control_plane_restart() {
+    let yaml = mesh_yaml(&three_workloads(), true);
+    let first = Control::start(&yaml);
+    let held = versions(&first.xds().await.sync(&HashMap::new()).await.addresses);
+    drop(first);
+    let second = Control::start(&yaml);
+    let synced = second.xds().await.sync(&held).await;
+    assert!(
+        synced.addresses.resources.is_empty(),
+        "{:?}",
+        names(&synced.addresses)
+    );
+    assert!(synced.addresses.removed_resources.is_empty());
+}
+
+/// Explicit names (not wildcard) get only those names; a name the mesh lacks comes back as a
+/// removal, delta xDS's "does not exist".
+#[tokio::test]
+async fn explicit_subscriptions_get_only_their_names() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut xds = cp.xds().await;
+    xds.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: NODE_ID.into(),
+            ..Default::default()
+        }),
+        type_url: WORKLOAD_ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec![uid("a"), "default/missing".into()],
+        ..Default::default()
+    })
+    .await;
+    let r = xds.recv().await;
+    assert_eq!(names(&r), vec![uid("a")]);
+    assert_eq!(r.removed_resources, vec!["default/missing".to_string()]);
+    xds.ack(&r).await;
+
+    // A change to a workload outside the subscription is not pushed; one inside is.
+    let mut edited = three_workloads();
+    edited[1].ip = "10.0.1.2".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+    edited[0].ip = "10.0.1.1".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let r = xds.recv().await;
+    assert_eq!(names(&r), vec![uid("a")]);
 }

@@ -169,8 +169,11 @@ fn unix_now() -> u64 {
 enum End {
     /// Tell the client this status, then close.
     Refuse(Status),
-    /// The client went away (its receive side is gone) or broke the stream.
+    /// The client went away (its receive side is gone).
     Gone(String),
+    /// Reading the client's requests failed: a reset, or a request we cannot decode (too large,
+    /// malformed). The status goes back too, which a client still listening can act on.
+    Broken(Status),
     /// The client stopped reading.
     Slow,
 }
@@ -221,6 +224,10 @@ impl XdsStream {
             Err(End::Gone(reason)) => {
                 tracing::info!(node, peer = %self.peer, %reason, "xDS stream ended")
             }
+            Err(End::Broken(status)) => {
+                tracing::info!(node, peer = %self.peer, code = ?status.code(), reason = status.message(), "xDS stream broke");
+                self.finish(status);
+            }
             Err(End::Slow) => {
                 tracing::warn!(
                     node,
@@ -252,7 +259,7 @@ impl XdsStream {
                 request = requests.message() => match request {
                     Ok(Some(request)) => self.on_request(request).await?,
                     Ok(None) => return Ok(()),
-                    Err(status) => return Err(End::Gone(status.to_string())),
+                    Err(status) => return Err(End::Broken(status)),
                 },
                 changed = self.meshes.changed() => {
                     if changed.is_err() {
