@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use nodetunnel_proto::istio::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
@@ -30,6 +31,7 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsCo
 use crate::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
 use crate::state::Defaults;
 use auth::Authenticator;
+use ca_service::{CaService, KnownIdentity};
 use connections::Connections;
 use status::StatusState;
 use watch::{MeshWatcher, WatchError};
@@ -41,6 +43,14 @@ pub const DEFAULT_TLS_SANS: [&str; 3] = ["istiod.istio-system.svc", "localhost",
 
 /// The serving certificate is issued at start-up; a year outlives any sensible uptime.
 const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Largest xDS request accepted. A reconnecting tunnel lists every resource it holds in
+/// `initial_resource_versions` — about 80 bytes each, so 8 MiB at 100,000 workloads — which
+/// tonic's default 4 MiB limit would refuse, leaving the tunnel unable to reconnect at all.
+const MAX_XDS_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long a shutdown waits for streams to receive their final status and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything `nodetunnel-control` is told on its command line.
 #[derive(Clone, Debug)]
@@ -145,10 +155,7 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         })?;
     let status_addr = status_listener.local_addr().unwrap_or(opts.status_addr);
 
-    let auth = Arc::new(Authenticator {
-        token_file: opts.token_file.clone(),
-        allow_client_certs: true,
-    });
+    let auth = Arc::new(Authenticator::new(opts.token_file.clone(), true));
     let connections = Arc::new(Connections::default());
     let shutdown = CancellationToken::new();
     let ads = AdsServer::new(
@@ -169,11 +176,22 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
     let mut server = Server::builder()
         .tls_config(tls)
         .map_err(|e| ControlError::Tls(crate::grpc::error_chain(&e)))?;
-    let router = server.add_service(AggregatedDiscoveryServiceServer::new(ads));
+    let meshes = watcher.subscribe();
+    let known: KnownIdentity = Arc::new(move |id| meshes.borrow().mesh.has_identity(id));
+    let ca_service = CaService::new(ca.clone(), auth.clone(), known, opts.max_cert_ttl);
+    let router = server
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads)
+                .max_decoding_message_size(MAX_XDS_REQUEST_BYTES),
+        )
+        .add_service(IstioCertificateServiceServer::new(ca_service));
     let incoming = tonic::transport::server::TcpIncoming::from(grpc);
-    let stop = shutdown.clone();
-    let serving_task =
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()));
+    // Two steps on shutdown: first every xDS stream ends with UNAVAILABLE (they never end by
+    // themselves), then the server stops accepting and waits for those last messages to flush.
+    let stop_server = CancellationToken::new();
+    let mut serving_task = tokio::spawn(
+        router.serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned()),
+    );
 
     status.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -184,15 +202,19 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
 
     let outcome = tokio::select! {
         signal = wait_for_shutdown_signal() => signal,
-        served = serving_task => match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ControlError::Serve(crate::grpc::error_chain(&e))),
-            Err(e) => Err(ControlError::Serve(e.to_string())),
-        },
+        served = &mut serving_task => return served_outcome(served),
     };
     status.ready.store(false, Ordering::Release);
     tracing::info!("nodetunnel-control shutting down");
     shutdown.cancel();
+    stop_server.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving_task).await {
+        Ok(served) => served_outcome(served)?,
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+            serving_task.abort();
+        }
+    }
     status_task.abort();
     drop(watcher);
     outcome
@@ -217,10 +239,14 @@ fn load_or_create_ca(opts: &ControlOptions) -> Result<LocalCa, ControlError> {
         tracing::info!(dir = %dir.display(), "generated a new root CA into the empty --ca-dir");
         return Ok(ca);
     }
-    let ca = LocalCa::load(dir).map_err(|source| ControlError::LoadCa {
-        dir: dir.clone(),
-        source,
-    })?;
+    // Plug-in files do not say which trust domain they serve; the CA then refuses identities
+    // outside --trust-domain.
+    let ca = LocalCa::load(dir)
+        .map_err(|source| ControlError::LoadCa {
+            dir: dir.clone(),
+            source,
+        })?
+        .with_trust_domain(opts.trust_domain.clone());
     tracing::info!(dir = %dir.display(), "loaded the plug-in CA");
     Ok(ca)
 }
@@ -264,6 +290,16 @@ pub fn serving_sans(opts: &ControlOptions) -> Vec<String> {
         sans.push(ip.to_string());
     }
     sans
+}
+
+fn served_outcome(
+    served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ControlError> {
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ControlError::Serve(crate::grpc::error_chain(&e))),
+        Err(e) => Err(ControlError::Serve(e.to_string())),
+    }
 }
 
 async fn wait_for_shutdown_signal() -> Result<(), ControlError> {

@@ -97,7 +97,7 @@ mod tests {
                         uid,
                         name: format!("pod-{i:06}"),
                         namespace: "default".into(),
-                        addresses: vec![(i as u32).to_be_bytes().to_vec().into()],
+                        addresses: vec![(i as u32).to_be_bytes().to_vec()],
                         ..Default::default()
                     })),
                 },

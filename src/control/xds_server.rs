@@ -23,8 +23,9 @@ use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_servic
 use nodetunnel_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -88,6 +89,10 @@ impl AdsServer {
 type SotwStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
+/// Queued responses, then the stream's terminal status if the server ended it.
+type DeltaStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = SotwStream;
@@ -102,7 +107,7 @@ impl AggregatedDiscoveryService for AdsServer {
         ))
     }
 
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = DeltaStream;
 
     async fn delta_aggregated_resources(
         &self,
@@ -125,6 +130,12 @@ impl AggregatedDiscoveryService for AdsServer {
             ..ConnectionStatus::default()
         });
         let (out, rx) = mpsc::channel(OUT_QUEUE);
+        // The final status travels apart from the (possibly full) queue and follows it, so a
+        // client learns why it was dropped once it has read what was already queued.
+        let (end, end_rx) = oneshot::channel::<Status>();
+        let responses = ReceiverStream::new(rx)
+            .map(Ok)
+            .chain(futures_util::stream::once(end_rx).filter_map(|end| end.ok().map(Err)));
         let stream = XdsStream {
             handle,
             peer,
@@ -132,11 +143,12 @@ impl AggregatedDiscoveryService for AdsServer {
             subscriptions: HashMap::new(),
             meshes: self.meshes.clone(),
             out,
+            end: Some(end),
             nonces: 0,
             limits: self.limits,
         };
         tokio::spawn(stream.run(request.into_inner(), self.shutdown.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -157,8 +169,11 @@ fn unix_now() -> u64 {
 enum End {
     /// Tell the client this status, then close.
     Refuse(Status),
-    /// The client went away (its receive side is gone) or broke the stream.
+    /// The client went away (its receive side is gone).
     Gone(String),
+    /// Reading the client's requests failed: a reset, or a request we cannot decode (too large,
+    /// malformed). The status goes back too, which a client still listening can act on.
+    Broken(Status),
     /// The client stopped reading.
     Slow,
 }
@@ -184,7 +199,9 @@ struct XdsStream {
     node_id: Option<String>,
     subscriptions: HashMap<ResourceType, Subscription>,
     meshes: watch::Receiver<Arc<MeshSnapshot>>,
-    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    out: mpsc::Sender<DeltaDiscoveryResponse>,
+    /// Carries the terminal status when the server ends the stream.
+    end: Option<oneshot::Sender<Status>>,
     nonces: u64,
     limits: StreamLimits,
 }
@@ -207,16 +224,32 @@ impl XdsStream {
             Err(End::Gone(reason)) => {
                 tracing::info!(node, peer = %self.peer, %reason, "xDS stream ended")
             }
-            Err(End::Slow) => tracing::warn!(
-                node,
-                peer = %self.peer,
-                timeout = ?self.limits.slow_client_timeout,
-                "dropping xDS client: it stopped reading responses"
-            ),
+            Err(End::Broken(status)) => {
+                tracing::info!(node, peer = %self.peer, code = ?status.code(), reason = status.message(), "xDS stream broke");
+                self.finish(status);
+            }
+            Err(End::Slow) => {
+                tracing::warn!(
+                    node,
+                    peer = %self.peer,
+                    timeout = ?self.limits.slow_client_timeout,
+                    "dropping xDS client: it stopped reading responses"
+                );
+                self.finish(Status::resource_exhausted(format!(
+                    "dropped by nodetunnel-control: no response was read for {:?}; reconnect",
+                    self.limits.slow_client_timeout
+                )));
+            }
             Err(End::Refuse(status)) => {
                 tracing::warn!(node, peer = %self.peer, reason = status.message(), "closing xDS stream");
-                let _ = self.out.try_send(Err(status));
+                self.finish(status);
             }
+        }
+    }
+
+    fn finish(&mut self, status: Status) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(status);
         }
     }
 
@@ -226,7 +259,7 @@ impl XdsStream {
                 request = requests.message() => match request {
                     Ok(Some(request)) => self.on_request(request).await?,
                     Ok(None) => return Ok(()),
-                    Err(status) => return Err(End::Gone(status.to_string())),
+                    Err(status) => return Err(End::Broken(status)),
                 },
                 changed = self.meshes.changed() => {
                     if changed.is_err() {
@@ -466,7 +499,7 @@ impl XdsStream {
                 response.removed_resources.len() as u64,
                 response.nonce.clone(),
             );
-            match tokio::time::timeout(self.limits.slow_client_timeout, self.out.send(Ok(response)))
+            match tokio::time::timeout(self.limits.slow_client_timeout, self.out.send(response))
                 .await
             {
                 Ok(Ok(())) => {}

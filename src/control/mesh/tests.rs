@@ -11,7 +11,7 @@ fn workload(uid: &str, ip: [u8; 4]) -> Address {
             uid: uid.into(),
             name: uid.into(),
             namespace: "default".into(),
-            addresses: vec![ip.to_vec().into()],
+            addresses: vec![ip.to_vec()],
             ..Default::default()
         })),
     }

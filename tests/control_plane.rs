@@ -1,0 +1,1073 @@
+//! `nodetunnel-control` end to end: the real binary on loopback, a raw tonic delta xDS client
+//! over real TLS (trusting the root the binary writes), and its status endpoints over HTTP.
+//! No fixed sleeps: every wait polls with a deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nodetunnel::grpc::GrpcTarget;
+use nodetunnel::identity::ca_client::CaClient;
+use nodetunnel::identity::Identity;
+use nodetunnel_proto::envoy::config::core::v3::Node;
+use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use nodetunnel_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+};
+use nodetunnel_proto::google::rpc::Status as RpcStatus;
+use nodetunnel_proto::istio::workload::{address, Address};
+use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Streaming};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const TOKEN: &str = "s3cret-node-token";
+const NODE_ID: &str = "ztunnel~10.0.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local";
+
+// ---------------------------------------------------------------------------------------------
+// The mesh file
+
+/// A workload in `default` with service account = name, backing `web` when `web` is set.
+#[derive(Clone)]
+struct W {
+    name: String,
+    ip: String,
+    web: bool,
+}
+
+fn w(name: &str, ip: &str) -> W {
+    W {
+        name: name.into(),
+        ip: ip.into(),
+        web: false,
+    }
+}
+
+fn uid(name: &str) -> String {
+    format!("cluster1//v1/Pod/default/{name}")
+}
+
+fn mesh_yaml(workloads: &[W], with_service: bool) -> String {
+    let mut y = String::new();
+    if workloads.is_empty() {
+        y.push_str("workloads: []\n");
+    } else {
+        y.push_str("workloads:\n");
+    }
+    for w in workloads {
+        let _ = writeln!(y, "- uid: \"{}\"", uid(&w.name));
+        let _ = writeln!(y, "  name: {}", w.name);
+        let _ = writeln!(y, "  namespace: default");
+        let _ = writeln!(y, "  serviceAccount: {}", w.name);
+        let _ = writeln!(y, "  workloadIps: [\"{}\"]", w.ip);
+        let _ = writeln!(y, "  protocol: HBONE");
+        let _ = writeln!(y, "  node: node1");
+        if w.web {
+            y.push_str(
+                "  services:\n    \"default/web.default.svc.cluster.local\":\n      80: 8080\n",
+            );
+        }
+    }
+    if with_service {
+        y.push_str(
+            "services:\n- name: web\n  namespace: default\n  hostname: web.default.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n",
+        );
+    }
+    y
+}
+
+const WEB: &str = "default/web.default.svc.cluster.local";
+
+/// Replaces the file the way editors and `kubectl cp` do: write aside, rename over.
+fn write_mesh(path: &Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control plane process
+
+struct Control {
+    dir: tempfile::TempDir,
+    child: Child,
+    grpc: SocketAddr,
+    status: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Control {
+    fn mesh_path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root-cert.pem")
+    }
+
+    /// Starts the binary on loopback with a token file and waits for its "serving" line.
+    fn start(yaml: &str) -> Control {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} node-tunnels\n")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+            .arg("--mesh")
+            .arg(dir.path().join("mesh.yaml"))
+            .args(["--listen", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"])
+            .arg("--token-file")
+            .arg(dir.path().join("tokens"))
+            .arg("--write-root")
+            .arg(dir.path().join("root-cert.pem"))
+            .env("RUST_LOG", "info,nodetunnel::control=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving xDS and CA on") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("control plane did not start:\n{}", logs.lock().unwrap());
+            }
+        };
+        let grpc = word_after(&line, "serving xDS and CA on ").parse().unwrap();
+        let status = word_after(&line, "status=").parse().unwrap();
+        Control {
+            dir,
+            child,
+            grpc,
+            status,
+            logs,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    async fn channel(&self) -> Channel {
+        let root = std::fs::read(self.root()).unwrap();
+        Channel::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A delta ADS stream authenticated with `token` (none when `None`).
+    async fn stream(&self, token: Option<&str>) -> Result<Xds, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel().await);
+        let responses = client
+            .delta_aggregated_resources(request)
+            .await?
+            .into_inner();
+        Ok(Xds { tx, responses })
+    }
+
+    async fn xds(&self) -> Xds {
+        self.stream(Some(TOKEN)).await.unwrap()
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http_get(self.status, path);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls `/debug/mesh` until `done` holds.
+    async fn wait_mesh(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let mesh = self.get_json("/debug/mesh");
+            if done(&mesh) {
+                return mesh;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}: {mesh:#}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
+    let at = line
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} not in {line:?}"));
+    line[at + marker.len()..].split_whitespace().next().unwrap()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: status\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw delta xDS client
+
+struct Xds {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Xds {
+    async fn send(&self, request: DeltaDiscoveryRequest) {
+        self.tx.send(request).await.unwrap();
+    }
+
+    /// A type's first request: wildcard, with the versions held from a previous stream.
+    async fn subscribe(&self, type_url: &str, held: &HashMap<String, String>) {
+        self.send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: NODE_ID.into(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            initial_resource_versions: held.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        match tokio::time::timeout(DEADLINE, self.responses.message()).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => panic!("stream closed"),
+            Ok(Err(status)) => panic!("stream failed: {status:?}"),
+            Err(_) => panic!("no response within {DEADLINE:?}"),
+        }
+    }
+
+    /// The stream's terminal status.
+    async fn recv_error(&mut self) -> tonic::Status {
+        match tokio::time::timeout(DEADLINE, self.responses.message()).await {
+            Ok(Err(status)) => status,
+            Ok(other) => panic!("expected an error, got {other:?}"),
+            Err(_) => panic!("no error within {DEADLINE:?}"),
+        }
+    }
+
+    async fn ack(&self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn nack(&self, response: &DeltaDiscoveryResponse, message: &str) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: Code::InvalidArgument as i32,
+                message: message.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Subscribes to both types and collects the initial state: name → version per type.
+    /// Every response is ACKed.
+    async fn sync(&mut self, held: &HashMap<String, String>) -> Synced {
+        self.subscribe(WORKLOAD_ADDRESS_TYPE_URL, held).await;
+        let addresses = self.recv().await;
+        assert_eq!(addresses.type_url, WORKLOAD_ADDRESS_TYPE_URL);
+        self.ack(&addresses).await;
+        self.subscribe(AUTHORIZATION_TYPE_URL, &HashMap::new())
+            .await;
+        let policies = self.recv().await;
+        assert_eq!(policies.type_url, AUTHORIZATION_TYPE_URL);
+        self.ack(&policies).await;
+        Synced {
+            addresses,
+            policies,
+        }
+    }
+}
+
+struct Synced {
+    addresses: DeltaDiscoveryResponse,
+    policies: DeltaDiscoveryResponse,
+}
+
+fn versions(response: &DeltaDiscoveryResponse) -> HashMap<String, String> {
+    response
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect()
+}
+
+fn names(response: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut names: Vec<_> = response.resources.iter().map(|r| r.name.clone()).collect();
+    names.sort();
+    names
+}
+
+fn decode(response: &DeltaDiscoveryResponse, name: &str) -> Address {
+    let resource = response
+        .resources
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("{name} not in {:?}", names(response)));
+    let any = resource.resource.as_ref().unwrap();
+    assert_eq!(any.type_url, WORKLOAD_ADDRESS_TYPE_URL);
+    Address::decode(any.value.as_slice()).unwrap()
+}
+
+fn three_workloads() -> Vec<W> {
+    let mut a = w("a", "10.0.0.1");
+    a.web = true;
+    vec![a, w("b", "10.0.0.2"), w("c", "10.0.0.3")]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn initial_sync_sends_every_resource_of_both_types() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut xds = cp.xds().await;
+    let synced = xds.sync(&HashMap::new()).await;
+
+    let mut want = vec![uid("a"), uid("b"), uid("c"), WEB.to_string()];
+    want.sort();
+    assert_eq!(names(&synced.addresses), want);
+    assert!(synced.addresses.removed_resources.is_empty());
+    for r in &synced.addresses.resources {
+        assert_eq!(r.version.len(), 16, "content-hash version: {r:?}");
+    }
+    match decode(&synced.addresses, &uid("a")).r#type {
+        Some(address::Type::Workload(w)) => {
+            assert_eq!(w.name, "a");
+            assert_eq!(w.addresses, vec![vec![10u8, 0, 0, 1]]);
+            assert!(w.services.contains_key(WEB), "{:?}", w.services);
+        }
+        other => panic!("expected a workload, got {other:?}"),
+    }
+    match decode(&synced.addresses, WEB).r#type {
+        Some(address::Type::Service(s)) => assert_eq!(s.hostname, "web.default.svc.cluster.local"),
+        other => panic!("expected a service, got {other:?}"),
+    }
+    // No policies: still one (empty) Authorization response, so the client knows it is synced.
+    assert!(synced.policies.resources.is_empty());
+    assert!(synced.policies.removed_resources.is_empty());
+    assert!(!synced.policies.nonce.is_empty());
+    assert_ne!(synced.policies.nonce, synced.addresses.nonce);
+
+    // The connection shows up with its node id, caller and counts; the ACKs are recorded.
+    let start = Instant::now();
+    loop {
+        let conns = cp.get_json("/debug/connections");
+        let c = &conns["connections"][0];
+        if c["types"]["Authorization"]["last_acked_nonce"] == synced.policies.nonce.as_str() {
+            assert_eq!(c["node_id"], NODE_ID);
+            assert_eq!(c["caller"], "token:node-tunnels");
+            assert!(c["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+            assert_eq!(c["types"]["Address"]["resources_sent"], 4);
+            assert_eq!(
+                c["types"]["Address"]["last_acked_nonce"],
+                synced.addresses.nonce.as_str()
+            );
+            assert_eq!(c["types"]["Address"]["wildcard"], true);
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "ACKs never recorded: {conns:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mesh = cp.get_json("/debug/mesh");
+    assert_eq!(mesh["generation"], 1);
+    assert_eq!(mesh["resources"]["Address"], 4);
+    assert_eq!(mesh["resources"]["Authorization"], 0);
+    assert_eq!(mesh["identities"], 3);
+    let (code, body) = http_get(cp.status, "/ready");
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+}
+
+#[tokio::test]
+async fn an_edit_pushes_only_the_changed_workload_and_removals() {
+    let workloads = three_workloads();
+    let cp = Control::start(&mesh_yaml(&workloads, true));
+    let mut xds = cp.xds().await;
+    let synced = xds.sync(&HashMap::new()).await;
+    let before = versions(&synced.addresses);
+
+    // Move b to a new IP: exactly one resource comes, b, at a new version.
+    let mut edited = workloads.clone();
+    edited[1].ip = "10.0.1.2".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let push = xds.recv().await;
+    assert_eq!(push.type_url, WORKLOAD_ADDRESS_TYPE_URL);
+    assert_eq!(
+        names(&push),
+        vec![uid("b")],
+        "only the changed workload is pushed"
+    );
+    assert!(push.removed_resources.is_empty());
+    assert_ne!(push.resources[0].version, before[&uid("b")]);
+    match decode(&push, &uid("b")).r#type {
+        Some(address::Type::Workload(w)) => assert_eq!(w.addresses, vec![vec![10u8, 0, 1, 2]]),
+        other => panic!("expected a workload, got {other:?}"),
+    }
+    xds.ack(&push).await;
+
+    // Remove c: it arrives in removed_resources, with nothing else.
+    edited.remove(2);
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let push = xds.recv().await;
+    assert_eq!(push.type_url, WORKLOAD_ADDRESS_TYPE_URL);
+    assert!(push.resources.is_empty(), "{:?}", names(&push));
+    assert_eq!(push.removed_resources, vec![uid("c")]);
+    xds.ack(&push).await;
+
+    // A comment-only edit changes no resource: a new generation, but nothing is pushed. The
+    // next real change proves it: the first response after it carries only that change.
+    write_mesh(
+        &cp.mesh_path(),
+        &format!("# reviewed\n{}", mesh_yaml(&edited, true)),
+    );
+    cp.wait_mesh("generation 4", |m| m["generation"] == 4).await;
+    edited.push(w("d", "10.0.0.4"));
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let push = xds.recv().await;
+    assert_eq!(names(&push), vec![uid("d")]);
+    assert!(push.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn reconnecting_with_initial_versions_gets_only_the_differences() {
+    let workloads = three_workloads();
+    let cp = Control::start(&mesh_yaml(&workloads, true));
+    let mut first = cp.xds().await;
+    let held = versions(&first.sync(&HashMap::new()).await.addresses);
+    drop(first);
+
+    // While the tunnel is away: b changes, c goes, d arrives.
+    let mut edited = workloads.clone();
+    edited[1].ip = "10.0.1.2".into();
+    edited.remove(2);
+    edited.push(w("d", "10.0.0.4"));
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+
+    let mut held_plus = held.clone();
+    held_plus.insert(
+        "default/ghost.default.svc.cluster.local".into(),
+        "0123456789abcdef".into(),
+    );
+    held_plus.insert(uid("a"), held[&uid("a")].clone());
+    let mut again = cp.xds().await;
+    let synced = again.sync(&held_plus).await;
+    assert_eq!(names(&synced.addresses), vec![uid("b"), uid("d")]);
+    let mut removed = synced.addresses.removed_resources.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            uid("c"),
+            "default/ghost.default.svc.cluster.local".to_string()
+        ]
+    );
+
+    // Holding everything at the current versions: an empty (but present) initial response.
+    let mut current = held.clone();
+    current.extend(versions(&synced.addresses));
+    current.remove(&uid("c"));
+    let mut third = cp.xds().await;
+    let synced = third.sync(&current).await;
+    assert!(
+        synced.addresses.resources.is_empty(),
+        "{:?}",
+        names(&synced.addresses)
+    );
+    assert!(synced.addresses.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn a_nack_is_logged_counted_and_shown_with_its_message() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut xds = cp.xds().await;
+    xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
+        .await;
+    let response = xds.recv().await;
+    xds.nack(&response, "workload a: address 10.0.0.1 already in use")
+        .await;
+
+    let start = Instant::now();
+    let conn = loop {
+        let conns = cp.get_json("/debug/connections");
+        let c = conns["connections"][0].clone();
+        if c["types"]["Address"]["nack_count"] == 1 {
+            break c;
+        }
+        assert!(start.elapsed() < DEADLINE, "NACK never recorded: {conns:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let nack = &conn["types"]["Address"]["last_nack"];
+    assert_eq!(
+        nack["message"],
+        "workload a: address 10.0.0.1 already in use"
+    );
+    assert_eq!(nack["nonce"], response.nonce.as_str());
+    assert_eq!(conn["node_id"], NODE_ID);
+    let logs = cp.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("NACK")
+            && l.contains(NODE_ID)
+            && l.contains(&response.nonce)
+            && l.contains("already in use")),
+        "the warning names node, nonce and message:\n{logs}"
+    );
+    // The NACKed versions are not resent: the next push carries only the next change.
+    let mut edited = three_workloads();
+    edited[2].ip = "10.0.2.3".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let push = xds.recv().await;
+    assert_eq!(names(&push), vec![uid("c")]);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_tokens_are_refused_with_the_reason() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    for (token, what) in [(None, "no token"), (Some("not-the-token"), "wrong token")] {
+        let status = match cp.stream(token).await {
+            Err(status) => status,
+            Ok(mut xds) => {
+                // Some transports report the refusal on the first read instead.
+                xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
+                    .await;
+                xds.recv_error().await
+            }
+        };
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(
+            status.message().contains("token"),
+            "{what}: reason given: {status:?}"
+        );
+    }
+    assert!(cp.get_json("/debug/connections")["connections"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_first_request_without_a_node_is_invalid() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), false));
+    let mut xds = cp.xds().await;
+    xds.send(DeltaDiscoveryRequest {
+        type_url: WORKLOAD_ADDRESS_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await;
+    let status = xds.recv_error().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("node"), "{status:?}");
+
+    // State-of-the-world ADS is refused plainly.
+    let mut client = AggregatedDiscoveryServiceClient::new(cp.channel().await);
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let status = match client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Err(status) => status,
+        Ok(mut s) => s.get_mut().message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("delta"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_bad_edit_keeps_the_previous_mesh_and_is_reported() {
+    let workloads = three_workloads();
+    let cp = Control::start(&mesh_yaml(&workloads, true));
+    let mut xds = cp.xds().await;
+    xds.sync(&HashMap::new()).await;
+
+    write_mesh(
+        &cp.mesh_path(),
+        "workloads:\n- uid: \"x\"\n  workloadIps: [\"not-an-ip\"\n",
+    );
+    let mesh = cp
+        .wait_mesh("the load error", |m| !m["last_error"].is_null())
+        .await;
+    let error = mesh["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("mesh.yaml:"),
+        "names file and position: {error}"
+    );
+    assert_eq!(mesh["generation"], 1);
+    assert_eq!(mesh["resources"]["Address"], 4);
+
+    // A new tunnel still gets the last good mesh.
+    let mut late = cp.xds().await;
+    assert_eq!(
+        late.sync(&HashMap::new()).await.addresses.resources.len(),
+        4
+    );
+
+    // Fixing the file clears the error; the first push after the bad edit is the real change.
+    let mut fixed = workloads.clone();
+    fixed[0].ip = "10.0.9.1".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&fixed, true));
+    let push = xds.recv().await;
+    assert_eq!(names(&push), vec![uid("a")]);
+    let mesh = cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+    assert!(mesh["last_error"].is_null(), "{mesh:#}");
+    assert_eq!(mesh["failed_loads"], 1);
+}
+
+#[tokio::test]
+async fn large_pushes_arrive_in_several_responses_under_the_client_limit() {
+    // ~40,000 workloads are well over one 4 MiB response (tonic's default receive limit, which
+    // this client keeps).
+    let many: Vec<W> = (0..40_000u32)
+        .map(|i| {
+            w(
+                &format!("pod-{i:05}"),
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            )
+        })
+        .collect();
+    let cp = Control::start(&mesh_yaml(&many, false));
+    let mut xds = cp.xds().await;
+    xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
+        .await;
+    let mut got = BTreeMap::new();
+    let mut nonces = Vec::new();
+    while got.len() < many.len() {
+        let r = xds.recv().await;
+        assert_eq!(r.type_url, WORKLOAD_ADDRESS_TYPE_URL);
+        assert!(r.encoded_len() <= 4 * 1024 * 1024);
+        xds.ack(&r).await;
+        nonces.push(r.nonce.clone());
+        for res in r.resources {
+            assert!(got.insert(res.name, res.version).is_none(), "sent once");
+        }
+    }
+    assert!(nonces.len() >= 2, "split into {} responses", nonces.len());
+    let total = nonces.len();
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), total, "one nonce per response");
+    assert_eq!(got.len(), many.len());
+
+    // Reconnecting while holding all of them plus 30,000 stale names: a first request well over
+    // 4 MiB, answered with no resources and every stale name removed.
+    let mut held: HashMap<String, String> = got.into_iter().collect();
+    let stale: Vec<String> = (0..30_000)
+        .map(|i| format!("cluster1//v1/Pod/default/{}-{i:05}", "gone".repeat(20)))
+        .collect();
+    for name in &stale {
+        held.insert(name.clone(), "0123456789abcdef".into());
+    }
+    let mut again = cp.xds().await;
+    again.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &held).await;
+    let mut removed = Vec::new();
+    while removed.len() < stale.len() {
+        let r = again.recv().await;
+        assert!(
+            r.resources.is_empty(),
+            "{} resources resent",
+            r.resources.len()
+        );
+        removed.extend(r.removed_resources);
+    }
+    removed.sort();
+    assert_eq!(removed, stale);
+}
+
+#[tokio::test]
+async fn the_ca_signs_only_identities_in_the_current_mesh() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), false));
+    let token = cp.dir.path().join("client-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let ca = CaClient::new(GrpcTarget {
+        address: format!("https://{}", cp.grpc),
+        root_cert: Some(cp.root()),
+        token: Some(token),
+        cluster_id: "Kubernetes".into(),
+    })
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let a = Identity::new("cluster.local", "default", "a");
+    let chain = ca.sign(&csr, &a, Duration::from_secs(3600)).await.unwrap();
+    assert!(chain.len() >= 2, "leaf and root");
+    let stranger = Identity::new("cluster.local", "default", "stranger");
+    let err = ca
+        .sign(&csr, &stranger, Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("stranger"), "{err}");
+
+    // Removing a from the mesh revokes its right to new certificates.
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&[w("b", "10.0.0.2")], false));
+    cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+    assert!(ca.sign(&csr, &a, Duration::from_secs(3600)).await.is_err());
+}
+
+#[tokio::test]
+async fn sigterm_closes_streams_and_exits_zero() {
+    let mut cp = Control::start(&mesh_yaml(&three_workloads(), false));
+    let mut xds = cp.xds().await;
+    xds.sync(&HashMap::new()).await;
+    let pid = nix::unistd::Pid::from_raw(cp.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = xds.recv_error().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = cp.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed() < DEADLINE, "did not exit:\n{}", cp.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(exit.success(), "{exit:?}\n{}", cp.logs());
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let missing = dir.path().join("nope.yaml");
+    let (status, err) = run(&[
+        "--mesh",
+        missing.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("nope.yaml"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "workloads:\n  - name: [\n").unwrap();
+    let (status, err) = run(&[
+        "--mesh",
+        bad.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("bad.yaml:"), "file:line:column: {err}");
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "workloads: []\n").unwrap();
+    let bad_ca = dir.path().join("ca");
+    std::fs::create_dir(&bad_ca).unwrap();
+    std::fs::write(bad_ca.join("ca-cert.pem"), "not a pem").unwrap();
+    let (status, err) = run(&[
+        "--mesh",
+        good.to_str().unwrap(),
+        "--ca-dir",
+        bad_ca.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ca-cert.pem") || err.contains(bad_ca.to_str().unwrap()),
+        "{err}"
+    );
+
+    let (status, err) = run(&["--mesh", good.to_str().unwrap(), "--listen", "nowhere"]);
+    assert_eq!(status.code(), Some(2), "clap usage error: {err}");
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[tokio::test]
+async fn an_empty_ca_dir_gets_a_new_root_that_later_runs_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh, "workloads: []\n").unwrap();
+    let ca_dir = dir.path().join("ca");
+    let root = |n: u32| dir.path().join(format!("root{n}.pem"));
+    for n in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+            .arg("--mesh")
+            .arg(&mesh)
+            .arg("--ca-dir")
+            .arg(&ca_dir)
+            .arg("--write-root")
+            .arg(root(n))
+            .args(["--listen", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let start = Instant::now();
+        while !lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .contains("serving xDS and CA on")
+        {
+            assert!(start.elapsed() < DEADLINE);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        assert!(ca_dir.join(file).is_file(), "{file} written");
+    }
+    let first = std::fs::read_to_string(root(0)).unwrap();
+    assert!(first.contains("BEGIN CERTIFICATE"));
+    assert_eq!(
+        first,
+        std::fs::read_to_string(root(1)).unwrap(),
+        "the second run loaded the same root"
+    );
+}
+
+/// In-process (the binary's 30 s patience is too long for a test): a client that subscribes and
+/// then never reads is dropped once the server cannot queue more for it, and its entry leaves
+/// `/debug/connections`' registry; a client that reads on is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    use nodetunnel::control::auth::Authenticator;
+    use nodetunnel::control::connections::Connections;
+    use nodetunnel::control::watch::MeshWatcher;
+    use nodetunnel::control::xds_server::{AdsServer, StreamLimits};
+    use nodetunnel::identity::LocalCa;
+    use nodetunnel::state::Defaults;
+    use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+    use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    // ~1.5 MB of resources: more than the client's 64 KiB window, the server's HTTP/2 send
+    // buffer and the response queue together.
+    let many: Vec<W> = (0..8_000u32)
+        .map(|i| {
+            w(
+                &format!("pod-{i:05}"),
+                &format!("10.1.{}.{}", i >> 8, i & 255),
+            )
+        })
+        .collect();
+    std::fs::write(&path, mesh_yaml(&many, false)).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} test\n")).unwrap();
+
+    let watcher = MeshWatcher::start(path, Defaults::default()).await.unwrap();
+    let ca = LocalCa::generate("cluster.local").unwrap();
+    let serving = ca
+        .issue_serving_cert(&["127.0.0.1".into()], Duration::from_secs(3600))
+        .unwrap();
+    let connections = Arc::new(Connections::default());
+    let ads = AdsServer::new(
+        watcher.subscribe(),
+        Arc::new(Authenticator::new(Some(tokens), false)),
+        connections.clone(),
+        tokio_util::sync::CancellationToken::new(),
+        StreamLimits {
+            max_response_bytes: 8 * 1024,
+            slow_client_timeout: Duration::from_millis(300),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(
+        &serving.cert_chain_pem,
+        &serving.key_pem,
+    ));
+    tokio::spawn(
+        Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(AggregatedDiscoveryServiceServer::new(ads))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let connect = || async {
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.root_pem())))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let responses = AggregatedDiscoveryServiceClient::new(channel)
+            .delta_aggregated_resources(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let xds = Xds { tx, responses };
+        xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
+            .await;
+        xds
+    };
+
+    let mut reader = connect().await;
+    let mut read = 0;
+    let first = reader.recv().await;
+    read += first.resources.len();
+    let mut stalled = connect().await;
+
+    // The reader keeps up and gets everything; meanwhile the stalled client is dropped.
+    while read < many.len() {
+        read += reader.recv().await.resources.len();
+    }
+    let start = Instant::now();
+    while connections.len() != 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "stalled client never dropped: {:#?}",
+            connections.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Once it does read, it finds what was queued and then why it was dropped.
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, stalled.responses.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(status)) => break status,
+            other => panic!("expected the drop status, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// Versions are content hashes, not counters: a tunnel that reconnects to a restarted control
+/// plane serving the same file is sent nothing (istiod behaves the same since it versions WDS
+/// resources by content).
+#[tokio::test]
+async fn versions_survive_a_control_plane_restart() {
+    let yaml = mesh_yaml(&three_workloads(), true);
+    let first = Control::start(&yaml);
+    let held = versions(&first.xds().await.sync(&HashMap::new()).await.addresses);
+    drop(first);
+    let second = Control::start(&yaml);
+    let synced = second.xds().await.sync(&held).await;
+    assert!(
+        synced.addresses.resources.is_empty(),
+        "{:?}",
+        names(&synced.addresses)
+    );
+    assert!(synced.addresses.removed_resources.is_empty());
+}
+
+/// Explicit names (not wildcard) get only those names; a name the mesh lacks comes back as a
+/// removal, delta xDS's "does not exist".
+#[tokio::test]
+async fn explicit_subscriptions_get_only_their_names() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut xds = cp.xds().await;
+    xds.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: NODE_ID.into(),
+            ..Default::default()
+        }),
+        type_url: WORKLOAD_ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec![uid("a"), "default/missing".into()],
+        ..Default::default()
+    })
+    .await;
+    let r = xds.recv().await;
+    assert_eq!(names(&r), vec![uid("a")]);
+    assert_eq!(r.removed_resources, vec!["default/missing".to_string()]);
+    xds.ack(&r).await;
+
+    // A change to a workload outside the subscription is not pushed; one inside is.
+    let mut edited = three_workloads();
+    edited[1].ip = "10.0.1.2".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+    edited[0].ip = "10.0.1.1".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let r = xds.recv().await;
+    assert_eq!(names(&r), vec![uid("a")]);
+}
