@@ -75,18 +75,20 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             None
         }
         ConfigSource::Xds(xds) => {
-            let (client, handle) = XdsClient::new(xds.clone(), state.clone(), defaults)?;
+            let (client, handle) = XdsClient::new((**xds).clone(), state.clone(), defaults)?;
             tracing::info!(address = %xds.target.address, node_id = %xds.node.node_id(), "mesh state from the control plane (delta xDS)");
             // Its own thread and runtime: applying a large push (100k workloads) is seconds
             // of CPU that must not sit on the data path's workers.
             std::thread::Builder::new()
                 .name("xds".into())
-                .spawn(move || match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(client.run()),
-                    Err(e) => tracing::error!(error = %e, "the xDS runtime failed to start"),
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(client.run()),
+                        Err(e) => tracing::error!(error = %e, "the xDS runtime failed to start"),
+                    }
                 })
                 .map_err(AppError::XdsThread)?;
             Some(handle)

@@ -65,7 +65,7 @@ pub enum ConfigSource {
     /// `LOCAL_XDS_PATH`: a YAML file read once at start.
     File(PathBuf),
     /// `XDS_ADDRESS`: a control plane over delta xDS.
-    Xds(XdsConfig),
+    Xds(Box<XdsConfig>),
 }
 
 /// Istio's defaults: the mounted istiod root and the projected service-account token.
@@ -193,7 +193,7 @@ impl Config {
             (Some(_), Some(_)) => return Err(ConfigError::ConflictingConfigSources),
             (None, None) => return Err(ConfigError::NoConfigSource),
             (None, Some(path)) => ConfigSource::File(PathBuf::from(path)),
-            (Some(address), None) => ConfigSource::Xds(XdsConfig {
+            (Some(address), None) => ConfigSource::Xds(Box::new(XdsConfig {
                 target: env.grpc_target(
                     "XDS_ADDRESS",
                     address,
@@ -216,7 +216,7 @@ impl Config {
                     cluster_domain: cluster_domain.clone(),
                     extra_metadata: istio_meta(vars),
                 },
-            }),
+            })),
         };
         let fake_ca = env.bool("FAKE_CA", false)?;
         let ca = match (fake_ca, env.get("LOCAL_CA_DIR"), env.get("CA_ADDRESS")) {
@@ -613,7 +613,10 @@ mod tests {
         );
         assert_eq!(xds.node.node_name, "node-1");
         assert_eq!(
-            xds.node.extra_metadata.get("DNS_CAPTURE").map(String::as_str),
+            xds.node
+                .extra_metadata
+                .get("DNS_CAPTURE")
+                .map(String::as_str),
             Some("true")
         );
         let CaSource::Remote(ca) = &cfg.ca else {

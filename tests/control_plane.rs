@@ -189,7 +189,9 @@ impl Control {
                 .metadata_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
-        let mut client = AggregatedDiscoveryServiceClient::new(self.channel().await);
+        // The tunnel's limit: a first response carries the whole mesh in one message.
+        let mut client = AggregatedDiscoveryServiceClient::new(self.channel().await)
+            .max_decoding_message_size(256 << 20);
         let responses = client
             .delta_aggregated_resources(request)
             .await?
@@ -679,21 +681,31 @@ async fn a_bad_edit_keeps_the_previous_mesh_and_is_reported() {
 }
 
 #[tokio::test]
-async fn large_pushes_arrive_in_several_responses_under_the_client_limit() {
-    // ~40,000 workloads are well over one 4 MiB response (tonic's default receive limit, which
-    // this client keeps).
+async fn first_response_is_whole_and_later_large_pushes_are_split() {
+    // ~40,000 workloads are well over one 4 MiB response (gRPC's common receive limit).
+    let at = |i: u32, net: u32| format!("10.{}.{}.{}", net + (i >> 16), (i >> 8) & 255, i & 255);
     let many: Vec<W> = (0..40_000u32)
-        .map(|i| {
-            w(
-                &format!("pod-{i:05}"),
-                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
-            )
-        })
+        .map(|i| w(&format!("pod-{i:05}"), &at(i, 0)))
         .collect();
     let cp = Control::start(&mesh_yaml(&many, false));
     let mut xds = cp.xds().await;
     xds.subscribe(WORKLOAD_ADDRESS_TYPE_URL, &HashMap::new())
         .await;
+    // The first response holds everything: clients take it as "in sync".
+    let first = xds.recv().await;
+    assert_eq!(
+        first.resources.len(),
+        many.len(),
+        "the first response is whole"
+    );
+    assert!(first.encoded_len() > 4 * 1024 * 1024);
+    xds.ack(&first).await;
+
+    // Every workload moves: this push is split under the limit, one nonce per response.
+    let moved: Vec<W> = (0..40_000u32)
+        .map(|i| w(&format!("pod-{i:05}"), &at(i, 100)))
+        .collect();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&moved, false));
     let mut got = BTreeMap::new();
     let mut nonces = Vec::new();
     while got.len() < many.len() {
@@ -935,7 +947,9 @@ async fn a_client_that_stops_reading_is_dropped() {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN} test\n")).unwrap();
 
-    let watcher = MeshWatcher::start(path, Defaults::default()).await.unwrap();
+    let watcher = MeshWatcher::start(path.clone(), Defaults::default())
+        .await
+        .unwrap();
     let ca = LocalCa::generate("cluster.local").unwrap();
     let serving = ca
         .issue_serving_cert(&["127.0.0.1".into()], Duration::from_secs(3600))
@@ -992,12 +1006,27 @@ async fn a_client_that_stops_reading_is_dropped() {
     };
 
     let mut reader = connect().await;
-    let mut read = 0;
     let first = reader.recv().await;
-    read += first.resources.len();
+    assert_eq!(
+        first.resources.len(),
+        many.len(),
+        "the first response is whole"
+    );
     let mut stalled = connect().await;
 
-    // The reader keeps up and gets everything; meanwhile the stalled client is dropped.
+    // Every workload moves: a push split into many small responses, which the stalled client
+    // (still sitting on its first response) cannot take. The reader keeps up and gets
+    // everything; meanwhile the stalled client is dropped.
+    let moved: Vec<W> = (0..8_000u32)
+        .map(|i| {
+            w(
+                &format!("pod-{i:05}"),
+                &format!("10.2.{}.{}", i >> 8, i & 255),
+            )
+        })
+        .collect();
+    write_mesh(&path, &mesh_yaml(&moved, false));
+    let mut read = 0;
     while read < many.len() {
         read += reader.recv().await.resources.len();
     }

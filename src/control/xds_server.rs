@@ -482,17 +482,19 @@ impl XdsStream {
     ) -> Result<(), End> {
         let conn = self.handle.id();
         let nonces = &mut self.nonces;
-        let responses = push::responses(
-            ty,
-            diff,
-            &generation.to_string(),
-            self.limits.max_response_bytes,
-            always,
-            || {
+        // The first response of a type on a stream goes out whole, as istiod sends it: clients
+        // take their first response as "in sync", so it must hold everything. Later pushes are
+        // split to stay under common receive limits.
+        let max_bytes = if always {
+            usize::MAX
+        } else {
+            self.limits.max_response_bytes
+        };
+        let responses =
+            push::responses(ty, diff, &generation.to_string(), max_bytes, always, || {
                 *nonces += 1;
                 format!("{conn}-{nonces}")
-            },
-        );
+            });
         for response in responses {
             let (resources, removals, nonce) = (
                 response.resources.len() as u64,

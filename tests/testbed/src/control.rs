@@ -83,7 +83,7 @@ impl ControlPlane {
     fn launch(&mut self) -> Result<()> {
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let mut args = vec![
-            "--config".to_string(),
+            "--mesh".to_string(),
             s(&self.spec.mesh),
             "--listen".into(),
             self.addr().to_string(),
