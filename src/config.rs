@@ -490,7 +490,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * unit_secs).ok()?;
+        // Checked: `1e19s1e19s` would overflow `+=`, which panics.
+        total = total.checked_add(Duration::try_from_secs_f64(value * unit_secs).ok()?)?;
     }
     Some(total)
 }
@@ -729,5 +730,10 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(
+            parse_duration("18000000000000000000s18000000000000000000s"),
+            None,
+            "overflow is an error, not a panic"
+        );
     }
 }

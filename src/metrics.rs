@@ -136,7 +136,6 @@ impl Metrics {
         m
     }
 
-    /// The Prometheus text exposition of every metric.
     /// Adds the xDS client's counters, read from its handle at each scrape.
     pub fn register_xds(&self, xds: XdsHandle) {
         self.registry
@@ -145,6 +144,7 @@ impl Metrics {
             .register_collector(Box::new(XdsCollector(xds)));
     }
 
+    /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());

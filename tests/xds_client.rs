@@ -702,6 +702,45 @@ async fn bad_responses_are_nacked_whole_and_state_keeps_serving() {
     assert_eq!(stats.connects, 1, "a NACK must not cost the stream");
 }
 
+/// The first response of a type is the whole state; when it is NACKed, a later (incremental)
+/// push must not make the tunnel "synced" with only part of the mesh.
+#[tokio::test]
+async fn a_nacked_first_response_does_not_count_as_synced() {
+    let pki = pki();
+    let mut server = AdsServer::start(&pki, None).await;
+    let tunnel = start_client(server.address(), &pki);
+    let mut s = server.session().await;
+    s.initial().await;
+    let reply = s
+        .push(
+            WORKLOAD_ADDRESS_TYPE_URL,
+            vec![
+                address("uid-a", "v1", workload("uid-a", [10, 0, 0, 1])),
+                address("uid-b", "v1", workload("uid-b", [10, 0, 0, 1])),
+            ],
+            &[],
+        )
+        .await;
+    assert!(reply.error_detail.is_some(), "the conflict is NACKed");
+    s.push_acked(
+        WORKLOAD_ADDRESS_TYPE_URL,
+        vec![address("uid-c", "v1", workload("uid-c", [10, 0, 0, 3]))],
+        &[],
+    )
+    .await;
+    s.push_acked(
+        AUTHORIZATION_TYPE_URL,
+        vec![policy_resource("deny-80", "v1")],
+        &[],
+    )
+    .await;
+    assert!(tunnel.state.read().workload_by_uid("uid-c").is_some());
+    assert!(
+        !*tunnel.handle.synced().borrow(),
+        "synced although the whole address state was never applied"
+    );
+}
+
 #[tokio::test]
 async fn reconnects_resume_from_the_accepted_versions() {
     let pki = pki();

@@ -58,7 +58,7 @@ pub enum CaError {
     Generate(rcgen::Error),
     #[error("certificate signing request rejected: {0}")]
     BadCsr(rcgen::Error),
-    #[error("certificate lifetime must be positive, got {0:?}")]
+    #[error("certificate lifetime must be positive and end before the year 10000, got {0:?}")]
     BadTtl(Duration),
     #[error("{san:?} is not a usable subject alternative name: {reason}")]
     BadSan { san: String, reason: String },
@@ -249,9 +249,8 @@ impl LocalCa {
         identity: &Identity,
         ttl: Duration,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
-        if ttl.is_zero() {
-            return Err(CaError::BadTtl(ttl));
-        }
+        let now = SystemTime::now();
+        let not_after = not_after(now, ttl)?;
         let csr =
             CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(CaError::BadCsr)?;
         let sign_err = |source| CaError::Sign {
@@ -274,9 +273,8 @@ impl LocalCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ttl).into();
+        params.not_after = not_after.into();
         let leaf = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(sign_err)?;
@@ -311,9 +309,8 @@ impl LocalCa {
         sans: &[String],
         ttl: Duration,
     ) -> Result<ServingCert, CaError> {
-        if ttl.is_zero() {
-            return Err(CaError::BadTtl(ttl));
-        }
+        let now = SystemTime::now();
+        let not_after = not_after(now, ttl)?;
         let Some(first) = sans.first() else {
             return Err(CaError::BadSan {
                 san: String::new(),
@@ -336,9 +333,8 @@ impl LocalCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ttl).into();
+        params.not_after = not_after.into();
         let sign_err = |source| CaError::Sign {
             identity: format!("serving certificate for {}", sans.join(", ")),
             source,
@@ -394,6 +390,21 @@ impl LocalCa {
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// `now + ttl`, refused when `ttl` is zero or the end lies past 9999-12-31 (X.509's last
+/// representable time): beyond it `SystemTime` arithmetic and the conversion rcgen does panic,
+/// and `ttl` can come from a request (`validity_duration`) or a variable (`SECRET_TTL`).
+fn not_after(now: SystemTime, ttl: Duration) -> Result<SystemTime, CaError> {
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    now.checked_add(ttl)
+        .filter(|end| {
+            !ttl.is_zero()
+                && end
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .is_ok_and(|since| since <= LAST)
+        })
+        .ok_or(CaError::BadTtl(ttl))
 }
 
 /// An IP address SAN if `san` parses as one, else a DNS name (which rcgen checks is IA5).

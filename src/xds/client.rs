@@ -153,6 +153,11 @@ impl XdsClient {
         let mut delivered = false;
         // Types not yet applied on this stream; when empty, this stream is in sync.
         let mut pending: HashSet<Kind> = Kind::ALL.into_iter().collect();
+        // Types that got a response on this stream. The first one is the whole state; only it
+        // may count as "in sync": after a NACKed first response, later pushes carry only
+        // changes, and applying one must not make a never-synced tunnel ready with a partial
+        // mesh.
+        let mut answered: HashSet<Kind> = HashSet::new();
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
@@ -168,8 +173,10 @@ impl XdsClient {
                 Err(status) => return failed(delivered, explain(&status, &self.what)),
             };
             delivered = true;
-            let (reply, applied) = self.handle(response);
-            if let Some(kind) = applied {
+            let initial =
+                Kind::from_type_url(&response.type_url).is_some_and(|kind| answered.insert(kind));
+            let (reply, applied) = self.handle(response, initial);
+            if let Some(kind) = applied.filter(|_| initial) {
                 if pending.remove(&kind) && pending.is_empty() {
                     self.log_synced(connected_at.elapsed());
                 }
@@ -198,7 +205,13 @@ impl XdsClient {
     }
 
     /// Applies one response and builds its ACK or NACK; also reports which type was applied.
-    fn handle(&self, response: DeltaDiscoveryResponse) -> (DeltaDiscoveryRequest, Option<Kind>) {
+    /// `initial`: the first response of its type on this stream (the whole state), the only
+    /// kind that can complete the first sync.
+    fn handle(
+        &self,
+        response: DeltaDiscoveryResponse,
+        initial: bool,
+    ) -> (DeltaDiscoveryRequest, Option<Kind>) {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         let Some(kind) = Kind::from_type_url(&type_url) else {
@@ -232,7 +245,7 @@ impl XdsClient {
                         }
                     }
                     t.acks += 1;
-                    t.applied_once = true;
+                    t.applied_once |= initial;
                 }
                 self.shared.update_synced();
                 tracing::debug!(

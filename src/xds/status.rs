@@ -49,7 +49,7 @@ pub(super) struct TypeStatus {
     pub(super) acks: u64,
     pub(super) nacks: u64,
     pub(super) last_nack: Option<String>,
-    /// A response of this type was applied at least once (on any stream).
+    /// The first response of this type on some stream (the whole state) was applied.
     pub(super) applied_once: bool,
 }
 

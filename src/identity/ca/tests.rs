@@ -154,6 +154,13 @@ fn rejects_bad_csr_and_zero_ttl() {
         ca.sign_csr(&csr(vec![]), &id("a"), Duration::ZERO),
         Err(CaError::BadTtl(_))
     ));
+    // Lifetimes ending past 9999 are refused, not a panic in the time arithmetic.
+    for ttl in [Duration::MAX, Duration::from_secs(20_000 * 365 * 24 * 3600)] {
+        assert!(matches!(
+            ca.sign_csr(&csr(vec![]), &id("a"), ttl),
+            Err(CaError::BadTtl(_))
+        ));
+    }
 }
 
 /// Writes plug-in files for a CA whose signing cert is an intermediate under a separate root;
