@@ -141,8 +141,8 @@ impl Chatter {
         );
     }
 
-    /// Stops and returns the total; panics with the failure if any round trip failed.
-    fn finish(mut self) -> u64 {
+    /// Stops; panics with the failure if any round trip failed.
+    fn finish(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let result = self
             .thread
@@ -153,7 +153,6 @@ impl Chatter {
         if let Err(e) = result {
             panic!("the long-lived connection broke: {e}");
         }
-        self.round_trips()
     }
 }
 
@@ -307,8 +306,7 @@ fn control_plane_restart_resyncs_and_traffic_never_stops() {
         dump["xds"]
     );
     chatter.assert_flowing("after the resync");
-    let total = chatter.finish();
-    assert!(total > 0);
+    chatter.finish();
     assert_eq!(
         server.accepted(),
         2,

@@ -15,8 +15,10 @@ use super::mesh::{Diff, ResourceType};
 pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The responses that deliver `diff`, each under `max_bytes` (a single resource larger than
-/// that travels alone). Resources come first, removals last, so a client never sees a name
-/// removed before its replacements have arrived. With `always`, an empty diff still yields one
+/// that travels alone). Removals come first: when a push is split, an address freed by a removed
+/// workload (a pod IP Kubernetes hands to a new pod) must be free before the response carrying
+/// the new holder is applied, or the client would refuse that response as a conflict. With
+/// `always`, an empty diff still yields one
 /// empty response (the initial reply clients wait for to know they are in sync).
 pub fn responses(
     ty: ResourceType,
@@ -36,6 +38,14 @@ pub fn responses(
         out.push(full);
         *size = 0;
     };
+    for name in &diff.removed {
+        let len = field_len(name.len());
+        if size > 0 && size + len > max_bytes {
+            flush(&mut current, &mut size);
+        }
+        size += len;
+        current.removed_resources.push(name.to_string());
+    }
     for (name, res) in &diff.changed {
         let resource = Resource {
             name: name.to_string(),
@@ -49,14 +59,6 @@ pub fn responses(
         }
         size += len;
         current.resources.push(resource);
-    }
-    for name in &diff.removed {
-        let len = field_len(name.len());
-        if size > 0 && size + len > max_bytes {
-            flush(&mut current, &mut size);
-        }
-        size += len;
-        current.removed_resources.push(name.to_string());
     }
     if size > 0 || send_empty {
         flush(&mut current, &mut size);
@@ -114,6 +116,22 @@ mod tests {
         }
     }
 
+    /// A pod IP reused by a new pod: the old holder's removal must not trail the new holder
+    /// into a later response.
+    #[test]
+    fn a_split_push_sends_removals_in_its_first_response() {
+        let mut d = diff(
+            &Held::new(),
+            mesh(20_000).resources(ResourceType::Address),
+            |_| true,
+        );
+        d.removed = vec![Arc::from("old-pod-with-the-same-ip")];
+        let out = responses(ResourceType::Address, &d, "1", 256 * 1024, false, counter());
+        assert!(out.len() > 1, "split into {} responses", out.len());
+        assert_eq!(out[0].removed_resources, ["old-pod-with-the-same-ip"]);
+        assert!(out[1..].iter().all(|r| r.removed_resources.is_empty()));
+    }
+
     #[test]
     fn large_pushes_split_under_the_limit_with_distinct_nonces() {
         let mesh = mesh(20_000);
@@ -137,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn removals_follow_resources_and_empty_diffs_send_only_when_asked() {
+    fn removals_come_first_and_empty_diffs_send_only_when_asked() {
         let d = Diff {
             changed: mesh(1)
                 .resources(ResourceType::Address)
