@@ -24,6 +24,47 @@ use crate::grpc::{GrpcError, GrpcTarget};
 pub use client::XdsClient;
 pub use status::{TypeStats, XdsHandle, XdsStats};
 
+/// The two resource types of Istio's ambient xDS API: what the tunnel subscribes to and what
+/// `nodetunnel-control` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    /// `istio.workload.Address`: workloads (named by uid) and services (`namespace/hostname`).
+    Address,
+    /// `istio.security.Authorization`: policies (`namespace/name`).
+    Authorization,
+}
+
+impl ResourceType {
+    pub const ALL: [ResourceType; 2] = [ResourceType::Address, ResourceType::Authorization];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Address => nodetunnel_proto::WORKLOAD_ADDRESS_TYPE_URL,
+            ResourceType::Authorization => nodetunnel_proto::AUTHORIZATION_TYPE_URL,
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// The message name, for the control plane's status endpoint.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Address => "Address",
+            ResourceType::Authorization => "Authorization",
+        }
+    }
+
+    /// Plural, for the tunnel's logs and snapshot.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResourceType::Address => "addresses",
+            ResourceType::Authorization => "authorizations",
+        }
+    }
+}
+
 /// Who this tunnel is to the control plane (Istio's node id and metadata).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

@@ -80,27 +80,16 @@ XDS_ROOT_CA/CA_ROOT_CA=the file written by --write-root.
 Status (--status-addr): /ready, /debug/connections, /debug/mesh. Logs go to stderr (RUST_LOG).
 SIGTERM or SIGINT closes all streams and exits 0; bad input exits 1 with the reason.";
 
-/// `90s`, `15m`, `24h`, `2d`, or plain seconds.
+/// Go-style durations (`90s`, `15m`, `24h`, `1h30m`), the same syntax as the tunnel's
+/// `SECRET_TTL`; must be positive.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 2d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("the duration must be positive".into());
+    match nodetunnel::config::parse_duration(text) {
+        Some(d) if !d.is_zero() => Ok(d),
+        Some(_) => Err("the duration must be positive".into()),
+        None => Err(format!(
+            "{text:?} is not a duration like 90s, 15m, 24h or 1h30m"
+        )),
     }
-    Ok(Duration::from_secs(secs))
 }
 
 fn main() -> ExitCode {
@@ -153,10 +142,11 @@ mod tests {
     #[test]
     fn durations_take_units_and_refuse_garbage() {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("90").is_err(), "a unit is required");
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("1w").unwrap_err().contains("not a duration"));
         assert!(parse_duration("soon").is_err());
     }
 

@@ -22,37 +22,7 @@ use crate::state::Store;
 #[cfg(test)]
 mod tests;
 
-/// The resource types this control plane serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    /// `istio.workload.Address`: workloads (named by uid) and services (`namespace/hostname`).
-    Address,
-    /// `istio.security.Authorization`: policies (`namespace/name`).
-    Authorization,
-}
-
-impl ResourceType {
-    pub const ALL: [ResourceType; 2] = [ResourceType::Address, ResourceType::Authorization];
-
-    pub fn type_url(self) -> &'static str {
-        match self {
-            ResourceType::Address => WORKLOAD_ADDRESS_TYPE_URL,
-            ResourceType::Authorization => AUTHORIZATION_TYPE_URL,
-        }
-    }
-
-    pub fn from_type_url(url: &str) -> Option<ResourceType> {
-        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// Short name for logs and the status endpoint.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            ResourceType::Address => "Address",
-            ResourceType::Authorization => "Authorization",
-        }
-    }
-}
+pub use crate::xds::ResourceType;
 
 /// A content hash of a resource (first 64 bits of SHA-256 over a canonical encoding); on the
 /// wire, 16 lowercase hex digits.

@@ -17,8 +17,9 @@ use tonic::transport::Channel;
 
 use super::backoff::{self, Backoff};
 use super::node::node;
-use super::response::{self, Kind, Rejection};
+use super::response::{self, Rejection};
 use super::status::{Shared, XdsHandle};
+use super::ResourceType;
 use super::{XdsConfig, XdsError};
 use crate::grpc::explain;
 use crate::state::{Defaults, StateHandle};
@@ -125,7 +126,7 @@ impl XdsClient {
         self.shared.lock().attempts += 1;
 
         let (tx, rx) = mpsc::channel(REQUEST_BUFFER);
-        for kind in Kind::ALL {
+        for kind in ResourceType::ALL {
             // The buffer holds far more than the initial requests; this cannot fail.
             let _ = tx.try_send(self.initial_request(kind));
         }
@@ -152,12 +153,12 @@ impl XdsClient {
 
         let mut delivered = false;
         // Types not yet applied on this stream; when empty, this stream is in sync.
-        let mut pending: HashSet<Kind> = Kind::ALL.into_iter().collect();
+        let mut pending: HashSet<ResourceType> = ResourceType::ALL.into_iter().collect();
         // Types that got a response on this stream. The first one is the whole state; only it
         // may count as "in sync": after a NACKed first response, later pushes carry only
         // changes, and applying one must not make a never-synced tunnel ready with a partial
         // mesh.
-        let mut answered: HashSet<Kind> = HashSet::new();
+        let mut answered: HashSet<ResourceType> = HashSet::new();
         loop {
             let response = match inbound.message().await {
                 Ok(Some(response)) => response,
@@ -173,8 +174,8 @@ impl XdsClient {
                 Err(status) => return failed(delivered, explain(&status, &self.what)),
             };
             delivered = true;
-            let initial =
-                Kind::from_type_url(&response.type_url).is_some_and(|kind| answered.insert(kind));
+            let initial = ResourceType::from_type_url(&response.type_url)
+                .is_some_and(|kind| answered.insert(kind));
             let (reply, applied) = self.handle(response, initial);
             if let Some(kind) = applied.filter(|_| initial) {
                 if pending.remove(&kind) && pending.is_empty() {
@@ -193,7 +194,7 @@ impl XdsClient {
     /// The first request of a type on a new stream: who we are, the wildcard subscription and
     /// what we already hold, so the server sends only differences (and removals for what was
     /// deleted while we were away).
-    fn initial_request(&self, kind: Kind) -> DeltaDiscoveryRequest {
+    fn initial_request(&self, kind: ResourceType) -> DeltaDiscoveryRequest {
         let versions = self.shared.lock().of(kind).versions.clone();
         DeltaDiscoveryRequest {
             node: Some(self.node.clone()),
@@ -211,10 +212,10 @@ impl XdsClient {
         &self,
         response: DeltaDiscoveryResponse,
         initial: bool,
-    ) -> (DeltaDiscoveryRequest, Option<Kind>) {
+    ) -> (DeltaDiscoveryRequest, Option<ResourceType>) {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
-        let Some(kind) = Kind::from_type_url(&type_url) else {
+        let Some(kind) = ResourceType::from_type_url(&type_url) else {
             let rejection = Rejection::UnknownType {
                 type_url: type_url.clone(),
             };

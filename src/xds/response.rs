@@ -18,38 +18,7 @@ use crate::state::proto::{
     address_from_proto, authorization_from_proto, AddressResource, ProtoError,
 };
 use crate::state::{Defaults, StateHandle, StoreDelta, StoreError};
-
-/// The resource types we subscribe to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Kind {
-    /// `istio.workload.Address`: a workload or a service.
-    Address,
-    /// `istio.security.Authorization`: an L4 policy.
-    Authorization,
-}
-
-impl Kind {
-    pub(super) const ALL: [Kind; 2] = [Kind::Address, Kind::Authorization];
-
-    pub(super) fn type_url(self) -> &'static str {
-        match self {
-            Kind::Address => WORKLOAD_ADDRESS_TYPE_URL,
-            Kind::Authorization => AUTHORIZATION_TYPE_URL,
-        }
-    }
-
-    pub(super) fn from_type_url(type_url: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.type_url() == type_url)
-    }
-
-    /// Short name for logs.
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Kind::Address => "addresses",
-            Kind::Authorization => "authorizations",
-        }
-    }
-}
+use crate::xds::ResourceType;
 
 /// How many bad resources a NACK lists by name; the rest are counted. Keeps the message (and
 /// the log line) bounded when a whole 100k-resource push is bad.
@@ -110,7 +79,7 @@ fn describe_problems(total: usize, problems: &[Problem]) -> String {
 
 /// Validates `response` (of type `kind`) and applies it to `state` in one step.
 pub(super) fn apply(
-    kind: Kind,
+    kind: ResourceType,
     response: DeltaDiscoveryResponse,
     state: &StateHandle,
     defaults: &Defaults,
@@ -172,8 +141,8 @@ pub(super) fn apply(
     }
     let removed: Vec<String> = removed.into_iter().filter(|n| !n.is_empty()).collect();
     match kind {
-        Kind::Address => delta.removed_addresses = removed.clone(),
-        Kind::Authorization => delta.removed_policies = removed.clone(),
+        ResourceType::Address => delta.removed_addresses = removed.clone(),
+        ResourceType::Authorization => delta.removed_policies = removed.clone(),
     }
 
     let started = Instant::now();
@@ -193,7 +162,7 @@ pub(super) fn apply(
 /// silently never updating again. Unwinding cannot leave anything half-changed: the store is
 /// not locked yet, and a rejected response's `delta` is thrown away.
 fn convert_guarded(
-    kind: Kind,
+    kind: ResourceType,
     resource: Resource,
     defaults: &Defaults,
     delta: &mut StoreDelta,
@@ -216,7 +185,7 @@ fn convert_guarded(
 /// Decodes and converts one resource into `delta`; the error is a reason phrase (the caller
 /// names the resource).
 fn convert(
-    kind: Kind,
+    kind: ResourceType,
     resource: Resource,
     defaults: &Defaults,
     delta: &mut StoreDelta,
@@ -233,7 +202,7 @@ fn convert(
     }
     let name = resource.name.as_str();
     match kind {
-        Kind::Address => {
+        ResourceType::Address => {
             let msg = Address::decode(any.value.as_slice())
                 .map_err(|e| format!("not a valid istio.workload.Address: {e}"))?;
             match address_from_proto(name, msg, defaults).map_err(reason)? {
@@ -241,7 +210,7 @@ fn convert(
                 AddressResource::Service(s) => delta.services.push(s),
             }
         }
-        Kind::Authorization => {
+        ResourceType::Authorization => {
             let msg = Authorization::decode(any.value.as_slice())
                 .map_err(|e| format!("not a valid istio.security.Authorization: {e}"))?;
             delta

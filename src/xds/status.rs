@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::response::Kind;
+use super::ResourceType;
 
 /// Counters for the metrics endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,17 +66,17 @@ pub(super) struct Status {
 }
 
 impl Status {
-    pub(super) fn of(&self, kind: Kind) -> &TypeStatus {
+    pub(super) fn of(&self, kind: ResourceType) -> &TypeStatus {
         match kind {
-            Kind::Address => &self.addresses,
-            Kind::Authorization => &self.authorizations,
+            ResourceType::Address => &self.addresses,
+            ResourceType::Authorization => &self.authorizations,
         }
     }
 
-    pub(super) fn of_mut(&mut self, kind: Kind) -> &mut TypeStatus {
+    pub(super) fn of_mut(&mut self, kind: ResourceType) -> &mut TypeStatus {
         match kind {
-            Kind::Address => &mut self.addresses,
-            Kind::Authorization => &mut self.authorizations,
+            ResourceType::Address => &mut self.addresses,
+            ResourceType::Authorization => &mut self.authorizations,
         }
     }
 }
@@ -110,7 +110,7 @@ impl Shared {
     pub(super) fn update_synced(&self) {
         let done = {
             let s = self.lock();
-            Kind::ALL.iter().all(|k| s.of(*k).applied_once)
+            ResourceType::ALL.iter().all(|k| s.of(*k).applied_once)
         };
         if done && !*self.synced.borrow() {
             self.synced.send_replace(true);
@@ -170,7 +170,7 @@ impl XdsHandle {
             })
         };
         let mut types = serde_json::Map::new();
-        for kind in Kind::ALL {
+        for kind in ResourceType::ALL {
             types.insert(kind.type_url().to_string(), per_type(s.of(kind)));
         }
         json!({

@@ -63,7 +63,7 @@ fn applies_workloads_and_removals() {
     let state = StateHandle::default();
     let d = Defaults::default();
     let applied = apply(
-        Kind::Address,
+        ResourceType::Address,
         response(
             vec![
                 addr("uid-a", &workload("uid-a", [10, 0, 0, 1])),
@@ -78,7 +78,13 @@ fn applies_workloads_and_removals() {
     assert_eq!(applied.updated.len(), 2);
     assert!(state.read().workload_by_uid("uid-a").is_some());
 
-    let applied = apply(Kind::Address, response(vec![], &["uid-a"]), &state, &d).unwrap();
+    let applied = apply(
+        ResourceType::Address,
+        response(vec![], &["uid-a"]),
+        &state,
+        &d,
+    )
+    .unwrap();
     assert_eq!(applied.removed, vec!["uid-a".to_string()]);
     assert!(state.read().workload_by_uid("uid-a").is_none());
     assert!(state.read().workload_by_uid("uid-b").is_some());
@@ -89,7 +95,7 @@ fn one_bad_resource_rejects_the_whole_response() {
     let state = StateHandle::default();
     let d = Defaults::default();
     let r = apply(
-        Kind::Address,
+        ResourceType::Address,
         response(
             vec![
                 addr("uid-good", &workload("uid-good", [10, 0, 0, 1])),
@@ -115,7 +121,7 @@ fn envelope_problems_are_named() {
     let mut no_body = addr("uid-c", &w);
     no_body.resource = None;
     let r = apply(
-        Kind::Address,
+        ResourceType::Address,
         response(
             vec![
                 addr("", &w),
@@ -172,7 +178,7 @@ fn store_conflicts_are_rejected_whole() {
     let state = StateHandle::default();
     let d = Defaults::default();
     let r = apply(
-        Kind::Address,
+        ResourceType::Address,
         response(
             vec![
                 addr("uid-a", &workload("uid-a", [10, 0, 0, 1])),
@@ -206,7 +212,7 @@ fn policies_and_removed_resource_names() {
         &[],
     );
     resp.type_url = AUTHORIZATION_TYPE_URL.into();
-    apply(Kind::Authorization, resp, &state, &d).unwrap();
+    apply(ResourceType::Authorization, resp, &state, &d).unwrap();
     assert_eq!(state.read().policies().count(), 1);
 
     // The newer `removed_resource_names` form counts as a removal too.
@@ -216,7 +222,7 @@ fn policies_and_removed_resource_names() {
         name: "default/deny-80".into(),
         dynamic_parameter_constraints: None,
     }];
-    let applied = apply(Kind::Authorization, resp, &state, &d).unwrap();
+    let applied = apply(ResourceType::Authorization, resp, &state, &d).unwrap();
     assert_eq!(applied.removed, vec!["default/deny-80".to_string()]);
     assert_eq!(state.read().policies().count(), 0);
 }
@@ -242,11 +248,11 @@ fn nack_text_is_bounded() {
 
 #[test]
 fn type_urls_round_trip() {
-    for kind in Kind::ALL {
-        assert_eq!(Kind::from_type_url(kind.type_url()), Some(kind));
+    for kind in ResourceType::ALL {
+        assert_eq!(ResourceType::from_type_url(kind.type_url()), Some(kind));
     }
     assert_eq!(
-        Kind::from_type_url("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+        ResourceType::from_type_url("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
         None
     );
     let text = Rejection::UnknownType {
