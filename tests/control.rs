@@ -240,9 +240,24 @@ fn initial_sync_update_and_delete_reach_running_tunnels() {
         "updates must arrive on the same stream: {}",
         dump["xds"]
     );
-    // The control plane pushed only what changed: its view of this tunnel's stream.
-    let connections = cp.status("/debug/connections").expect("status");
-    assert!(connections.contains("ztunnel~"), "{connections}");
+    // The control plane pushed only what changed, per its view of n1's stream: the initial 4
+    // (3 workloads + 1 service), then the service and the server workload whose ports changed
+    // (2), then one removal.
+    let connections: Value =
+        serde_json::from_str(&cp.status("/debug/connections").expect("status")).unwrap();
+    let n1 = connections["connections"]
+        .as_array()
+        .and_then(|c| {
+            c.iter().find(|c| {
+                c["node_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("nodetunnel-n1."))
+            })
+        })
+        .unwrap_or_else(|| panic!("no stream from n1: {connections}"));
+    let address = &n1["types"]["Address"];
+    assert_eq!(address["resources_sent"], 6, "{address}");
+    assert_eq!(address["removals_sent"], 1, "{address}");
 }
 
 /// The control plane is killed while a connection is streaming and while the mesh changes;

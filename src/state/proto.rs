@@ -180,26 +180,7 @@ fn service_ports_entry(
 }
 
 fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
-    for (field, value) in [("namespace", &s.namespace), ("hostname", &s.hostname)] {
-        if value.is_empty() {
-            return Err(FieldError::new(field, "must not be empty"));
-        }
-        if value.contains('/') {
-            return Err(FieldError::new(
-                field,
-                format!("{value:?} contains '/', which makes the resource name ambiguous"),
-            ));
-        }
-    }
-    if name.split_once('/') != Some((s.namespace.as_str(), s.hostname.as_str())) {
-        return Err(FieldError::new(
-            "hostname",
-            format!(
-                "namespace/hostname \"{}/{}\" differs from the resource name",
-                s.namespace, s.hostname
-            ),
-        ));
-    }
+    check_namespaced_name(name, &s.namespace, ("hostname", &s.hostname))?;
     let vips = s
         .addresses
         .iter()
@@ -219,6 +200,33 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         ports,
         subject_alt_names: s.subject_alt_names,
     })
+}
+
+/// Services and policies are named `<namespace>/<local name>` in xDS: both parts must be
+/// present, free of '/', and match the resource `name` they arrived under. `local` is the field
+/// holding the second part (`hostname` or `name`) and its value.
+fn check_namespaced_name(name: &str, namespace: &str, local: (&str, &str)) -> FieldResult<()> {
+    let (local_field, local_value) = local;
+    for (field, value) in [("namespace", namespace), local] {
+        if value.is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if value.contains('/') {
+            return Err(FieldError::new(
+                field,
+                format!("{value:?} contains '/', which makes the resource name ambiguous"),
+            ));
+        }
+    }
+    if name.split_once('/') != Some((namespace, local_value)) {
+        return Err(FieldError::new(
+            local_field,
+            format!(
+                "namespace/{local_field} \"{namespace}/{local_value}\" differs from the resource name"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Service port → target port. A service port must be 1..=65535 and listed once; a target
@@ -241,26 +249,7 @@ fn ports_from_proto(ports: &[wl::Port]) -> FieldResult<HashMap<u16, u16>> {
 }
 
 fn policy_from_proto(name: &str, auth: Authorization) -> FieldResult<Policy> {
-    for (field, value) in [("namespace", &auth.namespace), ("name", &auth.name)] {
-        if value.is_empty() {
-            return Err(FieldError::new(field, "must not be empty"));
-        }
-        if value.contains('/') {
-            return Err(FieldError::new(
-                field,
-                format!("{value:?} contains '/', which makes the resource name ambiguous"),
-            ));
-        }
-    }
-    if name.split_once('/') != Some((auth.namespace.as_str(), auth.name.as_str())) {
-        return Err(FieldError::new(
-            "name",
-            format!(
-                "namespace/name \"{}/{}\" differs from the resource name",
-                auth.namespace, auth.name
-            ),
-        ));
-    }
+    check_namespaced_name(name, &auth.namespace, ("name", &auth.name))?;
     let scope = match sec::Scope::try_from(auth.scope) {
         Ok(sec::Scope::Global) => PolicyScope::Global,
         Ok(sec::Scope::Namespace) => PolicyScope::Namespace,
