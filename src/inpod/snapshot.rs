@@ -7,8 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// A network namespace's identity: (st_dev, st_ino) of a handle on it.
-pub type NetnsId = (u64, u64);
+pub use nodetunnel_zds::NetnsId;
 
 /// What to do about an Add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::lines::{self, UsageError};
 use super::*;
-use crate::inpod::zds::{netns_id, NetnsId, WorkloadEvent, ZdsClient, ZdsConnection};
+use crate::client::{netns_id, NetnsId, WorkloadEvent, ZdsClient, ZdsConnection};
 
 const NETNS: &str = "/proc/self/ns/net";
 const WAIT: Duration = Duration::from_secs(5);
@@ -503,4 +503,4 @@ fn event_lines() {
     }
 }
 
-const ACK: Duration = crate::inpod::zds_server::ACK_TIMEOUT;
+const ACK: Duration = crate::server::ACK_TIMEOUT;

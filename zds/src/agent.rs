@@ -62,8 +62,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::zds::WorkloadInfo;
-use super::zds_server::{Ack, ZdsPeer, ZdsServer, ZdsServerError};
+use crate::server::{Ack, ZdsPeer, ZdsServer, ZdsServerError};
+use crate::WorkloadInfo;
 
 pub mod lines;
 
@@ -165,7 +165,7 @@ pub struct ZdsAgent {
 
 impl ZdsAgent {
     /// Starts serving tunnels on `server`, waiting up to `ack_timeout` for each ack (Istio's
-    /// agent: [`super::zds_server::ACK_TIMEOUT`]). Must be called within a Tokio runtime.
+    /// agent: [`crate::server::ACK_TIMEOUT`]). Must be called within a Tokio runtime.
     pub fn start(
         server: ZdsServer,
         ack_timeout: Duration,

@@ -11,8 +11,8 @@ use nodetunnel_proto::istio::zds::{
     WorkloadResponse, ZdsHello,
 };
 
-use super::seqpacket::{SeqPacket, SeqPacketListener};
-use super::zds::WorkloadInfo;
+use crate::seqpacket::{SeqPacket, SeqPacketListener};
+use crate::WorkloadInfo;
 use prost::Message;
 
 /// How long the agent waits for the hello and for each ack.

@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use nodetunnel_proto::istio::zds::{AddWorkload, DelWorkload, KeepWorkload, SnapshotSent};
 
 use super::*;
-use crate::inpod::seqpacket::SeqPacketListener;
-use crate::inpod::zds_server::{Ack as AgentAck, ZdsPeer, ZdsServer, ZdsServerError};
+use crate::seqpacket::SeqPacketListener;
+use crate::server::{Ack as AgentAck, ZdsPeer, ZdsServer, ZdsServerError};
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -15,8 +15,8 @@ use nodetunnel_proto::istio::zds::{
     ZdsHello,
 };
 
-use super::seqpacket::{Datagram, SeqPacket};
-pub use super::snapshot::NetnsId;
+use crate::seqpacket::{Datagram, SeqPacket};
+pub use crate::{NetnsId, WorkloadInfo};
 pub use prost::DecodeError;
 use prost::Message;
 
@@ -38,14 +38,6 @@ pub enum ZdsError {
     Send(#[source] io::Error),
     #[error("receive from the node agent: {0}")]
     Recv(#[source] io::Error),
-}
-
-/// Who a pod is, as the agent describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct WorkloadInfo {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
 }
 
 /// One validated request from the agent. Every event, `Invalid` included, must be acked.

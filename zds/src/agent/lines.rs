@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{AgentEvent, Delivery, Listing, Pod, Request, SnapshotProblem};
-use crate::inpod::zds::WorkloadInfo;
+use crate::WorkloadInfo;
 
 /// The commands, for usage messages.
 pub const USAGE: &str =
