@@ -22,11 +22,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cmd;
+pub mod cni;
 pub mod config;
 pub mod control;
 mod error;
 pub mod eventually;
 pub mod inpod;
+pub mod kube_api;
 pub mod netns;
 mod privilege;
 pub mod process;
