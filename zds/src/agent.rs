@@ -54,9 +54,10 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -74,8 +75,84 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub uid: String,
-    pub netns: PathBuf,
+    pub netns: NetnsSource,
     pub info: Option<WorkloadInfo>,
+}
+
+/// Where the descriptor of a pod's network namespace comes from when it is sent.
+#[derive(Debug, Clone)]
+pub enum NetnsSource {
+    /// Opened afresh for each send and closed right after (tools name `ip netns` paths).
+    Path(PathBuf),
+    /// A descriptor the caller holds open; each send passes a duplicate. The CNI agent keeps
+    /// every enrolled pod's netns open this way, so a `/proc/<pid>/ns/net` path that goes away
+    /// (or whose pid is reused) can never make it send another namespace.
+    Held {
+        fd: Arc<OwnedFd>,
+        /// How the namespace was found, for messages.
+        described_as: PathBuf,
+    },
+}
+
+impl NetnsSource {
+    /// The path to show in messages.
+    pub fn display(&self) -> std::path::Display<'_> {
+        match self {
+            NetnsSource::Path(path) => path.display(),
+            NetnsSource::Held { described_as, .. } => described_as.display(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            NetnsSource::Path(path) => path,
+            NetnsSource::Held { described_as, .. } => described_as,
+        }
+    }
+
+    /// A descriptor to send, owned by the caller (closed when dropped).
+    fn open(&self) -> io::Result<OwnedFd> {
+        match self {
+            NetnsSource::Path(path) => open_netns(path).map(OwnedFd::from),
+            NetnsSource::Held { fd, .. } => fd.try_clone(),
+        }
+    }
+}
+
+impl PartialEq for NetnsSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NetnsSource::Path(a), NetnsSource::Path(b)) => a == b,
+            (NetnsSource::Held { fd: a, .. }, NetnsSource::Held { fd: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for NetnsSource {}
+
+impl From<PathBuf> for NetnsSource {
+    fn from(path: PathBuf) -> Self {
+        NetnsSource::Path(path)
+    }
+}
+
+impl From<&Path> for NetnsSource {
+    fn from(path: &Path) -> Self {
+        NetnsSource::Path(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for NetnsSource {
+    fn from(path: &PathBuf) -> Self {
+        NetnsSource::Path(path.clone())
+    }
+}
+
+impl From<&str> for NetnsSource {
+    fn from(path: &str) -> Self {
+        NetnsSource::Path(path.into())
+    }
 }
 
 /// What happened to an add or a del.
@@ -203,7 +280,7 @@ impl ZdsAgent {
     pub async fn add(
         &self,
         uid: impl Into<String>,
-        netns: impl Into<PathBuf>,
+        netns: impl Into<NetnsSource>,
         info: Option<WorkloadInfo>,
     ) -> Result<Delivery, AgentError> {
         let pod = Pod {
@@ -356,9 +433,9 @@ impl Actor {
     }
 
     async fn add(&mut self, pod: Pod) -> Result<Delivery, AgentError> {
-        let netns = open_netns(&pod.netns).map_err(|source| AgentError::OpenNetns {
+        let netns = pod.netns.open().map_err(|source| AgentError::OpenNetns {
             uid: pod.uid.clone(),
-            path: pod.netns.clone(),
+            path: pod.netns.path().to_owned(),
             source,
         })?;
         let uid = pod.uid.clone();
@@ -445,7 +522,7 @@ async fn send_snapshot(
     let mut problems = Vec::new();
     for pod in pods.values() {
         let uid = &pod.uid;
-        let (request, ack) = match open_netns(&pod.netns) {
+        let (request, ack) = match pod.netns.open() {
             Ok(netns) => {
                 let ack = peer.add(uid, pod.info.as_ref(), netns.as_fd()).await?;
                 (format!("add {uid}"), ack)

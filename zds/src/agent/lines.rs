@@ -65,7 +65,7 @@ pub fn parse(line: &str) -> Result<Option<Request>, UsageError> {
 fn add(uid: &str, netns: &str, info: Option<WorkloadInfo>) -> Result<Request, UsageError> {
     Ok(Request::Add(Pod {
         uid: uid.to_owned(),
-        netns: netns_path(netns)?,
+        netns: netns_path(netns)?.into(),
         info,
     }))
 }

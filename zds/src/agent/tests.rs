@@ -270,7 +270,7 @@ async fn a_bad_netns_path_is_a_clear_error_and_records_nothing() {
 
     s.agent.submit(Request::Add(Pod {
         uid: "pod-x".into(),
-        netns: missing.clone(),
+        netns: missing.clone().into(),
         info: None,
     }));
     let line = next_lines(&mut s.events, 1).await.remove(0);
@@ -363,6 +363,38 @@ async fn a_pod_whose_netns_vanished_is_sent_as_keep() {
         "{got:?}"
     );
     assert_eq!(got[2], "snapshot sent: 1 pods, acks ok");
+}
+
+#[tokio::test]
+async fn a_held_netns_is_sent_even_after_its_path_is_gone() {
+    let mut s = start(ACK);
+    let path = s.dir.path().join("netns-held");
+    std::fs::write(&path, b"").unwrap();
+    let id = file_id(&path);
+    let held = NetnsSource::Held {
+        fd: Arc::new(OwnedFd::from(File::open(&path).unwrap())),
+        described_as: path.clone(),
+    };
+    s.agent.add("a", held, None).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // Every snapshot (two connections) still carries the held namespace, not a keep.
+    for _ in 0..2 {
+        let mut conn = ZdsClient::connect(s.agent.path()).await.unwrap();
+        let WorkloadEvent::Add { uid, netns, .. } = answer(&mut conn, None).await else {
+            panic!("not an add");
+        };
+        assert_eq!((uid.as_str(), netns_id(&netns).unwrap()), ("a", id));
+        answer(&mut conn, None).await;
+        let mut got = Vec::new();
+        while !got.iter().any(|l: &String| l.starts_with("snapshot sent")) {
+            got.extend(next_lines(&mut s.events, 1).await);
+        }
+        assert_eq!(
+            got.last().unwrap(),
+            "snapshot sent: 1 pods, acks ok",
+            "{got:?}"
+        );
+    }
 }
 
 #[tokio::test]
