@@ -33,6 +33,7 @@ pub mod netns;
 mod privilege;
 pub mod process;
 pub mod procstat;
+pub mod sandbox;
 mod signals;
 pub mod topology;
 pub mod traffic;

@@ -1,0 +1,94 @@
+//! A pod sandbox as the CNI node agent sees a running pod under `/proc`: a long-lived process
+//! inside the pod's network namespace whose cgroup path names the pod uid
+//! (`…/<prefix>-kubepods/pod<uid>/`, like kubelet's cgroupfs layout). Tests use it so the
+//! agent's real `/proc` scan finds pods that were running before they were enrolled.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::netns::{self, Netns};
+
+/// A `sleep` in the pod netns, moved into the pod's test cgroup. Dropping it kills the process
+/// and removes the cgroup directories.
+pub struct Sandbox {
+    child: Child,
+    /// `<root>/<prefix>-kubepods`, removed with everything under it.
+    kubepods: PathBuf,
+    pod_dir: PathBuf,
+}
+
+impl Sandbox {
+    /// Starts the process in `ns` and puts it in `<cgroup root>/<prefix>-kubepods/pod<uid>`.
+    pub fn start(ns: &Netns, prefix: &str, uid: &str) -> Result<Sandbox> {
+        let root = cgroup_root()?;
+        let kubepods = root.join(format!("{prefix}-kubepods"));
+        let pod_dir = kubepods.join(format!("pod{uid}"));
+        fs::create_dir_all(&pod_dir)
+            .map_err(|e| Error::io(format!("creating cgroup {}", pod_dir.display()), e))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("starting a sandbox process in {}", ns.name()), e))?;
+        netns::register_pid(child.id() as i32);
+        let sandbox = Sandbox {
+            child,
+            kubepods,
+            pod_dir,
+        };
+        let procs = sandbox.pod_dir.join("cgroup.procs");
+        fs::write(&procs, sandbox.child.id().to_string())
+            .map_err(|e| Error::io(format!("writing {}", procs.display()), e))?;
+        Ok(sandbox)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The cgroup directory named after the pod.
+    pub fn cgroup(&self) -> &Path {
+        &self.pod_dir
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A cgroup directory can be removed once it has no processes; the kernel needs a
+        // moment to notice the killed process has left.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.pod_dir).is_ok() || !self.pod_dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir(&self.kubepods);
+    }
+}
+
+/// A cgroup hierarchy this process may create directories in: the cgroup2 mount (unified
+/// or hybrid), else the v1 `pids` hierarchy.
+fn cgroup_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| Error::io("reading /proc/self/mounts", e))?;
+    let mut v1_pids = None;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, dir, fstype, options, ..] = fields[..] else {
+            continue;
+        };
+        if fstype == "cgroup2" {
+            return Ok(PathBuf::from(dir));
+        }
+        if fstype == "cgroup" && options.split(',').any(|o| o == "pids") {
+            v1_pids = Some(PathBuf::from(dir));
+        }
+    }
+    v1_pids.ok_or_else(|| Error::Invalid("no cgroup2 or cgroup v1 pids hierarchy mounted".into()))
+}
