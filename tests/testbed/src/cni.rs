@@ -43,16 +43,8 @@ pub enum CniError {
     },
     /// The plugin ran past [`PLUGIN_DEADLINE`] and was killed.
     TimedOut { plugin: String, command: String },
-    /// The plugin exited non-zero. `error` is its stdout parsed as JSON (the CNI error
-    /// object, when it kept to the spec).
-    PluginFailed {
-        plugin: String,
-        command: String,
-        exit_code: Option<i32>,
-        error: Option<Value>,
-        stdout: String,
-        stderr: String,
-    },
+    /// The plugin exited non-zero.
+    PluginFailed(Box<PluginFailure>),
     /// The plugin succeeded but its output is not what the spec asks for.
     BadOutput {
         plugin: String,
@@ -60,6 +52,18 @@ pub enum CniError {
         reason: String,
         stdout: String,
     },
+}
+
+/// A plugin's non-zero exit and what it printed.
+#[derive(Debug, Clone)]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    /// stdout parsed as JSON: the CNI error object, when the plugin kept to the spec.
+    pub error: Option<Value>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl CniError {
@@ -71,7 +75,7 @@ impl CniError {
     /// For [`CniError::PluginFailed`]: the parsed error JSON.
     pub fn error_json(&self) -> Option<&Value> {
         match self {
-            CniError::PluginFailed { error, .. } => error.as_ref(),
+            CniError::PluginFailed(failure) => failure.error.as_ref(),
             _ => None,
         }
     }
@@ -94,18 +98,14 @@ impl fmt::Display for CniError {
                 f,
                 "CNI plugin {plugin} {command} did not finish within {PLUGIN_DEADLINE:?}"
             ),
-            CniError::PluginFailed {
-                plugin,
-                command,
-                exit_code,
-                stdout,
-                stderr,
-                ..
-            } => write!(
+            CniError::PluginFailed(p) => write!(
                 f,
-                "CNI plugin {plugin} {command} failed (exit {exit_code:?}): stdout {:?}, stderr {:?}",
-                stdout.trim(),
-                stderr.trim()
+                "CNI plugin {} {} failed (exit {:?}): stdout {:?}, stderr {:?}",
+                p.plugin,
+                p.command,
+                p.exit_code,
+                p.stdout.trim(),
+                p.stderr.trim()
             ),
             CniError::BadOutput {
                 plugin,
@@ -369,14 +369,14 @@ impl Runner {
         if run.exit_code == Some(0) {
             return Ok(run);
         }
-        Err(CniError::PluginFailed {
+        Err(CniError::PluginFailed(Box::new(PluginFailure {
             plugin: plugin_type.to_string(),
             command: command.to_string(),
             exit_code: run.exit_code,
             error: serde_json::from_str(&run.stdout).ok(),
             stdout: run.stdout,
             stderr: run.stderr,
-        })
+        })))
     }
 
     /// Runs one plugin and returns what it printed, whatever its exit status.
