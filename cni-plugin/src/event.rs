@@ -34,3 +34,118 @@ pub struct PluginEvent {
 pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_NAME)
 }
+
+/// Why the agent did not accept an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("encoding the pod event: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("connecting to the CNI agent at {}: {source} (is the agent running?)", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with the CNI agent at {}: {source}", path.display())]
+    Http {
+        path: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("building the request to the CNI agent: {0}")]
+    Request(#[source] http::Error),
+    #[error("the CNI agent at {} answered {status}: {body}", path.display())]
+    Rejected {
+        path: PathBuf,
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("the CNI agent at {} did not answer within {after:?}", path.display())]
+    Timeout { path: PathBuf, after: Duration },
+}
+
+impl EventError {
+    /// Whether retrying later may help: the agent is absent or slow, rather than refusing.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EventError::Connect { .. } | EventError::Http { .. } | EventError::Timeout { .. }
+        )
+    }
+}
+
+/// Longest agent answer body kept for the error message.
+const MAX_BODY: usize = 64 * 1024;
+
+/// POSTs `event` as JSON to `http://unix/cmdadd` over `<run_dir>/pluginevent.sock` and waits
+/// for the answer; the whole exchange (connect included) is bounded by [`TIMEOUT`]. Only a
+/// 200 is success: the plugin fails the pod's `ADD` otherwise (fail closed).
+pub async fn send_add(run_dir: &Path, event: &PluginEvent) -> Result<(), EventError> {
+    send_add_within(run_dir, event, TIMEOUT).await
+}
+
+/// [`send_add`] with another deadline (tests).
+pub async fn send_add_within(
+    run_dir: &Path,
+    event: &PluginEvent,
+    timeout: Duration,
+) -> Result<(), EventError> {
+    let path = socket_path(run_dir);
+    let body = serde_json::to_vec(event).map_err(EventError::Encode)?;
+    match tokio::time::timeout(timeout, exchange(&path, body)).await {
+        Ok(result) => result,
+        Err(_) => Err(EventError::Timeout {
+            path,
+            after: timeout,
+        }),
+    }
+}
+
+async fn exchange(path: &Path, body: Vec<u8>) -> Result<(), EventError> {
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper_util::rt::TokioIo;
+
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| EventError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let http_err = |source| EventError::Http {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http_err)?;
+    // The connection task ends when the exchange does (or with the deadline's drop).
+    let conn = tokio::spawn(conn);
+    let request = http::Request::post(ADD_PATH)
+        .header(http::header::HOST, "unix")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(EventError::Request)?;
+    let response = sender.send_request(request).await.map_err(http_err)?;
+    let status = response.status();
+    let result = if status == http::StatusCode::OK {
+        Ok(())
+    } else {
+        // A body that cannot be read (or is too long) still leaves the status to report.
+        let text = match Limited::new(response.into_body(), MAX_BODY).collect().await {
+            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+                .trim()
+                .to_string(),
+            Err(e) => format!("(body unreadable: {e})"),
+        };
+        Err(EventError::Rejected {
+            path: path.to_path_buf(),
+            status,
+            body: text,
+        })
+    };
+    conn.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests;

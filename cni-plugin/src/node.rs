@@ -1,1 +1,33 @@
-//! (filled in by the CNI issue)
+//! What the node agent programs on the node, below Kubernetes: entering pod network namespaces,
+//! the in-pod redirection rules that steer a pod's traffic into the tunnel, the host-side SNAT
+//! that lets kubelet probes through, and finding the netns of pods that were already running
+//! when the agent started.
+//!
+//! Everything here is blocking (std threads, child processes); the agent calls it from
+//! `tokio::task::spawn_blocking`.
+//!
+//! - [`netns`]: [`PodNetns`](netns::PodNetns), an open handle on a network namespace, and running
+//!   code (and child processes) inside it.
+//! - [`procscan`]: the netns of a running pod, found under `/proc` by cgroup pod uid + pod IP.
+//! - [`inpod_rules`]: the iptables rules, ip rule and route inside a pod (apply / remove / check).
+//! - [`host_rules`]: the probe SNAT in the agent's (the host's) netns: ipset + `ISTIO_POSTRT`.
+//! - [`tools`]: the external binaries (`iptables-restore`, `iptables-save`, `ipset`) and their
+//!   errors.
+//!
+//! IPv4 only for now: the IPv6 twins (ip6tables, `istio-inpod-probes-v6`, the `::/0` route) are a
+//! follow-up.
+
+#![deny(unsafe_code)]
+
+pub mod host_rules;
+pub mod inpod_rules;
+pub mod netns;
+pub mod procscan;
+pub mod tools;
+
+mod cgroup;
+mod ipt;
+mod routing;
+
+pub use ipt::SaveParseError;
+pub use routing::RoutingError;

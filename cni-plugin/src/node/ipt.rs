@@ -1,0 +1,421 @@
+//! Reconciling chains we own with what `iptables-save` reports, through one
+//! `iptables-restore --noflush` input.
+//!
+//! `--noflush` alone is not idempotent: a declared chain (`:ISTIO_OUTPUT - [0:0]`) is flushed
+//! and refilled, but an `-A PREROUTING -j ISTIO_PRERT` jump in a builtin chain is appended
+//! again on every run. So the jumps are planned from the saved state: added when missing,
+//! duplicates and stray jumps into our chains deleted, and our chains in tables we no longer
+//! want (raw after DNS capture is turned off) flushed and deleted. When the saved state already
+//! is the desired one there is nothing to run at all.
+//!
+//! Rules are compared as text, so [`TableSpec`] rules must be written the way `iptables-save`
+//! prints them (`-s 169.254.7.127/32`, `-p tcp -m tcp --dport 53`, `--to-ports`). Should another
+//! iptables version print them differently, the state reads as "differs" and a reapply rewrites
+//! the same rules: wasted work, never wrong rules.
+
+use std::collections::BTreeMap;
+
+/// One `-A <chain> <spec>` line of `iptables-save`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SavedRule {
+    pub chain: String,
+    pub spec: String,
+}
+
+/// One `*table` section of `iptables-save`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SavedTable {
+    /// Every declared chain, builtin or not.
+    pub chains: Vec<String>,
+    pub rules: Vec<SavedRule>,
+}
+
+/// The parsed output of `iptables-save`, by table name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Saved {
+    pub tables: BTreeMap<String, SavedTable>,
+}
+
+/// A line of `iptables-save` output this parser does not understand.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line_no} of iptables-save output ({line:?}): {why}")]
+pub struct SaveParseError {
+    pub line_no: usize,
+    pub line: String,
+    pub why: &'static str,
+}
+
+pub(crate) fn parse_save(text: &str) -> Result<Saved, SaveParseError> {
+    let mut saved = Saved::default();
+    let mut current: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let err = |why| SaveParseError {
+            line_no: i + 1,
+            line: raw.to_string(),
+            why,
+        };
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('*') {
+            if current.is_some() {
+                return Err(err("a table starts before the previous one's COMMIT"));
+            }
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(err("table name missing"));
+            }
+            saved.tables.entry(name.to_string()).or_default();
+            current = Some(name.to_string());
+            continue;
+        }
+        if line == "COMMIT" {
+            if current.take().is_none() {
+                return Err(err("COMMIT outside a table"));
+            }
+            continue;
+        }
+        let Some(table) = current.as_ref().and_then(|t| saved.tables.get_mut(t)) else {
+            return Err(err("chain or rule outside a table"));
+        };
+        if let Some(decl) = line.strip_prefix(':') {
+            let Some(chain) = decl.split_whitespace().next() else {
+                return Err(err("chain name missing"));
+            };
+            table.chains.push(chain.to_string());
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let rest = rest.trim_start();
+            let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+            if chain.is_empty() {
+                return Err(err("rule without a chain"));
+            }
+            table.rules.push(SavedRule {
+                chain: chain.to_string(),
+                spec: spec.trim().to_string(),
+            });
+        } else {
+            return Err(err("neither a table, a chain, a rule nor COMMIT"));
+        }
+    }
+    if current.is_some() {
+        return Err(SaveParseError {
+            line_no: text.lines().count(),
+            line: String::new(),
+            why: "output ends inside a table (no COMMIT)",
+        });
+    }
+    Ok(saved)
+}
+
+/// What one table should hold of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableSpec {
+    pub table: &'static str,
+    /// Our chains in this table (created if missing, flushed and refilled when different).
+    pub chains: Vec<&'static str>,
+    /// `(builtin chain, our chain)`: exactly one `-A <builtin> -j <ours>` each.
+    pub jumps: Vec<(&'static str, &'static str)>,
+    /// `(our chain, spec)` in order, spelled as `iptables-save` prints them.
+    pub rules: Vec<(&'static str, String)>,
+}
+
+/// Everything of ours: the chain names we own (anything so named, in any table, is ours to
+/// flush and delete) and the tables that should hold them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Desired {
+    pub owned: &'static [&'static str],
+    pub tables: Vec<TableSpec>,
+}
+
+impl Desired {
+    /// The restore input that sets everything up in a namespace that has none of it yet.
+    pub fn fresh_input(&self) -> String {
+        self.plan(&Saved::default()).unwrap_or_default()
+    }
+
+    /// Whether `saved` already holds exactly the desired state.
+    pub fn is_exact(&self, saved: &Saved) -> bool {
+        self.plan(saved).is_none()
+    }
+
+    /// The `iptables-restore --noflush` input that turns `saved` into the desired state, or
+    /// `None` when it already is.
+    pub fn plan(&self, saved: &Saved) -> Option<String> {
+        let empty_table = SavedTable::default();
+        let mut names: Vec<&str> = self.tables.iter().map(|t| t.table).collect();
+        for (name, table) in &saved.tables {
+            if !names.contains(&name.as_str()) && self.touches(table) {
+                names.push(name);
+            }
+        }
+        let mut out = String::new();
+        for name in names {
+            let none = TableSpec {
+                table: "",
+                chains: Vec::new(),
+                jumps: Vec::new(),
+                rules: Vec::new(),
+            };
+            let want = self
+                .tables
+                .iter()
+                .find(|t| t.table == name)
+                .unwrap_or(&none);
+            let have = saved.tables.get(name).unwrap_or(&empty_table);
+            if let Some(section) = self.plan_table(name, want, have) {
+                out.push_str(&section);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    fn is_owned(&self, chain: &str) -> bool {
+        self.owned.contains(&chain)
+    }
+
+    /// Whether a saved table holds any chain of ours or any rule jumping into one.
+    fn touches(&self, table: &SavedTable) -> bool {
+        table.chains.iter().any(|c| self.is_owned(c))
+            || table
+                .rules
+                .iter()
+                .any(|r| jump_target(&r.spec).is_some_and(|t| self.is_owned(t)))
+    }
+
+    fn plan_table(&self, name: &str, want: &TableSpec, have: &SavedTable) -> Option<String> {
+        // Our chains that exist but should not: flushed, then deleted after the jumps are gone.
+        let stale: Vec<&str> = have
+            .chains
+            .iter()
+            .map(String::as_str)
+            .filter(|c| self.is_owned(c) && !want.chains.contains(c))
+            .collect();
+        // Jumps into our chains from chains that are not ours: keep the first copy of each
+        // wanted one, delete every other.
+        let mut deletes: Vec<&SavedRule> = Vec::new();
+        let mut kept: Vec<(&str, &str)> = Vec::new();
+        for rule in &have.rules {
+            if self.is_owned(&rule.chain) {
+                continue;
+            }
+            let Some(target) = jump_target(&rule.spec) else {
+                continue;
+            };
+            if !self.is_owned(target) {
+                continue;
+            }
+            let wanted = want
+                .jumps
+                .iter()
+                .find(|(from, to)| *from == rule.chain && rule.spec == jump_spec(to));
+            match wanted {
+                Some(&(from, to)) if !kept.contains(&(from, to)) => kept.push((from, to)),
+                _ => deletes.push(rule),
+            }
+        }
+        let missing: Vec<(&str, &str)> = want
+            .jumps
+            .iter()
+            .copied()
+            .filter(|j| !kept.contains(j))
+            .collect();
+        let chains_match = want
+            .chains
+            .iter()
+            .all(|c| have.chains.iter().any(|h| h == c))
+            && want.chains.iter().all(|c| {
+                let have_rules = have.rules.iter().filter(|r| r.chain == *c).map(|r| &r.spec);
+                let want_rules = want.rules.iter().filter(|(rc, _)| rc == c).map(|(_, s)| s);
+                have_rules.eq(want_rules)
+            });
+        if stale.is_empty() && deletes.is_empty() && missing.is_empty() && chains_match {
+            return None;
+        }
+
+        let mut out = format!("*{name}\n");
+        for chain in want.chains.iter().chain(stale.iter()) {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for rule in deletes {
+            out.push_str(&format!("-D {} {}\n", rule.chain, rule.spec));
+        }
+        for chain in &stale {
+            out.push_str(&format!("-X {chain}\n"));
+        }
+        for (from, to) in missing {
+            out.push_str(&format!("-A {from} {}\n", jump_spec(to)));
+        }
+        for (chain, spec) in &want.rules {
+            out.push_str(&format!("-A {chain} {spec}\n"));
+        }
+        out.push_str("COMMIT\n");
+        Some(out)
+    }
+}
+
+fn jump_spec(chain: &str) -> String {
+    format!("-j {chain}")
+}
+
+/// The chain a rule jumps (`-j`) or goes (`-g`) to.
+fn jump_target(spec: &str) -> Option<&str> {
+    let mut tokens = spec.split_whitespace();
+    while let Some(token) = tokens.next() {
+        if token == "-j" || token == "-g" || token == "--jump" || token == "--goto" {
+            return tokens.next();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNED: &[&str] = &["OURS_IN", "OURS_OUT"];
+
+    fn desired() -> Desired {
+        Desired {
+            owned: OWNED,
+            tables: vec![TableSpec {
+                table: "nat",
+                chains: vec!["OURS_IN", "OURS_OUT"],
+                jumps: vec![("PREROUTING", "OURS_IN"), ("OUTPUT", "OURS_OUT")],
+                rules: vec![
+                    (
+                        "OURS_OUT",
+                        "-p tcp -j REDIRECT --to-ports 15001".to_string(),
+                    ),
+                    ("OURS_IN", "-p tcp -j REDIRECT --to-ports 15006".to_string()),
+                ],
+            }],
+        }
+    }
+
+    fn save(text: &str) -> Saved {
+        parse_save(text).unwrap()
+    }
+
+    const APPLIED: &str = "\
+# Generated by iptables-save v1.8.9 (nf_tables)
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [3:180]
+:OURS_IN - [0:0]
+:OURS_OUT - [0:0]
+-A PREROUTING -j OURS_IN
+-A OUTPUT -j OURS_OUT
+-A OURS_IN -p tcp -j REDIRECT --to-ports 15006
+-A OURS_OUT -p tcp -j REDIRECT --to-ports 15001
+COMMIT
+# Completed
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -s 10.0.0.0/8 -j DROP
+COMMIT
+";
+
+    #[test]
+    fn parses_tables_chains_and_rules() {
+        let saved = save(APPLIED);
+        let nat = &saved.tables["nat"];
+        assert_eq!(nat.chains, ["PREROUTING", "OUTPUT", "OURS_IN", "OURS_OUT"]);
+        assert_eq!(nat.rules.len(), 4);
+        assert_eq!(
+            nat.rules[2],
+            SavedRule {
+                chain: "OURS_IN".into(),
+                spec: "-p tcp -j REDIRECT --to-ports 15006".into()
+            }
+        );
+        assert_eq!(
+            saved.tables["filter"].rules[0].spec,
+            "-s 10.0.0.0/8 -j DROP"
+        );
+    }
+
+    #[test]
+    fn malformed_save_output_is_an_error_naming_the_line() {
+        for (text, line_no) in [
+            ("-A INPUT -j DROP\n", 1),
+            ("*nat\n*filter\nCOMMIT\n", 2),
+            ("*nat\n:OUTPUT ACCEPT\n", 2),
+            ("*nat\nbogus\nCOMMIT\n", 2),
+            ("COMMIT\n", 1),
+        ] {
+            let err = parse_save(text).unwrap_err();
+            assert_eq!(err.line_no, line_no, "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn fresh_input_declares_jumps_and_fills_chains() {
+        assert_eq!(
+            desired().fresh_input(),
+            "*nat\n:OURS_IN - [0:0]\n:OURS_OUT - [0:0]\n-A PREROUTING -j OURS_IN\n\
+             -A OUTPUT -j OURS_OUT\n-A OURS_OUT -p tcp -j REDIRECT --to-ports 15001\n\
+             -A OURS_IN -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn exact_state_needs_nothing() {
+        assert!(desired().is_exact(&save(APPLIED)));
+        assert_eq!(desired().plan(&save(APPLIED)), None);
+    }
+
+    #[test]
+    fn present_jumps_are_not_added_again_and_duplicates_go() {
+        let text = APPLIED.replace(
+            "-A OUTPUT -j OURS_OUT\n",
+            "-A OUTPUT -j OURS_OUT\n-A OUTPUT -j OURS_OUT\n-A OUTPUT -p tcp -j OURS_OUT\n",
+        );
+        let plan = desired().plan(&save(&text)).unwrap();
+        assert_eq!(
+            plan,
+            "*nat\n:OURS_IN - [0:0]\n:OURS_OUT - [0:0]\n-D OUTPUT -j OURS_OUT\n\
+             -D OUTPUT -p tcp -j OURS_OUT\n-A OURS_OUT -p tcp -j REDIRECT --to-ports 15001\n\
+             -A OURS_IN -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn changed_chain_contents_are_rewritten_without_new_jumps() {
+        let text = APPLIED.replace("--to-ports 15006", "--to-ports 9999");
+        let plan = desired().plan(&save(&text)).unwrap();
+        assert!(!plan.contains("-A PREROUTING"), "{plan}");
+        assert!(plan.contains(":OURS_IN - [0:0]\n"), "{plan}");
+        assert!(plan.contains("--to-ports 15006"), "{plan}");
+    }
+
+    #[test]
+    fn our_chains_in_unwanted_tables_are_removed() {
+        let text = format!(
+            "{APPLIED}*raw\n:OUTPUT ACCEPT [0:0]\n:OURS_OUT - [0:0]\n-A OUTPUT -j OURS_OUT\n\
+             -A OURS_OUT -p udp -j CT --zone 1\nCOMMIT\n"
+        );
+        let plan = desired().plan(&save(&text)).unwrap();
+        assert_eq!(
+            plan,
+            "*raw\n:OURS_OUT - [0:0]\n-D OUTPUT -j OURS_OUT\n-X OURS_OUT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn removal_plan_deletes_jumps_then_chains_and_leaves_others() {
+        let nothing = Desired {
+            owned: OWNED,
+            tables: Vec::new(),
+        };
+        let plan = nothing.plan(&save(APPLIED)).unwrap();
+        assert_eq!(
+            plan,
+            "*nat\n:OURS_IN - [0:0]\n:OURS_OUT - [0:0]\n-D PREROUTING -j OURS_IN\n\
+             -D OUTPUT -j OURS_OUT\n-X OURS_IN\n-X OURS_OUT\nCOMMIT\n"
+        );
+        assert_eq!(nothing.plan(&Saved::default()), None);
+        let unrelated = save("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n");
+        assert_eq!(nothing.plan(&unrelated), None);
+    }
+}

@@ -1,0 +1,305 @@
+//! The previous plugins' result, passed on unchanged in meaning in the config's `cniVersion`
+//! (CNI spec: a chained plugin must echo `prevResult` unless it modifies it; the runtime
+//! expects the answer in the network's version).
+//!
+//! The result is kept as JSON so fields we do not model survive. Version conversion touches
+//! only what the spec changed between result formats (SPEC.md "Result"; cni.dev
+//! spec-upgrades): 0.3.x/0.4.0 `ips[]` carry `version` ("4"/"6"), 1.0.0 dropped it; 1.1.0
+//! added optional interface and route fields that older formats lack, so they are dropped
+//! when converting down (as the CNI library's typed conversion does).
+//!
+//! `prevResult` has the config's version unless it says otherwise in its own `cniVersion`.
+
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use super::version::Format;
+
+/// A `prevResult` that cannot be passed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultError {
+    #[error("prevResult is not a JSON object")]
+    NotAnObject,
+    #[error("prevResult has cniVersion {0:?}, which this plugin cannot convert (supported: 0.3.0 to 1.1.0)")]
+    UnsupportedVersion(String),
+    #[error("prevResult.{field} is not a list of objects")]
+    NotAList { field: &'static str },
+    #[error("prevResult.ips[{index}].address {address:?} is not an IP address with prefix length")]
+    BadAddress { index: usize, address: String },
+}
+
+/// Fields 1.1.0 added to `interfaces[]` and to `routes[]`.
+const V11_INTERFACE_FIELDS: &[&str] = &["mtu", "socketPath", "pciID"];
+const V11_ROUTE_FIELDS: &[&str] = &["mtu", "advmss", "priority", "table", "scope"];
+
+/// `{"cniVersion": <version>}`: what a chained plugin answers when nothing came before it.
+pub fn empty(version: &str) -> Value {
+    let mut map = Map::new();
+    map.insert("cniVersion".into(), Value::String(version.into()));
+    Value::Object(map)
+}
+
+/// `prev` in format `to_version`, with `cniVersion` first and set to `to_version`.
+pub fn convert(prev: &Value, to_version: &str) -> Result<Value, ResultError> {
+    let obj = prev.as_object().ok_or(ResultError::NotAnObject)?;
+    let from_version = match obj.get("cniVersion") {
+        Some(Value::String(v)) => v.as_str(),
+        Some(_) => {
+            return Err(ResultError::UnsupportedVersion(format!(
+                "{}",
+                obj["cniVersion"]
+            )))
+        }
+        None => to_version,
+    };
+    let from = Format::of(from_version)
+        .ok_or_else(|| ResultError::UnsupportedVersion(from_version.to_string()))?;
+    let to = Format::of(to_version)
+        .ok_or_else(|| ResultError::UnsupportedVersion(to_version.to_string()))?;
+
+    let mut out = Map::new();
+    out.insert("cniVersion".into(), Value::String(to_version.into()));
+    for (key, value) in obj {
+        if key != "cniVersion" {
+            out.insert(key.clone(), value.clone());
+        }
+    }
+    // Validate addresses whatever the conversion: the agent needs them.
+    let ips = ip_entries(&out)?;
+    for (index, ip) in ips.iter().enumerate() {
+        address_of(index, ip)?;
+    }
+    match (from, to) {
+        (Format::V03, Format::V10 | Format::V11) => {
+            for_each_entry(&mut out, "ips", |ip| {
+                ip.shift_remove("version");
+            });
+        }
+        (Format::V10 | Format::V11, Format::V03) => {
+            let mut index = 0;
+            let mut bad = None;
+            for_each_entry(&mut out, "ips", |ip| {
+                match address_of(index, ip) {
+                    Ok(addr) => {
+                        let v = if addr.is_ipv4() { "4" } else { "6" };
+                        set_first(ip, "version", Value::String(v.into()));
+                    }
+                    Err(e) => bad = Some(e),
+                }
+                index += 1;
+            });
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            if from == Format::V11 {
+                for_each_entry(&mut out, "interfaces", |i| {
+                    drop_fields(i, V11_INTERFACE_FIELDS)
+                });
+                for_each_entry(&mut out, "routes", |r| drop_fields(r, V11_ROUTE_FIELDS));
+            }
+        }
+        _ => {}
+    }
+    Ok(Value::Object(out))
+}
+
+/// The result's addresses without prefix length (`10.1.0.5/24` → `10.1.0.5`), in order.
+pub fn pod_ips(result: &Value) -> Result<Vec<String>, ResultError> {
+    let obj = result.as_object().ok_or(ResultError::NotAnObject)?;
+    ip_entries(obj)?
+        .iter()
+        .enumerate()
+        .map(|(index, ip)| address_of(index, ip).map(|a| a.to_string()))
+        .collect()
+}
+
+/// `ips[]` as objects (absent = none).
+fn ip_entries(obj: &Map<String, Value>) -> Result<Vec<&Map<String, Value>>, ResultError> {
+    match obj.get("ips") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_object().ok_or(ResultError::NotAList { field: "ips" }))
+            .collect(),
+        Some(_) => Err(ResultError::NotAList { field: "ips" }),
+    }
+}
+
+fn address_of(index: usize, ip: &Map<String, Value>) -> Result<IpAddr, ResultError> {
+    let raw = ip
+        .get("address")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let bad = || ResultError::BadAddress {
+        index,
+        address: raw.to_string(),
+    };
+    let (addr, prefix) = raw.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    match prefix.parse::<u8>() {
+        Ok(p) if p <= max => Ok(addr),
+        _ => Err(bad()),
+    }
+}
+
+/// Applies `f` to each object in `obj[field]` (a list; anything else is left alone — the
+/// shapes that matter were validated before).
+fn for_each_entry(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    mut f: impl FnMut(&mut Map<String, Value>),
+) {
+    if let Some(Value::Array(items)) = obj.get_mut(field) {
+        for item in items.iter_mut().filter_map(Value::as_object_mut) {
+            f(item);
+        }
+    }
+}
+
+fn set_first(obj: &mut Map<String, Value>, key: &str, value: Value) {
+    let rest = std::mem::take(obj);
+    obj.insert(key.into(), value);
+    obj.extend(rest.into_iter().filter(|(k, _)| k != key));
+}
+
+fn drop_fields(obj: &mut Map<String, Value>, fields: &[&str]) {
+    for f in fields {
+        obj.shift_remove(*f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bridge_v1() -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "br0", "mac": "aa:bb:cc:dd:ee:01"},
+                {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+                {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/netns/x"}
+            ],
+            "ips": [
+                {"interface": 2, "address": "10.1.0.5/24", "gateway": "10.1.0.1"},
+                {"interface": 2, "address": "fd00::5/64"}
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["10.1.0.1"]}
+        })
+    }
+
+    fn bridge_v04() -> Value {
+        json!({
+            "cniVersion": "0.4.0",
+            "interfaces": [
+                {"name": "br0", "mac": "aa:bb:cc:dd:ee:01"},
+                {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+                {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/netns/x"}
+            ],
+            "ips": [
+                {"version": "4", "interface": 2, "address": "10.1.0.5/24", "gateway": "10.1.0.1"},
+                {"version": "6", "interface": 2, "address": "fd00::5/64"}
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["10.1.0.1"]}
+        })
+    }
+
+    #[test]
+    fn same_version_is_unchanged() {
+        assert_eq!(convert(&bridge_v1(), "1.0.0").unwrap(), bridge_v1());
+        assert_eq!(convert(&bridge_v04(), "0.4.0").unwrap(), bridge_v04());
+    }
+
+    #[test]
+    fn v1_down_to_v04_adds_ip_versions() {
+        assert_eq!(convert(&bridge_v1(), "0.4.0").unwrap(), bridge_v04());
+        let mut v031 = bridge_v04();
+        v031["cniVersion"] = json!("0.3.1");
+        assert_eq!(convert(&bridge_v1(), "0.3.1").unwrap(), v031);
+    }
+
+    #[test]
+    fn v04_up_to_v1_drops_ip_versions() {
+        assert_eq!(convert(&bridge_v04(), "1.0.0").unwrap(), bridge_v1());
+        let mut v11 = bridge_v1();
+        v11["cniVersion"] = json!("1.1.0");
+        assert_eq!(convert(&bridge_v04(), "1.1.0").unwrap(), v11);
+    }
+
+    #[test]
+    fn v11_fields_survive_to_v10_but_not_to_v04() {
+        let mut v11 = bridge_v1();
+        v11["cniVersion"] = json!("1.1.0");
+        v11["interfaces"][2]["mtu"] = json!(1400);
+        v11["routes"][0]["table"] = json!(100);
+        let v10 = convert(&v11, "1.0.0").unwrap();
+        assert_eq!(v10["interfaces"][2]["mtu"], json!(1400));
+        assert_eq!(convert(&v11, "0.4.0").unwrap(), bridge_v04());
+    }
+
+    #[test]
+    fn missing_cni_version_means_the_configs() {
+        let mut prev = bridge_v04();
+        prev.as_object_mut().unwrap().shift_remove("cniVersion");
+        assert_eq!(convert(&prev, "0.4.0").unwrap(), bridge_v04());
+    }
+
+    #[test]
+    fn cni_version_comes_first_and_unknown_fields_stay() {
+        let prev = json!({"ips": [], "custom": {"a": 1}, "cniVersion": "1.0.0"});
+        let out = convert(&prev, "1.0.0").unwrap();
+        assert_eq!(
+            serde_json::to_string(&out).unwrap(),
+            r#"{"cniVersion":"1.0.0","ips":[],"custom":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn bad_results_are_rejected() {
+        assert_eq!(convert(&json!([]), "1.0.0"), Err(ResultError::NotAnObject));
+        assert_eq!(
+            convert(&json!({"cniVersion": "0.2.0", "ip4": {}}), "1.0.0"),
+            Err(ResultError::UnsupportedVersion("0.2.0".into()))
+        );
+        assert!(matches!(
+            convert(&json!({"cniVersion": 4}), "1.0.0"),
+            Err(ResultError::UnsupportedVersion(_))
+        ));
+        assert_eq!(
+            convert(&json!({"ips": {}}), "1.0.0"),
+            Err(ResultError::NotAList { field: "ips" })
+        );
+        for address in ["10.0.0.1", "10.0.0.1/33", "nonsense/8", "fd00::1/129"] {
+            assert_eq!(
+                convert(&json!({"ips": [{"address": address}]}), "0.4.0"),
+                Err(ResultError::BadAddress {
+                    index: 0,
+                    address: address.into()
+                }),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn pod_ips_strip_prefixes() {
+        assert_eq!(
+            pod_ips(&bridge_v1()).unwrap(),
+            vec!["10.1.0.5".to_string(), "fd00::5".to_string()]
+        );
+        assert!(pod_ips(&empty("1.0.0")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn empty_result() {
+        assert_eq!(
+            serde_json::to_string(&empty("0.4.0")).unwrap(),
+            r#"{"cniVersion":"0.4.0"}"#
+        );
+    }
+}
