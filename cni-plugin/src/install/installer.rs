@@ -94,7 +94,7 @@ impl Installer {
         self.recheck_and_log();
         let mut ticker = tokio::time::interval(self.recheck);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.reset(); // the first tick would fire at once; `install` just checked.
+        ticker.reset(); // the first tick would fire at once, and we have just checked.
         tokio::pin!(shutdown);
         loop {
             let cause = tokio::select! {
