@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub struct Installer {
     last_primary: Mutex<Option<PathBuf>>,
     ready: watch::Sender<bool>,
     recheck: Duration,
+    checks: AtomicU64,
 }
 
 impl Installer {
@@ -47,6 +49,7 @@ impl Installer {
             last_primary: Mutex::new(None),
             ready: watch::Sender::new(false),
             recheck: RECHECK_INTERVAL,
+            checks: AtomicU64::new(0),
         }
     }
 
@@ -86,9 +89,12 @@ impl Installer {
     /// cannot be watched, the fallback period alone drives the checks.
     pub async fn keep_installed<F: Future>(&self, shutdown: F) {
         let mut watch = self.start_watch();
+        // Check once with the watch in place: a change between `install` and now would
+        // otherwise wait for the fallback period.
+        self.recheck_and_log();
         let mut ticker = tokio::time::interval(self.recheck);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.reset(); // the first tick would fire at once; `install` just checked.
+        ticker.reset(); // the first tick would fire at once, and we have just checked.
         tokio::pin!(shutdown);
         loop {
             let cause = tokio::select! {
@@ -108,11 +114,21 @@ impl Installer {
                 }
             };
             debug!(cause, "re-checking the CNI plugin install");
-            match self.check() {
-                Ok(r) => log_report(&r, "repaired"),
-                Err(e) => warn!(error = %e, "CNI plugin install check failed; will retry"),
-            }
+            self.recheck_and_log();
         }
+    }
+
+    fn recheck_and_log(&self) {
+        match self.check() {
+            Ok(r) => log_report(&r, "repaired"),
+            Err(e) => warn!(error = %e, "CNI plugin install check failed; will retry"),
+        }
+    }
+
+    /// How many checks (install passes, re-checks) have completed, for metrics; a caller can
+    /// also tell from it that `keep_installed` is up (its first check follows the watch).
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// Takes our entry out of every config file in the conf dir that has one (not only the
@@ -121,7 +137,7 @@ impl Installer {
     /// Call only after `keep_installed` has stopped, and only when the agent is going away
     /// for good (see [`super::upgrade`] for Istio's rule).
     pub fn uninstall(&self) -> Result<(), InstallError> {
-        let _ = self.ready.send(false);
+        self.ready.send_replace(false);
         let mut first_err: Option<InstallError> = None;
         let mut note = |r: Result<(), InstallError>| {
             if let Err(e) = r {
@@ -195,6 +211,7 @@ impl Installer {
     /// One pass over binary, kubeconfig and conflist; updates readiness.
     fn check(&self) -> Result<InstallReport, InstallError> {
         let result = self.check_inner();
+        self.checks.fetch_add(1, Ordering::Relaxed);
         let installed = matches!(&result, Ok(r) if r.is_installed());
         self.ready
             .send_if_modified(|r| std::mem::replace(r, installed) != installed);

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -32,6 +33,28 @@ impl Interest {
     }
 }
 
+/// Whether a raw notification may mean one of the files we care about changed.
+fn relevant(res: &notify::Result<notify::Event>, interests: &[(PathBuf, Interest)]) -> bool {
+    match res {
+        // An event without paths (e.g. a queue overflow) may hide anything.
+        Ok(ev) if ev.paths.is_empty() => true,
+        // Reads (ours, the runtime's, anyone's) change nothing; reacting to them would make
+        // every check trigger the next one.
+        Ok(ev) if is_read_only(&ev.kind) => false,
+        Ok(ev) => ev.paths.iter().any(|p| {
+            interests
+                .iter()
+                .any(|(dir, interest)| p.parent() == Some(dir.as_path()) && interest.matches(p))
+        }),
+        // A watch error: re-check rather than trust the watch.
+        Err(_) => true,
+    }
+}
+
+fn is_read_only(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
 /// A live inotify watch on some directories (non-recursive).
 pub struct DirWatch {
     _watcher: RecommendedWatcher,
@@ -45,18 +68,7 @@ impl DirWatch {
         let interests: Vec<_> = dirs.to_vec();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let relevant = match &res {
-                    // An event without paths (e.g. a queue overflow) may hide anything.
-                    Ok(ev) if ev.paths.is_empty() => true,
-                    Ok(ev) => ev.paths.iter().any(|p| {
-                        interests
-                            .iter()
-                            .any(|(dir, interest)| p.parent() == Some(dir) && interest.matches(p))
-                    }),
-                    // A watch error: re-check rather than trust the watch.
-                    Err(_) => true,
-                };
-                if relevant {
+                if relevant(&res, &interests) {
                     let _ = tx.send(());
                 }
             })?;
@@ -82,5 +94,75 @@ impl DirWatch {
                 Err(_) => return true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+    use notify::Event;
+
+    fn ev(kind: EventKind, path: &str) -> notify::Result<Event> {
+        Ok(Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn only_writes_to_interesting_files_count() {
+        let interests = [
+            (PathBuf::from("/net.d"), Interest::Configs),
+            (
+                PathBuf::from("/bin"),
+                Interest::File("nodetunnel-cni".into()),
+            ),
+        ];
+        let yes = |e| assert!(relevant(&e, &interests), "{e:?}");
+        let no = |e| assert!(!relevant(&e, &interests), "{e:?}");
+        yes(ev(
+            EventKind::Create(CreateKind::File),
+            "/net.d/10-a.conflist",
+        ));
+        yes(ev(EventKind::Modify(ModifyKind::Any), "/net.d/10-a.conf"));
+        yes(ev(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/net.d/10-a.json",
+        ));
+        yes(ev(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            "/net.d/10-a.conflist",
+        ));
+        yes(ev(
+            EventKind::Remove(RemoveKind::File),
+            "/bin/nodetunnel-cni",
+        ));
+        yes(Ok(Event::new(EventKind::Other)));
+        yes(Err(notify::Error::generic("queue overflow")));
+        no(ev(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            "/net.d/10-a.conflist",
+        ));
+        no(ev(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            "/net.d/10-a.conflist",
+        ));
+        no(ev(EventKind::Modify(ModifyKind::Any), "/net.d/notes.txt"));
+        no(ev(
+            EventKind::Modify(ModifyKind::Any),
+            "/net.d/.10-a.conflist.1.nodetunnel-tmp",
+        ));
+        no(ev(EventKind::Modify(ModifyKind::Any), "/bin/bridge"));
+        no(ev(
+            EventKind::Modify(ModifyKind::Any),
+            "/elsewhere/10-a.conflist",
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_real_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DirWatch::new(&[(dir.path().to_owned(), Interest::Configs)]).unwrap();
+        std::fs::write(dir.path().join("10-a.conflist"), b"{}").unwrap();
+        let got = timeout(Duration::from_secs(10), w.changed()).await;
+        assert_eq!(got.ok(), Some(true));
     }
 }

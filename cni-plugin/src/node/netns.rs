@@ -170,23 +170,54 @@ fn stat_id(st: &nix::sys::stat::FileStat) -> NetnsId {
     (u64::from(st.st_dev), u64::from(st.st_ino))
 }
 
-/// A namespace fd's `/proc/self/fd/<n>` link reads `net:[<inode>]` for a network namespace and
-/// `mnt:[…]`, `pid:[…]` for the others; a plain file shows its path. Safe to read, unlike the
-/// `NS_GET_NSTYPE` ioctl.
+/// Whether `fd` is a network namespace. A namespace fd lives on nsfs; its `/proc/self/fd/<n>`
+/// link reads `net:[<inode>]` (or `mnt:[…]`, `pid:[…]` for other kinds) when it was opened
+/// through `/proc/<pid>/ns/net`, but shows the mount point for a bind-mounted one
+/// (`/var/run/netns/cni-…`). Then the type is settled by entering it on a throwaway thread,
+/// which the kernel refuses (EINVAL) for any other kind. All without the `NS_GET_NSTYPE`
+/// ioctl, which would need `unsafe`.
 fn check_is_netns(fd: BorrowedFd<'_>, path: &Path) -> Result<(), NetnsError> {
-    let link = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
-    let target = std::fs::read_link(&link).map_err(|source| NetnsError::Inspect {
+    let inspect = |source: io::Error| NetnsError::Inspect {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let not_netns = |found: String| NetnsError::NotANetns {
+        path: path.to_path_buf(),
+        found,
+    };
+    let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| inspect(e.into()))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(not_netns(format!(
+            "a file on a {:?} filesystem, not nsfs",
+            fs.filesystem_type()
+        )));
+    }
+    let link = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+    let target = std::fs::read_link(&link).map_err(inspect)?;
     let target = target.to_string_lossy().into_owned();
-    if target.starts_with("net:[") {
-        Ok(())
-    } else {
-        Err(NetnsError::NotANetns {
-            path: path.to_path_buf(),
-            found: target,
-        })
+    if let Some((kind, _)) = target.split_once(":[") {
+        return if kind == "net" {
+            Ok(())
+        } else {
+            Err(not_netns(target))
+        };
+    }
+    let entered = thread::scope(|scope| {
+        thread::Builder::new()
+            .name("netns-probe".to_string())
+            .spawn_scoped(scope, move || {
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+            })
+            .map_err(inspect)?
+            .join()
+            .map_err(|_| inspect(io::Error::other("the probe thread panicked")))
+    })?;
+    match entered {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL) => {
+            Err(not_netns(format!("{target} (a namespace of another kind)")))
+        }
+        Err(e) => Err(inspect(e.into())),
     }
 }
 

@@ -11,7 +11,9 @@
 use std::net::Ipv4Addr;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
@@ -137,6 +139,8 @@ fn local_default_route(lo: u32) -> RouteMessage {
         .table_id(TABLE)
         .kind(RouteType::Local)
         .scope(RouteScope::Host)
+        // What `ip route replace` sets by default.
+        .protocol(RouteProtocol::Boot)
         .build()
 }
 
