@@ -200,7 +200,8 @@ fn add(
 }
 
 /// Logs to stderr only, at the config's `plugin_log_level` (Istio's levels: debug, info,
-/// warn, error, none), `info` when it is absent or unknown.
+/// warn, error, none), `info` when it is absent or unknown. The level applies to this crate;
+/// libraries (kube, hyper, rustls) log warnings and errors only.
 fn init_logging(stdin: &[u8]) {
     let level = serde_json::from_slice::<Value>(stdin)
         .ok()
@@ -216,6 +217,8 @@ fn init_logging(stdin: &[u8]) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(directive))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "warn,nodetunnel_cni={directive}"
+        )))
         .try_init();
 }

@@ -28,6 +28,15 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
+    /// The API server answered with an error status.
+    #[error("GET {what}: the API server answered {code} {reason}: {message}")]
+    Api {
+        what: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// No answer: connection, TLS, protocol or decoding trouble.
     #[error("GET {what}: {source}")]
     Get {
         what: String,
@@ -49,10 +58,8 @@ impl KubeError {
                 matches!(source, KubeconfigError::ReadConfig(..))
             }
             KubeError::Client { .. } | KubeError::Timeout(_) => true,
-            KubeError::Get { source, .. } => match source {
-                kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-                _ => true,
-            },
+            KubeError::Api { code, .. } => *code == 429 || *code >= 500,
+            KubeError::Get { .. } => true,
         }
     }
 }
@@ -83,18 +90,24 @@ async fn lookup_unbounded(
     let pod = Api::<Pod>::namespaced(client.clone(), namespace)
         .get(name)
         .await
-        .map_err(|source| KubeError::Get {
-            what: format!("pod {namespace}/{name}"),
-            source,
-        })?;
+        .map_err(|e| get_error(format!("pod {namespace}/{name}"), e))?;
     let ns = Api::<Namespace>::all(client)
         .get(namespace)
         .await
-        .map_err(|source| KubeError::Get {
-            what: format!("namespace {namespace}"),
-            source,
-        })?;
+        .map_err(|e| get_error(format!("namespace {namespace}"), e))?;
     Ok((pod, ns))
+}
+
+fn get_error(what: String, error: kube::Error) -> KubeError {
+    match error {
+        kube::Error::Api(status) => KubeError::Api {
+            what,
+            code: status.code,
+            reason: status.reason,
+            message: status.message,
+        },
+        source => KubeError::Get { what, source },
+    }
 }
 
 async fn client(path: &Path) -> Result<Client, KubeError> {

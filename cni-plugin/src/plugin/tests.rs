@@ -1,19 +1,10 @@
 //! `run` end to end without an API server or agent: the paths that must not need them, and
 //! the failures that must fail closed.
 
-use std::collections::HashMap;
-
 use serde_json::{json, Value};
 
+use super::args::env;
 use super::*;
-
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |k| map.get(k).cloned()
-}
 
 fn add_env(cni_args: &str) -> impl Fn(&str) -> Option<String> {
     env(&[

@@ -272,9 +272,18 @@ impl Runner {
 
     /// `ADD` through the list; returns the last plugin's result.
     pub fn add(&self, list: &ConfList, att: &Attachment) -> Result<Value, CniError> {
-        let mut prev: Option<Value> = None;
+        let mut steps = self.add_steps(list, att)?;
+        steps
+            .pop()
+            .ok_or_else(|| CniError::BadConfList("`plugins` is empty".into()))
+    }
+
+    /// `ADD` through the list; returns every plugin's result in order (to compare what a
+    /// chained plugin printed with the `prevResult` it was given).
+    pub fn add_steps(&self, list: &ConfList, att: &Attachment) -> Result<Vec<Value>, CniError> {
+        let mut steps: Vec<Value> = Vec::new();
         for (i, ty) in list.plugin_types().into_iter().enumerate() {
-            let config = list.plugin_config(i, prev.as_ref()).unwrap_or_default();
+            let config = list.plugin_config(i, steps.last()).unwrap_or_default();
             let run = self.invoke(ty, "ADD", &config, Some(att))?;
             let result: Value =
                 serde_json::from_str(&run.stdout).map_err(|e| CniError::BadOutput {
@@ -291,9 +300,9 @@ impl Runner {
                     stdout: run.stdout,
                 });
             }
-            prev = Some(result);
+            steps.push(result);
         }
-        prev.ok_or_else(|| CniError::BadConfList("`plugins` is empty".into()))
+        Ok(steps)
     }
 
     /// `DEL` through the list in reverse order, with the `ADD` result when known.
