@@ -1,6 +1,313 @@
-//! (filled in by the CNI issue)
+//! The CNI node agent (`nodetunnel-cni-agent`, one per node, a DaemonSet): installs the plugin
+//! into the host's CNI config, watches Namespaces and this node's Pods, and enrolls ambient
+//! pods into the node tunnel: in-pod redirection rules, host probe SNAT, ZDS hand-over of the
+//! pod's netns, and the `ambient.istio.io/redirection` annotation.
+//!
+//! - [`config`]: flags and Istio's environment variables.
+//! - [`watch`]: the Kubernetes watches; [`reconcile`]: the single task deciding enrollment;
+//!   [`enroll`]: the steps of enrolling and unenrolling one pod.
+//! - [`plugin_server`]: `POST /cmdadd` from the plugin; [`health`]: `/healthz`, `/readyz`.
+
+pub mod config;
+pub mod enroll;
+pub mod health;
+pub mod plugin_server;
+pub mod reconcile;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kube::Client;
+use nodetunnel_zds::agent::{AgentEvent, ZdsAgent};
+use nodetunnel_zds::server::{ZdsServer, ZdsServerError, ACK_TIMEOUT};
+use tokio::sync::mpsc;
+
+use crate::ambient::EnrollmentRules;
+use crate::install::{upgrade, InstallConfig, Installer, ShutdownAction};
+use crate::node::host_rules::{HostProbeSnat, HostRulesError};
+use crate::plugin::config::PluginConfig;
+use config::{AgentConfig, PLUGIN_TYPE};
+use enroll::Enroller;
+use health::Readiness;
+use reconcile::{Input, Reconciler};
+
+/// How often pods that could not be enrolled yet are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("NATIVE_NFTABLES=true: this agent programs iptables only; unset it")]
+    Nftables,
+    #[error("Kubernetes client configuration (KUBECONFIG or in-cluster): {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    KubeClient(#[from] kube::Error),
+    #[error("host probe SNAT rules: {0}")]
+    HostRules(#[from] HostRulesError),
+    #[error("ZDS socket {}: {source}", path.display())]
+    Zds {
+        path: PathBuf,
+        #[source]
+        source: ZdsServerError,
+    },
+    #[error("creating {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plugin event server: {0}")]
+    EventServer(#[from] plugin_server::EventServerError),
+    #[error("health server on {addr}: {source}")]
+    Health {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enablement selectors: {0}")]
+    Selectors(#[from] crate::ambient::SelectorError),
+    #[error("install: {0}")]
+    Install(#[from] crate::install::InstallError),
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// Runs the node agent; returns the exit code.
 pub fn main() -> i32 {
-    1
+    let config = match AgentConfig::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "starting the runtime");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::error!("{error}");
+            1
+        }
+    }
+}
+
+/// The agent until SIGTERM/SIGINT.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    if config.native_nftables {
+        return Err(AgentError::Nftables);
+    }
+    let shutdown = shutdown_signal();
+    let kube_config = kube::Config::infer().await?;
+    let client = Client::try_from(kube_config.clone())?;
+    let readiness = Readiness::default();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Enrollment first, so the event socket exists before the plugin is installed: a pod
+    // created right after install must find the agent.
+    let (inputs, inputs_rx) = mpsc::channel(256);
+    let reconciler = if config.ambient_enabled {
+        let host = tokio::task::spawn_blocking(HostProbeSnat::ensure).await??;
+        let zds = start_zds(&config)?;
+        let enroller = Enroller::new(zds, host, client.clone(), config.ambient_dns_capture);
+        let reconciler = Reconciler::new(
+            EnrollmentRules::new(
+                config.exclude_namespaces.clone(),
+                config.pod_namespace.clone(),
+                &[],
+            )?,
+            client.clone(),
+            config.proc_root.clone(),
+            enroller,
+            readiness.synced.clone(),
+        );
+        tasks.spawn(plugin_server::bind(&config.event_socket(), inputs.clone())?);
+        tasks.spawn(watch::namespaces(client.clone(), inputs.clone()));
+        tasks.spawn(watch::pods(
+            client.clone(),
+            config.node_name.clone(),
+            inputs.clone(),
+        ));
+        let ticks = inputs.clone();
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(RETRY_EVERY);
+            loop {
+                every.tick().await;
+                if ticks.send(Input::Retry).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(tokio::spawn(reconciler.run(inputs_rx)))
+    } else {
+        readiness.synced.store(true, Ordering::Relaxed);
+        None
+    };
+    drop(inputs);
+    let health = health::serve(config.health_addr, readiness.clone())
+        .await
+        .map_err(|source| AgentError::Health {
+            addr: config.health_addr,
+            source,
+        })?;
+    tasks.spawn(health);
+
+    let installer = Arc::new(Installer::new(install_config(&config)));
+    tasks.spawn(mirror_install_readiness(
+        installer.ready(),
+        readiness.installed.clone(),
+    ));
+    let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
+    let keeper = {
+        let installer = installer.clone();
+        let kube_config = kube_config.clone();
+        tokio::spawn(async move {
+            // A failed first pass (say, an unwritable directory) is retried by the keeper.
+            if let Err(error) = installer.install(&kube_config).await {
+                tracing::warn!(%error, "installing the CNI plugin; will retry");
+            }
+            installer.keep_installed(keeper_stopped).await;
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_keeper.send(());
+    let _ = keeper.await;
+    tasks.shutdown().await;
+    if let Some(reconciler) = reconciler {
+        // Every sender is gone now, so the reconciler finishes and hands back the enroller.
+        match reconciler.await {
+            Ok(enroller) => enroller.shutdown().await,
+            Err(error) => tracing::warn!(%error, "the reconciler task failed"),
+        }
+        let _ = std::fs::remove_file(config.event_socket());
+    }
+    let action = if config.ambient_disable_safe_upgrade {
+        ShutdownAction::Uninstall
+    } else {
+        upgrade::shutdown_action(client, &config.pod_namespace, &config.daemonset_name).await
+    };
+    if action == ShutdownAction::Uninstall {
+        installer.uninstall()?;
+        tracing::info!("CNI plugin uninstalled");
+    } else {
+        tracing::info!("leaving the CNI plugin installed for the next agent (upgrade or restart)");
+    }
+    Ok(())
+}
+
+/// Copies the installer's "our entry is in place" flag into the agent's readiness.
+async fn mirror_install_readiness(
+    mut installed: tokio::sync::watch::Receiver<bool>,
+    flag: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        flag.store(*installed.borrow_and_update(), Ordering::Relaxed);
+        if installed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn start_zds(config: &AgentConfig) -> Result<ZdsAgent, AgentError> {
+    let path = &config.ztunnel_uds_address;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let server = ZdsServer::bind(path).map_err(|source| AgentError::Zds {
+        path: path.clone(),
+        source,
+    })?;
+    let (zds, mut events) = ZdsAgent::start(server, ACK_TIMEOUT);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            log_zds_event(&event);
+        }
+    });
+    Ok(zds)
+}
+
+fn log_zds_event(event: &AgentEvent) {
+    for line in nodetunnel_zds::agent::lines::render(event) {
+        tracing::info!(target: "zds", "{line}");
+    }
+}
+
+/// What the installer writes: the plugin binary, its kubeconfig and its conflist entry.
+fn install_config(config: &AgentConfig) -> InstallConfig {
+    let plugin = PluginConfig {
+        cni_version: String::new(),
+        name: String::new(),
+        plugin_type: PLUGIN_TYPE.into(),
+        plugin_log_level: "info".into(),
+        cni_agent_run_dir: config.run_dir.clone(),
+        ambient_enabled: config.ambient_enabled,
+        enablement_selectors: Vec::new(),
+        exclude_namespaces: config.exclude_namespaces.clone(),
+        pod_namespace: config.pod_namespace.clone(),
+        native_nftables: false,
+    };
+    let mut entry = serde_json::to_value(&plugin).unwrap_or_default();
+    if let Some(map) = entry.as_object_mut() {
+        // The conflist's own version applies.
+        map.remove("cniVersion");
+    }
+    let plugin_source = config.plugin_binary.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(PLUGIN_TYPE)))
+            .unwrap_or_else(|| PathBuf::from("/opt/cni/bin").join(PLUGIN_TYPE))
+    });
+    InstallConfig {
+        cni_net_dir: config.mounted_cni_net_dir.clone(),
+        cni_bin_dir: config.host_cni_bin_dir.clone(),
+        plugin_source,
+        plugin_type: PLUGIN_TYPE.into(),
+        conf_name: config.cni_conf_name.clone(),
+        kubeconfig_path: config.plugin_kubeconfig(),
+        entry,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (registered now, so a signal during start is not lost).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
 }

@@ -133,7 +133,9 @@ fn ip_rule_present(ns: &Netns) -> bool {
     ns.ip(&["rule", "show"])
         .unwrap()
         .lines()
-        .any(|l| l.starts_with("32764:") && l.contains("fwmark 0x111/0xfff lookup 100"))
+        // `ip rule` prints a rule without the lookup action as `lookup 100 none`; such a
+        // rule routes nothing, so only the exact line counts.
+        .any(|l| l.starts_with("32764:") && l.trim_end().ends_with("fwmark 0x111/0xfff lookup 100"))
 }
 
 fn table_100(ns: &Netns) -> String {

@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 /// Marks set (via CONNMARK restore) on the tunnel's in-pod traffic; Istio `InpodTProxyMark`.
@@ -66,15 +66,21 @@ where
 pub(crate) fn ensure() -> Result<(), RoutingError> {
     let lo = nix::net::if_::if_nametoindex("lo").map_err(RoutingError::Loopback)?;
     with_handle(|handle| async move {
-        let rules = our_rules(&handle).await?;
-        if rules.is_empty() {
+        // A rule without the lookup action (`ip rule` prints it as `lookup 100 none`) matches
+        // but routes nothing: replies would leave the pod instead of reaching the tunnel.
+        let (good, bad): (Vec<_>, Vec<_>) = our_rules(&handle)
+            .await?
+            .into_iter()
+            .partition(|r| r.header.action == RuleAction::ToTable);
+        if good.is_empty() {
             let mut add = handle
                 .rule()
                 .add()
                 .v4()
                 .fw_mark(TPROXY_MARK)
                 .priority(RULE_PRIORITY)
-                .table_id(TABLE);
+                .table_id(TABLE)
+                .action(RuleAction::ToTable);
             add.message_mut()
                 .attributes
                 .push(RuleAttribute::FwMask(TPROXY_MASK));
@@ -82,13 +88,13 @@ pub(crate) fn ensure() -> Result<(), RoutingError> {
                 .await
                 .map_err(netlink("adding the fwmark ip rule"))?;
         }
-        for extra in rules.into_iter().skip(1) {
+        for extra in good.into_iter().skip(1).chain(bad) {
             handle
                 .rule()
                 .del(extra)
                 .execute()
                 .await
-                .map_err(netlink("deleting a duplicate fwmark ip rule"))?;
+                .map_err(netlink("deleting a duplicate or inert fwmark ip rule"))?;
         }
         handle
             .route()
@@ -128,7 +134,8 @@ pub(crate) fn present() -> Result<(bool, bool), RoutingError> {
     with_handle(|handle| async move {
         let rules = our_rules(&handle).await?;
         let routes = our_routes(&handle).await?;
-        Ok((!rules.is_empty(), !routes.is_empty()))
+        let working = rules.iter().any(|r| r.header.action == RuleAction::ToTable);
+        Ok((working, !routes.is_empty()))
     })
 }
 

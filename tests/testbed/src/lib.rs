@@ -77,3 +77,26 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
         )))
     }
 }
+
+/// A workspace binary built by cargo into `target/<profile>/`, found from a test executable
+/// (`target/<profile>/deps/…`) or a binary beside it. Tests of one package use another
+/// package's binaries this way; `cargo test --workspace` builds them all first.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let bin = d.join(name);
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        if d.file_name().is_some_and(|n| n != "deps") {
+            break;
+        }
+        dir = d.parent();
+    }
+    Err(Error::Invalid(format!(
+        "binary {name} not found near {} (build the workspace first: cargo build --workspace)",
+        exe.display()
+    )))
+}
