@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use nodetunnel_testbed::cni::{Attachment, ConfList, Runner};
 use nodetunnel_testbed::inpod::{InpodRules, PodTopology};
 use nodetunnel_testbed::kube_api::KubeApi;
 use nodetunnel_testbed::process::NsProcess;
@@ -25,8 +26,8 @@ use nodetunnel_testbed::traffic::echo_handler;
 use nodetunnel_testbed::tunnel::http_get_status;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
-    shared_tunnel_env, workspace_binary, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Server,
-    Tunnel,
+    shared_tunnel_env, workspace_binary, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Netns,
+    Server, Tunnel, Workload,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -103,14 +104,16 @@ struct Mesh {
 
 impl Mesh {
     fn start(test: &str) -> Option<Mesh> {
+        Mesh::start_with(test, MeshConfig::standard(SERVER_PORT))
+    }
+
+    fn start_with(test: &str, mesh_config: MeshConfig) -> Option<Mesh> {
         if !namespaces_available(test) {
             return None;
         }
         let topo = PodTopology::two_node(test, InpodRules::Skip).expect("building the topology");
         let config = topo.path("mesh.yaml");
-        MeshConfig::standard(SERVER_PORT)
-            .write(&config)
-            .expect("writing the mesh config");
+        mesh_config.write(&config).expect("writing the mesh config");
         let ca = topo.path("ca");
         std::fs::create_dir_all(&ca).expect("creating the CA dir");
         generate_ca(&tunnel_bin(), &ca).expect("nodetunnel generate-ca");
@@ -165,7 +168,7 @@ impl Mesh {
         }
         std::fs::write(
             net_dir.join("10-primary.conflist"),
-            r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.99.0.0/24"}}]}"#,
+            primary_conflist(self.topo.node(node).ip(), &dir.join("ipam")).to_string(),
         )
         .expect("writing the primary conflist");
         let zds = dir.join("ztunnel.sock");
@@ -315,11 +318,51 @@ impl Mesh {
             && self.tunnel_pods(node).contains(&self.uid(pod))
     }
 
+    /// Like [`enrolled`](Self::enrolled) for a pod whose namespace is `ns` (one the test made
+    /// itself rather than the topology).
+    fn enrolled_ns(&self, pod: &str, ns: &Netns, node: &str) -> bool {
+        let namespace = "default";
+        let annotated = self
+            .kube
+            .pod(namespace, pod)
+            .and_then(|p| p.metadata.annotations)
+            .and_then(|a| a.get(REDIRECTION).cloned());
+        annotated.as_deref() == Some("enabled")
+            && ns
+                .exec("iptables-save", &[])
+                .is_ok_and(|r| r.contains("-j ISTIO_OUTPUT"))
+            && self.tunnel_pods(node).contains(&self.uid(pod))
+    }
+
     fn unenrolled(&self, pod: &str, node: &str) -> bool {
         self.pod_annotation(pod).is_none()
             && !self.pod_rules(pod).contains("ISTIO")
             && !self.tunnel_pods(node).contains(&self.uid(pod))
     }
+}
+
+/// The node's primary CNI config, as a simple routed CNI would write it: `ptp` with
+/// host-local addresses .30–.39 of the node's /24, the node's address as gateway.
+fn primary_conflist(node_ip: Ipv4Addr, ipam_dir: &Path) -> serde_json::Value {
+    let [a, b, c, _] = node_ip.octets();
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [{
+            "type": "ptp",
+            "ipam": {
+                "type": "host-local",
+                "dataDir": ipam_dir,
+                "ranges": [[{
+                    "subnet": format!("{a}.{b}.{c}.0/24"),
+                    "rangeStart": format!("{a}.{b}.{c}.30"),
+                    "rangeEnd": format!("{a}.{b}.{c}.39"),
+                    "gateway": node_ip.to_string()
+                }]],
+                "routes": [{ "dst": "0.0.0.0/0" }]
+            }
+        }]
+    })
 }
 
 fn ipset_members(mesh: &Mesh, node: &str) -> String {
@@ -453,6 +496,118 @@ fn a_restarted_tunnel_gets_the_snapshot_and_traffic_works_again() {
     assert!(
         mesh.log("n1").contains("snapshot sent: 2 pods, acks ok"),
         "{}",
+        mesh.log("n1")
+    );
+}
+
+#[test]
+fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
+    // The runtime's first free address on n1 is .30; the mesh knows a workload there.
+    let fresh_ip = Ipv4Addr::new(10, 77, 1, 30);
+    let config =
+        MeshConfig::standard(SERVER_PORT).with_workload(Workload::new("fresh", fresh_ip, "n1"));
+    let Some(mesh) = Mesh::start_with("cni_agent_add", config) else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    assert_eventually!(
+        mesh.enrolled("server", "n2"),
+        WAIT,
+        "server enrolled; log:\n{}",
+        mesh.log("n2")
+    );
+
+    // Kubelet: the Pod object exists (Pending, no IP yet), then the runtime creates the
+    // sandbox netns and runs the node's CNI config — the one our agent rewrote — with the
+    // plugins it finds in the host CNI bin dir, where the agent installed ours.
+    let uid = mesh.uid("fresh");
+    let mut pending = pod(&uid, "default", "fresh", "n1", fresh_ip);
+    pending.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).unwrap());
+    mesh.kube.put_pod(pending);
+    let sandbox =
+        Netns::create(&format!("{}-fresh", mesh.topo.prefix())).expect("the sandbox netns");
+    let agent = &mesh.agents["n1"];
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(agent.net_dir.join("10-primary.conflist")).expect("the node's CNI config"),
+    )
+    .expect("JSON");
+    let list = ConfList::parse(&list).expect("a conflist");
+    assert_eq!(list.plugin_types(), ["ptp", "nodetunnel-cni"]);
+    let runner = Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]);
+    let attachment = Attachment {
+        container_id: format!("{}-fresh", mesh.topo.prefix()),
+        netns: sandbox.path(),
+        ifname: "eth0".into(),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh".into(),
+    };
+    let result = {
+        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment.clone());
+        mesh.topo
+            .node_ns("n1")
+            .run(move || runner.add(&list, &attachment))
+            .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")))
+    };
+    assert_eq!(
+        result["ips"][0]["address"], "10.77.1.30/24",
+        "the chain's result is ptp's, passed through: {result}"
+    );
+    // By the time ADD returned, the pod was enrolled: rules, annotation, tunnel.
+    assert!(
+        mesh.enrolled_ns("fresh", &sandbox, "n1"),
+        "enrolled when ADD returns; log:\n{}",
+        mesh.log("n1")
+    );
+    assert!(
+        mesh.log("n1").contains("trigger=CniAdd"),
+        "{}",
+        mesh.log("n1")
+    );
+    // Kubelet reports the pod running with its IP: nothing changes.
+    mesh.kube
+        .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
+
+    // Its traffic crosses HBONE with its own identity.
+    let echo = || -> io::Result<()> {
+        let mut s =
+            sandbox.run(move || connect_from(fresh_ip, (addr::SERVER, SERVER_PORT).into()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)
+    };
+    echo().expect("traffic from the new pod");
+    let inbound = mesh.tunnels["n2"].wait_access_line(
+        &[
+            ("direction", "inbound"),
+            ("protocol", "HBONE"),
+            ("src_identity", "spiffe://cluster.local/ns/default/sa/fresh"),
+        ],
+        WAIT,
+    );
+    assert!(inbound.contains("10.77.1.30"), "{inbound}");
+
+    // The pod is deleted: the runtime's DEL, then the API object goes; the agent takes it
+    // out of the tunnel and the probe ipset.
+    {
+        let (runner, list, attachment, result) = (
+            runner.clone(),
+            list.clone(),
+            attachment.clone(),
+            result.clone(),
+        );
+        mesh.topo
+            .node_ns("n1")
+            .run(move || runner.del(&list, &attachment, Some(&result)))
+            .expect("CNI DEL");
+    }
+    mesh.kube.delete_pod("default", "fresh");
+    assert_eventually!(
+        !mesh.tunnel_pods("n1").contains(&uid)
+            && !ipset_members(&mesh, "n1").contains("10.77.1.30"),
+        WAIT,
+        "fresh unenrolled after deletion: tunnel pods {}; log:\n{}",
+        mesh.tunnel_pods("n1"),
         mesh.log("n1")
     );
 }
