@@ -127,7 +127,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let (inputs, inputs_rx) = mpsc::channel(256);
     let reconciler = if config.ambient_enabled {
         let host = tokio::task::spawn_blocking(HostProbeSnat::ensure).await??;
-        let zds = start_zds(&config)?;
+        // Tunnels are served only once the first listing is reconciled (see start_zds).
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+        let zds = start_zds(&config, async move {
+            let _ = synced_rx.await;
+        })?;
         let enroller = Enroller::new(zds, host, client.clone(), config.ambient_dns_capture);
         let reconciler = Reconciler::new(
             EnrollmentRules::new(
@@ -139,6 +143,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             config.proc_root.clone(),
             enroller,
             readiness.synced.clone(),
+            synced_tx,
         );
         tasks.spawn(plugin_server::bind(&config.event_socket(), inputs.clone())?);
         tasks.spawn(watch::namespaces(client.clone(), inputs.clone()));
@@ -229,7 +234,13 @@ async fn mirror_install_readiness(
     }
 }
 
-fn start_zds(config: &AgentConfig) -> Result<ZdsAgent, AgentError> {
+/// Binds the ZDS socket; tunnels are accepted once `synced` completes. Until the agent knows
+/// which pods are enrolled (after a restart: found again under /proc), a tunnel that
+/// reconnects would get an empty snapshot and drain every pod of the node.
+fn start_zds(
+    config: &AgentConfig,
+    synced: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<ZdsAgent, AgentError> {
     let path = &config.ztunnel_uds_address;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| AgentError::Dir {
@@ -241,7 +252,7 @@ fn start_zds(config: &AgentConfig) -> Result<ZdsAgent, AgentError> {
         path: path.clone(),
         source,
     })?;
-    let (zds, mut events) = ZdsAgent::start(server, ACK_TIMEOUT);
+    let (zds, mut events) = ZdsAgent::start_when(server, ACK_TIMEOUT, synced);
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             log_zds_event(&event);

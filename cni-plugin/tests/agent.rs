@@ -32,6 +32,7 @@ use nodetunnel_testbed::{
 
 const SERVER_PORT: u16 = 8080;
 const REDIRECTION: &str = "ambient.istio.io/redirection";
+const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 const HEALTH_PORT: u16 = 18000;
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -609,5 +610,128 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
         "fresh unenrolled after deletion: tunnel pods {}; log:\n{}",
         mesh.tunnel_pods("n1"),
         mesh.log("n1")
+    );
+}
+
+#[test]
+fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
+    let Some(mesh) = Mesh::start("cni_agent_pod_labels") else {
+        return;
+    };
+    let relabel = |name: &str, value: Option<&str>| {
+        let mut pod = mesh.kube.pod("default", name).expect("the pod");
+        let labels = pod.metadata.labels.get_or_insert_with(Default::default);
+        match value {
+            Some(v) => labels.insert(DATAPLANE_MODE.into(), v.into()),
+            None => labels.remove(DATAPLANE_MODE),
+        };
+        mesh.kube.put_pod(pod);
+    };
+    // A host-network pod on n1 (it shares the node's address): never touched.
+    let mut hostnet = pod(
+        &mesh.uid("hostnet"),
+        "default",
+        "hostnet",
+        "n1",
+        addr::NODE1,
+    );
+    hostnet.spec.as_mut().unwrap().host_network = Some(true);
+    mesh.kube.put_pod(hostnet);
+
+    // The namespace is not labelled; the pod label alone enrolls `client`.
+    relabel("client", Some("ambient"));
+    assert_eventually!(
+        mesh.enrolled("client", "n1"),
+        WAIT,
+        "client enrolled by its own label; log:\n{}",
+        mesh.log("n1")
+    );
+    assert_eq!(mesh.pod_annotation("client2"), None);
+
+    // `client2` opts out, then the namespace joins: everyone but `client2` is in.
+    relabel("client2", Some("none"));
+    mesh.label_default(true);
+    assert_eventually!(
+        mesh.enrolled("server", "n2"),
+        WAIT,
+        "server enrolled; log:\n{}",
+        mesh.log("n2")
+    );
+    let hostnet = mesh.kube.pod("default", "hostnet").expect("hostnet");
+    assert!(
+        hostnet
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(REDIRECTION)
+            .is_none(),
+        "a host-network pod must never be enrolled"
+    );
+    // (Eventually: the namespace and pod watches are separate streams, so the agent may see
+    // the namespace label before the opt-out and take `client2` in for a moment.)
+    assert_eventually!(
+        mesh.unenrolled("client2", "n1"),
+        WAIT,
+        "client2 opted out; log:\n{}",
+        mesh.log("n1")
+    );
+
+    // Dropping the opt-out enrolls it; no pod restarts.
+    relabel("client2", None);
+    assert_eventually!(
+        mesh.enrolled("client2", "n1"),
+        WAIT,
+        "client2 enrolled once its opt-out went; log:\n{}",
+        mesh.log("n1")
+    );
+}
+
+#[test]
+fn a_restarted_agent_takes_over_enrolled_pods_without_disturbing_them() {
+    let Some(mut mesh) = Mesh::start("cni_agent_agent_restart") else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    // The agent dies (SIGKILL: no cleanup at all). The tunnel keeps serving its pods.
+    let mut old = mesh.agents.remove("n1").expect("n1's agent");
+    old.process.kill();
+    mesh.echo("client")
+        .expect("traffic while the agent is gone");
+
+    // A new agent finds the pods (annotated, rules in place) under /proc, hands them to the
+    // reconnecting tunnel in its snapshot, and programs nothing twice.
+    let agent = mesh.start_agent("n1");
+    mesh.agents.insert("n1".into(), agent);
+    mesh.wait_agent_ready("n1");
+    assert_eventually!(
+        mesh.log("n1").contains("snapshot sent: 2 pods, acks ok"),
+        WAIT,
+        "the tunnel got both pods from the new agent; log:\n{}",
+        mesh.log("n1")
+    );
+    for pod in ["client", "client2"] {
+        assert!(mesh.enrolled(pod, "n1"), "{pod} still enrolled");
+        let rules = mesh.pod_rules(pod);
+        assert_eq!(
+            rules.matches("-A OUTPUT -j ISTIO_OUTPUT").count(),
+            2,
+            "one jump in mangle and one in nat, not more:\n{rules}"
+        );
+    }
+    mesh.echo("client")
+        .expect("traffic after the agent restart");
+    let tunnel = mesh.tunnels.get_mut("n1").expect("n1's tunnel");
+    assert!(
+        tunnel.try_wait().is_ok_and(|s| s.is_none()),
+        "the tunnel kept running"
     );
 }

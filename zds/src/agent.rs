@@ -53,6 +53,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -247,6 +248,19 @@ impl ZdsAgent {
         server: ZdsServer,
         ack_timeout: Duration,
     ) -> (ZdsAgent, mpsc::UnboundedReceiver<AgentEvent>) {
+        Self::start_when(server, ack_timeout, std::future::ready(()))
+    }
+
+    /// Like [`start`](Self::start), but tunnels are accepted only once `gate` completes; adds
+    /// and dels before that are recorded. A node agent that has just started passes "the
+    /// enrolled pods are known": a tunnel that connected earlier would get an empty
+    /// snapshot and drain every pod it serves. (A tunnel that connects meanwhile waits in
+    /// the socket's backlog.)
+    pub fn start_when(
+        server: ZdsServer,
+        ack_timeout: Duration,
+        gate: impl Future<Output = ()> + Send + 'static,
+    ) -> (ZdsAgent, mpsc::UnboundedReceiver<AgentEvent>) {
         let (events, events_rx) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (incoming, incoming_rx) = mpsc::unbounded_channel();
@@ -264,7 +278,7 @@ impl ZdsAgent {
         let agent = ZdsAgent {
             commands,
             actor: tokio::spawn(actor.run(commands_rx, incoming_rx)),
-            acceptor: tokio::spawn(accept_loop(server, incoming)),
+            acceptor: tokio::spawn(accept_loop(server, incoming, gate)),
             path,
             socket_id,
         };
@@ -569,7 +583,15 @@ async fn watch(peer: &mut ZdsPeer) -> String {
 }
 
 /// Accepts tunnels and hands each one (after its hello) to the actor, until the actor stops.
-async fn accept_loop(server: ZdsServer, incoming: mpsc::UnboundedSender<ZdsPeer>) {
+async fn accept_loop(
+    server: ZdsServer,
+    incoming: mpsc::UnboundedSender<ZdsPeer>,
+    gate: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        () = incoming.closed() => return,
+        () = gate => {}
+    }
     loop {
         let accepted = tokio::select! {
             () = incoming.closed() => return,

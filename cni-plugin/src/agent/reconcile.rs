@@ -63,6 +63,8 @@ pub struct Reconciler {
     /// Pods to enroll whose netns was not found yet.
     retry: BTreeSet<PodKey>,
     synced: Arc<AtomicBool>,
+    /// Fired once, after the first full listing has been reconciled.
+    on_synced: Option<oneshot::Sender<()>>,
 }
 
 impl Reconciler {
@@ -72,6 +74,7 @@ impl Reconciler {
         proc_root: PathBuf,
         enroller: Enroller,
         synced: Arc<AtomicBool>,
+        on_synced: oneshot::Sender<()>,
     ) -> Self {
         Reconciler {
             rules,
@@ -86,6 +89,7 @@ impl Reconciler {
             pods_synced: false,
             retry: BTreeSet::new(),
             synced,
+            on_synced: Some(on_synced),
         }
     }
 
@@ -205,6 +209,9 @@ impl Reconciler {
         if first_sync {
             self.remove_stale_probe_entries().await;
             self.synced.store(true, Ordering::Relaxed);
+            if let Some(on_synced) = self.on_synced.take() {
+                let _ = on_synced.send(());
+            }
             tracing::info!(
                 pods = self.pods.len(),
                 enrolled = self.enroller.uids().len(),

@@ -536,3 +536,43 @@ fn event_lines() {
 }
 
 const ACK: Duration = crate::server::ACK_TIMEOUT;
+
+#[tokio::test]
+async fn a_gated_agent_serves_tunnels_only_after_the_gate_with_what_was_added_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ZdsServer::bind(dir.path().join("zds.sock")).unwrap();
+    let (open, gate) = oneshot::channel::<()>();
+    let (agent, mut events) = ZdsAgent::start_when(server, ACK, async move {
+        let _ = gate.await;
+    });
+    // A tunnel connecting now waits: no snapshot (an empty one would drain its pods).
+    let mut conn = ZdsClient::connect(agent.path()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), conn.next())
+            .await
+            .is_err(),
+        "a request arrived before the gate opened"
+    );
+    assert!(matches!(
+        agent.add("a", NETNS, None).await.unwrap(),
+        Delivery::NoTunnel
+    ));
+    open.send(()).unwrap();
+    assert_eq!(
+        describe(&answer(&mut conn, None).await),
+        ("add".into(), "a".into())
+    );
+    assert!(matches!(
+        answer(&mut conn, None).await,
+        WorkloadEvent::SnapshotSent
+    ));
+    let mut got = Vec::new();
+    while !got.iter().any(|l: &String| l.starts_with("snapshot sent")) {
+        got.extend(next_lines(&mut events, 1).await);
+    }
+    assert_eq!(
+        got.last().unwrap(),
+        "snapshot sent: 1 pods, acks ok",
+        "{got:?}"
+    );
+}
