@@ -659,12 +659,11 @@ fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
     );
     let hostnet = mesh.kube.pod("default", "hostnet").expect("hostnet");
     assert!(
-        hostnet
+        !hostnet
             .metadata
             .annotations
             .unwrap_or_default()
-            .get(REDIRECTION)
-            .is_none(),
+            .contains_key(REDIRECTION),
         "a host-network pod must never be enrolled"
     );
     // (Eventually: the namespace and pod watches are separate streams, so the agent may see
