@@ -4,8 +4,9 @@
 //! - Each tunnel that connects gets the snapshot: an `AddWorkload` per pod (in uid order) with a
 //!   freshly opened descriptor of its netns path (a `KeepWorkload` when the path no longer
 //!   opens), then `SnapshotSent`, waiting for each ack. It then gets every later add and del.
-//! - The newest connection wins. An older one is retired: kept open but sent nothing more, until
-//!   its tunnel closes it (closing it ourselves would make that tunnel reconnect and take over).
+//! - The newest connection wins. An older one is retired: kept open and sent only dels (so a
+//!   tunnel being replaced stops serving pods that are gone), until its tunnel closes it
+//!   (closing it ourselves would make that tunnel reconnect and take over).
 //! - A tunnel that fails (send or receive error, bad or unexpected message, no ack within the
 //!   timeout, closed) is dropped. Pods added meanwhile are recorded and go out in the next
 //!   snapshot; pods deleted meanwhile are left out of it, so the tunnel drains them.
@@ -62,7 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::server::{Ack, ZdsPeer, ZdsServer, ZdsServerError};
 use crate::WorkloadInfo;
@@ -271,7 +272,7 @@ impl ZdsAgent {
         let actor = Actor {
             pods: BTreeMap::new(),
             tunnel: None,
-            retired: JoinSet::new(),
+            retired: Vec::new(),
             events,
             ack_timeout,
         };
@@ -394,7 +395,10 @@ struct Actor {
     pods: BTreeMap<String, Pod>,
     tunnel: Option<ZdsPeer>,
     /// Older connections, each watched until its tunnel closes it.
-    retired: JoinSet<()>,
+    /// Older connections (a tunnel being replaced during an upgrade): they get every del, so
+    /// the old tunnel stops serving a pod that is gone, but no adds. Dropped when their
+    /// tunnel closes them or fails a del.
+    retired: Vec<ZdsPeer>,
     events: mpsc::UnboundedSender<AgentEvent>,
     ack_timeout: Duration,
 }
@@ -414,6 +418,10 @@ impl Actor {
                 },
                 Some(peer) = incoming.recv() => self.connected(peer).await,
                 reason = gone(&mut self.tunnel) => self.disconnected(reason),
+                (index, reason) = first_closed(&mut self.retired), if !self.retired.is_empty() => {
+                    self.retired.swap_remove(index);
+                    tracing::info!(%reason, "retired tunnel connection closed");
+                }
             }
         }
         tracing::debug!("zds agent stopped");
@@ -465,6 +473,19 @@ impl Actor {
 
     async fn del(&mut self, uid: &str) -> Delivery {
         self.pods.remove(uid);
+        let mut kept = Vec::with_capacity(self.retired.len());
+        for mut peer in std::mem::take(&mut self.retired) {
+            match peer.del(uid).await {
+                Ok(ack) => {
+                    if let Some(error) = ack.error {
+                        tracing::warn!(%uid, %error, "a retired tunnel answered a del with an error");
+                    }
+                    kept.push(peer);
+                }
+                Err(error) => tracing::info!(%uid, %error, "dropping a retired tunnel connection"),
+            }
+        }
+        self.retired = kept;
         match self.tunnel.as_mut() {
             None => Delivery::NoTunnel,
             Some(peer) => {
@@ -515,12 +536,8 @@ impl Actor {
         self.emit(AgentEvent::Disconnected { reason });
     }
 
-    fn retire(&mut self, mut peer: ZdsPeer) {
-        while self.retired.try_join_next().is_some() {}
-        self.retired.spawn(async move {
-            let reason = watch(&mut peer).await;
-            tracing::info!(%reason, "retired tunnel connection closed");
-        });
+    fn retire(&mut self, peer: ZdsPeer) {
+        self.retired.push(peer);
     }
 
     fn emit(&self, event: AgentEvent) {
@@ -580,6 +597,15 @@ async fn watch(peer: &mut ZdsPeer) -> String {
             Ok(ack) => return format!("unexpected message from the tunnel: {ack:?}"),
         }
     }
+}
+
+/// Resolves when one of `peers` (not empty) closes or misbehaves: its index and why.
+async fn first_closed(peers: &mut [ZdsPeer]) -> (usize, String) {
+    let watches = peers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, peer)| Box::pin(async move { (i, watch(peer).await) }));
+    futures_util::future::select_all(watches).await.0
 }
 
 /// Accepts tunnels and hands each one (after its hello) to the actor, until the actor stops.

@@ -291,9 +291,18 @@ async fn the_newest_connection_wins() {
     let (added, event) = tokio::join!(s.agent.add("b", NETNS, None), answer(&mut new, None));
     assert!(acked_ok(added));
     assert_eq!(describe(&event), ("add".into(), "b".into()));
-    // The older connection stays open but gets nothing more.
+    // The older connection stays open and gets no adds…
     let idle = tokio::time::timeout(Duration::from_millis(100), old.next()).await;
     assert!(idle.is_err(), "the old tunnel got {idle:?}");
+    // …but every del, so it stops serving a pod that is gone.
+    let (deleted, on_old, on_new) = tokio::join!(
+        s.agent.del("a"),
+        answer(&mut old, None),
+        answer(&mut new, None)
+    );
+    assert!(acked_ok(deleted));
+    assert_eq!(describe(&on_old), ("del".into(), "a".into()));
+    assert_eq!(describe(&on_new), ("del".into(), "a".into()));
 
     // Its tunnel closing it later does not disturb the current one.
     drop(old);
