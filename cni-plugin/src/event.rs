@@ -1,12 +1,18 @@
 //! The pod event the plugin sends the agent on `ADD` (Istio's `CNIPluginAddEvent` shape):
 //! JSON POSTed to `http://unix/cmdadd` over `<cni_agent_run_dir>/pluginevent.sock`. The agent
 //! answers 200 (enrolled, or nothing to do), 400 (bad event) or 500 (enrollment failed), with
-//! a text body that says why.
+//! a text body that says why. Istio's agent and plugin speak the same body, so either side
+//! can be Istio's.
 
+mod ip;
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use ip::{EventIp, EventIpError, IpNet, IpProblem};
 
 /// Socket file name under the run dir.
 pub const SOCKET_NAME: &str = "pluginevent.sock";
@@ -15,8 +21,10 @@ pub const ADD_PATH: &str = "/cmdadd";
 /// How long the plugin waits for the agent's answer.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One `ADD` for a pod that the plugin decided is ambient.
+/// One `ADD` for a pod that the plugin decided is ambient. Serialized as Go serializes
+/// Istio's `CNIPluginAddEvent` (fields in its order); see [`EventIp`] for the `IPs` entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "IncomingEvent")]
 pub struct PluginEvent {
     /// The pod sandbox's netns path as the runtime gave it (`CNI_NETNS`).
     #[serde(rename = "Netns")]
@@ -25,9 +33,71 @@ pub struct PluginEvent {
     pub pod_name: String,
     #[serde(rename = "PodNamespace")]
     pub pod_namespace: String,
-    /// The pod's addresses from the previous plugins' result, without prefix length.
-    #[serde(rename = "IPs", default)]
-    pub ips: Vec<String>,
+    /// The pod's addresses from the previous plugins' result (`prevResult.ips`).
+    #[serde(rename = "IPs", serialize_with = "ip::serialize_list")]
+    pub ips: Vec<EventIp>,
+}
+
+impl PluginEvent {
+    /// The pod's addresses, in order; IPv4-mapped IPv6 ones as IPv4 (as Istio's agent
+    /// unmaps them). An entry without an IP, or whose mask does not fit it, is an error.
+    pub fn addresses(&self) -> Result<Vec<IpAddr>, EventIpError> {
+        self.ips
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let error = |problem| EventIpError { index, problem };
+                let ip = entry
+                    .address
+                    .ip
+                    .ok_or_else(|| error(IpProblem::NoAddress))?;
+                entry.address.prefix_len().map_err(error)?;
+                Ok(ip.to_canonical())
+            })
+            .collect()
+    }
+}
+
+/// What a sender may POST. Go fills absent (or `null`) fields with zero values, and so does
+/// this; the agent then refuses empty names. Istio releases before the `Netns` field nested
+/// the runtime's arguments as `CmdAddEvent` (Go's `skel.CmdArgs`, whose `Netns` is the same
+/// path); that is taken when `Netns` is absent.
+#[derive(Deserialize)]
+struct IncomingEvent {
+    #[serde(rename = "Netns", default)]
+    netns: Option<String>,
+    #[serde(rename = "CmdAddEvent", default)]
+    cmd_add_event: Option<IncomingCmdArgs>,
+    #[serde(rename = "PodName", default)]
+    pod_name: Option<String>,
+    #[serde(rename = "PodNamespace", default)]
+    pod_namespace: Option<String>,
+    #[serde(rename = "IPs", default, deserialize_with = "ip::deserialize_list")]
+    ips: Vec<EventIp>,
+}
+
+#[derive(Deserialize)]
+struct IncomingCmdArgs {
+    #[serde(rename = "Netns", default)]
+    netns: Option<String>,
+}
+
+impl From<IncomingEvent> for PluginEvent {
+    fn from(event: IncomingEvent) -> PluginEvent {
+        let netns = match event.netns.filter(|n| !n.is_empty()) {
+            Some(netns) => netns,
+            None => event
+                .cmd_add_event
+                .and_then(|args| args.netns)
+                .unwrap_or_default(),
+        };
+        PluginEvent {
+            netns,
+            pod_name: event.pod_name.unwrap_or_default(),
+            pod_namespace: event.pod_namespace.unwrap_or_default(),
+            ips: event.ips,
+        }
+    }
 }
 
 /// `<run_dir>/pluginevent.sock`.

@@ -188,9 +188,10 @@ fn add(
                     netns: params.netns.to_string(),
                     pod_name: name.to_string(),
                     pod_namespace: namespace.to_string(),
-                    ips: result::pod_ips(&result).map_err(PluginError::PrevResult)?,
+                    ips: result::event_ips(&result).map_err(PluginError::PrevResult)?,
                 };
-                info!(pod = %format!("{namespace}/{name}"), ips = ?event.ips, "enrolling with the node agent");
+                let ips: Vec<String> = event.ips.iter().map(|i| i.address.to_string()).collect();
+                info!(pod = %format!("{namespace}/{name}"), ?ips, "enrolling with the node agent");
                 event::send_add(&config.cni_agent_run_dir, &event).await?;
             }
         }

@@ -357,14 +357,42 @@ fn ambient_pod_is_enrolled_with_its_assigned_ip() {
     let events = agent.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "/cmdadd");
+    // Istio's CNIPluginAddEvent as Go's encoding/json writes it: the address host-local gave,
+    // its /24 as a 4-byte base64 mask, the bridge's gateway, eth0's index in the result.
+    let body = &events[0].1;
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["IPs", "Netns", "PodName", "PodNamespace"], "{body}");
+    assert_eq!(body["Netns"], json!(n.pod_ns.path()), "{body}");
+    assert_eq!(body["PodName"], "web-0");
+    assert_eq!(body["PodNamespace"], "mesh");
+    let eth0 = steps[1]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["name"] == "eth0")
+        .unwrap();
     assert_eq!(
-        events[0].1,
-        json!({
-            "Netns": n.pod_ns.path(),
-            "PodName": "web-0",
-            "PodNamespace": "mesh",
-            "IPs": [ip],
-        })
+        body["IPs"],
+        json!([{
+            "Interface": eth0,
+            "Address": {"IP": ip, "Mask": "////AA=="},
+            "Gateway": "10.99.0.1",
+        }]),
+        "{body}"
+    );
+    assert_eq!(body["IPs"][0]["Address"]["IP"], json!(ip));
+    assert_eq!(body["IPs"][0]["Address"]["Mask"], "////AA==");
+    // Our agent reads it back to the same address.
+    let event: nodetunnel_cni::event::PluginEvent = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(
+        event.addresses().unwrap(),
+        vec![ip.parse::<std::net::IpAddr>().unwrap()]
     );
     // The pod's eth0 really has it (the bridge worked; we did not disturb it).
     let addrs = n.pod_ns.ip(&["-4", "-o", "addr", "show", "eth0"]).unwrap();

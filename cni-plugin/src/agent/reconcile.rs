@@ -350,15 +350,10 @@ impl Reconciler {
                 "event for {who:?}: PodName, PodNamespace and Netns are required"
             ));
         }
-        let mut ips = Vec::new();
-        for ip in &event.ips {
-            match ip.parse::<IpAddr>() {
-                Ok(ip) => ips.push(ip),
-                Err(_) => {
-                    return CniAddOutcome::BadEvent(format!("pod {who}: bad IP {ip:?} in IPs"))
-                }
-            }
-        }
+        let ips = match event.addresses() {
+            Ok(ips) => ips,
+            Err(error) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),
+        };
         // The API server, not the watch cache, which may not have seen the pod yet.
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &event.pod_namespace);
         let pod = match pods.get(&event.pod_name).await {

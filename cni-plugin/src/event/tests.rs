@@ -15,7 +15,11 @@ fn event() -> PluginEvent {
         netns: "/var/run/netns/cni-1".into(),
         pod_name: "web".into(),
         pod_namespace: "app".into(),
-        ips: vec!["10.0.0.5".into()],
+        ips: vec![EventIp {
+            interface: Some(2),
+            address: IpNet::cidr("10.0.0.5".parse().unwrap(), 24).unwrap(),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+        }],
     }
 }
 
@@ -66,7 +70,10 @@ async fn ok_posts_the_event_as_json() {
     assert_eq!(
         json,
         serde_json::json!({"Netns": "/var/run/netns/cni-1", "PodName": "web",
-                           "PodNamespace": "app", "IPs": ["10.0.0.5"]})
+                           "PodNamespace": "app",
+                           "IPs": [{"Interface": 2,
+                                    "Address": {"IP": "10.0.0.5", "Mask": "////AA=="},
+                                    "Gateway": "10.0.0.1"}]})
     );
 }
 

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::version::Format;
+use crate::event::{EventIp, IpNet};
 
 /// A `prevResult` that cannot be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +28,10 @@ pub enum ResultError {
     NotAList { field: &'static str },
     #[error("prevResult.ips[{index}].address {address:?} is not an IP address with prefix length")]
     BadAddress { index: usize, address: String },
+    #[error("prevResult.ips[{index}].gateway {gateway} is not an IP address")]
+    BadGateway { index: usize, gateway: String },
+    #[error("prevResult.ips[{index}].interface {interface} is not an interface index")]
+    BadInterface { index: usize, interface: String },
 }
 
 /// Fields 1.1.0 added to `interfaces[]` and to `routes[]`.
@@ -104,14 +109,49 @@ pub fn convert(prev: &Value, to_version: &str) -> Result<Value, ResultError> {
     Ok(Value::Object(out))
 }
 
-/// The result's addresses without prefix length (`10.1.0.5/24` → `10.1.0.5`), in order.
-pub fn pod_ips(result: &Value) -> Result<Vec<String>, ResultError> {
+/// The result's `ips[]` as the agent event's entries, in order: interface index, address with
+/// its prefix, gateway (what Istio's plugin copies from the parsed prevResult into its event,
+/// cni/pkg/plugin/cnieventclient.go).
+pub fn event_ips(result: &Value) -> Result<Vec<EventIp>, ResultError> {
     let obj = result.as_object().ok_or(ResultError::NotAnObject)?;
     ip_entries(obj)?
         .iter()
         .enumerate()
-        .map(|(index, ip)| address_of(index, ip).map(|a| a.to_string()))
+        .map(|(index, ip)| event_ip(index, ip))
         .collect()
+}
+
+fn event_ip(index: usize, ip: &Map<String, Value>) -> Result<EventIp, ResultError> {
+    let (addr, prefix) = cidr_of(index, ip)?;
+    let address = IpNet::cidr(addr, prefix).map_err(|_| bad_address(index, ip))?;
+    // The CNI spec's `interface` is an index into `interfaces`; absent = not said.
+    let interface = match ip.get("interface") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|i| i64::try_from(i).ok())
+                .ok_or_else(|| ResultError::BadInterface {
+                    index,
+                    interface: v.to_string(),
+                })?,
+        ),
+    };
+    let gateway = match ip.get("gateway") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|g| g.parse::<IpAddr>().ok())
+                .ok_or_else(|| ResultError::BadGateway {
+                    index,
+                    gateway: v.to_string(),
+                })?,
+        ),
+    };
+    Ok(EventIp {
+        interface,
+        address,
+        gateway,
+    })
 }
 
 /// `ips[]` as objects (absent = none).
@@ -127,20 +167,30 @@ fn ip_entries(obj: &Map<String, Value>) -> Result<Vec<&Map<String, Value>>, Resu
 }
 
 fn address_of(index: usize, ip: &Map<String, Value>) -> Result<IpAddr, ResultError> {
-    let raw = ip
-        .get("address")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let bad = || ResultError::BadAddress {
-        index,
-        address: raw.to_string(),
-    };
+    cidr_of(index, ip).map(|(addr, _)| addr)
+}
+
+/// `ips[index].address` as address and prefix length.
+fn cidr_of(index: usize, ip: &Map<String, Value>) -> Result<(IpAddr, u8), ResultError> {
+    let bad = || bad_address(index, ip);
+    let raw = ip.get("address").and_then(Value::as_str).ok_or_else(bad)?;
     let (addr, prefix) = raw.split_once('/').ok_or_else(bad)?;
     let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     match prefix.parse::<u8>() {
-        Ok(p) if p <= max => Ok(addr),
+        Ok(p) if p <= max && !prefix.starts_with('+') => Ok((addr, p)),
         _ => Err(bad()),
+    }
+}
+
+fn bad_address(index: usize, ip: &Map<String, Value>) -> ResultError {
+    ResultError::BadAddress {
+        index,
+        address: ip
+            .get("address")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -274,7 +324,13 @@ mod tests {
             convert(&json!({"ips": {}}), "1.0.0"),
             Err(ResultError::NotAList { field: "ips" })
         );
-        for address in ["10.0.0.1", "10.0.0.1/33", "nonsense/8", "fd00::1/129"] {
+        for address in [
+            "10.0.0.1",
+            "10.0.0.1/33",
+            "nonsense/8",
+            "fd00::1/129",
+            "10.0.0.1/+8",
+        ] {
             assert_eq!(
                 convert(&json!({"ips": [{"address": address}]}), "0.4.0"),
                 Err(ResultError::BadAddress {
@@ -287,12 +343,47 @@ mod tests {
     }
 
     #[test]
-    fn pod_ips_strip_prefixes() {
+    fn event_ips_keep_interface_prefix_and_gateway() {
+        let ips = event_ips(&bridge_v1()).unwrap();
         assert_eq!(
-            pod_ips(&bridge_v1()).unwrap(),
-            vec!["10.1.0.5".to_string(), "fd00::5".to_string()]
+            ips,
+            vec![
+                EventIp {
+                    interface: Some(2),
+                    address: IpNet::cidr("10.1.0.5".parse().unwrap(), 24).unwrap(),
+                    gateway: Some("10.1.0.1".parse().unwrap()),
+                },
+                EventIp {
+                    interface: Some(2),
+                    address: IpNet::cidr("fd00::5".parse().unwrap(), 64).unwrap(),
+                    gateway: None,
+                },
+            ]
         );
-        assert!(pod_ips(&empty("1.0.0")).unwrap().is_empty());
+        assert_eq!(event_ips(&bridge_v04()).unwrap(), ips);
+        assert!(event_ips(&empty("1.0.0")).unwrap().is_empty());
+        let bare = json!({"ips": [{"address": "10.1.0.5/32"}]});
+        assert_eq!(event_ips(&bare).unwrap()[0].interface, None);
+    }
+
+    #[test]
+    fn event_ips_refuse_bad_gateways_and_interfaces() {
+        assert_eq!(
+            event_ips(&json!({"ips": [{"address": "10.1.0.5/24", "gateway": "gw"}]})),
+            Err(ResultError::BadGateway {
+                index: 0,
+                gateway: "\"gw\"".into()
+            })
+        );
+        for interface in [json!(-1), json!("eth0"), json!(1.5)] {
+            assert_eq!(
+                event_ips(&json!({"ips": [{"address": "10.1.0.5/24", "interface": interface}]})),
+                Err(ResultError::BadInterface {
+                    index: 0,
+                    interface: interface.to_string()
+                })
+            );
+        }
     }
 
     #[test]

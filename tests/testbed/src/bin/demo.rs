@@ -1,17 +1,22 @@
 //! `nodetunnel-demo`: two nodes, pods as network namespaces, one tunnel per node in shared
 //! (in-pod) mode fed by a ZDS agent, traffic told as a story. `nodetunnel-demo dedicated` tells
 //! the older story: tunnels serving their pods from the node's own namespace.
+//! `nodetunnel-demo cni` shows the CNI node agent enrolling running pods when their namespace is
+//! labelled for ambient, and removing them when the label goes.
 //!
 //! ```text
-//! cargo build --release && sudo ./target/release/nodetunnel-demo [dedicated]
+//! cargo build --release && sudo ./target/release/nodetunnel-demo [dedicated|cni]
 //! ```
 //!
-//! Both stories get their configuration and certificates from `nodetunnel-control` (delta xDS
+//! All stories get their configuration and certificates from `nodetunnel-control` (delta xDS
 //! and the CA over gRPC), which runs in node n1's namespace.
 //!
-//! Finds `nodetunnel` and `nodetunnel-control` next to its own executable. Everything it creates (namespaces, tunnel
+//! Finds `nodetunnel` and `nodetunnel-control` (and for `cni`, `nodetunnel-cni-agent` and
+//! `nodetunnel-cni`) next to its own executable. Everything it creates (namespaces, tunnel
 //! and agent processes, temp files) is removed at the end, on error, and on Ctrl-C.
 
+#[path = "demo/cni.rs"]
+mod cni;
 #[path = "demo/dedicated.rs"]
 mod dedicated;
 #[path = "demo/inpod.rs"]
@@ -36,7 +41,8 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => run(inpod::run),
         ["dedicated"] => run(dedicated::run),
-        _ => Err("usage: nodetunnel-demo [dedicated]".into()),
+        ["cni"] => run(cni::run),
+        _ => Err("usage: nodetunnel-demo [dedicated|cni]".into()),
     };
     match result {
         Ok(()) => {
