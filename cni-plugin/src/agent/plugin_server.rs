@@ -110,7 +110,7 @@ async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response
             )
         }
     };
-    tracing::info!(pod = %format!("{}/{}", event.pod_namespace, event.pod_name), netns = %event.netns, ips = ?event.ips, "CNI ADD event");
+    tracing::info!(pod = %format!("{}/{}", event.pod_namespace, event.pod_name), netns = %event.netns, ips = ?event.ips.iter().map(|ip| ip.address.to_string()).collect::<Vec<_>>(), "CNI ADD event");
     let (reply, outcome) = oneshot::channel();
     if inputs.send(Input::CniAdd(event, reply)).await.is_err() {
         return text(

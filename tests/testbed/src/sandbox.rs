@@ -22,6 +22,8 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts the process in `ns` and puts it in `<cgroup root>/<prefix>-kubepods/pod<uid>`.
     pub fn start(ns: &Netns, prefix: &str, uid: &str) -> Result<Sandbox> {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_stale_cgroups);
         let root = cgroup_root()?;
         let kubepods = root.join(format!("{prefix}-kubepods"));
         let pod_dir = kubepods.join(format!("pod{uid}"));
@@ -91,4 +93,57 @@ fn cgroup_root() -> Result<PathBuf> {
         }
     }
     v1_pids.ok_or_else(|| Error::Invalid("no cgroup2 or cgroup v1 pids hierarchy mounted".into()))
+}
+
+/// Removes the empty `ntt<pid>-…-kubepods` cgroups a killed earlier run left behind (Ctrl-C
+/// kills the sandboxes and deletes the namespaces, but nothing rmdirs their cgroups). Only
+/// directories whose owner pid is gone; a cgroup with processes cannot be removed anyway.
+pub fn sweep_stale_cgroups() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let roots = mounts.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [_, dir, "cgroup2", ..] => Some(PathBuf::from(dir)),
+            [_, dir, "cgroup", options, ..] if options.split(',').any(|o| o == "pids") => {
+                Some(PathBuf::from(dir))
+            }
+            _ => None,
+        }
+    });
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = stale_owner(&name) else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            if let Ok(pods) = std::fs::read_dir(entry.path()) {
+                for pod in pods.flatten() {
+                    if pod.file_name().to_string_lossy().starts_with("pod") {
+                        let _ = std::fs::remove_dir(pod.path());
+                    }
+                }
+            }
+            if std::fs::remove_dir(entry.path()).is_ok() {
+                eprintln!(
+                    "removed stale cgroup {} (owner pid {owner} is gone)",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// `ntt<digits>-…-kubepods` → the digits (the test bed's naming); anything else → `None`.
+fn stale_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("ntt")?.strip_suffix("-kubepods")?;
+    let (digits, _) = rest.split_once('-')?;
+    digits.parse().ok()
 }
