@@ -125,12 +125,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     // Enrollment first, so the event socket exists before the plugin is installed: a pod
     // created right after install must find the agent.
     let (inputs, inputs_rx) = mpsc::channel(256);
+    let stop = inputs.clone();
+    let mut event_socket = None;
     let reconciler = if config.ambient_enabled {
         let host = tokio::task::spawn_blocking(HostProbeSnat::ensure).await??;
         // Tunnels are served only once the first listing is reconciled (see start_zds).
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         let zds = start_zds(&config, async move {
-            let _ = synced_rx.await;
+            // Never on a dropped sender (the reconciler died or the agent stops before its
+            // first sync): a snapshot from before the sync would drain the tunnel's pods.
+            if synced_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
         })?;
         let enroller = Enroller::new(zds, host, client.clone(), config.ambient_dns_capture);
         let reconciler = Reconciler::new(
@@ -138,7 +144,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 config.exclude_namespaces.clone(),
                 config.pod_namespace.clone(),
                 &[],
-            )?,
+            )?
+            .with_agent_pod_prefix(format!("{}-", config.daemonset_name)),
             client.clone(),
             config.proc_root.clone(),
             enroller,
@@ -146,6 +153,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             synced_tx,
         );
         tasks.spawn(plugin_server::bind(&config.event_socket(), inputs.clone())?);
+        event_socket = Some((config.event_socket(), file_id(&config.event_socket())));
         tasks.spawn(watch::namespaces(client.clone(), inputs.clone()));
         tasks.spawn(watch::pods(
             client.clone(),
@@ -199,13 +207,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = stop_keeper.send(());
     let _ = keeper.await;
     tasks.shutdown().await;
-    if let Some(reconciler) = reconciler {
-        // Every sender is gone now, so the reconciler finishes and hands back the enroller.
-        match reconciler.await {
-            Ok(enroller) => enroller.shutdown().await,
-            Err(error) => tracing::warn!(%error, "the reconciler task failed"),
-        }
-        let _ = std::fs::remove_file(config.event_socket());
+    // Event-server connections may still hold senders, so the reconciler is told to stop.
+    let _ = stop.send(Input::Stop).await;
+    let enroller = match reconciler {
+        Some(reconciler) => match reconciler.await {
+            Ok(enroller) => Some(enroller),
+            Err(error) => {
+                tracing::warn!(%error, "the reconciler task failed");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some((path, id)) = event_socket {
+        remove_if_ours(&path, id);
     }
     let action = if config.ambient_disable_safe_upgrade {
         ShutdownAction::Uninstall
@@ -214,11 +229,34 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     };
     if action == ShutdownAction::Uninstall {
         installer.uninstall()?;
-        tracing::info!("CNI plugin uninstalled");
+        if let Some(enroller) = &enroller {
+            let host = enroller.host().clone();
+            tokio::task::spawn_blocking(move || host.uninstall()).await??;
+        }
+        tracing::info!("CNI plugin and host probe rules uninstalled");
     } else {
         tracing::info!("leaving the CNI plugin installed for the next agent (upgrade or restart)");
     }
+    if let Some(enroller) = enroller {
+        enroller.shutdown().await;
+    }
     Ok(())
+}
+
+/// (st_dev, st_ino) of a file, if it exists.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket we bound, unless a newer agent (overlapping during an update) has
+/// bound the path since.
+fn remove_if_ours(path: &std::path::Path, id: Option<(u64, u64)>) {
+    if id.is_some() && file_id(path) == id {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Copies the installer's "our entry is in place" flag into the agent's readiness.

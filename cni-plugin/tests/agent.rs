@@ -494,8 +494,10 @@ fn a_restarted_tunnel_gets_the_snapshot_and_traffic_works_again() {
     let inbound = mesh.tunnels["n2"]
         .wait_access_line(&[("direction", "inbound"), ("protocol", "HBONE")], WAIT);
     assert!(inbound.contains("sa/client"), "{inbound}");
-    assert!(
+    // The agent logs the snapshot from its own task once the acks are in: poll for it.
+    assert_eventually!(
         mesh.log("n1").contains("snapshot sent: 2 pods, acks ok"),
+        WAIT,
         "{}",
         mesh.log("n1")
     );

@@ -397,8 +397,10 @@ struct Actor {
     /// Older connections, each watched until its tunnel closes it.
     /// Older connections (a tunnel being replaced during an upgrade): they get every del, so
     /// the old tunnel stops serving a pod that is gone, but no adds. Dropped when their
-    /// tunnel closes them or fails a del.
-    retired: Vec<ZdsPeer>,
+    /// tunnel closes them. One that fails a del is muted (`true`): sent nothing more, since a
+    /// late ack would be taken for the next request's, but kept open, since closing it would
+    /// make that tunnel reconnect and take over from the newer one.
+    retired: Vec<(ZdsPeer, bool)>,
     events: mpsc::UnboundedSender<AgentEvent>,
     ack_timeout: Duration,
 }
@@ -473,19 +475,19 @@ impl Actor {
 
     async fn del(&mut self, uid: &str) -> Delivery {
         self.pods.remove(uid);
-        let mut kept = Vec::with_capacity(self.retired.len());
-        for mut peer in std::mem::take(&mut self.retired) {
+        for (peer, muted) in self.retired.iter_mut().filter(|(_, muted)| !*muted) {
             match peer.del(uid).await {
                 Ok(ack) => {
                     if let Some(error) = ack.error {
                         tracing::warn!(%uid, %error, "a retired tunnel answered a del with an error");
                     }
-                    kept.push(peer);
                 }
-                Err(error) => tracing::info!(%uid, %error, "dropping a retired tunnel connection"),
+                Err(error) => {
+                    tracing::info!(%uid, %error, "a retired tunnel failed a del; sending it nothing more");
+                    *muted = true;
+                }
             }
         }
-        self.retired = kept;
         match self.tunnel.as_mut() {
             None => Delivery::NoTunnel,
             Some(peer) => {
@@ -537,7 +539,7 @@ impl Actor {
     }
 
     fn retire(&mut self, peer: ZdsPeer) {
-        self.retired.push(peer);
+        self.retired.push((peer, false));
     }
 
     fn emit(&self, event: AgentEvent) {
@@ -600,11 +602,11 @@ async fn watch(peer: &mut ZdsPeer) -> String {
 }
 
 /// Resolves when one of `peers` (not empty) closes or misbehaves: its index and why.
-async fn first_closed(peers: &mut [ZdsPeer]) -> (usize, String) {
+async fn first_closed(peers: &mut [(ZdsPeer, bool)]) -> (usize, String) {
     let watches = peers
         .iter_mut()
         .enumerate()
-        .map(|(i, peer)| Box::pin(async move { (i, watch(peer).await) }));
+        .map(|(i, (peer, _))| Box::pin(async move { (i, watch(peer).await) }));
     futures_util::future::select_all(watches).await.0
 }
 

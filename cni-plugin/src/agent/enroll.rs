@@ -13,7 +13,9 @@ use kube::{Api, Client, ResourceExt};
 use nodetunnel_zds::agent::{Delivery, NetnsSource, ZdsAgent};
 use nodetunnel_zds::WorkloadInfo;
 
-use crate::ambient::{DNS_CAPTURE_ANNOTATION, REDIRECTION_ANNOTATION};
+use crate::ambient::{
+    BYPASS_INBOUND_ANNOTATION, DNS_CAPTURE_ANNOTATION, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED,
+};
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::node::inpod_rules::{self, RuleOptions, RulesError};
 use crate::node::netns::PodNetns;
@@ -66,6 +68,19 @@ pub struct Enrolled {
     pub name: String,
     pub ips: Vec<IpAddr>,
     pub netns: Arc<PodNetns>,
+    /// The rule options in force (re-applied when the pod's annotations change them).
+    pub options: RuleOptions,
+    /// The redirection annotation is set; a failed patch is retried, it never undoes the
+    /// enrollment (traffic is redirected either way; the annotation only tells so).
+    pub annotated: bool,
+}
+
+/// Cleanup that failed for a pod already taken out of the tunnel: retried until done.
+#[derive(Debug)]
+struct Leftover {
+    enrolled: Enrolled,
+    rules: bool,
+    annotation: bool,
 }
 
 /// Holds the enrolled pods (by uid) and everything needed to program them.
@@ -75,6 +90,7 @@ pub struct Enroller {
     client: Client,
     dns_capture: bool,
     enrolled: BTreeMap<String, Enrolled>,
+    leftovers: BTreeMap<String, Leftover>,
 }
 
 impl Enroller {
@@ -85,6 +101,7 @@ impl Enroller {
             client,
             dns_capture,
             enrolled: BTreeMap::new(),
+            leftovers: BTreeMap::new(),
         }
     }
 
@@ -100,7 +117,8 @@ impl Enroller {
         &self.host
     }
 
-    /// Programs the pod and hands it to the tunnel; on failure undoes what was done.
+    /// Programs the pod and hands it to the tunnel; on failure undoes what was done (a pod
+    /// half enrolled would have its traffic redirected to a proxy that does not exist).
     pub async fn enroll(
         &mut self,
         pod: &Pod,
@@ -109,34 +127,42 @@ impl Enroller {
         trigger: Trigger,
     ) -> Result<(), EnrollError> {
         let uid = pod.uid().ok_or(EnrollError::NoUid)?;
-        let enrolled = Enrolled {
+        self.leftovers.remove(&uid);
+        let mut enrolled = Enrolled {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
             ips,
             netns: Arc::new(netns),
+            options: rule_options(pod, self.dns_capture),
+            annotated: false,
         };
-        let result = self.program(pod, &uid, &enrolled, trigger).await;
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    pod = %format!("{}/{}", enrolled.namespace, enrolled.name),
-                    %uid,
-                    ips = ?enrolled.ips,
-                    netns = %enrolled.netns.path().display(),
-                    ?trigger,
-                    "pod enrolled"
-                );
-                self.enrolled.insert(uid, enrolled);
-                Ok(())
-            }
+        if let Err(error) = self.program(pod, &uid, &enrolled, trigger).await {
+            tracing::warn!(%uid, %error, "enrollment failed; undoing it");
+            self.undo(&uid, &enrolled, true).await;
+            return Err(error);
+        }
+        match self
+            .annotate(&enrolled.namespace, &enrolled.name, true)
+            .await
+        {
+            Ok(()) => enrolled.annotated = true,
             Err(error) => {
-                tracing::warn!(%uid, %error, "enrollment failed; undoing it");
-                self.undo(&uid, &enrolled, false).await;
-                Err(error)
+                tracing::warn!(%uid, %error, "pod enrolled but not annotated; will retry")
             }
         }
+        tracing::info!(
+            pod = %format!("{}/{}", enrolled.namespace, enrolled.name),
+            %uid,
+            ips = ?enrolled.ips,
+            netns = %enrolled.netns.path().display(),
+            ?trigger,
+            "pod enrolled"
+        );
+        self.enrolled.insert(uid, enrolled);
+        Ok(())
     }
 
+    /// Rules, probe entries, tunnel: everything but the annotation.
     async fn program(
         &mut self,
         pod: &Pod,
@@ -144,8 +170,7 @@ impl Enroller {
         enrolled: &Enrolled,
         trigger: Trigger,
     ) -> Result<(), EnrollError> {
-        let options = rule_options(pod, self.dns_capture);
-        let netns = enrolled.netns.clone();
+        let (netns, options) = (enrolled.netns.clone(), enrolled.options);
         tokio::task::spawn_blocking(move || inpod_rules::apply(&netns, &options)).await??;
         tracing::debug!(%uid, "in-pod rules applied");
         for ip in enrolled.ips.iter().copied().filter(IpAddr::is_ipv4) {
@@ -168,40 +193,60 @@ impl Enroller {
         let delivery = self.zds.add(uid, source, Some(workload_info(pod))).await?;
         tracing::debug!(%uid, ?delivery, "tunnel answered");
         match delivery {
-            Delivery::Acked(ack) => {
-                if let Some(error) = ack.error {
-                    return Err(EnrollError::TunnelRefused(error));
-                }
-            }
+            Delivery::Acked(ack) => match ack.error {
+                None => Ok(()),
+                Some(error) => Err(EnrollError::TunnelRefused(error)),
+            },
             Delivery::NoTunnel if trigger == Trigger::Watch => {
                 tracing::info!(%uid, "no tunnel connected; the pod goes out in the next snapshot");
+                Ok(())
             }
-            Delivery::NoTunnel => {
-                return Err(EnrollError::NoTunnel {
-                    socket: self.zds.path().display().to_string(),
-                })
-            }
-            Delivery::TunnelLost(error) => return Err(EnrollError::TunnelLost(error.to_string())),
+            Delivery::NoTunnel => Err(EnrollError::NoTunnel {
+                socket: self.zds.path().display().to_string(),
+            }),
+            Delivery::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
         }
-        self.annotate(&enrolled.namespace, &enrolled.name, true)
-            .await
     }
 
-    /// Takes the pod out: the tunnel first (so it stops proxying), then the rules (if the
-    /// namespace is still there), the SNAT entry, and the annotation when `pod_alive`.
+    /// Re-applies the rules of an enrolled pod whose annotations now ask for other options
+    /// (`ambient.istio.io/dns-capture`, `ambient.istio.io/bypass-inbound-capture`).
+    pub async fn refresh(&mut self, pod: &Pod) {
+        let Some(uid) = pod.uid() else { return };
+        let options = rule_options(pod, self.dns_capture);
+        let Some(enrolled) = self.enrolled.get_mut(&uid) else {
+            return;
+        };
+        if enrolled.options == options {
+            return;
+        }
+        let netns = enrolled.netns.clone();
+        match tokio::task::spawn_blocking(move || inpod_rules::apply(&netns, &options)).await {
+            Ok(Ok(())) => {
+                tracing::info!(%uid, ?options, "in-pod rules re-applied with the pod's new options");
+                enrolled.options = options;
+            }
+            Ok(Err(error)) => tracing::warn!(%uid, %error, "re-applying the in-pod rules"),
+            Err(error) => tracing::warn!(%uid, %error, "re-applying the in-pod rules"),
+        }
+    }
+
+    /// Takes the pod out: the tunnel first (so it stops proxying), then, when `pod_alive`,
+    /// the rules and the annotation (a deleted pod's namespace goes away with its rules), and
+    /// its probe entries. Failed cleanup is kept and retried by [`retry`](Self::retry).
     pub async fn unenroll(&mut self, uid: &str, pod_alive: bool) {
         let Some(enrolled) = self.enrolled.remove(uid) else {
             return;
         };
-        self.undo(uid, &enrolled, pod_alive).await;
         tracing::info!(
             pod = %format!("{}/{}", enrolled.namespace, enrolled.name),
             %uid,
             "pod unenrolled"
         );
+        self.undo(uid, &enrolled, pod_alive).await;
     }
 
-    async fn undo(&mut self, uid: &str, enrolled: &Enrolled, annotation: bool) {
+    /// Undoes an enrollment (whole or partial).
+    async fn undo(&mut self, uid: &str, enrolled: &Enrolled, pod_alive: bool) {
         match self.zds.del(uid).await {
             Ok(Delivery::Acked(ack)) if ack.error.is_some() => {
                 tracing::warn!(%uid, error = ?ack.error, "the tunnel answered the del with an error")
@@ -209,28 +254,79 @@ impl Enroller {
             Ok(_) => {}
             Err(error) => tracing::warn!(%uid, %error, "del to the tunnel"),
         }
-        let netns = enrolled.netns.clone();
-        match tokio::task::spawn_blocking(move || inpod_rules::remove(&netns)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%uid, %error, "removing the in-pod rules"),
-            Err(error) => tracing::warn!(%uid, %error, "removing the in-pod rules"),
+        self.remove_probe_entries(uid, &enrolled.ips).await;
+        if !pod_alive {
+            return;
         }
-        for ip in enrolled.ips.iter().copied().filter(IpAddr::is_ipv4) {
-            let host = self.host.clone();
-            match tokio::task::spawn_blocking(move || host.remove_pod(ip)).await {
-                Ok(Ok(())) => {}
+        let leftover = Leftover {
+            enrolled: enrolled.clone(),
+            rules: true,
+            annotation: true,
+        };
+        self.cleanup(uid, leftover).await;
+    }
+
+    /// Removes the rules and the annotation; whatever fails is kept for the next retry.
+    async fn cleanup(&mut self, uid: &str, mut leftover: Leftover) {
+        if leftover.rules {
+            let netns = leftover.enrolled.netns.clone();
+            match tokio::task::spawn_blocking(move || inpod_rules::remove(&netns)).await {
+                Ok(Ok(())) => leftover.rules = false,
+                Ok(Err(error)) => {
+                    tracing::warn!(%uid, %error, "removing the in-pod rules; will retry")
+                }
+                Err(error) => tracing::warn!(%uid, %error, "removing the in-pod rules; will retry"),
+            }
+        }
+        if leftover.annotation {
+            let e = &leftover.enrolled;
+            match self.annotate(&e.namespace, &e.name, false).await {
+                Ok(()) => leftover.annotation = false,
+                Err(error) => {
+                    tracing::warn!(%uid, %error, "removing the redirection annotation; will retry")
+                }
+            }
+        }
+        if leftover.rules || leftover.annotation {
+            self.leftovers.insert(uid.to_owned(), leftover);
+        }
+    }
+
+    /// Removes `ips`' probe entries if they still belong to `uid` (a reused IP's entry may
+    /// already be the new pod's).
+    pub async fn remove_probe_entries(&self, uid: &str, ips: &[IpAddr]) {
+        for ip in ips.iter().copied().filter(IpAddr::is_ipv4) {
+            let (host, owner) = (self.host.clone(), uid.to_owned());
+            match tokio::task::spawn_blocking(move || host.remove_pod_if_owned(ip, &owner)).await {
+                Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%uid, %ip, %error, "removing the probe SNAT entry")
                 }
                 Err(error) => tracing::warn!(%uid, %ip, %error, "removing the probe SNAT entry"),
             }
         }
-        if annotation {
-            if let Err(error) = self
-                .annotate(&enrolled.namespace, &enrolled.name, false)
-                .await
-            {
-                tracing::warn!(%uid, %error, "removing the redirection annotation");
+    }
+
+    /// Retries what failed before: annotations of enrolled pods, cleanup of removed ones.
+    /// A pod that was deleted meanwhile only loses its leftovers (`alive` says which uids
+    /// still exist).
+    pub async fn retry(&mut self, alive: impl Fn(&str) -> bool) {
+        let unannotated: Vec<(String, String, String)> = self
+            .enrolled
+            .iter()
+            .filter(|(_, e)| !e.annotated)
+            .map(|(uid, e)| (uid.clone(), e.namespace.clone(), e.name.clone()))
+            .collect();
+        for (uid, namespace, name) in unannotated {
+            if self.annotate(&namespace, &name, true).await.is_ok() {
+                if let Some(e) = self.enrolled.get_mut(&uid) {
+                    e.annotated = true;
+                }
+            }
+        }
+        for (uid, leftover) in std::mem::take(&mut self.leftovers) {
+            if alive(&uid) {
+                self.cleanup(&uid, leftover).await;
             }
         }
     }
@@ -243,7 +339,7 @@ impl Enroller {
         enabled: bool,
     ) -> Result<(), EnrollError> {
         let value = if enabled {
-            serde_json::Value::from("enabled")
+            serde_json::Value::from(REDIRECTION_ENABLED)
         } else {
             serde_json::Value::Null
         };
@@ -288,18 +384,14 @@ fn workload_info(pod: &Pod) -> WorkloadInfo {
 
 /// The node-wide DNS capture setting, overridden per pod by `ambient.istio.io/dns-capture`.
 fn rule_options(pod: &Pod, dns_capture: bool) -> RuleOptions {
-    let dns_capture = match pod
-        .annotations()
-        .get(DNS_CAPTURE_ANNOTATION)
-        .map(String::as_str)
-    {
-        Some("true") => true,
-        Some("false") => false,
-        _ => dns_capture,
-    };
+    let annotation = |key: &str| pod.annotations().get(key).map(String::as_str);
     RuleOptions {
-        dns_capture,
-        ..RuleOptions::default()
+        dns_capture: match annotation(DNS_CAPTURE_ANNOTATION) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => dns_capture,
+        },
+        bypass_inbound: annotation(BYPASS_INBOUND_ANNOTATION) == Some("true"),
     }
 }
 
@@ -307,5 +399,5 @@ fn rule_options(pod: &Pod, dns_capture: bool) -> RuleOptions {
 pub fn is_annotated(pod: &Pod) -> bool {
     pod.annotations()
         .get(REDIRECTION_ANNOTATION)
-        .is_some_and(|v| v == "enabled")
+        .is_some_and(|v| v == REDIRECTION_ENABLED)
 }

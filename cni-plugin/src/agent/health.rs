@@ -13,6 +13,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+/// Pause after a failed accept.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What readiness waits for; each flag is set by its owner.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
@@ -44,8 +47,14 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     Ok(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, say: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
             };
             let readiness = readiness.clone();
             tokio::spawn(async move {

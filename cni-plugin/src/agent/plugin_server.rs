@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::reconcile::{CniAddOutcome, Input};
 use crate::event::{PluginEvent, ADD_PATH};
 
+/// Pause after a failed accept.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Larger bodies are refused; a real event is a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -62,8 +65,14 @@ pub fn bind(
     })?;
     Ok(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, say: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
             };
             let inputs = inputs.clone();
             tokio::spawn(async move {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::watcher;
@@ -18,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::enroll::{is_annotated, Enroller, Trigger};
-use crate::ambient::{Decision, EnrollmentRules};
+use crate::ambient::{Decision, EnrollmentRules, SkipReason};
 use crate::event::PluginEvent;
 use crate::node::netns::PodNetns;
 use crate::node::procscan;
@@ -30,8 +31,10 @@ pub enum Input {
     Namespaces(Box<watcher::Event<Namespace>>),
     Pods(Box<watcher::Event<Pod>>),
     CniAdd(PluginEvent, oneshot::Sender<CniAddOutcome>),
-    /// Try again the pods whose enrollment could not be done yet.
+    /// Try again what could not be done yet (pods to enroll, annotations, cleanup).
     Retry,
+    /// Shutdown: return the enroller (connections of the event server may still hold senders).
+    Stop,
 }
 
 /// The answer to a plugin `ADD`, mapped to HTTP by the event server.
@@ -48,6 +51,10 @@ pub enum CniAddOutcome {
 /// `namespace/name`.
 type PodKey = String;
 
+/// First retry of a pod that could not be enrolled; doubles per failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 pub struct Reconciler {
     rules: EnrollmentRules,
     client: Client,
@@ -60,8 +67,12 @@ pub struct Reconciler {
     pod_init: Option<BTreeMap<PodKey, Pod>>,
     ns_synced: bool,
     pods_synced: bool,
-    /// Pods to enroll whose netns was not found yet.
-    retry: BTreeSet<PodKey>,
+    /// Pods to enroll that could not be yet (netns not found, a step failed): when to try
+    /// next and the current backoff.
+    retry: BTreeMap<PodKey, (Instant, Duration)>,
+    /// The uids enrolled when a pod relist began: only those may be found gone at its end
+    /// (a pod enrolled by a CNI ADD during the relist is not in it).
+    enrolled_at_init: Option<BTreeSet<String>>,
     synced: Arc<AtomicBool>,
     /// Fired once, after the first full listing has been reconciled.
     on_synced: Option<oneshot::Sender<()>>,
@@ -87,7 +98,8 @@ impl Reconciler {
             pod_init: None,
             ns_synced: false,
             pods_synced: false,
-            retry: BTreeSet::new(),
+            retry: BTreeMap::new(),
+            enrolled_at_init: None,
             synced,
             on_synced: Some(on_synced),
         }
@@ -96,6 +108,9 @@ impl Reconciler {
     /// Handles inputs until the channel closes; returns the enroller for shutdown.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) -> Enroller {
         while let Some(input) = inputs.recv().await {
+            if matches!(input, Input::Stop) {
+                break;
+            }
             self.handle(input).await;
         }
         self.enroller
@@ -109,12 +124,48 @@ impl Reconciler {
                 let outcome = self.cni_add(event).await;
                 let _ = reply.send(outcome);
             }
-            Input::Retry => {
-                for key in std::mem::take(&mut self.retry) {
-                    self.evaluate(&key).await;
-                }
-            }
+            Input::Retry => self.retry_due().await,
+            Input::Stop => {}
         }
+    }
+
+    /// Evaluates the pods whose retry time has come, then retries the enroller's own
+    /// pending work (annotations, cleanup).
+    async fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PodKey> = self
+            .retry
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.evaluate(&key).await;
+        }
+        let alive: BTreeSet<String> = self
+            .pods
+            .values()
+            .filter(|p| !matches!(self.decide(p), Decision::Skip(SkipReason::Terminated(_))))
+            .filter_map(|p| p.uid())
+            .collect();
+        self.enroller.retry(|uid| alive.contains(uid)).await;
+    }
+
+    /// Schedules another attempt for `key`, backing off from [`RETRY_FIRST`] to
+    /// [`RETRY_MAX`]; only the first failure is logged at info.
+    fn retry_later(&mut self, key: &str, why: &str) {
+        let backoff = match self.retry.get(key) {
+            None => {
+                tracing::info!(pod = key, "{why}; will retry");
+                RETRY_FIRST
+            }
+            Some((_, previous)) => {
+                tracing::debug!(pod = key, "{why}; will retry");
+                (*previous * 2).min(RETRY_MAX)
+            }
+        };
+        self.retry
+            .insert(key.to_owned(), (Instant::now() + backoff, backoff));
     }
 
     fn ready(&self) -> bool {
@@ -158,6 +209,7 @@ impl Reconciler {
         let changed: Vec<PodKey> = match event {
             watcher::Event::Init => {
                 self.pod_init = Some(BTreeMap::new());
+                self.enrolled_at_init = Some(self.enroller.uids().into_iter().collect());
                 vec![]
             }
             watcher::Event::InitApply(pod) => {
@@ -171,9 +223,11 @@ impl Reconciler {
                     self.pods = init;
                 }
                 self.pods_synced = true;
-                // Pods enrolled before that are gone from the listing were deleted meanwhile.
+                // Pods enrolled before the relist began and missing from it were deleted
+                // meanwhile (one enrolled by a CNI ADD during the relist may be missing too,
+                // but is not gone).
                 let listed: BTreeSet<String> = self.pods.values().filter_map(|p| p.uid()).collect();
-                for uid in self.enroller.uids() {
+                for uid in self.enrolled_at_init.take().unwrap_or_default() {
                     if !listed.contains(&uid) {
                         self.enroller.unenroll(&uid, false).await;
                     }
@@ -202,7 +256,7 @@ impl Reconciler {
         if !self.ready() {
             return;
         }
-        let first_sync = !self.synced.load(Ordering::Relaxed);
+        let first_sync = self.on_synced.is_some();
         for key in keys {
             self.evaluate(&key).await;
         }
@@ -232,47 +286,96 @@ impl Reconciler {
     /// Brings one pod to its desired state.
     async fn evaluate(&mut self, key: &str) {
         let Some(pod) = self.pods.get(key).cloned() else {
+            self.retry.remove(key);
             return;
         };
         let Some(uid) = pod.uid() else { return };
         let decision = self.decide(&pod);
         let enrolled = self.enroller.get(&uid).is_some();
+        let finished = matches!(decision, Decision::Skip(SkipReason::Terminated(_)));
         match (decision, enrolled) {
-            (Decision::Enroll, false) => {
-                let ips = pod_ips(&pod);
-                if ips.is_empty() {
-                    // Still being created: the plugin's ADD brings its netns.
-                    return;
-                }
-                match self.find_netns(&uid, &ips).await {
-                    Some(netns) => {
-                        if let Err(error) =
-                            self.enroller.enroll(&pod, netns, ips, Trigger::Watch).await
-                        {
-                            tracing::warn!(pod = key, %error, "enrolling a running pod failed; will retry");
-                            self.retry.insert(key.to_owned());
-                        }
-                    }
-                    None => {
-                        tracing::info!(
-                            pod = key,
-                            "netns of the running pod not found yet; will retry"
-                        );
-                        self.retry.insert(key.to_owned());
-                    }
-                }
-            }
+            (Decision::Enroll, true) => self.enroller.refresh(&pod).await,
+            (Decision::Enroll, false) => self.enroll_running(key, &uid).await,
             (Decision::Skip(reason), true) => {
                 tracing::info!(pod = key, %reason, "pod leaves the mesh");
                 self.retry.remove(key);
-                self.enroller.unenroll(&uid, !is_finished(&pod)).await;
+                self.enroller.unenroll(&uid, !finished).await;
             }
-            (Decision::Skip(reason), false) if is_annotated(&pod) && !is_finished(&pod) => {
+            (Decision::Skip(reason), false) if is_annotated(&pod) && !finished => {
                 // Enrolled by an earlier agent, and left the mesh while none was running.
                 tracing::info!(pod = key, %reason, "cleaning up a pod enrolled before this agent started");
+                self.retry.remove(key);
                 self.cleanup_orphan(&pod, &uid).await;
             }
-            _ => {}
+            _ => {
+                self.retry.remove(key);
+            }
+        }
+    }
+
+    /// Enrolls a running pod the watch says belongs in the mesh. The decision is made again
+    /// on the pod as the API server has it now: the pod and namespace watches are separate
+    /// streams, and a pod's opt-out may not have arrived yet when its namespace's label did.
+    async fn enroll_running(&mut self, key: &str, uid: &str) {
+        let Some(cached) = self.pods.get(key).cloned() else {
+            return;
+        };
+        if pod_ips(&cached).is_empty() {
+            // Still being created: the plugin's ADD brings its netns.
+            return;
+        }
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &cached.namespace().unwrap_or_default());
+        let pod = match pods.get_opt(&cached.name_any()).await {
+            Ok(Some(pod)) if pod.uid().as_deref() == Some(uid) => pod,
+            // Deleted (or replaced by a pod of the same name) meanwhile: its events follow.
+            Ok(_) => return,
+            Err(error) => {
+                self.retry_later(key, &format!("getting the pod: {error}"));
+                return;
+            }
+        };
+        self.remember_pod(&pod);
+        if let Decision::Skip(reason) = self.decide(&pod) {
+            tracing::debug!(pod = key, %reason, "not enrolled after all (fresh from the API)");
+            self.retry.remove(key);
+            return;
+        }
+        let ips = pod_ips(&pod);
+        let Some(netns) = self.find_netns(uid, &ips).await else {
+            self.retry_later(key, "netns of the running pod not found yet");
+            return;
+        };
+        match self.enroller.enroll(&pod, netns, ips, Trigger::Watch).await {
+            Ok(()) => {
+                self.retry.remove(key);
+            }
+            Err(error) => {
+                self.retry_later(key, &format!("enrolling the running pod failed: {error}"))
+            }
+        }
+    }
+
+    /// Keeps `pod` in the cache if it is newer than what the watch delivered so far
+    /// (resource versions compared as numbers, as the API server issues them).
+    fn remember_pod(&mut self, pod: &Pod) {
+        let key = key_of(pod);
+        if is_newer(
+            pod.resource_version(),
+            self.pods.get(&key).and_then(|p| p.resource_version()),
+        ) {
+            self.pods.insert(key, pod.clone());
+        }
+    }
+
+    fn remember_namespace(&mut self, namespace: &Namespace) {
+        let name = namespace.name_any();
+        let cached = self
+            .namespaces
+            .get(&name)
+            .and_then(|n| n.resource_version());
+        if is_newer(namespace.resource_version(), cached) {
+            self.namespaces.insert(name, namespace.clone());
         }
     }
 
@@ -311,10 +414,7 @@ impl Reconciler {
                 tracing::warn!(%uid, %error, "removing the in-pod rules");
             }
         }
-        for ip in ips.into_iter().filter(IpAddr::is_ipv4) {
-            let host = self.enroller.host().clone();
-            let _ = tokio::task::spawn_blocking(move || host.remove_pod(ip)).await;
-        }
+        self.enroller.remove_probe_entries(uid, &ips).await;
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         if let Err(error) = self.enroller.annotate(&ns, &name, false).await {
             tracing::warn!(%uid, %error, "removing the redirection annotation");
@@ -335,8 +435,7 @@ impl Reconciler {
         for (ip, uid) in entries {
             if self.enroller.get(&uid).is_none() {
                 tracing::info!(%ip, %uid, "removing a stale probe SNAT entry");
-                let host = self.enroller.host().clone();
-                let _ = tokio::task::spawn_blocking(move || host.remove_pod(ip)).await;
+                self.enroller.remove_probe_entries(&uid, &[ip]).await;
             }
         }
     }
@@ -345,6 +444,12 @@ impl Reconciler {
     /// gave the plugin.
     async fn cni_add(&mut self, event: PluginEvent) -> CniAddOutcome {
         let who = format!("{}/{}", event.pod_namespace, event.pod_name);
+        if self.on_synced.is_some() {
+            // Its decision would rest on half a picture, and no tunnel is served yet.
+            return CniAddOutcome::Failed(format!(
+                "pod {who}: the agent has not finished its first sync with the Kubernetes API yet"
+            ));
+        }
         if event.pod_name.is_empty() || event.pod_namespace.is_empty() || event.netns.is_empty() {
             return CniAddOutcome::BadEvent(format!(
                 "event for {who:?}: PodName, PodNamespace and Netns are required"
@@ -370,6 +475,10 @@ impl Reconciler {
                 ))
             }
         };
+        self.remember_pod(&pod);
+        if let Some(namespace) = &namespace {
+            self.remember_namespace(namespace);
+        }
         if let Decision::Skip(reason) = self.rules.decide(&pod, namespace.as_ref()) {
             return CniAddOutcome::Done(format!("pod {who} not enrolled: {reason}"));
         }
@@ -429,10 +538,14 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
-/// Succeeded or Failed: the pod's containers are done and its sandbox is going away.
-fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+/// Whether `candidate` is a newer resource version than `cached` (none cached: yes). Versions
+/// that are not numbers are taken as newer: the fresh read wins.
+fn is_newer(candidate: Option<String>, cached: Option<String>) -> bool {
+    match (
+        candidate.and_then(|v| v.parse::<u64>().ok()),
+        cached.and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(new), Some(old)) => new > old,
+        _ => true,
+    }
 }

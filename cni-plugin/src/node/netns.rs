@@ -92,11 +92,6 @@ impl PodNetns {
         })
     }
 
-    /// Gives up the handle, returning its fd.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
-    }
-
     /// Runs `f` on a fresh OS thread that has entered this namespace and waits for it. Sockets
     /// `f` opens, and processes it spawns, live in the namespace. The thread ends with `f`, so
     /// the switch never leaks. A panic in `f` comes back as [`NetnsError::Panicked`].
