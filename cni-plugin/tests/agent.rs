@@ -343,7 +343,8 @@ impl Mesh {
 }
 
 /// The node's primary CNI config, as a simple routed CNI would write it: `ptp` with
-/// host-local addresses .30–.39 of the node's /24, the node's address as gateway.
+/// host-local handing out the single address .30 of the node's /24 (so a deleted pod's
+/// address goes to the next pod at once, as on a busy node), the node's address as gateway.
 fn primary_conflist(node_ip: Ipv4Addr, ipam_dir: &Path) -> serde_json::Value {
     let [a, b, c, _] = node_ip.octets();
     serde_json::json!({
@@ -357,7 +358,7 @@ fn primary_conflist(node_ip: Ipv4Addr, ipam_dir: &Path) -> serde_json::Value {
                 "ranges": [[{
                     "subnet": format!("{a}.{b}.{c}.0/24"),
                     "rangeStart": format!("{a}.{b}.{c}.30"),
-                    "rangeEnd": format!("{a}.{b}.{c}.39"),
+                    "rangeEnd": format!("{a}.{b}.{c}.30"),
                     "gateway": node_ip.to_string()
                 }]],
                 "routes": [{ "dst": "0.0.0.0/0" }]
@@ -590,8 +591,10 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     );
     assert!(inbound.contains("10.77.1.30"), "{inbound}");
 
-    // The pod is deleted: the runtime's DEL, then the API object goes; the agent takes it
-    // out of the tunnel and the probe ipset.
+    // The pod is deleted. The runtime's DEL frees its address, and a new pod (`fresh2`) gets
+    // the same address before the API server tells the agent `fresh` is gone: the late
+    // removal of `fresh` must not take `fresh2`'s probe entry with it.
+    let node = mesh.topo.node_ns("n1");
     {
         let (runner, list, attachment, result) = (
             runner.clone(),
@@ -599,17 +602,54 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
             attachment.clone(),
             result.clone(),
         );
-        mesh.topo
-            .node_ns("n1")
-            .run(move || runner.del(&list, &attachment, Some(&result)))
+        node.run(move || runner.del(&list, &attachment, Some(&result)))
             .expect("CNI DEL");
     }
+    let uid2 = mesh.uid("fresh2");
+    let mut pending = pod(&uid2, "default", "fresh2", "n1", fresh_ip);
+    pending.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).unwrap());
+    mesh.kube.put_pod(pending);
+    let sandbox2 =
+        Netns::create(&format!("{}-fresh2", mesh.topo.prefix())).expect("the second sandbox netns");
+    let attachment2 = Attachment {
+        container_id: format!("{}-fresh2", mesh.topo.prefix()),
+        netns: sandbox2.path(),
+        ifname: "eth0".into(),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh2".into(),
+    };
+    let result2 = {
+        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment2.clone());
+        node.run(move || runner.add(&list, &attachment))
+            .unwrap_or_else(|e| panic!("CNI ADD of fresh2: {e}; agent log:\n{}", mesh.log("n1")))
+    };
+    assert_eq!(result2["ips"][0]["address"], "10.77.1.30/24", "{result2}");
     mesh.kube.delete_pod("default", "fresh");
     assert_eventually!(
-        !mesh.tunnel_pods("n1").contains(&uid)
-            && !ipset_members(&mesh, "n1").contains("10.77.1.30"),
+        !mesh.tunnel_pods("n1").contains(&uid),
         WAIT,
         "fresh unenrolled after deletion: tunnel pods {}; log:\n{}",
+        mesh.tunnel_pods("n1"),
+        mesh.log("n1")
+    );
+    assert!(
+        mesh.tunnel_pods("n1").contains(&uid2),
+        "fresh2 stays enrolled"
+    );
+    let members = ipset_members(&mesh, "n1");
+    assert!(
+        members.contains(&format!("10.77.1.30 comment \"{uid2}\"")),
+        "the reused address's probe entry is fresh2's:\n{members}"
+    );
+
+    // fresh2 goes too: its entry with it.
+    node.run(move || runner.del(&list, &attachment2, Some(&result2)))
+        .expect("CNI DEL of fresh2");
+    mesh.kube.delete_pod("default", "fresh2");
+    assert_eventually!(
+        !mesh.tunnel_pods("n1").contains(&uid2)
+            && !ipset_members(&mesh, "n1").contains("10.77.1.30"),
+        WAIT,
+        "fresh2 unenrolled after deletion: tunnel pods {}; log:\n{}",
         mesh.tunnel_pods("n1"),
         mesh.log("n1")
     );
@@ -707,27 +747,42 @@ fn a_restarted_agent_takes_over_enrolled_pods_without_disturbing_them() {
     old.process.kill();
     mesh.echo("client")
         .expect("traffic while the agent is gone");
+    // Meanwhile `client2` opts out: nobody is there to see it.
+    let mut client2 = mesh.kube.pod("default", "client2").expect("client2");
+    client2
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(DATAPLANE_MODE.into(), "none".into());
+    mesh.kube.put_pod(client2);
 
-    // A new agent finds the pods (annotated, rules in place) under /proc, hands them to the
-    // reconnecting tunnel in its snapshot, and programs nothing twice.
+    // A new agent finds `client` (annotated, rules in place) under /proc, hands it to the
+    // reconnecting tunnel in its snapshot, and programs nothing twice; `client2`, enrolled by
+    // the old agent, is cleaned up: left out of the snapshot (so the tunnel drains it), its
+    // rules, annotation and probe entry removed.
     let agent = mesh.start_agent("n1");
     mesh.agents.insert("n1".into(), agent);
     mesh.wait_agent_ready("n1");
     assert_eventually!(
-        mesh.log("n1").contains("snapshot sent: 2 pods, acks ok"),
+        mesh.log("n1").contains("snapshot sent: 1 pods, acks ok"),
         WAIT,
-        "the tunnel got both pods from the new agent; log:\n{}",
+        "the tunnel got client alone from the new agent; log:\n{}",
         mesh.log("n1")
     );
-    for pod in ["client", "client2"] {
-        assert!(mesh.enrolled(pod, "n1"), "{pod} still enrolled");
-        let rules = mesh.pod_rules(pod);
-        assert_eq!(
-            rules.matches("-A OUTPUT -j ISTIO_OUTPUT").count(),
-            2,
-            "one jump in mangle and one in nat, not more:\n{rules}"
-        );
-    }
+    assert!(mesh.enrolled("client", "n1"), "client still enrolled");
+    let rules = mesh.pod_rules("client");
+    assert_eq!(
+        rules.matches("-A OUTPUT -j ISTIO_OUTPUT").count(),
+        2,
+        "one jump in mangle and one in nat, not more:\n{rules}"
+    );
+    assert_eventually!(
+        mesh.unenrolled("client2", "n1")
+            && !ipset_members(&mesh, "n1").contains(&addr::CLIENT2.to_string()),
+        WAIT,
+        "client2 cleaned up after the restart; log:\n{}",
+        mesh.log("n1")
+    );
     mesh.echo("client")
         .expect("traffic after the agent restart");
     let tunnel = mesh.tunnels.get_mut("n1").expect("n1's tunnel");
