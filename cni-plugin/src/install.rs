@@ -11,7 +11,7 @@
 //!
 //! Use from the agent:
 //!
-//! ```ignore
+//! ```text
 //! let installer = Installer::new(cfg);
 //! installer.install(&kube_config).await?;           // may report WaitingForPrimary
 //! let ready = installer.ready();                    // gate the agent's readiness on this

@@ -128,7 +128,9 @@ async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response
         );
     }
     match outcome.await {
-        Ok(CniAddOutcome::Done(message)) => text(StatusCode::OK, message),
+        Ok(CniAddOutcome::Done(message) | CniAddOutcome::Enrolled { message, .. }) => {
+            text(StatusCode::OK, message)
+        }
         Ok(CniAddOutcome::BadEvent(message)) => text(StatusCode::BAD_REQUEST, message),
         Ok(CniAddOutcome::Failed(message)) => {
             tracing::warn!(%message, "CNI ADD failed");

@@ -22,7 +22,7 @@ use super::enroll::{is_annotated, Enroller, Trigger};
 use crate::ambient::{Decision, EnrollmentRules, SkipReason};
 use crate::event::PluginEvent;
 use crate::node::netns::PodNetns;
-use crate::node::procscan;
+use crate::node::procscan::ProcIndex;
 
 /// Inputs of the reconciler.
 #[derive(Debug)]
@@ -40,7 +40,9 @@ pub enum Input {
 /// The answer to a plugin `ADD`, mapped to HTTP by the event server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CniAddOutcome {
-    /// 200: enrolled, or nothing to do (the text says which).
+    /// 200: this ADD enrolled the pod.
+    Enrolled { uid: String, message: String },
+    /// 200: nothing to do (not ambient, already enrolled; the text says which).
     Done(String),
     /// 400: the event itself is wrong.
     BadEvent(String),
@@ -54,6 +56,8 @@ type PodKey = String;
 /// First retry of a pod that could not be enrolled; doubles per failure up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long one `/proc` index serves lookups.
+const PROC_INDEX_TTL: Duration = Duration::from_secs(1);
 
 pub struct Reconciler {
     rules: EnrollmentRules,
@@ -74,6 +78,8 @@ pub struct Reconciler {
     /// (a pod enrolled by a CNI ADD during the relist is not in it).
     enrolled_at_init: Option<BTreeSet<String>>,
     synced: Arc<AtomicBool>,
+    /// The last `/proc` index and when it was taken.
+    proc_index: Option<(Instant, Arc<ProcIndex>)>,
     /// Fired once, after the first full listing has been reconciled.
     on_synced: Option<oneshot::Sender<()>>,
 }
@@ -100,6 +106,7 @@ impl Reconciler {
             pods_synced: false,
             retry: BTreeMap::new(),
             enrolled_at_init: None,
+            proc_index: None,
             synced,
             on_synced: Some(on_synced),
         }
@@ -122,6 +129,13 @@ impl Reconciler {
             Input::Pods(event) => self.pod_event(*event).await,
             Input::CniAdd(event, reply) => {
                 let outcome = self.cni_add(event).await;
+                if let (true, CniAddOutcome::Enrolled { uid, .. }) = (reply.is_closed(), &outcome) {
+                    // The plugin gave up (its deadline passed, or it was killed): the runtime
+                    // takes the ADD as failed and tears this sandbox down, so the pod must not
+                    // stay enrolled in it.
+                    tracing::warn!(%uid, "the plugin stopped waiting; undoing the enrollment");
+                    self.enroller.unenroll(uid, true).await;
+                }
                 let _ = reply.send(outcome);
             }
             Input::Retry => self.retry_due().await,
@@ -384,23 +398,39 @@ impl Reconciler {
         self.rules.decide(pod, namespace)
     }
 
-    async fn find_netns(&self, uid: &str, ips: &[IpAddr]) -> Option<PodNetns> {
-        let (root, uid_owned, ips_owned) = (self.proc_root.clone(), uid.to_owned(), ips.to_vec());
-        let found = tokio::task::spawn_blocking(move || {
-            procscan::find_pod_netns(&root, &uid_owned, &ips_owned)
-        })
-        .await;
-        match found {
-            Ok(Ok(netns)) => netns,
-            Ok(Err(error)) => {
-                tracing::warn!(%uid, %error, "scanning for the pod's netns");
-                None
-            }
-            Err(error) => {
-                tracing::warn!(%uid, %error, "scanning for the pod's netns");
-                None
-            }
+    /// The running pod's netns, from a `/proc` index at most [`PROC_INDEX_TTL`] old, so the
+    /// many pods of a first sync or a retry round cost one scan. `None` when not found (not
+    /// running yet, or its IPs are not inside): the caller retries later with a new index.
+    async fn find_netns(&mut self, uid: &str, ips: &[IpAddr]) -> Option<PodNetns> {
+        if ips.is_empty() {
+            return None;
         }
+        let index = match &self.proc_index {
+            Some((at, index)) if at.elapsed() < PROC_INDEX_TTL => index.clone(),
+            _ => {
+                let root = self.proc_root.clone();
+                match tokio::task::spawn_blocking(move || ProcIndex::scan(&root)).await {
+                    Ok(Ok(index)) => {
+                        let index = Arc::new(index);
+                        self.proc_index = Some((Instant::now(), index.clone()));
+                        index
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%uid, %error, "scanning for the pod's netns");
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%uid, %error, "scanning for the pod's netns");
+                        return None;
+                    }
+                }
+            }
+        };
+        let (uid, ips) = (uid.to_owned(), ips.to_vec());
+        tokio::task::spawn_blocking(move || index.find(&uid, &ips))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Rules, probe entry and annotation left by an earlier agent for a pod that is no
@@ -505,7 +535,10 @@ impl Reconciler {
         {
             Ok(()) => {
                 self.retry.remove(&key_of(&pod));
-                CniAddOutcome::Done(format!("pod {who} enrolled"))
+                CniAddOutcome::Enrolled {
+                    uid,
+                    message: format!("pod {who} enrolled"),
+                }
             }
             Err(error) => CniAddOutcome::Failed(format!("enrolling pod {who}: {error}")),
         }

@@ -7,7 +7,7 @@
 //! IPs sits on an interface inside that netns — a process tied to pod A by its cgroup may be
 //! visiting pod B's netns, and must not get pod A enrolled there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::net::IpAddr;
@@ -38,69 +38,89 @@ pub fn find_pod_netns(
     if pod_ips.is_empty() {
         return Ok(None);
     }
-    let wanted_uid = uid.to_ascii_lowercase();
-    let wanted_ips: Vec<IpAddr> = pod_ips.iter().map(|ip| ip.to_canonical()).collect();
-    let own_path = proc_root.join("self/ns/net");
-    let own = path_id(&own_path).map_err(|source| ScanError::OwnNetns {
-        path: own_path,
-        source,
-    })?;
-    let entries = fs::read_dir(proc_root).map_err(|source| ScanError::ListProc {
-        path: proc_root.to_path_buf(),
-        source,
-    })?;
-    // Namespaces already entered and found without the pod's IPs: not worth entering again
-    // for the pod's next process.
-    let mut without_ips: HashSet<NetnsId> = HashSet::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let pid_dir = entry.path();
-        let netns_path = pid_dir.join("ns/net");
-        let Ok(id) = path_id(&netns_path) else {
-            continue; // gone, or a kernel thread we may not look into
-        };
-        if id == own || without_ips.contains(&id) {
-            continue;
-        }
-        let Ok(cgroup) = fs::read_to_string(pid_dir.join("cgroup")) else {
-            continue;
-        };
-        if pod_uid_from_cgroup(&cgroup).as_deref() != Some(wanted_uid.as_str()) {
-            continue;
-        }
-        let netns = match PodNetns::open(&netns_path) {
-            // The pid may have been reused between the stat and the open.
-            Ok(netns) if netns.id() == id => netns,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::debug!(pid, error = %e, "pod process vanished during the scan");
+    Ok(ProcIndex::scan(proc_root)?.find(uid, pod_ips))
+}
+
+/// One pass over `proc_root`: for each pod uid (from the processes' cgroups), the distinct
+/// network namespaces its processes are in, the agent's own (host) netns left out. Reading
+/// every process's cgroup is the expensive part, so an agent looking for many pods at once
+/// (its first sync, a retry round) scans once and asks the index per pod.
+#[derive(Debug, Default)]
+pub struct ProcIndex {
+    /// uid → (a `<pid>/ns/net` path, the netns it pointed to when scanned).
+    by_uid: HashMap<String, Vec<(PathBuf, NetnsId)>>,
+}
+
+impl ProcIndex {
+    pub fn scan(proc_root: &Path) -> Result<ProcIndex, ScanError> {
+        let own_path = proc_root.join("self/ns/net");
+        let own = path_id(&own_path).map_err(|source| ScanError::OwnNetns {
+            path: own_path,
+            source,
+        })?;
+        let entries = fs::read_dir(proc_root).map_err(|source| ScanError::ListProc {
+            path: proc_root.to_path_buf(),
+            source,
+        })?;
+        let mut index = ProcIndex::default();
+        let mut seen: HashSet<NetnsId> = HashSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
                 continue;
             }
-        };
-        match netns.addresses() {
-            Ok(addrs) if addrs.iter().any(|a| wanted_ips.contains(&a.to_canonical())) => {
-                return Ok(Some(netns));
+            let pid_dir = entry.path();
+            let netns_path = pid_dir.join("ns/net");
+            let Ok(id) = path_id(&netns_path) else {
+                continue; // gone, or a kernel thread we may not look into
+            };
+            if id == own || seen.contains(&id) {
+                continue;
             }
-            Ok(_) => {
-                tracing::warn!(
-                    pid,
+            let Ok(cgroup) = fs::read_to_string(pid_dir.join("cgroup")) else {
+                continue;
+            };
+            let Some(uid) = pod_uid_from_cgroup(&cgroup) else {
+                continue;
+            };
+            seen.insert(id);
+            index.by_uid.entry(uid).or_default().push((netns_path, id));
+        }
+        Ok(index)
+    }
+
+    /// The netns of pod `uid` holding one of `pod_ips`; `None` if the scan saw none.
+    pub fn find(&self, uid: &str, pod_ips: &[IpAddr]) -> Option<PodNetns> {
+        let wanted_ips: Vec<IpAddr> = pod_ips.iter().map(|ip| ip.to_canonical()).collect();
+        let candidates = self.by_uid.get(&uid.to_ascii_lowercase())?;
+        for (netns_path, id) in candidates {
+            let netns = match PodNetns::open(netns_path) {
+                // The pid may have been reused since the scan.
+                Ok(netns) if netns.id() == *id => netns,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(path = %netns_path.display(), error = %e, "pod process vanished since the scan");
+                    continue;
+                }
+            };
+            match netns.addresses() {
+                Ok(addrs) if addrs.iter().any(|a| wanted_ips.contains(&a.to_canonical())) => {
+                    return Some(netns);
+                }
+                Ok(_) => tracing::warn!(
                     uid,
                     netns = %netns_path.display(),
                     "process of the pod sits in a netns without any of the pod's IPs; not pairing"
-                );
-                without_ips.insert(id);
-            }
-            Err(e) => {
+                ),
                 // Fail closed: an unverified netns is never paired.
-                tracing::warn!(pid, uid, error = %e, "could not list the addresses in a pod's netns");
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "could not list the addresses in a pod's netns")
+                }
             }
         }
+        None
     }
-    Ok(None)
 }
