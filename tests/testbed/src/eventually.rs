@@ -28,7 +28,7 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Asserts that a condition becomes true before a deadline (default 10 s).
 ///
-/// ```ignore
+/// ```text
 /// assert_eventually!(server.accepted() == 1);
 /// assert_eventually!(n2.established_on_port(15008)? == 1, Duration::from_secs(5),
 ///                    "no HBONE connection on {}", n2.name());

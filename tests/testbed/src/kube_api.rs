@@ -2,7 +2,7 @@
 //! the CNI plugin and the node agent (gets, paged lists, `kube::runtime::watcher`, patches)
 //! against objects the test controls.
 //!
-//! ```ignore
+//! ```text
 //! use nodetunnel_testbed::kube_api::{KubeApi, PodBuilder};
 //!
 //! let kube = KubeApi::start(None, Ipv4Addr::LOCALHOST)?;     // or Some(&node_netns)

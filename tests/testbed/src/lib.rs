@@ -1,7 +1,7 @@
 //! Test bed for nodetunnel: real network namespaces, real iptables capture, real daemon
 //! processes.
 //!
-//! ```ignore
+//! ```text
 //! use nodetunnel_testbed::{addr, Capture, Topology, MeshConfig, Ca, Mesh, tunnel_env, env_refs};
 //!
 //! if !nodetunnel_testbed::namespaces_available("my_test") { return; }

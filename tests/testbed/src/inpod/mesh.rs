@@ -2,7 +2,7 @@
 //! namespaces by its own `nodetunnel zds-agent` process ([`ZdsAgentProcess`]) — the way a
 //! cluster's CNI agent feeds ztunnel, without linking the daemon's crate.
 //!
-//! ```ignore
+//! ```text
 //! let topo = PodTopology::two_node("demo", InpodRules::Apply)?;
 //! MeshConfig::standard(8080).write(&topo.path("mesh.yaml"))?;
 //! generate_ca(bin, &topo.path("ca"))?;

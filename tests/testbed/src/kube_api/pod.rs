@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Builds a [`Pod`]:
 ///
-/// ```ignore
+/// ```text
 /// let pod = PodBuilder::new("demo", "web-1")
 ///     .node("node1")
 ///     .ip("10.244.1.5".parse()?)
