@@ -791,3 +791,108 @@ fn a_restarted_agent_takes_over_enrolled_pods_without_disturbing_them() {
         "the tunnel kept running"
     );
 }
+
+/// `dev:inode` of a namespace file, as the tunnel's `/config_dump` shows a pod's netns.
+fn netns_id(ns: &Netns) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(ns.path()).expect("the netns file");
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+#[test]
+fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
+    let fresh_ip = Ipv4Addr::new(10, 77, 1, 30);
+    let config =
+        MeshConfig::standard(SERVER_PORT).with_workload(Workload::new("fresh", fresh_ip, "n1"));
+    let Some(mesh) = Mesh::start_with("cni_agent_resandbox", config) else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    assert_eventually!(
+        mesh.enrolled("server", "n2"),
+        WAIT,
+        "server enrolled; log:\n{}",
+        mesh.log("n2")
+    );
+    let uid = mesh.uid("fresh");
+    mesh.kube
+        .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
+    let agent = &mesh.agents["n1"];
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(agent.net_dir.join("10-primary.conflist")).expect("the node's CNI config"),
+    )
+    .expect("JSON");
+    let list = ConfList::parse(&list).expect("a conflist");
+    let runner = Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]);
+    let node = mesh.topo.node_ns("n1");
+    let attach = |sandbox: &Netns, n: u32| Attachment {
+        container_id: format!("{}-fresh-{n}", mesh.topo.prefix()),
+        netns: sandbox.path(),
+        ifname: "eth0".into(),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh".into(),
+    };
+
+    // The first sandbox, enrolled by its ADD.
+    let first = Netns::create(&format!("{}-fresh-1", mesh.topo.prefix())).expect("a sandbox");
+    let attachment = attach(&first, 1);
+    let result = {
+        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment.clone());
+        node.run(move || runner.add(&list, &attachment))
+            .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")))
+    };
+    assert!(mesh.tunnel_pods("n1").contains(&netns_id(&first)));
+
+    // It dies; kubelet DELs it (a no-op for our plugin) and creates a new sandbox for the
+    // same pod, same uid, which the runtime ADDs: the tunnel must serve the pod from the new
+    // namespace, and only from it.
+    {
+        let (runner, list) = (runner.clone(), list.clone());
+        node.run(move || runner.del(&list, &attachment, Some(&result)))
+            .expect("CNI DEL");
+    }
+    let second = Netns::create(&format!("{}-fresh-2", mesh.topo.prefix())).expect("a sandbox");
+    let attachment = attach(&second, 2);
+    {
+        let (runner, list) = (runner.clone(), list.clone());
+        node.run(move || runner.add(&list, &attachment))
+            .unwrap_or_else(|e| panic!("CNI ADD again: {e}; agent log:\n{}", mesh.log("n1")));
+    }
+    let pods = mesh.tunnel_pods("n1");
+    assert_eq!(
+        pods.matches(&uid).count(),
+        1,
+        "one proxy for the pod: {pods}"
+    );
+    assert!(
+        pods.contains(&netns_id(&second)),
+        "served from the new sandbox: {pods}"
+    );
+    assert!(
+        !pods.contains(&netns_id(&first)),
+        "not from the old one: {pods}"
+    );
+    assert!(
+        second
+            .exec("iptables-save", &[])
+            .is_ok_and(|r| r.contains("-j ISTIO_OUTPUT")),
+        "the new sandbox has the rules"
+    );
+    let echo = || -> io::Result<()> {
+        let mut s =
+            second.run(move || connect_from(fresh_ip, (addr::SERVER, SERVER_PORT).into()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)
+    };
+    echo().expect("traffic from the new sandbox");
+    mesh.tunnels["n2"].wait_access_line(
+        &[
+            ("direction", "inbound"),
+            ("protocol", "HBONE"),
+            ("src_identity", "spiffe://cluster.local/ns/default/sa/fresh"),
+        ],
+        WAIT,
+    );
+}
