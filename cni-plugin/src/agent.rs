@@ -11,12 +11,12 @@
 pub mod config;
 pub mod enroll;
 pub mod health;
+mod http_server;
 pub mod plugin_server;
 pub mod reconcile;
 pub mod watch;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let shutdown = shutdown_signal();
     let kube_config = kube::Config::infer().await?;
     let client = Client::try_from(kube_config.clone())?;
-    let readiness = Readiness::default();
+    let installer = Arc::new(Installer::new(install_config(&config)));
     let mut tasks = tokio::task::JoinSet::new();
 
     // Enrollment first, so the event socket exists before the plugin is installed: a pod
@@ -127,14 +127,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let (inputs, inputs_rx) = mpsc::channel(256);
     let stop = inputs.clone();
     let mut event_socket = None;
+    // Without ambient there is nothing to sync: ready as soon as installed.
+    let (synced_tx, synced) = tokio::sync::watch::channel(!config.ambient_enabled);
     let reconciler = if config.ambient_enabled {
         let host = tokio::task::spawn_blocking(HostProbeSnat::ensure).await??;
         // Tunnels are served only once the first listing is reconciled (see start_zds).
-        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+        let mut gate = synced.clone();
         let zds = start_zds(&config, async move {
             // Never on a dropped sender (the reconciler died or the agent stops before its
             // first sync): a snapshot from before the sync would drain the tunnel's pods.
-            if synced_rx.await.is_err() {
+            if gate.wait_for(|synced| *synced).await.is_err() {
                 std::future::pending::<()>().await;
             }
         })?;
@@ -149,7 +151,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             client.clone(),
             config.proc_root.clone(),
             enroller,
-            readiness.synced.clone(),
             synced_tx,
         );
         tasks.spawn(plugin_server::bind(&config.event_socket(), inputs.clone())?);
@@ -172,8 +173,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         });
         Some(tokio::spawn(reconciler.run(inputs_rx)))
     } else {
-        readiness.synced.store(true, Ordering::Relaxed);
         None
+    };
+    let readiness = Readiness {
+        installed: installer.ready(),
+        synced,
     };
     drop(inputs);
     let health = health::serve(config.health_addr, readiness.clone())
@@ -184,11 +188,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })?;
     tasks.spawn(health);
 
-    let installer = Arc::new(Installer::new(install_config(&config)));
-    tasks.spawn(mirror_install_readiness(
-        installer.ready(),
-        readiness.installed.clone(),
-    ));
     let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
     let keeper = {
         let installer = installer.clone();
@@ -256,19 +255,6 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
 fn remove_if_ours(path: &std::path::Path, id: Option<(u64, u64)>) {
     if id.is_some() && file_id(path) == id {
         let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Copies the installer's "our entry is in place" flag into the agent's readiness.
-async fn mirror_install_readiness(
-    mut installed: tokio::sync::watch::Receiver<bool>,
-    flag: Arc<std::sync::atomic::AtomicBool>,
-) {
-    loop {
-        flag.store(*installed.borrow_and_update(), Ordering::Relaxed);
-        if installed.changed().await.is_err() {
-            return;
-        }
     }
 }
 

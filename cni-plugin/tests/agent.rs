@@ -12,28 +12,29 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use nodetunnel_testbed::cni::{Attachment, ConfList, Runner};
+use nodetunnel_testbed::cni::{Attachment, CniError, ConfList, Runner};
+use nodetunnel_testbed::cni_agent::{
+    pod_uid, primary_conflist, CniAgent, CniAgentSpec, HEALTH_PORT,
+};
 use nodetunnel_testbed::inpod::{InpodRules, PodTopology};
 use nodetunnel_testbed::kube_api::KubeApi;
-use nodetunnel_testbed::process::NsProcess;
 use nodetunnel_testbed::sandbox::Sandbox;
 use nodetunnel_testbed::traffic::echo_handler;
 use nodetunnel_testbed::tunnel::http_get_status;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
-    shared_tunnel_env, workspace_binary, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Netns,
+    shared_tunnel_env, sibling_binary, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Netns,
     Server, Tunnel, Workload,
 };
 
 const SERVER_PORT: u16 = 8080;
 const REDIRECTION: &str = "ambient.istio.io/redirection";
 const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-const HEALTH_PORT: u16 = 18000;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn agent_bin() -> &'static Path {
@@ -45,23 +46,11 @@ fn plugin_bin() -> &'static Path {
 }
 
 fn tunnel_bin() -> PathBuf {
-    workspace_binary("nodetunnel").expect("the nodetunnel binary")
+    sibling_binary("nodetunnel").expect("the nodetunnel binary")
 }
 
 fn control_bin() -> PathBuf {
-    workspace_binary("nodetunnel-control").expect("the nodetunnel-control binary")
-}
-
-/// A uid per (topology, pod name), in the UUID shape kubelet puts into cgroup paths. Unique
-/// per topology: tests run in parallel on one machine, and an agent scanning `/proc` must not
-/// find another test's pod (same name and IP) under its uid.
-fn uid_of(topology: &str, name: &str) -> String {
-    let name = format!("{topology}/{name}");
-    // FNV-1a, folded to the 48 bits of the UUID's last group.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("0000aaaa-0000-4000-8000-{:012x}", hash & 0xffff_ffff_ffff)
+    sibling_binary("nodetunnel-control").expect("the nodetunnel-control binary")
 }
 
 /// A Running pod on `node` with `ip`, service account = name (as the mesh config expects).
@@ -84,20 +73,11 @@ fn pod(uid: &str, namespace: &str, name: &str, node: &str, ip: Ipv4Addr) -> Pod 
     .expect("a pod object")
 }
 
-/// One node's agent process, with its directories.
-struct NodeAgent {
-    process: NsProcess,
-    run_dir: PathBuf,
-    net_dir: PathBuf,
-    bin_dir: PathBuf,
-    zds: PathBuf,
-}
-
 struct Mesh {
     // Drop order: processes before the topology removes their directory.
     tunnels: BTreeMap<String, Tunnel>,
-    agents: BTreeMap<String, NodeAgent>,
-    _sandboxes: Vec<Sandbox>,
+    agents: BTreeMap<String, CniAgent>,
+    sandboxes: Vec<Sandbox>,
     control: ControlPlane,
     kube: KubeApi,
     topo: PodTopology,
@@ -130,21 +110,21 @@ impl Mesh {
         for p in topo.pods() {
             let namespace = if p.mesh() { "default" } else { "other" };
             kube.put_pod(pod(
-                &uid_of(topo.prefix(), p.name()),
+                &pod_uid(topo.prefix(), p.name()),
                 namespace,
                 p.name(),
                 p.node(),
                 p.ip(),
             ));
             sandboxes.push(
-                Sandbox::start(p.ns(), topo.prefix(), &uid_of(topo.prefix(), p.name()))
+                Sandbox::start(p.ns(), topo.prefix(), &pod_uid(topo.prefix(), p.name()))
                     .expect("a sandbox"),
             );
         }
         let mut mesh = Mesh {
             tunnels: BTreeMap::new(),
             agents: BTreeMap::new(),
-            _sandboxes: sandboxes,
+            sandboxes,
             control,
             kube,
             topo,
@@ -161,54 +141,18 @@ impl Mesh {
         Some(mesh)
     }
 
-    fn start_agent(&self, node: &str) -> NodeAgent {
+    fn start_agent(&self, node: &str) -> CniAgent {
         let dir = self.topo.path(&format!("{node}-agent"));
-        let (run_dir, net_dir, bin_dir) = (dir.join("run"), dir.join("net.d"), dir.join("bin"));
-        for d in [&run_dir, &net_dir, &bin_dir] {
-            std::fs::create_dir_all(d).expect("creating the agent's directories");
-        }
-        std::fs::write(
-            net_dir.join("10-primary.conflist"),
-            primary_conflist(self.topo.node(node).ip(), &dir.join("ipam")).to_string(),
-        )
-        .expect("writing the primary conflist");
-        let zds = dir.join("ztunnel.sock");
-        let env = [
-            ("NODE_NAME", node.to_string()),
-            ("POD_NAMESPACE", "istio-system".into()),
-            (
-                "KUBECONFIG",
-                self.topo.path("kubeconfig").display().to_string(),
-            ),
-            ("CNI_AGENT_RUN_DIR", run_dir.display().to_string()),
-            ("ZTUNNEL_UDS_ADDRESS", zds.display().to_string()),
-            ("MOUNTED_CNI_NET_DIR", net_dir.display().to_string()),
-            ("HOST_CNI_BIN_DIR", bin_dir.display().to_string()),
-            ("CNI_PLUGIN_BINARY", plugin_bin().display().to_string()),
-            ("PROC_ROOT", "/proc".into()),
-            ("HEALTH_ADDR", format!("127.0.0.1:{HEALTH_PORT}")),
-            (
-                "LOG_LEVEL",
-                "info,kube=warn,nodetunnel_cni::agent=debug".into(),
-            ),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let process = NsProcess::spawn(
-            "cni agent",
-            self.topo.node_ns(node),
-            agent_bin(),
-            &[],
-            &env,
-            &dir.join("agent.log"),
-        )
-        .expect("starting the agent");
-        NodeAgent {
-            process,
-            run_dir,
-            net_dir,
-            bin_dir,
-            zds,
-        }
+        let conflist = primary_conflist(self.topo.node(node).ip(), &dir.join("ipam"));
+        let spec = CniAgentSpec {
+            node,
+            agent_bin: agent_bin(),
+            plugin_bin: plugin_bin(),
+            kubeconfig: &self.topo.path("kubeconfig"),
+            primary_conflist: &conflist,
+            log_level: "info,kube=warn,nodetunnel_cni::agent=debug",
+        };
+        CniAgent::start(self.topo.node_ns(node), &dir, &spec).expect("starting the agent")
     }
 
     fn start_tunnel(&self, node: &str) -> Tunnel {
@@ -242,15 +186,18 @@ impl Mesh {
     }
 
     fn uid(&self, pod: &str) -> String {
-        uid_of(self.topo.prefix(), pod)
+        pod_uid(self.topo.prefix(), pod)
     }
 
+    /// The redirection annotation of pod `name`: in namespace `other` if it is the
+    /// topology's non-mesh pod, in `default` otherwise (mesh pods and pods a test adds).
     fn pod_annotation(&self, name: &str) -> Option<String> {
-        let namespace = if self.topo.pod(name).mesh() {
-            "default"
-        } else {
-            "other"
-        };
+        let non_mesh = self
+            .topo
+            .pods()
+            .iter()
+            .any(|p| p.name() == name && !p.mesh());
+        let namespace = if non_mesh { "other" } else { "default" };
         self.kube
             .pod(namespace, name)
             .and_then(|p| p.metadata.annotations)
@@ -259,10 +206,7 @@ impl Mesh {
 
     /// `iptables-save` inside the pod.
     fn pod_rules(&self, name: &str) -> String {
-        self.topo
-            .ns(name)
-            .exec("iptables-save", &[])
-            .expect("iptables-save in the pod")
+        rules_in(self.topo.ns(name))
     }
 
     fn tunnel_pods(&self, node: &str) -> String {
@@ -272,12 +216,6 @@ impl Mesh {
             .unwrap_or_default()
     }
 
-    fn connect(&self, from: &str, dst: SocketAddr) -> io::Result<TcpStream> {
-        let pod = self.topo.pod(from);
-        let ip = pod.ip();
-        pod.ns().run(move || connect_from(ip, dst))
-    }
-
     fn server(&self) -> Server {
         let pod = self.topo.pod("server");
         Server::start(pod.ns(), (pod.ip(), SERVER_PORT).into(), echo_handler)
@@ -285,13 +223,20 @@ impl Mesh {
     }
 
     fn echo(&self, from: &str) -> io::Result<()> {
-        let mut s = self.connect(from, (addr::SERVER, SERVER_PORT).into())?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"ping")?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf)?;
-        assert_eq!(&buf, b"ping");
-        Ok(())
+        let pod = self.topo.pod(from);
+        echo_from(pod.ns(), pod.ip())
+    }
+
+    /// The container runtime on `node`: the node's CNI config as the agent rewrote it, run
+    /// with the plugins in /usr/lib/cni and in the bin dir the agent installed ours into.
+    fn runtime(&self, node: &str) -> NodeRuntime {
+        let agent = &self.agents[node];
+        let list = agent.primary_conflist().expect("the node's CNI config");
+        NodeRuntime {
+            ns: self.topo.node_ns(node).clone(),
+            list: ConfList::parse(&list).expect("a conflist"),
+            runner: Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]),
+        }
     }
 
     fn log(&self, node: &str) -> String {
@@ -314,24 +259,14 @@ impl Mesh {
     }
 
     fn enrolled(&self, pod: &str, node: &str) -> bool {
-        self.pod_annotation(pod).as_deref() == Some("enabled")
-            && self.pod_rules(pod).contains("-j ISTIO_OUTPUT")
-            && self.tunnel_pods(node).contains(&self.uid(pod))
+        self.enrolled_ns(pod, self.topo.ns(pod), node)
     }
 
     /// Like [`enrolled`](Self::enrolled) for a pod whose namespace is `ns` (one the test made
     /// itself rather than the topology).
     fn enrolled_ns(&self, pod: &str, ns: &Netns, node: &str) -> bool {
-        let namespace = "default";
-        let annotated = self
-            .kube
-            .pod(namespace, pod)
-            .and_then(|p| p.metadata.annotations)
-            .and_then(|a| a.get(REDIRECTION).cloned());
-        annotated.as_deref() == Some("enabled")
-            && ns
-                .exec("iptables-save", &[])
-                .is_ok_and(|r| r.contains("-j ISTIO_OUTPUT"))
+        self.pod_annotation(pod).as_deref() == Some("enabled")
+            && rules_in(ns).contains("-j ISTIO_OUTPUT")
             && self.tunnel_pods(node).contains(&self.uid(pod))
     }
 
@@ -342,29 +277,10 @@ impl Mesh {
     }
 }
 
-/// The node's primary CNI config, as a simple routed CNI would write it: `ptp` with
-/// host-local handing out the single address .30 of the node's /24 (so a deleted pod's
-/// address goes to the next pod at once, as on a busy node), the node's address as gateway.
-fn primary_conflist(node_ip: Ipv4Addr, ipam_dir: &Path) -> serde_json::Value {
-    let [a, b, c, _] = node_ip.octets();
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "plugins": [{
-            "type": "ptp",
-            "ipam": {
-                "type": "host-local",
-                "dataDir": ipam_dir,
-                "ranges": [[{
-                    "subnet": format!("{a}.{b}.{c}.0/24"),
-                    "rangeStart": format!("{a}.{b}.{c}.30"),
-                    "rangeEnd": format!("{a}.{b}.{c}.30"),
-                    "gateway": node_ip.to_string()
-                }]],
-                "routes": [{ "dst": "0.0.0.0/0" }]
-            }
-        }]
-    })
+/// `iptables-save` inside `ns`.
+fn rules_in(ns: &Netns) -> String {
+    ns.exec("iptables-save", &[])
+        .expect("iptables-save in the pod")
 }
 
 fn ipset_members(mesh: &Mesh, node: &str) -> String {
@@ -372,6 +288,63 @@ fn ipset_members(mesh: &Mesh, node: &str) -> String {
         .node_ns(node)
         .exec("ipset", &["list", "istio-inpod-probes-v4"])
         .unwrap_or_default()
+}
+
+/// `pod` as kubelet first creates it: Pending, no IP yet.
+fn pending(mut pod: Pod) -> Pod {
+    pod.status =
+        Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).expect("a status"));
+    pod
+}
+
+/// A runtime's CNI calls for pods of namespace `default`, made from the node's namespace.
+struct NodeRuntime {
+    ns: Netns,
+    list: ConfList,
+    runner: Runner,
+}
+
+impl NodeRuntime {
+    /// `ADD` of pod `name`'s sandbox `sandbox`; its attachment (for the `DEL`) and result.
+    fn add(
+        &self,
+        sandbox: &Netns,
+        name: &str,
+    ) -> Result<(Attachment, serde_json::Value), CniError> {
+        let attachment = Attachment {
+            container_id: sandbox.name().into(),
+            netns: sandbox.path(),
+            ifname: "eth0".into(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        };
+        let (runner, list, att) = (self.runner.clone(), self.list.clone(), attachment.clone());
+        let result = self.ns.run(move || runner.add(&list, &att))?;
+        Ok((attachment, result))
+    }
+
+    fn del(&self, attachment: &Attachment, result: &serde_json::Value) -> Result<(), CniError> {
+        let (runner, list) = (self.runner.clone(), self.list.clone());
+        let (att, result) = (attachment.clone(), result.clone());
+        self.ns.run(move || runner.del(&list, &att, Some(&result)))
+    }
+}
+
+/// One echo round trip from `ip` inside `ns` to the server.
+fn echo_from(ns: &Netns, ip: Ipv4Addr) -> io::Result<()> {
+    let mut s = ns.run(move || connect_from(ip, (addr::SERVER, SERVER_PORT).into()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"ping")?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}
+
+/// `dev:inode` of a namespace file, as the tunnel's `/config_dump` shows a pod's netns.
+fn netns_id(ns: &Netns) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(ns.path()).expect("the netns file");
+    format!("{}:{}", meta.dev(), meta.ino())
 }
 
 #[test]
@@ -390,17 +363,10 @@ fn labelling_the_namespace_enrolls_running_pods_and_their_traffic_crosses_hbone(
     let agent = &mesh.agents["n1"];
     assert!(agent.bin_dir.join("nodetunnel-cni").is_file());
     assert!(agent.run_dir.join("istio-cni-kubeconfig").is_file());
-    let conflist: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(agent.net_dir.join("10-primary.conflist")).expect("the primary conflist"),
-    )
-    .expect("JSON");
-    let types: Vec<&str> = conflist["plugins"]
-        .as_array()
-        .expect("plugins")
-        .iter()
-        .filter_map(|p| p["type"].as_str())
-        .collect();
-    assert_eq!(types, ["ptp", "nodetunnel-cni"]);
+    assert_eq!(
+        agent.plugin_types().expect("the primary conflist"),
+        ["ptp", "nodetunnel-cni"]
+    );
 
     mesh.label_default(true);
     for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
@@ -526,32 +492,15 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     // sandbox netns and runs the node's CNI config — the one our agent rewrote — with the
     // plugins it finds in the host CNI bin dir, where the agent installed ours.
     let uid = mesh.uid("fresh");
-    let mut pending = pod(&uid, "default", "fresh", "n1", fresh_ip);
-    pending.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).unwrap());
-    mesh.kube.put_pod(pending);
+    mesh.kube
+        .put_pod(pending(pod(&uid, "default", "fresh", "n1", fresh_ip)));
     let sandbox =
         Netns::create(&format!("{}-fresh", mesh.topo.prefix())).expect("the sandbox netns");
-    let agent = &mesh.agents["n1"];
-    let list: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(agent.net_dir.join("10-primary.conflist")).expect("the node's CNI config"),
-    )
-    .expect("JSON");
-    let list = ConfList::parse(&list).expect("a conflist");
-    assert_eq!(list.plugin_types(), ["ptp", "nodetunnel-cni"]);
-    let runner = Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]);
-    let attachment = Attachment {
-        container_id: format!("{}-fresh", mesh.topo.prefix()),
-        netns: sandbox.path(),
-        ifname: "eth0".into(),
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh".into(),
-    };
-    let result = {
-        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment.clone());
-        mesh.topo
-            .node_ns("n1")
-            .run(move || runner.add(&list, &attachment))
-            .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")))
-    };
+    let runtime = mesh.runtime("n1");
+    assert_eq!(runtime.list.plugin_types(), ["ptp", "nodetunnel-cni"]);
+    let (attachment, result) = runtime
+        .add(&sandbox, "fresh")
+        .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
     assert_eq!(
         result["ips"][0]["address"], "10.77.1.30/24",
         "the chain's result is ptp's, passed through: {result}"
@@ -572,15 +521,7 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
         .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
 
     // Its traffic crosses HBONE with its own identity.
-    let echo = || -> io::Result<()> {
-        let mut s =
-            sandbox.run(move || connect_from(fresh_ip, (addr::SERVER, SERVER_PORT).into()))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"ping")?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf)
-    };
-    echo().expect("traffic from the new pod");
+    echo_from(&sandbox, fresh_ip).expect("traffic from the new pod");
     let inbound = mesh.tunnels["n2"].wait_access_line(
         &[
             ("direction", "inbound"),
@@ -594,34 +535,15 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     // The pod is deleted. The runtime's DEL frees its address, and a new pod (`fresh2`) gets
     // the same address before the API server tells the agent `fresh` is gone: the late
     // removal of `fresh` must not take `fresh2`'s probe entry with it.
-    let node = mesh.topo.node_ns("n1");
-    {
-        let (runner, list, attachment, result) = (
-            runner.clone(),
-            list.clone(),
-            attachment.clone(),
-            result.clone(),
-        );
-        node.run(move || runner.del(&list, &attachment, Some(&result)))
-            .expect("CNI DEL");
-    }
+    runtime.del(&attachment, &result).expect("CNI DEL");
     let uid2 = mesh.uid("fresh2");
-    let mut pending = pod(&uid2, "default", "fresh2", "n1", fresh_ip);
-    pending.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).unwrap());
-    mesh.kube.put_pod(pending);
+    mesh.kube
+        .put_pod(pending(pod(&uid2, "default", "fresh2", "n1", fresh_ip)));
     let sandbox2 =
         Netns::create(&format!("{}-fresh2", mesh.topo.prefix())).expect("the second sandbox netns");
-    let attachment2 = Attachment {
-        container_id: format!("{}-fresh2", mesh.topo.prefix()),
-        netns: sandbox2.path(),
-        ifname: "eth0".into(),
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh2".into(),
-    };
-    let result2 = {
-        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment2.clone());
-        node.run(move || runner.add(&list, &attachment))
-            .unwrap_or_else(|e| panic!("CNI ADD of fresh2: {e}; agent log:\n{}", mesh.log("n1")))
-    };
+    let (attachment2, result2) = runtime
+        .add(&sandbox2, "fresh2")
+        .unwrap_or_else(|e| panic!("CNI ADD of fresh2: {e}; agent log:\n{}", mesh.log("n1")));
     assert_eq!(result2["ips"][0]["address"], "10.77.1.30/24", "{result2}");
     mesh.kube.delete_pod("default", "fresh");
     assert_eventually!(
@@ -642,7 +564,8 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     );
 
     // fresh2 goes too: its entry with it.
-    node.run(move || runner.del(&list, &attachment2, Some(&result2)))
+    runtime
+        .del(&attachment2, &result2)
         .expect("CNI DEL of fresh2");
     mesh.kube.delete_pod("default", "fresh2");
     assert_eventually!(
@@ -657,9 +580,25 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
 
 #[test]
 fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
-    let Some(mesh) = Mesh::start("cni_agent_pod_labels") else {
+    let Some(mut mesh) = Mesh::start("cni_agent_pod_labels") else {
         return;
     };
+    // A pod on n1 whose spec says host network. It gets a sandbox in a namespace of its own
+    // with its address inside, so the /proc scan would find it: only the host-network rule
+    // keeps the agent off it.
+    let hostnet_ip = Ipv4Addr::new(10, 77, 1, 12);
+    let hostnet_ns = mesh
+        .topo
+        .add_pod("n1", "hostnet", hostnet_ip, true)
+        .expect("the hostnet pod's namespace")
+        .ns()
+        .clone();
+    let sandbox =
+        Sandbox::start(&hostnet_ns, mesh.topo.prefix(), &mesh.uid("hostnet")).expect("a sandbox");
+    mesh.sandboxes.push(sandbox);
+    let mut hostnet = pod(&mesh.uid("hostnet"), "default", "hostnet", "n1", hostnet_ip);
+    hostnet.spec.as_mut().unwrap().host_network = Some(true);
+    mesh.kube.put_pod(hostnet);
     let relabel = |name: &str, value: Option<&str>| {
         let mut pod = mesh.kube.pod("default", name).expect("the pod");
         let labels = pod.metadata.labels.get_or_insert_with(Default::default);
@@ -669,16 +608,6 @@ fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
         };
         mesh.kube.put_pod(pod);
     };
-    // A host-network pod on n1 (it shares the node's address): never touched.
-    let mut hostnet = pod(
-        &mesh.uid("hostnet"),
-        "default",
-        "hostnet",
-        "n1",
-        addr::NODE1,
-    );
-    hostnet.spec.as_mut().unwrap().host_network = Some(true);
-    mesh.kube.put_pod(hostnet);
 
     // The namespace is not labelled; the pod label alone enrolls `client`.
     relabel("client", Some("ambient"));
@@ -699,15 +628,6 @@ fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
         "server enrolled; log:\n{}",
         mesh.log("n2")
     );
-    let hostnet = mesh.kube.pod("default", "hostnet").expect("hostnet");
-    assert!(
-        !hostnet
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(REDIRECTION),
-        "a host-network pod must never be enrolled"
-    );
     // (Eventually: the namespace and pod watches are separate streams, so the agent may see
     // the namespace label before the opt-out and take `client2` in for a moment.)
     assert_eventually!(
@@ -725,6 +645,17 @@ fn pod_labels_override_the_namespace_and_changes_apply_without_restarts() {
         "client2 enrolled once its opt-out went; log:\n{}",
         mesh.log("n1")
     );
+    // By now n1's agent has handled the namespace label for every pod there, `hostnet` too.
+    let hostnet = mesh.kube.pod("default", "hostnet").expect("hostnet");
+    assert!(
+        !hostnet
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(REDIRECTION),
+        "a host-network pod must never be enrolled"
+    );
+    assert!(!rules_in(&hostnet_ns).contains("ISTIO"), "nor get rules");
 }
 
 #[test]
@@ -792,13 +723,6 @@ fn a_restarted_agent_takes_over_enrolled_pods_without_disturbing_them() {
     );
 }
 
-/// `dev:inode` of a namespace file, as the tunnel's `/config_dump` shows a pod's netns.
-fn netns_id(ns: &Netns) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(ns.path()).expect("the netns file");
-    format!("{}:{}", meta.dev(), meta.ino())
-}
-
 #[test]
 fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
     let fresh_ip = Ipv4Addr::new(10, 77, 1, 30);
@@ -818,46 +742,23 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
     let uid = mesh.uid("fresh");
     mesh.kube
         .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
-    let agent = &mesh.agents["n1"];
-    let list: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(agent.net_dir.join("10-primary.conflist")).expect("the node's CNI config"),
-    )
-    .expect("JSON");
-    let list = ConfList::parse(&list).expect("a conflist");
-    let runner = Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]);
-    let node = mesh.topo.node_ns("n1");
-    let attach = |sandbox: &Netns, n: u32| Attachment {
-        container_id: format!("{}-fresh-{n}", mesh.topo.prefix()),
-        netns: sandbox.path(),
-        ifname: "eth0".into(),
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fresh".into(),
-    };
+    let runtime = mesh.runtime("n1");
 
     // The first sandbox, enrolled by its ADD.
     let first = Netns::create(&format!("{}-fresh-1", mesh.topo.prefix())).expect("a sandbox");
-    let attachment = attach(&first, 1);
-    let result = {
-        let (runner, list, attachment) = (runner.clone(), list.clone(), attachment.clone());
-        node.run(move || runner.add(&list, &attachment))
-            .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")))
-    };
+    let (attachment, result) = runtime
+        .add(&first, "fresh")
+        .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
     assert!(mesh.tunnel_pods("n1").contains(&netns_id(&first)));
 
     // It dies; kubelet DELs it (a no-op for our plugin) and creates a new sandbox for the
     // same pod, same uid, which the runtime ADDs: the tunnel must serve the pod from the new
     // namespace, and only from it.
-    {
-        let (runner, list) = (runner.clone(), list.clone());
-        node.run(move || runner.del(&list, &attachment, Some(&result)))
-            .expect("CNI DEL");
-    }
+    runtime.del(&attachment, &result).expect("CNI DEL");
     let second = Netns::create(&format!("{}-fresh-2", mesh.topo.prefix())).expect("a sandbox");
-    let attachment = attach(&second, 2);
-    {
-        let (runner, list) = (runner.clone(), list.clone());
-        node.run(move || runner.add(&list, &attachment))
-            .unwrap_or_else(|e| panic!("CNI ADD again: {e}; agent log:\n{}", mesh.log("n1")));
-    }
+    runtime
+        .add(&second, "fresh")
+        .unwrap_or_else(|e| panic!("CNI ADD again: {e}; agent log:\n{}", mesh.log("n1")));
     let pods = mesh.tunnel_pods("n1");
     assert_eq!(
         pods.matches(&uid).count(),
@@ -873,20 +774,10 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
         "not from the old one: {pods}"
     );
     assert!(
-        second
-            .exec("iptables-save", &[])
-            .is_ok_and(|r| r.contains("-j ISTIO_OUTPUT")),
+        rules_in(&second).contains("-j ISTIO_OUTPUT"),
         "the new sandbox has the rules"
     );
-    let echo = || -> io::Result<()> {
-        let mut s =
-            second.run(move || connect_from(fresh_ip, (addr::SERVER, SERVER_PORT).into()))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"ping")?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf)
-    };
-    echo().expect("traffic from the new sandbox");
+    echo_from(&second, fresh_ip).expect("traffic from the new sandbox");
     mesh.tunnels["n2"].wait_access_line(
         &[
             ("direction", "inbound"),

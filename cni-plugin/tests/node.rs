@@ -15,7 +15,7 @@ use nix::sys::time::TimeVal;
 use nodetunnel_cni::node::host_rules::{HostProbeSnat, HostRulesError, PROBE_IPSET};
 use nodetunnel_cni::node::inpod_rules::{self, RuleOptions};
 use nodetunnel_cni::node::netns::{current_netns_id, NetnsError, PodNetns};
-use nodetunnel_cni::node::procscan::find_pod_netns;
+use nodetunnel_cni::node::procscan::{ProcIndex, ScanError};
 use nodetunnel_cni::node::tools::Tools;
 use nodetunnel_testbed::eventually::wait_until;
 use nodetunnel_testbed::netns::unique_prefix;
@@ -127,6 +127,15 @@ fn contract_state(dns: bool) -> Vec<String> {
     )
     .expect("restoring the contract's rules");
     chains_named(&save(&scratch), "ISTIO_")
+}
+
+/// One scan of `proc_root`, then the lookup of `uid`, as the agent does per retry round.
+fn find_pod_netns(
+    proc_root: &Path,
+    uid: &str,
+    pod_ips: &[IpAddr],
+) -> Result<Option<PodNetns>, ScanError> {
+    Ok(ProcIndex::scan(proc_root)?.find(uid, pod_ips))
 }
 
 fn ip_rule_present(ns: &Netns) -> bool {

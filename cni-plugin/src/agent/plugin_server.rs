@@ -8,16 +8,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::http_server::text;
 use super::reconcile::{CniAddOutcome, Input};
 use crate::event::{PluginEvent, ADD_PATH};
-
-/// Pause after a failed accept.
-const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Larger bodies are refused; a real event is a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -63,29 +59,9 @@ pub fn bind(
         path: path.to_owned(),
         source,
     })?;
-    Ok(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of descriptors, say: pause instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
-            };
-            let inputs = inputs.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let inputs = inputs.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, inputs).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    Ok(super::http_server::serve(listener, move |req| {
+        handle(req, inputs.clone())
+    }))
 }
 
 async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response<Full<Bytes>> {
@@ -124,7 +100,7 @@ async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response
     if inputs.send(Input::CniAdd(event, reply)).await.is_err() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down".into(),
+            "the agent is shutting down",
         );
     }
     match outcome.await {
@@ -138,13 +114,7 @@ async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response
         }
         Err(_) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down".into(),
+            "the agent is shutting down",
         ),
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
 }

@@ -9,14 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::enroll::{is_annotated, Enroller, Trigger};
 use crate::ambient::{Decision, EnrollmentRules, SkipReason};
@@ -77,11 +76,10 @@ pub struct Reconciler {
     /// The uids enrolled when a pod relist began: only those may be found gone at its end
     /// (a pod enrolled by a CNI ADD during the relist is not in it).
     enrolled_at_init: Option<BTreeSet<String>>,
-    synced: Arc<AtomicBool>,
     /// The last `/proc` index and when it was taken.
     proc_index: Option<(Instant, Arc<ProcIndex>)>,
-    /// Fired once, after the first full listing has been reconciled.
-    on_synced: Option<oneshot::Sender<()>>,
+    /// Set once the first full listing has been reconciled (readiness, and the ZDS gate).
+    synced: watch::Sender<bool>,
 }
 
 impl Reconciler {
@@ -90,8 +88,7 @@ impl Reconciler {
         client: Client,
         proc_root: PathBuf,
         enroller: Enroller,
-        synced: Arc<AtomicBool>,
-        on_synced: oneshot::Sender<()>,
+        synced: watch::Sender<bool>,
     ) -> Self {
         Reconciler {
             rules,
@@ -108,7 +105,6 @@ impl Reconciler {
             enrolled_at_init: None,
             proc_index: None,
             synced,
-            on_synced: Some(on_synced),
         }
     }
 
@@ -270,16 +266,13 @@ impl Reconciler {
         if !self.ready() {
             return;
         }
-        let first_sync = self.on_synced.is_some();
+        let first_sync = !*self.synced.borrow();
         for key in keys {
             self.evaluate(&key).await;
         }
         if first_sync {
             self.remove_stale_probe_entries().await;
-            self.synced.store(true, Ordering::Relaxed);
-            if let Some(on_synced) = self.on_synced.take() {
-                let _ = on_synced.send(());
-            }
+            self.synced.send_replace(true);
             tracing::info!(
                 pods = self.pods.len(),
                 enrolled = self.enroller.uids().len(),
@@ -474,7 +467,7 @@ impl Reconciler {
     /// gave the plugin.
     async fn cni_add(&mut self, event: PluginEvent) -> CniAddOutcome {
         let who = format!("{}/{}", event.pod_namespace, event.pod_name);
-        if self.on_synced.is_some() {
+        if !*self.synced.borrow() {
             // Its decision would rest on half a picture, and no tunnel is served yet.
             return CniAddOutcome::Failed(format!(
                 "pod {who}: the agent has not finished its first sync with the Kubernetes API yet"

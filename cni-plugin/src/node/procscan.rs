@@ -26,22 +26,8 @@ pub enum ScanError {
     OwnNetns { path: PathBuf, source: io::Error },
 }
 
-/// Finds the netns of the running pod `uid` by scanning `proc_root` (`/proc`; the host's when
-/// the agent runs with hostPID). `None` when no process of the pod holds one of `pod_ips` in
-/// its netns — including when `pod_ips` is empty, as ownership cannot be confirmed then (Istio
-/// defers such pods too). The first confirmed netns wins: every process of a pod shares it.
-pub fn find_pod_netns(
-    proc_root: &Path,
-    uid: &str,
-    pod_ips: &[IpAddr],
-) -> Result<Option<PodNetns>, ScanError> {
-    if pod_ips.is_empty() {
-        return Ok(None);
-    }
-    Ok(ProcIndex::scan(proc_root)?.find(uid, pod_ips))
-}
-
-/// One pass over `proc_root`: for each pod uid (from the processes' cgroups), the distinct
+/// One pass over `proc_root` (`/proc`; the host's when the agent runs with hostPID): for each
+/// pod uid (from the processes' cgroups), the distinct
 /// network namespaces its processes are in, the agent's own (host) netns left out. Reading
 /// every process's cgroup is the expensive part, so an agent looking for many pods at once
 /// (its first sync, a retry round) scans once and asks the index per pod.
@@ -92,7 +78,9 @@ impl ProcIndex {
         Ok(index)
     }
 
-    /// The netns of pod `uid` holding one of `pod_ips`; `None` if the scan saw none.
+    /// The netns of pod `uid` holding one of `pod_ips`; `None` if the scan saw none —
+    /// including when `pod_ips` is empty, as ownership cannot be confirmed then (Istio defers
+    /// such pods too). The first confirmed netns wins: every process of a pod shares it.
     pub fn find(&self, uid: &str, pod_ips: &[IpAddr]) -> Option<PodNetns> {
         let wanted_ips: Vec<IpAddr> = pod_ips.iter().map(|ip| ip.to_canonical()).collect();
         let candidates = self.by_uid.get(&uid.to_ascii_lowercase())?;

@@ -23,6 +23,7 @@
 
 pub mod cmd;
 pub mod cni;
+pub mod cni_agent;
 pub mod config;
 pub mod control;
 mod error;
@@ -59,44 +60,29 @@ pub use tunnel::Tunnel;
 
 use std::path::PathBuf;
 
-/// The `nodetunnel` binary next to the current executable (for the demo and bench binaries,
-/// which cargo builds into the same `target/<profile>/` directory).
+/// A workspace binary next to the current executable: cargo builds every binary into
+/// `target/<profile>/`, beside the demo and bench, and test executables live one level down
+/// in `target/<profile>/deps/`, so that directory's parent is looked in too. Tests of one
+/// package find another package's binaries this way (`cargo test --workspace` builds them
+/// all first).
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
     let dir = exe
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent directory", exe.display())))?;
-    let bin = dir.join(name);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(Error::Invalid(format!(
-            "{} not found (build it first: cargo build --release)",
-            bin.display()
-        )))
+    let mut candidates = vec![dir.join(name)];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        candidates.extend(dir.parent().map(|d| d.join(name)));
     }
-}
-
-/// A workspace binary built by cargo into `target/<profile>/`, found from a test executable
-/// (`target/<profile>/deps/…`) or a binary beside it. Tests of one package use another
-/// package's binaries this way; `cargo test --workspace` builds them all first.
-pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        let bin = d.join(name);
-        if bin.is_file() {
-            return Ok(bin);
-        }
-        if d.file_name().is_some_and(|n| n != "deps") {
-            break;
-        }
-        dir = d.parent();
-    }
-    Err(Error::Invalid(format!(
-        "binary {name} not found near {} (build the workspace first: cargo build --workspace)",
-        exe.display()
-    )))
+    candidates
+        .into_iter()
+        .find(|bin| bin.is_file())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{name} not found beside {} (build the workspace first: cargo build --workspace, \
+             or --release for the release binaries)",
+                exe.display()
+            ))
+        })
 }

@@ -127,7 +127,7 @@ pub fn sweep_stale_now() {
 }
 
 /// `ntt<digits>-...` → the digits; anything else → `None` (not ours, never touched).
-fn owner_pid(name: &str) -> Option<u32> {
+pub(crate) fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
     let (digits, _) = rest.split_once('-')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -77,41 +77,36 @@ impl Drop for Sandbox {
 /// A cgroup hierarchy this process may create directories in: the cgroup2 mount (unified
 /// or hybrid), else the v1 `pids` hierarchy.
 fn cgroup_root() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts")
-        .map_err(|e| Error::io("reading /proc/self/mounts", e))?;
-    let mut v1_pids = None;
+    cgroup_roots()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Invalid("no cgroup2 or cgroup v1 pids hierarchy mounted".into()))
+}
+
+/// The hierarchies sandboxes may be put in, preferred first: cgroup2 mounts, then the v1
+/// `pids` hierarchy.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let (mut v2, mut v1) = (Vec::new(), Vec::new());
     for line in mounts.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [_, dir, fstype, options, ..] = fields[..] else {
-            continue;
-        };
-        if fstype == "cgroup2" {
-            return Ok(PathBuf::from(dir));
-        }
-        if fstype == "cgroup" && options.split(',').any(|o| o == "pids") {
-            v1_pids = Some(PathBuf::from(dir));
+        match fields[..] {
+            [_, dir, "cgroup2", ..] => v2.push(PathBuf::from(dir)),
+            [_, dir, "cgroup", options, ..] if options.split(',').any(|o| o == "pids") => {
+                v1.push(PathBuf::from(dir))
+            }
+            _ => {}
         }
     }
-    v1_pids.ok_or_else(|| Error::Invalid("no cgroup2 or cgroup v1 pids hierarchy mounted".into()))
+    v2.extend(v1);
+    v2
 }
 
 /// Removes the empty `ntt<pid>-…-kubepods` cgroups a killed earlier run left behind (Ctrl-C
 /// kills the sandboxes and deletes the namespaces, but nothing rmdirs their cgroups). Only
 /// directories whose owner pid is gone; a cgroup with processes cannot be removed anyway.
 pub fn sweep_stale_cgroups() {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    let roots = mounts.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields[..] {
-            [_, dir, "cgroup2", ..] => Some(PathBuf::from(dir)),
-            [_, dir, "cgroup", options, ..] if options.split(',').any(|o| o == "pids") => {
-                Some(PathBuf::from(dir))
-            }
-            _ => None,
-        }
-    });
+    let roots = cgroup_roots();
     for root in roots {
         let Ok(entries) = std::fs::read_dir(&root) else {
             continue;
@@ -141,9 +136,7 @@ pub fn sweep_stale_cgroups() {
     }
 }
 
-/// `ntt<digits>-…-kubepods` → the digits (the test bed's naming); anything else → `None`.
+/// `ntt<pid>-…-kubepods` (the test bed's naming) → the pid; anything else → `None`.
 fn stale_owner(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("ntt")?.strip_suffix("-kubepods")?;
-    let (digits, _) = rest.split_once('-')?;
-    digits.parse().ok()
+    name.strip_suffix("-kubepods").and_then(netns::owner_pid)
 }

@@ -9,12 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use nodetunnel_testbed::cni_agent::{
+    pod_uid, primary_conflist, CniAgent, CniAgentSpec, HEALTH_PORT,
+};
 use nodetunnel_testbed::eventually::wait_until;
 use nodetunnel_testbed::kube_api::{KubeApi, PodBuilder};
-use nodetunnel_testbed::process::NsProcess;
 use nodetunnel_testbed::sandbox::Sandbox;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::{field, http_get};
@@ -30,13 +32,8 @@ const SERVER_PORT: u16 = 8080;
 /// every pod it enrolled (Istio's names; the agent reads and writes the same).
 const DATAPLANE_MODE: (&str, &str) = ("istio.io/dataplane-mode", "ambient");
 const REDIRECTION: &str = "ambient.istio.io/redirection";
-/// The agent's `/healthz` and `/readyz`, on loopback of each node's namespace.
-const HEALTH_PORT: u16 = 18000;
 /// Generous: enrollment is a watch event, a `/proc` scan, iptables-restore and a ZDS round trip.
 const WAIT: Duration = Duration::from_secs(20);
-/// The primary network the agent chains its plugin into (never executed here: no pod is
-/// created through CNI in this story, the pods are already running).
-const PRIMARY_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.99.0.0/24"}}]}"#;
 const NODES: [&str; 2] = ["n1", "n2"];
 /// The pods in namespace `default` (the one that gets the label), with their nodes.
 const MESH_PODS: [(&str, &str); 3] = [("client", "n1"), ("client2", "n1"), ("server", "n2")];
@@ -47,21 +44,11 @@ struct CniBins {
     plugin: PathBuf,
 }
 
-/// One node's `nodetunnel-cni-agent` and the host directories it was given.
-struct NodeAgent {
-    process: NsProcess,
-    run_dir: PathBuf,
-    net_dir: PathBuf,
-    bin_dir: PathBuf,
-    /// `ZTUNNEL_UDS_ADDRESS`: the agent listens, the tunnel connects.
-    zds: PathBuf,
-}
-
 /// Everything the story runs. Field order is drop order: processes go before the sandboxes,
 /// the API stand-in and the topology that holds their directories.
 struct Stage {
     tunnels: BTreeMap<&'static str, Tunnel>,
-    agents: BTreeMap<&'static str, NodeAgent>,
+    agents: BTreeMap<&'static str, CniAgent>,
     sandboxes: Vec<Sandbox>,
     control: ControlPlane,
     kube: KubeApi,
@@ -117,7 +104,7 @@ impl Stage {
         kube.put_namespace("other", &[]);
         let mut sandboxes = Vec::new();
         for p in topo.pods() {
-            let uid = uid_of(topo.prefix(), p.name());
+            let uid = pod_uid(topo.prefix(), p.name());
             kube.put_pod(
                 PodBuilder::new(namespace_of(&topo, p.name()), p.name())
                     .uid(&uid)
@@ -208,45 +195,20 @@ impl Stage {
         Ok(())
     }
 
-    fn start_agent(&self, node: &str, cni: &CniBins) -> DemoResult<NodeAgent> {
+    fn start_agent(&self, node: &str, cni: &CniBins) -> DemoResult<CniAgent> {
         let dir = self.topo.path(&format!("{node}-agent"));
-        let (run_dir, net_dir, bin_dir) = (dir.join("run"), dir.join("net.d"), dir.join("bin"));
-        for d in [&run_dir, &net_dir, &bin_dir] {
-            std::fs::create_dir_all(d)?;
-        }
-        std::fs::write(net_dir.join("10-primary.conflist"), PRIMARY_CONFLIST)?;
-        let zds = dir.join("ztunnel.sock");
-        let path = |p: &Path| p.display().to_string();
-        let env = [
-            ("NODE_NAME", node.to_string()),
-            ("KUBECONFIG", path(&self.topo.path("kubeconfig"))),
-            ("CNI_AGENT_RUN_DIR", path(&run_dir)),
-            ("ZTUNNEL_UDS_ADDRESS", path(&zds)),
-            ("MOUNTED_CNI_NET_DIR", path(&net_dir)),
-            ("HOST_CNI_BIN_DIR", path(&bin_dir)),
-            ("CNI_PLUGIN_BINARY", path(&cni.plugin)),
-            ("PROC_ROOT", "/proc".into()),
-            ("HEALTH_ADDR", format!("127.0.0.1:{HEALTH_PORT}")),
-            // No DaemonSet in the stand-in: on shutdown, always remove the plugin.
-            ("AMBIENT_DISABLE_SAFE_UPGRADE", "true".into()),
-            ("LOG_LEVEL", "info,kube=warn".into()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let process = NsProcess::spawn(
-            "cni agent",
-            self.topo.node_ns(node),
-            &cni.agent,
-            &[],
-            &env,
-            &dir.join("agent.log"),
-        )?;
-        Ok(NodeAgent {
-            process,
-            run_dir,
-            net_dir,
-            bin_dir,
-            zds,
-        })
+        // The primary network the agent chains its plugin into (not run here: the pods of
+        // this story are already running, no sandbox is created through CNI).
+        let conflist = primary_conflist(self.topo.node(node).ip(), &dir.join("ipam"));
+        let spec = CniAgentSpec {
+            node,
+            agent_bin: &cni.agent,
+            plugin_bin: &cni.plugin,
+            kubeconfig: &self.topo.path("kubeconfig"),
+            primary_conflist: &conflist,
+            log_level: "info,kube=warn",
+        };
+        Ok(CniAgent::start(self.topo.node_ns(node), &dir, &spec)?)
     }
 
     fn start_tunnel(&self, node: &str, bins: &Bins) -> DemoResult<Tunnel> {
@@ -326,7 +288,7 @@ impl Stage {
     /// What the agent installed on its node: the conflist entry, the binary, the kubeconfig.
     fn tell_install(&self, node: &str) -> DemoResult {
         let agent = &self.agents[node];
-        let types = plugin_types(&agent.net_dir)?;
+        let types = agent.plugin_types()?;
         let binary = std::fs::metadata(agent.bin_dir.join("nodetunnel-cni"))
             .ok()
             .filter(std::fs::Metadata::is_file);
@@ -604,7 +566,7 @@ impl Stage {
 
     /// Whether the node's tunnel has a proxy for `pod` (by uid).
     fn tunnel_lists(&self, node: &str, pod: &str) -> DemoResult<bool> {
-        let uid = uid_of(self.topo.prefix(), pod);
+        let uid = pod_uid(self.topo.prefix(), pod);
         let dump = self.tunnels[node].config_dump()?;
         Ok(dump["pods"]
             .as_array()
@@ -639,7 +601,8 @@ impl Stage {
         }
         for (node, mut agent) in self.agents {
             let exit = status(agent.process.terminate());
-            let types = plugin_types(&agent.net_dir)
+            let types = agent
+                .plugin_types()
                 .map_or_else(|e| format!("unreadable: {e}"), |t| t.join(" → "));
             println!(
                 "  {node}: agent stopped ({exit}); it removed its entry: conflist plugins {types}"
@@ -657,39 +620,12 @@ fn namespace_of(topo: &PodTopology, pod: &str) -> &'static str {
     }
 }
 
-/// A uid per (topology, pod name), shaped like the UUIDs kubelet puts into cgroup paths;
-/// unique per topology so an agent scanning `/proc` never finds another run's pod.
-fn uid_of(topology: &str, name: &str) -> String {
-    let key = format!("{topology}/{name}");
-    // FNV-1a, folded to the 48 bits of the UUID's last group.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("0000aaaa-0000-4000-8000-{:012x}", hash & 0xffff_ffff_ffff)
-}
-
 fn pod_count(tunnel: &Tunnel) -> usize {
     tunnel
         .config_dump()
         .ok()
         .and_then(|d| d["pods"].as_array().map(Vec::len))
         .unwrap_or(0)
-}
-
-/// The `type` of each plugin in the primary conflist, in chain order.
-fn plugin_types(net_dir: &Path) -> DemoResult<Vec<String>> {
-    let file = net_dir.join("10-primary.conflist");
-    let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(conflist["plugins"]
-        .as_array()
-        .map(|plugins| {
-            plugins
-                .iter()
-                .filter_map(|p| p["type"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// The ISTIO part of an `iptables-save` dump.
