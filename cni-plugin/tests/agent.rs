@@ -35,6 +35,8 @@ use nodetunnel_testbed::{
 const SERVER_PORT: u16 = 8080;
 const REDIRECTION: &str = "ambient.istio.io/redirection";
 const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// The single address the primary CNI config on n1 hands out (`primary_conflist`).
+const FRESH_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 30);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn agent_bin() -> &'static Path {
@@ -86,6 +88,23 @@ struct Mesh {
 impl Mesh {
     fn start(test: &str) -> Option<Mesh> {
         Mesh::start_with(test, MeshConfig::standard(SERVER_PORT))
+    }
+
+    /// A mesh that knows a workload `fresh` at [`FRESH_IP`] (the one address n1's runtime
+    /// hands out), with namespace `default` labelled, the server enrolled and serving.
+    fn start_for_new_pods(test: &str) -> Option<(Mesh, Server)> {
+        let config =
+            MeshConfig::standard(SERVER_PORT).with_workload(Workload::new("fresh", FRESH_IP, "n1"));
+        let mesh = Mesh::start_with(test, config)?;
+        let server = mesh.server();
+        mesh.label_default(true);
+        assert_eventually!(
+            mesh.enrolled("server", "n2"),
+            WAIT,
+            "server enrolled; log:\n{}",
+            mesh.log("n2")
+        );
+        Some((mesh, server))
     }
 
     fn start_with(test: &str, mesh_config: MeshConfig) -> Option<Mesh> {
@@ -472,28 +491,16 @@ fn a_restarted_tunnel_gets_the_snapshot_and_traffic_works_again() {
 
 #[test]
 fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
-    // The runtime's first free address on n1 is .30; the mesh knows a workload there.
-    let fresh_ip = Ipv4Addr::new(10, 77, 1, 30);
-    let config =
-        MeshConfig::standard(SERVER_PORT).with_workload(Workload::new("fresh", fresh_ip, "n1"));
-    let Some(mesh) = Mesh::start_with("cni_agent_add", config) else {
+    let Some((mesh, _server)) = Mesh::start_for_new_pods("cni_agent_add") else {
         return;
     };
-    let _server = mesh.server();
-    mesh.label_default(true);
-    assert_eventually!(
-        mesh.enrolled("server", "n2"),
-        WAIT,
-        "server enrolled; log:\n{}",
-        mesh.log("n2")
-    );
 
     // Kubelet: the Pod object exists (Pending, no IP yet), then the runtime creates the
     // sandbox netns and runs the node's CNI config — the one our agent rewrote — with the
     // plugins it finds in the host CNI bin dir, where the agent installed ours.
     let uid = mesh.uid("fresh");
     mesh.kube
-        .put_pod(pending(pod(&uid, "default", "fresh", "n1", fresh_ip)));
+        .put_pod(pending(pod(&uid, "default", "fresh", "n1", FRESH_IP)));
     let sandbox =
         Netns::create(&format!("{}-fresh", mesh.topo.prefix())).expect("the sandbox netns");
     let runtime = mesh.runtime("n1");
@@ -518,10 +525,10 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     );
     // Kubelet reports the pod running with its IP: nothing changes.
     mesh.kube
-        .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
+        .put_pod(pod(&uid, "default", "fresh", "n1", FRESH_IP));
 
     // Its traffic crosses HBONE with its own identity.
-    echo_from(&sandbox, fresh_ip).expect("traffic from the new pod");
+    echo_from(&sandbox, FRESH_IP).expect("traffic from the new pod");
     let inbound = mesh.tunnels["n2"].wait_access_line(
         &[
             ("direction", "inbound"),
@@ -538,7 +545,7 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     runtime.del(&attachment, &result).expect("CNI DEL");
     let uid2 = mesh.uid("fresh2");
     mesh.kube
-        .put_pod(pending(pod(&uid2, "default", "fresh2", "n1", fresh_ip)));
+        .put_pod(pending(pod(&uid2, "default", "fresh2", "n1", FRESH_IP)));
     let sandbox2 =
         Netns::create(&format!("{}-fresh2", mesh.topo.prefix())).expect("the second sandbox netns");
     let (attachment2, result2) = runtime
@@ -725,23 +732,12 @@ fn a_restarted_agent_takes_over_enrolled_pods_without_disturbing_them() {
 
 #[test]
 fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
-    let fresh_ip = Ipv4Addr::new(10, 77, 1, 30);
-    let config =
-        MeshConfig::standard(SERVER_PORT).with_workload(Workload::new("fresh", fresh_ip, "n1"));
-    let Some(mesh) = Mesh::start_with("cni_agent_resandbox", config) else {
+    let Some((mesh, _server)) = Mesh::start_for_new_pods("cni_agent_resandbox") else {
         return;
     };
-    let _server = mesh.server();
-    mesh.label_default(true);
-    assert_eventually!(
-        mesh.enrolled("server", "n2"),
-        WAIT,
-        "server enrolled; log:\n{}",
-        mesh.log("n2")
-    );
     let uid = mesh.uid("fresh");
     mesh.kube
-        .put_pod(pod(&uid, "default", "fresh", "n1", fresh_ip));
+        .put_pod(pod(&uid, "default", "fresh", "n1", FRESH_IP));
     let runtime = mesh.runtime("n1");
 
     // The first sandbox, enrolled by its ADD.
@@ -777,7 +773,7 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
         rules_in(&second).contains("-j ISTIO_OUTPUT"),
         "the new sandbox has the rules"
     );
-    echo_from(&second, fresh_ip).expect("traffic from the new sandbox");
+    echo_from(&second, FRESH_IP).expect("traffic from the new sandbox");
     mesh.tunnels["n2"].wait_access_line(
         &[
             ("direction", "inbound"),
