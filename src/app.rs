@@ -11,8 +11,6 @@ use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{
     CaSource, Config, ConfigSource, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
 };
-use crate::drain::ConnectionTasks;
-use crate::hbone::pool::Pool;
 use crate::identity::manager::CertificateSource;
 use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
@@ -140,17 +138,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     match &config.inpod {
         None => {
-            let pi = Arc::new(ProxyInputs {
-                config: config.clone(),
+            let pi = Arc::new(ProxyInputs::new(
+                config.clone(),
                 state,
                 certs,
-                pool: Pool::new(config.pool.clone()),
-                sockets: SocketFactory::current(Some(TUNNEL_MARK)),
+                SocketFactory::current(Some(TUNNEL_MARK)),
                 metrics,
                 scope,
-                delivery: Delivery::KernelSource,
-                tasks: ConnectionTasks::new(),
-            });
+                Delivery::KernelSource,
+            ));
             run_dedicated(pi, &admin, shutdown).await
         }
         Some(inpod) => {

@@ -1,10 +1,13 @@
 //! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3.
 //!
-//! `client` opens mTLS HTTP/2 connections and CONNECT streams on them, `pool` shares those
-//! connections between streams of the same source identity, `server` terminates them, and
-//! `stream` makes one CONNECT stream look like a byte stream to the copy loop.
+//! `client` runs the TLS and HTTP/2 handshakes and opens CONNECT streams, `connector` dials a
+//! new connection (certificate, TLS config, TCP, handshake), `pool` shares connections between
+//! streams of the same source identity and opens new ones with its connector, `server`
+//! terminates them, and `stream` makes one CONNECT stream look like a byte stream to the copy
+//! loop.
 
 pub mod client;
+pub mod connector;
 pub mod pool;
 pub mod server;
 pub mod stream;

@@ -1,7 +1,11 @@
 //! The data path: outbound capture (15001), inbound HBONE (15008), inbound plaintext (15006),
-//! and the byte copy between two connections they all share.
+//! and what they share: the plain upstream connect, the byte copy, the access record.
+//!
+//! Each path first decides (outbound: [`outbound::route`]; inbound: the target workload, then
+//! the authorize step), builds its access record once from that decision, then executes it.
 
 mod access;
+mod connect;
 pub mod copy;
 mod error;
 pub mod inbound;
@@ -10,16 +14,18 @@ pub mod outbound;
 
 pub use error::ProxyError;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::authz::{self, AllowReason, ConnectionInfo, Decision};
 use crate::config::Config;
 use crate::drain::ConnectionTasks;
+use crate::hbone::connector::Connector;
 use crate::hbone::pool::Pool;
 use crate::identity::SecretManager;
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
-use crate::state::{StateHandle, Workload};
+use crate::state::{StateHandle, Store, Workload};
 
 /// Which workloads this tunnel serves: those on its node (`NODE_NAME`), narrowed to one
 /// workload by `PROXY_WORKLOAD_INFO` in dedicated mode. With neither set, every workload in the
@@ -40,6 +46,16 @@ impl Scope {
         });
         node_ok && workload_ok
     }
+
+    /// The workload holding `ip` on `network`, if this scope serves it.
+    pub fn local_workload(
+        &self,
+        store: &Store,
+        network: &str,
+        ip: IpAddr,
+    ) -> Option<Arc<Workload>> {
+        store.workload_by_ip(network, ip).filter(|w| self.serves(w))
+    }
 }
 
 /// How inbound connections reach the local app.
@@ -54,13 +70,14 @@ pub enum Delivery {
 }
 
 /// Everything a listener needs to proxy a connection; shared by one listener group (the
-/// dedicated tunnel, or one pod in shared mode).
+/// dedicated tunnel, or one pod in shared mode). Build it with [`ProxyInputs::new`].
 pub struct ProxyInputs {
     pub config: Arc<Config>,
     pub state: StateHandle,
     pub certs: Arc<SecretManager>,
-    /// Outbound HBONE connections. One per listener group: in shared mode they are sockets
-    /// inside one pod's namespace and must never carry another pod's traffic.
+    /// Outbound HBONE connections, opened with this group's certificates and sockets. One per
+    /// listener group: in shared mode they are sockets inside one pod's namespace and must
+    /// never carry another pod's traffic.
     pub pool: Pool,
     /// Creates upstream sockets (marked, in the right namespace).
     pub sockets: SocketFactory,
@@ -97,16 +114,51 @@ pub(crate) async fn accept_loop<F, Fut>(
 }
 
 impl ProxyInputs {
+    /// Inputs for one listener group, with a new HBONE pool that dials with `certs` and
+    /// `sockets` and a new, empty set of connection tasks. Needs a tokio runtime (the pool
+    /// starts its idle sweeper).
+    pub fn new(
+        config: Arc<Config>,
+        state: StateHandle,
+        certs: Arc<SecretManager>,
+        sockets: SocketFactory,
+        metrics: Arc<Metrics>,
+        scope: Scope,
+        delivery: Delivery,
+    ) -> ProxyInputs {
+        let connector = Connector::new(
+            certs.clone(),
+            sockets.clone(),
+            config.connect_timeout,
+            metrics.hbone_connections_opened.clone(),
+        );
+        ProxyInputs {
+            pool: Pool::new(config.pool.clone(), connector),
+            config,
+            state,
+            certs,
+            sockets,
+            metrics,
+            scope,
+            delivery,
+            tasks: ConnectionTasks::new(),
+        }
+    }
+
     /// The local workload holding `ip`, if this tunnel serves it.
-    pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<Arc<Workload>> {
-        self.state
-            .read()
-            .workload_by_ip(&self.config.network, ip)
-            .filter(|w| self.scope.serves(w))
+    pub fn local_workload(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.scope
+            .local_workload(&self.state.read(), &self.config.network, ip)
+    }
+
+    /// The authorize step of both inbound paths: `Err(Denied)` when the connection must not
+    /// reach its workload.
+    pub fn authorize(&self, connection: &ConnectionInfo) -> Result<AllowReason, ProxyError> {
+        admit(authz::authorize(connection, &self.state.read()))
     }
 
     /// The source inbound delivery to the app uses, for a client at `client`.
-    pub fn delivery_source(&self, client: std::net::IpAddr) -> crate::socket::Source {
+    pub fn delivery_source(&self, client: IpAddr) -> crate::socket::Source {
         match self.delivery {
             Delivery::KernelSource => crate::socket::Source::Any,
             Delivery::PreserveClient => crate::socket::Source::Transparent(client),
@@ -121,4 +173,19 @@ impl ProxyInputs {
             OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT
         )
     }
+}
+
+/// A decision as the data path acts on it: go on (with the reason), or fail with the denial.
+pub(crate) fn admit(decision: Decision) -> Result<AllowReason, ProxyError> {
+    match decision {
+        Decision::Allow(reason) => Ok(reason),
+        Decision::Deny(reason) => Err(ProxyError::Denied(reason)),
+    }
+}
+
+/// A local workload address an inbound connection is to be delivered to, once checked.
+#[derive(Clone, Debug)]
+pub(crate) struct InboundTarget {
+    pub addr: SocketAddr,
+    pub workload: Arc<Workload>,
 }

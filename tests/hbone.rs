@@ -272,13 +272,14 @@ fn fifty_connections_from_one_identity_share_one_hbone_connection() {
 }
 
 /// 50 concurrent connections to the service VIP reach the endpoint on its target port (80 →
-/// 8080; nothing listens on 80) over one HBONE connection.
+/// 8080; nothing listens on 80) over one HBONE connection. n1's access log names both the VIP
+/// the client dialed and the endpoint the tunnel chose.
 #[test]
 fn fifty_connections_through_service_vip() {
     let Some(topo) = topology("hbone_vip", Capture::ALL) else {
         return;
     };
-    let (_cp, _t1, _t2) = standard_mesh(&topo);
+    let (_cp, t1, _t2) = standard_mesh(&topo);
     let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
 
     let vip: SocketAddr = (addr::SERVICE_VIP, 80).into();
@@ -290,6 +291,16 @@ fn fifty_connections_through_service_vip() {
         "VIP traffic must ride one HBONE connection"
     );
     drop(streams);
+    let vip_s = vip.to_string();
+    let line = t1.wait_access_line(
+        &[("original_dst", &vip_s), ("protocol", "HBONE")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        field(&line, "dst"),
+        Some(server_addr().to_string().as_str()),
+        "{line}"
+    );
 }
 
 /// A destination that is not in the config is passed through as plain TCP: data round-trips,

@@ -41,8 +41,6 @@ pub enum ClientError {
         authority: SocketAddr,
         status: StatusCode,
     },
-    #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
 }
 
 /// One established HBONE connection. Cloning the handle is cheap; the connection closes when
@@ -119,18 +117,6 @@ pub async fn handshake(
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME_SIZE)
         .handshake::<_, Bytes>(tls_stream)
-        .await
-        .map_err(|source| ClientError::Handshake { addr, source })?;
-    Ok(spawn_driver(send, connection, addr))
-}
-
-/// Runs the HTTP/2 handshake over any byte stream, without TLS (used by tests of the pool).
-pub async fn handshake_plain<T>(io: T, addr: SocketAddr) -> Result<Connection, ClientError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, connection) = h2::client::Builder::new()
-        .handshake::<_, Bytes>(io)
         .await
         .map_err(|source| ClientError::Handshake { addr, source })?;
     Ok(spawn_driver(send, connection, addr))

@@ -7,16 +7,18 @@
 //! that has carried no stream for `idle_timeout` is closed by a sweeper.
 //!
 //! Opening a connection happens under the key's lock, so a burst of new streams to the same
-//! destination waits for one handshake instead of racing to open one connection each.
+//! destination waits for one handshake instead of racing to open one connection each. The pool
+//! opens connections with its own [`Connector`], so every connection of one pool comes from the
+//! same certificate source and socket factory (in shared mode: the same pod's namespace).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::client::{ClientError, Connection};
+use super::connector::{ConnectError, Connector};
 use super::stream::H2Stream;
 use crate::config::PoolConfig;
 use crate::identity::Identity;
@@ -47,6 +49,17 @@ impl PoolKey {
             expected_identities,
         }
     }
+}
+
+/// Why the pool could not hand out a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No pooled connection had room and a new one could not be opened.
+    #[error("opening an HBONE connection: {0}")]
+    Connect(#[from] ConnectError),
+    /// The connection is up but the CONNECT stream failed or was refused.
+    #[error(transparent)]
+    Stream(#[from] ClientError),
 }
 
 struct PooledConnection {
@@ -98,6 +111,7 @@ type Slot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 
 struct Inner {
     config: PoolConfig,
+    connector: Connector,
     slots: Mutex<HashMap<PoolKey, Slot>>,
 }
 
@@ -107,10 +121,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Creates the pool and starts its idle sweeper (which ends when the pool is dropped).
-    pub fn new(config: PoolConfig) -> Pool {
+    /// Creates the pool, which opens its connections with `connector`, and starts its idle
+    /// sweeper (which ends when the pool is dropped). Needs a tokio runtime.
+    pub fn new(config: PoolConfig, connector: Connector) -> Pool {
         let inner = Arc::new(Inner {
             config,
+            connector,
             slots: Mutex::new(HashMap::new()),
         });
         let sweep_every = (inner.config.idle_timeout / 4)
@@ -130,19 +146,13 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `authority`, reusing a connection of `key` with a free stream
-    /// slot, or opening one with `connect`.
-    pub async fn open_stream<F, Fut, E>(
+    /// slot, or opening one with the pool's connector.
+    pub async fn open_stream(
         &self,
         key: &PoolKey,
         authority: SocketAddr,
         forwarded_for: Option<IpAddr>,
-        connect: F,
-    ) -> Result<H2Stream, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Connection, E>>,
-        E: From<ClientError>,
-    {
+    ) -> Result<H2Stream, PoolError> {
         let max = self.inner.config.max_streams_per_connection;
         let slot = self.slot(key);
         let pooled = {
@@ -151,7 +161,7 @@ impl Pool {
             match connections.iter().find(|c| c.try_acquire(max)) {
                 Some(c) => c.clone(),
                 None => {
-                    let connection = connect().await?;
+                    let connection = self.inner.connector.connect(key).await?;
                     tracing::debug!(peer = %key.destination, source = %key.source_identity, "opened HBONE connection");
                     let pooled = Arc::new(PooledConnection {
                         connection,
@@ -167,8 +177,7 @@ impl Pool {
         let stream = pooled
             .connection
             .connect_stream(authority, forwarded_for)
-            .await
-            .map_err(E::from)?;
+            .await?;
         Ok(stream.with_guard(Box::new(guard)))
     }
 
@@ -222,157 +231,4 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hbone::client::handshake_plain;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A plain-text HTTP/2 CONNECT echo server over real loopback TCP (no TLS: the pool's
-    /// behaviour does not depend on it). Counts accepted connections.
-    async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(tcp).await.unwrap();
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        tokio::spawn(async move {
-                            let send = respond
-                                .send_response(http::Response::new(()), false)
-                                .unwrap();
-                            let mut stream = H2Stream::new(send, req.into_body());
-                            let mut buf = [0u8; 64];
-                            while let Ok(n) = stream.read(&mut buf).await {
-                                if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
-                            let _ = stream.shutdown().await;
-                        });
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    fn key(source: &str, dst: SocketAddr) -> PoolKey {
-        PoolKey::new(
-            Identity::new("cluster.local", "default", source),
-            "127.0.0.1".parse().unwrap(),
-            dst,
-            vec![Identity::new("cluster.local", "default", "server")],
-        )
-    }
-
-    async fn open(pool: &Pool, key: &PoolKey, addr: SocketAddr) -> H2Stream {
-        pool.open_stream::<_, _, ClientError>(
-            key,
-            "10.0.0.1:80".parse().unwrap(),
-            None,
-            || async move {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                handshake_plain(tcp, addr).await
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    fn config(max: usize, idle: Duration) -> PoolConfig {
-        PoolConfig {
-            max_streams_per_connection: max,
-            idle_timeout: idle,
-        }
-    }
-
-    #[tokio::test]
-    async fn concurrent_streams_share_one_connection() {
-        let (addr, accepted) = echo_server().await;
-        let pool = Pool::new(config(100, Duration::from_secs(60)));
-        let k = key("client", addr);
-        let opens = (0..50).map(|_| open(&pool, &k, addr));
-        let mut streams = futures_util::future::join_all(opens).await;
-        for (i, s) in streams.iter_mut().enumerate() {
-            let msg = format!("stream {i}");
-            s.write_all(msg.as_bytes()).await.unwrap();
-            let mut back = vec![0u8; msg.len()];
-            s.read_exact(&mut back).await.unwrap();
-            assert_eq!(back, msg.as_bytes());
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.connections(&k), 1);
-    }
-
-    #[tokio::test]
-    async fn full_connections_make_the_pool_open_another() {
-        let (addr, accepted) = echo_server().await;
-        let pool = Pool::new(config(2, Duration::from_secs(60)));
-        let k = key("client", addr);
-        let mut held = Vec::new();
-        for _ in 0..5 {
-            held.push(open(&pool, &k, addr).await);
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3); // 2 + 2 + 1
-                                                        // Streams that end free their slot: the next stream reuses a connection.
-        held.truncate(3);
-        tokio::task::yield_now().await;
-        held.push(open(&pool, &k, addr).await);
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn identities_never_share_a_connection() {
-        let (addr, accepted) = echo_server().await;
-        let pool = Pool::new(config(100, Duration::from_secs(60)));
-        let _a = open(&pool, &key("alice", addr), addr).await;
-        let _b = open(&pool, &key("bob", addr), addr).await;
-        let _a2 = open(&pool, &key("alice", addr), addr).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn idle_connections_are_closed_and_busy_ones_kept() {
-        let (addr, accepted) = echo_server().await;
-        let pool = Pool::new(config(100, Duration::from_millis(200)));
-        let idle_key = key("idle", addr);
-        let busy_key = key("busy", addr);
-        drop(open(&pool, &idle_key, addr).await);
-        let _busy = open(&pool, &busy_key, addr).await;
-        assert_eq!(pool.total_connections(), 2);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.total_connections() != 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(
-            pool.total_connections(),
-            1,
-            "the idle connection was not closed"
-        );
-        assert_eq!(pool.connections(&busy_key), 1);
-        // A new stream for the idle key needs a fresh connection.
-        let _again = open(&pool, &idle_key, addr).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn a_failed_connect_is_reported_and_not_pooled() {
-        let pool = Pool::new(config(100, Duration::from_secs(60)));
-        let k = key("client", "127.0.0.1:1".parse().unwrap());
-        let err = pool
-            .open_stream::<_, _, ClientError>(&k, "10.0.0.1:80".parse().unwrap(), None, || async {
-                Err(ClientError::Timeout(Duration::from_secs(1)))
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ClientError::Timeout(_)));
-        assert_eq!(pool.connections(&k), 0);
-    }
-}
+mod tests;

@@ -46,10 +46,6 @@ impl IncomingStream {
             .map_err(|_| RequestError::BadAuthority(authority.to_string()))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.request.headers().get(name)?.to_str().ok()
-    }
-
     /// Answers with an error status and ends the stream.
     pub fn refuse(mut self, status: StatusCode) {
         let response = Response::builder()

@@ -12,7 +12,6 @@ use super::snapshot::NetnsId;
 use super::zds::WorkloadInfo;
 use crate::config::{Config, ProxyWorkloadInfo, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::drain::{ConnectionTasks, DrainOutcome};
-use crate::hbone::pool::Pool;
 use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
@@ -95,17 +94,15 @@ impl PodProxy {
             }),
         };
         let identity = info.map(|i| identity_of(ctx, i));
-        let inputs = Arc::new(ProxyInputs {
-            config: ctx.config.clone(),
-            state: ctx.state.clone(),
-            certs: ctx.certs.clone(),
-            pool: Pool::new(ctx.config.pool.clone()),
+        let inputs = Arc::new(ProxyInputs::new(
+            ctx.config.clone(),
+            ctx.state.clone(),
+            ctx.certs.clone(),
             sockets,
-            metrics: ctx.metrics.clone(),
+            ctx.metrics.clone(),
             scope,
-            delivery: Delivery::PreserveClient,
-            tasks: ConnectionTasks::new(),
-        });
+            Delivery::PreserveClient,
+        ));
         let listeners = vec![
             tokio::spawn(outbound::run(inputs.clone(), outbound_listener)),
             tokio::spawn(inbound_plain::run(inputs.clone(), plaintext_listener)),

@@ -1,4 +1,8 @@
 //! One access-log line and one set of metric updates per proxied connection.
+//!
+//! Each path builds a [`Description`] once, from its decision (outbound's route, inbound's
+//! checked target), and starts the record with it; afterwards the record only learns whether
+//! the upstream was reached and how the connection ended.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,17 +10,67 @@ use std::time::Instant;
 
 use super::copy::Transferred;
 use super::ProxyError;
+use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, Metrics};
 
-/// What the log line says about a connection; filled in as the connection is set up.
-pub struct ConnectionRecord {
+/// What the log line and the metric labels say about a connection, besides its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// `outbound` or `inbound`.
     pub direction: &'static str,
     pub src: SocketAddr,
+    /// The address the client asked for: the captured original destination (a service VIP,
+    /// say) or the HBONE CONNECT target. `None` when it could not be read.
+    pub original_dst: Option<SocketAddr>,
+    /// Where the tunnel sends the bytes (the chosen endpoint); `None` when it failed before
+    /// choosing one.
     pub dst: Option<SocketAddr>,
-    pub src_identity: Option<String>,
-    pub dst_identity: Option<String>,
+    pub src_identity: Option<Identity>,
+    pub dst_identity: Option<Identity>,
+    /// `HBONE` or `TCP`: how the connection travels between tunnels.
     pub protocol: &'static str,
     pub labels: ConnectionLabels,
+}
+
+impl Description {
+    /// A connection known only by its addresses, before any route or target was decided.
+    pub fn unrouted(
+        direction: &'static str,
+        src: SocketAddr,
+        original_dst: Option<SocketAddr>,
+    ) -> Description {
+        Description {
+            direction,
+            src,
+            original_dst,
+            dst: None,
+            src_identity: None,
+            dst_identity: None,
+            protocol: "TCP",
+            labels: base_labels(direction),
+        }
+    }
+}
+
+/// The labels every connection of `direction` starts from.
+pub fn base_labels(direction: &'static str) -> ConnectionLabels {
+    ConnectionLabels {
+        reporter: if direction == "outbound" {
+            "source"
+        } else {
+            "destination"
+        },
+        request_protocol: "tcp",
+        response_flags: "-",
+        connection_security_policy: "unknown",
+        ..Default::default()
+    }
+}
+
+/// A connection in progress: its description, when it started, whether the upstream was
+/// reached. Logs exactly once, at `finish` or, for a connection cut at a drain deadline, on drop.
+pub struct ConnectionRecord {
+    description: Description,
     started: Instant,
     opened: bool,
     /// Set by `finish`; a record dropped without it belongs to a connection that was cut
@@ -28,31 +82,19 @@ pub struct ConnectionRecord {
 /// `flag` / `response_flags` of a connection cut at a drain deadline.
 pub const DRAIN_CUT_FLAG: &str = "drain_cut";
 
+/// `-` for what is not known, as in the rest of the line.
+fn or_dash<T: ToString>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "-".into())
+}
+
 impl ConnectionRecord {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        direction: &'static str,
-        src: SocketAddr,
-    ) -> ConnectionRecord {
+    pub fn start(metrics: Arc<Metrics>, description: Description) -> ConnectionRecord {
         metrics.active_connections.inc();
         ConnectionRecord {
-            direction,
-            src,
-            dst: None,
-            src_identity: None,
-            dst_identity: None,
-            protocol: "TCP",
-            labels: ConnectionLabels {
-                reporter: if direction == "outbound" {
-                    "source"
-                } else {
-                    "destination"
-                },
-                request_protocol: "tcp",
-                response_flags: "-",
-                connection_security_policy: "unknown",
-                ..Default::default()
-            },
+            description,
             started: Instant::now(),
             opened: false,
             finished: false,
@@ -65,29 +107,29 @@ impl ConnectionRecord {
         self.opened = true;
         self.metrics
             .connections_opened
-            .get_or_create(&self.labels)
+            .get_or_create(&self.description.labels)
             .inc();
     }
 
     /// Writes the access-log line and closes the connection in the metrics.
     pub fn finish(mut self, transferred: Transferred, error: Option<&ProxyError>) {
         self.finished = true;
+        let d = &self.description;
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        let dst = self
-            .dst
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "-".into());
-        let src_identity = self.src_identity.as_deref().unwrap_or("-");
-        let dst_identity = self.dst_identity.as_deref().unwrap_or("-");
+        let original_dst = or_dash(&d.original_dst);
+        let dst = or_dash(&d.dst);
+        let src_identity = or_dash(&d.src_identity);
+        let dst_identity = or_dash(&d.dst_identity);
         match error {
             None => tracing::info!(
                 target: "access",
-                direction = self.direction,
-                src = %self.src,
+                direction = d.direction,
+                src = %d.src,
+                original_dst = %original_dst,
                 dst = %dst,
-                src_identity,
-                dst_identity,
-                protocol = self.protocol,
+                src_identity = src_identity.as_str(),
+                dst_identity = dst_identity.as_str(),
+                protocol = d.protocol,
                 bytes_sent = transferred.a_to_b,
                 bytes_recv = transferred.b_to_a,
                 duration_ms,
@@ -95,22 +137,24 @@ impl ConnectionRecord {
             ),
             Some(e) => tracing::warn!(
                 target: "access",
-                direction = self.direction,
-                src = %self.src,
+                direction = d.direction,
+                src = %d.src,
+                original_dst = %original_dst,
                 dst = %dst,
-                src_identity,
-                dst_identity,
-                protocol = self.protocol,
+                src_identity = src_identity.as_str(),
+                dst_identity = dst_identity.as_str(),
+                protocol = d.protocol,
                 bytes_sent = transferred.a_to_b,
                 bytes_recv = transferred.b_to_a,
                 duration_ms,
                 flag = e.flag(),
+                reason = e.denial().map(tracing::field::display),
                 error = %e,
                 "connection failed"
             ),
         }
         if self.opened {
-            let mut labels = std::mem::take(&mut self.labels);
+            let mut labels = std::mem::take(&mut self.description.labels);
             if let Some(e) = error {
                 labels.response_flags = e.flag();
             }
@@ -133,24 +177,22 @@ impl Drop for ConnectionRecord {
             return;
         }
         // Cut mid-copy: the byte counts lived in the dropped copy loop and are unknown.
-        let dst = self
-            .dst
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "-".into());
+        let d = &self.description;
         tracing::warn!(
             target: "access",
-            direction = self.direction,
-            src = %self.src,
-            dst = %dst,
-            src_identity = self.src_identity.as_deref().unwrap_or("-"),
-            dst_identity = self.dst_identity.as_deref().unwrap_or("-"),
-            protocol = self.protocol,
+            direction = d.direction,
+            src = %d.src,
+            original_dst = %or_dash(&d.original_dst),
+            dst = %or_dash(&d.dst),
+            src_identity = or_dash(&d.src_identity).as_str(),
+            dst_identity = or_dash(&d.dst_identity).as_str(),
+            protocol = d.protocol,
             duration_ms = self.started.elapsed().as_millis() as u64,
             flag = DRAIN_CUT_FLAG,
             "connection cut at the drain deadline"
         );
         if self.opened {
-            let mut labels = std::mem::take(&mut self.labels);
+            let mut labels = std::mem::take(&mut self.description.labels);
             labels.response_flags = DRAIN_CUT_FLAG;
             self.metrics.connections_closed.get_or_create(&labels).inc();
         }

@@ -2,7 +2,10 @@
 
 use http::StatusCode;
 
+use crate::authz::DenyReason;
 use crate::hbone::client::ClientError;
+use crate::hbone::connector::ConnectError;
+use crate::hbone::pool::PoolError;
 use crate::hbone::server::RequestError;
 use crate::identity::ManagerError;
 use crate::state::ResolveError;
@@ -17,12 +20,14 @@ pub enum ProxyError {
     SelfLoop(std::net::SocketAddr),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// The inbound side's own certificate (the dialed workload's).
     #[error("certificate: {0}")]
     Certificate(#[from] ManagerError),
     #[error("TLS configuration: {0}")]
     TlsConfig(#[from] crate::tls::TlsError),
+    /// Outbound HBONE: no connection to the peer tunnel, or the CONNECT on it failed.
     #[error(transparent)]
-    Hbone(#[from] ClientError),
+    Pool(#[from] PoolError),
     #[error("connect to {addr}: {source}")]
     Upstream {
         addr: std::net::SocketAddr,
@@ -39,10 +44,19 @@ pub enum ProxyError {
         target: std::net::SocketAddr,
         dialed: std::net::IpAddr,
     },
+    /// The authorize step refused the connection.
+    #[error("denied: {0}")]
+    Denied(DenyReason),
     #[error("inbound TLS handshake: {0}")]
     InboundTls(std::io::Error),
     #[error("peer certificate: {0}")]
     PeerIdentity(crate::tls::TlsError),
+    /// Inbound HBONE: answering an accepted CONNECT stream failed.
+    #[error("answering the CONNECT to {target}: {source}")]
+    InboundStream {
+        target: std::net::SocketAddr,
+        source: h2::Error,
+    },
     #[error("copy: {0}")]
     Copy(#[from] super::copy::CopyError),
 }
@@ -54,6 +68,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::NotLocal { .. }
             | ProxyError::TargetMismatch { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -63,9 +78,10 @@ impl ProxyError {
             | ProxyError::Resolve(_)
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
-            | ProxyError::Hbone(_)
+            | ProxyError::Pool(_)
             | ProxyError::InboundTls(_)
             | ProxyError::PeerIdentity(_)
+            | ProxyError::InboundStream { .. }
             | ProxyError::Copy(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,16 +93,44 @@ impl ProxyError {
             ProxyError::UnknownSource(_) => "unknown_source",
             ProxyError::SelfLoop(_) => "loop",
             ProxyError::Resolve(_) => "no_route",
-            ProxyError::Certificate(_) | ProxyError::TlsConfig(_) => "cert_error",
-            ProxyError::Hbone(ClientError::Refused { .. }) => "peer_refused",
-            ProxyError::Hbone(_) => "hbone_connect_failed",
-            ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
-                "upstream_connect_failed"
-            }
+            ProxyError::Certificate(_)
+            | ProxyError::TlsConfig(_)
+            | ProxyError::Pool(PoolError::Connect(
+                ConnectError::Certificate(_) | ConnectError::TlsConfig(_),
+            )) => "cert_error",
+            ProxyError::Pool(PoolError::Connect(
+                ConnectError::Tcp { .. } | ConnectError::Timeout(_),
+            ))
+            | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamTimeout(_) => "upstream_connect_failed",
+            ProxyError::Pool(PoolError::Stream(ClientError::Refused { .. })) => "peer_refused",
+            ProxyError::Pool(
+                PoolError::Connect(ConnectError::Handshake(_))
+                | PoolError::Stream(
+                    ClientError::Connect { .. }
+                    | ClientError::Tls { .. }
+                    | ClientError::NoH2 { .. }
+                    | ClientError::Handshake { .. }
+                    | ClientError::Stream { .. },
+                ),
+            )
+            | ProxyError::InboundStream { .. } => "hbone_connect_failed",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotLocal { .. } | ProxyError::TargetMismatch { .. } => "not_local",
+            ProxyError::Denied(_) => "policy_denied",
             ProxyError::InboundTls(_) | ProxyError::PeerIdentity(_) => "tls_error",
             ProxyError::Copy(_) => "copy_error",
         }
     }
+
+    /// The authorize step's reason, when this is a denial (logged as its own field).
+    pub fn denial(&self) -> Option<&DenyReason> {
+        match self {
+            ProxyError::Denied(reason) => Some(reason),
+            _ => None,
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

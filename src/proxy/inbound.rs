@@ -1,5 +1,8 @@
 //! Inbound HBONE (15008): terminate mTLS as the workload that was dialed, accept CONNECT
 //! streams, and deliver each to that workload — never to an address this tunnel does not serve.
+//!
+//! Per stream: check the target, authorize, record once, then connect to the app and copy. A
+//! refused stream gets its HTTP status; the HTTP/2 connection keeps serving other streams.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -7,10 +10,11 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::access::ConnectionRecord;
+use super::access::{base_labels, ConnectionRecord, Description};
+use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
-use super::outbound::connect_plain;
-use super::{ProxyError, ProxyInputs};
+use super::{InboundTarget, ProxyError, ProxyInputs};
+use crate::authz::ConnectionInfo;
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::Identity;
 use crate::socket;
@@ -83,58 +87,93 @@ async fn serve_connection(
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingStream) {
-    let mut record = ConnectionRecord::new(pi.metrics.clone(), "inbound", peer.addr);
-    record.protocol = "HBONE";
-    record.src_identity = Some(peer.identity.to_string());
-    record.labels.connection_security_policy = "mutual_tls";
+    let target = check_target(&pi, &peer, &incoming);
+    let description = describe(&pi, &peer, incoming.target().ok(), target.as_ref().ok());
+    let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
+    let admitted = target.and_then(|target| {
+        pi.authorize(&ConnectionInfo {
+            source_identity: Some(peer.identity.clone()),
+            source_ip: peer.addr.ip(),
+            destination: target.workload.clone(),
+            destination_addr: target.addr,
+        })?;
+        Ok(target)
+    });
+    let target = match admitted {
+        Ok(target) => target,
+        Err(e) => {
+            incoming.refuse(e.status());
+            record.finish(Transferred::default(), Some(&e));
+            return;
+        }
+    };
+    match deliver(&pi, &peer, incoming, target, &mut record).await {
+        Ok(moved) => record.finish(moved, None),
+        Err((moved, e)) => record.finish(moved, Some(&e)),
+    }
+}
+
+/// The access-log description of a stream from `peer` that asked for `requested`, checked
+/// into `target` (`None` when the check failed).
+fn describe(
+    pi: &ProxyInputs,
+    peer: &PeerInfo,
+    requested: Option<SocketAddr>,
+    target: Option<&InboundTarget>,
+) -> Description {
     // Name the source workload only when the peer's address and proven identity agree.
     let source = pi
         .state
         .read()
         .workload_by_ip(&pi.config.network, peer.addr.ip())
         .filter(|w| w.identity() == peer.identity);
-    record.labels = std::mem::take(&mut record.labels).with_source(source.as_deref());
-    record.labels.source_principal = peer.identity.to_string();
-    record.labels.source_workload_namespace = peer.identity.namespace.clone();
-    match proxy_stream(&pi, &peer, incoming, &mut record).await {
-        Ok(moved) => record.finish(moved, None),
-        Err((moved, e)) => record.finish(moved, Some(&e)),
+    let mut labels = base_labels("inbound")
+        .with_source(source.as_deref())
+        .with_destination(target.map(|t| &*t.workload));
+    labels.source_principal = peer.identity.to_string();
+    labels.source_workload_namespace = peer.identity.namespace.clone();
+    labels.connection_security_policy = "mutual_tls";
+    Description {
+        direction: "inbound",
+        src: peer.addr,
+        original_dst: requested,
+        dst: target.map(|t| t.addr),
+        src_identity: Some(peer.identity.clone()),
+        dst_identity: target.map(|t| t.workload.identity()),
+        protocol: "HBONE",
+        labels,
     }
 }
 
-async fn proxy_stream(
+type Failed = (Transferred, ProxyError);
+
+/// Connects to the app, answers the stream 200, and copies. A failed connect refuses the
+/// stream with that error's status.
+async fn deliver(
     pi: &ProxyInputs,
     peer: &PeerInfo,
     incoming: IncomingStream,
+    target: InboundTarget,
     record: &mut ConnectionRecord,
-) -> Result<Transferred, (Transferred, ProxyError)> {
-    let checked = check_target(pi, peer, &incoming);
-    let (target, workload) = match checked {
-        Ok(ok) => ok,
-        Err(e) => {
-            incoming.refuse(e.status());
+) -> Result<Transferred, Failed> {
+    let mut upstream =
+        match connect_plain(pi, target.addr, pi.delivery_source(peer.addr.ip())).await {
+            Ok(up) => up,
+            Err(e) => {
+                incoming.refuse(e.status());
+                return Err((Transferred::default(), e));
+            }
+        };
+    let mut stream = match incoming.accept() {
+        Ok(stream) => stream,
+        Err(source) => {
+            let e = ProxyError::InboundStream {
+                target: target.addr,
+                source,
+            };
             return Err((Transferred::default(), e));
         }
     };
-    record.dst = Some(target);
-    record.dst_identity = Some(workload.identity().to_string());
-    record.labels = std::mem::take(&mut record.labels).with_destination(Some(&workload));
-    let mut upstream = match connect_plain(pi, target, pi.delivery_source(peer.addr.ip())).await {
-        Ok(up) => up,
-        Err(e) => {
-            incoming.refuse(e.status());
-            return Err((Transferred::default(), e));
-        }
-    };
-    let mut stream = incoming.accept().map_err(|e| {
-        (
-            Transferred::default(),
-            ProxyError::Hbone(crate::hbone::client::ClientError::Stream {
-                authority: target,
-                source: e,
-            }),
-        )
-    })?;
     record.opened();
     // a→b is what the client sent: from the HBONE stream to the workload.
     copy_bidirectional(&mut stream, &mut upstream)
@@ -142,11 +181,13 @@ async fn proxy_stream(
         .map_err(|e| (e.transferred, e.into()))
 }
 
+/// The CONNECT target, if it is a workload this tunnel serves and the one the TLS session was
+/// made for.
 fn check_target(
     pi: &ProxyInputs,
     peer: &PeerInfo,
     incoming: &IncomingStream,
-) -> Result<(SocketAddr, Arc<crate::state::Workload>), ProxyError> {
+) -> Result<InboundTarget, ProxyError> {
     let target = incoming.target()?;
     if ProxyInputs::is_own_port(target) {
         return Err(ProxyError::NotLocal { target });
@@ -161,5 +202,8 @@ fn check_target(
             dialed: peer.dialed,
         });
     }
-    Ok((target, workload))
+    Ok(InboundTarget {
+        addr: target,
+        workload,
+    })
 }

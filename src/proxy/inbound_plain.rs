@@ -1,15 +1,19 @@
 //! Inbound plaintext (15006): connections from clients outside the mesh, redirected to the
 //! tunnel, are delivered to the local workload they were addressed to.
+//!
+//! Check the target, authorize, record once, then connect to the app and copy. A refused
+//! connection is closed at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::access::ConnectionRecord;
+use super::access::{base_labels, ConnectionRecord, Description};
+use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
-use super::outbound::connect_plain;
-use super::{ProxyError, ProxyInputs};
+use super::{InboundTarget, ProxyError, ProxyInputs};
+use crate::authz::ConnectionInfo;
 use crate::socket;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
@@ -21,33 +25,80 @@ pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let mut record = ConnectionRecord::new(pi.metrics.clone(), "inbound", peer);
-    match proxy(&pi, &mut client, peer, &mut record).await {
+    let (original_dst, checked) = match socket::original_dst(&client) {
+        Ok(dst) => (Some(dst), check_target(&pi, dst)),
+        Err(e) => (None, Err(ProxyError::OriginalDestination(e))),
+    };
+    let description = describe(peer, original_dst, checked.as_ref().ok());
+    let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
+    let admitted = checked.and_then(|target| {
+        pi.authorize(&ConnectionInfo {
+            source_identity: None,
+            source_ip: peer.ip(),
+            destination: target.workload.clone(),
+            destination_addr: target.addr,
+        })?;
+        Ok(target)
+    });
+    let target = match admitted {
+        Ok(target) => target,
+        Err(e) => {
+            // Closed at once: the client learns nothing beyond the closed connection.
+            drop(client);
+            record.finish(Transferred::default(), Some(&e));
+            return;
+        }
+    };
+    match deliver(&pi, &mut client, peer, &target, &mut record).await {
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
 }
 
-async fn proxy(
-    pi: &ProxyInputs,
-    client: &mut TcpStream,
-    peer: SocketAddr,
-    record: &mut ConnectionRecord,
-) -> Result<Transferred, (Transferred, ProxyError)> {
-    let fail = |e: ProxyError| (Transferred::default(), e);
-    let dst = socket::original_dst(client).map_err(|e| fail(ProxyError::OriginalDestination(e)))?;
-    record.dst = Some(dst);
+/// The original destination, if it is a workload this tunnel serves (and not the tunnel).
+fn check_target(pi: &ProxyInputs, dst: SocketAddr) -> Result<InboundTarget, ProxyError> {
     if ProxyInputs::is_own_port(dst) {
-        return Err(fail(ProxyError::SelfLoop(dst)));
+        return Err(ProxyError::SelfLoop(dst));
     }
     let workload = pi
         .local_workload(dst.ip())
-        .ok_or_else(|| fail(ProxyError::NotLocal { target: dst }))?;
-    record.dst_identity = Some(workload.identity().to_string());
-    record.labels = std::mem::take(&mut record.labels).with_destination(Some(&workload));
-    let mut upstream = connect_plain(pi, dst, pi.delivery_source(peer.ip()))
+        .ok_or(ProxyError::NotLocal { target: dst })?;
+    Ok(InboundTarget {
+        addr: dst,
+        workload,
+    })
+}
+
+/// The access-log description of a plaintext connection from `src` to `original_dst`,
+/// checked into `target` (`None` when the check failed). Nothing about the source is proven.
+fn describe(
+    src: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    target: Option<&InboundTarget>,
+) -> Description {
+    Description {
+        direction: "inbound",
+        src,
+        original_dst,
+        dst: target.map(|t| t.addr),
+        src_identity: None,
+        dst_identity: target.map(|t| t.workload.identity()),
+        protocol: "TCP",
+        labels: base_labels("inbound").with_destination(target.map(|t| &*t.workload)),
+    }
+}
+
+/// Connects to the app (from the client's address where the in-pod rules allow) and copies.
+async fn deliver(
+    pi: &ProxyInputs,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    target: &InboundTarget,
+    record: &mut ConnectionRecord,
+) -> Result<Transferred, (Transferred, ProxyError)> {
+    let mut upstream = connect_plain(pi, target.addr, pi.delivery_source(peer.ip()))
         .await
-        .map_err(fail)?;
+        .map_err(|e| (Transferred::default(), e))?;
     record.opened();
     copy_bidirectional(client, &mut upstream)
         .await

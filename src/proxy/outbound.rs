@@ -1,20 +1,22 @@
-//! Outbound capture (15001): a workload's redirected connection is resolved to its real
-//! destination and carried there over HBONE, or passed through as plain TCP.
+//! Outbound capture (15001): a workload's redirected connection is routed to its real
+//! destination ([`route`]), recorded once, then carried there over HBONE or passed through as
+//! plain TCP.
+
+mod route;
+
+pub use route::{route, OutboundProtocol, Route};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::access::ConnectionRecord;
+use super::access::{ConnectionRecord, Description};
+use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
 use super::{ProxyError, ProxyInputs};
-use crate::config::HBONE_PORT;
-use crate::hbone::client;
 use crate::hbone::pool::PoolKey;
 use crate::socket::{self, Source};
-use crate::state::Upstream;
-use crate::tls;
 
 /// Accepts captured connections until the listener fails or the task is dropped.
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
@@ -26,11 +28,50 @@ pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let mut record = ConnectionRecord::new(pi.metrics.clone(), "outbound", peer);
-    match proxy(&pi, &mut client, peer, &mut record).await {
+    let original_dst = match socket::original_dst(&client) {
+        Ok(dst) => dst,
+        Err(e) => return unrouted(&pi, peer, None, ProxyError::OriginalDestination(e)),
+    };
+    let route = match decide(&pi, &client, peer, original_dst) {
+        Ok(route) => route,
+        Err(e) => return unrouted(&pi, peer, Some(original_dst), e),
+    };
+    let mut record = ConnectionRecord::start(pi.metrics.clone(), route.describe(peer));
+    match forward(&pi, &mut client, peer, &route, &mut record).await {
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
+}
+
+/// Routes the captured connection from `peer` to `original_dst`.
+fn decide(
+    pi: &ProxyInputs,
+    client: &TcpStream,
+    peer: SocketAddr,
+    original_dst: SocketAddr,
+) -> Result<Route, ProxyError> {
+    let local = client
+        .local_addr()
+        .map_err(ProxyError::OriginalDestination)?;
+    if original_dst == socket::canonical(local) {
+        // Dialed the capture port directly: there is no original destination to go to.
+        return Err(ProxyError::SelfLoop(original_dst));
+    }
+    route(
+        &pi.state.read(),
+        &pi.config.network,
+        &pi.scope,
+        peer.ip(),
+        original_dst,
+        |n| rand::random_range(0..n),
+    )
+}
+
+/// Logs a connection that failed before it had a route.
+fn unrouted(pi: &ProxyInputs, peer: SocketAddr, original_dst: Option<SocketAddr>, e: ProxyError) {
+    let description = Description::unrouted("outbound", peer, original_dst);
+    ConnectionRecord::start(pi.metrics.clone(), description)
+        .finish(Transferred::default(), Some(&e));
 }
 
 type Failed = (Transferred, ProxyError);
@@ -39,103 +80,40 @@ fn before_copy(e: impl Into<ProxyError>) -> Failed {
     (Transferred::default(), e.into())
 }
 
-async fn proxy(
+/// Executes `route`: connects the upstream from the workload's own address, then copies.
+async fn forward(
     pi: &ProxyInputs,
     client: &mut TcpStream,
     peer: SocketAddr,
+    route: &Route,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, Failed> {
-    let dst = socket::original_dst(client)
-        .map_err(|e| before_copy(ProxyError::OriginalDestination(e)))?;
-    record.dst = Some(dst);
-    if dst
-        == socket::canonical(
-            client
-                .local_addr()
-                .map_err(|e| before_copy(ProxyError::OriginalDestination(e)))?,
-        )
-    {
-        // Dialed the capture port directly: there is no original destination to go to.
-        return Err(before_copy(ProxyError::SelfLoop(dst)));
-    }
-    let source = pi
-        .local_workload(peer.ip())
-        .ok_or_else(|| before_copy(ProxyError::UnknownSource(peer.ip())))?;
-    let source_identity = source.identity();
-    record.src_identity = Some(source_identity.to_string());
-    record.labels = std::mem::take(&mut record.labels).with_source(Some(&source));
-
-    let upstream = pi
-        .state
-        .read()
-        .resolve(&pi.config.network, dst, |n| rand::random_range(0..n))
-        .map_err(before_copy)?;
-    if let Upstream::Workload {
-        workload, service, ..
-    } = &upstream
-    {
-        record.labels = std::mem::take(&mut record.labels).with_destination(Some(workload));
-        if let Some(service) = service {
-            record.labels.destination_service = service.hostname.clone();
+    let transferred = match &route.protocol {
+        OutboundProtocol::Tcp => {
+            let mut upstream = connect_plain(pi, route.target(), Source::Local(peer.ip()))
+                .await
+                .map_err(before_copy)?;
+            record.opened();
+            copy_bidirectional(client, &mut upstream).await
         }
-    }
-    let target = upstream.target();
-    record.dst = Some(target);
-
-    if !upstream.uses_hbone() {
-        let mut up = connect_plain(pi, target, Source::Local(peer.ip()))
-            .await
-            .map_err(before_copy)?;
-        record.opened();
-        return copy_bidirectional(client, &mut up)
-            .await
-            .map_err(|e| (e.transferred, e.into()));
-    }
-
-    let expected = upstream.expected_identities();
-    record.dst_identity = expected.first().map(|i| i.to_string());
-    record.protocol = "HBONE";
-    record.labels.connection_security_policy = "mutual_tls";
-    let tunnel_addr = SocketAddr::new(target.ip(), HBONE_PORT);
-    let key = PoolKey::new(
-        source_identity.clone(),
-        peer.ip(),
-        tunnel_addr,
-        expected.clone(),
-    );
-    let connect = || async {
-        let cert = pi.certs.fetch(&source_identity).await?;
-        let tls_config = tls::client_config(&cert, expected)?;
-        let tcp = connect_plain(pi, tunnel_addr, Source::Local(peer.ip())).await?;
-        let connection = tokio::time::timeout(
-            pi.config.connect_timeout,
-            client::handshake(tcp, tls_config),
-        )
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout(tunnel_addr))??;
-        pi.metrics.hbone_connections_opened.inc();
-        Ok::<_, ProxyError>(connection)
+        OutboundProtocol::Hbone {
+            tunnel,
+            expected_identities,
+        } => {
+            let key = PoolKey::new(
+                route.source.identity(),
+                peer.ip(),
+                *tunnel,
+                expected_identities.clone(),
+            );
+            let mut stream = pi
+                .pool
+                .open_stream(&key, route.target(), Some(peer.ip()))
+                .await
+                .map_err(before_copy)?;
+            record.opened();
+            copy_bidirectional(client, &mut stream).await
+        }
     };
-    let mut stream = pi
-        .pool
-        .open_stream(&key, target, Some(peer.ip()), connect)
-        .await
-        .map_err(before_copy)?;
-    record.opened();
-    copy_bidirectional(client, &mut stream)
-        .await
-        .map_err(|e| (e.transferred, e.into()))
-}
-
-/// A plain TCP connection from the tunnel (marked, so capture rules let it pass).
-pub(super) async fn connect_plain(
-    pi: &ProxyInputs,
-    addr: SocketAddr,
-    source: Source,
-) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(pi.config.connect_timeout, pi.sockets.connect(addr, source)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ProxyError::Upstream { addr, source }),
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
-    }
+    transferred.map_err(|e| (e.transferred, e.into()))
 }

@@ -1,0 +1,23 @@
+//! The plain TCP connect every path uses to reach an upstream that is not a peer tunnel:
+//! outbound passthrough, and both inbound paths delivering to the local app.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+use super::{ProxyError, ProxyInputs};
+use crate::socket::Source;
+
+/// A TCP connection from the group's socket factory (marked, so the capture rules let it pass,
+/// and in the group's namespace), given up after `CONNECTION_TIMEOUT`.
+pub(super) async fn connect_plain(
+    pi: &ProxyInputs,
+    addr: SocketAddr,
+    source: Source,
+) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(pi.config.connect_timeout, pi.sockets.connect(addr, source)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ProxyError::Upstream { addr, source }),
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
+    }
+}

@@ -1,0 +1,114 @@
+//! Outbound's decision: where one captured connection goes and how, computed from the mesh
+//! state alone (no sockets), so it can be logged before anything is dialed and tested directly.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::config::HBONE_PORT;
+use crate::identity::Identity;
+use crate::proxy::access::{base_labels, Description};
+use crate::proxy::{ProxyError, Scope};
+use crate::state::{Store, Upstream, Workload};
+
+/// Where a captured connection goes, decided before any upstream socket exists.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The local workload that opened the connection.
+    pub source: Arc<Workload>,
+    /// The address the client dialed: a service VIP, a workload, or something outside the
+    /// mesh. Kept so the access log shows it next to the endpoint that was chosen.
+    pub original_dst: SocketAddr,
+    /// What `original_dst` resolved to.
+    pub upstream: Upstream,
+    pub protocol: OutboundProtocol,
+}
+
+/// How the connection travels to its target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundProtocol {
+    /// A CONNECT stream to the target through the destination's tunnel.
+    Hbone {
+        /// The destination tunnel's HBONE address (`<endpoint ip>:15008`).
+        tunnel: SocketAddr,
+        /// The identities that tunnel may prove (the workload's, plus the service's SANs).
+        expected_identities: Vec<Identity>,
+    },
+    /// Plain TCP straight to the target: it is outside the mesh, or its workload takes plain
+    /// TCP.
+    Tcp,
+}
+
+impl Route {
+    /// The address the application bytes are delivered to (the chosen endpoint and port).
+    pub fn target(&self) -> SocketAddr {
+        self.upstream.target()
+    }
+
+    /// The access-log description of this route, for a client at `src`.
+    pub fn describe(&self, src: SocketAddr) -> Description {
+        let mut labels = base_labels("outbound").with_source(Some(&self.source));
+        if let Upstream::Workload {
+            workload, service, ..
+        } = &self.upstream
+        {
+            labels = labels.with_destination(Some(workload));
+            if let Some(service) = service {
+                labels.destination_service = service.hostname.clone();
+            }
+        }
+        let (protocol, dst_identity) = match &self.protocol {
+            OutboundProtocol::Hbone {
+                expected_identities,
+                ..
+            } => {
+                labels.connection_security_policy = "mutual_tls";
+                ("HBONE", expected_identities.first().cloned())
+            }
+            OutboundProtocol::Tcp => ("TCP", None),
+        };
+        Description {
+            direction: "outbound",
+            src,
+            original_dst: Some(self.original_dst),
+            dst: Some(self.target()),
+            src_identity: Some(self.source.identity()),
+            dst_identity,
+            protocol,
+            labels,
+        }
+    }
+}
+
+/// Routes a connection from `source_ip` to `original_dst`: the source must be a workload this
+/// scope serves; the destination is resolved on `network`, `pick` choosing among a service's
+/// healthy endpoints (given their count, returns an index below it).
+pub fn route(
+    store: &Store,
+    network: &str,
+    scope: &Scope,
+    source_ip: IpAddr,
+    original_dst: SocketAddr,
+    pick: impl FnOnce(usize) -> usize,
+) -> Result<Route, ProxyError> {
+    let source = scope
+        .local_workload(store, network, source_ip)
+        .ok_or(ProxyError::UnknownSource(source_ip))?;
+    let upstream = store.resolve(network, original_dst, pick)?;
+    let protocol = if upstream.uses_hbone() {
+        OutboundProtocol::Hbone {
+            tunnel: SocketAddr::new(upstream.target().ip(), HBONE_PORT),
+            expected_identities: upstream.expected_identities(),
+        }
+    } else {
+        OutboundProtocol::Tcp
+    };
+    Ok(Route {
+        source,
+        original_dst,
+        upstream,
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! `route` over an in-memory store: no sockets, only the decision and what the log says.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::state::fixtures::{service, workload};
+use crate::state::{InboundProtocol, ResolveError};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa)
+}
+
+const CLIENT: &str = "10.77.1.10";
+const VIP: &str = "10.96.0.10:80";
+
+/// A client on n1; a server on n2 behind the VIP (80 → 8080, with a SAN); a plain-TCP
+/// workload; a workload on n2 that the n1 scope does not serve.
+fn mesh() -> Store {
+    let mut store = Store::default();
+    let mut svc = service("server.default.svc.cluster.local", "/10.96.0.10");
+    svc.subject_alt_names = vec!["spiffe://cluster.local/ns/default/sa/server-san".into()];
+    let key = svc.key();
+    store.insert_service(svc).unwrap();
+    store.insert_workload(workload("client", CLIENT)).unwrap();
+    let mut server = workload("server", "10.77.2.10");
+    server.node = "n2".into();
+    server.services.insert(key, HashMap::new());
+    store.insert_workload(server).unwrap();
+    let mut plain = workload("plain", "10.77.2.30");
+    plain.node = "n2".into();
+    plain.protocol = InboundProtocol::Tcp;
+    store.insert_workload(plain).unwrap();
+    store
+}
+
+fn n1() -> Scope {
+    Scope {
+        node: Some("n1".into()),
+        workload: None,
+    }
+}
+
+fn route_from_client(store: &Store, dst: &str) -> Result<Route, ProxyError> {
+    route(store, "", &n1(), CLIENT.parse().unwrap(), addr(dst), |_| 0)
+}
+
+#[test]
+fn a_vip_routes_over_hbone_to_an_endpoint_and_keeps_the_vip() {
+    let store = mesh();
+    let r = route_from_client(&store, VIP).unwrap();
+    assert_eq!(r.source.name, "client");
+    assert_eq!(r.original_dst, addr(VIP));
+    assert_eq!(r.target(), addr("10.77.2.10:8080"));
+    assert_eq!(
+        r.protocol,
+        OutboundProtocol::Hbone {
+            tunnel: addr("10.77.2.10:15008"),
+            expected_identities: vec![id("server"), id("server-san")],
+        }
+    );
+
+    let d = r.describe(addr("10.77.1.10:40000"));
+    assert_eq!(d.direction, "outbound");
+    assert_eq!(
+        d.original_dst,
+        Some(addr(VIP)),
+        "the VIP is kept for the log"
+    );
+    assert_eq!(d.dst, Some(addr("10.77.2.10:8080")), "the chosen endpoint");
+    assert_eq!(d.protocol, "HBONE");
+    assert_eq!(d.src_identity, Some(id("client")));
+    assert_eq!(d.dst_identity, Some(id("server")));
+    assert_eq!(d.labels.reporter, "source");
+    assert_eq!(d.labels.connection_security_policy, "mutual_tls");
+    assert_eq!(
+        d.labels.destination_service,
+        "server.default.svc.cluster.local"
+    );
+    assert_eq!(d.labels.source_workload, "client");
+    assert_eq!(d.labels.destination_workload, "server");
+}
+
+#[test]
+fn a_workload_address_routes_over_hbone_to_itself() {
+    let store = mesh();
+    let r = route_from_client(&store, "10.77.2.10:9000").unwrap();
+    assert_eq!(r.target(), addr("10.77.2.10:9000"));
+    assert_eq!(
+        r.protocol,
+        OutboundProtocol::Hbone {
+            tunnel: addr("10.77.2.10:15008"),
+            expected_identities: vec![id("server")],
+        }
+    );
+    let d = r.describe(addr("10.77.1.10:40000"));
+    assert_eq!(d.original_dst, d.dst);
+    assert_eq!(d.labels.destination_service, "");
+}
+
+#[test]
+fn an_address_outside_the_mesh_passes_through_as_tcp() {
+    let store = mesh();
+    let r = route_from_client(&store, "192.0.2.9:443").unwrap();
+    assert_eq!(r.protocol, OutboundProtocol::Tcp);
+    assert_eq!(r.target(), addr("192.0.2.9:443"));
+    let d = r.describe(addr("10.77.1.10:40000"));
+    assert_eq!(d.protocol, "TCP");
+    assert_eq!(d.dst, Some(addr("192.0.2.9:443")));
+    assert_eq!(d.dst_identity, None);
+    assert_eq!(d.labels.connection_security_policy, "unknown");
+    assert_eq!(d.labels.destination_workload, "");
+}
+
+#[test]
+fn a_plain_tcp_workload_is_reached_as_tcp_but_named_in_the_labels() {
+    let store = mesh();
+    let r = route_from_client(&store, "10.77.2.30:80").unwrap();
+    assert_eq!(r.protocol, OutboundProtocol::Tcp);
+    let d = r.describe(addr("10.77.1.10:40000"));
+    assert_eq!(d.protocol, "TCP");
+    assert_eq!(d.dst_identity, None);
+    assert_eq!(d.labels.destination_workload, "plain");
+}
+
+#[test]
+fn a_source_this_scope_does_not_serve_is_refused() {
+    let store = mesh();
+    // Unknown address.
+    let err = route(
+        &store,
+        "",
+        &n1(),
+        "10.77.1.99".parse().unwrap(),
+        addr(VIP),
+        |_| 0,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProxyError::UnknownSource(ip) if ip.to_string() == "10.77.1.99"));
+    // A known workload, but on another node.
+    let err = route(
+        &store,
+        "",
+        &n1(),
+        "10.77.2.10".parse().unwrap(),
+        addr(VIP),
+        |_| 0,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProxyError::UnknownSource(_)), "{err:?}");
+}
+
+#[test]
+fn an_unknown_service_port_has_no_route() {
+    let store = mesh();
+    let err = route_from_client(&store, "10.96.0.10:81").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProxyError::Resolve(ResolveError::UnknownServicePort { port: 81, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.flag(), "no_route");
+}
