@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{
-    CaSource, Config, ConfigSource, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+    CaSource, Config, ConfigSource, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
 };
 use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
@@ -95,12 +95,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
     };
 
-    let certs = SecretManager::new(certificate_source(&config)?, config.secret_ttl);
+    let certs = SecretManager::new(certificate_source(&config)?, config.ca.secret_ttl);
     // Renew cached certificates ahead of expiry even when no new connection asks for them.
     let _renewal = certs.spawn_renewal();
+    // Shared mode scopes each pod by itself; this scope is the dedicated tunnel's.
     let scope = Scope {
         node: config.node_name.clone(),
-        workload: config.proxy_workload_info.clone(),
+        workload: match &config.mode {
+            Mode::Dedicated { workload } => workload.clone(),
+            Mode::Shared(_) => None,
+        },
     };
 
     let metrics = Arc::new(Metrics::new());
@@ -125,7 +129,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
     // start, not on the first connection. Shared mode issues them as pods arrive.
-    if config.inpod.is_none() {
+    if matches!(config.mode, Mode::Dedicated { .. }) {
         tokio::select! {
             signal = &mut shutdown => return signal,
             result = prefetch_local_certificates(&config, &state, &scope, &certs) => result?,
@@ -138,8 +142,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         "mesh state ready"
     );
 
-    match &config.inpod {
-        None => {
+    match &config.mode {
+        Mode::Dedicated { .. } => {
             let pi = Arc::new(ProxyInputs {
                 config: config.clone(),
                 state,
@@ -153,7 +157,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             });
             run_dedicated(pi, &admin, shutdown).await
         }
-        Some(inpod) => {
+        Mode::Shared(inpod) => {
             let ctx = PodContext {
                 config: config.clone(),
                 state,
@@ -185,7 +189,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 }
 
 fn certificate_source(config: &Config) -> Result<CertificateSource, AppError> {
-    Ok(match &config.ca {
+    Ok(match &config.ca.source {
         CaSource::Fake => {
             CertificateSource::Local(Arc::new(LocalCa::generate(&config.trust_domain)?))
         }
@@ -232,7 +236,7 @@ async fn prefetch_local_certificates(
         .filter(|w| scope.serves(w))
         .map(|w| w.identity())
         .collect();
-    let retry = matches!(config.ca, CaSource::Remote(_));
+    let retry = matches!(config.ca.source, CaSource::Remote(_));
     for identity in &identities {
         let mut last_log: Option<std::time::Instant> = None;
         loop {
@@ -265,7 +269,7 @@ async fn run_dedicated(
 ) -> Result<(), AppError> {
     let listeners = SocketFactory::current(None);
     let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(pi.config.bind_ip, port);
+        let addr = SocketAddr::new(pi.config.listen.bind_ip, port);
         listeners
             .listen(addr)
             .map_err(|source| AppError::Bind { addr, what, source })
@@ -316,9 +320,13 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = Result<(), AppE
 fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), AppError> {
     let mut bound = Vec::new();
     for (addr, endpoint, what) in [
-        (config.readiness_addr, Endpoint::Readiness, "readiness"),
-        (config.metrics_addr, Endpoint::Metrics, "metrics"),
-        (config.admin_addr, Endpoint::Admin, "admin"),
+        (
+            config.listen.readiness_addr,
+            Endpoint::Readiness,
+            "readiness",
+        ),
+        (config.listen.metrics_addr, Endpoint::Metrics, "metrics"),
+        (config.listen.admin_addr, Endpoint::Admin, "admin"),
     ] {
         let listener = SocketFactory::current(None)
             .listen(addr)

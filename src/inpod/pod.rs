@@ -68,7 +68,7 @@ impl PodProxy {
         let netns_id = netns.id();
         let sockets =
             SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);
-        let bind_ip = ctx.config.bind_ip;
+        let bind_ip = ctx.config.listen.bind_ip;
         let outbound_listener =
             listen(&sockets, bind_ip, OUTBOUND_PORT, "outbound capture").await?;
         let plaintext_listener = listen(
