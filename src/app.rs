@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{
-    CaSource, Config, ConfigSource, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+    CaSource, Config, ConfigSource, InpodConfig, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
 };
 use crate::drain::ConnectionTasks;
 use crate::hbone::pool::Pool;
@@ -18,7 +19,7 @@ use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, S
 use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;
 use crate::metrics::Metrics;
-use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
+use crate::proxy::{Delivery, ListenError, ListenerSet, ProxyInputs, Scope};
 use crate::socket::{SocketFactory, TUNNEL_MARK};
 use crate::state::{self, Defaults, LoadError, StateHandle};
 use crate::xds::{XdsClient, XdsError, XdsHandle};
@@ -38,6 +39,8 @@ pub enum AppError {
         identity: String,
         source: Box<ManagerError>,
     },
+    #[error(transparent)]
+    Listeners(#[from] ListenError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -166,24 +169,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 mark: inpod.mark,
                 port_reuse: inpod.port_reuse,
             };
-            let ready = admin.clone();
-            let manager = InpodManager::new(
-                ctx,
-                inpod.uds.clone(),
-                config.drain_timeout,
-                Arc::new(move |r| ready.set_ready(r)),
-                admin.pods.clone(),
-            );
-            tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let serving = tokio::spawn(manager.run(async move {
-                let _ = stop_rx.await;
-            }));
-            let signal = shutdown.await;
-            admin.set_ready(false);
-            let _ = stop_tx.send(());
-            let _ = serving.await;
-            signal
+            run_shared(ctx, inpod, &admin, shutdown).await
         }
     }
 }
@@ -267,36 +253,49 @@ async fn run_dedicated(
     admin: &AdminState,
     shutdown: impl std::future::Future<Output = Result<(), AppError>>,
 ) -> Result<(), AppError> {
-    let listeners = SocketFactory::current(None);
-    let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(pi.config.listen.bind_ip, port);
-        listeners
-            .listen(addr)
-            .map_err(|source| AppError::Bind { addr, what, source })
-    };
-    let outbound_listener = bind(OUTBOUND_PORT, "outbound capture")?;
-    let plaintext_listener = bind(INBOUND_PLAINTEXT_PORT, "inbound plaintext")?;
-    let hbone_listener = bind(HBONE_PORT, "inbound HBONE")?;
-    let tasks = [
-        tokio::spawn(outbound::run(pi.clone(), outbound_listener)),
-        tokio::spawn(inbound_plain::run(pi.clone(), plaintext_listener)),
-        tokio::spawn(inbound::run(pi.clone(), hbone_listener)),
-    ];
+    let drain_timeout = pi.config.drain_timeout;
+    // Listeners carry no mark (only upstream sockets must bypass the capture rules).
+    let listeners = ListenerSet::start(pi, &SocketFactory::current(None)).await?;
     admin.set_ready(true);
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
     let signal = shutdown.await;
     admin.set_ready(false);
-    for task in &tasks {
-        task.abort();
-    }
-    let outcome = pi.tasks.drain(pi.config.drain_timeout).await;
+    let outcome = listeners.drain(drain_timeout).await;
     if outcome.cut > 0 {
         tracing::warn!(
             connections = outcome.cut,
             "drain timeout reached; closed the remaining connections"
         );
     }
+    signal
+}
+
+/// Shared mode: pods arrive from the node agent, each served by its own listener set.
+async fn run_shared(
+    ctx: PodContext,
+    inpod: &InpodConfig,
+    admin: &Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = Result<(), AppError>>,
+) -> Result<(), AppError> {
+    let drain_timeout = ctx.config.drain_timeout;
+    let ready = admin.clone();
+    let manager = InpodManager::new(
+        ctx,
+        inpod.uds.clone(),
+        drain_timeout,
+        Arc::new(move |r| ready.set_ready(r)),
+        admin.pods.clone(),
+    );
+    tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(manager.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let signal = shutdown.await;
+    admin.set_ready(false);
+    let _ = stop_tx.send(());
+    let _ = serving.await;
     signal
 }
 
