@@ -128,3 +128,6 @@ impl Drop for ListenerSet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
