@@ -68,14 +68,6 @@ impl Mode {
             )),
         }
     }
-
-    /// The in-pod settings, in shared mode.
-    pub fn inpod(&self) -> Option<&InpodConfig> {
-        match self {
-            Mode::Dedicated { .. } => None,
-            Mode::Shared(inpod) => Some(inpod),
-        }
-    }
 }
 
 impl ProxyWorkloadInfo {
