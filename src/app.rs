@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{
-    CaSource, Config, ConfigSource, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+    CaSource, Config, ConfigSource, InpodConfig, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
 };
 use crate::identity::manager::CertificateSource;
 use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;
 use crate::metrics::Metrics;
-use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
+use crate::proxy::{Delivery, ListenError, ListenerSet, ProxyInputs, Scope};
 use crate::socket::{SocketFactory, TUNNEL_MARK};
 use crate::state::{self, Defaults, LoadError, StateHandle};
 use crate::xds::{XdsClient, XdsError, XdsHandle};
@@ -36,6 +37,8 @@ pub enum AppError {
         identity: String,
         source: Box<ManagerError>,
     },
+    #[error(transparent)]
+    Listeners(#[from] ListenError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -93,12 +96,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
     };
 
-    let certs = SecretManager::new(certificate_source(&config)?, config.secret_ttl);
+    let certs = SecretManager::new(certificate_source(&config)?, config.ca.secret_ttl);
     // Renew cached certificates ahead of expiry even when no new connection asks for them.
     let _renewal = certs.spawn_renewal();
+    // Shared mode scopes each pod by itself; this scope is the dedicated tunnel's.
     let scope = Scope {
         node: config.node_name.clone(),
-        workload: config.proxy_workload_info.clone(),
+        workload: match &config.mode {
+            Mode::Dedicated { workload } => workload.clone(),
+            Mode::Shared(_) => None,
+        },
     };
 
     let metrics = Arc::new(Metrics::new());
@@ -123,7 +130,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
     // start, not on the first connection. Shared mode issues them as pods arrive.
-    if config.inpod.is_none() {
+    if matches!(config.mode, Mode::Dedicated { .. }) {
         tokio::select! {
             signal = &mut shutdown => return signal,
             result = prefetch_local_certificates(&config, &state, &scope, &certs) => result?,
@@ -136,8 +143,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         "mesh state ready"
     );
 
-    match &config.inpod {
-        None => {
+    match &config.mode {
+        Mode::Dedicated { .. } => {
             let pi = Arc::new(ProxyInputs::new(
                 config.clone(),
                 state,
@@ -149,7 +156,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             ));
             run_dedicated(pi, &admin, shutdown).await
         }
-        Some(inpod) => {
+        Mode::Shared(inpod) => {
             let ctx = PodContext {
                 config: config.clone(),
                 state,
@@ -158,30 +165,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 mark: inpod.mark,
                 port_reuse: inpod.port_reuse,
             };
-            let ready = admin.clone();
-            let manager = InpodManager::new(
-                ctx,
-                inpod.uds.clone(),
-                config.drain_timeout,
-                Arc::new(move |r| ready.set_ready(r)),
-                admin.pods.clone(),
-            );
-            tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let serving = tokio::spawn(manager.run(async move {
-                let _ = stop_rx.await;
-            }));
-            let signal = shutdown.await;
-            admin.set_ready(false);
-            let _ = stop_tx.send(());
-            let _ = serving.await;
-            signal
+            run_shared(ctx, inpod, &admin, shutdown).await
         }
     }
 }
 
 fn certificate_source(config: &Config) -> Result<CertificateSource, AppError> {
-    Ok(match &config.ca {
+    Ok(match &config.ca.source {
         CaSource::Fake => {
             CertificateSource::Local(Arc::new(LocalCa::generate(&config.trust_domain)?))
         }
@@ -228,7 +218,7 @@ async fn prefetch_local_certificates(
         .filter(|w| scope.serves(w))
         .map(|w| w.identity())
         .collect();
-    let retry = matches!(config.ca, CaSource::Remote(_));
+    let retry = matches!(config.ca.source, CaSource::Remote(_));
     for identity in &identities {
         let mut last_log: Option<std::time::Instant> = None;
         loop {
@@ -259,36 +249,49 @@ async fn run_dedicated(
     admin: &AdminState,
     shutdown: impl std::future::Future<Output = Result<(), AppError>>,
 ) -> Result<(), AppError> {
-    let listeners = SocketFactory::current(None);
-    let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(pi.config.bind_ip, port);
-        listeners
-            .listen(addr)
-            .map_err(|source| AppError::Bind { addr, what, source })
-    };
-    let outbound_listener = bind(OUTBOUND_PORT, "outbound capture")?;
-    let plaintext_listener = bind(INBOUND_PLAINTEXT_PORT, "inbound plaintext")?;
-    let hbone_listener = bind(HBONE_PORT, "inbound HBONE")?;
-    let tasks = [
-        tokio::spawn(outbound::run(pi.clone(), outbound_listener)),
-        tokio::spawn(inbound_plain::run(pi.clone(), plaintext_listener)),
-        tokio::spawn(inbound::run(pi.clone(), hbone_listener)),
-    ];
+    let drain_timeout = pi.config.drain_timeout;
+    // Listeners carry no mark (only upstream sockets must bypass the capture rules).
+    let listeners = ListenerSet::start(pi, &SocketFactory::current(None)).await?;
     admin.set_ready(true);
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
     let signal = shutdown.await;
     admin.set_ready(false);
-    for task in &tasks {
-        task.abort();
-    }
-    let outcome = pi.tasks.drain(pi.config.drain_timeout).await;
+    let outcome = listeners.drain(drain_timeout).await;
     if outcome.cut > 0 {
         tracing::warn!(
             connections = outcome.cut,
             "drain timeout reached; closed the remaining connections"
         );
     }
+    signal
+}
+
+/// Shared mode: pods arrive from the node agent, each served by its own listener set.
+async fn run_shared(
+    ctx: PodContext,
+    inpod: &InpodConfig,
+    admin: &Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = Result<(), AppError>>,
+) -> Result<(), AppError> {
+    let drain_timeout = ctx.config.drain_timeout;
+    let ready = admin.clone();
+    let manager = InpodManager::new(
+        ctx,
+        inpod.uds.clone(),
+        drain_timeout,
+        Arc::new(move |r| ready.set_ready(r)),
+        admin.pods.clone(),
+    );
+    tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(manager.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let signal = shutdown.await;
+    admin.set_ready(false);
+    let _ = stop_tx.send(());
+    let _ = serving.await;
     signal
 }
 
@@ -312,9 +315,13 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = Result<(), AppE
 fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), AppError> {
     let mut bound = Vec::new();
     for (addr, endpoint, what) in [
-        (config.readiness_addr, Endpoint::Readiness, "readiness"),
-        (config.metrics_addr, Endpoint::Metrics, "metrics"),
-        (config.admin_addr, Endpoint::Admin, "admin"),
+        (
+            config.listen.readiness_addr,
+            Endpoint::Readiness,
+            "readiness",
+        ),
+        (config.listen.metrics_addr, Endpoint::Metrics, "metrics"),
+        (config.listen.admin_addr, Endpoint::Admin, "admin"),
     ] {
         let listener = SocketFactory::current(None)
             .listen(addr)

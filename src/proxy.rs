@@ -10,9 +10,11 @@ pub mod copy;
 mod error;
 pub mod inbound;
 pub mod inbound_plain;
+mod listeners;
 pub mod outbound;
 
 pub use error::ProxyError;
+pub use listeners::{ListenError, Listener, ListenerSet};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

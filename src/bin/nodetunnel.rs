@@ -197,20 +197,8 @@ fn run_daemon() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = match std::env::var("WORKER_THREADS") {
-        Err(_) => 2,
-        Ok(v) => {
-            match v.parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    tracing::error!("configuration: WORKER_THREADS={v:?}: expected a whole number of at least 1");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(config.worker_threads)
         .thread_name("worker")
         .enable_all()
         .build()

@@ -1,21 +1,18 @@
 //! One enrolled pod's proxy: listeners bound inside the pod's network namespace, upstream
 //! sockets created there with the tunnel's mark, and a drain that ends them all.
 
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-
 use super::snapshot::NetnsId;
 use super::zds::WorkloadInfo;
-use crate::config::{Config, ProxyWorkloadInfo, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::config::{Config, ProxyWorkloadInfo};
 use crate::drain::{ConnectionTasks, DrainOutcome};
 use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
 use crate::netns::Netns;
-use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
+use crate::proxy::{Delivery, ListenError, ListenerSet, ProxyInputs, Scope};
 use crate::socket::SocketFactory;
 use crate::state::StateHandle;
 
@@ -23,13 +20,8 @@ use crate::state::StateHandle;
 pub enum PodError {
     #[error("the netns file descriptor is unusable: {0}")]
     Netns(#[source] std::io::Error),
-    #[error("cannot listen on {addr} ({what}) inside the pod's network namespace: {source}")]
-    Listen {
-        addr: SocketAddr,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("inside the pod's network namespace: {0}")]
+    Listen(#[from] ListenError),
 }
 
 /// What every pod proxy on this node shares.
@@ -45,14 +37,13 @@ pub struct PodContext {
     pub port_reuse: bool,
 }
 
-/// A running pod proxy. Dropping it without [`stop`](Self::stop) aborts its listeners but
+/// A running pod proxy. Dropping it without [`drain`](Self::drain) aborts its listeners but
 /// leaves live connections to end on their own.
 pub struct PodProxy {
     uid: String,
     netns_id: NetnsId,
     identity: Option<Identity>,
-    inputs: Arc<ProxyInputs>,
-    listeners: Vec<JoinHandle<()>>,
+    listeners: ListenerSet,
 }
 
 impl PodProxy {
@@ -67,17 +58,6 @@ impl PodProxy {
         let netns_id = netns.id();
         let sockets =
             SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);
-        let bind_ip = ctx.config.bind_ip;
-        let outbound_listener =
-            listen(&sockets, bind_ip, OUTBOUND_PORT, "outbound capture").await?;
-        let plaintext_listener = listen(
-            &sockets,
-            bind_ip,
-            INBOUND_PLAINTEXT_PORT,
-            "inbound plaintext",
-        )
-        .await?;
-        let hbone_listener = listen(&sockets, bind_ip, HBONE_PORT, "inbound HBONE").await?;
 
         // With workload info the pod is exactly that workload; without (older agents) it is
         // any workload of this node that its traffic comes from.
@@ -98,16 +78,14 @@ impl PodProxy {
             ctx.config.clone(),
             ctx.state.clone(),
             ctx.certs.clone(),
-            sockets,
+            sockets.clone(),
             ctx.metrics.clone(),
             scope,
             Delivery::PreserveClient,
         ));
-        let listeners = vec![
-            tokio::spawn(outbound::run(inputs.clone(), outbound_listener)),
-            tokio::spawn(inbound_plain::run(inputs.clone(), plaintext_listener)),
-            tokio::spawn(inbound::run(inputs.clone(), hbone_listener)),
-        ];
+        // The pod's listeners and its upstream sockets share one factory: both live in the
+        // pod's namespace and carry the mark.
+        let listeners = ListenerSet::start(inputs, &sockets).await?;
         if let Some(identity) = identity.clone() {
             // Issue the certificate now so the first connection does not wait for it. A
             // failure here is not fatal: each connection retries the fetch.
@@ -123,13 +101,8 @@ impl PodProxy {
             uid: uid.to_owned(),
             netns_id,
             identity,
-            inputs,
             listeners,
         })
-    }
-
-    pub fn uid(&self) -> &str {
-        &self.uid
     }
 
     pub fn netns_id(&self) -> NetnsId {
@@ -143,57 +116,35 @@ impl PodProxy {
 
     /// Live connections of this pod.
     pub fn connections(&self) -> usize {
-        self.inputs.tasks.len()
+        self.listeners.inputs().tasks.len()
     }
 
     /// A handle on the pod's connection tasks (for counting them later).
     pub fn connection_tasks(&self) -> ConnectionTasks {
-        self.inputs.tasks.clone()
+        self.listeners.inputs().tasks.clone()
     }
 
     /// Stops accepting: returns once the pod's listeners are closed, so a connection
     /// attempted afterwards is refused. Live connections are untouched until
     /// [`drain`](Self::drain).
     pub async fn stop_listening(&mut self) {
-        for listener in &self.listeners {
-            listener.abort();
-        }
-        // An aborted task drops its listener when it is next polled; wait for that.
-        for listener in self.listeners.drain(..) {
-            let _ = listener.await;
-        }
+        self.listeners.stop_listening().await;
     }
 
     /// The drain: live connections get up to `deadline`, then are cut; the namespace handle
     /// and every socket of the pod are closed when it completes. Stops listening first if
     /// [`stop_listening`](Self::stop_listening) was not awaited.
-    pub async fn drain(mut self, deadline: Duration) -> DrainOutcome {
-        self.stop_listening().await;
-        let outcome = self.inputs.tasks.drain(deadline).await;
-        let uid = &self.uid;
+    pub async fn drain(self, deadline: Duration) -> DrainOutcome {
+        let PodProxy { uid, listeners, .. } = self;
+        let outcome = listeners.drain(deadline).await;
         if outcome.cut > 0 {
             tracing::warn!(%uid, connections = outcome.cut, "drain deadline reached; connections cut");
         }
+        // The set held the last reference to the pod's pool and socket factory: pooled HBONE
+        // connections and the namespace fd are closed by now.
         tracing::info!(%uid, "pod proxy stopped");
-        // Last reference to the pod's pool and socket factory: pooled HBONE connections and
-        // the namespace fd close here.
-        drop(self);
         outcome
     }
-}
-
-/// A listener on `ip:port` inside the factory's namespace; errors say which one.
-async fn listen(
-    sockets: &SocketFactory,
-    ip: std::net::IpAddr,
-    port: u16,
-    what: &'static str,
-) -> Result<tokio::net::TcpListener, PodError> {
-    let addr = SocketAddr::new(ip, port);
-    sockets
-        .listen_async(addr)
-        .await
-        .map_err(|source| PodError::Listen { addr, what, source })
 }
 
 /// The identity the pod's certificate is for: the mesh state's view of the workload when it

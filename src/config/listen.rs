@@ -1,0 +1,43 @@
+//! The ports and addresses the tunnel listens on.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use super::env::Env;
+use super::ConfigError;
+
+/// Ports inside the tunnel's (or the pod's) network namespace, fixed by the ambient contract.
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = 15008;
+pub const ADMIN_PORT: u16 = 15000;
+pub const METRICS_PORT: u16 = 15020;
+pub const READINESS_PORT: u16 = 15021;
+
+/// Where the data-path listeners and the admin endpoints bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Address the outbound/inbound listeners bind: `[::]` (dual stack) unless `IPV6_ENABLED=false`.
+    pub bind_ip: IpAddr,
+    /// `ADMIN_ADDR`: `/config_dump`, loopback only by default.
+    pub admin_addr: SocketAddr,
+    /// `STATS_ADDR`: Prometheus `/metrics`.
+    pub metrics_addr: SocketAddr,
+    /// `READINESS_ADDR`: `/healthz/ready`.
+    pub readiness_addr: SocketAddr,
+}
+
+impl ListenConfig {
+    pub(super) fn from_env(env: &Env<'_>) -> Result<ListenConfig, ConfigError> {
+        let bind_ip: IpAddr = if env.bool("IPV6_ENABLED", true)? {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            [0, 0, 0, 0].into()
+        };
+        Ok(ListenConfig {
+            bind_ip,
+            admin_addr: env.socket_addr("ADMIN_ADDR", ([127, 0, 0, 1], ADMIN_PORT).into())?,
+            metrics_addr: env.socket_addr("STATS_ADDR", (bind_ip, METRICS_PORT).into())?,
+            readiness_addr: env.socket_addr("READINESS_ADDR", (bind_ip, READINESS_PORT).into())?,
+        })
+    }
+}
