@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod ca_service;
 pub mod connections;
+pub mod encode;
 pub mod mesh;
 pub mod push;
 pub mod status;

@@ -15,8 +15,8 @@ use nodetunnel_proto::istio::workload::{address, Address};
 use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
 use prost::Message;
 
+use crate::control::encode::{policy_to_proto, service_to_proto, workload_to_proto};
 use crate::identity::Identity;
-use crate::state::proto::{policy_to_proto, service_to_proto, workload_to_proto};
 use crate::state::Store;
 
 #[cfg(test)]
