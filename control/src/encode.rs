@@ -11,7 +11,7 @@ use nodetunnel_proto::istio::security::Authorization;
 use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
-use crate::state::{
+use nodetunnel::state::{
     HealthStatus, InboundProtocol, Policy, PolicyAction, PolicyMatch, PolicyScope, Service,
     ServiceAccountMatch, StringMatch, Workload,
 };

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use nodetunnel_proto::istio::workload::{address, Address, Workload};
 
 use super::*;
-use crate::control::mesh::{diff, Held, Mesh};
+use crate::mesh::{diff, Held, Mesh};
 
 fn mesh(n: usize) -> Mesh {
     let mut mesh = Mesh::default();
