@@ -9,7 +9,6 @@ pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod config;
-pub mod control;
 pub mod drain;
 pub mod grpc;
 pub mod hbone;

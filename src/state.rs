@@ -1,16 +1,19 @@
 //! The mesh state the data path reads: workloads, services and authorization policies,
 //! indexed by workload IP, service VIP, hostname and uid. Filled from a local YAML file
-//! (`local`) or from xDS resources converted by `proto` and applied as a `StoreDelta`.
+//! (`local`) or from xDS resources (converted by `crate::xds`) applied as a `StoreDelta`;
+//! `defaults` holds what both agree on. Nothing here imports the xDS client or the control
+//! plane: they depend on `state`, never the reverse.
 
+mod defaults;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod local;
-pub mod proto;
 mod resolve;
 mod store;
 mod types;
 
-pub use local::{load_file, load_str, Defaults, LoadError, Loaded};
+pub use defaults::{workload_type_name, Defaults};
+pub use local::{load_file, load_str, LoadError, Loaded};
 pub use resolve::{ResolveError, Upstream};
 pub use store::{StateHandle, Store, StoreDelta, StoreError};
 pub use types::{

@@ -5,7 +5,8 @@
 //! The flow, one file per step:
 //! `client` (connect, subscribe, reconnect) → `response` (decode, validate, apply one push
 //! all-or-nothing) → `status` (what was accepted, ACK/NACK counters, the handle the rest of the
-//! tunnel reads). `node` builds the identity we present; `backoff` paces reconnects.
+//! tunnel reads). `convert` turns received resources into the store's types; `node` builds the
+//! identity we present; `backoff` paces reconnects.
 //!
 //! The protocol is Envoy's incremental ("delta") xDS over the aggregated stream
 //! `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`, the one
@@ -13,6 +14,7 @@
 
 mod backoff;
 pub mod client;
+pub mod convert;
 mod node;
 mod response;
 mod status;

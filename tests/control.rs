@@ -29,8 +29,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
 }
 
-fn control_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+/// Another package's binary: `cargo test --workspace` (or `cargo build --workspace`) puts it
+/// beside this test's.
+fn control_bin() -> PathBuf {
+    nodetunnel_testbed::sibling_binary("nodetunnel-control").expect("the nodetunnel-control binary")
 }
 
 fn server_addr() -> SocketAddr {
@@ -55,7 +57,7 @@ fn mesh_files(topo: &Topology, cfg: &MeshConfig) -> (PathBuf, PathBuf) {
 }
 
 fn start_control(topo: &Topology, mesh: &Path, ca: &Path) -> ControlPlane {
-    topo.start_control_plane("n1", control_bin(), mesh, ca, &[])
+    topo.start_control_plane("n1", &control_bin(), mesh, ca, &[])
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
 }
 

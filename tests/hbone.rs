@@ -31,8 +31,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
 }
 
-fn control_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+/// Another package's binary: `cargo test --workspace` (or `cargo build --workspace`) puts it
+/// beside this test's.
+fn control_bin() -> PathBuf {
+    nodetunnel_testbed::sibling_binary("nodetunnel-control").expect("the nodetunnel-control binary")
 }
 
 fn server_addr() -> SocketAddr {
@@ -74,7 +76,7 @@ fn control_plane(topo: &Topology, cfg: &MeshConfig) -> (ControlPlane, PathBuf) {
     let mesh = write_config(topo, "mesh.yaml", cfg);
     let ca = make_ca(topo);
     let cp = topo
-        .start_control_plane("n1", control_bin(), &mesh, &ca, &[])
+        .start_control_plane("n1", &control_bin(), &mesh, &ca, &[])
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     (cp, ca)
 }

@@ -11,7 +11,7 @@
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodetunnel::inpod::zds::WorkloadInfo;
@@ -35,8 +35,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
 }
 
-fn control_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+/// Another package's binary: `cargo test --workspace` (or `cargo build --workspace`) puts it
+/// beside this test's.
+fn control_bin() -> PathBuf {
+    nodetunnel_testbed::sibling_binary("nodetunnel-control").expect("the nodetunnel-control binary")
 }
 
 fn server_addr() -> SocketAddr {
@@ -168,7 +170,7 @@ impl Mesh {
         std::fs::create_dir_all(&ca).expect("creating the CA dir");
         generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
         let control = topo
-            .start_control_plane("n1", control_bin(), &config, &ca, &[])
+            .start_control_plane("n1", &control_bin(), &config, &ca, &[])
             .expect("starting the control plane");
         let mut mesh = Mesh {
             agents: Vec::new(),

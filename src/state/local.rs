@@ -18,7 +18,7 @@ mod policies;
 
 use policies::LocalPolicy;
 
-use super::proto::parse_workload_type;
+use super::defaults::{parse_workload_type, Defaults};
 use super::store::{Store, StoreError};
 use super::types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
@@ -59,41 +59,6 @@ pub enum LoadError {
 pub struct Loaded {
     pub store: Store,
     pub warnings: Vec<String>,
-}
-
-/// Defaults applied to fields the file leaves empty (as istiod would fill them).
-#[derive(Clone, Debug)]
-pub struct Defaults {
-    pub trust_domain: String,
-    pub cluster_id: String,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        }
-    }
-}
-
-impl Defaults {
-    /// Fills the fields a control plane or file may leave empty, the way istiod does, so a
-    /// workload reads the same whether it came from a local file or from xDS: trust domain and
-    /// cluster id from `self`, service account `default`, workload type `deployment` (the
-    /// proto's zero value).
-    pub(super) fn fill_workload(&self, workload: &mut Workload) {
-        fill(&mut workload.trust_domain, &self.trust_domain);
-        fill(&mut workload.cluster_id, &self.cluster_id);
-        fill(&mut workload.service_account, "default");
-        fill(&mut workload.workload_type, "deployment");
-    }
-}
-
-fn fill(field: &mut String, default: &str) {
-    if field.is_empty() {
-        *field = default.to_string();
-    }
 }
 
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Loaded, LoadError> {

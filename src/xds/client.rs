@@ -46,7 +46,7 @@ pub struct XdsClient {
     defaults: Defaults,
     node: Node,
     shared: Arc<Shared>,
-    /// "the control plane at <address>", the subject of every error sentence.
+    /// "the control plane at `<address>`", the subject of every error sentence.
     what: String,
 }
 

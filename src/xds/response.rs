@@ -14,10 +14,10 @@ use nodetunnel_proto::istio::workload::Address;
 use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
 use prost::Message;
 
-use crate::state::proto::{
+use crate::state::{Defaults, StateHandle, StoreDelta, StoreError};
+use crate::xds::convert::{
     address_from_proto, authorization_from_proto, AddressResource, ProtoError,
 };
-use crate::state::{Defaults, StateHandle, StoreDelta, StoreError};
 use crate::xds::ResourceType;
 
 /// How many bad resources a NACK lists by name; the rest are counted. Keeps the message (and

@@ -1,9 +1,19 @@
 //! Generating, writing and loading CAs (plug-in files, EC and RSA keys); what leaves carry.
 
-use super::*;
-use rcgen::CertifiedIssuer;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use x509_parser::prelude::GeneralName;
+use std::path::Path;
+use std::time::SystemTime;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, UnixTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::*;
+use crate::identity::Identity;
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa)

@@ -1,11 +1,7 @@
 use std::path::Path;
 
-use prost::Message;
-
 use super::*;
-use crate::state::fixtures::RICH_MESH;
-use crate::state::local::load_str;
-use crate::state::store::{Store, StoreDelta};
+use crate::state::load_str;
 
 const UID: &str = "cluster1//v1/Pod/default/a";
 const SERVICE: &str = "default/web.default.svc";
@@ -102,68 +98,12 @@ fn field_error<T: fmt::Debug>(result: Result<T, ProtoError>) -> String {
     }
 }
 
-/// Encodes and decodes, as the resources travel inside an xDS `Any`.
-fn wire<M: Message + Default>(m: &M) -> M {
-    M::decode(m.encode_to_vec().as_slice()).unwrap()
-}
-
-fn rich_store() -> Store {
-    load_str(RICH_MESH, Path::new("rich.yaml"), &defaults())
-        .unwrap()
-        .store
-}
-
 fn first_match(p: &mut Authorization) -> &mut sec::Match {
     &mut p.rules[0].clauses[0].matches[0]
 }
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-#[test]
-fn a_rich_mesh_round_trips_through_the_protos() {
-    let original = rich_store();
-    assert_eq!(original.workloads().len(), 2);
-    assert_eq!(original.services().len(), 2);
-    assert_eq!(original.policies().len(), 3);
-    let mut delta = StoreDelta::default();
-    for w in original.workloads() {
-        match address_from_proto(&w.uid, wire(&workload_to_proto(w)), &defaults()).unwrap() {
-            AddressResource::Workload(w) => delta.workloads.push(w),
-            other => panic!("a workload came back as {other:?}"),
-        }
-    }
-    for s in original.services() {
-        let name = s.key().to_string();
-        match address_from_proto(&name, wire(&service_to_proto(s)), &defaults()).unwrap() {
-            AddressResource::Service(s) => delta.services.push(s),
-            other => panic!("a service came back as {other:?}"),
-        }
-    }
-    for p in original.policies() {
-        let policy = authorization_from_proto(&p.key(), wire(&policy_to_proto(p))).unwrap();
-        delta.policies.push(policy);
-    }
-    let mut rebuilt = Store::default();
-    rebuilt.apply(delta).unwrap();
-    assert_eq!(rebuilt, original);
-}
-
-#[test]
-fn the_same_service_always_encodes_to_the_same_bytes() {
-    let store = rich_store();
-    for s in store.services() {
-        let first = service_to_proto(s).encode_to_vec();
-        for _ in 0..8 {
-            // HashMap iteration order differs between maps; the encoding must not.
-            let copy = Service {
-                ports: s.ports.iter().map(|(k, v)| (*k, *v)).collect(),
-                ..(**s).clone()
-            };
-            assert_eq!(service_to_proto(&copy).encode_to_vec(), first);
-        }
-    }
 }
 
 #[test]

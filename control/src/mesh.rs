@@ -15,14 +15,14 @@ use nodetunnel_proto::istio::workload::{address, Address};
 use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
 use prost::Message;
 
-use crate::identity::Identity;
-use crate::state::proto::{policy_to_proto, service_to_proto, workload_to_proto};
-use crate::state::Store;
+use crate::encode::{policy_to_proto, service_to_proto, workload_to_proto};
+use nodetunnel::identity::Identity;
+use nodetunnel::state::Store;
 
 #[cfg(test)]
 mod tests;
 
-pub use crate::xds::ResourceType;
+pub use nodetunnel::xds::ResourceType;
 
 /// A content hash of a resource (first 64 bits of SHA-256 over a canonical encoding); on the
 /// wire, 16 lowercase hex digits.

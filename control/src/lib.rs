@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod ca_service;
 pub mod connections;
+pub mod encode;
 pub mod mesh;
 pub mod push;
 pub mod status;
@@ -28,11 +29,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 
-use crate::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
-use crate::state::Defaults;
 use auth::Authenticator;
 use ca_service::{CaService, KnownIdentity};
 use connections::Connections;
+use nodetunnel::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
+use nodetunnel::state::Defaults;
 use status::StatusState;
 use watch::{MeshWatcher, WatchError};
 use xds_server::{AdsServer, StreamLimits};
@@ -175,7 +176,7 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
 
     let mut server = Server::builder()
         .tls_config(tls)
-        .map_err(|e| ControlError::Tls(crate::grpc::error_chain(&e)))?;
+        .map_err(|e| ControlError::Tls(nodetunnel::grpc::error_chain(&e)))?;
     let meshes = watcher.subscribe();
     let known: KnownIdentity = Arc::new(move |id| meshes.borrow().mesh.has_identity(id));
     let ca_service = CaService::new(ca.clone(), auth.clone(), known, opts.max_cert_ttl);
@@ -297,7 +298,7 @@ fn served_outcome(
 ) -> Result<(), ControlError> {
     match served {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ControlError::Serve(crate::grpc::error_chain(&e))),
+        Ok(Err(e)) => Err(ControlError::Serve(nodetunnel::grpc::error_chain(&e))),
         Err(e) => Err(ControlError::Serve(e.to_string())),
     }
 }

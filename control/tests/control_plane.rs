@@ -126,7 +126,7 @@ impl Control {
             .arg(dir.path().join("tokens"))
             .arg("--write-root")
             .arg(dir.path().join("root-cert.pem"))
-            .env("RUST_LOG", "info,nodetunnel::control=debug")
+            .env("RUST_LOG", "info,nodetunnel_control=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -922,12 +922,12 @@ async fn an_empty_ca_dir_gets_a_new_root_that_later_runs_load() {
 /// `/debug/connections`' registry; a client that reads on is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped() {
-    use nodetunnel::control::auth::Authenticator;
-    use nodetunnel::control::connections::Connections;
-    use nodetunnel::control::watch::MeshWatcher;
-    use nodetunnel::control::xds_server::{AdsServer, StreamLimits};
     use nodetunnel::identity::LocalCa;
     use nodetunnel::state::Defaults;
+    use nodetunnel_control::auth::Authenticator;
+    use nodetunnel_control::connections::Connections;
+    use nodetunnel_control::watch::MeshWatcher;
+    use nodetunnel_control::xds_server::{AdsServer, StreamLimits};
     use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
     use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
 

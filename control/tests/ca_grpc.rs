@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nodetunnel::control::auth::Authenticator;
-use nodetunnel::control::ca_service::{CaService, KnownIdentity};
 use nodetunnel::grpc::GrpcTarget;
 use nodetunnel::identity::ca::certs_pem;
 use nodetunnel::identity::manager::CertificateSource;
 use nodetunnel::identity::{CaClient, Identity, LocalCa, SecretManager, WorkloadCert};
+use nodetunnel_control::auth::Authenticator;
+use nodetunnel_control::ca_service::{CaService, KnownIdentity};
 use nodetunnel_proto::istio::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use nodetunnel_proto::istio::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use nodetunnel_proto::istio::auth::IstioCertificateRequest;

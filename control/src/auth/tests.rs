@@ -1,5 +1,5 @@
 //! Token parsing, rotation and refusal reasons. Client certificates need a real TLS
-//! connection and are covered in `tests/ca_grpc.rs`.
+//! connection and are covered in `control/tests/ca_grpc.rs`.
 
 use super::*;
 

@@ -21,9 +21,9 @@ use rustls::pki_types::CertificateSigningRequestDer;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Caller};
-use crate::identity::ca::certs_pem;
-use crate::identity::ca_client::IMPERSONATED_IDENTITY;
-use crate::identity::{CaError, Identity, LocalCa};
+use nodetunnel::identity::ca::certs_pem;
+use nodetunnel::identity::ca_client::IMPERSONATED_IDENTITY;
+use nodetunnel::identity::{CaError, Identity, LocalCa};
 
 /// Lifetime when the request asks for none (istiod's default workload TTL).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use nodetunnel::control::{self, ControlOptions};
+use nodetunnel_control::{self as control, ControlOptions};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,5 +1,5 @@
 //! Identity choice, TTL and response layout, driven below authentication (the gRPC and TLS
-//! path is in `tests/ca_grpc.rs`).
+//! path is in `control/tests/ca_grpc.rs`).
 
 use std::collections::BTreeMap;
 

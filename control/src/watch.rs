@@ -15,7 +15,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use super::mesh::Mesh;
-use crate::state::{load_str, Defaults, LoadError};
+use nodetunnel::state::{load_str, Defaults, LoadError};
 
 /// Quiet time after the last change before reloading: one save is often several events
 /// (truncate, write, close; or create, write, rename), and a half-written file must not be read.

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::identity::Identity;
+use nodetunnel::identity::Identity;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,90 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::state::fixtures::{service, workload};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn mesh() -> (Store, NamespacedHostname) {
+    let mut store = Store::default();
+    let mut svc = service("web.default.svc.cluster.local", "/10.96.0.1");
+    svc.subject_alt_names = vec!["spiffe://cluster.local/ns/default/sa/web-san".into()];
+    let key = svc.key();
+    store.insert_service(svc).unwrap();
+    let mut a = workload("a", "10.0.0.1");
+    a.services.insert(key.clone(), HashMap::from([(80, 9090)]));
+    let mut b = workload("b", "10.0.0.2");
+    b.services.insert(key.clone(), HashMap::new());
+    store.insert_workload(a).unwrap();
+    store.insert_workload(b).unwrap();
+    (store, key)
+}
+
+#[test]
+fn workload_ip_resolves_to_that_workload() {
+    let (store, _) = mesh();
+    let up = store.resolve("", addr("10.0.0.2:7000"), |_| 0).unwrap();
+    assert!(up.uses_hbone());
+    assert_eq!(up.target(), addr("10.0.0.2:7000"));
+    assert_eq!(
+        up.expected_identities(),
+        vec![Identity::new("cluster.local", "default", "b")]
+    );
+}
+
+#[test]
+fn unknown_ip_passes_through() {
+    let (store, _) = mesh();
+    let up = store.resolve("", addr("192.0.2.9:443"), |_| 0).unwrap();
+    assert_eq!(up, Upstream::Passthrough(addr("192.0.2.9:443")));
+    assert!(!up.uses_hbone());
+    assert!(up.expected_identities().is_empty());
+}
+
+#[test]
+fn tcp_workload_does_not_use_hbone() {
+    let (mut store, _) = mesh();
+    let mut w = workload("plain", "10.0.0.9");
+    w.protocol = InboundProtocol::Tcp;
+    store.insert_workload(w).unwrap();
+    assert!(!store
+        .resolve("", addr("10.0.0.9:80"), |_| 0)
+        .unwrap()
+        .uses_hbone());
+}
+
+#[test]
+fn vip_maps_ports_and_spreads_across_endpoints() {
+    let (store, _) = mesh();
+    // Endpoint a overrides the target port; b uses the service default.
+    let a = store.resolve("", addr("10.96.0.1:80"), |_| 0).unwrap();
+    assert_eq!(a.target(), addr("10.0.0.1:9090"));
+    let b = store.resolve("", addr("10.96.0.1:80"), |_| 1).unwrap();
+    assert_eq!(b.target(), addr("10.0.0.2:8080"));
+    let ids = b.expected_identities();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[1].service_account, "web-san");
+}
+
+#[test]
+fn vip_errors_are_specific() {
+    let (mut store, key) = mesh();
+    assert_eq!(
+        store.resolve("", addr("10.96.0.1:81"), |_| 0).unwrap_err(),
+        ResolveError::UnknownServicePort {
+            service: key.clone(),
+            port: 81
+        }
+    );
+    for uid in ["a", "b"] {
+        let mut w = (*store.workload_by_uid(uid).unwrap()).clone();
+        w.status = HealthStatus::Unhealthy;
+        store.insert_workload(w).unwrap();
+    }
+    assert_eq!(
+        store.resolve("", addr("10.96.0.1:80"), |_| 0).unwrap_err(),
+        ResolveError::NoHealthyEndpoint { service: key }
+    );
+}
