@@ -27,7 +27,7 @@ use crate::topology::addr;
 use crate::tunnel::{self, Tunnel};
 
 pub use builder::PodTopologyBuilder;
-pub use mesh::{InpodMesh, ZdsAgentProcess};
+pub use mesh::{InpodMesh, MeshBins, ZdsAgentProcess};
 pub use rules::{apply_inpod_rules, remove_inpod_rules, INPOD_RULES_V4};
 
 /// Whether mesh pods get the in-pod rules when they are created.
