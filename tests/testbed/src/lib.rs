@@ -47,8 +47,8 @@ pub use config::{
 pub use control::{ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
 pub use inpod::{
-    apply_inpod_rules, remove_inpod_rules, InpodMesh, InpodRules, MeshBins, PodNode, PodNs,
-    PodTopology, PodTopologyBuilder, ZdsAgentProcess, INPOD_RULES_V4,
+    apply_inpod_rules, inpod_rules_v4, remove_inpod_rules, InpodMesh, InpodRules, MeshBins,
+    PodNode, PodNs, PodTopology, PodTopologyBuilder, ZdsAgentProcess,
 };
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
