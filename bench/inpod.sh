@@ -21,5 +21,6 @@ for tool in iperf3 wrk; do
     command -v "$tool" >/dev/null || { echo "bench/inpod.sh: $tool is not installed" >&2; exit 1; }
 done
 
-cargo build --release --quiet -p nodetunnel -p nodetunnel-testbed --bin nodetunnel --bin nodetunnel-bench
+cargo build --release --quiet -p nodetunnel -p nodetunnel-testbed --bin nodetunnel --bin nodetunnel-bench \
+    --bin nodetunnel-zds-agent
 exec ./target/release/nodetunnel-bench inpod "$@"

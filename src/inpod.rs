@@ -2,9 +2,9 @@
 //! tunnel runs a proxy inside it.
 //!
 //! - [`zds`]: the tunnel side of the protocol (connect, hello, typed and validated requests,
-//!   acks, reconnect backoff); [`zds_server`] and [`agent`]: the agent side (`nodetunnel
-//!   zds-agent` and the CNI node agent). All three live in the `nodetunnel-zds` crate, shared
-//!   with `cni-plugin/`, and are re-exported here under their old paths.
+//!   acks, reconnect backoff); [`zds_server`]: the agent side of one connection, for tests that
+//!   play the agent. Both live in the `nodetunnel-zds` crate, shared with `cni-plugin/` (whose
+//!   node agent, like the testbed's `nodetunnel-zds-agent` tool, runs its snapshotting agent).
 //! - [`snapshot`]: which pods to run as requests arrive (snapshot, drain, replace), no I/O.
 //! - [`pod`]: one pod's proxy, inside its namespace; [`manager`]: the loop tying ZDS requests to
 //!   pod proxies and readiness.
@@ -14,4 +14,4 @@
 pub mod manager;
 pub mod pod;
 pub mod snapshot;
-pub use nodetunnel_zds::{agent, client as zds, server as zds_server};
+pub use nodetunnel_zds::{client as zds, server as zds_server};

@@ -1,5 +1,6 @@
 //! End-to-end tests of shared (in-pod) mode: every pod its own network namespace carrying the
-//! in-pod rules of CONTRACTS.md, one real `nodetunnel` process per node namespace, and a ZDS
+//! in-pod rules (docs/contracts.md, "In-pod redirection rules"; installed by the CNI agent's own
+//! code), one real `nodetunnel` process per node namespace, and a ZDS
 //! agent (the library's agent side, in this test process) handing the tunnel pod namespaces
 //! over a real SOCK_SEQPACKET socket.
 //!

@@ -1,7 +1,7 @@
 //! nodetunnel's CNI side: a chained CNI plugin and a node agent that together enroll pods into
 //! the node tunnel when their namespace (or the pod) is labelled
 //! `istio.io/dataplane-mode=ambient`. Behaviour and wire formats follow Istio's `istio-cni`
-//! (see CONTRACTS.md, "CNI plugin ↔ node agent"), so either can stand in for the other.
+//! (see docs/contracts.md, "CNI plugin ↔ node agent"), so either can stand in for the other.
 //!
 //! Modules, along the flow of a pod:
 //! - [`ambient`]: the label rules that decide whether a pod is enrolled (plugin and agent).

@@ -23,8 +23,8 @@ use nodetunnel_testbed::{namespaces_available, Netns};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The contract's rules (CONTRACTS.md "In-pod redirection rules") as written there, not as
-/// nodetunnel renders them; the DNS-capture-only lines are marked `dns`.
+/// The contract's rules (docs/contracts.md, "In-pod redirection rules") as written there, not
+/// as nodetunnel renders them; the DNS-capture-only lines are marked `dns`.
 const CONTRACT_RULES: &[(&str, &str, bool)] = &[
     ("mangle", "-A PREROUTING -j ISTIO_PRERT", false),
     ("mangle", "-A OUTPUT -j ISTIO_OUTPUT", false),
@@ -46,7 +46,7 @@ const CONTRACT_RULES: &[(&str, &str, bool)] = &[
     ("raw", "-A ISTIO_PRERT -p udp -m mark ! --mark 0x539/0xfff -m udp --sport 53 -j CT --zone 1", true),
 ];
 
-/// The contract's host rule (CONTRACTS.md "Host side").
+/// The contract's host rule (docs/contracts.md, "Host side").
 const CONTRACT_HOST_RULE: &str = "-A ISTIO_POSTRT -m owner --socket-exists -p tcp -m set \
      --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127";
 

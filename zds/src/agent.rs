@@ -17,40 +17,11 @@
 //! its [`AgentEvent`] stream is an ordered log; a caller's future being dropped never leaves a
 //! request half sent.
 //!
-//! # Line protocol (`nodetunnel zds-agent --socket <path>`)
+//! # Event lines
 //!
-//! Parsed and printed by [`lines`]. Commands on stdin, one per line (blank lines and lines
-//! starting with `#` are ignored):
-//!
-//! - `add <uid> <netns> [<namespace>/<name>/<service-account>]`: `<netns>` is a path if it
-//!   contains `/`, otherwise a name under `/run/netns/`.
-//! - `del <uid>`: forwarded even for a uid the agent does not know.
-//! - `list`
-//!
-//! A malformed command prints `usage error: <reason> (...)` on stderr and is skipped. EOF (or
-//! SIGINT/SIGTERM) finishes the queued commands, closes the socket, removes the socket file and
-//! exits 0.
-//!
-//! stdout gets exactly one line per result or event, in the order they happened in the agent
-//! (`<op>` is `add` or `del`; texts from errors are joined onto one line):
-//!
-//! | line | meaning |
-//! |---|---|
-//! | `ack <op> <uid> ok` | the tunnel acked with success |
-//! | `ack <op> <uid> error: <text>` | the tunnel acked with an error |
-//! | `pending <op> <uid>: no tunnel connected` | recorded; the next snapshot reflects it |
-//! | `pending <op> <uid>: tunnel lost: <error>` | the tunnel failed on it and was dropped; recorded |
-//! | `error add <uid>: <error>` | the netns did not open; nothing recorded or sent |
-//! | `list <n> pods, tunnel connected` or `list <n> pods, no tunnel` | then `n` `pod` lines |
-//! | `pod <uid> <netns-path> <namespace>/<name>/<service-account>` | `-` instead when no info |
-//! | `tunnel replaced by a newer connection` | the older connection is retired |
-//! | `tunnel connected` | a tunnel said hello; the snapshot follows |
-//! | `snapshot keep <uid>: <error>` | the pod's netns no longer opens; sent as `KeepWorkload` |
-//! | `snapshot ack <request> error: <text>` | `<request>`: `add <uid>`, `keep <uid>` or `snapshot-sent` |
-//! | `snapshot sent: <n> pods, acks ok` or `snapshot sent: <n> pods, <k> error acks` | the tunnel is current |
-//! | `tunnel disconnected: <reason>` | the connection was dropped; waiting for the next |
-//!
-//! A snapshot's `snapshot keep`/`snapshot ack` lines come just before its `snapshot sent` line.
+//! [`lines::render`] turns each event into one-line texts: the CNI agent logs them, and the
+//! `nodetunnel-zds-agent` test tool (in `tests/testbed`, which drives this agent from stdin)
+//! prints them; that tool's `--help` documents its commands and every line.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

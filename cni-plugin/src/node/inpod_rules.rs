@@ -1,5 +1,5 @@
 //! The redirection inside a pod's netns that sends its traffic through the tunnel
-//! (CONTRACTS.md "In-pod redirection rules"; Istio `cni/pkg/iptables/iptables.go`
+//! (docs/contracts.md, "In-pod redirection rules"; Istio `cni/pkg/iptables/iptables.go`
 //! `AppendInpodRules` and its golden files):
 //!
 //! - outbound TCP not from the tunnel (no mark `0x539/0xfff`) is REDIRECTed to 15001;

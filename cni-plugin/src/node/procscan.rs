@@ -1,8 +1,8 @@
 //! Finding the netns of a pod that is already running, for pods the agent did not see through
 //! a CNI ADD (it was down, or the pod predates enrollment).
 //!
-//! As Istio's agent does (`cni/pkg/nodeagent/podcgroupns_linux.go`, CONTRACTS.md "Agent finds
-//! netns of running pods"): walk `<proc>/<pid>/`, skip processes in the agent's own (host)
+//! As Istio's agent does (`cni/pkg/nodeagent/podcgroupns_linux.go`; docs/contracts.md, "CNI
+//! plugin ↔ node agent", "Finding running pods"): walk `<proc>/<pid>/`, skip processes in the agent's own (host)
 //! netns, read the pod uid from `<pid>/cgroup`, and trust the pairing only when one of the pod's
 //! IPs sits on an interface inside that netns — a process tied to pod A by its cgroup may be
 //! visiting pod B's netns, and must not get pod A enrolled there.

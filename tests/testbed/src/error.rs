@@ -24,6 +24,12 @@ pub enum Error {
         reason: String,
         log_tail: String,
     },
+    /// The CNI agent's in-pod rule code (called in-process) failed in namespace `netns`
+    /// (boxed: the agent's error is large, and every testbed `Result` carries this type).
+    InpodRules {
+        netns: String,
+        source: Box<nodetunnel_cni::node::inpod_rules::RulesError>,
+    },
     /// The caller described something the test bed cannot build.
     Invalid(String),
 }
@@ -54,6 +60,9 @@ impl fmt::Display for Error {
                 f,
                 "tunnel in netns {netns} not ready: {reason}\n--- tunnel log (tail) ---\n{log_tail}\n--- end of log ---"
             ),
+            Error::InpodRules { netns, source } => {
+                write!(f, "in-pod rules in netns {netns}: {source}")
+            }
             Error::Invalid(msg) => write!(f, "invalid test bed: {msg}"),
         }
     }
@@ -63,6 +72,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::InpodRules { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

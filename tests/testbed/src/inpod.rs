@@ -1,6 +1,6 @@
 //! Topologies for the tunnel's shared (in-pod) mode: every pod is its own network namespace,
-//! joined to its node's namespace by a veth pair, and mesh pods carry the in-pod redirection
-//! rules ([`rules`]). One tunnel runs per node namespace and is handed the pods' namespaces
+//! joined to its node's namespace by a veth pair, and mesh pods carry the CNI agent's in-pod
+//! redirection rules ([`rules`]). One tunnel runs per node namespace and is handed the pods' namespaces
 //! (their [`Netns::path`]) by a ZDS agent.
 //!
 //! Addressing (Calico-like, no bridge, no shared L2 between pods):
@@ -27,13 +27,14 @@ use crate::topology::addr;
 use crate::tunnel::{self, Tunnel};
 
 pub use builder::PodTopologyBuilder;
-pub use mesh::{InpodMesh, ZdsAgentProcess};
-pub use rules::{apply_inpod_rules, remove_inpod_rules, INPOD_RULES_V4};
+pub use mesh::{InpodMesh, MeshBins, ZdsAgentProcess};
+pub use rules::{apply_inpod_rules, inpod_rules_v4, remove_inpod_rules};
 
 /// Whether mesh pods get the in-pod rules when they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InpodRules {
-    /// Mesh pods get [`INPOD_RULES_V4`] and the fwmark rule/route (as the CNI agent would).
+    /// Mesh pods get the CNI agent's in-pod rules and fwmark rule/route ([`apply_inpod_rules`]:
+    /// the agent's own code, called in-process).
     Apply,
     /// No pod gets rules: plain routing only.
     Skip,

@@ -47,8 +47,8 @@ pub use config::{
 pub use control::{ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
 pub use inpod::{
-    apply_inpod_rules, remove_inpod_rules, InpodMesh, InpodRules, PodNode, PodNs, PodTopology,
-    PodTopologyBuilder, ZdsAgentProcess, INPOD_RULES_V4,
+    apply_inpod_rules, inpod_rules_v4, remove_inpod_rules, InpodMesh, InpodRules, MeshBins,
+    PodNode, PodNs, PodTopology, PodTopologyBuilder, ZdsAgentProcess,
 };
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
@@ -59,6 +59,9 @@ pub use traffic::{connect_from, Server};
 pub use tunnel::Tunnel;
 
 use std::path::PathBuf;
+
+/// The testbed's ZDS agent tool (`src/bin/zds-agent.rs`), found with [`sibling_binary`].
+pub const ZDS_AGENT_BIN: &str = "nodetunnel-zds-agent";
 
 /// A workspace binary next to the current executable: cargo builds every binary into
 /// `target/<profile>/`, beside the demo and bench, and test executables live one level down

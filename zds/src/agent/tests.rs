@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use super::lines::{self, UsageError};
+use super::lines;
 use super::*;
 use crate::client::{netns_id, NetnsId, WorkloadEvent, ZdsClient, ZdsConnection};
 
@@ -456,51 +456,6 @@ async fn dropping_the_handle_stops_the_agent() {
         .unwrap()
         .is_none());
     assert!(matches!(conn.next().await, Ok(None)));
-}
-
-#[test]
-fn command_lines_parse() {
-    let pod = |uid: &str, netns: &str, info: Option<WorkloadInfo>| {
-        Some(Request::Add(Pod {
-            uid: uid.into(),
-            netns: netns.into(),
-            info,
-        }))
-    };
-    let cases: Vec<(&str, Option<Request>)> = vec![
-        ("", None),
-        ("   ", None),
-        ("# a comment", None),
-        ("add a /proc/self/ns/net", pod("a", NETNS, None)),
-        ("add a ns-1", pod("a", "/run/netns/ns-1", None)),
-        (
-            "  add  b ./rel\tns/pod-b/sa ",
-            pod("b", "./rel", Some(info("pod-b"))),
-        ),
-        ("del a", Some(Request::Del { uid: "a".into() })),
-        ("list", Some(Request::List)),
-    ];
-    for (line, want) in cases {
-        assert_eq!(lines::parse(line), Ok(want), "{line:?}");
-    }
-}
-
-#[test]
-fn malformed_command_lines_are_usage_errors() {
-    for line in ["add", "add a", "add a b c d", "del", "del a b", "list x"] {
-        let err = lines::parse(line).unwrap_err();
-        assert!(matches!(err, UsageError::Arguments { .. }), "{line}: {err}");
-    }
-    for (line, want) in [
-        ("frob a", UsageError::UnknownCommand("frob".into())),
-        ("ADD a b", UsageError::UnknownCommand("ADD".into())),
-        ("add a n ns/pod", UsageError::Info("ns/pod".into())),
-        ("add a n ns//sa", UsageError::Info("ns//sa".into())),
-        ("add a n a/b/c/d", UsageError::Info("a/b/c/d".into())),
-        ("add a ..", UsageError::NetnsName("..".into())),
-    ] {
-        assert_eq!(lines::parse(line), Err(want), "{line}");
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! All stories get their configuration and certificates from `nodetunnel-control` (delta xDS
 //! and the CA over gRPC), which runs in node n1's namespace.
 //!
-//! Finds `nodetunnel` and `nodetunnel-control` (and for `cni`, `nodetunnel-cni-agent` and
+//! Finds `nodetunnel`, `nodetunnel-control` and `nodetunnel-zds-agent` (and for `cni`, `nodetunnel-cni-agent` and
 //! `nodetunnel-cni`) next to its own executable. Everything it creates (namespaces, tunnel
 //! and agent processes, temp files) is removed at the end, on error, and on Ctrl-C.
 
@@ -28,7 +28,7 @@ use std::time::Duration;
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
     cleanup_on_signals, eventually::wait_until, require_namespaces, sibling_binary, ControlPlane,
-    MeshConfig, Tunnel,
+    MeshConfig, Tunnel, ZDS_AGENT_BIN,
 };
 
 type DemoResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -58,8 +58,10 @@ fn main() -> ExitCode {
 
 /// The binaries the demo drives (found next to its own executable).
 struct Bins {
-    /// `nodetunnel`: the tunnel daemon, `generate-ca` and `zds-agent`.
+    /// `nodetunnel`: the tunnel daemon and `generate-ca`.
     tunnel: std::path::PathBuf,
+    /// `nodetunnel-zds-agent`: the in-pod story's stand-in node agent (one per node).
+    zds_agent: std::path::PathBuf,
     /// `nodetunnel-control`: xDS and CA for the tunnels.
     control: std::path::PathBuf,
 }
@@ -69,6 +71,7 @@ fn run(story: fn(&Bins) -> DemoResult) -> DemoResult {
     let bins = Bins {
         tunnel: sibling_binary("nodetunnel")?,
         control: sibling_binary("nodetunnel-control")?,
+        zds_agent: sibling_binary(ZDS_AGENT_BIN)?,
     };
     story(&bins)
 }

@@ -1,12 +1,13 @@
 //! [`InpodMesh`]: shared-mode tunnels running on a [`PodTopology`], one per node, each fed pod
-//! namespaces by its own `nodetunnel zds-agent` process ([`ZdsAgentProcess`]) — the way a
+//! namespaces by its own `nodetunnel-zds-agent` process ([`ZdsAgentProcess`]) — the way a
 //! cluster's CNI agent feeds ztunnel, without linking the daemon's crate.
 //!
 //! ```text
 //! let topo = PodTopology::two_node("demo", InpodRules::Apply)?;
 //! MeshConfig::standard(8080).write(&topo.path("mesh.yaml"))?;
 //! generate_ca(bin, &topo.path("ca"))?;
-//! let mesh = InpodMesh::start(&topo, bin, Mesh::File(&topo.path("mesh.yaml")), Ca::Dir(&topo.path("ca")), &[])?;
+//! let bins = MeshBins { tunnel: bin, zds_agent: &sibling_binary(ZDS_AGENT_BIN)? };
+//! let mesh = InpodMesh::start(&topo, bins, Mesh::File(&topo.path("mesh.yaml")), Ca::Dir(&topo.path("ca")), &[])?;
 //! // every mesh pod is enrolled and both tunnels are ready
 //! mesh.del(topo.pod("client2"))?;                 // `del uid-client2`, waits for the ack
 //! ```
@@ -47,6 +48,15 @@ pub fn workload_info_of(pod: &PodNs) -> String {
     format!("default/{0}/{0}", pod.name())
 }
 
+/// The binaries an [`InpodMesh`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshBins<'a> {
+    /// `nodetunnel`: one per node, in shared mode.
+    pub tunnel: &'a Path,
+    /// `nodetunnel-zds-agent` ([`crate::ZDS_AGENT_BIN`]): one per node, feeding its tunnel.
+    pub zds_agent: &'a Path,
+}
+
 /// One node of the mesh. Field order is drop order: tunnel before agent.
 struct MeshNode {
     name: String,
@@ -61,7 +71,7 @@ pub struct InpodMesh {
 }
 
 impl InpodMesh {
-    /// For each node of `topo`: starts `nodetunnel zds-agent --socket <dir>/<node>-zds.sock`,
+    /// For each node of `topo`: starts `nodetunnel-zds-agent --socket <dir>/<node>-zds.sock`,
     /// starts the tunnel ([`shared_tunnel_env`] for `mesh_source` and `ca`, then `extra_env`, which
     /// wins over it), waits for the agent's `snapshot sent` (an empty snapshot), enrols the
     /// node's mesh pods one by one (`add uid-<pod> <netns path> default/<pod>/<pod>`, each
@@ -69,7 +79,7 @@ impl InpodMesh {
     /// the tunnel's log tail when it is the tunnel that failed).
     pub fn start(
         topo: &PodTopology,
-        bin: &Path,
+        bins: MeshBins<'_>,
         mesh_source: Mesh<'_>,
         ca: Ca<'_>,
         extra_env: &[(&str, &str)],
@@ -79,14 +89,14 @@ impl InpodMesh {
             let name = node.name();
             let socket = topo.path(&format!("{name}-zds.sock"));
             let agent_log = topo.path(&format!("{name}-zds-agent.log"));
-            let agent = ZdsAgentProcess::spawn(node.ns(), bin, &socket, &agent_log)?;
+            let agent = ZdsAgentProcess::spawn(node.ns(), bins.zds_agent, &socket, &agent_log)?;
             let mut env = shared_tunnel_env(name, mesh_source, ca, &socket);
             env.extend(
                 extra_env
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string())),
             );
-            let mut tunnel = topo.spawn_tunnel(name, bin, &env_refs(&env))?;
+            let mut tunnel = topo.spawn_tunnel(name, bins.tunnel, &env_refs(&env))?;
             let snapshot = agent.wait_line_while(0, AGENT_DEADLINE, &mut tunnel, |l| {
                 l.starts_with("snapshot sent:")
             })?;
@@ -202,8 +212,8 @@ impl Missing {
     }
 }
 
-/// A `nodetunnel zds-agent` process in a node namespace: commands go to its stdin, its stdout
-/// lines are collected (see the daemon's `inpod::agent` module for both formats), its stderr
+/// A `nodetunnel-zds-agent` process in a node namespace: commands go to its stdin, its stdout
+/// lines are collected (both formats: the tool's `--help`), its stderr
 /// goes to a log file. Dropping it closes stdin (the agent finishes and exits), then SIGKILLs
 /// it if it is still running after a grace period.
 pub struct ZdsAgentProcess {
@@ -217,15 +227,15 @@ pub struct ZdsAgentProcess {
 }
 
 impl ZdsAgentProcess {
-    /// Runs `ip netns exec <ns> <bin> zds-agent --socket <socket>` (stderr to `log_path`) and
-    /// waits until the socket exists.
+    /// Runs `ip netns exec <ns> <bin> --socket <socket>` (`bin`: `nodetunnel-zds-agent`; stderr
+    /// to `log_path`) and waits until the socket exists.
     pub fn spawn(ns: &Netns, bin: &Path, socket: &Path, log_path: &Path) -> Result<Self> {
         let log = File::create(log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
             .arg(bin)
-            .args(["zds-agent", "--socket"])
+            .arg("--socket")
             .arg(socket)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -436,7 +446,7 @@ impl ZdsAgentProcess {
     fn failure(&self, what: &str, why: &str) -> Error {
         Error::Command {
             cmd: format!(
-                "nodetunnel zds-agent --socket {}: {what}",
+                "nodetunnel-zds-agent --socket {}: {what}",
                 self.socket.display()
             ),
             status: why.to_string(),
@@ -499,8 +509,8 @@ impl Drop for ZdsAgentProcess {
     }
 }
 
-/// Whether `line` is the result of an `<op>` (`add`/`del`) of `uid` (see the line table of the
-/// daemon's `inpod::agent` module).
+/// Whether `line` is the result of an `<op>` (`add`/`del`) of `uid` (see the line table in
+/// `nodetunnel-zds-agent --help`).
 fn is_result_of(line: &str, op: &str, uid: &str) -> bool {
     let Some(rest) = line
         .strip_prefix("ack ")

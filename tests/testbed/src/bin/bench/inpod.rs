@@ -25,7 +25,8 @@ use std::time::Duration;
 use nodetunnel_testbed::procstat::{self, ProcStats};
 use nodetunnel_testbed::{
     addr, apply_inpod_rules, eventually::wait_until, generate_ca, require_namespaces,
-    sibling_binary, Ca, InpodMesh, InpodRules, Mesh, MeshConfig, PodTopology,
+    sibling_binary, Ca, InpodMesh, InpodRules, Mesh, MeshBins, MeshConfig, PodTopology,
+    ZDS_AGENT_BIN,
 };
 
 use crate::iperf::{self, Reaped};
@@ -52,6 +53,7 @@ struct Figures {
 pub fn run(options: Options) -> BenchResult {
     require_namespaces()?;
     let bin = sibling_binary("nodetunnel")?;
+    let zds_agent = sibling_binary(ZDS_AGENT_BIN)?;
     for tool in ["iperf3", "wrk"] {
         if Command::new(tool).arg("--version").output().is_err() {
             return Err(format!("{tool} is not installed").into());
@@ -80,7 +82,11 @@ pub fn run(options: Options) -> BenchResult {
     let ca = topo.path("ca");
     fs::create_dir_all(&ca)?;
     generate_ca(&bin, &ca)?;
-    let mesh = InpodMesh::start(&topo, &bin, Mesh::File(&config), Ca::Dir(&ca), &[])?;
+    let bins = MeshBins {
+        tunnel: &bin,
+        zds_agent: &zds_agent,
+    };
+    let mesh = InpodMesh::start(&topo, bins, Mesh::File(&config), Ca::Dir(&ca), &[])?;
     thread::sleep(Duration::from_millis(500));
     let idle = stats(&mesh)?;
     println!(

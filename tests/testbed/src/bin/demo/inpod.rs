@@ -1,5 +1,5 @@
 //! The in-pod (shared mode) story, `nodetunnel-demo`'s default: every pod its own network
-//! namespace with the in-pod rules, one tunnel per node namespace, a `nodetunnel zds-agent`
+//! namespace with the in-pod rules, one tunnel per node namespace, a `nodetunnel-zds-agent`
 //! per node handing it the pods' namespaces.
 
 use std::io::{self, Write};
@@ -12,7 +12,7 @@ use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, ech
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
     addr, connect_from, eventually::wait_until, generate_ca, Ca, InpodMesh, InpodRules, Mesh,
-    MeshConfig, PodTopology, Server, Service,
+    MeshBins, MeshConfig, PodTopology, Server, Service,
 };
 
 use crate::{
@@ -41,9 +41,13 @@ pub fn run(bins: &Bins) -> DemoResult {
 
     section("One tunnel per node netns (PROXY_MODE=shared), handed pod netns fds by its ZDS agent");
     let started = Instant::now();
+    let mesh_bins = MeshBins {
+        tunnel: bin,
+        zds_agent: &bins.zds_agent,
+    };
     let mesh = InpodMesh::start(
         &topo,
-        bin,
+        mesh_bins,
         Mesh::Control(&cp),
         Ca::Control(&cp),
         &[("DRAIN_TIMEOUT", DRAIN)],
@@ -52,7 +56,7 @@ pub fn run(bins: &Bins) -> DemoResult {
     for (node, tunnel) in mesh.tunnels() {
         let agent = mesh.agent(node);
         println!(
-            "  {node}: `nodetunnel zds-agent` pid {} on {}; tunnel pid {} (INPOD_UDS = that socket)",
+            "  {node}: `nodetunnel-zds-agent` pid {} on {}; tunnel pid {} (INPOD_UDS = that socket)",
             agent.pid(),
             agent.socket().file_name().unwrap_or_default().to_string_lossy(),
             tunnel.pid()

@@ -1,4 +1,4 @@
-//! `nodetunnel zds-agent` as a process, driven through stdin/stdout like the demo and bench do,
+//! `nodetunnel-zds-agent` as a process, driven through stdin/stdout like the demo and bench do,
 //! with an emulated tunnel (`ZdsClient`) on its socket. Needs no privileges.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -6,7 +6,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nodetunnel::inpod::zds::{WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
+use nodetunnel_zds::client::{WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -18,15 +18,15 @@ struct Agent {
 
 impl Agent {
     fn spawn(socket: &std::path::Path) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel"))
-            .args(["zds-agent", "--socket"])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-zds-agent"))
+            .arg("--socket")
             .arg(socket)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawning nodetunnel zds-agent");
+            .expect("spawning nodetunnel-zds-agent");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -83,7 +83,7 @@ async fn answer(conn: &mut ZdsConnection, error: Option<&str>) -> WorkloadEvent 
 }
 
 #[tokio::test]
-async fn zds_agent_subcommand_over_stdin_and_stdout() {
+async fn zds_agent_tool_over_stdin_and_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("zds.sock");
     let mut agent = Agent::spawn(&socket);
