@@ -145,7 +145,7 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
                 "uid": uid,
                 "workload": pod.workload,
                 "identity": pod.identity,
-                "netns": format!("{}:{}", pod.netns.0, pod.netns.1),
+                "netns": pod.netns.to_string(),
                 "connections": pod.connections.len(),
             })
         })

@@ -15,15 +15,15 @@ use crate::drain::{ConnectionTasks, DrainOutcome};
 use crate::hbone::pool::Pool;
 use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
-use crate::netns::Netns;
 use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
 use crate::socket::SocketFactory;
 use crate::state::StateHandle;
+use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("the netns file descriptor is unusable: {0}")]
-    Netns(#[source] std::io::Error),
+    Netns(#[source] NetnsError),
     #[error("cannot listen on {addr} ({what}) inside the pod's network namespace: {source}")]
     Listen {
         addr: SocketAddr,
@@ -64,7 +64,10 @@ impl PodProxy {
         info: Option<&WorkloadInfo>,
         netns: OwnedFd,
     ) -> Result<PodProxy, PodError> {
-        let netns = Arc::new(Netns::from_fd(netns).map_err(PodError::Netns)?);
+        let netns = Arc::new(
+            NetnsHandle::from_fd(netns, format!("pod {uid}'s netns fd"))
+                .map_err(PodError::Netns)?,
+        );
         let netns_id = netns.id();
         let sockets =
             SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use nodetunnel_zds::agent::{Delivery, NetnsSource, ZdsAgent};
+use nodetunnel_zds::agent::{NetnsSource, RequestOutcome, ZdsAgent};
 use nodetunnel_zds::WorkloadInfo;
 
 use crate::ambient::{
@@ -190,21 +190,21 @@ impl Enroller {
             described_as: enrolled.netns.path().to_owned(),
         };
         tracing::debug!(%uid, "probe SNAT entries added; handing the pod to the tunnel");
-        let delivery = self.zds.add(uid, source, Some(workload_info(pod))).await?;
-        tracing::debug!(%uid, ?delivery, "tunnel answered");
-        match delivery {
-            Delivery::Acked(ack) => match ack.error {
+        let outcome = self.zds.add(uid, source, Some(workload_info(pod))).await?;
+        tracing::debug!(%uid, ?outcome, "tunnel answered");
+        match outcome {
+            RequestOutcome::Acked(ack) => match ack.error {
                 None => Ok(()),
                 Some(error) => Err(EnrollError::TunnelRefused(error)),
             },
-            Delivery::NoTunnel if trigger == Trigger::Watch => {
+            RequestOutcome::NoTunnel if trigger == Trigger::Watch => {
                 tracing::info!(%uid, "no tunnel connected; the pod goes out in the next snapshot");
                 Ok(())
             }
-            Delivery::NoTunnel => Err(EnrollError::NoTunnel {
+            RequestOutcome::NoTunnel => Err(EnrollError::NoTunnel {
                 socket: self.zds.path().display().to_string(),
             }),
-            Delivery::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
+            RequestOutcome::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
         }
     }
 
@@ -248,7 +248,7 @@ impl Enroller {
     /// Undoes an enrollment (whole or partial).
     async fn undo(&mut self, uid: &str, enrolled: &Enrolled, pod_alive: bool) {
         match self.zds.del(uid).await {
-            Ok(Delivery::Acked(ack)) if ack.error.is_some() => {
+            Ok(RequestOutcome::Acked(ack)) if ack.error.is_some() => {
                 tracing::warn!(%uid, error = ?ack.error, "the tunnel answered the del with an error")
             }
             Ok(_) => {}
