@@ -9,10 +9,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use nodetunnel_base::netns::NetnsHandle;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-use nodetunnel_base::netns::NetnsHandle;
 
 /// SO_MARK on every socket the tunnel opens, so the capture rules let its own traffic pass
 /// (Istio's 1337).

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 use tokio::task::JoinHandle;
 
 use super::snapshot::NetnsId;
@@ -18,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::proxy::{inbound, inbound_plain, outbound, Delivery, ProxyInputs, Scope};
 use crate::socket::SocketFactory;
 use crate::state::StateHandle;
-use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {

@@ -10,6 +10,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nodetunnel_base::backoff::Backoff;
 use nodetunnel_proto::istio::zds::{
     workload_request::Payload, workload_response, Ack, Version, WorkloadRequest, WorkloadResponse,
     ZdsHello,
@@ -17,7 +18,6 @@ use nodetunnel_proto::istio::zds::{
 
 use crate::seqpacket::{Datagram, SeqPacket};
 pub use crate::WorkloadInfo;
-use nodetunnel_base::backoff::Backoff;
 pub use prost::DecodeError;
 use prost::Message;
 

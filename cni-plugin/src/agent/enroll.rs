@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use nodetunnel_base::netns::NetnsHandle;
 use nodetunnel_zds::agent::{NetnsSource, RequestOutcome, ZdsAgent};
 use nodetunnel_zds::WorkloadInfo;
 
@@ -18,7 +20,6 @@ use crate::ambient::{
 };
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::node::inpod_rules::{self, RuleOptions, RulesError};
-use crate::node::netns::PodNetns;
 
 /// Why a pod is being enrolled: a CNI `ADD` must not succeed without a tunnel to hand the pod
 /// to (fail closed: the runtime retries), while a running pod found by the watch is recorded
@@ -67,7 +68,7 @@ pub struct Enrolled {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
-    pub netns: Arc<PodNetns>,
+    pub netns: Arc<NetnsHandle>,
     /// The rule options in force (re-applied when the pod's annotations change them).
     pub options: RuleOptions,
     /// The redirection annotation is set; a failed patch is retried, it never undoes the
@@ -122,7 +123,7 @@ impl Enroller {
     pub async fn enroll(
         &mut self,
         pod: &Pod,
-        netns: PodNetns,
+        netns: NetnsHandle,
         ips: Vec<IpAddr>,
         trigger: Trigger,
     ) -> Result<(), EnrollError> {
