@@ -269,8 +269,8 @@ fn check_is_netns(fd: BorrowedFd<'_>, path: &Path) -> Result<(), NetnsError> {
     let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| inspect(e.into()))?;
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(not_netns(format!(
-            "a file on a {:?} filesystem, not nsfs",
-            fs.filesystem_type()
+            "a file on a filesystem of type {:#x}, not nsfs",
+            fs.filesystem_type().0
         )));
     }
     let link = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());

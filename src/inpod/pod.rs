@@ -65,8 +65,7 @@ impl PodProxy {
         netns: OwnedFd,
     ) -> Result<PodProxy, PodError> {
         let netns = Arc::new(
-            NetnsHandle::from_fd(netns, format!("pod {uid}'s netns fd"))
-                .map_err(PodError::Netns)?,
+            NetnsHandle::from_fd(netns, "the fd from the node agent").map_err(PodError::Netns)?,
         );
         let netns_id = netns.id();
         let sockets =
