@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use nodetunnel_base::accept;
 use tokio::net::TcpListener;
 
 use crate::identity::SecretManager;
@@ -44,13 +45,20 @@ pub enum Endpoint {
     Admin,
 }
 
+impl Endpoint {
+    /// The listener's name in logs.
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Readiness => "readiness",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Admin => "admin",
+        }
+    }
+}
+
 /// Serves one endpoint family on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoint: Endpoint, admin: Arc<AdminState>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
+    accept::serve(listener, endpoint.name(), |tcp, _| {
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -61,7 +69,8 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint, admin: Arc<AdminSt
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -145,7 +154,7 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
                 "uid": uid,
                 "workload": pod.workload,
                 "identity": pod.identity,
-                "netns": format!("{}:{}", pod.netns.0, pod.netns.1),
+                "netns": pod.netns.to_string(),
                 "connections": pod.connections.len(),
             })
         })

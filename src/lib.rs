@@ -3,7 +3,8 @@
 //! Modules follow the data flow and depend one way:
 //! `config` → `state` (workloads, services) → `identity` (certificates) → `tls` →
 //! `hbone` (client, pool, server) → `proxy` (outbound, inbound, copy) → `app` (wiring).
-//! `netns` and `socket` hold the only syscall-level code.
+//! `socket` holds the only syscall-level code; network namespace handles come from
+//! `nodetunnel-base` (shared with the ZDS crate and the CNI agent).
 
 pub mod admin;
 pub mod app;
@@ -15,7 +16,6 @@ pub mod hbone;
 pub mod identity;
 pub mod inpod;
 pub mod metrics;
-pub mod netns;
 pub mod proxy;
 pub mod socket;
 pub mod state;

@@ -9,10 +9,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use nodetunnel_base::netns::NetnsHandle;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-use crate::netns::Netns;
 
 /// SO_MARK on every socket the tunnel opens, so the capture rules let its own traffic pass
 /// (Istio's 1337).
@@ -34,7 +33,7 @@ pub enum Source {
 #[derive(Clone, Debug)]
 pub struct SocketFactory {
     /// `None`: the namespace of the calling thread (the tunnel's own).
-    netns: Option<Arc<Netns>>,
+    netns: Option<Arc<NetnsHandle>>,
     mark: Option<u32>,
     /// SO_REUSEPORT on listeners.
     port_reuse: bool,
@@ -51,7 +50,7 @@ impl SocketFactory {
     }
 
     /// Sockets in `netns`, marked with `mark`.
-    pub fn in_netns(netns: Arc<Netns>, mark: Option<u32>) -> SocketFactory {
+    pub fn in_netns(netns: Arc<NetnsHandle>, mark: Option<u32>) -> SocketFactory {
         SocketFactory {
             netns: Some(netns),
             mark,
@@ -66,7 +65,7 @@ impl SocketFactory {
     }
 
     /// The namespace sockets are created in; `None` is the tunnel's own.
-    pub fn netns(&self) -> Option<&Arc<Netns>> {
+    pub fn netns(&self) -> Option<&Arc<NetnsHandle>> {
         self.netns.as_ref()
     }
 

@@ -578,14 +578,15 @@ fn malformed_zds_requests_get_error_acks_and_other_pods_keep_working() {
             "without payload",
         ),
     ];
-    // Well-formed, but the fd is a regular file rather than a network namespace.
+    // Well-formed, but the fd is a regular file rather than a network namespace: refused when
+    // the handle is made, before anything is bound.
     let not_a_netns = std::fs::File::open(mesh.topo.path("mesh.yaml")).unwrap();
     let add_file = add("uid-file");
     cases.push((
         "add with a non-netns fd",
         add_file,
         vec![&not_a_netns],
-        "inside the pod's network namespace",
+        "is not a network namespace",
     ));
     let fds_before = procstat::fd_count(mesh.tunnel("n1").pid()).unwrap();
     for (what, bytes, fds, expected) in cases {

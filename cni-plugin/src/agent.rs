@@ -32,7 +32,6 @@ use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::plugin::config::PluginConfig;
 use config::{AgentConfig, PLUGIN_TYPE};
 use enroll::Enroller;
-use health::Readiness;
 use reconcile::{Input, Reconciler};
 
 /// How often pods that could not be enrolled yet are tried again.
@@ -72,6 +71,8 @@ pub enum AgentError {
     Selectors(#[from] crate::ambient::SelectorError),
     #[error("install: {0}")]
     Install(#[from] crate::install::InstallError),
+    #[error("installing the SIGTERM/SIGINT handlers: {0}")]
+    Signal(#[source] std::io::Error),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -116,7 +117,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if config.native_nftables {
         return Err(AgentError::Nftables);
     }
-    let shutdown = shutdown_signal();
+    let shutdown = nodetunnel_base::signal::shutdown().map_err(AgentError::Signal)?;
     let kube_config = kube::Config::infer().await?;
     let client = Client::try_from(kube_config.clone())?;
     let installer = Arc::new(Installer::new(install_config(&config)));
@@ -175,10 +176,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     } else {
         None
     };
-    let readiness = Readiness {
-        installed: installer.ready(),
-        synced,
-    };
+    let readiness = health::readiness(installer.ready(), synced);
     drop(inputs);
     let health = health::serve(config.health_addr, readiness.clone())
         .await
@@ -201,8 +199,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })
     };
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    let signal = shutdown.await;
+    tracing::info!(%signal, "shutting down");
     let _ = stop_keeper.send(());
     let _ = keeper.await;
     tasks.shutdown().await;
@@ -324,25 +322,5 @@ fn install_config(config: &AgentConfig) -> InstallConfig {
         conf_name: config.cni_conf_name.clone(),
         kubeconfig_path: config.plugin_kubeconfig(),
         entry,
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (registered now, so a signal during start is not lost).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
     }
 }

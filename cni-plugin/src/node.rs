@@ -3,11 +3,13 @@
 //! that lets kubelet probes through, and finding the netns of pods that were already running
 //! when the agent started.
 //!
+//! Pod network namespaces are [`NetnsHandle`](nodetunnel_base::netns::NetnsHandle)s from
+//! `nodetunnel-base`, the same handle the tunnel uses: code (and child processes) run inside one
+//! with [`NetnsHandle::run`](nodetunnel_base::netns::NetnsHandle::run).
+//!
 //! Everything here is blocking (std threads, child processes); the agent calls it from
 //! `tokio::task::spawn_blocking`.
 //!
-//! - [`netns`]: [`PodNetns`](netns::PodNetns), an open handle on a network namespace, and running
-//!   code (and child processes) inside it.
 //! - [`procscan`]: the netns of a running pod, found under `/proc` by cgroup pod uid + pod IP.
 //! - [`inpod_rules`]: the iptables rules, ip rule and route inside a pod (apply / remove / check).
 //! - [`host_rules`]: the probe SNAT in the agent's (the host's) netns: ipset + `ISTIO_POSTRT`.
@@ -21,7 +23,6 @@
 
 pub mod host_rules;
 pub mod inpod_rules;
-pub mod netns;
 pub mod procscan;
 pub mod tools;
 

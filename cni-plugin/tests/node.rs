@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use nix::sys::time::TimeVal;
+use nodetunnel_base::netns::{NetnsError, NetnsHandle, NetnsId};
 use nodetunnel_cni::node::host_rules::{HostProbeSnat, HostRulesError, PROBE_IPSET};
 use nodetunnel_cni::node::inpod_rules::{self, RuleOptions};
-use nodetunnel_cni::node::netns::{current_netns_id, NetnsError, PodNetns};
 use nodetunnel_cni::node::procscan::{ProcIndex, ScanError};
 use nodetunnel_cni::node::tools::Tools;
 use nodetunnel_testbed::eventually::wait_until;
@@ -54,8 +54,8 @@ fn netns(suffix: &str) -> Netns {
     Netns::create(&format!("{}-{suffix}", unique_prefix())).expect("creating a netns")
 }
 
-fn open(ns: &Netns) -> PodNetns {
-    PodNetns::open(&ns.path()).expect("opening the netns")
+fn open(ns: &Netns) -> NetnsHandle {
+    NetnsHandle::open(&ns.path()).expect("opening the netns")
 }
 
 /// `iptables-save` without comments and counters, so two saves of one state compare equal.
@@ -134,7 +134,7 @@ fn find_pod_netns(
     proc_root: &Path,
     uid: &str,
     pod_ips: &[IpAddr],
-) -> Result<Option<PodNetns>, ScanError> {
+) -> Result<Option<NetnsHandle>, ScanError> {
     Ok(ProcIndex::scan(proc_root)?.find(uid, pod_ips))
 }
 
@@ -547,9 +547,9 @@ fn pod_netns_run_enters_and_reports_panics() {
     ns.ip(&["addr", "add", "10.252.0.9/32", "dev", "lo"])
         .unwrap();
     let pod = open(&ns);
-    assert_ne!(pod.id(), current_netns_id().unwrap());
+    assert_ne!(pod.id(), NetnsId::of_process().unwrap());
     let inside = pod
-        .run(|| PodNetns::open(Path::new("/proc/thread-self/ns/net")).map(|n| n.id()))
+        .run(|| NetnsHandle::open(Path::new("/proc/thread-self/ns/net")).map(|n| n.id()))
         .unwrap()
         .unwrap();
     assert_eq!(inside, pod.id());

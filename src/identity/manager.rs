@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
+use nodetunnel_base::backoff::Backoff;
 use rcgen::{CertificateParams, CertificateSigningRequest, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::RootCertStore;
@@ -27,7 +28,9 @@ use super::{CaClient, CaClientError, CaError, Identity, LocalCa, TlsConfigs};
 mod bundle;
 use bundle::TrustBundle;
 
-/// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`].
+/// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`]. No
+/// jitter: the retry is per identity, and a fetch inside the backoff answers at once with
+/// [`ManagerError::Backoff`], so exact delays are what a caller can reason about.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the background renewal sleeps when nothing is cached (it is woken on new entries).
@@ -196,11 +199,21 @@ struct Slot {
     issuing: tokio::sync::Mutex<Failures>,
 }
 
-#[derive(Default)]
+/// The issuance failures of one identity since its last success.
 struct Failures {
-    count: u32,
+    backoff: Backoff,
     retry_at: Option<Instant>,
     last_error: String,
+}
+
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures {
+            backoff: Backoff::exact(MIN_BACKOFF, MAX_BACKOFF),
+            retry_at: None,
+            last_error: String::new(),
+        }
+    }
 }
 
 impl Slot {
@@ -297,10 +310,7 @@ impl SecretManager {
                 Ok(cert)
             }
             Err(err) => {
-                let delay = MIN_BACKOFF
-                    .saturating_mul(1 << failures.count.min(16))
-                    .min(MAX_BACKOFF);
-                failures.count += 1;
+                let delay = failures.backoff.next_delay();
                 failures.retry_at = Some(Instant::now() + delay);
                 failures.last_error = err.to_string();
                 match still_valid(&current) {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::pod::{PodContext, PodProxy};
+use super::snapshot::NetnsId;
 use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
-use super::zds::{netns_id, Backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
+use super::zds::{reconnect_backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
 
 /// Told whenever readiness changes.
 pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
@@ -68,7 +69,7 @@ impl InpodManager {
     /// Serves until `shutdown` resolves; then stops every pod and waits for their drains.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = Backoff::new();
+        let mut backoff = reconnect_backoff();
         loop {
             let uds = self.uds.clone();
             let mut conn = tokio::select! {
@@ -93,7 +94,7 @@ impl InpodManager {
                 }
                 ConnectionEnd::BeforeSnapshot(reason) => {
                     // An agent that accepts and hangs up at once must not make us spin.
-                    let delay = backoff.next().unwrap_or(super::zds::MAX_BACKOFF);
+                    let delay = backoff.next_delay();
                     tracing::warn!(%reason, ?delay, "node agent connection lost before its snapshot");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -135,7 +136,7 @@ impl InpodManager {
     async fn handle(&mut self, event: WorkloadEvent) -> Option<String> {
         match event {
             WorkloadEvent::Add { uid, info, netns } => {
-                let id = match netns_id(&netns) {
+                let id = match NetnsId::of_fd(&netns) {
                     Ok(id) => id,
                     Err(e) => return Some(format!("add {uid}: cannot stat the netns fd: {e}")),
                 };

@@ -5,13 +5,14 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodetunnel_base::netns::{NetnsError, NetnsHandle};
+
 use super::snapshot::NetnsId;
 use super::zds::WorkloadInfo;
 use crate::config::{Config, ProxyWorkloadInfo};
 use crate::drain::{ConnectionTasks, DrainOutcome};
 use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
-use crate::netns::Netns;
 use crate::proxy::{Delivery, ListenError, ListenerSet, ProxyInputs, Scope};
 use crate::socket::SocketFactory;
 use crate::state::StateHandle;
@@ -19,7 +20,7 @@ use crate::state::StateHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("the netns file descriptor is unusable: {0}")]
-    Netns(#[source] std::io::Error),
+    Netns(#[source] NetnsError),
     #[error("inside the pod's network namespace: {0}")]
     Listen(#[from] ListenError),
 }
@@ -54,7 +55,9 @@ impl PodProxy {
         info: Option<&WorkloadInfo>,
         netns: OwnedFd,
     ) -> Result<PodProxy, PodError> {
-        let netns = Arc::new(Netns::from_fd(netns).map_err(PodError::Netns)?);
+        let netns = Arc::new(
+            NetnsHandle::from_fd(netns, "the fd from the node agent").map_err(PodError::Netns)?,
+        );
         let netns_id = netns.id();
         let sockets =
             SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-pub use nodetunnel_zds::NetnsId;
+pub use nodetunnel_base::netns::NetnsId;
 
 /// What to do about an Add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

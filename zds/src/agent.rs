@@ -128,9 +128,9 @@ impl From<&str> for NetnsSource {
     }
 }
 
-/// What happened to an add or a del.
+/// What happened to an add or a del: the tunnel's answer, or why there was none.
 #[derive(Debug)]
-pub enum Delivery {
+pub enum RequestOutcome {
     /// The tunnel answered (with success or an error).
     Acked(Ack),
     /// No tunnel is connected; the next snapshot reflects the change.
@@ -193,10 +193,13 @@ pub enum AgentEvent {
     /// Result of a submitted add.
     Added {
         uid: String,
-        result: Result<Delivery, AgentError>,
+        result: Result<RequestOutcome, AgentError>,
     },
     /// Result of a submitted del.
-    Deleted { uid: String, delivery: Delivery },
+    Deleted {
+        uid: String,
+        outcome: RequestOutcome,
+    },
     /// Result of a submitted list.
     Listed(Listing),
 }
@@ -268,7 +271,7 @@ impl ZdsAgent {
         uid: impl Into<String>,
         netns: impl Into<NetnsSource>,
         info: Option<WorkloadInfo>,
-    ) -> Result<Delivery, AgentError> {
+    ) -> Result<RequestOutcome, AgentError> {
         let pod = Pod {
             uid: uid.into(),
             netns: netns.into(),
@@ -280,7 +283,7 @@ impl ZdsAgent {
     }
 
     /// Forgets the pod and, if a tunnel is connected, sends it a Del.
-    pub async fn del(&self, uid: impl Into<String>) -> Result<Delivery, AgentError> {
+    pub async fn del(&self, uid: impl Into<String>) -> Result<RequestOutcome, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Del(uid.into(), ReplyTo::Caller(tx)));
         rx.await.map_err(|_| AgentError::Stopped)
@@ -335,8 +338,8 @@ impl ZdsAgent {
 }
 
 enum Command {
-    Add(Pod, ReplyTo<Result<Delivery, AgentError>>),
-    Del(String, ReplyTo<Delivery>),
+    Add(Pod, ReplyTo<Result<RequestOutcome, AgentError>>),
+    Del(String, ReplyTo<RequestOutcome>),
     List(ReplyTo<Listing>),
 }
 
@@ -411,10 +414,10 @@ impl Actor {
                 });
             }
             Command::Del(uid, reply) => {
-                let delivery = self.del(&uid).await;
-                reply.send(delivery, &self.events, |delivery| AgentEvent::Deleted {
+                let outcome = self.del(&uid).await;
+                reply.send(outcome, &self.events, |outcome| AgentEvent::Deleted {
                     uid,
-                    delivery,
+                    outcome,
                 });
             }
             Command::List(reply) => {
@@ -427,7 +430,7 @@ impl Actor {
         }
     }
 
-    async fn add(&mut self, pod: Pod) -> Result<Delivery, AgentError> {
+    async fn add(&mut self, pod: Pod) -> Result<RequestOutcome, AgentError> {
         let netns = pod.netns.open().map_err(|source| AgentError::OpenNetns {
             uid: pod.uid.clone(),
             path: pod.netns.path().to_owned(),
@@ -437,14 +440,14 @@ impl Actor {
         self.pods.insert(uid.clone(), pod);
         let pod = &self.pods[&uid];
         let Some(peer) = self.tunnel.as_mut() else {
-            return Ok(Delivery::NoTunnel);
+            return Ok(RequestOutcome::NoTunnel);
         };
         let sent = peer.add(&pod.uid, pod.info.as_ref(), netns.as_fd()).await;
         drop(netns);
-        Ok(self.delivered(sent))
+        Ok(self.outcome_of(sent))
     }
 
-    async fn del(&mut self, uid: &str) -> Delivery {
+    async fn del(&mut self, uid: &str) -> RequestOutcome {
         self.pods.remove(uid);
         for (peer, muted) in self.retired.iter_mut().filter(|(_, muted)| !*muted) {
             match peer.del(uid).await {
@@ -460,22 +463,22 @@ impl Actor {
             }
         }
         match self.tunnel.as_mut() {
-            None => Delivery::NoTunnel,
+            None => RequestOutcome::NoTunnel,
             Some(peer) => {
                 let sent = peer.del(uid).await;
-                self.delivered(sent)
+                self.outcome_of(sent)
             }
         }
     }
 
-    fn delivered(&mut self, sent: Result<Ack, ZdsServerError>) -> Delivery {
+    fn outcome_of(&mut self, sent: Result<Ack, ZdsServerError>) -> RequestOutcome {
         match sent {
-            Ok(ack) => Delivery::Acked(ack),
+            Ok(ack) => RequestOutcome::Acked(ack),
             Err(error) => {
                 // After a failure (a timeout included) a late ack would be taken for the
                 // next request's: the connection is done.
                 self.disconnected(error.to_string());
-                Delivery::TunnelLost(error)
+                RequestOutcome::TunnelLost(error)
             }
         }
     }

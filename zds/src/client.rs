@@ -6,23 +6,24 @@
 //! are closed when the event is dropped.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nodetunnel_base::backoff::Backoff;
 use nodetunnel_proto::istio::zds::{
     workload_request::Payload, workload_response, Ack, Version, WorkloadRequest, WorkloadResponse,
     ZdsHello,
 };
 
 use crate::seqpacket::{Datagram, SeqPacket};
-pub use crate::{NetnsId, WorkloadInfo};
+pub use crate::WorkloadInfo;
 pub use prost::DecodeError;
 use prost::Message;
 
 /// Receive buffer; a larger datagram is a protocol error.
 pub const RECV_BUFFER: usize = 64 * 1024;
-/// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`].
+/// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`] (see [`reconnect_backoff`]).
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
@@ -106,13 +107,14 @@ impl ZdsClient {
     }
 
     /// Connects, sleeping `backoff` between failed attempts (each logged), until it works.
-    /// The caller resets `backoff` once a connection has proven healthy.
+    /// The caller resets `backoff` once a connection has proven healthy. `backoff` is
+    /// normally [`reconnect_backoff`].
     pub async fn connect_retrying(path: &Path, backoff: &mut Backoff) -> ZdsConnection {
         loop {
             match ZdsClient::connect(path).await {
                 Ok(conn) => return conn,
                 Err(error) => {
-                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+                    let delay = backoff.next_delay();
                     tracing::warn!(%error, ?delay, "node agent unreachable, retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -219,46 +221,11 @@ fn no_fds(kind: &'static str, fds: &[OwnedFd]) -> Result<(), ProtocolViolation> 
     }
 }
 
-/// The identity of the namespace behind `fd`: its (st_dev, st_ino).
-pub fn netns_id(fd: impl AsFd) -> io::Result<NetnsId> {
-    let st = nix::sys::stat::fstat(fd)?;
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
-}
-
-/// Reconnect delays: 10 ms, doubling, capped at 15 s. Never ends.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff {
-            next: INITIAL_BACKOFF,
-        }
-    }
-
-    /// Back to the first delay (after a healthy connection).
-    pub fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff::new()
-    }
-}
-
-impl Iterator for Backoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (delay * 2).min(MAX_BACKOFF);
-        Some(delay)
-    }
+/// Reconnect delays to the node agent: 10 ms, doubling, capped at 15 s, no jitter. The
+/// agent is local and serves one tunnel, so there is no crowd to spread out, and a short
+/// first delay gets a restarted tunnel its pods back quickly.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::exact(INITIAL_BACKOFF, MAX_BACKOFF)
 }
 
 #[cfg(test)]

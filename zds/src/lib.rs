@@ -22,6 +22,3 @@ pub struct WorkloadInfo {
     pub namespace: String,
     pub service_account: String,
 }
-
-/// A network namespace's identity: (st_dev, st_ino) of a handle on it.
-pub type NetnsId = (u64, u64);

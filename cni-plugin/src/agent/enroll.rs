@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use nodetunnel_zds::agent::{Delivery, NetnsSource, ZdsAgent};
+use nodetunnel_base::netns::NetnsHandle;
+use nodetunnel_zds::agent::{NetnsSource, RequestOutcome, ZdsAgent};
 use nodetunnel_zds::WorkloadInfo;
 
 use crate::ambient::{
@@ -18,7 +20,6 @@ use crate::ambient::{
 };
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::node::inpod_rules::{self, RuleOptions, RulesError};
-use crate::node::netns::PodNetns;
 
 /// Why a pod is being enrolled: a CNI `ADD` must not succeed without a tunnel to hand the pod
 /// to (fail closed: the runtime retries), while a running pod found by the watch is recorded
@@ -67,7 +68,7 @@ pub struct Enrolled {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
-    pub netns: Arc<PodNetns>,
+    pub netns: Arc<NetnsHandle>,
     /// The rule options in force (re-applied when the pod's annotations change them).
     pub options: RuleOptions,
     /// The redirection annotation is set; a failed patch is retried, it never undoes the
@@ -122,7 +123,7 @@ impl Enroller {
     pub async fn enroll(
         &mut self,
         pod: &Pod,
-        netns: PodNetns,
+        netns: NetnsHandle,
         ips: Vec<IpAddr>,
         trigger: Trigger,
     ) -> Result<(), EnrollError> {
@@ -190,21 +191,21 @@ impl Enroller {
             described_as: enrolled.netns.path().to_owned(),
         };
         tracing::debug!(%uid, "probe SNAT entries added; handing the pod to the tunnel");
-        let delivery = self.zds.add(uid, source, Some(workload_info(pod))).await?;
-        tracing::debug!(%uid, ?delivery, "tunnel answered");
-        match delivery {
-            Delivery::Acked(ack) => match ack.error {
+        let outcome = self.zds.add(uid, source, Some(workload_info(pod))).await?;
+        tracing::debug!(%uid, ?outcome, "tunnel answered");
+        match outcome {
+            RequestOutcome::Acked(ack) => match ack.error {
                 None => Ok(()),
                 Some(error) => Err(EnrollError::TunnelRefused(error)),
             },
-            Delivery::NoTunnel if trigger == Trigger::Watch => {
+            RequestOutcome::NoTunnel if trigger == Trigger::Watch => {
                 tracing::info!(%uid, "no tunnel connected; the pod goes out in the next snapshot");
                 Ok(())
             }
-            Delivery::NoTunnel => Err(EnrollError::NoTunnel {
+            RequestOutcome::NoTunnel => Err(EnrollError::NoTunnel {
                 socket: self.zds.path().display().to_string(),
             }),
-            Delivery::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
+            RequestOutcome::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
         }
     }
 
@@ -248,7 +249,7 @@ impl Enroller {
     /// Undoes an enrollment (whole or partial).
     async fn undo(&mut self, uid: &str, enrolled: &Enrolled, pod_alive: bool) {
         match self.zds.del(uid).await {
-            Ok(Delivery::Acked(ack)) if ack.error.is_some() => {
+            Ok(RequestOutcome::Acked(ack)) if ack.error.is_some() => {
                 tracing::warn!(%uid, error = ?ack.error, "the tunnel answered the del with an error")
             }
             Ok(_) => {}

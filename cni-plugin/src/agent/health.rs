@@ -7,29 +7,22 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::http_server::{self, text};
 
-/// What readiness waits for, each a flag its owner sets.
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    /// The plugin binary, kubeconfig and conflist entry are in place (the installer's flag).
-    pub installed: watch::Receiver<bool>,
-    /// The first listing of namespaces and pods has been reconciled (the reconciler's flag).
-    pub synced: watch::Receiver<bool>,
-}
-
-impl Readiness {
-    /// `None` when ready, otherwise what is missing.
-    pub fn missing(&self) -> Option<&'static str> {
-        match (*self.installed.borrow(), *self.synced.borrow()) {
-            (true, true) => None,
-            (false, _) => Some("the CNI plugin is not installed yet"),
-            (true, false) => Some("the first sync with the Kubernetes API is not done yet"),
-        }
-    }
+/// What `/readyz` waits for, each a flag its owner sets: the plugin binary, kubeconfig and
+/// conflist entry are in place (the installer's flag), and the first listing of namespaces and
+/// pods has been reconciled (the reconciler's).
+pub fn readiness(installed: watch::Receiver<bool>, synced: watch::Receiver<bool>) -> Readiness {
+    Readiness::new()
+        .require(installed, "the CNI plugin is not installed yet")
+        .require(
+            synced,
+            "the first sync with the Kubernetes API is not done yet",
+        )
 }
 
 /// Binds `addr`; the returned future serves until dropped.
@@ -38,7 +31,7 @@ pub async fn serve(
     readiness: Readiness,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(http_server::serve(listener, move |req| {
+    Ok(http_server::serve(listener, "health", move |req| {
         let response = answer(&req, &readiness);
         async move { response }
     }))

@@ -3,8 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -12,48 +10,19 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use nodetunnel_base::accept::{self, Listener};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
 
-/// Pause after a failed accept (out of descriptors, say) instead of spinning.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
-/// A listening socket the loop can take connections from.
-pub trait Listener: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
-}
-
-impl Listener for TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept_io(&self) -> io::Result<Self::Io> {
-        self.accept().await.map(|(stream, _)| stream)
-    }
-}
-
-impl Listener for UnixListener {
-    type Io = tokio::net::UnixStream;
-    async fn accept_io(&self) -> io::Result<Self::Io> {
-        self.accept().await.map(|(stream, _)| stream)
-    }
-}
-
-/// Serves every connection of `listener` with `handler`, each on its own task, until dropped.
-pub async fn serve<L, H, F>(listener: L, handler: H)
+/// Serves every connection of `listener` (named `name` in logs) with `handler`, each on its own
+/// task, until dropped. Failed accepts are retried by [`accept::serve`].
+pub async fn serve<L, H, F>(listener: L, name: &'static str, handler: H)
 where
     L: Listener,
+    L::Stream: AsyncRead + AsyncWrite + Unpin,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    loop {
-        let stream = match listener.accept_io().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-                continue;
-            }
-        };
+    accept::serve(listener, name, move |stream, _peer| {
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -64,7 +33,8 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 /// A plain-text response.

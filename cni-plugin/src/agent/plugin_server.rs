@@ -59,9 +59,11 @@ pub fn bind(
         path: path.to_owned(),
         source,
     })?;
-    Ok(super::http_server::serve(listener, move |req| {
-        handle(req, inputs.clone())
-    }))
+    Ok(super::http_server::serve(
+        listener,
+        "plugin events",
+        move |req| handle(req, inputs.clone()),
+    ))
 }
 
 async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response<Full<Bytes>> {

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use nodetunnel_base::backoff::Backoff;
+use nodetunnel_base::netns::NetnsHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::enroll::{is_annotated, Enroller, Trigger};
 use crate::ambient::{Decision, EnrollmentRules, SkipReason};
 use crate::event::PluginEvent;
-use crate::node::netns::PodNetns;
 use crate::node::procscan::ProcIndex;
 
 /// Inputs of the reconciler.
@@ -52,7 +53,8 @@ pub enum CniAddOutcome {
 /// `namespace/name`.
 type PodKey = String;
 
-/// First retry of a pod that could not be enrolled; doubles per failure up to [`RETRY_MAX`].
+/// First retry of a pod that could not be enrolled; doubles per failure up to [`RETRY_MAX`],
+/// exactly (each pod has its own schedule, so there is no crowd to spread out).
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long one `/proc` index serves lookups.
@@ -71,8 +73,8 @@ pub struct Reconciler {
     ns_synced: bool,
     pods_synced: bool,
     /// Pods to enroll that could not be yet (netns not found, a step failed): when to try
-    /// next and the current backoff.
-    retry: BTreeMap<PodKey, (Instant, Duration)>,
+    /// next and its backoff.
+    retry: BTreeMap<PodKey, (Instant, Backoff)>,
     /// The uids enrolled when a pod relist began: only those may be found gone at its end
     /// (a pod enrolled by a CNI ADD during the relist is not in it).
     enrolled_at_init: Option<BTreeSet<String>>,
@@ -164,18 +166,16 @@ impl Reconciler {
     /// Schedules another attempt for `key`, backing off from [`RETRY_FIRST`] to
     /// [`RETRY_MAX`]; only the first failure is logged at info.
     fn retry_later(&mut self, key: &str, why: &str) {
-        let backoff = match self.retry.get(key) {
-            None => {
-                tracing::info!(pod = key, "{why}; will retry");
-                RETRY_FIRST
-            }
-            Some((_, previous)) => {
-                tracing::debug!(pod = key, "{why}; will retry");
-                (*previous * 2).min(RETRY_MAX)
-            }
-        };
-        self.retry
-            .insert(key.to_owned(), (Instant::now() + backoff, backoff));
+        if self.retry.contains_key(key) {
+            tracing::debug!(pod = key, "{why}; will retry");
+        } else {
+            tracing::info!(pod = key, "{why}; will retry");
+        }
+        let (at, backoff) = self
+            .retry
+            .entry(key.to_owned())
+            .or_insert_with(|| (Instant::now(), Backoff::exact(RETRY_FIRST, RETRY_MAX)));
+        *at = Instant::now() + backoff.next_delay();
     }
 
     fn ready(&self) -> bool {
@@ -394,7 +394,7 @@ impl Reconciler {
     /// The running pod's netns, from a `/proc` index at most [`PROC_INDEX_TTL`] old, so the
     /// many pods of a first sync or a retry round cost one scan. `None` when not found (not
     /// running yet, or its IPs are not inside): the caller retries later with a new index.
-    async fn find_netns(&mut self, uid: &str, ips: &[IpAddr]) -> Option<PodNetns> {
+    async fn find_netns(&mut self, uid: &str, ips: &[IpAddr]) -> Option<NetnsHandle> {
         if ips.is_empty() {
             return None;
         }
@@ -509,7 +509,7 @@ impl Reconciler {
             return CniAddOutcome::Failed(format!("pod {who} has no uid"));
         };
         let path = PathBuf::from(&event.netns);
-        let netns = match tokio::task::spawn_blocking(move || PodNetns::open(&path)).await {
+        let netns = match tokio::task::spawn_blocking(move || NetnsHandle::open(&path)).await {
             Ok(Ok(netns)) => netns,
             Ok(Err(error)) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),
             Err(error) => return CniAddOutcome::Failed(format!("pod {who}: {error}")),

@@ -15,8 +15,9 @@
 
 use std::path::PathBuf;
 
+use nodetunnel_base::netns::{NetnsError, NetnsHandle};
+
 use super::ipt::{self, Desired, SaveParseError, Saved, TableSpec};
-use super::netns::{NetnsError, PodNetns};
 use super::routing::{self, RoutingError};
 use super::tools::{self, ToolError, Tools};
 
@@ -65,12 +66,16 @@ pub fn render(opts: &RuleOptions) -> String {
 /// Applies the rules inside `netns`, plus the ip rule and table-100 route. Idempotent:
 /// applying again leaves exactly one copy of everything; applying with other options turns the
 /// old set into the new one (e.g. drops the raw table when DNS capture goes off).
-pub fn apply(netns: &PodNetns, opts: &RuleOptions) -> Result<(), RulesError> {
+pub fn apply(netns: &NetnsHandle, opts: &RuleOptions) -> Result<(), RulesError> {
     apply_with(&Tools::default(), netns, opts)
 }
 
 /// [`apply`] with explicit binaries.
-pub fn apply_with(tools: &Tools, netns: &PodNetns, opts: &RuleOptions) -> Result<(), RulesError> {
+pub fn apply_with(
+    tools: &Tools,
+    netns: &NetnsHandle,
+    opts: &RuleOptions,
+) -> Result<(), RulesError> {
     let want = desired(opts);
     netns.run(|| {
         // The return route first (as Istio does): once the redirect is live, the tunnel's
@@ -86,12 +91,12 @@ pub fn apply_with(tools: &Tools, netns: &PodNetns, opts: &RuleOptions) -> Result
 
 /// Removes everything [`apply`] creates: the jumps, our chains in every table, the ip rule and
 /// the route. Idempotent, and fine when nothing is there.
-pub fn remove(netns: &PodNetns) -> Result<(), RulesError> {
+pub fn remove(netns: &NetnsHandle) -> Result<(), RulesError> {
     remove_with(&Tools::default(), netns)
 }
 
 /// [`remove`] with explicit binaries.
-pub fn remove_with(tools: &Tools, netns: &PodNetns) -> Result<(), RulesError> {
+pub fn remove_with(tools: &Tools, netns: &NetnsHandle) -> Result<(), RulesError> {
     let nothing = Desired {
         owned: OWNED,
         tables: Vec::new(),
@@ -108,19 +113,19 @@ pub fn remove_with(tools: &Tools, netns: &PodNetns) -> Result<(), RulesError> {
 
 /// Whether `netns` holds exactly the rules of one of the option combinations, plus the ip
 /// rule and route. (False for a partial or foreign set: the agent then re-applies.)
-pub fn is_applied(netns: &PodNetns) -> Result<bool, RulesError> {
+pub fn is_applied(netns: &NetnsHandle) -> Result<bool, RulesError> {
     is_applied_with(&Tools::default(), netns, None)
 }
 
 /// Whether `netns` holds exactly the rules for `opts`, plus the ip rule and route.
-pub fn is_applied_as(netns: &PodNetns, opts: &RuleOptions) -> Result<bool, RulesError> {
+pub fn is_applied_as(netns: &NetnsHandle, opts: &RuleOptions) -> Result<bool, RulesError> {
     is_applied_with(&Tools::default(), netns, Some(opts))
 }
 
 /// [`is_applied`] (`opts` = `None`) or [`is_applied_as`] with explicit binaries.
 pub fn is_applied_with(
     tools: &Tools,
-    netns: &PodNetns,
+    netns: &NetnsHandle,
     opts: Option<&RuleOptions>,
 ) -> Result<bool, RulesError> {
     let candidates: Vec<RuleOptions> = match opts {
@@ -145,7 +150,7 @@ pub fn is_applied_with(
     })?
 }
 
-fn read_state(tools: &Tools, netns: &PodNetns) -> Result<Saved, RulesError> {
+fn read_state(tools: &Tools, netns: &NetnsHandle) -> Result<Saved, RulesError> {
     let text = tools::run(
         &tools.iptables_save,
         &[],
@@ -158,7 +163,7 @@ fn read_state(tools: &Tools, netns: &PodNetns) -> Result<Saved, RulesError> {
     })
 }
 
-fn restore(tools: &Tools, netns: &PodNetns, input: &str) -> Result<(), RulesError> {
+fn restore(tools: &Tools, netns: &NetnsHandle, input: &str) -> Result<(), RulesError> {
     tracing::debug!(netns = %netns.path().display(), %input, "iptables-restore --noflush");
     tools::run(
         &tools.iptables_restore,
@@ -169,7 +174,7 @@ fn restore(tools: &Tools, netns: &PodNetns, input: &str) -> Result<(), RulesErro
     Ok(())
 }
 
-fn routing_error(netns: &PodNetns, source: RoutingError) -> RulesError {
+fn routing_error(netns: &NetnsHandle, source: RoutingError) -> RulesError {
     RulesError::Routing {
         netns: netns.path().to_path_buf(),
         source,

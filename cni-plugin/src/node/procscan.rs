@@ -13,8 +13,9 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use nodetunnel_base::netns::{NetnsHandle, NetnsId};
+
 pub use super::cgroup::pod_uid_from_cgroup;
-use super::netns::{path_id, NetnsId, PodNetns};
 
 /// Failures of the scan as a whole; a single process that vanishes or cannot be read midway
 /// is skipped, not an error.
@@ -40,7 +41,7 @@ pub struct ProcIndex {
 impl ProcIndex {
     pub fn scan(proc_root: &Path) -> Result<ProcIndex, ScanError> {
         let own_path = proc_root.join("self/ns/net");
-        let own = path_id(&own_path).map_err(|source| ScanError::OwnNetns {
+        let own = NetnsId::of_path(&own_path).map_err(|source| ScanError::OwnNetns {
             path: own_path,
             source,
         })?;
@@ -60,7 +61,7 @@ impl ProcIndex {
             }
             let pid_dir = entry.path();
             let netns_path = pid_dir.join("ns/net");
-            let Ok(id) = path_id(&netns_path) else {
+            let Ok(id) = NetnsId::of_path(&netns_path) else {
                 continue; // gone, or a kernel thread we may not look into
             };
             if id == own || seen.contains(&id) {
@@ -81,11 +82,11 @@ impl ProcIndex {
     /// The netns of pod `uid` holding one of `pod_ips`; `None` if the scan saw none —
     /// including when `pod_ips` is empty, as ownership cannot be confirmed then (Istio defers
     /// such pods too). The first confirmed netns wins: every process of a pod shares it.
-    pub fn find(&self, uid: &str, pod_ips: &[IpAddr]) -> Option<PodNetns> {
+    pub fn find(&self, uid: &str, pod_ips: &[IpAddr]) -> Option<NetnsHandle> {
         let wanted_ips: Vec<IpAddr> = pod_ips.iter().map(|ip| ip.to_canonical()).collect();
         let candidates = self.by_uid.get(&uid.to_ascii_lowercase())?;
         for (netns_path, id) in candidates {
-            let netns = match PodNetns::open(netns_path) {
+            let netns = match NetnsHandle::open(netns_path) {
                 // The pid may have been reused since the scan.
                 Ok(netns) if netns.id() == *id => netns,
                 Ok(_) => continue,

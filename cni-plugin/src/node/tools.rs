@@ -3,7 +3,7 @@
 //! `iptables-restore`/`iptables-save` rather than a netlink library because they speak both
 //! backends (legacy and nf_tables) with one input format, the one Istio's agent feeds them too;
 //! `ipset` likewise. A binary runs in the network namespace of the thread that spawns it, so
-//! callers run these from inside [`PodNetns::run`](super::netns::PodNetns::run) for a pod, or
+//! callers run these from inside [`NetnsHandle::run`](nodetunnel_base::netns::NetnsHandle::run) for a pod, or
 //! from the agent's own thread for the host.
 
 use std::fmt;

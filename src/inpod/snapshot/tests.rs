@@ -1,7 +1,7 @@
 use super::*;
 
-const NS_A: NetnsId = (4, 100);
-const NS_B: NetnsId = (4, 200);
+const NS_A: NetnsId = NetnsId::new(4, 100);
+const NS_B: NetnsId = NetnsId::new(4, 200);
 
 fn live_with(pods: &[(&str, NetnsId)]) -> SnapshotTracker {
     let mut t = SnapshotTracker::new();
@@ -35,13 +35,18 @@ fn ready_only_after_a_snapshot_on_the_current_connection() {
 
 #[test]
 fn snapshot_drains_pods_it_does_not_name() {
-    let mut t = live_with(&[("a", NS_A), ("b", NS_B), ("c", (4, 300)), ("d", (4, 400))]);
+    let mut t = live_with(&[
+        ("a", NS_A),
+        ("b", NS_B),
+        ("c", NetnsId::new(4, 300)),
+        ("d", NetnsId::new(4, 400)),
+    ]);
     t.disconnected();
     t.connected();
     assert_eq!(t.add("a", NS_A), AddDecision::Unchanged);
     assert_eq!(t.keep("c"), Ok(KeepDecision::Kept));
     assert_eq!(t.keep("zz"), Ok(KeepDecision::Unknown));
-    assert_eq!(t.add("new", (9, 9)), AddDecision::Start);
+    assert_eq!(t.add("new", NetnsId::new(9, 9)), AddDecision::Start);
     assert_eq!(t.snapshot_sent(), Ok(vec!["b".to_owned(), "d".to_owned()]));
     let mut pods: Vec<_> = t.pods().collect();
     pods.sort();
@@ -71,7 +76,10 @@ fn add_same_netns_is_idempotent_and_different_netns_replaces() {
     assert_eq!(t.netns("a"), Some(NS_B));
     assert_eq!(t.add("a", NS_B), AddDecision::Unchanged);
     // Same inode on another device is another namespace.
-    assert_eq!(t.add("a", (5, NS_B.1)), AddDecision::Replace { old: NS_B });
+    assert_eq!(
+        t.add("a", NetnsId::new(5, NS_B.inode)),
+        AddDecision::Replace { old: NS_B }
+    );
 }
 
 #[test]

@@ -10,12 +10,12 @@ use crate::config::Config;
 use crate::identity::manager::CertificateSource;
 use crate::identity::{LocalCa, SecretManager};
 use crate::metrics::Metrics;
-use crate::netns::Netns;
 use crate::proxy::{Delivery, Scope};
 use crate::state::StateHandle;
+use nodetunnel_base::netns::NetnsHandle;
 
 /// A fresh, empty network namespace, or `None` (a skip) without root outside CI.
-fn fresh_netns(test: &str) -> Option<Arc<Netns>> {
+fn fresh_netns(test: &str) -> Option<Arc<NetnsHandle>> {
     if !nix::unistd::geteuid().is_root() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         assert!(
@@ -27,7 +27,7 @@ fn fresh_netns(test: &str) -> Option<Arc<Netns>> {
     }
     let netns = std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        Netns::current().unwrap()
+        NetnsHandle::current().unwrap()
     })
     .join()
     .unwrap();

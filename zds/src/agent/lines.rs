@@ -2,7 +2,7 @@
 //! `nodetunnel-zds-agent` test tool (`tests/testbed`) prints them as its output, where scripts
 //! and the testbed read them. That tool's `--help` lists every line; keep them stable.
 
-use super::{AgentEvent, Delivery, Listing, SnapshotProblem};
+use super::{AgentEvent, Listing, RequestOutcome, SnapshotProblem};
 
 /// The lines for one event, in order.
 pub fn render(event: &AgentEvent) -> Vec<String> {
@@ -14,22 +14,22 @@ pub fn render(event: &AgentEvent) -> Vec<String> {
             vec![format!("tunnel disconnected: {}", one_line(reason))]
         }
         AgentEvent::Added { uid, result } => vec![match result {
-            Ok(delivery) => delivered("add", uid, delivery),
+            Ok(outcome) => outcome_line("add", uid, outcome),
             Err(error) => format!("error add {uid}: {}", one_line(&error.to_string())),
         }],
-        AgentEvent::Deleted { uid, delivery } => vec![delivered("del", uid, delivery)],
+        AgentEvent::Deleted { uid, outcome } => vec![outcome_line("del", uid, outcome)],
         AgentEvent::Listed(listing) => list(listing),
     }
 }
 
-fn delivered(op: &str, uid: &str, delivery: &Delivery) -> String {
-    match delivery {
-        Delivery::Acked(ack) => match &ack.error {
+fn outcome_line(op: &str, uid: &str, outcome: &RequestOutcome) -> String {
+    match outcome {
+        RequestOutcome::Acked(ack) => match &ack.error {
             None => format!("ack {op} {uid} ok"),
             Some(error) => format!("ack {op} {uid} error: {}", one_line(error)),
         },
-        Delivery::NoTunnel => format!("pending {op} {uid}: no tunnel connected"),
-        Delivery::TunnelLost(error) => {
+        RequestOutcome::NoTunnel => format!("pending {op} {uid}: no tunnel connected"),
+        RequestOutcome::TunnelLost(error) => {
             let error = one_line(&error.to_string());
             format!("pending {op} {uid}: tunnel lost: {error}")
         }

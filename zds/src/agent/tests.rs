@@ -6,7 +6,8 @@ use std::os::unix::fs::MetadataExt;
 
 use super::lines;
 use super::*;
-use crate::client::{netns_id, NetnsId, WorkloadEvent, ZdsClient, ZdsConnection};
+use crate::client::{WorkloadEvent, ZdsClient, ZdsConnection};
+use nodetunnel_base::netns::NetnsId;
 
 const NETNS: &str = "/proc/self/ns/net";
 const WAIT: Duration = Duration::from_secs(5);
@@ -77,7 +78,7 @@ async fn connect(s: &mut Setup, pods: usize) -> (ZdsConnection, Vec<(String, Str
 fn describe(event: &WorkloadEvent) -> (String, String) {
     let (kind, uid) = match event {
         WorkloadEvent::Add { uid, netns, .. } => {
-            let id = netns_id(netns).unwrap();
+            let id = NetnsId::of_fd(netns).unwrap();
             assert_eq!(id, file_id(NETNS), "{uid}: the netns descriptor");
             ("add", uid)
         }
@@ -90,7 +91,7 @@ fn describe(event: &WorkloadEvent) -> (String, String) {
 
 fn file_id(path: impl AsRef<Path>) -> NetnsId {
     let meta = std::fs::metadata(path).unwrap();
-    (meta.dev(), meta.ino())
+    NetnsId::new(meta.dev(), meta.ino())
 }
 
 /// Open descriptors in this process that refer to the file `id`.
@@ -98,7 +99,7 @@ fn open_count(id: NetnsId) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| (m.dev(), m.ino()) == id)
+        .filter(|m| NetnsId::new(m.dev(), m.ino()) == id)
         .count()
 }
 
@@ -116,16 +117,19 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn acked_ok(delivery: Result<Delivery, AgentError>) -> bool {
-    matches!(delivery, Ok(Delivery::Acked(Ack { error: None })))
+fn acked_ok(outcome: Result<RequestOutcome, AgentError>) -> bool {
+    matches!(outcome, Ok(RequestOutcome::Acked(Ack { error: None })))
 }
 
 #[tokio::test]
 async fn snapshot_on_connect_has_every_pod_then_snapshot_sent() {
     let mut s = start(ACK);
     for uid in ["b", "a", "c"] {
-        let delivery = s.agent.add(uid, NETNS, Some(info(uid))).await;
-        assert!(matches!(delivery, Ok(Delivery::NoTunnel)), "{delivery:?}");
+        let outcome = s.agent.add(uid, NETNS, Some(info(uid))).await;
+        assert!(
+            matches!(outcome, Ok(RequestOutcome::NoTunnel)),
+            "{outcome:?}"
+        );
     }
     let mut conn = ZdsClient::connect(s.agent.path()).await.unwrap();
     for uid in ["a", "b", "c"] {
@@ -136,7 +140,7 @@ async fn snapshot_on_connect_has_every_pod_then_snapshot_sent() {
                 netns,
             } => {
                 assert_eq!((got.as_str(), got_info), (uid, Some(info(uid))));
-                assert_eq!(netns_id(&netns).unwrap(), file_id(NETNS));
+                assert_eq!(NetnsId::of_fd(&netns).unwrap(), file_id(NETNS));
             }
             other => panic!("{uid}: {other:?}"),
         }
@@ -167,9 +171,12 @@ async fn reconnect_gets_the_snapshot_again_with_changes_made_meanwhile() {
         ["tunnel disconnected: the tunnel closed the connection"]
     );
     let added = s.agent.add("c", NETNS, None).await;
-    assert!(matches!(added, Ok(Delivery::NoTunnel)), "{added:?}");
+    assert!(matches!(added, Ok(RequestOutcome::NoTunnel)), "{added:?}");
     let deleted = s.agent.del("a").await;
-    assert!(matches!(deleted, Ok(Delivery::NoTunnel)), "{deleted:?}");
+    assert!(
+        matches!(deleted, Ok(RequestOutcome::NoTunnel)),
+        "{deleted:?}"
+    );
 
     let (_conn, got) = connect(&mut s, 2).await;
     assert_eq!(got, pairs(&[("add", "b"), ("add", "c")]));
@@ -234,7 +241,7 @@ async fn error_acks_are_surfaced() {
         s.agent.add("b", NETNS, None),
         answer(&mut conn, Some("boom"))
     );
-    let Ok(Delivery::Acked(Ack { error })) = added else {
+    let Ok(RequestOutcome::Acked(Ack { error })) = added else {
         panic!("{added:?}");
     };
     assert_eq!(error.as_deref(), Some("boom"));
@@ -342,7 +349,7 @@ async fn a_silent_tunnel_is_dropped_and_the_pod_goes_out_next_time() {
     assert!(
         matches!(
             added,
-            Ok(Delivery::TunnelLost(ZdsServerError::Timeout { .. }))
+            Ok(RequestOutcome::TunnelLost(ZdsServerError::Timeout { .. }))
         ),
         "{added:?}"
     );
@@ -392,7 +399,7 @@ async fn a_held_netns_is_sent_even_after_its_path_is_gone() {
         let WorkloadEvent::Add { uid, netns, .. } = answer(&mut conn, None).await else {
             panic!("not an add");
         };
-        assert_eq!((uid.as_str(), netns_id(&netns).unwrap()), ("a", id));
+        assert_eq!((uid.as_str(), NetnsId::of_fd(&netns).unwrap()), ("a", id));
         answer(&mut conn, None).await;
         let mut got = Vec::new();
         while !got.iter().any(|l: &String| l.starts_with("snapshot sent")) {
@@ -419,7 +426,7 @@ async fn netns_descriptors_are_closed_after_sending() {
     let WorkloadEvent::Add { netns, .. } = answer(&mut conn, None).await else {
         panic!("not an add");
     };
-    assert_eq!(netns_id(&netns).unwrap(), id);
+    assert_eq!(NetnsId::of_fd(&netns).unwrap(), id);
     drop(netns);
     answer(&mut conn, None).await;
     next_lines(&mut s.events, 2).await;
@@ -460,12 +467,12 @@ async fn dropping_the_handle_stops_the_agent() {
 
 #[test]
 fn event_lines() {
-    let lost = Delivery::TunnelLost(ZdsServerError::Closed);
+    let lost = RequestOutcome::TunnelLost(ZdsServerError::Closed);
     let cases: Vec<(AgentEvent, Vec<&str>)> = vec![
         (
             AgentEvent::Deleted {
                 uid: "u".into(),
-                delivery: Delivery::NoTunnel,
+                outcome: RequestOutcome::NoTunnel,
             },
             vec!["pending del u: no tunnel connected"],
         ),
@@ -519,7 +526,7 @@ async fn a_gated_agent_serves_tunnels_only_after_the_gate_with_what_was_added_me
     );
     assert!(matches!(
         agent.add("a", NETNS, None).await.unwrap(),
-        Delivery::NoTunnel
+        RequestOutcome::NoTunnel
     ));
     open.send(()).unwrap();
     assert_eq!(

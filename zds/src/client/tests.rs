@@ -9,6 +9,7 @@ use nodetunnel_proto::istio::zds::{AddWorkload, DelWorkload, KeepWorkload, Snaps
 use super::*;
 use crate::seqpacket::SeqPacketListener;
 use crate::server::{Ack as AgentAck, ZdsPeer, ZdsServer, ZdsServerError};
+use nodetunnel_base::netns::NetnsId;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -73,7 +74,7 @@ fn open_count(id: NetnsId) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| (m.dev(), m.ino()) == id)
+        .filter(|m| NetnsId::new(m.dev(), m.ino()) == id)
         .count()
 }
 
@@ -190,9 +191,15 @@ async fn add_delivers_the_netns_descriptor() {
     };
     assert_eq!((uid.as_str(), got), ("uid-1", Some(info)));
     assert_ne!(received.as_raw_fd(), netns.as_raw_fd(), "a new descriptor");
-    assert_eq!(netns_id(&received).unwrap(), netns_id(&netns).unwrap());
+    assert_eq!(
+        NetnsId::of_fd(&received).unwrap(),
+        NetnsId::of_fd(&netns).unwrap()
+    );
     let meta = netns.metadata().unwrap();
-    assert_eq!(netns_id(&received).unwrap(), (meta.dev(), meta.ino()));
+    assert_eq!(
+        NetnsId::of_fd(&received).unwrap(),
+        NetnsId::new(meta.dev(), meta.ino())
+    );
     let flags = nix::fcntl::fcntl(&received, nix::fcntl::FcntlArg::F_GETFD).unwrap();
     assert_ne!(
         flags & libc::FD_CLOEXEC,
@@ -264,8 +271,7 @@ async fn no_descriptor_leaks_over_200_bad_requests() {
     // Every descriptor sent refers to this file, so any leaked copy shows up by its inode
     // (unlike a total count, which other tests running in parallel would disturb).
     let file = tempfile::tempfile().unwrap();
-    let meta = file.metadata().unwrap();
-    let id = (meta.dev(), meta.ino());
+    let id = NetnsId::of_fd(&file).unwrap();
     assert_eq!(open_count(id), 1);
     let cases = bad_requests();
     for i in 0..200 {
@@ -356,9 +362,9 @@ async fn connect_retrying_waits_for_the_agent() {
     let client = {
         let path = path.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::new();
+            let mut backoff = reconnect_backoff();
             ZdsClient::connect_retrying(&path, &mut backoff).await;
-            backoff.next().unwrap()
+            backoff.next_delay()
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -387,12 +393,12 @@ async fn agent_times_out_without_an_ack() {
 
 #[test]
 fn backoff_doubles_from_10ms_to_15s() {
-    let mut b = Backoff::new();
-    let ms: Vec<u128> = b.by_ref().take(13).map(|d| d.as_millis()).collect();
+    let mut b = reconnect_backoff();
+    let ms: Vec<u128> = (0..13).map(|_| b.next_delay().as_millis()).collect();
     assert_eq!(
         ms,
         [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 15000, 15000]
     );
     b.reset();
-    assert_eq!(b.next(), Some(INITIAL_BACKOFF));
+    assert_eq!(b.next_delay(), INITIAL_BACKOFF);
 }

@@ -10,8 +10,8 @@
 //!   0x111; its replies get mark 0x111 back and are routed by table 100 (`local 0.0.0.0/0 dev
 //!   lo`) to the tunnel's IP_TRANSPARENT socket instead of out of `eth0` to the real client.
 
+use nodetunnel_base::netns::NetnsHandle;
 use nodetunnel_cni::node::inpod_rules::{self, RuleOptions, RulesError};
-use nodetunnel_cni::node::netns::PodNetns;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
@@ -49,8 +49,8 @@ pub fn remove_inpod_rules(ns: &Netns) -> Result<()> {
     inpod_rules::remove(&pod).map_err(|source| rules_error(ns, source))
 }
 
-fn open(ns: &Netns) -> Result<PodNetns> {
-    PodNetns::open(&ns.path()).map_err(|source| rules_error(ns, source.into()))
+fn open(ns: &Netns) -> Result<NetnsHandle> {
+    NetnsHandle::open(&ns.path()).map_err(|source| rules_error(ns, source.into()))
 }
 
 fn rules_error(ns: &Netns, source: RulesError) -> Error {

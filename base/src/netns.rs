@@ -1,25 +1,79 @@
-//! An open handle on a pod's network namespace, and running code inside it.
+//! Network namespaces as values: an open handle, its identity, and running code inside it.
+//!
+//! A socket belongs to the namespace that was current on the thread that created it, and a
+//! process it spawns starts in that namespace too. `setns(2)` changes the namespace per
+//! thread, so code for another namespace never runs on a thread anyone else uses: a tokio
+//! worker left inside a pod's namespace would open the next task's sockets in the wrong place.
+//! Two ways in:
+//!
+//! - [`NetnsHandle::run`] spawns a fresh OS thread, enters, runs, exits (rare, synchronous
+//!   work: binding a pod's listeners, applying its rules).
+//! - [`NetnsHandle::run_async`] queues the work on a small fixed set of long-lived `netns-<n>`
+//!   threads (see [`workers`]): per-connection socket creation, where a thread spawn per
+//!   connection would cost more than the connection set-up itself.
 //!
 //! The handle holds the namespace's fd, so it stays valid after the path it was opened as
-//! (`/proc/<pid>/ns/net`, `/var/run/netns/cni-…`) goes away; the tunnel gets a dup of the same
-//! fd over ZDS. Code runs inside the namespace on a fresh OS thread that calls
-//! `setns(CLONE_NEWNET)` and then exits, so the namespace switch never leaks into a thread pool
-//! (a tokio worker left in a pod netns would open the next pod's sockets in the wrong place).
+//! (`/proc/<pid>/ns/net`, `/var/run/netns/cni-…`) goes away, and it keeps the namespace alive.
 
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 
 use nix::sched::CloneFlags;
 
-/// The identity of a network namespace: (st_dev, st_ino) of a handle on it, the same value as
-/// `nodetunnel_zds::NetnsId`.
-pub type NetnsId = (u64, u64);
+mod workers;
 
-/// What can go wrong opening or entering a network namespace.
+/// The identity of a network namespace: the (st_dev, st_ino) of any handle on it. Two handles
+/// on the same namespace have the same id; ZDS and the CNI agent compare namespaces by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl NetnsId {
+    pub const fn new(dev: u64, inode: u64) -> NetnsId {
+        NetnsId { dev, inode }
+    }
+
+    /// The namespace (or file) behind `fd`.
+    pub fn of_fd(fd: impl AsFd) -> io::Result<NetnsId> {
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        Ok(NetnsId::of_stat(&st))
+    }
+
+    /// What `path` points at, following the `ns/net` magic link.
+    pub fn of_path(path: &Path) -> io::Result<NetnsId> {
+        let st = nix::sys::stat::stat(path)?;
+        Ok(NetnsId::of_stat(&st))
+    }
+
+    /// The namespace this process's main thread is in (`/proc/self/ns/net`): the process's
+    /// own, the host's when it runs with hostNetwork.
+    pub fn of_process() -> io::Result<NetnsId> {
+        NetnsId::of_path(Path::new("/proc/self/ns/net"))
+    }
+
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    fn of_stat(st: &nix::sys::stat::FileStat) -> NetnsId {
+        NetnsId::new(u64::from(st.st_dev), u64::from(st.st_ino))
+    }
+}
+
+/// `dev:inode`, as logs and `/config_dump` show it.
+impl fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.dev, self.inode)
+    }
+}
+
+/// What can go wrong opening or entering a network namespace. Each names the namespace by
+/// what it was opened as.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("opening network namespace {path}: {source}")]
@@ -34,48 +88,76 @@ pub enum NetnsError {
     Enter { path: PathBuf, source: nix::Error },
     #[error("code running inside network namespace {path} panicked: {message}")]
     Panicked { path: PathBuf, message: String },
+    #[error("running code inside network namespace {path}: {why}")]
+    WorkerUnavailable { path: PathBuf, why: &'static str },
     #[error("listing the interface addresses inside network namespace {path}: {source}")]
     Addresses { path: PathBuf, source: nix::Error },
 }
 
-/// An open handle on a network namespace. See the module docs.
+/// For callers whose own API is `io::Result` (socket creation): keeps the error's kind (an
+/// EPERM from setns stays `PermissionDenied`) and its message.
+impl From<NetnsError> for io::Error {
+    fn from(error: NetnsError) -> io::Error {
+        let kind = match &error {
+            NetnsError::Open { source, .. }
+            | NetnsError::Inspect { source, .. }
+            | NetnsError::Thread { source, .. } => source.kind(),
+            NetnsError::Enter { source, .. } | NetnsError::Addresses { source, .. } => {
+                io::Error::from(*source).kind()
+            }
+            NetnsError::NotANetns { .. } => io::ErrorKind::InvalidInput,
+            NetnsError::Panicked { .. } | NetnsError::WorkerUnavailable { .. } => {
+                io::ErrorKind::Other
+            }
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// An open handle on a network namespace, checked to be one. Equal handles are on the same
+/// namespace. See the module docs.
 #[derive(Debug)]
-pub struct PodNetns {
+pub struct NetnsHandle {
     fd: OwnedFd,
+    /// What the handle was opened as, for messages (the path may no longer exist).
     path: PathBuf,
     id: NetnsId,
 }
 
-impl PodNetns {
-    /// Opens `path` and checks that it really is a network namespace (not a mount namespace, not
-    /// a regular file a misconfigured runtime handed over).
-    pub fn open(path: &Path) -> Result<PodNetns, NetnsError> {
+impl NetnsHandle {
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<NetnsHandle, NetnsError> {
+        NetnsHandle::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// Opens `path` (`/run/netns/<name>`, `/proc/<pid>/ns/net`) and checks that it really is a
+    /// network namespace (not a mount namespace, not a regular file a misconfigured runtime
+    /// handed over).
+    pub fn open(path: &Path) -> Result<NetnsHandle, NetnsError> {
         let file = File::open(path).map_err(|source| NetnsError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        PodNetns::from_fd(file.into(), path.display().to_string())
+        NetnsHandle::from_fd(file.into(), path)
     }
 
-    /// Wraps an fd received from elsewhere (e.g. a ZDS message); `described_as` names it in
-    /// messages. Checks it is a network namespace like [`open`](Self::open).
-    pub fn from_fd(fd: OwnedFd, described_as: String) -> Result<PodNetns, NetnsError> {
-        let path = PathBuf::from(described_as);
+    /// Wraps an fd received from elsewhere (e.g. over ZDS / SCM_RIGHTS); `described_as` names
+    /// it in messages. Checks it is a network namespace like [`open`](Self::open).
+    pub fn from_fd(
+        fd: OwnedFd,
+        described_as: impl Into<PathBuf>,
+    ) -> Result<NetnsHandle, NetnsError> {
+        let path = described_as.into();
         check_is_netns(fd.as_fd(), &path)?;
-        let id = fd_id(fd.as_fd()).map_err(|source| NetnsError::Inspect {
+        let id = NetnsId::of_fd(&fd).map_err(|source| NetnsError::Inspect {
             path: path.clone(),
             source,
         })?;
-        Ok(PodNetns { fd, path, id })
+        Ok(NetnsHandle { fd, path, id })
     }
 
-    /// (st_dev, st_ino) of the namespace: equal for two handles on the same namespace.
     pub fn id(&self) -> NetnsId {
         self.id
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// What the handle was opened as, for messages (the path may no longer exist).
@@ -84,8 +166,8 @@ impl PodNetns {
     }
 
     /// A second handle on the same namespace (a dup of the fd), e.g. to hand one to the tunnel.
-    pub fn try_clone(&self) -> io::Result<PodNetns> {
-        Ok(PodNetns {
+    pub fn try_clone(&self) -> io::Result<NetnsHandle> {
+        Ok(NetnsHandle {
             fd: self.fd.try_clone()?,
             path: self.path.clone(),
             id: self.id,
@@ -94,13 +176,14 @@ impl PodNetns {
 
     /// Runs `f` on a fresh OS thread that has entered this namespace and waits for it. Sockets
     /// `f` opens, and processes it spawns, live in the namespace. The thread ends with `f`, so
-    /// the switch never leaks. A panic in `f` comes back as [`NetnsError::Panicked`].
+    /// the caller's threads never change namespace. A panic in `f` comes back as
+    /// [`NetnsError::Panicked`].
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         let fd = self.fd.as_fd();
         let path = &self.path;
         thread::scope(|scope| {
             let handle = thread::Builder::new()
-                .name("in-pod-netns".to_string())
+                .name("netns".to_string())
                 .spawn_scoped(scope, move || {
                     nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map(|()| f())
                 })
@@ -120,6 +203,17 @@ impl PodNetns {
                 }),
             }
         })
+    }
+
+    /// Runs `f` inside this namespace on one of the shared `netns-<n>` threads and awaits its
+    /// result without blocking the caller's (tokio) thread. `f` must be short: it holds up
+    /// every other namespace's work queued behind it.
+    pub async fn run_async<T, F>(self: &Arc<Self>, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        workers::run(self.clone(), f).await
     }
 
     /// The addresses on the namespace's interfaces (loopback included), IPv4 and IPv6.
@@ -143,27 +237,19 @@ impl PodNetns {
     }
 }
 
-/// The identity of the network namespace this process's main thread is in (`/proc/self/ns/net`,
-/// i.e. the agent's own, the host's when it runs with hostNetwork).
-pub fn current_netns_id() -> io::Result<NetnsId> {
-    path_id(Path::new("/proc/self/ns/net"))
+impl AsFd for NetnsHandle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
-/// (st_dev, st_ino) of what `path` points at (follows the `ns/net` magic link).
-pub(crate) fn path_id(path: &Path) -> io::Result<NetnsId> {
-    let st = nix::sys::stat::stat(path)?;
-    Ok(stat_id(&st))
+impl PartialEq for NetnsHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
 }
 
-fn fd_id(fd: BorrowedFd<'_>) -> io::Result<NetnsId> {
-    let st = nix::sys::stat::fstat(fd)?;
-    Ok(stat_id(&st))
-}
-
-#[allow(clippy::useless_conversion)] // the field types differ between targets
-fn stat_id(st: &nix::sys::stat::FileStat) -> NetnsId {
-    (u64::from(st.st_dev), u64::from(st.st_ino))
-}
+impl Eq for NetnsHandle {}
 
 /// Whether `fd` is a network namespace. A namespace fd lives on nsfs; its `/proc/self/fd/<n>`
 /// link reads `net:[<inode>]` (or `mnt:[…]`, `pid:[…]` for other kinds) when it was opened
@@ -183,8 +269,8 @@ fn check_is_netns(fd: BorrowedFd<'_>, path: &Path) -> Result<(), NetnsError> {
     let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| inspect(e.into()))?;
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(not_netns(format!(
-            "a file on a {:?} filesystem, not nsfs",
-            fs.filesystem_type()
+            "a file on a filesystem of type {:#x}, not nsfs",
+            fs.filesystem_type().0
         )));
     }
     let link = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
@@ -227,34 +313,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_netns_opens_and_matches_current_id() {
-        let ns = PodNetns::open(Path::new("/proc/self/ns/net")).expect("open own netns");
-        assert_eq!(ns.id(), current_netns_id().unwrap());
-        let clone = ns.try_clone().unwrap();
-        assert_eq!(clone.id(), ns.id());
-    }
-
-    #[test]
-    fn other_namespace_kinds_and_files_are_refused() {
-        for path in ["/proc/self/ns/mnt", "/proc/self/status"] {
-            match PodNetns::open(Path::new(path)) {
-                Err(NetnsError::NotANetns { path: p, found }) => {
-                    assert_eq!(p, Path::new(path));
-                    assert!(!found.starts_with("net:["), "{found}");
-                }
-                other => panic!("{path}: expected NotANetns, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn missing_path_is_an_open_error_naming_it() {
-        let err = PodNetns::open(Path::new("/nonexistent/ntt-netns")).unwrap_err();
-        assert!(matches!(err, NetnsError::Open { .. }), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/ntt-netns"), "{err}");
-    }
-}
+mod tests;

@@ -1,0 +1,62 @@
+//! The accept loop every listener of the workspace runs: take connections until the task is
+//! dropped, hand each to the caller, and survive a failed accept.
+//!
+//! A failed `accept` is almost always the process being out of descriptors (EMFILE/ENFILE) or
+//! the peer having given up before the accept (ECONNABORTED). Neither ends the listener; a
+//! short pause keeps the loop from spinning on EMFILE while connections close and free
+//! descriptors.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Pause after a failed accept before the next one.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// A listening socket [`serve`] can take connections from.
+pub trait Listener: Send + 'static {
+    type Stream: Send + 'static;
+    /// Who connected.
+    type Peer: Send + 'static;
+    fn accept_next(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+    type Peer = std::net::SocketAddr;
+    fn accept_next(&self) -> impl Future<Output = io::Result<(TcpStream, Self::Peer)>> + Send {
+        self.accept()
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept_next(&self) -> impl Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
+        self.accept()
+    }
+}
+
+/// Accepts connections on `listener` until the future is dropped, calling `handle` with each
+/// one; `handle` typically spawns a task for it. A failed accept is logged with `name` (which
+/// listener) and retried after [`RETRY_PAUSE`].
+pub async fn serve<L, F>(listener: L, name: &'static str, mut handle: F)
+where
+    L: Listener,
+    F: FnMut(L::Stream, L::Peer),
+{
+    loop {
+        match listener.accept_next().await {
+            Ok((stream, peer)) => handle(stream, peer),
+            Err(error) => {
+                tracing::warn!(listener = name, %error, "accept failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,23 @@
+//! The bottom of the workspace: the small pieces the tunnel (`nodetunnel`), the ZDS crate and
+//! the CNI agent each needed and had written once per crate. One type per concept, so a
+//! reader meets each of them once:
+//!
+//! - [`netns`]: [`NetnsHandle`](netns::NetnsHandle), an open handle on a network namespace
+//!   (checked to be one), its [`NetnsId`](netns::NetnsId), and running code inside it on a
+//!   thread that is not shared with anything else.
+//! - [`backoff`]: [`Backoff`](backoff::Backoff), doubling delays with a cap and optional
+//!   jitter; each user keeps its own numbers.
+//! - [`signal`]: [`shutdown`](signal::shutdown), SIGTERM/SIGINT registered eagerly.
+//! - [`accept`]: [`serve`](accept::serve), an accept loop that survives failed accepts.
+//! - [`readiness`]: [`Readiness`](readiness::Readiness), "ready when every condition holds",
+//!   with what is missing when not.
+//!
+//! No `unsafe`: namespace type checks go through nsfs and `/proc`, not ioctls.
+
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod backoff;
+pub mod netns;
+pub mod readiness;
+pub mod signal;
