@@ -1,0 +1,104 @@
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A relay between two real TCP connections: client <-> [relay] <-> server.
+async fn relay() -> (
+    TcpStream,
+    TcpStream,
+    tokio::task::JoinHandle<Result<Transferred, CopyError>>,
+) {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut relay_front, _) = front.accept().await.unwrap();
+    let mut relay_back = TcpStream::connect(back.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = back.accept().await.unwrap();
+    let task =
+        tokio::spawn(async move { copy_bidirectional(&mut relay_front, &mut relay_back).await });
+    (client, server, task)
+}
+
+#[tokio::test]
+async fn moves_bulk_data_exactly_both_ways() {
+    let (mut client, mut server, task) = relay().await;
+    let up: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let down: Vec<u8> = (0..1_000_003u32).map(|i| (i * 13) as u8).collect();
+    let (up2, down2) = (up.clone(), down.clone());
+    let server_task = tokio::spawn(async move {
+        let (mut r, mut w) = server.split();
+        let send = async {
+            w.write_all(&down2).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert!(got == up2, "server received different bytes");
+    });
+    let (mut r, mut w) = client.split();
+    let send = async {
+        w.write_all(&up).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    assert!(got == down, "client received different bytes");
+    server_task.await.unwrap();
+    let moved = task.await.unwrap().unwrap();
+    assert_eq!(moved.a_to_b, up.len() as u64);
+    assert_eq!(moved.b_to_a, down.len() as u64);
+}
+
+#[tokio::test]
+async fn half_close_keeps_the_other_direction_open() {
+    let (mut client, mut server, task) = relay().await;
+    client.write_all(b"request").await.unwrap();
+    client.shutdown().await.unwrap(); // FIN towards the server only
+    let mut req = Vec::new();
+    server.read_to_end(&mut req).await.unwrap(); // the FIN arrived through the relay
+    assert_eq!(req, b"request");
+    // The server answers after the client stopped sending.
+    server.write_all(b"response after EOF").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).await.unwrap();
+    assert_eq!(resp, b"response after EOF");
+    let moved = task.await.unwrap().unwrap();
+    assert_eq!(
+        moved,
+        Transferred {
+            a_to_b: 7,
+            b_to_a: 18
+        }
+    );
+}
+
+#[test]
+fn buffer_grows_only_under_bulk_traffic() {
+    let mut way = OneWay::new();
+    assert_eq!(way.buf.len(), INITIAL_BUFFER);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let data = vec![1u8; 4 * MAX_BUFFER];
+    let mut reader: &[u8] = &data;
+    let mut sink: Vec<u8> = Vec::new();
+    assert!(way.poll(&mut cx, &mut reader, &mut sink).is_ready());
+    assert_eq!(sink.len(), data.len());
+    assert_eq!(way.buf.len(), MAX_BUFFER);
+    let mut small = OneWay::new();
+    let mut reader: &[u8] = b"tiny";
+    let mut sink: Vec<u8> = Vec::new();
+    assert!(small.poll(&mut cx, &mut reader, &mut sink).is_ready());
+    assert_eq!(small.buf.len(), INITIAL_BUFFER);
+}
