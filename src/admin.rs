@@ -2,7 +2,6 @@
 //! admin port (127.0.0.1:15000) with a dump of the mesh state for debugging.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +11,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use nodetunnel_base::accept;
+use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
@@ -22,7 +23,11 @@ use crate::xds::XdsHandle;
 
 /// Shared view the endpoints read from.
 pub struct AdminState {
-    pub ready: AtomicBool,
+    /// What `/healthz/ready` answers: the start-up gates, then not draining.
+    readiness: Readiness,
+    /// Cleared when shutdown starts, so the endpoint stops sending new traffic our way while
+    /// connections drain.
+    not_draining: watch::Sender<bool>,
     pub metrics: Arc<Metrics>,
     pub state: StateHandle,
     pub certs: Arc<SecretManager>,
@@ -33,8 +38,31 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// Ready once every condition of `readiness` (the mode's start-up gates) holds, until
+    /// [`start_draining`](Self::start_draining).
+    pub fn new(
+        readiness: Readiness,
+        metrics: Arc<Metrics>,
+        state: StateHandle,
+        certs: Arc<SecretManager>,
+        pods: PodTable,
+        xds: Option<XdsHandle>,
+    ) -> AdminState {
+        let (not_draining, flag) = watch::channel(true);
+        AdminState {
+            readiness: readiness.require(flag, "shutting down: draining connections"),
+            not_draining,
+            metrics,
+            state,
+            certs,
+            pods,
+            xds,
+        }
+    }
+
+    /// Not ready from now on: the tunnel is shutting down.
+    pub fn start_draining(&self) {
+        self.not_draining.send_replace(false);
     }
 }
 
@@ -83,13 +111,13 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (endpoint, req.uri().path()) {
-        (Endpoint::Readiness, "/healthz/ready") => {
-            if admin.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        (Endpoint::Readiness, "/healthz/ready") => match admin.readiness.missing() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         (Endpoint::Metrics, "/metrics") | (Endpoint::Metrics, "/stats/prometheus") => {
             text(StatusCode::OK, admin.metrics.encode())
         }

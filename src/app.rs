@@ -2,10 +2,14 @@
 //! then drain. Everything that can fail on bad input fails here, before the tunnel reports
 //! ready, so it never runs half-configured.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+
+use nodetunnel_base::readiness::Readiness;
+use nodetunnel_base::signal::{self, Signal};
+use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, Endpoint};
 use crate::config::{
@@ -59,7 +63,7 @@ const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the tunnel until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), AppError> {
     let config = Arc::new(config);
-    let mut shutdown = Box::pin(shutdown_signal()?);
+    let mut shutdown = Box::pin(signal::shutdown().map_err(AppError::Signal)?);
     let defaults = Defaults {
         trust_domain: config.trust_domain.clone(),
         cluster_id: config.cluster_id.clone(),
@@ -112,29 +116,46 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     if let Some(xds) = &xds {
         metrics.register_xds(xds.clone());
     }
-    let admin = Arc::new(AdminState {
-        ready: AtomicBool::new(false),
-        metrics: metrics.clone(),
-        state: state.clone(),
-        certs: certs.clone(),
-        pods: PodTable::default(),
-        xds: xds.clone(),
-    });
+    // What `/healthz/ready` waits for, in the order start-up meets them: each gate's flag is
+    // set by the step that passes it.
+    let mut readiness = Readiness::new();
+    if let Some(xds) = &xds {
+        readiness = readiness.require(xds.synced(), "waiting for the initial xDS sync");
+    }
+    let gates = match &config.mode {
+        Mode::Dedicated { .. } => ModeGates::Dedicated {
+            certificates: readiness.condition("waiting for the local workloads' certificates"),
+            listeners: readiness.condition("listeners not bound"),
+        },
+        Mode::Shared(inpod) => ModeGates::Shared {
+            inpod,
+            snapshot: readiness.condition("waiting for the node agent's snapshot"),
+        },
+    };
+    let admin = Arc::new(AdminState::new(
+        readiness,
+        metrics.clone(),
+        state.clone(),
+        certs.clone(),
+        PodTable::default(),
+        xds.clone(),
+    ));
     start_admin_thread(&config, admin.clone())?;
 
     if let Some(xds) = &xds {
         tokio::select! {
-            signal = &mut shutdown => return signal,
+            signal = &mut shutdown => return stopped_starting(signal),
             () = wait_for_sync(xds) => {}
         }
     }
     // Dedicated mode: issue the local workloads' certificates now, so a broken CA shows up at
     // start, not on the first connection. Shared mode issues them as pods arrive.
-    if matches!(config.mode, Mode::Dedicated { .. }) {
+    if let ModeGates::Dedicated { certificates, .. } = &gates {
         tokio::select! {
-            signal = &mut shutdown => return signal,
+            signal = &mut shutdown => return stopped_starting(signal),
             result = prefetch_local_certificates(&config, &state, &scope, &certs) => result?,
         }
+        certificates.send_replace(true);
     }
     tracing::info!(
         workloads = state.read().workloads().count(),
@@ -143,8 +164,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         "mesh state ready"
     );
 
-    match &config.mode {
-        Mode::Dedicated { .. } => {
+    match gates {
+        ModeGates::Dedicated { listeners, .. } => {
             let pi = Arc::new(ProxyInputs::new(
                 config.clone(),
                 state,
@@ -154,9 +175,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 scope,
                 Delivery::KernelSource,
             ));
-            run_dedicated(pi, &admin, shutdown).await
+            run_dedicated(pi, &admin, listeners, shutdown).await
         }
-        Mode::Shared(inpod) => {
+        ModeGates::Shared { inpod, snapshot } => {
             let ctx = PodContext {
                 config: config.clone(),
                 state,
@@ -165,7 +186,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 mark: inpod.mark,
                 port_reuse: inpod.port_reuse,
             };
-            run_shared(ctx, inpod, &admin, shutdown).await
+            run_shared(ctx, inpod, &admin, snapshot, shutdown).await
         }
     }
 }
@@ -243,20 +264,43 @@ async fn prefetch_local_certificates(
     Ok(())
 }
 
+/// The readiness gates that depend on the mode, each set by the step that passes it.
+enum ModeGates<'a> {
+    Dedicated {
+        /// The served workloads' certificates were issued.
+        certificates: watch::Sender<bool>,
+        /// The listener set is bound and serving.
+        listeners: watch::Sender<bool>,
+    },
+    Shared {
+        inpod: &'a InpodConfig,
+        /// The node agent's snapshot was applied on the current connection (the manager's).
+        snapshot: watch::Sender<bool>,
+    },
+}
+
+/// A shutdown signal before the tunnel served: nothing to drain, a clean exit.
+fn stopped_starting(signal: Signal) -> Result<(), AppError> {
+    tracing::info!("{signal} during start-up: exiting");
+    Ok(())
+}
+
 /// Dedicated mode: the tunnel's own namespace holds the listeners.
 async fn run_dedicated(
     pi: Arc<ProxyInputs>,
     admin: &AdminState,
-    shutdown: impl std::future::Future<Output = Result<(), AppError>>,
+    listening: watch::Sender<bool>,
+    shutdown: impl Future<Output = Signal>,
 ) -> Result<(), AppError> {
     let drain_timeout = pi.config.drain_timeout;
     // Listeners carry no mark (only upstream sockets must bypass the capture rules).
     let listeners = ListenerSet::start(pi, &SocketFactory::current(None)).await?;
-    admin.set_ready(true);
+    listening.send_replace(true);
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
     let signal = shutdown.await;
-    admin.set_ready(false);
+    tracing::info!("{signal}: draining");
+    admin.start_draining();
     let outcome = listeners.drain(drain_timeout).await;
     if outcome.cut > 0 {
         tracing::warn!(
@@ -264,23 +308,23 @@ async fn run_dedicated(
             "drain timeout reached; closed the remaining connections"
         );
     }
-    signal
+    Ok(())
 }
 
 /// Shared mode: pods arrive from the node agent, each served by its own listener set.
 async fn run_shared(
     ctx: PodContext,
     inpod: &InpodConfig,
-    admin: &Arc<AdminState>,
-    shutdown: impl std::future::Future<Output = Result<(), AppError>>,
+    admin: &AdminState,
+    snapshot: watch::Sender<bool>,
+    shutdown: impl Future<Output = Signal>,
 ) -> Result<(), AppError> {
     let drain_timeout = ctx.config.drain_timeout;
-    let ready = admin.clone();
     let manager = InpodManager::new(
         ctx,
         inpod.uds.clone(),
         drain_timeout,
-        Arc::new(move |r| ready.set_ready(r)),
+        snapshot,
         admin.pods.clone(),
     );
     tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
@@ -289,25 +333,11 @@ async fn run_shared(
         let _ = stop_rx.await;
     }));
     let signal = shutdown.await;
-    admin.set_ready(false);
+    tracing::info!("{signal}: draining");
+    admin.start_draining();
     let _ = stop_tx.send(());
     let _ = serving.await;
-    signal
-}
-
-/// Registers the handlers now (so a signal during start-up is not lost to the default
-/// action) and returns a future that completes on SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = Result<(), AppError>>, AppError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-        }
-        Ok(())
-    })
+    Ok(())
 }
 
 /// Readiness, metrics and admin run on their own thread and runtime, so a slow scrape or a

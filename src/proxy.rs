@@ -19,6 +19,8 @@ pub use listeners::{ListenError, Listener, ListenerSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use nodetunnel_base::accept;
+
 use crate::authz::{self, AllowReason, ConnectionInfo, Decision};
 use crate::config::Config;
 use crate::drain::ConnectionTasks;
@@ -90,9 +92,9 @@ pub struct ProxyInputs {
     pub tasks: ConnectionTasks,
 }
 
-/// Accepts connections until the task is dropped, running `handle` for each on its own task
-/// in `tasks`. A failed accept (e.g. out of file descriptors) backs off briefly instead of
-/// spinning.
+/// Accepts connections until the task is dropped, running `handle` for each (with the peer's
+/// address canonical: an IPv4 client on a dual-stack socket as IPv4) on its own task in
+/// `tasks`. Failed accepts are retried by [`accept::serve`].
 pub(crate) async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     what: &'static str,
@@ -102,17 +104,10 @@ pub(crate) async fn accept_loop<F, Fut>(
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tasks.spawn(handle(stream, crate::socket::canonical(peer)));
-            }
-            Err(e) => {
-                tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept::serve(listener, what, |stream, peer| {
+        tasks.spawn(handle(stream, crate::socket::canonical(peer)));
+    })
+    .await
 }
 
 impl ProxyInputs {

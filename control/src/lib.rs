@@ -19,10 +19,11 @@ pub mod xds_server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodetunnel_base::readiness::Readiness;
+use nodetunnel_base::signal;
 use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use nodetunnel_proto::istio::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
@@ -115,6 +116,8 @@ pub enum ControlError {
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
+    // First, so a SIGTERM while the mesh file and the CA load is queued, not fatal.
+    let shutdown_signal = signal::shutdown().map_err(ControlError::Signal)?;
     let defaults = Defaults {
         trust_domain: opts.trust_domain.clone(),
         cluster_id: opts.cluster_id.clone(),
@@ -166,8 +169,12 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         shutdown.clone(),
         StreamLimits::default(),
     );
+    let (serving, serving_flag) = tokio::sync::watch::channel(false);
     let status = Arc::new(StatusState {
-        ready: false.into(),
+        readiness: Readiness::new().require(
+            serving_flag,
+            "the xDS and CA server is not serving (starting up or shutting down)",
+        ),
         connections,
         meshes: watcher.subscribe(),
         load: watcher.status_handle(),
@@ -194,18 +201,18 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         router.serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned()),
     );
 
-    status.ready.store(true, Ordering::Release);
+    serving.send_replace(true);
     tracing::info!(
         status = %status_addr,
         sans = ?sans,
         "nodetunnel-control serving xDS and CA on {grpc_addr}"
     );
 
-    let outcome = tokio::select! {
-        signal = wait_for_shutdown_signal() => signal,
+    tokio::select! {
+        signal = shutdown_signal => tracing::info!("{signal} received"),
         served = &mut serving_task => return served_outcome(served),
     };
-    status.ready.store(false, Ordering::Release);
+    serving.send_replace(false);
     tracing::info!("nodetunnel-control shutting down");
     shutdown.cancel();
     stop_server.cancel();
@@ -218,7 +225,7 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
     }
     status_task.abort();
     drop(watcher);
-    outcome
+    Ok(())
 }
 
 /// `--ca-dir` with files: load them. `--ca-dir` empty or missing: generate and persist there,
@@ -301,15 +308,4 @@ fn served_outcome(
         Ok(Err(e)) => Err(ControlError::Serve(nodetunnel::grpc::error_chain(&e))),
         Err(e) => Err(ControlError::Serve(e.to_string())),
     }
-}
-
-async fn wait_for_shutdown_signal() -> Result<(), ControlError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(ControlError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ControlError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }

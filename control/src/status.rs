@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -12,6 +11,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use nodetunnel_base::accept;
+use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -21,8 +22,8 @@ use super::watch::{LoadStatus, MeshSnapshot};
 
 /// What the endpoints read.
 pub struct StatusState {
-    /// Set once the gRPC listener is serving.
-    pub ready: AtomicBool,
+    /// Ready while the gRPC server is serving.
+    pub readiness: Readiness,
     pub connections: Arc<Connections>,
     pub meshes: watch::Receiver<Arc<MeshSnapshot>>,
     pub load: Arc<Mutex<LoadStatus>>,
@@ -30,16 +31,7 @@ pub struct StatusState {
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<StatusState>) {
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "status listener accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    accept::serve(listener, "status", |tcp, _| {
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -50,18 +42,19 @@ pub async fn serve(listener: TcpListener, state: Arc<StatusState>) {
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 fn route(state: &StatusState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/ready" => {
-            if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        "/ready" => match state.readiness.missing() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/debug/connections" => json(&serde_json::json!({
             "connections": state.connections.snapshot(),
         })),
@@ -92,11 +85,11 @@ fn mesh_status(state: &StatusState) -> serde_json::Value {
     })
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(body.into()))
         .expect("static response parts are valid")
 }
 

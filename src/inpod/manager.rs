@@ -8,15 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::pod::{PodContext, PodProxy};
 use super::snapshot::NetnsId;
 use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
 use super::zds::{reconnect_backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
-
-/// Told whenever readiness changes.
-pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// The running pods by uid, as the admin endpoint shows them.
 pub type PodTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodSummary>>>;
@@ -38,7 +36,9 @@ pub struct InpodManager {
     uds: PathBuf,
     /// How long a removed pod's live connections may continue.
     drain_deadline: Duration,
-    readiness: Readiness,
+    /// True while the agent's snapshot has been applied on the current connection: the
+    /// readiness condition this loop owns.
+    snapshot_applied: watch::Sender<bool>,
     tracker: SnapshotTracker,
     pods: HashMap<String, PodProxy>,
     /// Pods being drained.
@@ -51,14 +51,14 @@ impl InpodManager {
         ctx: PodContext,
         uds: PathBuf,
         drain_deadline: Duration,
-        readiness: Readiness,
+        snapshot_applied: watch::Sender<bool>,
         table: PodTable,
     ) -> InpodManager {
         InpodManager {
             ctx,
             uds,
             drain_deadline,
-            readiness,
+            snapshot_applied,
             tracker: SnapshotTracker::new(),
             pods: HashMap::new(),
             drains: JoinSet::new(),
@@ -86,7 +86,7 @@ impl InpodManager {
                 }
             };
             self.tracker.disconnected();
-            (self.readiness)(false);
+            self.snapshot_applied.send_replace(false);
             match ended {
                 ConnectionEnd::AfterSnapshot(reason) => {
                     tracing::warn!(%reason, pods = self.pods.len(), "node agent connection lost; keeping pods, not ready until the next snapshot");
@@ -103,7 +103,7 @@ impl InpodManager {
                 }
             }
         }
-        (self.readiness)(false);
+        self.snapshot_applied.send_replace(false);
         self.stop_all().await;
     }
 
@@ -179,7 +179,7 @@ impl InpodManager {
                         drained = stale.len(),
                         "snapshot applied: ready"
                     );
-                    (self.readiness)(true);
+                    self.snapshot_applied.send_replace(true);
                     None
                 }
                 Err(e) => Some(e.to_string()),

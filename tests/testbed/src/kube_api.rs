@@ -42,7 +42,6 @@ mod selector;
 mod server;
 mod store;
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +49,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use nix::sched::CloneFlags;
+use nodetunnel_base::netns::NetnsHandle;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -81,26 +80,13 @@ pub struct KubeApi {
 /// Binds `ip:0` inside `ns` on a short-lived thread that entered it; the socket stays in that
 /// namespace after the thread ends.
 fn bind_in(ns: &Netns, ip: Ipv4Addr) -> Result<TcpListener> {
-    let path = ns.path();
-    let name = ns.name().to_string();
-    let handle = thread::Builder::new()
-        .name(format!("kube-api-bind-{name}"))
-        .spawn(move || -> Result<TcpListener> {
-            let file = File::open(&path)
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Error::io(
-                    format!("entering netns {} (setns)", path.display()),
-                    e.into(),
-                )
-            })?;
-            TcpListener::bind((ip, 0))
-                .map_err(|e| Error::io(format!("binding the API stand-in to {ip}:0 in {name}"), e))
-        })
-        .map_err(|e| Error::io("spawning the netns bind thread", e))?;
-    handle
-        .join()
-        .map_err(|_| Error::Invalid("the netns bind thread panicked".to_string()))?
+    let name = ns.name();
+    let netns = NetnsHandle::open(&ns.path())
+        .map_err(|e| Error::io(format!("opening netns {name}"), e.into()))?;
+    netns
+        .run(|| TcpListener::bind((ip, 0)))
+        .map_err(|e| Error::io(format!("binding in netns {name}"), e.into()))?
+        .map_err(|e| Error::io(format!("binding the API stand-in to {ip}:0 in {name}"), e))
 }
 
 impl KubeApi {

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use nodetunnel_base::signal;
 use nodetunnel_zds::agent::{lines, AgentEvent, ZdsAgent};
 use nodetunnel_zds::server::{ZdsServer, ZdsServerError, ACK_TIMEOUT};
 use tokio::io::AsyncBufReadExt;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// The line protocol. Scripts and the testbed (`inpod::mesh::ZdsAgentProcess`) rely on it: keep
 /// it stable, and keep this text in step with [`commands`] and `nodetunnel_zds::agent::lines`.
@@ -102,14 +102,21 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Listen(#[from] ZdsServerError),
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signal(std::io::Error),
+}
+
 /// Serves until EOF on stdin or SIGINT/SIGTERM.
-async fn run(socket: PathBuf) -> Result<(), ZdsServerError> {
+async fn run(socket: PathBuf) -> Result<(), RunError> {
+    let mut shutdown = std::pin::pin!(signal::shutdown().map_err(RunError::Signal)?);
     let server = ZdsServer::bind(&socket)?;
     tracing::info!(socket = %socket.display(), "zds agent listening");
     let (agent, mut events) = ZdsAgent::start(server, ACK_TIMEOUT);
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut interrupt = signal(SignalKind::interrupt()).ok();
-    let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
         // All cancel safe: `next_line`, channel and signal receives.
         tokio::select! {
@@ -126,8 +133,10 @@ async fn run(socket: PathBuf) -> Result<(), ZdsServerError> {
                 }
             },
             Some(event) = events.recv() => print(&event),
-            Some(()) = recv(&mut interrupt) => break,
-            Some(()) = recv(&mut terminate) => break,
+            signal = &mut shutdown => {
+                tracing::info!("{signal}: finishing the queued commands");
+                break;
+            }
         }
     }
     // Finish the queued commands, then print what is left.
@@ -136,14 +145,6 @@ async fn run(socket: PathBuf) -> Result<(), ZdsServerError> {
         print(&event);
     }
     Ok(())
-}
-
-/// A signal's next delivery; never, when its handler could not be installed.
-async fn recv(signal: &mut Option<Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn print(event: &AgentEvent) {
