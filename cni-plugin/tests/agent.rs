@@ -450,7 +450,9 @@ fn a_restarted_tunnel_gets_the_snapshot_and_traffic_works_again() {
     };
     let _server = mesh.server();
     mesh.label_default(true);
-    for (pod, node) in [("client", "n1"), ("server", "n2")] {
+    // All three pods, client2 included: the new tunnel's snapshot is expected to hold both of
+    // n1's pods, so the restart must not race client2's enrollment.
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
         assert_eventually!(
             mesh.enrolled(pod, node),
             WAIT,
