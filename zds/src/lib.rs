@@ -12,7 +12,7 @@
 
 pub mod agent;
 pub mod client;
-pub mod seqpacket;
+mod seqpacket;
 pub mod server;
 
 /// Who a pod is, as the agent describes it.
