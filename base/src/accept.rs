@@ -41,7 +41,7 @@ impl Listener for UnixListener {
 
 /// Accepts connections on `listener` until the future is dropped, calling `handle` with each
 /// one; `handle` typically spawns a task for it. A failed accept is logged with `name` (which
-/// listener) and retried after [`RETRY_PAUSE`].
+/// listener) and retried after `RETRY_PAUSE` (50 ms).
 pub async fn serve<L, F>(listener: L, name: &'static str, mut handle: F)
 where
     L: Listener,
