@@ -21,8 +21,8 @@ use rustls::pki_types::CertificateSigningRequestDer;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Caller};
-use nodetunnel::identity::ca::certs_pem;
-use nodetunnel::identity::ca_client::IMPERSONATED_IDENTITY;
+use nodetunnel::identity::certs_pem;
+use nodetunnel::identity::IMPERSONATED_IDENTITY;
 use nodetunnel::identity::{CaError, Identity, LocalCa};
 
 /// Lifetime when the request asks for none (istiod's default workload TTL).

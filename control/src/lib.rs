@@ -32,7 +32,7 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsCo
 use auth::Authenticator;
 use ca_service::{CaService, KnownIdentity};
 use connections::Connections;
-use nodetunnel::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
+use nodetunnel::identity::{CaError, LocalCa, ROOT_CERT_FILE};
 use nodetunnel::state::Defaults;
 use status::StatusState;
 use watch::{MeshWatcher, WatchError};

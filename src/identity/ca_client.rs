@@ -25,7 +25,7 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// How long one CreateCertificate call may take, connecting included. Bounded so a CA that
 /// accepts connections but never answers turns into an error the manager backs off from,
 /// rather than a fetch that hangs a pod's first connection forever.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
@@ -65,7 +65,7 @@ impl CaClient {
     }
 
     /// Where this client sends requests.
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.target.address
     }
 
