@@ -1,8 +1,8 @@
 //! Daemon configuration from environment variables.
 //!
 //! Variable names follow Istio's ztunnel wherever the two overlap, so a deployment written for
-//! ztunnel keeps working. Each subsystem reads its own variables ([`mode`], [`xds`], [`ca`],
-//! [`pool`], [`listen`]) through one typed reader ([`env`]), and [`Config`] composes them.
+//! ztunnel keeps working. Each subsystem reads its own variables (`mode`, `xds`, `ca`,
+//! `pool`, `listen`) through one typed reader (`env`), and [`Config`] composes them.
 //! Every error names the variable, the value and why it was refused; the daemon refuses to
 //! start on any of them rather than run half-configured.
 

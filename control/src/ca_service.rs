@@ -26,7 +26,7 @@ use nodetunnel::identity::IMPERSONATED_IDENTITY;
 use nodetunnel::identity::{CaError, Identity, LocalCa};
 
 /// Lifetime when the request asks for none (istiod's default workload TTL).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether some workload in the mesh runs as an identity.
 pub type KnownIdentity = Arc<dyn Fn(&Identity) -> bool + Send + Sync>;

@@ -10,10 +10,10 @@
 pub mod auth;
 pub mod ca_service;
 pub mod connections;
-pub mod encode;
-pub mod mesh;
-pub mod push;
-pub mod status;
+mod encode;
+mod mesh;
+mod push;
+mod status;
 pub mod watch;
 pub mod xds_server;
 
@@ -280,7 +280,7 @@ fn write_root(ca: &LocalCa, path: &Path) -> Result<(), ControlError> {
 }
 
 /// `--tls-san` values (or the defaults), plus the listen IP when it is a specific address.
-pub fn serving_sans(opts: &ControlOptions) -> Vec<String> {
+pub(crate) fn serving_sans(opts: &ControlOptions) -> Vec<String> {
     let mut sans: Vec<String> = if opts.tls_sans.is_empty() {
         DEFAULT_TLS_SANS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -31,7 +31,7 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum CaClientError {
     #[error(transparent)]
     Grpc(#[from] GrpcError),
-    /// The call failed; the text comes from [`explain`] and names the CA and the cause.
+    /// The call failed; the text comes from `grpc::explain` and names the CA and the cause.
     #[error("{0}")]
     Rpc(String),
     #[error("the CA at {address} returned an unusable response: {reason}")]
@@ -58,7 +58,7 @@ impl CaClient {
         })
     }
 
-    /// Replaces [`DEFAULT_TIMEOUT`] as the limit for one call.
+    /// Replaces `DEFAULT_TIMEOUT` as the limit for one call.
     pub fn with_timeout(mut self, timeout: Duration) -> CaClient {
         self.timeout = timeout;
         self
