@@ -16,7 +16,7 @@ use crate::config::{
     CaSource, Config, ConfigSource, InpodConfig, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
     OUTBOUND_PORT,
 };
-use crate::identity::manager::CertificateSource;
+use crate::identity::CertificateSource;
 use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;

@@ -19,6 +19,10 @@ use crate::state::{Store, Workload};
 
 /// One inbound connection, as the authorize step sees it.
 #[derive(Clone, Debug)]
+#[expect(
+    dead_code,
+    reason = "the policy issue's `authorize` reads these; the stub allows everything"
+)]
 pub struct ConnectionInfo {
     /// The identity the peer proved with its TLS certificate (HBONE); `None` for plaintext,
     /// where nothing about the source is proven.
@@ -35,6 +39,13 @@ pub struct ConnectionInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow(AllowReason),
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the policy issue's `authorize` denies; the stub never does"
+        )
+    )]
     Deny(DenyReason),
 }
 
@@ -47,6 +58,13 @@ pub enum AllowReason {
 
 /// Why a connection was denied: which policy decided it, or why none allowed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the policy issue's `authorize` denies; the stub never does"
+    )
+)]
 pub enum DenyReason {
     /// A DENY policy (`namespace/name`) matched the connection.
     DenyPolicy { policy: String },

@@ -1,8 +1,8 @@
 //! Daemon configuration from environment variables.
 //!
 //! Variable names follow Istio's ztunnel wherever the two overlap, so a deployment written for
-//! ztunnel keeps working. Each subsystem reads its own variables ([`mode`], [`xds`], [`ca`],
-//! [`pool`], [`listen`]) through one typed reader ([`env`]), and [`Config`] composes them.
+//! ztunnel keeps working. Each subsystem reads its own variables (`mode`, `xds`, `ca`,
+//! `pool`, `listen`) through one typed reader (`env`), and [`Config`] composes them.
 //! Every error names the variable, the value and why it was refused; the daemon refuses to
 //! start on any of them rather than run half-configured.
 
@@ -19,16 +19,12 @@ mod xds;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use ca::{CaConfig, CaSource};
+pub(crate) use ca::{CaConfig, CaSource};
 pub use env::parse_duration;
-pub use grpc::{DEFAULT_AUTH_TOKEN, DEFAULT_ROOT_CA};
-pub use listen::{
-    ListenConfig, ADMIN_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, METRICS_PORT, OUTBOUND_PORT,
-    READINESS_PORT,
-};
-pub use mode::{InpodConfig, Mode, ProxyWorkloadInfo, DEFAULT_INPOD_UDS};
-pub use pool::PoolConfig;
-pub use xds::ConfigSource;
+pub(crate) use listen::{ListenConfig, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+pub(crate) use mode::{InpodConfig, Mode, ProxyWorkloadInfo};
+pub(crate) use pool::PoolConfig;
+pub(crate) use xds::ConfigSource;
 
 use env::{invalid, Env};
 
@@ -55,28 +51,28 @@ pub enum ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// `PROXY_MODE` with the settings of that mode.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// `XDS_ADDRESS` or `LOCAL_XDS_PATH`.
-    pub source: ConfigSource,
+    pub(crate) source: ConfigSource,
     /// Certificate source and lifetime.
-    pub ca: CaConfig,
+    pub(crate) ca: CaConfig,
     /// `CLUSTER_ID`: default cluster of workloads; sent to the control plane and the CA.
-    pub cluster_id: String,
+    pub(crate) cluster_id: String,
     /// `CLUSTER_DOMAIN`: the cluster's DNS domain.
-    pub cluster_domain: String,
+    pub(crate) cluster_domain: String,
     /// `TRUST_DOMAIN`: trust domain for workloads whose config does not name one.
-    pub trust_domain: String,
+    pub(crate) trust_domain: String,
     /// `NODE_NAME`: serve the workloads on this node (unset: every workload).
-    pub node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
     /// `NETWORK`: the network this tunnel's workloads are on.
-    pub network: String,
-    pub pool: PoolConfig,
+    pub(crate) network: String,
+    pub(crate) pool: PoolConfig,
     /// `CONNECTION_TIMEOUT`: dialing an upstream (TCP + TLS + CONNECT) gives up after this.
-    pub connect_timeout: Duration,
-    pub listen: ListenConfig,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) listen: ListenConfig,
     /// `DRAIN_TIMEOUT` (`TERMINATION_GRACE_PERIOD_SECONDS` in ztunnel): how long live connections
     /// may finish after a shutdown signal.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// `WORKER_THREADS`: the data path's runtime threads (xDS and admin have their own).
     pub worker_threads: usize,
 }
@@ -89,7 +85,7 @@ impl Config {
     }
 
     /// Reads the configuration from a map of variables (testable without touching the process env).
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub(crate) fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let env = Env(vars);
         let mode = Mode::from_env(&env)?;
         let cluster_id = env.string_or("CLUSTER_ID", "Kubernetes");

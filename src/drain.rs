@@ -68,6 +68,7 @@ impl ConnectionTasks {
         self.tracker.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }

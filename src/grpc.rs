@@ -56,7 +56,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 impl GrpcTarget {
     /// A channel that connects on first use and reconnects after failures by itself. Bad
     /// addresses and unreadable roots fail here, at start-up, not on the first request.
-    pub fn channel(&self) -> Result<Channel, GrpcError> {
+    pub(crate) fn channel(&self) -> Result<Channel, GrpcError> {
         let bad = |reason: String| GrpcError::Address {
             address: self.address.clone(),
             reason,
@@ -101,7 +101,7 @@ impl GrpcTarget {
     }
 
     /// Adds `authorization: Bearer <token>` (read now) and `ClusterID` to a request.
-    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), GrpcError> {
+    pub(crate) fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), GrpcError> {
         if let Some(path) = &self.token {
             request
                 .metadata_mut()
@@ -135,7 +135,7 @@ fn bearer_header(path: &Path) -> Result<MetadataValue<Ascii>, GrpcError> {
 /// One line naming what went wrong talking to `what` (e.g. "the control plane at https://…"):
 /// rejected credentials, unreachable, or the server's own message, with the transport's cause
 /// chain (connection refused, certificate errors) rather than tonic's generic "transport error".
-pub fn explain(status: &Status, what: &str) -> String {
+pub(crate) fn explain(status: &Status, what: &str) -> String {
     let mut parts = vec![status.message().to_string()];
     if let Some(source) = std::error::Error::source(status) {
         push_causes(&mut parts, source);

@@ -4,14 +4,14 @@
 //! `manager` keeps one short-lived certificate per identity and renews it before expiry;
 //! `tls_configs` caches the rustls configs built from each certificate.
 
-pub mod ca;
-pub mod ca_client;
-pub mod manager;
+mod ca;
+mod ca_client;
+mod manager;
 mod spiffe;
 mod tls_configs;
 
-pub use ca::{CaError, LocalCa, ServingCert};
-pub use ca_client::{CaClient, CaClientError};
-pub use manager::{ManagerError, SecretManager, WorkloadCert};
+pub use ca::{certs_pem, CaError, LocalCa, ServingCert, ROOT_CERT_FILE};
+pub use ca_client::{CaClient, CaClientError, IMPERSONATED_IDENTITY};
+pub use manager::{CertificateSource, ManagerError, SecretManager, WorkloadCert};
 pub use spiffe::{Identity, IdentityError};
-pub use tls_configs::TlsConfigs;
+pub(crate) use tls_configs::TlsConfigs;

@@ -14,4 +14,4 @@
 pub mod manager;
 pub mod pod;
 pub mod snapshot;
-pub use nodetunnel_zds::{client as zds, server as zds_server};
+use nodetunnel_zds::client as zds;

@@ -6,18 +6,27 @@
 //! `socket` holds the only syscall-level code; network namespace handles come from
 //! `nodetunnel-base` (shared with the ZDS crate and the CNI agent).
 
-pub mod admin;
+//!
+//! The public surface is what the `nodetunnel` binary, the control plane crate and the
+//! integration tests use: [`app::run`] with a [`config::Config`]; the mesh model in [`state`],
+//! which the control plane encodes and the xDS client fills; [`identity`] (SPIFFE ids, the CA
+//! the control plane serves, the CA client and certificate manager the tests drive); the
+//! [`xds`] client and its resource conversions; and the gRPC endpoint type in [`grpc`].
+//! Everything on the data path (`hbone`, `proxy`, `authz`, `tls`, `inpod`, `socket`, `drain`,
+//! `admin`, `metrics`) is private, so the compiler reports what nothing uses.
+
+mod admin;
 pub mod app;
-pub mod authz;
+mod authz;
 pub mod config;
-pub mod drain;
+mod drain;
 pub mod grpc;
-pub mod hbone;
+mod hbone;
 pub mod identity;
-pub mod inpod;
-pub mod metrics;
-pub mod proxy;
-pub mod socket;
+mod inpod;
+mod metrics;
+mod proxy;
+mod socket;
 pub mod state;
-pub mod tls;
+mod tls;
 pub mod xds;

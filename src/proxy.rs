@@ -14,7 +14,7 @@ mod listeners;
 pub mod outbound;
 
 pub use error::ProxyError;
-pub use listeners::{ListenError, Listener, ListenerSet};
+pub use listeners::{ListenError, ListenerSet};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

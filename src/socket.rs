@@ -64,11 +64,6 @@ impl SocketFactory {
         self
     }
 
-    /// The namespace sockets are created in; `None` is the tunnel's own.
-    pub fn netns(&self) -> Option<&Arc<NetnsHandle>> {
-        self.netns.as_ref()
-    }
-
     /// A listener with SO_REUSEPORT (so a new tunnel can take over while the old one drains).
     /// An unspecified IPv6 address listens dual-stack, falling back to IPv4 where the
     /// namespace has no IPv6. Blocks briefly on a fresh thread when the factory has a

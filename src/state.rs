@@ -12,10 +12,13 @@ mod resolve;
 mod store;
 mod types;
 
-pub use defaults::{workload_type_name, Defaults};
-pub use local::{load_file, load_str, LoadError, Loaded};
-pub use resolve::{ResolveError, Upstream};
-pub use store::{StateHandle, Store, StoreDelta, StoreError};
+pub(crate) use defaults::workload_type_name;
+pub use defaults::Defaults;
+pub(crate) use local::load_file;
+pub use local::{load_str, LoadError, Loaded};
+pub(crate) use resolve::{ResolveError, Upstream};
+pub(crate) use store::StoreError;
+pub use store::{StateHandle, Store, StoreDelta};
 pub use types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy, PolicyAction,
     PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,

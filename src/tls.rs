@@ -11,8 +11,8 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use config::{client_config, server_config, ALPN_H2};
-pub use verify::{identity_rejection, peer_identity};
+pub use config::{client_config, server_config};
+pub use verify::peer_identity;
 
 use crate::identity::{Identity, IdentityError};
 

@@ -13,8 +13,8 @@
 //! istiod serves to ztunnel.
 
 mod backoff;
-pub mod client;
-pub mod convert;
+mod client;
+mod convert;
 mod node;
 mod response;
 mod status;
@@ -24,6 +24,9 @@ use std::collections::BTreeMap;
 use crate::grpc::{GrpcError, GrpcTarget};
 
 pub use client::XdsClient;
+/// The xDS → store conversions; public so the control plane's tests can check that what it
+/// encodes decodes back to the same workloads and policies.
+pub use convert::{address_from_proto, authorization_from_proto, AddressResource};
 pub use status::{TypeStats, XdsHandle, XdsStats};
 
 /// The two resource types of Istio's ambient xDS API: what the tunnel subscribes to and what
@@ -59,7 +62,7 @@ impl ResourceType {
     }
 
     /// Plural, for the tunnel's logs and snapshot.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ResourceType::Address => "addresses",
             ResourceType::Authorization => "authorizations",
@@ -90,7 +93,7 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.<cluster domain>`, the form istiod expects.
-    pub fn node_id(&self) -> String {
+    pub(crate) fn node_id(&self) -> String {
         format!(
             "ztunnel~{}~{}.{}~{}.svc.{}",
             self.instance_ip,

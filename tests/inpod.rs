@@ -15,8 +15,6 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodetunnel::inpod::zds::WorkloadInfo;
-use nodetunnel::inpod::zds_server::{Ack, ZdsPeer, ZdsServer};
 use nodetunnel_proto::istio::zds::{self as pb, workload_request::Payload};
 use nodetunnel_testbed::inpod::{InpodRules, PodNs, PodTopology};
 use nodetunnel_testbed::procstat;
@@ -25,6 +23,8 @@ use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
     shared_tunnel_env, Ca, ControlPlane, Mesh as MeshSource, MeshConfig, Server, Tunnel,
 };
+use nodetunnel_zds::server::{Ack, ZdsPeer, ZdsServer};
+use nodetunnel_zds::WorkloadInfo;
 use prost::Message;
 
 const MIB: u64 = 1 << 20;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// Pause after a failed accept before the next one.
-pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A listening socket [`serve`] can take connections from.
 pub trait Listener: Send + 'static {
@@ -41,7 +41,7 @@ impl Listener for UnixListener {
 
 /// Accepts connections on `listener` until the future is dropped, calling `handle` with each
 /// one; `handle` typically spawns a task for it. A failed accept is logged with `name` (which
-/// listener) and retried after [`RETRY_PAUSE`].
+/// listener) and retried after `RETRY_PAUSE` (50 ms).
 pub async fn serve<L, F>(listener: L, name: &'static str, mut handle: F)
 where
     L: Listener,

@@ -52,7 +52,7 @@ impl Backoff {
     /// As [`next_delay`](Self::next_delay) with the random draw `unit` in `[0, 1)` given,
     /// which spreads the delay over ±50% of the base; the result never exceeds `max`. An exact
     /// backoff ignores `unit`.
-    pub fn next_delay_with(&mut self, unit: f64) -> Duration {
+    pub(crate) fn next_delay_with(&mut self, unit: f64) -> Duration {
         let base = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
         if !self.jitter {

@@ -9,7 +9,7 @@
 //! - [`NetnsHandle::run`] spawns a fresh OS thread, enters, runs, exits (rare, synchronous
 //!   work: binding a pod's listeners, applying its rules).
 //! - [`NetnsHandle::run_async`] queues the work on a small fixed set of long-lived `netns-<n>`
-//!   threads (see [`workers`]): per-connection socket creation, where a thread spawn per
+//!   threads (see `workers`): per-connection socket creation, where a thread spawn per
 //!   connection would cost more than the connection set-up itself.
 //!
 //! The handle holds the namespace's fd, so it stays valid after the path it was opened as

@@ -3,18 +3,18 @@
 //! pods into the node tunnel: in-pod redirection rules, host probe SNAT, ZDS hand-over of the
 //! pod's netns, and the `ambient.istio.io/redirection` annotation.
 //!
-//! - [`config`]: flags and Istio's environment variables.
-//! - [`watch`]: the Kubernetes watches; [`reconcile`]: the single task deciding enrollment;
-//!   [`enroll`]: the steps of enrolling and unenrolling one pod.
-//! - [`plugin_server`]: `POST /cmdadd` from the plugin; [`health`]: `/healthz`, `/readyz`.
+//! - `config`: flags and Istio's environment variables.
+//! - `watch`: the Kubernetes watches; `reconcile`: the single task deciding enrollment;
+//!   `enroll`: the steps of enrolling and unenrolling one pod.
+//! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`.
 
-pub mod config;
-pub mod enroll;
-pub mod health;
+mod config;
+mod enroll;
+mod health;
 mod http_server;
-pub mod plugin_server;
-pub mod reconcile;
-pub mod watch;
+mod plugin_server;
+mod reconcile;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use reconcile::{Input, Reconciler};
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     #[error("NATIVE_NFTABLES=true: this agent programs iptables only; unset it")]
     Nftables,
     #[error("Kubernetes client configuration (KUBECONFIG or in-cluster): {0}")]
@@ -113,7 +113,7 @@ pub fn main() -> i32 {
 }
 
 /// The agent until SIGTERM/SIGINT.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if config.native_nftables {
         return Err(AgentError::Nftables);
     }

@@ -27,11 +27,10 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 use crate::plugin::config::PluginConfig;
+#[cfg(test)]
+pub use selector::parse_selectors_yaml;
 use selector::CompiledPair;
-pub use selector::{
-    default_selectors, parse_selectors_json, parse_selectors_yaml, EnablementSelector,
-    SelectorError,
-};
+pub use selector::{default_selectors, parse_selectors_json, EnablementSelector, SelectorError};
 
 /// The label that opts a namespace or pod into (or out of) ambient.
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 pub use ip::{EventIp, EventIpError, IpNet, IpProblem};
 
 /// Socket file name under the run dir.
-pub const SOCKET_NAME: &str = "pluginevent.sock";
+pub(crate) const SOCKET_NAME: &str = "pluginevent.sock";
 /// HTTP path of the add event.
-pub const ADD_PATH: &str = "/cmdadd";
+pub(crate) const ADD_PATH: &str = "/cmdadd";
 /// How long the plugin waits for the agent's answer.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One `ADD` for a pod that the plugin decided is ambient. Serialized as Go serializes
 /// Istio's `CNIPluginAddEvent` (fields in its order); see [`EventIp`] for the `IPs` entries.
@@ -101,13 +101,13 @@ impl From<IncomingEvent> for PluginEvent {
 }
 
 /// `<run_dir>/pluginevent.sock`.
-pub fn socket_path(run_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_NAME)
 }
 
 /// Why the agent did not accept an event.
 #[derive(Debug, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     #[error("encoding the pod event: {0}")]
     Encode(#[source] serde_json::Error),
     #[error("connecting to the CNI agent at {}: {source} (is the agent running?)", path.display())]
@@ -136,7 +136,7 @@ pub enum EventError {
 
 impl EventError {
     /// Whether retrying later may help: the agent is absent or slow, rather than refusing.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             EventError::Connect { .. } | EventError::Http { .. } | EventError::Timeout { .. }
@@ -150,12 +150,12 @@ const MAX_BODY: usize = 64 * 1024;
 /// POSTs `event` as JSON to `http://unix/cmdadd` over `<run_dir>/pluginevent.sock` and waits
 /// for the answer; the whole exchange (connect included) is bounded by [`TIMEOUT`]. Only a
 /// 200 is success: the plugin fails the pod's `ADD` otherwise (fail closed).
-pub async fn send_add(run_dir: &Path, event: &PluginEvent) -> Result<(), EventError> {
+pub(crate) async fn send_add(run_dir: &Path, event: &PluginEvent) -> Result<(), EventError> {
     send_add_within(run_dir, event, TIMEOUT).await
 }
 
 /// [`send_add`] with another deadline (tests).
-pub async fn send_add_within(
+pub(crate) async fn send_add_within(
     run_dir: &Path,
     event: &PluginEvent,
     timeout: Duration,

@@ -4,7 +4,7 @@
 //! (see docs/contracts.md, "CNI plugin ↔ node agent"), so either can stand in for the other.
 //!
 //! Modules, along the flow of a pod:
-//! - [`ambient`]: the label rules that decide whether a pod is enrolled (plugin and agent).
+//! - `ambient` (private): the label rules that decide whether a pod is enrolled (plugin and agent).
 //! - [`plugin`]: the CNI plugin binary's logic (`VERSION`/`ADD`/`DEL`/`CHECK`), its flat
 //!   config, and the prevResult passthrough.
 //! - [`event`]: the pod event the plugin POSTs to the agent over `<run_dir>/pluginevent.sock`.
@@ -15,7 +15,7 @@
 //!   the ZDS server towards the tunnel, health endpoints.
 
 pub mod agent;
-pub mod ambient;
+mod ambient;
 pub mod event;
 pub mod install;
 pub mod node;

@@ -4,7 +4,7 @@
 //!
 //! - `VERSION`: the supported spec versions.
 //! - `ADD`: pass `prevResult` on (in the config's `cniVersion`); when `ambient_enabled` and the
-//!   pod is ambient (see [`crate::ambient`]; pod and namespace fetched from the API), tell the
+//!   pod is ambient (see `ambient`; pod and namespace fetched from the API), tell the
 //!   agent and wait for it. Any failure fails the `ADD` — fail closed: an ambient pod never
 //!   starts without its redirection.
 //! - `DEL`, `CHECK`, `STATUS`, `GC`: succeed without output; the plugin holds no state (the
@@ -12,14 +12,14 @@
 //!
 //! stdout carries only the result or the error JSON; logs go to stderr.
 
-pub mod args;
-pub mod config;
-pub mod error;
-pub mod kube;
-pub mod result;
+mod args;
+pub(crate) mod config;
+mod error;
+mod kube;
+mod result;
 #[cfg(test)]
 mod tests;
-pub mod version;
+mod version;
 
 use std::io::{Read, Write};
 
@@ -29,12 +29,14 @@ use tracing::{debug, info};
 use crate::ambient::{Decision, EnrollmentRules};
 use crate::event::{self, PluginEvent};
 use args::{Command, Invocation};
-use config::{PluginConfig, KUBECONFIG_NAME};
+/// The plugin's flat config, which the installer writes into the conflist entry.
+pub use config::PluginConfig;
+use config::KUBECONFIG_NAME;
 use error::PluginError;
 
 /// What an invocation produced: the JSON for stdout (if any) and the exit code.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub stdout: Option<Value>,
     pub exit_code: i32,
 }
@@ -65,7 +67,7 @@ pub fn main() -> i32 {
 }
 
 /// One invocation: `env` looks up environment variables, `stdin` is the network config.
-pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+pub(crate) fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let invocation = match Invocation::from_env(&env) {
         Ok(i) => i,
         Err(e) => return failure(e.into(), &version_hint(stdin)),

@@ -15,7 +15,7 @@ use nodetunnel_cni::install::{
     binary, files, kubeconfig, upgrade, BinaryOutcome, ConflistState, InstallConfig, InstallError,
     Installer, ShutdownAction,
 };
-use nodetunnel_cni::plugin::config::PluginConfig;
+use nodetunnel_cni::plugin::PluginConfig;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;

@@ -18,7 +18,7 @@ use nodetunnel::identity::Identity;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// Presented a bearer token listed in the token file (named by its line label if any).
     Token { label: String },
     /// Presented a client certificate chained to the mesh root.
@@ -96,7 +96,7 @@ impl Authenticator {
     /// accepting the certificate instead would hide a broken token until the certificate
     /// expires.
     #[allow(clippy::result_large_err)]
-    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+    pub(crate) fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
         if let Some(header) = request.metadata().get("authorization") {
             let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
                 Status::unauthenticated(

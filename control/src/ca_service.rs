@@ -21,12 +21,12 @@ use rustls::pki_types::CertificateSigningRequestDer;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Caller};
-use nodetunnel::identity::ca::certs_pem;
-use nodetunnel::identity::ca_client::IMPERSONATED_IDENTITY;
+use nodetunnel::identity::certs_pem;
+use nodetunnel::identity::IMPERSONATED_IDENTITY;
 use nodetunnel::identity::{CaError, Identity, LocalCa};
 
 /// Lifetime when the request asks for none (istiod's default workload TTL).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether some workload in the mesh runs as an identity.
 pub type KnownIdentity = Arc<dyn Fn(&Identity) -> bool + Send + Sync>;

@@ -60,7 +60,7 @@ pub struct Connections {
 
 impl Connections {
     /// Registers a new connection; the entry lives as long as the returned handle.
-    pub fn register(self: &Arc<Self>, status: ConnectionStatus) -> ConnectionHandle {
+    pub(crate) fn register(self: &Arc<Self>, status: ConnectionStatus) -> ConnectionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Mutex::new(ConnectionStatus { id, ..status }));
         lock(&self.live).insert(id, entry.clone());
@@ -88,19 +88,19 @@ impl Connections {
 
 /// A connection's own entry; dropping it removes the entry.
 #[derive(Debug)]
-pub struct ConnectionHandle {
+pub(crate) struct ConnectionHandle {
     id: u64,
     entry: Arc<Mutex<ConnectionStatus>>,
     registry: Arc<Connections>,
 }
 
 impl ConnectionHandle {
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// Runs `f` on this connection's status.
-    pub fn update<R>(&self, f: impl FnOnce(&mut ConnectionStatus) -> R) -> R {
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut ConnectionStatus) -> R) -> R {
         f(&mut lock(&self.entry))
     }
 }

@@ -10,10 +10,10 @@
 pub mod auth;
 pub mod ca_service;
 pub mod connections;
-pub mod encode;
-pub mod mesh;
-pub mod push;
-pub mod status;
+mod encode;
+mod mesh;
+mod push;
+mod status;
 pub mod watch;
 pub mod xds_server;
 
@@ -33,7 +33,7 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsCo
 use auth::Authenticator;
 use ca_service::{CaService, KnownIdentity};
 use connections::Connections;
-use nodetunnel::identity::ca::{CaError, LocalCa, ROOT_CERT_FILE};
+use nodetunnel::identity::{CaError, LocalCa, ROOT_CERT_FILE};
 use nodetunnel::state::Defaults;
 use status::StatusState;
 use watch::{MeshWatcher, WatchError};
@@ -287,7 +287,7 @@ fn write_root(ca: &LocalCa, path: &Path) -> Result<(), ControlError> {
 }
 
 /// `--tls-san` values (or the defaults), plus the listen IP when it is a specific address.
-pub fn serving_sans(opts: &ControlOptions) -> Vec<String> {
+pub(crate) fn serving_sans(opts: &ControlOptions) -> Vec<String> {
     let mut sans: Vec<String> = if opts.tls_sans.is_empty() {
         DEFAULT_TLS_SANS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -31,7 +31,7 @@ pub struct MeshSnapshot {
 
 /// What the status endpoint shows about loading.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct LoadStatus {
+pub(crate) struct LoadStatus {
     pub path: PathBuf,
     /// Generation currently served.
     pub generation: u64,
@@ -140,11 +140,13 @@ impl MeshWatcher {
         self.rx.clone()
     }
 
-    pub fn current(&self) -> Arc<MeshSnapshot> {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Arc<MeshSnapshot> {
         self.rx.borrow().clone()
     }
 
-    pub fn status(&self) -> LoadStatus {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> LoadStatus {
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -152,7 +154,7 @@ impl MeshWatcher {
     }
 
     /// A shared handle to the status, for endpoints that outlive a borrow of the watcher.
-    pub fn status_handle(&self) -> Arc<Mutex<LoadStatus>> {
+    pub(crate) fn status_handle(&self) -> Arc<Mutex<LoadStatus>> {
         self.status.clone()
     }
 }

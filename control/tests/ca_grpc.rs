@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodetunnel::grpc::GrpcTarget;
-use nodetunnel::identity::ca::certs_pem;
-use nodetunnel::identity::manager::CertificateSource;
+use nodetunnel::identity::certs_pem;
+use nodetunnel::identity::CertificateSource;
 use nodetunnel::identity::{CaClient, Identity, LocalCa, SecretManager, WorkloadCert};
 use nodetunnel_control::auth::Authenticator;
 use nodetunnel_control::ca_service::{CaService, KnownIdentity};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nodetunnel::grpc::GrpcTarget;
-use nodetunnel::identity::ca_client::CaClient;
+use nodetunnel::identity::CaClient;
 use nodetunnel::identity::Identity;
 use nodetunnel_proto::envoy::config::core::v3::Node;
 use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;

@@ -11,7 +11,7 @@ use crate::grpc::GrpcTarget;
 
 /// Where workload certificates come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CaSource {
+pub(crate) enum CaSource {
     /// A throwaway root generated at start (`FAKE_CA=true`).
     Fake,
     /// A CA loaded from Istio's plug-in CA file names in a directory (`LOCAL_CA_DIR`).
@@ -22,7 +22,7 @@ pub enum CaSource {
 
 /// Certificates: their source and lifetime.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaConfig {
+pub(crate) struct CaConfig {
     pub source: CaSource,
     /// `SECRET_TTL`: lifetime of issued workload certificates.
     pub secret_ttl: Duration,

@@ -8,8 +8,8 @@ use super::ConfigError;
 use crate::grpc::GrpcTarget;
 
 /// Istio's defaults: the mounted istiod root and the projected service-account token.
-pub const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
-pub const DEFAULT_AUTH_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
+pub(crate) const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
+pub(crate) const DEFAULT_AUTH_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
 
 /// The variables that describe one gRPC service.
 pub(super) struct GrpcVars {

@@ -6,16 +6,16 @@ use super::env::Env;
 use super::ConfigError;
 
 /// Ports inside the tunnel's (or the pod's) network namespace, fixed by the ambient contract.
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
-pub const HBONE_PORT: u16 = 15008;
-pub const ADMIN_PORT: u16 = 15000;
-pub const METRICS_PORT: u16 = 15020;
-pub const READINESS_PORT: u16 = 15021;
+pub(crate) const OUTBOUND_PORT: u16 = 15001;
+pub(crate) const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub(crate) const HBONE_PORT: u16 = 15008;
+pub(crate) const ADMIN_PORT: u16 = 15000;
+pub(crate) const METRICS_PORT: u16 = 15020;
+pub(crate) const READINESS_PORT: u16 = 15021;
 
 /// Where the data-path listeners and the admin endpoints bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenConfig {
+pub(crate) struct ListenConfig {
     /// Address the outbound/inbound listeners bind: `[::]` (dual stack) unless `IPV6_ENABLED=false`.
     pub bind_ip: IpAddr,
     /// `ADMIN_ADDR`: `/config_dump`, loopback only by default.

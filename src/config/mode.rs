@@ -8,7 +8,7 @@ use super::ConfigError;
 
 /// How the tunnel runs, with the settings of that mode and no other.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `PROXY_MODE=dedicated` (the default): the tunnel serves workloads from its own network
     /// namespace. `workload` (`PROXY_WORKLOAD_INFO`) narrows it to the one workload it fronts.
     Dedicated { workload: Option<ProxyWorkloadInfo> },
@@ -20,7 +20,7 @@ pub enum Mode {
 /// `PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>`: in dedicated mode, restricts the
 /// tunnel to the one workload it fronts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyWorkloadInfo {
+pub(crate) struct ProxyWorkloadInfo {
     pub namespace: String,
     pub name: String,
     pub service_account: String,
@@ -28,7 +28,7 @@ pub struct ProxyWorkloadInfo {
 
 /// Shared (in-pod) mode settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InpodConfig {
+pub(crate) struct InpodConfig {
     /// `INPOD_UDS`: the node agent's ZDS socket (SOCK_SEQPACKET) the tunnel connects to.
     pub uds: PathBuf,
     /// `PACKET_MARK` (older name `INPOD_MARK`): SO_MARK on every socket the tunnel opens inside
@@ -40,7 +40,7 @@ pub struct InpodConfig {
 }
 
 /// Istio's node agent socket path.
-pub const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
+pub(crate) const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
 
 impl Mode {
     pub(super) fn from_env(env: &Env<'_>) -> Result<Mode, ConfigError> {

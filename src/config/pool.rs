@@ -7,7 +7,7 @@ use super::ConfigError;
 
 /// HBONE connection pool limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolConfig {
+pub(crate) struct PoolConfig {
     /// `POOL_MAX_STREAMS_PER_CONNECTION`: CONNECT streams one mTLS connection carries before
     /// the pool opens another.
     pub max_streams_per_connection: usize,

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::mode::DEFAULT_INPOD_UDS;
 use super::*;
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {

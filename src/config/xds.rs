@@ -9,7 +9,7 @@ use crate::xds::{NodeInfo, XdsConfig};
 
 /// Where workloads, services and policies come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// `LOCAL_XDS_PATH`: a YAML file read once at start.
     File(PathBuf),
     /// `XDS_ADDRESS`: a control plane over delta xDS.

@@ -49,7 +49,6 @@ pub enum ClientError {
 pub struct Connection {
     send: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-    pub peer: SocketAddr,
 }
 
 impl Connection {
@@ -138,9 +137,5 @@ where
         }
         flag.store(true, Ordering::Release);
     });
-    Connection {
-        send,
-        closed,
-        peer: addr,
-    }
+    Connection { send, closed }
 }

@@ -181,7 +181,8 @@ impl Pool {
         Ok(stream.with_guard(Box::new(guard)))
     }
 
-    /// Open connections for `key` (for tests and debugging).
+    /// Open connections for `key`.
+    #[cfg(test)]
     pub fn connections(&self, key: &PoolKey) -> usize {
         let slot = self.slot(key);
         let count = slot
@@ -192,6 +193,7 @@ impl Pool {
     }
 
     /// Open connections across all keys.
+    #[cfg(test)]
     pub fn total_connections(&self) -> usize {
         let slots: Vec<Slot> = self
             .inner

@@ -21,10 +21,10 @@ use rcgen::{Issuer, KeyPair};
 use rustls::pki_types::CertificateDer;
 
 /// Istio's plug-in CA file names (`cacerts` secret keys).
-pub const CA_CERT_FILE: &str = "ca-cert.pem";
-pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub(crate) const CA_CERT_FILE: &str = "ca-cert.pem";
+pub(crate) const CA_KEY_FILE: &str = "ca-key.pem";
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
-pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+pub(crate) const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 
 /// How far issued certificates are back-dated, so peers with a slightly slow clock accept them.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);

@@ -25,13 +25,13 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// How long one CreateCertificate call may take, connecting included. Bounded so a CA that
 /// accepts connections but never answers turns into an error the manager backs off from,
 /// rather than a fetch that hangs a pod's first connection forever.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
     #[error(transparent)]
     Grpc(#[from] GrpcError),
-    /// The call failed; the text comes from [`explain`] and names the CA and the cause.
+    /// The call failed; the text comes from `grpc::explain` and names the CA and the cause.
     #[error("{0}")]
     Rpc(String),
     #[error("the CA at {address} returned an unusable response: {reason}")]
@@ -58,14 +58,14 @@ impl CaClient {
         })
     }
 
-    /// Replaces [`DEFAULT_TIMEOUT`] as the limit for one call.
+    /// Replaces `DEFAULT_TIMEOUT` as the limit for one call.
     pub fn with_timeout(mut self, timeout: Duration) -> CaClient {
         self.timeout = timeout;
         self
     }
 
     /// Where this client sends requests.
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.target.address
     }
 

@@ -88,14 +88,14 @@ pub struct WorkloadCert {
 
 impl WorkloadCert {
     /// Halfway between issuance and expiry: from here on, fetches renew it.
-    pub fn refresh_at(&self) -> SystemTime {
+    pub(crate) fn refresh_at(&self) -> SystemTime {
         let start = self.issued_at.max(self.not_before);
         let lifetime = self.not_after.duration_since(start).unwrap_or_default();
         start + lifetime / 2
     }
 
     /// Whether the certificate may still be presented at `now`.
-    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+    pub(crate) fn is_valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now < self.not_after
     }
 
@@ -104,7 +104,7 @@ impl WorkloadCert {
     }
 
     /// The rustls configs built from this certificate (see `tls::server_config`).
-    pub fn tls_configs(&self) -> &TlsConfigs {
+    pub(crate) fn tls_configs(&self) -> &TlsConfigs {
         &self.tls_configs
     }
 }
@@ -329,7 +329,7 @@ impl SecretManager {
     /// `id`, the source's signature, then checks (right SAN, our key, valid now, chains to the
     /// root the CA returned). The new certificate trusts the whole current bundle. Use
     /// [`SecretManager::fetch`] normally.
-    pub async fn issue(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
+    pub(crate) async fn issue(&self, id: &Identity) -> Result<Arc<WorkloadCert>, ManagerError> {
         self.issuances.fetch_add(1, Ordering::Relaxed);
         let csr_err = |source| ManagerError::Csr {
             identity: id.to_string(),
@@ -370,7 +370,7 @@ impl SecretManager {
     }
 
     /// Identities with a cache slot, sorted, for debugging.
-    pub fn cached_identities(&self) -> Vec<Identity> {
+    pub(crate) fn cached_identities(&self) -> Vec<Identity> {
         let mut ids: Vec<_> = self
             .slots
             .lock()
@@ -391,7 +391,7 @@ impl SecretManager {
     /// fresh one instead of waiting for the CA. Optional: `fetch` alone already never returns an
     /// expired certificate. The task holds only a weak reference and ends at its next wake-up
     /// (at most a minute) after the manager is dropped.
-    pub fn spawn_renewal(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_renewal(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<SecretManager> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

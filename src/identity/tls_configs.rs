@@ -24,19 +24,19 @@ use super::Identity;
 /// renewed. Past the bound an arbitrary entry is evicted; a miss only costs a rebuild, which is
 /// what every connection paid before this cache existed.
 #[derive(Default)]
-pub struct TlsConfigs {
+pub(crate) struct TlsConfigs {
     server: OnceLock<Arc<ServerConfig>>,
     clients: Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
 }
 
 impl TlsConfigs {
     /// Upper bound on cached client configs per certificate.
-    pub const MAX_CLIENT_CONFIGS: usize = 64;
+    pub(crate) const MAX_CLIENT_CONFIGS: usize = 64;
 
     /// The server config, built by `build` on first use.
     ///
     /// Concurrent first calls may each build one; all get the config stored first.
-    pub fn server<E>(
+    pub(crate) fn server<E>(
         &self,
         build: impl FnOnce() -> Result<Arc<ServerConfig>, E>,
     ) -> Result<Arc<ServerConfig>, E> {
@@ -51,7 +51,7 @@ impl TlsConfigs {
     ///
     /// `build` runs without the lock held; concurrent misses for the same set may each build
     /// one, and all get the config stored first.
-    pub fn client<E>(
+    pub(crate) fn client<E>(
         &self,
         expected: Vec<Identity>,
         build: impl FnOnce(Vec<Identity>) -> Result<Arc<ClientConfig>, E>,
@@ -70,7 +70,8 @@ impl TlsConfigs {
     }
 
     /// How many client configs are cached, for debugging and tests.
-    pub fn client_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn client_count(&self) -> usize {
         self.lock_clients().len()
     }
 

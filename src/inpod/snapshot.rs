@@ -145,11 +145,13 @@ impl SnapshotTracker {
     }
 
     /// The namespace a pod's proxy runs in.
+    #[cfg(test)]
     pub fn netns(&self, uid: &str) -> Option<NetnsId> {
         self.pods.get(uid).copied()
     }
 
     /// Uids of running pods, in no particular order.
+    #[cfg(test)]
     pub fn pods(&self) -> impl Iterator<Item = &str> {
         self.pods.keys().map(String::as_str)
     }

@@ -27,7 +27,7 @@ impl Defaults {
     /// workload reads the same whether it came from a local file or from xDS: trust domain and
     /// cluster id from `self`, service account `default`, workload type `deployment` (the
     /// proto's zero value).
-    pub fn fill_workload(&self, workload: &mut Workload) {
+    pub(crate) fn fill_workload(&self, workload: &mut Workload) {
         fill(&mut workload.trust_domain, &self.trust_domain);
         fill(&mut workload.cluster_id, &self.cluster_id);
         fill(&mut workload.service_account, "default");
@@ -42,11 +42,11 @@ fn fill(field: &mut String, default: &str) {
 }
 
 /// Istio's name for a workload type as the store keeps it (lowercase, as ztunnel shows it).
-pub fn workload_type_name(t: WorkloadType) -> String {
+pub(crate) fn workload_type_name(t: WorkloadType) -> String {
     t.as_str_name().to_ascii_lowercase()
 }
 
 /// Parses a workload type name case-insensitively (`deployment`, `cronjob`, `pod`, `job`).
-pub fn parse_workload_type(name: &str) -> Option<String> {
+pub(crate) fn parse_workload_type(name: &str) -> Option<String> {
     WorkloadType::from_str_name(&name.to_ascii_uppercase()).map(workload_type_name)
 }

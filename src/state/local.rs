@@ -61,7 +61,7 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Loaded, LoadError> {
+pub(crate) fn load_file(path: &Path, defaults: &Defaults) -> Result<Loaded, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,

@@ -9,7 +9,7 @@ use super::types::{HealthStatus, InboundProtocol, NamespacedHostname, Service, W
 use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("service {service} has no port {port}")]
     UnknownServicePort {
         service: NamespacedHostname,
@@ -26,7 +26,7 @@ pub enum ResolveError {
 
 /// The chosen upstream of an outbound connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// A known workload; `address` is the workload IP and target port.
     Workload {
         workload: Arc<Workload>,
@@ -40,12 +40,12 @@ pub enum Upstream {
 
 impl Upstream {
     /// True when the upstream sits behind a node tunnel that speaks HBONE.
-    pub fn uses_hbone(&self) -> bool {
+    pub(crate) fn uses_hbone(&self) -> bool {
         matches!(self, Upstream::Workload { workload, .. } if workload.protocol == InboundProtocol::Hbone)
     }
 
     /// The address the application traffic is finally delivered to.
-    pub fn target(&self) -> SocketAddr {
+    pub(crate) fn target(&self) -> SocketAddr {
         match self {
             Upstream::Workload { address, .. } => *address,
             Upstream::Passthrough(address) => *address,
@@ -54,7 +54,7 @@ impl Upstream {
 
     /// Identities the upstream's tunnel may present: the workload's own, plus any the service
     /// declares in `subjectAltNames` (malformed ones are ignored: they can never match).
-    pub fn expected_identities(&self) -> Vec<Identity> {
+    pub(crate) fn expected_identities(&self) -> Vec<Identity> {
         match self {
             Upstream::Workload {
                 workload, service, ..
@@ -79,7 +79,7 @@ impl Store {
     /// Resolves an original destination seen on `network`. `pick` chooses among the healthy
     /// endpoints of a service (given their count, returns an index below it), so callers decide
     /// the spreading policy and tests can be deterministic.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         network: &str,
         dst: SocketAddr,

@@ -40,7 +40,8 @@ pub struct StoreDelta {
 
 impl StoreDelta {
     /// True when applying the delta would change nothing.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.workloads.is_empty()
             && self.services.is_empty()
             && self.policies.is_empty()
@@ -86,7 +87,7 @@ pub struct Store {
 impl Store {
     /// Inserts or replaces a workload (keyed by uid). An address already held by another
     /// workload is refused and the store is left unchanged.
-    pub fn insert_workload(&mut self, workload: Workload) -> Result<(), StoreError> {
+    pub(crate) fn insert_workload(&mut self, workload: Workload) -> Result<(), StoreError> {
         self.upsert_workload(workload).map(drop)
     }
 
@@ -126,7 +127,7 @@ impl Store {
         self.workloads.insert(workload.uid.clone(), workload);
     }
 
-    pub fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
+    pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
         let old = self.workloads.remove(uid)?;
         for ip in &old.workload_ips {
             self.workload_by_ip
@@ -145,7 +146,7 @@ impl Store {
 
     /// Inserts or replaces a service (keyed by namespace/hostname). A VIP already held by
     /// another service is refused and the store is left unchanged.
-    pub fn insert_service(&mut self, service: Service) -> Result<(), StoreError> {
+    pub(crate) fn insert_service(&mut self, service: Service) -> Result<(), StoreError> {
         self.upsert_service(service).map(drop)
     }
 
@@ -180,7 +181,7 @@ impl Store {
         self.services.insert(key, service);
     }
 
-    pub fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
+    pub(crate) fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
         let old = self.services.remove(key)?;
         for vip in &old.vips {
             self.service_by_vip.remove(vip);
@@ -196,16 +197,17 @@ impl Store {
 
     /// Inserts or replaces a policy (keyed by `namespace/name`), returning the one replaced.
     /// Policies never conflict with each other.
-    pub fn insert_policy(&mut self, policy: Policy) -> Option<Arc<Policy>> {
+    pub(crate) fn insert_policy(&mut self, policy: Policy) -> Option<Arc<Policy>> {
         self.policies.insert(policy.key(), Arc::new(policy))
     }
 
-    pub fn remove_policy(&mut self, key: &str) -> Option<Arc<Policy>> {
+    #[cfg(test)]
+    pub(crate) fn remove_policy(&mut self, key: &str) -> Option<Arc<Policy>> {
         self.policies.remove(key)
     }
 
     /// The policy named `key` (`namespace/name`).
-    pub fn policy(&self, key: &str) -> Option<Arc<Policy>> {
+    pub(crate) fn policy(&self, key: &str) -> Option<Arc<Policy>> {
         self.policies.get(key).cloned()
     }
 
@@ -219,7 +221,7 @@ impl Store {
             .cloned()
     }
 
-    pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
+    pub(crate) fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
         self.service_by_vip
             .get(&NetworkAddress::new(network, ip))
             .cloned()
@@ -229,7 +231,8 @@ impl Store {
         self.services.get(key).cloned()
     }
 
-    pub fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
+    #[cfg(test)]
+    pub(crate) fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
         self.services_by_host
             .get(hostname)
             .into_iter()
@@ -397,7 +400,7 @@ impl StateHandle {
     }
 
     /// Replaces the whole store at once (a reloaded config file).
-    pub fn replace(&self, store: Store) {
+    pub(crate) fn replace(&self, store: Store) {
         *self.write() = store;
     }
 }

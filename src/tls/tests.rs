@@ -10,8 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
+use super::config::ALPN_H2;
+use super::verify::identity_rejection;
 use super::*;
-use crate::identity::manager::CertificateSource;
+use crate::identity::CertificateSource;
 use crate::identity::{LocalCa, SecretManager, TlsConfigs, WorkloadCert};
 
 fn id(td: &str, sa: &str) -> Identity {

@@ -45,7 +45,9 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<Identity, TlsError>
 
 /// The identity check that refused a peer, if that is why `err` (a handshake error) happened.
 ///
-/// The HBONE client and server use this to tell "wrong identity" apart from other TLS failures.
+/// Only the tests use it so far (to check that a refusal names the identities); the HBONE
+/// client and server do not yet tell "wrong identity" apart from other TLS failures.
+#[cfg(test)]
 pub fn identity_rejection(err: &Error) -> Option<&TlsError> {
     match err {
         Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {

@@ -149,7 +149,7 @@ impl XdsHandle {
         }
     }
 
-    /// The most recent reason a stream failed, in the words of [`crate::grpc::explain`]; kept
+    /// The most recent reason a stream failed, in the words of `grpc::explain`; kept
     /// after a successful reconnect so a flapping control plane can still be diagnosed.
     pub fn last_error(&self) -> Option<String> {
         self.shared.lock().last_error.clone()

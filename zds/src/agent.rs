@@ -69,7 +69,7 @@ pub enum NetnsSource {
 
 impl NetnsSource {
     /// The path to show in messages.
-    pub fn display(&self) -> std::path::Display<'_> {
+    pub(crate) fn display(&self) -> std::path::Display<'_> {
         match self {
             NetnsSource::Path(path) => path.display(),
             NetnsSource::Held { described_as, .. } => described_as.display(),
@@ -289,7 +289,8 @@ impl ZdsAgent {
         rx.await.map_err(|_| AgentError::Stopped)
     }
 
-    pub async fn list(&self) -> Result<Listing, AgentError> {
+    #[cfg(test)]
+    pub(crate) async fn list(&self) -> Result<Listing, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::List(ReplyTo::Caller(tx)));
         rx.await.map_err(|_| AgentError::Stopped)

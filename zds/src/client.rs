@@ -18,14 +18,14 @@ use nodetunnel_proto::istio::zds::{
 
 use crate::seqpacket::{Datagram, SeqPacket};
 pub use crate::WorkloadInfo;
-pub use prost::DecodeError;
+use prost::DecodeError;
 use prost::Message;
 
 /// Receive buffer; a larger datagram is a protocol error.
-pub const RECV_BUFFER: usize = 64 * 1024;
+pub(crate) const RECV_BUFFER: usize = 64 * 1024;
 /// First reconnect delay; doubles per failure up to [`MAX_BACKOFF`] (see [`reconnect_backoff`]).
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZdsError {

@@ -2,7 +2,7 @@
 //! `istio.workload.zds`), both ends of it, so the tunnel and the CNI agent share one
 //! implementation without the CNI side pulling in the data plane.
 //!
-//! - [`seqpacket`]: the `SOCK_SEQPACKET` + `SCM_RIGHTS` transport.
+//! - `seqpacket` (private): the `SOCK_SEQPACKET` + `SCM_RIGHTS` transport.
 //! - [`client`]: the tunnel side (connect, hello, typed and validated requests, acks, backoff).
 //! - [`server`]: the agent side of one connection (listen, accept, request → ack).
 //! - [`agent`]: a node agent's ZDS half: holds the enrolled pods, sends each newly connected
@@ -12,7 +12,7 @@
 
 pub mod agent;
 pub mod client;
-pub mod seqpacket;
+mod seqpacket;
 pub mod server;
 
 /// Who a pod is, as the agent describes it.

@@ -75,7 +75,7 @@ impl ZdsServer {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -108,7 +108,7 @@ pub struct ZdsPeer {
 
 impl ZdsPeer {
     /// Changes how long to wait for each ack (default [`ACK_TIMEOUT`]).
-    pub fn set_ack_timeout(&mut self, timeout: Duration) {
+    pub(crate) fn set_ack_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 

@@ -12,7 +12,7 @@ use thiserror::Error;
 use super::files::{self, FileError};
 
 /// Mode of the installed binary.
-pub const BINARY_MODE: u32 = 0o755;
+pub(crate) const BINARY_MODE: u32 = 0o755;
 
 #[derive(Debug, Error)]
 pub enum BinaryError {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 /// List name used when a wrapped single config has none (Istio's wrapper uses this name).
-pub const DEFAULT_LIST_NAME: &str = "k8s-pod-network";
+pub(crate) const DEFAULT_LIST_NAME: &str = "k8s-pod-network";
 
 /// Why a document cannot take our entry (or our entry is unusable).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -82,7 +82,7 @@ fn plugin_type(plugin: &Value) -> Option<&str> {
 /// - A list keeps every key and every other plugin in place; a previous entry of ours (same
 ///   `type`, any number of them) is taken out first, so inserting twice equals inserting once.
 /// - A single config (an object without `plugins` but with `type`) is wrapped into a list:
-///   `name` and `cniVersion` come from it (`name` falls back to [`DEFAULT_LIST_NAME`]), and it
+///   `name` and `cniVersion` come from it (`name` falls back to `DEFAULT_LIST_NAME`), and it
 ///   stays unchanged as the first plugin.
 /// - Our entry's `cniVersion` follows the list's (or is left out when the list has none), so a
 ///   primary CNI that moves to a newer spec version carries us along.
@@ -128,7 +128,7 @@ pub fn remove(existing: Value, plugin_type_name: &str) -> Value {
 }
 
 /// Whether `doc` is a list whose chain holds a plugin of type `plugin_type_name`.
-pub fn contains(doc: &Value, plugin_type_name: &str) -> bool {
+pub(crate) fn contains(doc: &Value, plugin_type_name: &str) -> bool {
     match doc.get("plugins") {
         Some(Value::Array(plugins)) => plugins
             .iter()

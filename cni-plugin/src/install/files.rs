@@ -22,9 +22,6 @@ use tracing::debug;
 
 use super::conflist::{self, Shape};
 
-/// Extensions a runtime loads from the CNI config directory.
-pub const CONFIG_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
-
 /// Suffix of our temporary files; not a config extension, so no runtime ever loads one.
 const TEMP_SUFFIX: &str = ".nodetunnel-tmp";
 
@@ -46,7 +43,7 @@ pub enum FileError {
 }
 
 /// How a runtime reads a file with this name, or `None` when it does not load it at all.
-pub fn shape_of(path: &Path) -> Option<Shape> {
+pub(crate) fn shape_of(path: &Path) -> Option<Shape> {
     match path.extension().and_then(OsStr::to_str)? {
         "conflist" => Some(Shape::List),
         "conf" | "json" => Some(Shape::Single),
@@ -94,7 +91,7 @@ fn explicit_path(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Every file in `dir` with a config extension, sorted by name (byte order, like Go's
 /// `sort.Strings`). Directories and our own temporary files are left out.
-pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+pub(crate) fn config_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     let list_err = |source| FileError::ListDir {
         dir: dir.to_owned(),
         source,
@@ -113,7 +110,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 }
 
 /// Reads and parses one file.
-pub fn read_json(path: &Path) -> Result<Value, FileError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, FileError> {
     let bytes = fs::read(path).map_err(|source| FileError::Read {
         path: path.to_owned(),
         source,
@@ -125,7 +122,7 @@ pub fn read_json(path: &Path) -> Result<Value, FileError> {
 }
 
 /// Pretty JSON with a trailing newline, as Istio writes CNI configs.
-pub fn to_pretty(doc: &Value) -> Vec<u8> {
+pub(crate) fn to_pretty(doc: &Value) -> Vec<u8> {
     // Serializing a `Value` into memory cannot fail (all keys are strings).
     let mut out = serde_json::to_vec_pretty(doc).unwrap_or_default();
     out.push(b'\n');
@@ -142,7 +139,7 @@ pub fn mode_of(path: &Path) -> Option<u32> {
 /// Replaces `path` with `contents`: a temporary file in the same directory is written, synced,
 /// given `mode`, and renamed over `path`; then the directory is synced. A reader sees either
 /// the old or the new file, never a mix, and a crash leaves at worst a stray temporary file.
-pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+pub(crate) fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let write_err = |source| FileError::Write {
         path: path.to_owned(),
         source,
@@ -171,7 +168,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileE
 }
 
 /// Removes `path`; a file already gone is fine.
-pub fn remove_if_present(path: &Path) -> Result<bool, FileError> {
+pub(crate) fn remove_if_present(path: &Path) -> Result<bool, FileError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -192,7 +189,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Whether a path is one of our temporary files (events about them are not worth a re-check).
-pub fn is_temp(path: &Path) -> bool {
+pub(crate) fn is_temp(path: &Path) -> bool {
     path.file_name()
         .and_then(OsStr::to_str)
         .is_some_and(|n| n.ends_with(TEMP_SUFFIX))
@@ -202,7 +199,7 @@ pub fn is_temp(path: &Path) -> bool {
 /// `.conf` name; a `.json` name gets its extension replaced. The new name normally sorts right
 /// after the old one, so it stays the primary; if another file slips in between, the next
 /// check simply follows whichever file is first.
-pub fn list_path_for(path: &Path) -> PathBuf {
+pub(crate) fn list_path_for(path: &Path) -> PathBuf {
     match path.extension().and_then(OsStr::to_str) {
         Some("conflist") => path.to_owned(),
         Some("conf") => {

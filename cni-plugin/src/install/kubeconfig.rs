@@ -21,7 +21,7 @@ use thiserror::Error;
 use super::files::{self, FileError};
 
 /// Mode of the kubeconfig: it holds a bearer token.
-pub const KUBECONFIG_MODE: u32 = 0o600;
+pub(crate) const KUBECONFIG_MODE: u32 = 0o600;
 const CLUSTER: &str = "local";
 const USER: &str = "istio-cni";
 const CONTEXT: &str = "istio-cni-context";

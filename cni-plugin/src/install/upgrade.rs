@@ -26,7 +26,7 @@ pub enum ShutdownAction {
 
 /// Why [`decide`] chose its action, for the shutdown log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     DaemonSetPresent,
     DaemonSetDeleting,
     DaemonSetGone,
@@ -35,7 +35,7 @@ pub enum Reason {
 }
 
 /// The rule itself, over the outcome of the DaemonSet GET.
-pub fn decide(lookup: &Result<DaemonSet, kube::Error>) -> (ShutdownAction, Reason) {
+pub(crate) fn decide(lookup: &Result<DaemonSet, kube::Error>) -> (ShutdownAction, Reason) {
     match lookup {
         Ok(ds) if ds.metadata.deletion_timestamp.is_none() => {
             (ShutdownAction::KeepForUpgrade, Reason::DaemonSetPresent)
@@ -54,7 +54,7 @@ pub fn decide(lookup: &Result<DaemonSet, kube::Error>) -> (ShutdownAction, Reaso
     }
 }
 
-/// Looks up the agent's DaemonSet `name` in `namespace` and applies [`decide`]; logs why.
+/// Looks up the agent's DaemonSet `name` in `namespace` and applies `decide`; logs why.
 pub async fn shutdown_action(client: kube::Client, namespace: &str, name: &str) -> ShutdownAction {
     let api: Api<DaemonSet> = Api::namespaced(client, namespace);
     let lookup = api.get(name).await;

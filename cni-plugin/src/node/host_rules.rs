@@ -18,8 +18,8 @@ use super::ipt::{self, Desired, SaveParseError, TableSpec};
 use super::tools::{self, ToolError, Tools};
 
 pub const PROBE_IPSET: &str = "istio-inpod-probes-v4";
-pub const PROBE_SNAT_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
-pub const CHAIN_POSTROUTING: &str = "ISTIO_POSTRT";
+pub(crate) const PROBE_SNAT_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+pub(crate) const CHAIN_POSTROUTING: &str = "ISTIO_POSTRT";
 const OWNED: &[&str] = &[CHAIN_POSTROUTING];
 const PLACE: &str = "the agent's netns";
 /// ipset's limit on comment length.
@@ -54,7 +54,7 @@ impl HostProbeSnat {
     }
 
     /// [`ensure`](Self::ensure) with explicit binaries.
-    pub fn ensure_with(tools: Tools) -> Result<HostProbeSnat, HostRulesError> {
+    pub(crate) fn ensure_with(tools: Tools) -> Result<HostProbeSnat, HostRulesError> {
         let snat = HostProbeSnat { tools };
         // The set first: a rule naming a missing set is refused.
         snat.ipset(&[

@@ -22,8 +22,8 @@ use super::routing::{self, RoutingError};
 use super::tools::{self, ToolError, Tools};
 
 /// Our chains, in whichever table they appear.
-pub const CHAIN_PREROUTING: &str = "ISTIO_PRERT";
-pub const CHAIN_OUTPUT: &str = "ISTIO_OUTPUT";
+pub(crate) const CHAIN_PREROUTING: &str = "ISTIO_PRERT";
+pub(crate) const CHAIN_OUTPUT: &str = "ISTIO_OUTPUT";
 const OWNED: &[&str] = &[CHAIN_PREROUTING, CHAIN_OUTPUT];
 
 /// Per-pod choices (Istio's per-pod overrides: annotation `ambient.istio.io/dns-capture`, and

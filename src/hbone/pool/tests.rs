@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::identity::manager::CertificateSource;
+use crate::identity::CertificateSource;
 use crate::identity::{LocalCa, SecretManager};
 use crate::socket::SocketFactory;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::Config;
-use crate::identity::manager::CertificateSource;
+use crate::identity::CertificateSource;
 use crate::identity::{LocalCa, SecretManager};
 use crate::metrics::Metrics;
 use crate::proxy::{Delivery, Scope};
