@@ -9,6 +9,7 @@
 //!   jitter; each user keeps its own numbers.
 //! - [`signal`]: [`shutdown`](signal::shutdown), SIGTERM/SIGINT registered eagerly.
 //! - [`accept`]: [`serve`](accept::serve), an accept loop that survives failed accepts.
+//! - [`logging`]: [`init`](logging::init), the one log set-up of every binary.
 //! - [`readiness`]: [`Readiness`](readiness::Readiness), "ready when every condition holds",
 //!   with what is missing when not.
 //!
@@ -18,6 +19,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod logging;
 pub mod netns;
 pub mod readiness;
 pub mod signal;

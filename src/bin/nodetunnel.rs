@@ -27,14 +27,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    nodetunnel_base::logging::init(None);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::GenerateCa { dir, trust_domain }) => generate_ca(&dir, &trust_domain),
