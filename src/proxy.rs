@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::drain::ConnectionTasks;
 use crate::hbone::connector::Connector;
 use crate::hbone::pool::Pool;
-use crate::identity::SecretManager;
+use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
 use crate::state::{StateHandle, Store, Workload};
@@ -148,10 +148,22 @@ impl ProxyInputs {
             .local_workload(&self.state.read(), &self.config.network, ip)
     }
 
-    /// The authorize step of both inbound paths: `Err(Denied)` when the connection must not
-    /// reach its workload.
-    pub fn authorize(&self, connection: &ConnectionInfo) -> Result<AllowReason, ProxyError> {
-        admit(authz::authorize(connection, &self.state.read()))
+    /// The authorize step of both inbound paths: a connection from `source_ip` (with the
+    /// identity its TLS handshake proved, `None` for plaintext) to a checked `target`.
+    /// `Err(Denied)` when it must not reach the workload.
+    pub(crate) fn authorize(
+        &self,
+        source_identity: Option<Identity>,
+        source_ip: IpAddr,
+        target: &InboundTarget,
+    ) -> Result<AllowReason, ProxyError> {
+        let connection = ConnectionInfo {
+            source_identity,
+            source_ip,
+            destination: target.workload.clone(),
+            destination_addr: target.addr,
+        };
+        admit(authz::authorize(&connection, &self.state.read()))
     }
 
     /// The source inbound delivery to the app uses, for a client at `client`.

@@ -14,7 +14,6 @@ use super::access::{base_labels, ConnectionRecord, Description};
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
 use super::{InboundTarget, ProxyError, ProxyInputs};
-use crate::authz::ConnectionInfo;
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::Identity;
 use crate::socket;
@@ -91,12 +90,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingS
     let description = describe(&pi, &peer, incoming.target().ok(), target.as_ref().ok());
     let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
     let admitted = target.and_then(|target| {
-        pi.authorize(&ConnectionInfo {
-            source_identity: Some(peer.identity.clone()),
-            source_ip: peer.addr.ip(),
-            destination: target.workload.clone(),
-            destination_addr: target.addr,
-        })?;
+        pi.authorize(Some(peer.identity.clone()), peer.addr.ip(), &target)?;
         Ok(target)
     });
     let target = match admitted {

@@ -13,7 +13,6 @@ use super::access::{base_labels, ConnectionRecord, Description};
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
 use super::{InboundTarget, ProxyError, ProxyInputs};
-use crate::authz::ConnectionInfo;
 use crate::socket;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
@@ -32,12 +31,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
     let description = describe(peer, original_dst, checked.as_ref().ok());
     let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
     let admitted = checked.and_then(|target| {
-        pi.authorize(&ConnectionInfo {
-            source_identity: None,
-            source_ip: peer.ip(),
-            destination: target.workload.clone(),
-            destination_addr: target.addr,
-        })?;
+        pi.authorize(None, peer.ip(), &target)?;
         Ok(target)
     });
     let target = match admitted {
