@@ -478,6 +478,10 @@ fn agent_reconnect_snapshot_keeps_named_pods_and_drains_the_rest() {
     // The agent goes away: the tunnel keeps its pods but is not ready.
     mesh.agent("n1").disconnect();
     assert_eventually!(!mesh.tunnel("n1").is_ready(), Duration::from_secs(10));
+    // The probe's answer says what it waits for, so an operator need not read the log.
+    let (status, body) = mesh.tunnel("n1").readiness_answer().expect("readiness");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, "not ready: waiting for the node agent's snapshot\n");
     echo_roundtrip(&mut kept, b"agent gone").expect("echo while the agent is away");
     echo_roundtrip(&mut dropped, b"agent gone").expect("echo while the agent is away");
 

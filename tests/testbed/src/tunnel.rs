@@ -73,6 +73,13 @@ impl Tunnel {
             .run(|| http_get_status(port::READINESS, "/healthz/ready"))
     }
 
+    /// `GET /healthz/ready`: status and body (which says why when it is not ready).
+    pub fn readiness_answer(&self) -> Result<(u16, String)> {
+        self.ns()
+            .run(|| http_get(port::READINESS, "/healthz/ready"))
+            .map_err(|e| Error::io("GET /healthz/ready on the tunnel", e))
+    }
+
     /// `GET <path>` on the tunnel's admin port (127.0.0.1:15000 in its namespace): the body.
     pub fn admin_get(&self, path: &str) -> Result<String> {
         let owned = path.to_string();
