@@ -144,15 +144,21 @@ impl ProxyInputs {
 
     /// The local workload holding `ip`, if this tunnel serves it.
     pub fn local_workload(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.scope
-            .local_workload(&self.state.read(), &self.config.network, ip)
+        self.local_workload_in(&self.state.read(), ip)
+    }
+
+    /// [`local_workload`](Self::local_workload) on a snapshot the caller already holds, so
+    /// one connection's checks all see the same state.
+    pub(crate) fn local_workload_in(&self, store: &Store, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.scope.local_workload(store, &self.config.network, ip)
     }
 
     /// The authorize step of both inbound paths: a connection from `source_ip` (with the
     /// identity its TLS handshake proved, `None` for plaintext) to a checked `target`.
     /// `Err(Denied)` when it must not reach the workload.
+    /// Decided on `store`, the same snapshot the target was checked on.
     pub(crate) fn authorize(
-        &self,
+        store: &Store,
         source_identity: Option<Identity>,
         source_ip: IpAddr,
         target: &InboundTarget,
@@ -163,7 +169,7 @@ impl ProxyInputs {
             destination: target.workload.clone(),
             destination_addr: target.addr,
         };
-        admit(authz::authorize(&connection, &self.state.read()))
+        admit(authz::authorize(&connection, store))
     }
 
     /// The source inbound delivery to the app uses, for a client at `client`.

@@ -17,6 +17,7 @@ use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::Identity;
 use crate::socket;
+use crate::state::Store;
 use crate::tls;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
@@ -86,13 +87,23 @@ async fn serve_connection(
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingStream) {
-    let target = check_target(&pi, &peer, &incoming);
-    let description = describe(&pi, &peer, incoming.target().ok(), target.as_ref().ok());
-    let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
-    let admitted = target.and_then(|target| {
-        pi.authorize(Some(peer.identity.clone()), peer.addr.ip(), &target)?;
-        Ok(target)
-    });
+    let requested = incoming.target();
+    let requested_addr = requested.as_ref().ok().copied();
+    // Check, describe and authorize on one snapshot of the state, released before any await.
+    let (mut record, admitted) = {
+        let store = pi.state.read();
+        let target = requested
+            .map_err(ProxyError::from)
+            .and_then(|requested| check_target(&pi, &store, &peer, requested));
+        let description = describe(&pi, &store, &peer, requested_addr, target.as_ref().ok());
+        let record = ConnectionRecord::start(pi.metrics.clone(), description);
+        let admitted = target.and_then(|target| {
+            let source = Some(peer.identity.clone());
+            ProxyInputs::authorize(&store, source, peer.addr.ip(), &target)?;
+            Ok(target)
+        });
+        (record, admitted)
+    };
     let target = match admitted {
         Ok(target) => target,
         Err(e) => {
@@ -111,14 +122,13 @@ async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingS
 /// into `target` (`None` when the check failed).
 fn describe(
     pi: &ProxyInputs,
+    store: &Store,
     peer: &PeerInfo,
     requested: Option<SocketAddr>,
     target: Option<&InboundTarget>,
 ) -> Description {
     // Name the source workload only when the peer's address and proven identity agree.
-    let source = pi
-        .state
-        .read()
+    let source = store
         .workload_by_ip(&pi.config.network, peer.addr.ip())
         .filter(|w| w.identity() == peer.identity);
     let mut labels = base_labels("inbound")
@@ -179,15 +189,15 @@ async fn deliver(
 /// made for.
 fn check_target(
     pi: &ProxyInputs,
+    store: &Store,
     peer: &PeerInfo,
-    incoming: &IncomingStream,
+    target: SocketAddr,
 ) -> Result<InboundTarget, ProxyError> {
-    let target = incoming.target()?;
     if ProxyInputs::is_own_port(target) {
         return Err(ProxyError::NotLocal { target });
     }
     let workload = pi
-        .local_workload(target.ip())
+        .local_workload_in(store, target.ip())
         .ok_or(ProxyError::NotLocal { target })?;
     if target.ip() != peer.dialed && !workload.workload_ips.contains(&peer.dialed) {
         // The TLS session proved the identity of the dialed workload, not of this one.

@@ -14,6 +14,7 @@ use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::socket;
+use crate::state::Store;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
     super::accept_loop(listener, "inbound plaintext", &pi.tasks, |stream, peer| {
@@ -24,16 +25,22 @@ pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
 
 async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let (original_dst, checked) = match socket::original_dst(&client) {
-        Ok(dst) => (Some(dst), check_target(&pi, dst)),
-        Err(e) => (None, Err(ProxyError::OriginalDestination(e))),
+    let original_dst = socket::original_dst(&client);
+    // Check and authorize on one snapshot of the state, released before any await.
+    let (mut record, admitted) = {
+        let store = pi.state.read();
+        let (original_dst, checked) = match original_dst {
+            Ok(dst) => (Some(dst), check_target(&pi, &store, dst)),
+            Err(e) => (None, Err(ProxyError::OriginalDestination(e))),
+        };
+        let description = describe(peer, original_dst, checked.as_ref().ok());
+        let record = ConnectionRecord::start(pi.metrics.clone(), description);
+        let admitted = checked.and_then(|target| {
+            ProxyInputs::authorize(&store, None, peer.ip(), &target)?;
+            Ok(target)
+        });
+        (record, admitted)
     };
-    let description = describe(peer, original_dst, checked.as_ref().ok());
-    let mut record = ConnectionRecord::start(pi.metrics.clone(), description);
-    let admitted = checked.and_then(|target| {
-        pi.authorize(None, peer.ip(), &target)?;
-        Ok(target)
-    });
     let target = match admitted {
         Ok(target) => target,
         Err(e) => {
@@ -50,12 +57,16 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
 }
 
 /// The original destination, if it is a workload this tunnel serves (and not the tunnel).
-fn check_target(pi: &ProxyInputs, dst: SocketAddr) -> Result<InboundTarget, ProxyError> {
+fn check_target(
+    pi: &ProxyInputs,
+    store: &Store,
+    dst: SocketAddr,
+) -> Result<InboundTarget, ProxyError> {
     if ProxyInputs::is_own_port(dst) {
         return Err(ProxyError::SelfLoop(dst));
     }
     let workload = pi
-        .local_workload(dst.ip())
+        .local_workload_in(store, dst.ip())
         .ok_or(ProxyError::NotLocal { target: dst })?;
     Ok(InboundTarget {
         addr: dst,
