@@ -183,10 +183,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 state,
                 certs,
                 metrics,
-                mark: inpod.mark,
-                port_reuse: inpod.port_reuse,
+                inpod: inpod.clone(),
             };
-            run_shared(ctx, inpod, &admin, snapshot, shutdown).await
+            run_shared(ctx, &admin, snapshot, shutdown).await
         }
     }
 }
@@ -314,20 +313,12 @@ async fn run_dedicated(
 /// Shared mode: pods arrive from the node agent, each served by its own listener set.
 async fn run_shared(
     ctx: PodContext,
-    inpod: &InpodConfig,
     admin: &AdminState,
     snapshot: watch::Sender<bool>,
     shutdown: impl Future<Output = Signal>,
 ) -> Result<(), AppError> {
-    let drain_timeout = ctx.config.drain_timeout;
-    let manager = InpodManager::new(
-        ctx,
-        inpod.uds.clone(),
-        drain_timeout,
-        snapshot,
-        admin.pods.clone(),
-    );
-    tracing::info!(uds = %inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+    tracing::info!(uds = %ctx.inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+    let manager = InpodManager::new(ctx, snapshot, admin.pods.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(manager.run(async move {
         let _ = stop_rx.await;

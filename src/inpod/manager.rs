@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,9 +31,6 @@ pub struct PodSummary {
 
 pub struct InpodManager {
     ctx: PodContext,
-    uds: PathBuf,
-    /// How long a removed pod's live connections may continue.
-    drain_deadline: Duration,
     /// True while the agent's snapshot has been applied on the current connection: the
     /// readiness condition this loop owns.
     snapshot_applied: watch::Sender<bool>,
@@ -49,15 +44,11 @@ pub struct InpodManager {
 impl InpodManager {
     pub fn new(
         ctx: PodContext,
-        uds: PathBuf,
-        drain_deadline: Duration,
         snapshot_applied: watch::Sender<bool>,
         table: PodTable,
     ) -> InpodManager {
         InpodManager {
             ctx,
-            uds,
-            drain_deadline,
             snapshot_applied,
             tracker: SnapshotTracker::new(),
             pods: HashMap::new(),
@@ -71,7 +62,7 @@ impl InpodManager {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = reconnect_backoff();
         loop {
-            let uds = self.uds.clone();
+            let uds = self.ctx.inpod.uds.clone();
             let mut conn = tokio::select! {
                 conn = ZdsClient::connect_retrying(&uds, &mut backoff) => conn,
                 () = &mut shutdown => break,
@@ -231,8 +222,8 @@ impl InpodManager {
         }
         pod.stop_listening().await;
         let live = pod.connections();
-        tracing::info!(%uid, connections = live, deadline = ?self.drain_deadline, "pod removed: listeners closed, draining");
-        let drain = pod.drain(self.drain_deadline);
+        tracing::info!(%uid, connections = live, deadline = ?self.ctx.config.drain_timeout, "pod removed: listeners closed, draining");
+        let drain = pod.drain(self.ctx.config.drain_timeout);
         self.drains.spawn(async move {
             drain.await;
         });

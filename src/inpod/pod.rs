@@ -9,7 +9,7 @@ use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
 use super::snapshot::NetnsId;
 use super::zds::WorkloadInfo;
-use crate::config::{Config, ProxyWorkloadInfo};
+use crate::config::{Config, InpodConfig, ProxyWorkloadInfo};
 use crate::drain::{ConnectionTasks, DrainOutcome};
 use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
@@ -32,10 +32,9 @@ pub struct PodContext {
     pub state: StateHandle,
     pub certs: Arc<SecretManager>,
     pub metrics: Arc<Metrics>,
-    /// SO_MARK on every socket opened inside a pod.
-    pub mark: u32,
-    /// SO_REUSEPORT on the pod's listeners.
-    pub port_reuse: bool,
+    /// The shared-mode settings: the agent's socket, the mark on every socket opened inside a
+    /// pod, SO_REUSEPORT on the pod's listeners.
+    pub inpod: InpodConfig,
 }
 
 /// A running pod proxy. Dropping it without [`drain`](Self::drain) aborts its listeners but
@@ -59,8 +58,8 @@ impl PodProxy {
             NetnsHandle::from_fd(netns, "the fd from the node agent").map_err(PodError::Netns)?,
         );
         let netns_id = netns.id();
-        let sockets =
-            SocketFactory::in_netns(netns, Some(ctx.mark)).with_port_reuse(ctx.port_reuse);
+        let sockets = SocketFactory::in_netns(netns, Some(ctx.inpod.mark))
+            .with_port_reuse(ctx.inpod.port_reuse);
 
         // With workload info the pod is exactly that workload; without (older agents) it is
         // any workload of this node that its traffic comes from.
