@@ -12,6 +12,9 @@
 //!   workloads + 10,000 services) from `nodetunnel-control`: time to the first full sync,
 //!   tunnel memory, single-workload update latency, against the same mesh from a file (see
 //!   [`xds`]).
+//! - `policy [--seconds N] [--rounds N]`: inbound HBONE connections per second (a new
+//!   connection per request, 1 and 8 clients) to a workload with 100 authorization policies
+//!   against none, alternating within one run, with the direct rate (see [`policy`]).
 //! - `http-serve <ip:port>` (internal): the tiny HTTP server the `inpod` bench runs in a pod.
 
 #[path = "bench/http.rs"]
@@ -20,6 +23,11 @@ mod http;
 mod inpod;
 #[path = "bench/iperf.rs"]
 mod iperf;
+#[path = "bench/policy.rs"]
+mod policy;
+/// The policy sets of both policy benches (shared with `bench/policy_decision.rs`).
+#[path = "../../../../bench/policy_set.rs"]
+mod policy_set;
 #[path = "bench/wrk.rs"]
 mod wrk;
 #[path = "bench/xds.rs"]
@@ -39,7 +47,8 @@ const IPERF_PORT: u16 = 5201;
 
 const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
        nodetunnel-bench inpod [--seconds N] [--requests N]
-       nodetunnel-bench xds [--workloads N] [--services N] [--updates N]";
+       nodetunnel-bench xds [--workloads N] [--services N] [--updates N]
+       nodetunnel-bench policy [--seconds N] [--rounds N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +64,10 @@ fn main() -> ExitCode {
         Some("xds") => {
             cleanup_on_signals();
             xds::run(&args[1..])
+        }
+        Some("policy") => {
+            cleanup_on_signals();
+            policy::run(&args[1..])
         }
         Some("http-serve") if args.len() == 2 => http::serve(&args[1]),
         _ => Err(USAGE.into()),

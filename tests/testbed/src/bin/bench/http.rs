@@ -1,12 +1,16 @@
-//! A tiny HTTP/1.1 server (`nodetunnel-bench http-serve <ip:port>`, hidden) and a
-//! connection-per-request client, both std only: one thread per connection, keep-alive unless
+//! A tiny HTTP/1.1 server (`nodetunnel-bench http-serve <ip:port>`, hidden, started in a
+//! namespace by [`start_server`]) and a connection-per-request client, both std only: one thread per connection, keep-alive unless
 //! the request says `Connection: close`, a fixed 13-byte body.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nodetunnel_testbed::{connect_from, Netns};
+
+use crate::iperf::{self, Reaped};
 use crate::BenchResult;
 
 const BODY: &[u8] = b"hello, mesh!\n";
@@ -25,6 +29,22 @@ pub fn serve(addr: &str) -> BenchResult {
         });
     }
     Ok(())
+}
+
+/// `nodetunnel-bench http-serve <addr>` inside `ns`, listening when this returns.
+pub fn start_server(ns: &Netns, addr: SocketAddr) -> BenchResult<Reaped> {
+    let me = std::env::current_exe()?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&me)
+        .arg("http-serve")
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let server = Reaped(child);
+    iperf::wait_listening(ns, addr.port(), "http-serve")?;
+    Ok(server)
 }
 
 /// Answers every request on `stream` (pipelining allowed) until the peer closes or asks to.
@@ -74,7 +94,21 @@ fn wants_close(head: &[u8]) -> bool {
 /// server's close is then read outside the timing.
 pub fn request_on_new_connection(dst: SocketAddr) -> io::Result<Duration> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&dst, IO_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&dst, IO_TIMEOUT)?;
+    exchange(stream, started)
+}
+
+/// Like [`request_on_new_connection`], from source address `src` (bound before connecting, so
+/// a dedicated-mode tunnel sees the pod address). Must run inside the node's namespace.
+pub fn request_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<Duration> {
+    let started = Instant::now();
+    let stream = connect_from(src, dst)?;
+    exchange(stream, started)
+}
+
+/// `GET /` with `Connection: close` on `stream`, the whole response read; the time since
+/// `started`. The server's close is read outside the timing.
+fn exchange(mut stream: TcpStream, started: Instant) -> io::Result<Duration> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;

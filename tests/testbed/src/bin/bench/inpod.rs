@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -122,7 +122,7 @@ pub fn run(options: Options) -> BenchResult {
 
 /// Measures how busy the cores are for one second before we start, and warns when something
 /// else is using them (it would skew every figure, the in-pod ones most).
-fn warn_if_busy() {
+pub(crate) fn warn_if_busy() {
     let before = cpu_times();
     thread::sleep(Duration::from_secs(1));
     let after = cpu_times();
@@ -155,19 +155,7 @@ fn cpu_times() -> Option<(u64, u64)> {
 
 /// `nodetunnel-bench http-serve 10.77.2.10:8081` inside the server pod.
 fn start_http_server(topo: &PodTopology) -> BenchResult<Reaped> {
-    let me = std::env::current_exe()?;
-    let ns = topo.ns("server");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(&me)
-        .arg("http-serve")
-        .arg(format!("{}:{HTTP_PORT}", addr::SERVER))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let server = Reaped(child);
-    iperf::wait_listening(ns, HTTP_PORT, "http-serve")?;
-    Ok(server)
+    http::start_server(topo.ns("server"), (addr::SERVER, HTTP_PORT).into())
 }
 
 fn cpu_of(mesh: Option<&InpodMesh>) -> BenchResult<Option<f64>> {
