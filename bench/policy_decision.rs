@@ -10,7 +10,10 @@
 //!   policy is evaluated and the last one allows.
 //!
 //! Each figure is the median over many batches of ns per decision (each batch a few ms of
-//! back-to-back decisions on `black_box`ed inputs), with the 10th–90th percentile spread.
+//! back-to-back decisions on `black_box`ed inputs, so the policies sit in L1/L2), with the
+//! 10th–90th percentile spread; "mTLS cold" times single decisions, each after a walk over a
+//! buffer larger than L2, as in the daemon where a connection's TLS and HTTP/2 work runs
+//! between two decisions.
 //! Run without `--bench` (as `cargo test --benches` does), it only checks each scenario's
 //! decision and runs a handful of iterations: measured, never asserted.
 
@@ -41,6 +44,9 @@ const TARGET: Target<'static> = Target {
 /// Batches per figure, and the wall time one batch aims at.
 const BATCHES: usize = 201;
 const BATCH_TIME: Duration = Duration::from_millis(2);
+/// Walked before each "cold" decision: larger than this machine's L2 (2 MiB per core) and
+/// most L2s, not than a server's L3 (which the daemon's policies may well stay in).
+const EVICT_BYTES: usize = 16 << 20;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -100,6 +106,9 @@ fn run(measure: bool) -> Result {
                 };
                 check_decision(&store, &connection, &set)?;
                 figures.push(time_decisions(&store, &connection, measure));
+                if connection.source_identity.is_some() {
+                    figures.push(time_cold_decisions(&store, &connection, measure));
+                }
             }
             rows.push((scenario.label, count, figures));
         }
@@ -196,6 +205,10 @@ fn time_decisions(store: &Store, connection: &ConnectionInfo, measure: bool) -> 
             start.elapsed().as_nanos() as f64 / per_batch as f64
         })
         .collect();
+    figure(&mut ns)
+}
+
+fn figure(ns: &mut [f64]) -> Figure {
     ns.sort_by(f64::total_cmp);
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize];
     Figure {
@@ -203,6 +216,27 @@ fn time_decisions(store: &Store, connection: &ConnectionInfo, measure: bool) -> 
         p10: at(0.1),
         p90: at(0.9),
     }
+}
+
+/// ns of single decisions, each after walking a buffer larger than the L2 caches: closer to
+/// the daemon, where the TLS, HTTP/2 and socket work between two connections' decisions
+/// pushes the policies out of L1/L2. (The timer's own cost, some 20–40 ns, is included.)
+fn time_cold_decisions(store: &Store, connection: &ConnectionInfo, measure: bool) -> Figure {
+    let mut buffer = vec![0u8; EVICT_BYTES];
+    let samples = if measure { BATCHES } else { 3 };
+    let mut ns: Vec<f64> = (0..samples)
+        .map(|round| {
+            // One write per cache line, a different value each round so nothing is elided.
+            for line in buffer.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(round as u8 | 1);
+            }
+            black_box(&buffer);
+            let start = Instant::now();
+            black_box(authorize(black_box(connection), black_box(store)));
+            start.elapsed().as_nanos() as f64
+        })
+        .collect();
+    figure(&mut ns)
 }
 
 /// Iterations that take about [`BATCH_TIME`], after a warm-up of the same length.
@@ -228,19 +262,23 @@ fn print_table(rows: &[(&str, usize, Vec<Figure>)], measure: bool) {
         return;
     }
     println!(
-        "authz::authorize, ns per decision: median (p10–p90) of {BATCHES} batches of ~{} ms",
+        "authz::authorize, ns per decision: median (p10–p90) of {BATCHES} batches of ~{} ms;",
         BATCH_TIME.as_millis()
     );
     println!(
-        "{:<28} {:>5}  {:>22}  {:>22}",
-        "policies", "N", "plaintext", "mTLS"
+        "  mTLS cold: {BATCHES} single decisions, each after walking {} MiB (L1/L2 evicted)",
+        EVICT_BYTES >> 20
+    );
+    println!(
+        "{:<28} {:>5}  {:>22}  {:>22}  {:>22}",
+        "policies", "N", "plaintext", "mTLS", "mTLS cold"
     );
     for (label, count, figures) in rows {
         let cell = |f: &Figure| format!("{:.0} ({:.0}–{:.0})", f.median, f.p10, f.p90);
+        let cells: Vec<String> = figures.iter().map(cell).collect();
         println!(
-            "{label:<28} {count:>5}  {:>22}  {:>22}",
-            cell(&figures[0]),
-            cell(&figures[1])
+            "{label:<28} {count:>5}  {:>22}  {:>22}  {:>22}",
+            cells[0], cells[1], cells[2]
         );
     }
 }
