@@ -146,12 +146,12 @@ impl Authenticator {
         // The caller is not told where our secrets live or what is wrong with them; the log
         // says (see `current_tokens`).
         let tokens = self.current_tokens(path).map_err(|e| match e {
-            TokensError::Read { .. } => Status::unavailable(
-                "the control plane cannot read its token file; try again later",
-            ),
-            TokensError::Malformed(_) => Status::unavailable(
-                "the control plane's token file does not load; try again later",
-            ),
+            TokensError::Read { .. } => {
+                Status::unavailable("the control plane cannot read its token file; try again later")
+            }
+            TokensError::Malformed(_) => {
+                Status::unavailable("the control plane's token file does not load; try again later")
+            }
         })?;
         match tokens.find(presented) {
             Some(binding) => Ok(Caller::Token {

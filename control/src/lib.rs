@@ -191,8 +191,7 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         .map_err(|e| ControlError::Tls(nodetunnel::grpc::error_chain(&e)))?;
     let meshes = watcher.subscribe();
     // Read per request from the watcher's latest mesh, so moves and removals apply at once.
-    let placement: Placement =
-        Arc::new(move |id| meshes.borrow().mesh.nodes_running(id).cloned());
+    let placement: Placement = Arc::new(move |id| meshes.borrow().mesh.nodes_running(id).cloned());
     let ca_service = CaService::new(ca.clone(), auth.clone(), placement, opts.max_cert_ttl);
     let router = server
         .add_service(

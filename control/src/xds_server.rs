@@ -302,7 +302,7 @@ impl XdsStream {
             tracing::warn!(
                 node = self.node_id.as_deref().unwrap_or("-"),
                 peer = %self.peer,
-                node_name = claimed,
+                node_name = %claimed,
                 token_node = %bound,
                 "the tunnel says it runs on another node than its token is bound to; \
                  the CA will refuse it certificates for its own node's workloads"

@@ -193,7 +193,10 @@ fn a_token_file_that_does_not_load_refuses_every_token_until_fixed() {
     match auth.check_token_file() {
         Err(TokensError::Malformed(e)) => {
             assert_eq!(e.lines, vec![(2, LineError::NoNode)]);
-            assert!(e.to_string().contains(&format!("{}:2:", path.display())), "{e}");
+            assert!(
+                e.to_string().contains(&format!("{}:2:", path.display())),
+                "{e}"
+            );
         }
         other => panic!("expected a malformed file, got {other:?}"),
     }

@@ -267,7 +267,10 @@ fn a_token_gets_only_identities_of_workloads_on_its_node() {
     // Another node's workload: denied, naming the identity, the token's node and label, and
     // where the identity does run.
     let status = svc
-        .sign(&token_of("node-2"), request(Some(&id("client").to_string()), 0))
+        .sign(
+            &token_of("node-2"),
+            request(Some(&id("client").to_string()), 0),
+        )
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(
@@ -278,10 +281,17 @@ fn a_token_gets_only_identities_of_workloads_on_its_node() {
 
     // A node with no workloads at all gets nothing.
     let status = svc
-        .sign(&token_of("node-9"), request(Some(&id("server").to_string()), 0))
+        .sign(
+            &token_of("node-9"),
+            request(Some(&id("server").to_string()), 0),
+        )
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("\"node-9\""), "{}", status.message());
+    assert!(
+        status.message().contains("\"node-9\""),
+        "{}",
+        status.message()
+    );
 
     // A workload that names no node is no token's to ask for.
     let status = svc
