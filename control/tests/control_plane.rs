@@ -1335,17 +1335,38 @@ fn a_malformed_token_file_at_start_exits_with_each_bad_line() {
         "# header\nold-style-secret node-1\ngood-secret node=node1\nnode=node2 label\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
         .arg("--mesh")
         .arg(&mesh)
         .arg("--token-file")
         .arg(&tokens)
         .args(["--listen", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // A control plane that accepted the file would serve forever: fail, don't hang.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("started with a malformed token file instead of exiting");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     let shown = tokens.display();
     assert!(
         err.contains(&format!("--token-file: {shown}:2: the token names no node")),
