@@ -276,7 +276,7 @@ pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String
         Mesh::Control(cp) => {
             env.push(("XDS_ADDRESS".into(), cp.url()));
             env.push(("XDS_ROOT_CA".into(), path(&cp.root_cert())));
-            env.push(("XDS_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+            env.push(("XDS_AUTH_TOKEN".into(), path(&cp.node_token_file(node))));
         }
     }
     match ca {
@@ -285,7 +285,7 @@ pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String
         Ca::Control(cp) => {
             env.push(("CA_ADDRESS".into(), cp.url()));
             env.push(("CA_ROOT_CA".into(), path(&cp.root_cert())));
-            env.push(("CA_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+            env.push(("CA_AUTH_TOKEN".into(), path(&cp.node_token_file(node))));
         }
     }
     env

@@ -44,7 +44,7 @@ pub use config::{
     env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Mesh, MeshConfig,
     Protocol, Service, Workload,
 };
-pub use control::{ControlPlane, ControlPlaneSpec};
+pub use control::{node_token, ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
 pub use inpod::{
     apply_inpod_rules, inpod_rules_v4, remove_inpod_rules, InpodMesh, InpodRules, MeshBins,
