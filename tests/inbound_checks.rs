@@ -13,16 +13,18 @@
 //!
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
 use nodetunnel_testbed::traffic::echo_handler;
+use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    addr, assert_eventually, env_refs, generate_ca, namespaces_available, port, spiffe_id,
-    tunnel_env, Ca, Capture, ClientCert, Mesh, MeshConfig, RawHbone, RawHboneError, Server, TestCa,
-    Topology, Tunnel, Workload,
+    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
+    spiffe_id, tunnel_env, Ca, Capture, ClientCert, Mesh, MeshConfig, RawHbone, RawHboneError,
+    Server, TestCa, Topology, Tunnel, Workload,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -180,6 +182,56 @@ fn connect_to_a_tunnel_port_is_refused_and_the_connection_stays_usable() {
     assert_still_usable(&hbone, on(addr::SERVER, SERVER_PORT), "after six refusals");
     assert_eq!(server.accepted(), 1);
     assert_eq!(bed.hbone_conns(), 1, "everything rode one HBONE connection");
+}
+
+/// The same ports reached in plaintext: a client outside the mesh connecting to one of them on
+/// the workload's address is captured into :15006 and closed unanswered (its HTTP request to
+/// the metrics or admin endpoint gets no byte back), logged as a loop.
+#[test]
+fn plaintext_to_a_tunnel_port_is_closed_unanswered() {
+    let Some(bed) = Bed::start("inbound_plain_own_ports", &[("ADMIN_ADDR", "[::]:15000")]) else {
+        return;
+    };
+    for tunnel_port in [
+        port::OUTBOUND,
+        port::INBOUND_PLAINTEXT,
+        port::READINESS,
+        port::METRICS,
+        port::ADMIN,
+    ] {
+        let target = on(addr::SERVER, tunnel_port);
+        let mut s = bed
+            .topo
+            .ns("n1")
+            .run(move || connect_from(addr::CLIENT2, target))
+            .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
+        let got = request_then_read_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(
+            got.is_empty(),
+            "{target} answered a plaintext client: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let line = bed.refusal_line(target, "loop");
+        assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
+    }
+}
+
+/// Sends `request`, then reads until the peer closes (a reset counts as closed); returns what
+/// came back.
+fn request_then_read_all(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+    let _ = stream.write_all(request);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the connection was neither answered nor closed within the read timeout")
+            }
+            Err(_) => return got,
+        }
+    }
 }
 
 /// ztunnel's IP-mismatch rule: a stream is delivered only to the workload whose address was
