@@ -180,13 +180,10 @@ impl ProxyInputs {
         }
     }
 
-    /// True for the tunnel's own listener ports: connections there were not redirected.
-    pub fn is_own_port(addr: SocketAddr) -> bool {
-        use crate::config::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-        matches!(
-            addr.port(),
-            OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT
-        )
+    /// True for a port of the tunnel itself (its listeners, admin, metrics and readiness; see
+    /// `ListenConfig::is_tunnel_port`): inbound never delivers there, whatever the address.
+    pub fn is_own_port(&self, addr: SocketAddr) -> bool {
+        self.config.listen.is_tunnel_port(addr.port())
     }
 }
 

@@ -4,6 +4,7 @@
 //! `defaults` holds what both agree on. Nothing here imports the xDS client or the control
 //! plane: they depend on `state`, never the reverse.
 
+mod addresses;
 mod defaults;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -12,6 +13,7 @@ mod resolve;
 mod store;
 mod types;
 
+pub(crate) use addresses::unusable_address;
 pub(crate) use defaults::workload_type_name;
 pub use defaults::Defaults;
 pub(crate) use local::load_file;

@@ -67,14 +67,14 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::NotLocal { .. }
-            | ProxyError::TargetMismatch { .. } => StatusCode::BAD_REQUEST,
+            | ProxyError::TargetMismatch { .. }
+            | ProxyError::SelfLoop(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
-            | ProxyError::SelfLoop(_)
             | ProxyError::Resolve(_)
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)

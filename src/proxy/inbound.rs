@@ -193,8 +193,10 @@ fn check_target(
     peer: &PeerInfo,
     target: SocketAddr,
 ) -> Result<InboundTarget, ProxyError> {
-    if ProxyInputs::is_own_port(target) {
-        return Err(ProxyError::NotLocal { target });
+    if pi.is_own_port(target) {
+        // On the workload's address or any other: a stream into the tunnel itself would be a
+        // second layer of HBONE, or the admin and metrics endpoints reached from the mesh.
+        return Err(ProxyError::SelfLoop(target));
     }
     let workload = pi
         .local_workload_in(store, target.ip())

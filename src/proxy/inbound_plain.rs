@@ -62,7 +62,7 @@ fn check_target(
     store: &Store,
     dst: SocketAddr,
 ) -> Result<InboundTarget, ProxyError> {
-    if ProxyInputs::is_own_port(dst) {
+    if pi.is_own_port(dst) {
         return Err(ProxyError::SelfLoop(dst));
     }
     let workload = pi

@@ -34,6 +34,7 @@ pub mod netns;
 mod privilege;
 pub mod process;
 pub mod procstat;
+pub mod raw_hbone;
 pub mod sandbox;
 mod signals;
 pub mod topology;
@@ -53,6 +54,7 @@ pub use inpod::{
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
 pub use procstat::ProcStats;
+pub use raw_hbone::{ClientCert, RawHbone, RawHboneError, TestCa};
 pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};
