@@ -18,7 +18,7 @@ pub(crate) use local::load_file;
 pub use local::{load_str, LoadError, Loaded};
 pub(crate) use resolve::{ResolveError, Upstream};
 pub(crate) use store::StoreError;
-pub use store::{StateHandle, Store, StoreDelta};
+pub use store::{StateHandle, StateWriteGuard, Store, StoreDelta};
 pub use types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy, PolicyAction,
     PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,

@@ -303,3 +303,24 @@ fn shared_mode_refuses_any_workload_filter() {
         "PROXY_MODE=\"in-pod\": expected \"dedicated\" or \"shared\""
     );
 }
+
+#[test]
+fn live_connection_rechecks_are_on_unless_switched_off() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    assert!(
+        Config::from_vars(&vars(&base))
+            .unwrap()
+            .recheck_live_connections
+    );
+    let with = |value| {
+        let mut pairs = base.to_vec();
+        pairs.push(("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", value));
+        Config::from_vars(&vars(&pairs))
+    };
+    assert!(!with("false").unwrap().recheck_live_connections);
+    assert!(with("true").unwrap().recheck_live_connections);
+    assert_eq!(
+        with("sometimes").unwrap_err().to_string(),
+        "ENFORCE_POLICY_ON_LIVE_CONNECTIONS=\"sometimes\": expected true or false"
+    );
+}

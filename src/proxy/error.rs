@@ -47,6 +47,10 @@ pub enum ProxyError {
     /// The authorize step refused the connection.
     #[error("denied: {0}")]
     Denied(DenyReason),
+    /// A live connection, admitted earlier, that the mesh state now denies: closed by the
+    /// re-check after a policy (or workload) change.
+    #[error("closed: the changed policies deny it: {0}")]
+    PolicyRevoked(DenyReason),
     #[error("inbound TLS handshake: {0}")]
     InboundTls(std::io::Error),
     #[error("peer certificate: {0}")]
@@ -68,7 +72,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::NotLocal { .. }
             | ProxyError::TargetMismatch { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -118,6 +122,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotLocal { .. } | ProxyError::TargetMismatch { .. } => "not_local",
             ProxyError::Denied(_) => "policy_denied",
+            ProxyError::PolicyRevoked(_) => "policy_revoked",
             ProxyError::InboundTls(_) | ProxyError::PeerIdentity(_) => "tls_error",
             ProxyError::Copy(_) => "copy_error",
         }
@@ -126,7 +131,7 @@ impl ProxyError {
     /// The authorize step's reason, when this is a denial (logged as its own field).
     pub fn denial(&self) -> Option<&DenyReason> {
         match self {
-            ProxyError::Denied(reason) => Some(reason),
+            ProxyError::Denied(reason) | ProxyError::PolicyRevoked(reason) => Some(reason),
             _ => None,
         }
     }
