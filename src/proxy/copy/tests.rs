@@ -129,6 +129,8 @@ async fn a_stopped_copy_reports_what_it_moved() {
     server.write_all(b"hi").await.unwrap();
     client.read_exact(&mut got[..2]).await.unwrap();
     stop.send("revoked").unwrap();
+    // Both ends go away too: a copy that ignored the stop would end on their EOFs instead.
+    drop((client, server));
     let (ended, _front, _back) = task.await.unwrap();
     match ended {
         Ended::Stopped(Ok(why), moved) => {
