@@ -26,32 +26,30 @@ fn every_write_is_announced_and_reads_are_not() {
 }
 
 /// A subscriber woken by the announcement can read at once, and sees the write: the lock is
-/// released before the signal changes.
+/// released before the signal changes, and nothing is announced while it is held.
 #[test]
 fn the_announcement_follows_the_release_of_the_lock() {
     let state = StateHandle::default();
     let mut changes = state.changes();
-    let reader = {
-        let state = state.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            runtime.block_on(changes.changed()).unwrap();
-            // `try_read`: a signal sent while the writer still held the lock would fail here
-            // rather than wait.
-            let store = state
-                .store
-                .try_read()
-                .expect("the lock is free once announced");
-            store.workload_by_uid("a").is_some()
-        })
-    };
+    let lock = state.store.clone();
+    let reader = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Fails (rather than waits forever) if the handle goes away unannounced.
+        runtime
+            .block_on(changes.changed())
+            .expect("the write was announced");
+        // `try_read`: a signal sent while the writer still held the lock could fail here
+        // rather than wait.
+        let store = lock.try_read().expect("the lock is free once announced");
+        store.workload_by_uid("a").is_some()
+    });
     {
         let mut store = state.write();
         store.insert_workload(workload("a", "10.0.0.1")).unwrap();
-        // The reader cannot have been woken yet: nothing is announced while the lock is held.
-        assert_eq!(*state.changes().borrow(), 0);
+        assert_eq!(*state.changes().borrow(), 0, "announced while the lock is held");
     }
+    drop(state);
     assert!(reader.join().unwrap(), "the woken reader saw the write");
 }
