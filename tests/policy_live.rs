@@ -251,3 +251,52 @@ fn with_live_rechecks_switched_off_a_live_connection_outlives_the_policy() {
         t2.log_tail(30)
     );
 }
+
+/// The plaintext path (:15006) too: two clients outside the mesh have live connections to the
+/// server; a DENY policy on one client's source address is pushed. That connection is cut
+/// (reset, `flag=policy_revoked`), the other keeps flowing.
+#[test]
+fn a_pushed_deny_policy_cuts_a_live_plaintext_connection_by_source_address() {
+    let Some(topo) = topology("revoke_plain") else {
+        return;
+    };
+    // n1 has no tunnel and no capture: its pods reach n2 as plain TCP, captured to :15006.
+    topo.node("n1").set_capture(Capture::NONE).unwrap();
+    let mut cfg = MeshConfig::standard(SERVER_PORT);
+    let (cp, mesh) = control_plane(&topo, &cfg);
+    let t2 = start_tunnel(&topo, "n2", &cp, &[]);
+    let _server = Server::start(topo.ns("n2"), to_server(SERVER_PORT), echo_handler).unwrap();
+
+    let mut denied = open(&topo, addr::CLIENT2, SERVER_PORT, "10.77.1.11 -> 8080");
+    let mut kept = open(&topo, addr::CLIENT, SERVER_PORT, "10.77.1.10 -> 8080");
+    assert_eq!(
+        topo.ns("n2")
+            .established(&format!("( sport = :{} )", port::INBOUND_PLAINTEXT))
+            .unwrap()
+            .len(),
+        2,
+        "both connections through n2's :15006"
+    );
+
+    let policy = Policy::deny("default", "deny-plain-source")
+        .rule([[Match::default().source_ip(&format!("{}/32", addr::CLIENT2))]]);
+    cfg.policies.push(policy);
+    cfg.write(&mesh).unwrap();
+
+    let revoked = t2.wait_access_line(
+        &[
+            ("direction", "inbound"),
+            ("protocol", "TCP"),
+            ("flag", "policy_revoked"),
+        ],
+        SYNC_DEADLINE,
+    );
+    assert!(
+        field(&revoked, "src").is_some_and(|src| src.starts_with(&format!("{}:", addr::CLIENT2))),
+        "{revoked}"
+    );
+    assert!(revoked.contains("default/deny-plain-source"), "{revoked}");
+    assert_closed(&mut denied, "10.77.1.11 -> 8080");
+    assert_flows(&mut kept, "10.77.1.10 -> 8080");
+    assert_eq!(t2.access_lines(&[("flag", "policy_revoked")]).len(), 1);
+}
