@@ -15,6 +15,8 @@ use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod explain;
+
 use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
 use crate::metrics::Metrics;
@@ -35,6 +37,8 @@ pub struct AdminState {
     pub pods: PodTable,
     /// The xDS client's view (`None` when the mesh comes from a local file).
     pub xds: Option<XdsHandle>,
+    /// The tunnel's network, on which `/debug/authorize` looks destination IPs up.
+    pub network: String,
 }
 
 impl AdminState {
@@ -47,6 +51,7 @@ impl AdminState {
         certs: Arc<SecretManager>,
         pods: PodTable,
         xds: Option<XdsHandle>,
+        network: String,
     ) -> AdminState {
         let (not_draining, flag) = watch::channel(true);
         AdminState {
@@ -57,6 +62,7 @@ impl AdminState {
             certs,
             pods,
             xds,
+            network,
         }
     }
 
@@ -109,6 +115,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}\n"),
+        ),
+    }
+}
+
 fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (endpoint, req.uri().path()) {
         (Endpoint::Readiness, "/healthz/ready") => match admin.readiness.missing() {
@@ -128,7 +148,20 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response parts are valid")
         }
-        (Endpoint::Admin, "/") => text(StatusCode::OK, "endpoints: /config_dump\n"),
+        (Endpoint::Admin, "/debug/authorize") => {
+            let store = admin.state.read();
+            match explain::explain_query(req.uri().query().unwrap_or(""), &store, &admin.network) {
+                Ok(explanation) => json(StatusCode::OK, &explanation),
+                Err(e @ explain::ExplainError::NoWorkload(_)) => {
+                    text(StatusCode::NOT_FOUND, format!("{e}\n"))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (Endpoint::Admin, "/") => text(
+            StatusCode::OK,
+            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -148,6 +181,7 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
                 "node": w.node,
                 "network": w.network,
                 "services": w.services.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "authorizationPolicies": w.authorization_policies,
             })
         })
         .collect();
@@ -193,6 +227,10 @@ fn config_dump(admin: &AdminState) -> serde_json::Value {
             serde_json::json!({
                 "name": p.name,
                 "namespace": p.namespace,
+                "scope": format!("{:?}", p.scope),
+                "action": format!("{:?}", p.action),
+                "dryRun": p.dry_run,
+                "rules": p.rules.len(),
             })
         })
         .collect();

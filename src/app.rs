@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         certs.clone(),
         PodTable::default(),
         xds.clone(),
+        config.network.clone(),
     ));
     start_admin_thread(&config, admin.clone())?;
 

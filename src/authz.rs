@@ -1,28 +1,39 @@
 //! The authorize step: whether one inbound connection may reach its destination workload, and
-//! why.
+//! why — Istio's L4 AuthorizationPolicy semantics over the policies in the store.
 //!
 //! Both inbound paths (HBONE and plaintext) describe the connection the same way, as a
 //! [`ConnectionInfo`], once its target workload is known and before anything is dialed, and
 //! act on the [`Decision`]: a denied HBONE stream is refused (401) while its HTTP/2 connection
 //! stays up; a denied plaintext connection is closed. The reason is logged either way.
 //!
-//! Nothing is enforced yet: every connection is allowed. The policy issue fills [`authorize`]
-//! with Istio's AuthorizationPolicy semantics over the policies the store already holds, which
-//! is why it takes the store.
+//! Which policies apply ([`Store::policies_for`]): every GLOBAL one (istiod's root-namespace
+//! policies, and the mesh-wide STRICT mTLS policy), the NAMESPACE ones of the destination's
+//! namespace, and the WORKLOAD_SELECTOR ones the destination workload lists. A listed policy
+//! the store lacks is skipped with a warning: it is in flight from the control plane.
+//!
+//! The order, as Istio documents it: any matching DENY policy denies; else, with no ALLOW
+//! policy for the workload, allow; else any matching ALLOW policy allows; else deny.
+//! `dry_run` policies are evaluated on the side and logged, never enforced. Matching itself is
+//! in [`matching`]; [`explain()`] gives the whole reasoning for the admin endpoint, from the
+//! same predicates.
+
+mod explain;
+mod matching;
+
+pub use explain::{explain, Explanation};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use matching::{policy_matches, Subject};
+
 use crate::identity::Identity;
-use crate::state::{Store, Workload};
+use crate::state::{Applicable, Policy, PolicyAction, Store, Workload};
 
 /// One inbound connection, as the authorize step sees it.
 #[derive(Clone, Debug)]
-#[expect(
-    dead_code,
-    reason = "the policy issue's `authorize` reads these; the stub allows everything"
-)]
 pub struct ConnectionInfo {
     /// The identity the peer proved with its TLS certificate (HBONE); `None` for plaintext,
     /// where nothing about the source is proven.
@@ -39,43 +50,54 @@ pub struct ConnectionInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow(AllowReason),
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the policy issue's `authorize` denies; the stub never does"
-        )
-    )]
     Deny(DenyReason),
 }
 
 /// Why a connection was allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AllowReason {
-    /// Policies are not enforced yet; every connection is allowed.
-    NoEnforcement,
+    /// No DENY policy matched and no ALLOW policy applies to the workload.
+    NoAllowPolicies,
+    /// The ALLOW policy `namespace/name` matched (and no DENY policy did).
+    AllowPolicy { policy: String },
 }
 
 /// Why a connection was denied: which policy decided it, or why none allowed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the policy issue's `authorize` denies; the stub never does"
-    )
-)]
 pub enum DenyReason {
     /// A DENY policy (`namespace/name`) matched the connection.
     DenyPolicy { policy: String },
-    /// ALLOW policies select the destination workload and none of them matched.
-    NoAllowPolicyMatched { destination: String },
+    /// ALLOW policies apply to the destination workload (their keys, in evaluation order)
+    /// and none of them matched.
+    NoAllowPolicyMatched { allow_policies: Vec<String> },
+}
+
+impl DenyReason {
+    /// The policy that decided, for metrics: the matching DENY policy, or empty when the
+    /// denial comes from no ALLOW policy matching.
+    pub fn policy(&self) -> &str {
+        match self {
+            DenyReason::DenyPolicy { policy } => policy,
+            DenyReason::NoAllowPolicyMatched { .. } => "",
+        }
+    }
+
+    /// A short, stable name of the kind of denial (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DenyReason::DenyPolicy { .. } => "deny_policy",
+            DenyReason::NoAllowPolicyMatched { .. } => "no_allow_match",
+        }
+    }
 }
 
 impl fmt::Display for AllowReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AllowReason::NoEnforcement => f.write_str("no policy enforcement yet"),
+            AllowReason::NoAllowPolicies => {
+                f.write_str("no DENY policy matched and no ALLOW policy applies")
+            }
+            AllowReason::AllowPolicy { policy } => write!(f, "ALLOW policy {policy} matched"),
         }
     }
 }
@@ -84,9 +106,11 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::DenyPolicy { policy } => write!(f, "DENY policy {policy} matched"),
-            DenyReason::NoAllowPolicyMatched { destination } => {
-                write!(f, "no ALLOW policy for {destination} matched")
-            }
+            DenyReason::NoAllowPolicyMatched { allow_policies } => write!(
+                f,
+                "no ALLOW policy matched (ALLOW policies applying: {})",
+                allow_policies.join(", ")
+            ),
         }
     }
 }
@@ -100,11 +124,111 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Decides `connection` against the authorization policies in `store`.
-///
-/// Allows everything for now (see the module doc).
-pub fn authorize(_connection: &ConnectionInfo, _store: &Store) -> Decision {
-    Decision::Allow(AllowReason::NoEnforcement)
+/// Decides `connection` against the authorization policies in `store` (see the module doc).
+/// Dry-run policies that would change the decision are logged (target `authz`).
+pub fn authorize(connection: &ConnectionInfo, store: &Store) -> Decision {
+    let subject = subject(connection);
+    let mut dry_run_present = false;
+    let decision = decide(store, connection, &subject, Enforce::Enforced, |p| {
+        dry_run_present |= p.dry_run;
+    });
+    if dry_run_present {
+        let would_be = decide(store, connection, &subject, Enforce::All, |_| {});
+        log_dry_run(connection, &decision, &would_be);
+    }
+    decision
+}
+
+/// Which policies take part in a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enforce {
+    /// The enforced ones: dry-run policies are left out.
+    Enforced,
+    /// All of them, dry-run included: what the decision would be if they were enforced.
+    All,
+}
+
+fn subject(connection: &ConnectionInfo) -> Subject<'_> {
+    Subject::new(
+        connection.source_identity.as_ref(),
+        connection.source_ip,
+        connection.destination_addr,
+    )
+}
+
+/// One pass over the applicable policies: the first matching DENY decides at once; ALLOW
+/// policies are evaluated until one matches. `seen` is called with every applicable policy
+/// (so the caller learns whether dry-run ones exist without a second lookup).
+fn decide(
+    store: &Store,
+    connection: &ConnectionInfo,
+    subject: &Subject<'_>,
+    enforce: Enforce,
+    mut seen: impl FnMut(&Policy),
+) -> Decision {
+    // ALLOW policies evaluated without a match, named only if the connection is denied.
+    let mut unmatched_allow: Vec<&Policy> = Vec::new();
+    let mut allowed_by: Option<&Policy> = None;
+    let destination = &connection.destination;
+    let denied_by = store.for_each_policy(destination, |applicable| {
+        let policy: &Policy = match applicable {
+            Applicable::Found(_, policy) => policy,
+            Applicable::Missing(key) => {
+                if enforce == Enforce::Enforced {
+                    tracing::warn!(
+                        target: "authz",
+                        policy = key,
+                        workload = %destination.uid,
+                        "skipping policy {key}: the workload lists it but it is not known (yet)"
+                    );
+                }
+                return ControlFlow::Continue(());
+            }
+        };
+        seen(policy);
+        if policy.dry_run && enforce == Enforce::Enforced {
+            return ControlFlow::Continue(());
+        }
+        match policy.action {
+            PolicyAction::Deny if policy_matches(policy, subject).is_some() => {
+                return ControlFlow::Break(policy);
+            }
+            PolicyAction::Deny => {}
+            // Once one ALLOW matched, the rest cannot change the outcome.
+            PolicyAction::Allow if allowed_by.is_some() => {}
+            PolicyAction::Allow if policy_matches(policy, subject).is_some() => {
+                allowed_by = Some(policy);
+            }
+            PolicyAction::Allow => unmatched_allow.push(policy),
+        }
+        ControlFlow::Continue(())
+    });
+    if let Some(deny) = denied_by {
+        return Decision::Deny(DenyReason::DenyPolicy { policy: deny.key() });
+    }
+    match allowed_by {
+        Some(allow) => Decision::Allow(AllowReason::AllowPolicy {
+            policy: allow.key(),
+        }),
+        None if unmatched_allow.is_empty() => Decision::Allow(AllowReason::NoAllowPolicies),
+        None => Decision::Deny(DenyReason::NoAllowPolicyMatched {
+            allow_policies: unmatched_allow.iter().map(|p| p.key()).collect(),
+        }),
+    }
+}
+
+fn log_dry_run(connection: &ConnectionInfo, decision: &Decision, would_be: &Decision) {
+    if decision == would_be {
+        return;
+    }
+    tracing::info!(
+        target: "authz",
+        src = %connection.source_ip,
+        src_identity = connection.source_identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        dst = %connection.destination_addr,
+        dst_workload = %connection.destination.uid,
+        "dry-run: with dry-run policies enforced this connection would be {would_be} (it is {decision})"
+    );
 }
 
 #[cfg(test)]

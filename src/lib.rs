@@ -17,7 +17,7 @@
 
 mod admin;
 pub mod app;
-mod authz;
+pub mod authz;
 pub mod config;
 mod drain;
 pub mod grpc;

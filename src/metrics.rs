@@ -63,6 +63,19 @@ fn workload_name(w: &Workload) -> String {
     }
 }
 
+/// Labels of `nodetunnel_policy_denials_total`: which policy decided, and for which workload.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// The matching DENY policy (`namespace/name`); empty when no ALLOW policy matched.
+    pub policy: String,
+    /// `deny_policy` or `no_allow_match`.
+    pub reason: &'static str,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    /// `HBONE` (mTLS) or `TCP` (plaintext on 15006).
+    pub protocol: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections_opened: Family<ConnectionLabels, Counter>,
@@ -74,6 +87,8 @@ pub struct Metrics {
     /// HBONE connections peers opened to this tunnel.
     pub hbone_connections_accepted: Counter,
     pub active_connections: Gauge,
+    /// Inbound connections the authorize step refused, by deciding policy.
+    pub policy_denials: Family<DenialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +109,7 @@ impl Metrics {
             hbone_connections_opened: Counter::default(),
             hbone_connections_accepted: Counter::default(),
             active_connections: Gauge::default(),
+            policy_denials: Family::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -126,6 +142,11 @@ impl Metrics {
             "hbone_connections_accepted",
             "HBONE connections accepted from peers",
             m.hbone_connections_accepted.clone(),
+        );
+        own.register(
+            "policy_denials",
+            "Inbound connections refused by authorization policy, by the policy that decided",
+            m.policy_denials.clone(),
         );
         own.register(
             "active_connections",

@@ -398,6 +398,7 @@ fn policy_resource(name: &str, version: &str) -> Resource {
         scope: Scope::Namespace as i32,
         action: Action::Deny as i32,
         rules: vec![],
+        ..Default::default()
     };
     resource(
         &format!("default/{name}"),

@@ -78,6 +78,7 @@ pub fn workload_to_proto(workload: &Workload) -> Address {
             HealthStatus::Unhealthy => wl::WorkloadStatus::Unhealthy,
         } as i32,
         cluster_id: workload.cluster_id.clone(),
+        authorization_policies: workload.authorization_policies.clone(),
         ..Default::default()
     };
     Address {
@@ -133,6 +134,8 @@ pub fn policy_to_proto(policy: &Policy) -> Authorization {
                     .collect(),
             })
             .collect(),
+        dry_run: policy.dry_run,
+        extensions: vec![],
     }
 }
 
@@ -168,6 +171,7 @@ fn match_to_proto(m: &PolicyMatch) -> sec::Match {
         not_destination_ips: nets(&m.not_destination_ips),
         destination_ports: ports(&m.destination_ports),
         not_destination_ports: ports(&m.not_destination_ports),
+        extensions: vec![],
     }
 }
 

@@ -383,16 +383,29 @@ mod security {
                     matches: vec![Match::default()],
                 }],
             }],
+            dry_run: true,
+            extensions: vec![crate::istio::workload::Extension {
+                name: "x".into(),
+                config: None,
+            }],
         };
-        // name = 1, namespace = 2, scope = 3, action = 4, rules = 5;
-        // Rule.clauses = 1; Clause.matches = 2
+        // name = 1, namespace = 2, scope = 3, action = 4, rules = 5, dry_run = 6,
+        // extensions = 7; Rule.clauses = 1; Clause.matches = 2
         let mut want = ld(&[0x0A], b"p");
         want.extend(ld(&[0x12], b"ns"));
         want.extend([0x18, 0x02, 0x20, 0x01]);
         let clause = ld(&[0x12], &[]);
         let rule = ld(&[0x0A], &clause);
         want.extend(ld(&[0x2A], &rule));
+        want.extend([0x30, 0x01]);
+        want.extend(ld(&[0x3A], &ld(&[0x0A], b"x")));
         assert_eq!(enc(&a), want);
+        // Match.extensions = 13
+        let m = Match {
+            extensions: vec![crate::istio::workload::Extension::default()],
+            ..Default::default()
+        };
+        assert_eq!(enc(&m), vec![0x6A, 0x00]);
         assert_eq!(Scope::Global as i32, 0);
         assert_eq!(Scope::Namespace as i32, 1);
         assert_eq!(Action::Allow as i32, 0);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::copy::Transferred;
 use super::ProxyError;
 use crate::identity::Identity;
-use crate::metrics::{ConnectionLabels, Metrics};
+use crate::metrics::{ConnectionLabels, DenialLabels, Metrics};
 
 /// What the log line and the metric labels say about a connection, besides its outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +152,19 @@ impl ConnectionRecord {
                 error = %e,
                 "connection failed"
             ),
+        }
+        if let Some(reason) = error.and_then(ProxyError::refusal) {
+            let labels = &self.description.labels;
+            self.metrics
+                .policy_denials
+                .get_or_create(&DenialLabels {
+                    policy: reason.policy().to_string(),
+                    reason: reason.kind(),
+                    destination_workload: labels.destination_workload.clone(),
+                    destination_workload_namespace: labels.destination_workload_namespace.clone(),
+                    protocol: d.protocol,
+                })
+                .inc();
         }
         if self.opened {
             let mut labels = std::mem::take(&mut self.description.labels);

@@ -128,10 +128,21 @@ impl ProxyError {
         }
     }
 
-    /// The authorize step's reason, when this is a denial (logged as its own field).
+    /// The authorize step's reason, when this is a denial, up front or of a live connection
+    /// later (logged as its own field).
     pub fn denial(&self) -> Option<&DenyReason> {
         match self {
             ProxyError::Denied(reason) | ProxyError::PolicyRevoked(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The reason, when the authorize step refused the connection up front (what
+    /// `nodetunnel_policy_denials_total` counts). A revoked live connection was admitted
+    /// first; it shows as `response_flags="policy_revoked"` on the `istio_tcp_*` metrics.
+    pub fn refusal(&self) -> Option<&DenyReason> {
+        match self {
+            ProxyError::Denied(reason) => Some(reason),
             _ => None,
         }
     }

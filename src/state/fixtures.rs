@@ -24,6 +24,7 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         workload_type: String::new(),
         status: HealthStatus::Healthy,
         services: HashMap::new(),
+        authorization_policies: vec![],
     }
 }
 

@@ -144,13 +144,15 @@ struct LocalWorkload {
     status: Status,
     #[serde(default)]
     services: HashMap<NamespacedHostname, HashMap<u16, u16>>,
+    /// Keys (`namespace/name`) of the workload-selector policies that select it.
+    #[serde(default)]
+    authorization_policies: Vec<String>,
     // Accepted (ztunnel's format has them) but not acted on yet: each one present is warned about.
     waypoint: Option<serde_yaml_ng::Value>,
     network_gateway: Option<serde_yaml_ng::Value>,
     network_mode: Option<serde_yaml_ng::Value>,
     native_tunnel: Option<serde_yaml_ng::Value>,
     application_tunnel: Option<serde_yaml_ng::Value>,
-    authorization_policies: Option<serde_yaml_ng::Value>,
     locality: Option<serde_yaml_ng::Value>,
     capacity: Option<serde_yaml_ng::Value>,
 }
@@ -233,16 +235,10 @@ impl LocalConfig {
         for (index, w) in self.workloads.into_iter().enumerate() {
             loader.add_workload(index, w, defaults)?;
         }
-        let policy_count = self.policies.len();
         for (index, p) in self.policies.into_iter().enumerate() {
             loader.add_policy(index, p)?;
         }
-        if policy_count > 0 {
-            loader.warn(format!(
-                "`policies` has {policy_count} entries; they are stored and served but not \
-                 enforced by this version"
-            ));
-        }
+        loader.warn_missing_policies();
         Ok(Loaded {
             store: loader.store,
             warnings: loader.warnings,
@@ -365,7 +361,6 @@ impl Loader<'_> {
                 ("networkMode", w.network_mode.is_some()),
                 ("nativeTunnel", w.native_tunnel.is_some()),
                 ("applicationTunnel", w.application_tunnel.is_some()),
-                ("authorizationPolicies", w.authorization_policies.is_some()),
                 ("locality", w.locality.is_some()),
                 ("capacity", w.capacity.is_some()),
             ],
@@ -394,6 +389,11 @@ impl Loader<'_> {
                 )
             })?
         };
+        for key in &w.authorization_policies {
+            super::types::check_policy_key(key).map_err(|reason| {
+                self.invalid(&item, format!("`authorizationPolicies`: {reason}"))
+            })?;
+        }
         for (key, ports) in &w.services {
             if ports.contains_key(&0) {
                 return Err(self.invalid(&item, format!("`services` {key} has service port 0")));
@@ -423,6 +423,7 @@ impl Loader<'_> {
                 Status::Unhealthy => HealthStatus::Unhealthy,
             },
             services: w.services,
+            authorization_policies: w.authorization_policies,
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {
@@ -449,6 +450,32 @@ impl Loader<'_> {
         self.store
             .insert_workload(workload)
             .map_err(|e| self.conflict(&item, e))
+    }
+
+    /// A workload naming a policy the file does not define is loaded (the policy is simply
+    /// skipped when connections are authorized, as an xDS policy still in flight would be),
+    /// but it is most likely a typo, so the operator is told.
+    fn warn_missing_policies(&mut self) {
+        let mut missing: Vec<String> = self
+            .store
+            .workloads()
+            .flat_map(|w| {
+                w.authorization_policies
+                    .iter()
+                    .filter(|key| self.store.policy(key).is_none())
+                    .map(|key| {
+                        format!(
+                            "workload {} names policy {key}, which the file does not define",
+                            w.uid
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        missing.sort();
+        for line in missing {
+            self.warn(line);
+        }
     }
 
     fn add_policy(&mut self, index: usize, p: LocalPolicy) -> Result<(), LoadError> {

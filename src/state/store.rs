@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::types::{NamespacedHostname, NetworkAddress, Policy, Service, Workload};
+use super::types::{NamespacedHostname, NetworkAddress, Policy, PolicyScope, Service, Workload};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -82,6 +83,28 @@ pub struct Store {
     endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
     /// Policy key (`namespace/name`) → policy.
     policies: HashMap<String, Arc<Policy>>,
+    /// Keys of the GLOBAL-scope policies, in key order.
+    global_policies: BTreeSet<String>,
+    /// Namespace → keys of its NAMESPACE-scope policies, in key order.
+    namespace_policies: HashMap<String, BTreeSet<String>>,
+}
+
+/// One policy that applies to a workload, as [`Store::for_each_policy`] visits it.
+#[derive(Clone, Copy, Debug)]
+pub enum Applicable<'a> {
+    /// The policy, and the scope that makes it apply.
+    Found(PolicyScope, &'a Arc<Policy>),
+    /// A key the workload lists that the store does not hold (in flight, or removed).
+    Missing(&'a str),
+}
+
+/// The policies that apply to one workload, as [`Store::policies_for`] finds them.
+#[derive(Debug, Default)]
+pub struct ApplicablePolicies {
+    /// Each applicable policy once, with why it applies, in visiting order.
+    pub policies: Vec<(PolicyScope, Arc<Policy>)>,
+    /// Keys the workload lists that the store does not hold (in flight, or removed).
+    pub missing: Vec<String>,
 }
 
 impl Store {
@@ -198,12 +221,109 @@ impl Store {
     /// Inserts or replaces a policy (keyed by `namespace/name`), returning the one replaced.
     /// Policies never conflict with each other.
     pub(crate) fn insert_policy(&mut self, policy: Policy) -> Option<Arc<Policy>> {
-        self.policies.insert(policy.key(), Arc::new(policy))
+        self.index_policy(Arc::new(policy))
     }
 
-    #[cfg(test)]
+    fn index_policy(&mut self, policy: Arc<Policy>) -> Option<Arc<Policy>> {
+        let key = policy.key();
+        let previous = self.remove_policy(&key);
+        match policy.scope {
+            PolicyScope::Global => {
+                self.global_policies.insert(key.clone());
+            }
+            PolicyScope::Namespace => {
+                self.namespace_policies
+                    .entry(policy.namespace.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            // Applies to the workloads that list it; nothing to index.
+            PolicyScope::WorkloadSelector => {}
+        }
+        self.policies.insert(key, policy);
+        previous
+    }
+
     pub(crate) fn remove_policy(&mut self, key: &str) -> Option<Arc<Policy>> {
-        self.policies.remove(key)
+        let old = self.policies.remove(key)?;
+        match old.scope {
+            PolicyScope::Global => {
+                self.global_policies.remove(key);
+            }
+            PolicyScope::Namespace => {
+                if let Some(keys) = self.namespace_policies.get_mut(&old.namespace) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.namespace_policies.remove(&old.namespace);
+                    }
+                }
+            }
+            PolicyScope::WorkloadSelector => {}
+        }
+        Some(old)
+    }
+
+    /// The policies that apply to `workload`, collected (see [`Store::for_each_policy`]).
+    pub fn policies_for(&self, workload: &Workload) -> ApplicablePolicies {
+        let mut found = ApplicablePolicies::default();
+        self.for_each_policy(workload, |applicable| {
+            match applicable {
+                Applicable::Found(scope, policy) => {
+                    found.policies.push((scope, Arc::clone(policy)))
+                }
+                Applicable::Missing(key) => found.missing.push(key.to_string()),
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        found
+    }
+
+    /// Calls `visit` with each policy that applies to `workload`, until it breaks: every
+    /// GLOBAL one, then the NAMESPACE ones of its namespace, then the WORKLOAD_SELECTOR ones
+    /// it lists, each group in key order. A listed key is used only when it names a
+    /// WORKLOAD_SELECTOR policy (a namespace or global policy listed by name already applies
+    /// by its scope, and must not be visited twice); a listed key the store lacks is visited
+    /// as [`Applicable::Missing`]. Allocates nothing: this is on every inbound connection.
+    pub fn for_each_policy<'a, B>(
+        &'a self,
+        workload: &'a Workload,
+        mut visit: impl FnMut(Applicable<'a>) -> ControlFlow<B>,
+    ) -> Option<B> {
+        let scoped = self
+            .global_policies
+            .iter()
+            .map(|k| (PolicyScope::Global, k))
+            .chain(
+                self.namespace_policies
+                    .get(&workload.namespace)
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (PolicyScope::Namespace, k)),
+            );
+        for (scope, key) in scoped {
+            if let Some(policy) = self.policies.get(key) {
+                if let ControlFlow::Break(b) = visit(Applicable::Found(scope, policy)) {
+                    return Some(b);
+                }
+            }
+        }
+        for (i, key) in workload.authorization_policies.iter().enumerate() {
+            // A key listed twice is visited once.
+            if workload.authorization_policies[..i].contains(key) {
+                continue;
+            }
+            let applicable = match self.policies.get(key.as_str()) {
+                Some(policy) if policy.scope == PolicyScope::WorkloadSelector => {
+                    Applicable::Found(PolicyScope::WorkloadSelector, policy)
+                }
+                Some(_) => continue,
+                None => Applicable::Missing(key),
+            };
+            if let ControlFlow::Break(b) = visit(applicable) {
+                return Some(b);
+            }
+        }
+        None
     }
 
     /// The policy named `key` (`namespace/name`).
@@ -288,7 +408,7 @@ impl Store {
             self.remove_address(name, undo);
         }
         for key in delta.removed_policies {
-            if let Some(previous) = self.policies.remove(&key) {
+            if let Some(previous) = self.remove_policy(&key) {
                 undo.push(Undo::Policy {
                     key,
                     previous: Some(previous),
@@ -328,7 +448,7 @@ impl Store {
         }
         for policy in delta.policies {
             let key = policy.key();
-            let previous = self.policies.insert(key.clone(), Arc::new(policy));
+            let previous = self.index_policy(Arc::new(policy));
             undo.push(Undo::Policy { key, previous });
         }
         Ok(())
@@ -369,9 +489,9 @@ impl Store {
                     }
                 }
                 Undo::Policy { key, previous } => {
-                    self.policies.remove(&key);
+                    self.remove_policy(&key);
                     if let Some(previous) = previous {
-                        self.policies.insert(key, previous);
+                        self.index_policy(previous);
                     }
                 }
             }

@@ -114,6 +114,9 @@ pub struct Workload {
     pub status: HealthStatus,
     /// Services this workload backs, with its own service-port → target-port overrides.
     pub services: HashMap<NamespacedHostname, HashMap<u16, u16>>,
+    /// Keys (`namespace/name`) of the workload-selector policies that select this workload.
+    /// Namespace and global policies are not listed: they apply by their scope.
+    pub authorization_policies: Vec<String>,
 }
 
 impl Workload {
@@ -148,11 +151,11 @@ impl Service {
 }
 
 /// An L4 authorization policy (Istio's `istio.security.Authorization`), keyed by
-/// `namespace/name`. Loaded, stored and served over xDS; enforcement comes later.
+/// `namespace/name`, enforced on inbound connections by [`crate::authz`].
 ///
 /// The nesting mirrors the proto so a policy round-trips unchanged: the action applies when
 /// any rule matches; a rule matches when all its clauses match; a clause matches when any of
-/// its matches does.
+/// its matches does (the exact rules, including the empty cases, are in `crate::authz`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
@@ -160,6 +163,8 @@ pub struct Policy {
     pub scope: PolicyScope,
     pub action: PolicyAction,
     pub rules: Vec<PolicyRule>,
+    /// Evaluated and logged, never enforced.
+    pub dry_run: bool,
 }
 
 impl Policy {
@@ -169,10 +174,20 @@ impl Policy {
     }
 }
 
+/// Checks a policy key as workloads list them: `namespace/name`, both parts present and free
+/// of '/'. A malformed key could never name a policy, so it is refused rather than kept.
+pub fn check_policy_key(key: &str) -> Result<(), String> {
+    match key.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(()),
+        _ => Err(format!("{key:?} is not <namespace>/<name>")),
+    }
+}
+
 /// Which workloads a policy applies to. The default is the proto's zero value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PolicyScope {
-    /// Every workload in the mesh.
+    /// Every workload in the mesh (istiod gives this scope to policies in its root
+    /// namespace, and to the mesh-wide STRICT mTLS policy).
     #[default]
     Global,
     /// Workloads in the policy's namespace.
@@ -189,13 +204,14 @@ pub enum PolicyAction {
     Deny,
 }
 
-/// Matches when all its clauses match (an empty rule matches everything).
+/// Matches when all its clauses match (a rule without clauses matches every connection).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyRule {
     pub clauses: Vec<PolicyClause>,
 }
 
-/// Matches when any of its matches does (Istio's `from`, `to` or `when` part of a rule).
+/// Matches when any of its matches does (Istio's `from`, `to` or `when` part of a rule); a
+/// clause without matches is satisfied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyClause {
     pub matches: Vec<PolicyMatch>,
@@ -203,6 +219,8 @@ pub struct PolicyClause {
 
 /// Conditions on one connection. Within one field any value may match (OR); every non-empty
 /// field must be satisfied (AND); a `not_*` field is satisfied when none of its values match.
+/// A match with no field set satisfies nothing (istiod never sends one; treating it as "any"
+/// would widen a policy).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyMatch {
     /// The source identity's namespace.

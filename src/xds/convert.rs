@@ -17,9 +17,9 @@ use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
 use crate::state::{
-    workload_type_name, Defaults, HealthStatus, InboundProtocol, NamespacedHostname,
-    NetworkAddress, Policy, PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope,
-    Service, ServiceAccountMatch, StringMatch, Workload,
+    check_policy_key, workload_type_name, Defaults, HealthStatus, InboundProtocol,
+    NamespacedHostname, NetworkAddress, Policy, PolicyAction, PolicyClause, PolicyMatch,
+    PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch, Workload,
 };
 
 /// What one `istio.workload.Address` resource holds.
@@ -142,6 +142,16 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         .into_iter()
         .map(|(key, list)| service_ports_entry(key, list))
         .collect::<FieldResult<HashMap<_, _>>>()?;
+    let authorization_policies = w
+        .authorization_policies
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| {
+            check_policy_key(&key)
+                .map(|()| key)
+                .map_err(|reason| FieldError::new(format!("authorization_policies[{i}]"), reason))
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
     let mut workload = Workload {
         uid: w.uid,
         name: w.name,
@@ -160,6 +170,7 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         workload_type: workload_type_name(workload_type),
         status,
         services,
+        authorization_policies,
     };
     defaults.fill_workload(&mut workload);
     Ok(workload)
@@ -267,6 +278,7 @@ fn policy_from_proto(name: &str, auth: Authorization) -> FieldResult<Policy> {
         scope,
         action,
         rules,
+        dry_run: auth.dry_run,
     })
 }
 

@@ -33,8 +33,8 @@ fn a_denial_is_a_401_flagged_policy_denied_with_its_reason() {
 #[test]
 fn an_allow_goes_on_with_its_reason_and_other_errors_are_no_denial() {
     assert_eq!(
-        admit(Decision::Allow(AllowReason::NoEnforcement)).unwrap(),
-        AllowReason::NoEnforcement
+        admit(Decision::Allow(AllowReason::NoAllowPolicies)).unwrap(),
+        AllowReason::NoAllowPolicies
     );
     let other = ProxyError::NotLocal {
         target: "10.0.0.1:80".parse().unwrap(),
@@ -56,7 +56,7 @@ async fn a_denied_stream_is_refused_with_401_and_the_connection_stays_up() {
         let handle = |incoming: server::IncomingStream| async move {
             let decision = match incoming.target() {
                 Ok(t) if t.port() == 1 => deny(),
-                _ => Decision::Allow(AllowReason::NoEnforcement),
+                _ => Decision::Allow(AllowReason::NoAllowPolicies),
             };
             match admit(decision) {
                 Err(e) => incoming.refuse(e.status()),
@@ -91,4 +91,21 @@ async fn a_denied_stream_is_refused_with_401_and_the_connection_stays_up() {
         StatusCode::OK,
         "the connection must keep serving after a denied stream"
     );
+}
+
+#[test]
+fn a_revoked_live_connection_is_flagged_policy_revoked_and_is_no_refusal() {
+    let reason = DenyReason::DenyPolicy {
+        policy: "default/deny-all".into(),
+    };
+    let e = ProxyError::PolicyRevoked(reason.clone());
+    assert_eq!(e.flag(), "policy_revoked");
+    assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(e.denial(), Some(&reason), "the log names the deciding policy");
+    assert_eq!(e.refusal(), None, "admitted first: not counted as refused");
+    assert_eq!(
+        e.to_string(),
+        "closed: the changed policies deny it: DENY policy default/deny-all matched"
+    );
+    assert_eq!(ProxyError::Denied(reason.clone()).refusal(), Some(&reason));
 }

@@ -1,11 +1,13 @@
 //! The `policies:` entries of a local file, in the shape ztunnel's local config accepts (the
 //! serde form of its `rbac::Authorization`): camelCase fields, `scope` one of `Global`,
-//! `Namespace`, `WorkloadSelector`, `action` one of `Allow`, `Deny`, and `rules` nested as
-//! rules → clauses → matches (a list of lists of lists). A string match is a one-key map:
-//! `{Exact: v}`, `{Prefix: v}`, `{Suffix: v}` or `{Presence: []}`; IP ranges are CIDR strings.
+//! `Namespace`, `WorkloadSelector`, `action` one of `Allow`, `Deny`, `dryRun`, and `rules`
+//! nested as rules → clauses → matches (a list of lists of lists). A string match is written
+//! as a YAML tag, as ztunnel's loader reads it: `!Exact v`, `!Prefix v`, `!Suffix v`,
+//! `!Presence []`; IP ranges are CIDR strings. Principals are written without `spiffe://`.
 //!
-//! Also accepted, for people who write the proto's JSON form: the proto enum names (`GLOBAL`,
-//! `DENY`, ...), lowercase string-match keys and a bare IP (a single-address range).
+//! Also accepted, for people who write the proto's JSON form (ztunnel rejects these): a one-key
+//! map (`{Exact: v}`, `{exact: v}`), the proto enum names (`GLOBAL`, `DENY`, ...) and a bare IP
+//! (a single-address range).
 
 use std::net::IpAddr;
 
@@ -248,11 +250,6 @@ impl LocalPolicy {
                 ));
             }
         }
-        // The model (and the xDS proto this version speaks) has no dry-run flag; storing a
-        // dry-run policy would enforce it once enforcement exists.
-        if self.dry_run {
-            return Err("`dryRun: true` is not supported by this version".into());
-        }
         let rules = self
             .rules
             .into_iter()
@@ -272,6 +269,7 @@ impl LocalPolicy {
                 Action::Deny => PolicyAction::Deny,
             },
             rules,
+            dry_run: self.dry_run,
         })
     }
 }

@@ -116,20 +116,34 @@ workloads:
   namespace: default
   workloadIps: ["10.0.0.1"]
   waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
-  authorizationPolicies: ["default/deny"]
+  authorizationPolicies: ["default/deny", "default/typo"]
 policies:
 - {name: deny, namespace: default, scope: WorkloadSelector, action: Deny}
 "#;
     let loaded = load(text).unwrap();
     let all = loaded.warnings.join("\n");
     assert!(all.contains("`waypoint`"), "{all}");
-    assert!(all.contains("`authorizationPolicies`"), "{all}");
-    // Policies are kept, but nothing enforces them yet: the operator must be told.
+    // Selected policies are modeled now: no warning for the field, but one for the key the
+    // file does not define.
+    assert!(!all.contains("`authorizationPolicies`"), "{all}");
     assert!(
-        all.contains("`policies` has 1 entries; they are stored and served but not enforced"),
+        all.contains("workload Kubernetes//v1/Pod/default/a names policy default/typo, which the file does not define"),
         "{all}"
     );
+    assert!(!all.contains("default/deny,"), "{all}");
     assert!(loaded.store.policy("default/deny").is_some());
+}
+
+#[test]
+fn a_malformed_selected_policy_key_names_the_workload() {
+    let text = "workloads:\n- {name: a, namespace: d, authorizationPolicies: [\"no-slash\"]}\n";
+    let err = load(text).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "workloads[0] (a): `authorizationPolicies`: \"no-slash\" is not <namespace>/<name>"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -226,6 +240,7 @@ fn loads_policies_in_ztunnel_shape() {
                 }],
             },
         ],
+        dry_run: false,
     };
     assert_eq!(*store.policy("default/allow-sleep").unwrap(), expected);
     let deny = store.policy("istio-system/deny-all").unwrap();
@@ -236,6 +251,12 @@ fn loads_policies_in_ztunnel_shape() {
     let selected = store.policy("default/selected").unwrap();
     assert_eq!(selected.scope, PolicyScope::WorkloadSelector);
     assert_eq!(selected.rules, vec![PolicyRule::default()]);
+    assert!(selected.dry_run);
+    let server = store
+        .workloads()
+        .find(|w| w.name == "server")
+        .expect("the server workload");
+    assert_eq!(server.authorization_policies, ["default/selected"]);
 }
 
 #[test]
@@ -292,16 +313,10 @@ fn policy_syntax_errors_name_line_and_field() {
 
 #[test]
 fn policy_semantic_errors_name_the_entry() {
-    let cases = [
-        (
-            "  scope: Global\n  action: Allow\n  dryRun: true\n",
-            "dryRun",
-        ),
-        (
-            "  scope: Global\n  action: Allow\n  rules: [[[{}], [{notDestinationPorts: [0]}]]]\n",
-            "rules[0][1][0].notDestinationPorts: port 0",
-        ),
-    ];
+    let cases = [(
+        "  scope: Global\n  action: Allow\n  rules: [[[{}], [{notDestinationPorts: [0]}]]]\n",
+        "rules[0][1][0].notDestinationPorts: port 0",
+    )];
     for (body, needle) in cases {
         let err = load(&policy_yaml(body)).unwrap_err();
         assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
@@ -321,9 +336,8 @@ fn policy_semantic_errors_name_the_entry() {
     let slash = "policies:\n- {name: a, namespace: n/x, scope: Global, action: Allow}\n";
     let err = load(slash).unwrap_err().to_string();
     assert!(err.contains("contains '/'"), "{err}");
-    // A failed entry leaves nothing half-loaded: dryRun false is fine.
-    let ok = policy_yaml("  scope: Global\n  action: Allow\n  dryRun: false\n");
-    assert!(load(&ok).unwrap().store.policy("ns/p").is_some());
+    let dry = policy_yaml("  scope: Global\n  action: Allow\n  dryRun: true\n");
+    assert!(load(&dry).unwrap().store.policy("ns/p").unwrap().dry_run);
 }
 
 #[test]

@@ -48,7 +48,11 @@ fn the_announcement_follows_the_release_of_the_lock() {
     {
         let mut store = state.write();
         store.insert_workload(workload("a", "10.0.0.1")).unwrap();
-        assert_eq!(*state.changes().borrow(), 0, "announced while the lock is held");
+        assert_eq!(
+            *state.changes().borrow(),
+            0,
+            "announced while the lock is held"
+        );
     }
     drop(state);
     assert!(reader.join().unwrap(), "the woken reader saw the write");

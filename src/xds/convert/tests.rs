@@ -245,7 +245,6 @@ fn fields_the_store_does_not_model_are_accepted() {
     });
     w.locality = Some(wl::Locality::default());
     w.network_mode = 99;
-    w.authorization_policies = vec!["ns/p".into()];
     w.capacity = Some(3);
     convert_workload(w);
     let mut s = valid_service();
@@ -355,5 +354,43 @@ fn policy_ports_are_checked() {
     assert_eq!(
         policy_error(|p| first_match(p).not_destination_ports = vec![65536]),
         "rules[0].clauses[0].matches[0].not_destination_ports[0]: port 65536 exceeds 65535"
+    );
+}
+
+#[test]
+fn workload_keeps_the_policies_that_select_it() {
+    let mut w = valid_workload();
+    w.authorization_policies = vec!["default/allow-client".into(), "other/deny".into()];
+    assert_eq!(
+        convert_workload(w).authorization_policies,
+        ["default/allow-client", "other/deny"]
+    );
+}
+
+#[test]
+fn a_malformed_selected_policy_key_is_refused() {
+    for key in ["no-slash", "/name", "ns/", "a/b/c"] {
+        assert_eq!(
+            workload_error(|w| w.authorization_policies = vec!["ns/ok".into(), key.into()]),
+            format!("workload.authorization_policies[1]: {key:?} is not <namespace>/<name>")
+        );
+    }
+}
+
+#[test]
+fn dry_run_is_kept_and_extensions_are_ignored() {
+    let mut p = valid_policy();
+    p.dry_run = true;
+    p.extensions = vec![wl::Extension {
+        name: "future".into(),
+        config: None,
+    }];
+    first_match(&mut p).extensions = vec![wl::Extension::default()];
+    let policy = authorization_from_proto("ns/p", p).unwrap();
+    assert!(policy.dry_run);
+    assert!(
+        !authorization_from_proto("ns/p", valid_policy())
+            .unwrap()
+            .dry_run
     );
 }

@@ -206,6 +206,7 @@ fn policies_and_removed_resource_names() {
         scope: Scope::Namespace as i32,
         action: Action::Deny as i32,
         rules: vec![],
+        ..Default::default()
     };
     let mut resp = response(
         vec![resource("default/deny-80", AUTHORIZATION_TYPE_URL, &policy)],
