@@ -101,7 +101,11 @@ fn a_revoked_live_connection_is_flagged_policy_revoked_and_is_no_refusal() {
     let e = ProxyError::PolicyRevoked(reason.clone());
     assert_eq!(e.flag(), "policy_revoked");
     assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(e.denial(), Some(&reason), "the log names the deciding policy");
+    assert_eq!(
+        e.denial(),
+        Some(&reason),
+        "the log names the deciding policy"
+    );
     assert_eq!(e.refusal(), None, "admitted first: not counted as refused");
     assert_eq!(
         e.to_string(),

@@ -1,13 +1,18 @@
 //! The registry of live connections: registration, release on drop, revocation by a re-check,
-//! and the destination a re-check decides on.
+//! the destination a re-check decides on; then the watcher with the real authorize step.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 
 use super::*;
 use crate::identity::Identity;
-use crate::state::fixtures::workload;
+use crate::state::fixtures::{policy, workload};
+use crate::state::{
+    Policy, PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, StoreDelta,
+    StringMatch,
+};
 
 /// An HBONE stream from `client` (its identity, `ip`) to `server`.
 fn stream_from(client: &str, ip: &str) -> ConnectionInfo {
@@ -135,4 +140,113 @@ fn a_recheck_decides_on_the_current_destination() {
 
     let gone = current(&info, &Store::default());
     assert!(Arc::ptr_eq(&gone.destination, &info.destination));
+}
+
+// ------------------------------------------------- the watcher, with the real authorize step
+
+/// A DENY policy in `default` (of `scope`) matching connections from `client`'s identity.
+fn deny_client(name: &str, scope: PolicyScope) -> Policy {
+    let from_client = PolicyMatch {
+        principals: vec![StringMatch::Exact(
+            "cluster.local/ns/default/sa/client".into(),
+        )],
+        ..PolicyMatch::default()
+    };
+    Policy {
+        action: PolicyAction::Deny,
+        scope,
+        rules: vec![PolicyRule {
+            clauses: vec![PolicyClause {
+                matches: vec![from_client],
+            }],
+        }],
+        ..policy("default", name)
+    }
+}
+
+/// A state holding the `server` workload, a registry, and the watcher running on it.
+fn watched() -> (
+    StateHandle,
+    Arc<LiveConnections>,
+    tokio::task::JoinHandle<()>,
+) {
+    let state = StateHandle::default();
+    state
+        .write()
+        .insert_workload(workload("server", "10.77.2.10"))
+        .unwrap();
+    let live = Arc::new(LiveConnections::new());
+    let watcher = tokio::spawn(recheck_on_change(
+        state.clone(),
+        state.changes(),
+        live.clone(),
+    ));
+    (state, live, watcher)
+}
+
+/// Registers `info` as the inbound paths do: decided and registered on one held snapshot.
+fn admit(state: &StateHandle, live: &Arc<LiveConnections>, info: ConnectionInfo) -> Registration {
+    let store = state.read();
+    assert!(
+        matches!(authz::authorize(&info, &store), Decision::Allow(_)),
+        "admitted before the change"
+    );
+    live.register(info)
+}
+
+/// Waits for a revocation the watcher must deliver; the deadline only keeps a broken watcher
+/// from hanging the test.
+async fn revoked(registration: &mut Registration) -> DenyReason {
+    tokio::time::timeout(Duration::from_secs(10), registration.revoked())
+        .await
+        .expect("the watcher revoked the connection")
+}
+
+#[tokio::test]
+async fn a_deny_policy_written_later_revokes_the_live_connection_it_matches() {
+    let (state, live, watcher) = watched();
+    let mut from_client = admit(&state, &live, stream_from("client", "10.77.1.10"));
+    let mut from_client2 = admit(&state, &live, stream_from("client2", "10.77.1.11"));
+
+    state
+        .write()
+        .insert_policy(deny_client("deny-client", PolicyScope::Namespace));
+
+    assert_eq!(
+        revoked(&mut from_client).await,
+        deny_reason("default/deny-client")
+    );
+    // Decided in the same pass, before anything was revoked.
+    assert_eq!(revocation(&mut from_client2), None);
+    assert_eq!(live.len(), 1);
+    watcher.abort();
+}
+
+/// A workload update that makes the workload list a selector policy changes the outcome of
+/// its live connections, though no policy changed.
+#[tokio::test]
+async fn a_workload_update_that_selects_a_deny_policy_revokes() {
+    let (state, live, watcher) = watched();
+    state
+        .write()
+        .insert_policy(deny_client("deny-selected", PolicyScope::WorkloadSelector));
+    // Not selected yet: admitted.
+    let mut from_client = admit(&state, &live, stream_from("client", "10.77.1.10"));
+
+    let mut selected = workload("server", "10.77.2.10");
+    selected.authorization_policies = vec!["default/deny-selected".into()];
+    state
+        .write()
+        .apply(StoreDelta {
+            workloads: vec![selected],
+            ..StoreDelta::default()
+        })
+        .unwrap();
+
+    assert_eq!(
+        revoked(&mut from_client).await,
+        deny_reason("default/deny-selected")
+    );
+    assert!(live.is_empty());
+    watcher.abort();
 }

@@ -96,7 +96,8 @@ impl Match {
         self
     }
 
-    /// One YAML flow mapping with the fields that are set (`{}` matches everything).
+    /// One YAML flow mapping with the fields that are set (`{}`: none set, which matches
+    /// nothing).
     fn to_yaml(&self) -> String {
         let strings = |v: &[StringMatch]| {
             v.iter()
