@@ -329,3 +329,24 @@ fn tunnel_ports_are_the_fixed_ones_the_defaults_and_the_configured_endpoints() {
     }
     assert!(!moved.listen.is_tunnel_port(9903));
 }
+
+#[test]
+fn live_connection_rechecks_are_on_unless_switched_off() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    assert!(
+        Config::from_vars(&vars(&base))
+            .unwrap()
+            .recheck_live_connections
+    );
+    let with = |value| {
+        let mut pairs = base.to_vec();
+        pairs.push(("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", value));
+        Config::from_vars(&vars(&pairs))
+    };
+    assert!(!with("false").unwrap().recheck_live_connections);
+    assert!(with("true").unwrap().recheck_live_connections);
+    assert_eq!(
+        with("sometimes").unwrap_err().to_string(),
+        "ENFORCE_POLICY_ON_LIVE_CONNECTIONS=\"sometimes\": expected true or false"
+    );
+}

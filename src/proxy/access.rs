@@ -153,7 +153,7 @@ impl ConnectionRecord {
                 "connection failed"
             ),
         }
-        if let Some(reason) = error.and_then(ProxyError::denial) {
+        if let Some(reason) = error.and_then(ProxyError::refusal) {
             let labels = &self.description.labels;
             self.metrics
                 .policy_denials
