@@ -148,7 +148,8 @@ impl ConnectionRecord {
                 bytes_recv = transferred.b_to_a,
                 duration_ms,
                 flag = e.flag(),
-                reason = e.denial().map(tracing::field::display),
+                // A string, so the line quotes it: the reason has spaces and is read back whole.
+                reason = e.denial().map(|r| r.to_string()),
                 error = %e,
                 "connection failed"
             ),
