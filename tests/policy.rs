@@ -392,3 +392,33 @@ fn strict_mtls_pushed_over_xds_refuses_plaintext_and_admits_hbone() {
     plaintext(true);
     m.assert_admitted(addr::CLIENT, "plaintext once STRICT is removed");
 }
+
+/// A dry-run DENY that matches is never enforced: the connection is admitted, the tunnel logs
+/// what the decision would have been, and the explanation shows both.
+#[test]
+fn a_dry_run_deny_is_logged_never_enforced() {
+    let Some(topo) = topology("policy_dry_run") else {
+        return;
+    };
+    let mut cfg = MeshConfig::standard(SERVER_PORT);
+    cfg.policies.push(
+        Policy::deny("default", "dry-deny")
+            .dry_run()
+            .rule(Vec::<Vec<Match>>::new()),
+    );
+    let m = start(topo, &cfg);
+
+    m.assert_admitted(addr::CLIENT, "client under a dry-run deny-all");
+    assert_eventually!(
+        m.t2.log().lines().any(|l| l.contains("dry-run:")
+            && l.contains("would be denied: DENY policy default/dry-deny matched")),
+        LOG_DEADLINE,
+        "no dry-run line on n2:\n{}",
+        m.t2.log_tail(20)
+    );
+    assert_eq!(m.denials(&[]), 0, "a dry-run policy denied nothing");
+    let answer = m.explain(Some(&client_id()), &addr::CLIENT.to_string());
+    assert_eq!(answer["decision"], "allow", "{answer:#}");
+    assert_eq!(answer["dry_run_decision"]["decision"], "deny", "{answer:#}");
+    assert_eq!(answer["policies"][0]["dry_run"], true);
+}
