@@ -75,6 +75,10 @@ pub struct Config {
     pub(crate) drain_timeout: Duration,
     /// `WORKER_THREADS`: the data path's runtime threads (xDS and admin have their own).
     pub worker_threads: usize,
+    /// `ENFORCE_POLICY_ON_LIVE_CONNECTIONS` (default true): after every change of the mesh
+    /// state, live inbound connections are authorized again and the denied ones closed.
+    /// `false`: a change applies to new connections only.
+    pub(crate) recheck_live_connections: bool,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             listen: ListenConfig::from_env(&env)?,
             drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(5))?,
             worker_threads: worker_threads(&env)?,
+            recheck_live_connections: env.bool("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", true)?,
         })
     }
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod inbound;
 pub mod inbound_plain;
 mod listeners;
+pub mod live;
 pub mod outbound;
 
 pub use error::ProxyError;
@@ -30,6 +31,7 @@ use crate::identity::{Identity, SecretManager};
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
 use crate::state::{StateHandle, Store, Workload};
+use live::{LiveConnections, Registration};
 
 /// Which workloads this tunnel serves: those on its node (`NODE_NAME`), narrowed to one
 /// workload by `PROXY_WORKLOAD_INFO` in dedicated mode. With neither set, every workload in the
@@ -90,6 +92,9 @@ pub struct ProxyInputs {
     pub delivery: Delivery,
     /// Every connection task of this group, for draining.
     pub tasks: ConnectionTasks,
+    /// This group's admitted inbound connections, authorized again after every state change
+    /// (unless `ENFORCE_POLICY_ON_LIVE_CONNECTIONS=false`, when nothing registers here).
+    pub live: Arc<LiveConnections>,
 }
 
 /// Accepts connections until the task is dropped, running `handle` for each (with the peer's
@@ -139,6 +144,7 @@ impl ProxyInputs {
             scope,
             delivery,
             tasks: ConnectionTasks::new(),
+            live: Arc::new(LiveConnections::new()),
         }
     }
 
@@ -155,21 +161,31 @@ impl ProxyInputs {
 
     /// The authorize step of both inbound paths: a connection from `source_ip` (with the
     /// identity its TLS handshake proved, `None` for plaintext) to a checked `target`.
-    /// `Err(Denied)` when it must not reach the workload.
-    /// Decided on `store`, the same snapshot the target was checked on.
+    /// `Err(Denied)` when it must not reach the workload; otherwise the connection's place
+    /// among the live connections, which says when a later state change revokes it.
+    ///
+    /// `store` must be the snapshot the target was checked on, held (its read lock) until
+    /// this returns: registering under the snapshot the decision was made on is what makes
+    /// sure no policy change slips between the decision and the re-checks (`live.rs`).
     pub(crate) fn authorize(
+        &self,
         store: &Store,
         source_identity: Option<Identity>,
         source_ip: IpAddr,
         target: &InboundTarget,
-    ) -> Result<AllowReason, ProxyError> {
+    ) -> Result<Registration, ProxyError> {
         let connection = ConnectionInfo {
             source_identity,
             source_ip,
             destination: target.workload.clone(),
             destination_addr: target.addr,
         };
-        admit(authz::authorize(&connection, store))
+        admit(authz::authorize(&connection, store))?;
+        Ok(if self.config.recheck_live_connections {
+            self.live.register(connection)
+        } else {
+            Registration::untracked()
+        })
     }
 
     /// The source inbound delivery to the app uses, for a client at `client`.
@@ -180,13 +196,10 @@ impl ProxyInputs {
         }
     }
 
-    /// True for the tunnel's own listener ports: connections there were not redirected.
-    pub fn is_own_port(addr: SocketAddr) -> bool {
-        use crate::config::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-        matches!(
-            addr.port(),
-            OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT
-        )
+    /// True for a port of the tunnel itself (its listeners, admin, metrics and readiness; see
+    /// `ListenConfig::is_tunnel_port`): inbound never delivers there, whatever the address.
+    pub fn is_own_port(&self, addr: SocketAddr) -> bool {
+        self.config.listen.is_tunnel_port(addr.port())
     }
 }
 

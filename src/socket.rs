@@ -184,6 +184,12 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     Ok(canonical(addr))
 }
 
+/// Makes closing `stream` abort it (SO_LINGER 0: the kernel sends RST and drops unsent data)
+/// instead of ending it with FIN, so the peer learns the connection was cut, not finished.
+pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
+    SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO))
+}
+
 /// Turns IPv4-mapped IPv6 addresses (seen on dual-stack sockets) back into IPv4.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())

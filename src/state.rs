@@ -4,6 +4,7 @@
 //! `defaults` holds what both agree on. Nothing here imports the xDS client or the control
 //! plane: they depend on `state`, never the reverse.
 
+mod addresses;
 mod defaults;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -12,13 +13,14 @@ mod resolve;
 mod store;
 mod types;
 
+pub(crate) use addresses::unusable_address;
 pub(crate) use defaults::workload_type_name;
 pub use defaults::Defaults;
 pub(crate) use local::load_file;
 pub use local::{load_str, LoadError, Loaded};
 pub(crate) use resolve::{ResolveError, Upstream};
 pub(crate) use store::StoreError;
-pub use store::{Applicable, ApplicablePolicies, StateHandle, Store, StoreDelta};
+pub use store::{Applicable, ApplicablePolicies, StateHandle, StateWriteGuard, Store, StoreDelta};
 pub use types::{
     check_policy_key, HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy,
     PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch,

@@ -1,6 +1,6 @@
 //! End-to-end tests of the control-plane path: real `nodetunnel-control` and `nodetunnel`
 //! processes in network namespaces, delta xDS and the CA over real gRPC with TLS and bearer
-//! tokens, traffic over HBONE between them.
+//! tokens bound to each tunnel's node, traffic over HBONE between them.
 //!
 //! Topology as in tests/hbone.rs: n1 10.77.1.1 (client 10.77.1.10, client2 10.77.1.11) and n2
 //! 10.77.2.1 (server 10.77.2.10); the control plane runs in n1 on 10.77.1.1:15012.
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip, Pattern};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, set_env,
-    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Mesh, MeshConfig, Server, Topology, Tunnel,
-    Workload,
+    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, node_token,
+    set_env, spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Mesh, MeshConfig, Server, Topology,
+    Tunnel, Workload,
 };
 use serde_json::Value;
 
@@ -455,4 +455,72 @@ fn rejected_token_is_reported_with_its_cause() {
     let dump = config_dump(&t1);
     let last = dump["xds"]["last_error"].as_str().unwrap_or_default();
     assert!(last.contains("UNAUTHENTICATED"), "{}", dump["xds"]);
+}
+
+/// A tunnel holding another node's token (n1's tunnel with n2's) gets no certificate for its
+/// own node's workloads: the CA's refusal reaches its log naming the identity and the token's
+/// node, and it stays not ready. Once the control plane's token file binds that token to n1,
+/// its next retry is issued and traffic flows — no restart of either process.
+#[test]
+fn another_nodes_token_gets_no_certificates_until_rebound() {
+    let Some(topo) = topology("node_token") else {
+        return;
+    };
+    let (mesh, ca) = mesh_files(&topo, &MeshConfig::standard(SERVER_PORT));
+    let cp = start_control(&topo, &mesh, &ca);
+    let _t2 = start_tunnel(
+        &topo,
+        "n2",
+        &tunnel_env("n2", Mesh::Control(&cp), Ca::Control(&cp)),
+    );
+    let n2_token = cp.node_token_file("n2");
+    let mut env = tunnel_env("n1", Mesh::Control(&cp), Ca::Control(&cp));
+    set_env(&mut env, "XDS_AUTH_TOKEN", n2_token.to_str().unwrap());
+    set_env(&mut env, "CA_AUTH_TOKEN", n2_token.to_str().unwrap());
+    let mut t1 = spawn_tunnel(&topo, "n1", &env);
+
+    let refusal = format!(
+        "token \"tunnel on n2\" is bound to node \"n2\", and no workload on \"n2\" runs as {} \
+         (its workloads are on \"n1\")",
+        spiffe_id("default", "client")
+    );
+    assert_eventually!(
+        t1.log().contains(&refusal),
+        SYNC_DEADLINE,
+        "no refusal naming the identity and the token's node"
+    );
+    let log = t1.log();
+    assert!(log.contains("PERMISSION_DENIED"), "{log}");
+    assert!(
+        !log.contains(&node_token("n2")),
+        "the token itself must not be logged"
+    );
+    assert!(!t1.is_ready(), "ready without its workloads' certificates");
+    // The token itself is good: xDS (the whole mesh, as for any node) still flows.
+    assert_eq!(
+        config_dump(&t1)["xds"]["connected"],
+        Value::Bool(true),
+        "{}",
+        config_dump(&t1)["xds"]
+    );
+    let cp_log = cp.log();
+    assert!(
+        cp_log
+            .lines()
+            .any(|l| l.contains("refused a certificate request")
+                && l.contains("caller=token \"tunnel on n2\" (node \"n2\")")
+                && l.contains(&spiffe_id("default", "client"))),
+        "{}",
+        cp.log_tail(20)
+    );
+
+    // Rebind: n2's token now speaks for n1 (and n2's running tunnel keeps what it holds).
+    cp.bind_tokens(&[(&node_token("n2"), "n1")])
+        .expect("rewriting the token file");
+    // The manager's backoff caps at 30 s between retries; the deadline allows one full wait.
+    t1.wait_ready(Duration::from_secs(45))
+        .expect("ready once its token is bound to its node");
+    let _server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
+    let mut s = connect(&topo, addr::CLIENT, server_addr());
+    echo_roundtrip(&mut s, b"after the token was rebound").expect("echo over HBONE");
 }

@@ -582,10 +582,18 @@ fn malformed_zds_requests_get_error_acks_and_other_pods_keep_working() {
             "without payload",
         ),
     ];
-    // Well-formed, but the fd is a regular file rather than a network namespace: refused when
-    // the handle is made, before anything is bound.
+    // Well-formed (with workload info), but the fd is a regular file rather than a network
+    // namespace: refused when the handle is made, before anything is bound.
     let not_a_netns = std::fs::File::open(mesh.topo.path("mesh.yaml")).unwrap();
-    let add_file = add("uid-file");
+    let add_file = request(Payload::Add(pb::AddWorkload {
+        uid: "uid-file".into(),
+        workload_info: Some(pb::WorkloadInfo {
+            name: "file".into(),
+            namespace: "default".into(),
+            service_account: "file".into(),
+            ..Default::default()
+        }),
+    }));
     cases.push((
         "add with a non-netns fd",
         add_file,
@@ -622,6 +630,63 @@ fn malformed_zds_requests_get_error_acks_and_other_pods_keep_working() {
         "del of an unknown uid",
     );
     assert!(mesh.tunnel("n1").is_ready());
+}
+
+/// The uids `/config_dump` lists as running pods on `node`.
+fn running_pods(mesh: &Mesh, node: &str) -> Vec<String> {
+    let dump = mesh.config_dump(node);
+    dump["pods"]
+        .as_array()
+        .map(|pods| {
+            pods.iter()
+                .filter_map(|p| p["uid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An AddWorkload without `workload_info` is refused with an error ack, as ztunnel refuses it,
+/// and the pod is not served at all — never as "any workload of this node": its in-pod rules
+/// keep redirecting to :15001, where nothing listens. Told who it is, the same pod is served.
+#[test]
+fn an_add_without_workload_info_is_refused_and_the_pod_is_not_served() {
+    let Some(mut mesh) = Mesh::start("inpod_no_info") else {
+        return;
+    };
+    let _server = mesh.server("server", SERVER_PORT, echo_handler);
+    let uid = uid_of(mesh.pod("client2"));
+    echo_once(&mesh, "client2", server_addr(), b"enrolled").expect("client2 while enrolled");
+    assert_ok(&mesh.agent("n1").del(&uid), "del client2");
+    mesh.assert_refused("client2", "after its del");
+
+    let netns = std::fs::File::open(mesh.pod("client2").ns().path()).unwrap();
+    let ack = mesh
+        .agent("n1")
+        .call(async |peer| peer.add(&uid, None, netns.as_fd()).await)
+        .expect("add without workload info");
+    let error = ack
+        .error
+        .expect("an add without workload info was acked as success");
+    assert!(
+        error.contains(&uid) && error.contains("workload_info is required"),
+        "the error ack does not say what is missing: {error:?}"
+    );
+    mesh.assert_refused("client2", "after the refused add");
+    assert!(
+        !running_pods(&mesh, "n1").contains(&uid),
+        "/config_dump lists the refused pod"
+    );
+    assert!(mesh.tunnel("n1").is_ready(), "a refused add cost readiness");
+
+    let (path, info) = {
+        let pod = mesh.pod("client2");
+        (pod.ns().path(), info_of(pod))
+    };
+    assert_ok(
+        &mesh.agent("n1").add_as(&uid, &path, &info),
+        "add with info",
+    );
+    echo_once(&mesh, "client2", server_addr(), b"back").expect("client2 enrolled again");
 }
 
 #[test]

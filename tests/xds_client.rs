@@ -703,6 +703,60 @@ async fn bad_responses_are_nacked_whole_and_state_keeps_serving() {
     assert_eq!(stats.connects, 1, "a NACK must not cost the stream");
 }
 
+/// A workload whose addresses include a loopback or unspecified address is NACKed; the NACK
+/// names the workload, the field and the address, and nothing of the push is applied.
+#[tokio::test]
+async fn a_workload_on_a_loopback_or_unspecified_address_is_nacked_by_name() {
+    let pki = pki();
+    let mut server = AdsServer::start(&pki, None).await;
+    let tunnel = start_client(server.address(), &pki);
+    let mut s = server.session().await;
+    s.sync_standard().await;
+
+    let v6 = |ip: &str| ip.parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+    let cases = [
+        (vec![127, 0, 0, 1], "127.0.0.1"),
+        (vec![0, 0, 0, 0], "0.0.0.0"),
+        (v6("::1"), "::1"),
+        (v6("::"), "::"),
+    ];
+    for (i, (bytes, shown)) in cases.into_iter().enumerate() {
+        let uid = format!("uid-local-{i}");
+        let mut evil = workload_raw(&uid, vec![10, 0, 0, 50 + i as u8]);
+        if let Some(address::Type::Workload(w)) = &mut evil.r#type {
+            w.addresses.push(bytes);
+        }
+        let reply = s
+            .push(
+                WORKLOAD_ADDRESS_TYPE_URL,
+                vec![
+                    address("uid-a", "v9", workload("uid-a", [10, 0, 0, 9])),
+                    address(&uid, "v1", evil),
+                ],
+                &[],
+            )
+            .await;
+        let error = reply
+            .error_detail
+            .unwrap_or_else(|| panic!("{shown}: ACKed a workload on a host address"));
+        assert_eq!(error.code, 3, "INVALID_ARGUMENT");
+        let expected = format!("\"{uid}\": workload.addresses[1]: {shown}: ");
+        assert!(
+            error.message.contains(&expected),
+            "{shown}: the NACK does not name the workload and field: {}",
+            error.message
+        );
+        let store = tunnel.state.read();
+        assert!(store.workload_by_uid(&uid).is_none(), "{shown}: stored");
+        assert_eq!(
+            store.workload_by_uid("uid-a").unwrap().workload_ips,
+            vec![ip("10.0.0.1")],
+            "{shown}: the rest of the NACKed push was applied"
+        );
+    }
+    assert_eq!(tunnel.handle.stats().addresses.nacks, 4);
+}
+
 /// The first response of a type is the whole state; when it is NACKed, a later (incremental)
 /// push must not make the tunnel "synced" with only part of the mesh.
 #[tokio::test]

@@ -1,26 +1,32 @@
 //! Who is calling the control plane: a bearer token from a token file, or a client certificate.
 //!
 //! Node tunnels authenticate with a bearer token (as Istio's agents send their service-account
-//! token); anything holding a mesh certificate may authenticate with it instead. The token file
-//! is re-read whenever it changes on disk, so tokens rotate without a restart. Token values are
-//! secrets: they are compared in constant time and never logged or echoed; a token is named by
-//! its label (or its line number) instead.
+//! token); each token is bound to one node ([`token_file`] has the format). Anything holding a
+//! mesh certificate may authenticate with it instead. The token file is re-read whenever it
+//! changes on disk, so tokens rotate and move without a restart. Token values are secrets: they
+//! are compared in constant time and never logged or echoed; a token is named by its label (or
+//! its line number) instead.
+
+mod token_file;
 
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use nodetunnel::identity::Identity;
+use token_file::TokenFile;
+pub use token_file::{LineError, TokenFileError};
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Caller {
-    /// Presented a bearer token listed in the token file (named by its line label if any).
-    Token { label: String },
+    /// Presented a bearer token listed in the token file: named by its label (or line), acting
+    /// for the node the file binds it to.
+    Token { label: String, node: String },
     /// Presented a client certificate chained to the mesh root.
     Certificate { identity: Identity },
 }
@@ -28,51 +34,48 @@ pub(crate) enum Caller {
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Caller::Token { label } => write!(f, "token {label:?}"),
+            Caller::Token { label, node } => write!(f, "token {label:?} (node {node:?})"),
             Caller::Certificate { identity } => write!(f, "client certificate {identity}"),
         }
     }
 }
 
 /// Checks bearer tokens (from a file re-read on change) and client certificates.
-///
-/// Token file format: one token per line, optionally followed by whitespace and a label naming
-/// its holder (`<token> <label>`); blank lines and lines starting with `#` are ignored.
 #[derive(Debug)]
 pub struct Authenticator {
     token_file: Option<PathBuf>,
     allow_client_certs: bool,
-    tokens: Mutex<Option<TokenFile>>,
+    tokens: Mutex<Option<Loaded>>,
 }
 
-/// The parsed token file and the on-disk state it was parsed from.
-struct TokenFile {
+/// One version of the token file as read: the tokens, or why they did not load. A failed parse
+/// is kept too, so each bad version is logged once, not on every request.
+#[derive(Debug)]
+struct Loaded {
     stamp: FileStamp,
-    tokens: Vec<Token>,
-}
-
-impl fmt::Debug for TokenFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print token values.
-        f.debug_struct("TokenFile")
-            .field("tokens", &self.tokens.len())
-            .finish_non_exhaustive()
-    }
-}
-
-struct Token {
-    value: Vec<u8>,
-    label: String,
+    tokens: Result<Arc<TokenFile>, TokenFileError>,
 }
 
 /// What identifies one version of the file: a rewrite changes the mtime or size, and
 /// Kubernetes' atomic secret update (a symlink swap) changes the inode.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
     device: u64,
+}
+
+/// Why the token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read the token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Malformed(#[from] TokenFileError),
 }
 
 impl Authenticator {
@@ -88,8 +91,18 @@ impl Authenticator {
         }
     }
 
+    /// Loads the token file now, so a bad one stops the control plane at start-up (with every
+    /// bad line named) instead of refusing tunnels later. `Ok(None)` without a token file,
+    /// else the number of tokens.
+    pub fn check_token_file(&self) -> Result<Option<usize>, TokensError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        self.current_tokens(path).map(|tokens| Some(tokens.len()))
+    }
+
     /// `Err` is the gRPC status to return: UNAUTHENTICATED naming the reason, or UNAVAILABLE
-    /// when the token file cannot be read.
+    /// when the token file cannot be read or does not load.
     ///
     /// A request carrying an `authorization` header is judged by its token alone, even if it
     /// also presented a certificate: a caller that sends a token means to use it, and quietly
@@ -130,48 +143,71 @@ impl Authenticator {
                 "bearer token not accepted (this control plane accepts no tokens)",
             ));
         };
-        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let stamp = std::fs::metadata(path).map(|m| FileStamp::of(&m));
-        let fresh = match (&stamp, cache.as_ref()) {
-            (Ok(stamp), Some(cached)) => cached.stamp == *stamp,
-            _ => false,
-        };
-        if !fresh {
-            let loaded = stamp.and_then(|stamp| {
-                std::fs::read_to_string(path).map(|text| TokenFile {
-                    stamp,
-                    tokens: parse_tokens(&text),
-                })
-            });
-            match loaded {
-                Ok(file) => {
-                    tracing::info!(path = %path.display(), tokens = file.tokens.len(), "loaded the token file");
-                    *cache = Some(file);
-                }
-                Err(e) => {
-                    // Refuse rather than keep serving stale tokens: a deleted file may mean
-                    // every token was revoked.
-                    tracing::error!(path = %path.display(), error = %e, "cannot read the token file; refusing token callers");
-                    *cache = None;
-                    return Err(Status::unavailable(
-                        "the control plane cannot read its token file; try again later",
-                    ));
-                }
+        // The caller is not told where our secrets live or what is wrong with them; the log
+        // says (see `current_tokens`).
+        let tokens = self.current_tokens(path).map_err(|e| match e {
+            TokensError::Read { .. } => {
+                Status::unavailable("the control plane cannot read its token file; try again later")
             }
-        }
-        let tokens = cache.as_ref().map(|f| f.tokens.as_slice()).unwrap_or(&[]);
-        // Compare against every token without stopping early, so timing tells nothing about
-        // which token (or how much of one) matched.
-        let mut found = None;
-        for token in tokens {
-            if constant_time_eq(&token.value, presented) && found.is_none() {
-                found = Some(token.label.clone());
+            TokensError::Malformed(_) => {
+                Status::unavailable("the control plane's token file does not load; try again later")
             }
-        }
-        match found {
-            Some(label) => Ok(Caller::Token { label }),
+        })?;
+        match tokens.find(presented) {
+            Some(binding) => Ok(Caller::Token {
+                label: binding.label.clone(),
+                node: binding.node.clone(),
+            }),
             None => Err(Status::unauthenticated("bearer token not accepted")),
         }
+    }
+
+    /// The token file as it is on disk now, re-read when its stamp changed.
+    ///
+    /// An unreadable file is retried on every call (its stamp may not change when it becomes
+    /// readable again); a malformed one is remembered by stamp and logged once. Neither falls
+    /// back to the tokens loaded before: a deleted or rewritten file may mean tokens were
+    /// revoked, and serving stale ones would keep them alive.
+    fn current_tokens(&self, path: &Path) -> Result<Arc<TokenFile>, TokensError> {
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let read_failed = |source: std::io::Error| {
+            tracing::error!(path = %path.display(), error = %source, "cannot read the token file; refusing token callers");
+            TokensError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => FileStamp::of(&meta),
+            Err(e) => {
+                *cache = None;
+                return Err(read_failed(e));
+            }
+        };
+        if let Some(cached) = cache.as_ref().filter(|c| c.stamp == stamp) {
+            return cached.tokens.clone().map_err(TokensError::Malformed);
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                *cache = None;
+                return Err(read_failed(e));
+            }
+        };
+        let tokens = TokenFile::parse(&text, path).map(Arc::new);
+        match &tokens {
+            Ok(file) => {
+                tracing::info!(path = %path.display(), tokens = file.len(), "loaded the token file")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the token file does not load; refusing token callers until it is fixed")
+            }
+        }
+        *cache = Some(Loaded {
+            stamp,
+            tokens: tokens.clone(),
+        });
+        tokens.map_err(TokensError::Malformed)
     }
 }
 
@@ -193,37 +229,6 @@ fn bearer_token(header: &str) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
         .then_some(token)
-}
-
-fn parse_tokens(text: &str) -> Vec<Token> {
-    text.lines()
-        .enumerate()
-        .filter_map(|(index, line)| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let mut words = line.split_whitespace();
-            let value = words.next()?.as_bytes().to_vec();
-            let label = words.collect::<Vec<_>>().join(" ");
-            let label = if label.is_empty() {
-                format!("line {}", index + 1)
-            } else {
-                label
-            };
-            Some(Token { value, label })
-        })
-        .collect()
-}
-
-/// Equality whose running time depends only on the lengths, not on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
 }
 
 /// The first URI SAN of `cert` that is a workload SPIFFE identity.

@@ -4,12 +4,14 @@
 //! Which identity a certificate carries is decided here, never taken from the CSR: a token
 //! caller (a node tunnel) names the workload in the `ImpersonatedIdentity` metadata, as Istio's
 //! ztunnel does; a certificate caller gets its own identity. Either way the identity must belong
-//! to some workload of the mesh, so a leaked token cannot mint certificates for identities
-//! nobody runs.
+//! to some workload of the current mesh, and a token caller only gets identities of workloads
+//! scheduled on the node its token is bound to — istiod's rule for ztunnel — so a leaked token
+//! speaks for one node's workloads, not for the whole mesh.
 //!
 //! The response lists the leaf, the intermediates and the root, one certificate per entry, each
 //! PEM with a trailing newline — the layout istiod produces and ztunnel expects.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +30,14 @@ use nodetunnel::identity::{CaError, Identity, LocalCa};
 /// Lifetime when the request asks for none (istiod's default workload TTL).
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Whether some workload in the mesh runs as an identity.
-pub type KnownIdentity = Arc<dyn Fn(&Identity) -> bool + Send + Sync>;
+/// Where the mesh runs an identity: `None` when no workload runs as it, else the nodes its
+/// workloads are scheduled on (empty when none names a node).
+pub type Placement = Arc<dyn Fn(&Identity) -> Option<BTreeSet<String>> + Send + Sync>;
 
 pub struct CaService {
     ca: Arc<LocalCa>,
     auth: Arc<Authenticator>,
-    known: KnownIdentity,
+    placement: Placement,
     max_ttl: Duration,
 }
 
@@ -48,16 +51,17 @@ impl std::fmt::Debug for CaService {
 }
 
 impl CaService {
-    /// `known` is asked for every request (so it sees the mesh as it is now); `max_ttl` caps
-    /// the lifetime a caller may ask for.
+    /// `placement` is asked for every request (so it sees the mesh as it is now: a pod that
+    /// moved to another node moves its identity with it); `max_ttl` caps the lifetime a caller
+    /// may ask for.
     ///
     /// The CA's trust domain ([`LocalCa::trust_domain`]) bounds what may be signed; a CA loaded
     /// from plug-in files has none unless set with [`LocalCa::with_trust_domain`], and then only
-    /// `known` limits the identities.
+    /// `placement` limits the identities.
     pub fn new(
         ca: Arc<LocalCa>,
         auth: Arc<Authenticator>,
-        known: KnownIdentity,
+        placement: Placement,
         max_ttl: Duration,
     ) -> CaService {
         if ca.trust_domain().is_none() {
@@ -66,7 +70,7 @@ impl CaService {
         CaService {
             ca,
             auth,
-            known,
+            placement,
             max_ttl,
         }
     }
@@ -108,7 +112,8 @@ impl CaService {
     ///
     /// A certificate caller may only ask for its own identity: a workload certificate proves
     /// one workload, and letting it name others would turn any leaked workload key into a key
-    /// for the whole mesh. Acting for other workloads is what node tunnels' tokens are for.
+    /// for the whole mesh. Acting for other workloads is what node tunnels' tokens are for, and
+    /// a token acts only for the workloads on its node.
     #[allow(clippy::result_large_err)]
     fn identity_for(
         &self,
@@ -141,10 +146,19 @@ impl CaService {
                 )));
             }
         }
-        if !(self.known)(&identity) {
+        let Some(nodes) = (self.placement)(&identity) else {
             return Err(Status::permission_denied(format!(
                 "no workload in the mesh runs as {identity}"
             )));
+        };
+        if let Caller::Token { label, node } = caller {
+            if !nodes.contains(node) {
+                return Err(Status::permission_denied(format!(
+                    "token {label:?} is bound to node {node:?}, and no workload on {node:?} runs as \
+                     {identity} ({})",
+                    where_it_runs(&nodes)
+                )));
+            }
         }
         Ok(identity)
     }
@@ -157,6 +171,16 @@ impl CaService {
             .map_or(DEFAULT_TTL, Duration::from_secs);
         ttl.min(self.max_ttl)
     }
+}
+
+/// The nodes of a refused identity, for the operator reading the refusal (a token caller sees
+/// the whole mesh over xDS anyway).
+fn where_it_runs(nodes: &BTreeSet<String>) -> String {
+    if nodes.is_empty() {
+        return "its workloads name no node".to_string();
+    }
+    let quoted: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
+    format!("its workloads are on {}", quoted.join(", "))
 }
 
 /// The `ImpersonatedIdentity` metadata value, if present and non-empty.

@@ -18,6 +18,9 @@ pub struct ConnectionStatus {
     pub peer: String,
     /// Who authenticated: `token:<label>` or `certificate:<spiffe id>`.
     pub caller: String,
+    /// The node a token caller's token is bound to (whose workloads' certificates it may
+    /// obtain); `None` for certificate callers.
+    pub bound_node: Option<String>,
     /// Unix seconds.
     pub connected_at: u64,
     /// Keyed by short type name (`Address`, `Authorization`).

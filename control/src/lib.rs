@@ -4,7 +4,8 @@
 //! Flow: `watch` loads the file into a `mesh` of versioned resources and publishes each good
 //! generation; `xds_server` streams them to tunnels (`push` cuts responses to size,
 //! `connections` records what each tunnel got); `ca_service` signs workload certificates for
-//! identities the current mesh contains; `auth` decides who may call either; `status` serves
+//! identities the current mesh contains (to a node's token, only its node's); `auth` decides who
+//! may call either and which node a token speaks for; `status` serves
 //! `/ready` and the debug endpoints. [`run`] wires them onto one TLS port, like istiod's 15012.
 
 pub mod auth;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 
 use auth::Authenticator;
-use ca_service::{CaService, KnownIdentity};
+use ca_service::{CaService, Placement};
 use connections::Connections;
 use nodetunnel::identity::{CaError, LocalCa, ROOT_CERT_FILE};
 use nodetunnel::state::Defaults;
@@ -82,6 +83,8 @@ pub struct ControlOptions {
 pub enum ControlError {
     #[error("the mesh file: {0}")]
     Mesh(#[from] WatchError),
+    #[error("--token-file: {0}")]
+    Tokens(#[from] auth::TokensError),
     #[error("cannot load the CA from {dir}: {source}")]
     LoadCa { dir: PathBuf, source: CaError },
     #[error("cannot create a CA: {0}")]
@@ -123,6 +126,9 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         cluster_id: opts.cluster_id.clone(),
     };
     let watcher = MeshWatcher::start(opts.mesh_file.clone(), defaults).await?;
+    let auth = Arc::new(Authenticator::new(opts.token_file.clone(), true));
+    // Later edits that break it refuse token callers until fixed; at start-up it is fatal.
+    auth.check_token_file()?;
     let ca = Arc::new(load_or_create_ca(&opts)?);
     if let Some(path) = &opts.write_root {
         write_root(&ca, path)?;
@@ -159,7 +165,6 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         })?;
     let status_addr = status_listener.local_addr().unwrap_or(opts.status_addr);
 
-    let auth = Arc::new(Authenticator::new(opts.token_file.clone(), true));
     let connections = Arc::new(Connections::default());
     let shutdown = CancellationToken::new();
     let ads = AdsServer::new(
@@ -185,8 +190,9 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
         .tls_config(tls)
         .map_err(|e| ControlError::Tls(nodetunnel::grpc::error_chain(&e)))?;
     let meshes = watcher.subscribe();
-    let known: KnownIdentity = Arc::new(move |id| meshes.borrow().mesh.has_identity(id));
-    let ca_service = CaService::new(ca.clone(), auth.clone(), known, opts.max_cert_ttl);
+    // Read per request from the watcher's latest mesh, so moves and removals apply at once.
+    let placement: Placement = Arc::new(move |id| meshes.borrow().mesh.nodes_running(id).cloned());
+    let ca_service = CaService::new(ca.clone(), auth.clone(), placement, opts.max_cert_ttl);
     let router = server
         .add_service(
             AggregatedDiscoveryServiceServer::new(ads)

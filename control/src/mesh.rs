@@ -1,12 +1,12 @@
 //! The mesh as xDS resources: for each type URL, resource name → (version, encoded resource),
-//! plus the identities present (what the CA may issue for), and the diff between what a client
-//! holds and the current mesh.
+//! plus the identities present and the nodes running each (what the CA may issue, and to which
+//! node's token), and the diff between what a client holds and the current mesh.
 //!
 //! A resource's version is a hash of its content, not a counter: a reconnecting tunnel reports
 //! the versions it holds (`initial_resource_versions`), and a content hash lets the control
 //! plane — even after its own restart — recognise what the tunnel already has and skip it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,7 +74,8 @@ pub type ResourceMap = HashMap<Arc<str>, Arc<Versioned>>;
 pub struct Mesh {
     addresses: ResourceMap,
     authorizations: ResourceMap,
-    identities: HashSet<Identity>,
+    /// Identity → the nodes its workloads are scheduled on (empty when none names a node).
+    identities: HashMap<Identity, BTreeSet<String>>,
 }
 
 impl Mesh {
@@ -83,7 +84,7 @@ impl Mesh {
     pub fn from_store(store: &Store) -> Mesh {
         let mut mesh = Mesh::default();
         for w in store.workloads() {
-            mesh.identities.insert(w.identity());
+            mesh.insert_identity(w.identity(), &w.node);
             mesh.insert_address(w.uid.clone(), workload_to_proto(w));
         }
         for s in store.services() {
@@ -118,9 +119,13 @@ impl Mesh {
             .insert(name.into(), Arc::new(Versioned { version, resource }));
     }
 
-    /// Marks `identity` as present, so the CA may issue certificates for it.
-    pub fn insert_identity(&mut self, identity: Identity) {
-        self.identities.insert(identity);
+    /// Marks `identity` as run by a workload on `node` (`""`: a workload that names no node,
+    /// e.g. a VM's), so the CA may issue certificates for it to that node's token.
+    pub fn insert_identity(&mut self, identity: Identity, node: &str) {
+        let nodes = self.identities.entry(identity).or_default();
+        if !node.is_empty() {
+            nodes.insert(node.to_string());
+        }
     }
 
     pub fn resources(&self, ty: ResourceType) -> &ResourceMap {
@@ -130,9 +135,15 @@ impl Mesh {
         }
     }
 
-    /// Whether some workload in the mesh runs as `identity` (the CA's `known` check).
+    /// Whether some workload in the mesh runs as `identity`.
     pub fn has_identity(&self, identity: &Identity) -> bool {
-        self.identities.contains(identity)
+        self.identities.contains_key(identity)
+    }
+
+    /// The nodes whose workloads run as `identity`; `None` when no workload does (the CA's
+    /// placement check).
+    pub fn nodes_running(&self, identity: &Identity) -> Option<&BTreeSet<String>> {
+        self.identities.get(identity)
     }
 
     pub fn identity_count(&self) -> usize {

@@ -40,6 +40,8 @@ const OUT_QUEUE: usize = 8;
 /// A client that takes no response for this long is dropped: it holds a full copy of every
 /// change in memory, and a stuck tunnel must not cost the control plane without bound.
 const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The node metadata key a tunnel names its node with (as ztunnel and istio-agent send it).
+const NODE_NAME_METADATA: &str = "NODE_NAME";
 
 /// Tunables of a stream; tests shrink them.
 #[derive(Clone, Copy, Debug)]
@@ -123,9 +125,14 @@ impl AggregatedDiscoveryService for AdsServer {
                 return Err(status);
             }
         };
+        let bound_node = match &caller {
+            Caller::Token { node, .. } => Some(node.clone()),
+            Caller::Certificate { .. } => None,
+        };
         let handle = self.connections.register(ConnectionStatus {
             peer: peer.clone(),
             caller: caller_label(&caller),
+            bound_node: bound_node.clone(),
             connected_at: unix_now(),
             ..ConnectionStatus::default()
         });
@@ -140,6 +147,7 @@ impl AggregatedDiscoveryService for AdsServer {
             handle,
             peer,
             node_id: None,
+            bound_node,
             subscriptions: HashMap::new(),
             meshes: self.meshes.clone(),
             out,
@@ -154,7 +162,7 @@ impl AggregatedDiscoveryService for AdsServer {
 
 fn caller_label(caller: &Caller) -> String {
     match caller {
-        Caller::Token { label } => format!("token:{label}"),
+        Caller::Token { label, .. } => format!("token:{label}"),
         Caller::Certificate { identity } => format!("certificate:{identity}"),
     }
 }
@@ -197,6 +205,8 @@ struct XdsStream {
     handle: ConnectionHandle,
     peer: String,
     node_id: Option<String>,
+    /// The node the caller's token is bound to, if it is a token caller.
+    bound_node: Option<String>,
     subscriptions: HashMap<ResourceType, Subscription>,
     meshes: watch::Receiver<Arc<MeshSnapshot>>,
     out: mpsc::Sender<DeltaDiscoveryResponse>,
@@ -271,6 +281,35 @@ impl XdsStream {
         }
     }
 
+    /// xDS serves every tunnel the whole mesh (as istiod does for ztunnel: it routes to remote
+    /// workloads too), so the token's node limits only the CA. A tunnel that says it runs on
+    /// another node than its token names is misconfigured, and its certificate requests will be
+    /// refused; saying so here, where it connects, points at the cause early.
+    fn warn_on_node_mismatch(&self, request: &DeltaDiscoveryRequest) {
+        let Some(bound) = &self.bound_node else {
+            return;
+        };
+        let claimed = request
+            .node
+            .as_ref()
+            .and_then(|n| n.metadata.as_ref())
+            .and_then(|m| m.fields.get(NODE_NAME_METADATA))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            });
+        if let Some(claimed) = claimed.filter(|c| *c != bound) {
+            tracing::warn!(
+                node = self.node_id.as_deref().unwrap_or("-"),
+                peer = %self.peer,
+                node_name = %claimed,
+                token_node = %bound,
+                "the tunnel says it runs on another node than its token is bound to; \
+                 the CA will refuse it certificates for its own node's workloads"
+            );
+        }
+    }
+
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), End> {
         if self.node_id.is_none() {
             let Some(id) = request
@@ -287,6 +326,7 @@ impl XdsStream {
             tracing::info!(node = %id, peer = %self.peer, "tunnel connected for delta xDS");
             self.handle.update(|s| s.node_id = id.clone());
             self.node_id = Some(id);
+            self.warn_on_node_mismatch(&request);
         }
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
             tracing::warn!(

@@ -16,7 +16,7 @@ use nodetunnel::identity::certs_pem;
 use nodetunnel::identity::CertificateSource;
 use nodetunnel::identity::{CaClient, Identity, LocalCa, SecretManager, WorkloadCert};
 use nodetunnel_control::auth::Authenticator;
-use nodetunnel_control::ca_service::{CaService, KnownIdentity};
+use nodetunnel_control::ca_service::{CaService, Placement};
 use nodetunnel_proto::istio::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use nodetunnel_proto::istio::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use nodetunnel_proto::istio::auth::IstioCertificateRequest;
@@ -36,10 +36,18 @@ fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa)
 }
 
-/// The mesh of these tests runs `client` and `server`.
-fn known() -> KnownIdentity {
+/// The node [`TOKEN`] is bound to.
+const NODE: &str = "node-1";
+
+/// The mesh of these tests runs `client` and `server` on [`NODE`], and `elsewhere` on node-2.
+fn placement() -> Placement {
     Arc::new(|i: &Identity| {
-        i.namespace == "default" && ["client", "server"].contains(&i.service_account.as_str())
+        let node = match (i.namespace.as_str(), i.service_account.as_str()) {
+            ("default", "client" | "server") => NODE,
+            ("default", "elsewhere") => "node-2",
+            _ => return None,
+        };
+        Some([node.to_string()].into())
     })
 }
 
@@ -57,7 +65,7 @@ impl Files {
         std::fs::write(dir.path().join("istio-token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(
             dir.path().join("accepted-tokens"),
-            format!("# node tunnels\n{TOKEN} node-1\n"),
+            format!("# node tunnels\n{TOKEN} node={NODE} tunnel on {NODE}\n"),
         )
         .unwrap();
         Files { dir }
@@ -104,7 +112,7 @@ impl CaServer {
             Some(files.path("accepted-tokens")),
             true,
         ));
-        let service = CaService::new(ca, auth, known(), Duration::from_secs(24 * 3600));
+        let service = CaService::new(ca, auth, placement(), Duration::from_secs(24 * 3600));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = Server::builder()
             .tls_config(tls)
@@ -277,6 +285,39 @@ async fn unknown_identity_is_permission_denied() {
             "no workload in the mesh runs as spiffe://cluster.local/ns/default/sa/intruder"
         ),
         "{err}"
+    );
+    server.stop().await;
+}
+
+/// The tunnel asks for a workload on another node than its token's: the refusal reaches it
+/// with the identity and both nodes named, and the token unsaid.
+#[tokio::test]
+async fn another_nodes_identity_is_permission_denied_naming_identity_and_node() {
+    let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
+    let files = Files::new(&[&ca]);
+    let (server, addr) = CaServer::start(ca.clone(), &files, any_port()).await;
+    let manager = SecretManager::new(
+        CertificateSource::Remote(Arc::new(CaClient::new(files.target(addr)).unwrap())),
+        TTL,
+    );
+    let err = manager
+        .fetch(&id("elsewhere"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    assert!(
+        err.contains(
+            "token \"tunnel on node-1\" is bound to node \"node-1\", and no workload on \"node-1\" \
+             runs as spiffe://cluster.local/ns/default/sa/elsewhere (its workloads are on \"node-2\")"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "token echoed: {err}");
+    // Its own node's workload, same token, same client: issued.
+    assert_eq!(
+        manager.fetch(&id("client")).await.unwrap().identity,
+        id("client")
     );
     server.stop().await;
 }

@@ -20,34 +20,53 @@ use nodetunnel_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use nodetunnel_proto::google::rpc::Status as RpcStatus;
+use nodetunnel_proto::istio::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use nodetunnel_proto::istio::auth::IstioCertificateRequest;
 use nodetunnel_proto::istio::workload::{address, Address};
 use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
 use prost::Message;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Streaming};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Bound to node1 in the token file, as is every workload unless a test moves it.
 const TOKEN: &str = "s3cret-node-token";
+/// Bound to node2.
+const TOKEN_NODE2: &str = "s3cret-node2-token";
 const NODE_ID: &str = "ztunnel~10.0.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local";
 
 // ---------------------------------------------------------------------------------------------
 // The mesh file
 
-/// A workload in `default` with service account = name, backing `web` when `web` is set.
+/// A workload in `default` with service account = name, scheduled on `node`, backing `web`
+/// when `web` is set.
 #[derive(Clone)]
 struct W {
     name: String,
     ip: String,
+    node: String,
     web: bool,
 }
 
+/// A workload on node1.
 fn w(name: &str, ip: &str) -> W {
     W {
         name: name.into(),
         ip: ip.into(),
+        node: "node1".into(),
         web: false,
+    }
+}
+
+/// A workload on `node`.
+fn w_on(name: &str, ip: &str, node: &str) -> W {
+    W {
+        node: node.into(),
+        ..w(name, ip)
     }
 }
 
@@ -69,7 +88,7 @@ fn mesh_yaml(workloads: &[W], with_service: bool) -> String {
         let _ = writeln!(y, "  serviceAccount: {}", w.name);
         let _ = writeln!(y, "  workloadIps: [\"{}\"]", w.ip);
         let _ = writeln!(y, "  protocol: HBONE");
-        let _ = writeln!(y, "  node: node1");
+        let _ = writeln!(y, "  node: {}", w.node);
         if w.web {
             y.push_str(
                 "  services:\n    \"default/web.default.svc.cluster.local\":\n      80: 8080\n",
@@ -117,7 +136,11 @@ impl Control {
     fn start(yaml: &str) -> Control {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
-        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} node-tunnels\n")).unwrap();
+        std::fs::write(
+            dir.path().join("tokens"),
+            format!("{TOKEN} node=node1 node-tunnels\n{TOKEN_NODE2} node=node2 tunnel-2\n"),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
             .arg("--mesh")
             .arg(dir.path().join("mesh.yaml"))
@@ -167,6 +190,62 @@ impl Control {
 
     fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Replaces the token file the way Kubernetes updates a mounted secret: a new file renamed
+    /// over the old one (a new inode, so the change shows whatever the mtime resolution).
+    fn write_tokens(&self, text: &str) {
+        let path = self.dir.path().join("tokens");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// `CreateCertificate` over TLS with `Bearer <token>`, impersonating `default/<sa>`: the
+    /// leaf's URI SAN, or the refusal.
+    async fn sign(&self, token: &str, sa: &str) -> Result<String, tonic::Status> {
+        let identity = Identity::new("cluster.local", "default", sa);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: 600,
+            metadata: Some(prost_types::Struct {
+                fields: [(
+                    "ImpersonatedIdentity".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
+                    },
+                )]
+                .into(),
+            }),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let response = IstioCertificateServiceClient::new(self.channel().await)
+            .create_certificate(request)
+            .await?
+            .into_inner();
+        let leaf = response.cert_chain.first().expect("a chain");
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let uris: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris.len(), 1, "{uris:?}");
+        Ok(uris[0].clone())
     }
 
     async fn channel(&self) -> Channel {
@@ -425,6 +504,7 @@ async fn initial_sync_sends_every_resource_of_both_types() {
         if c["types"]["Authorization"]["last_acked_nonce"] == synced.policies.nonce.as_str() {
             assert_eq!(c["node_id"], NODE_ID);
             assert_eq!(c["caller"], "token:node-tunnels");
+            assert_eq!(c["bound_node"], "node1");
             assert!(c["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
             assert_eq!(c["types"]["Address"]["resources_sent"], 4);
             assert_eq!(
@@ -945,7 +1025,7 @@ async fn a_client_that_stops_reading_is_dropped() {
         .collect();
     std::fs::write(&path, mesh_yaml(&many, false)).unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN} test\n")).unwrap();
+    std::fs::write(&tokens, format!("{TOKEN} node=node1 test\n")).unwrap();
 
     let watcher = MeshWatcher::start(path.clone(), Defaults::default())
         .await
@@ -1099,4 +1179,296 @@ async fn explicit_subscriptions_get_only_their_names() {
     write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
     let r = xds.recv().await;
     assert_eq!(names(&r), vec![uid("a")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node-bound tokens: the CA as a node's tunnel meets it
+
+const SPIFFE_DEFAULT: &str = "spiffe://cluster.local/ns/default/sa/";
+
+/// The refusal a token bound to `node` gets for `sa`, which runs on `runs_on`.
+fn other_node_refusal(label: &str, node: &str, sa: &str, runs_on: &str) -> String {
+    format!(
+        "token \"{label}\" is bound to node \"{node}\", and no workload on \"{node}\" runs as \
+         {SPIFFE_DEFAULT}{sa} (its workloads are on \"{runs_on}\")"
+    )
+}
+
+fn assert_denied(result: Result<String, tonic::Status>, message: &str) {
+    let status = result.expect_err("should be refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), message);
+    for token in [TOKEN, TOKEN_NODE2] {
+        assert!(
+            !status.message().contains(token),
+            "token echoed: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_token_gets_certificates_only_for_workloads_on_its_node() {
+    let cp = Control::start(&mesh_yaml(
+        &[w("a", "10.0.0.1"), w_on("b", "10.0.0.2", "node2")],
+        false,
+    ));
+    // Each node's token: its own workload's identity is issued.
+    assert_eq!(
+        cp.sign(TOKEN, "a").await.unwrap(),
+        format!("{SPIFFE_DEFAULT}a")
+    );
+    assert_eq!(
+        cp.sign(TOKEN_NODE2, "b").await.unwrap(),
+        format!("{SPIFFE_DEFAULT}b")
+    );
+    // The other node's workload: PERMISSION_DENIED naming identity, node and label.
+    assert_denied(
+        cp.sign(TOKEN, "b").await,
+        &other_node_refusal("node-tunnels", "node1", "b", "node2"),
+    );
+    assert_denied(
+        cp.sign(TOKEN_NODE2, "a").await,
+        &other_node_refusal("tunnel-2", "node2", "a", "node1"),
+    );
+    // No such workload anywhere: refused for every node.
+    for token in [TOKEN, TOKEN_NODE2] {
+        assert_denied(
+            cp.sign(token, "nobody").await,
+            &format!("no workload in the mesh runs as {SPIFFE_DEFAULT}nobody"),
+        );
+    }
+    let logs = cp.logs();
+    assert!(
+        logs.contains("refused a certificate request") && logs.contains("node2"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(TOKEN) && !logs.contains(TOKEN_NODE2),
+        "token logged"
+    );
+}
+
+/// The mesh file is the scheduler here: rewriting it moves `a` from node1 to node2, and the
+/// next request is judged by where `a` runs now.
+#[tokio::test]
+async fn a_workload_moving_to_another_node_moves_its_certificates() {
+    let cp = Control::start(&mesh_yaml(&[w("a", "10.0.0.1")], false));
+    assert_eq!(
+        cp.sign(TOKEN, "a").await.unwrap(),
+        format!("{SPIFFE_DEFAULT}a")
+    );
+    assert_denied(
+        cp.sign(TOKEN_NODE2, "a").await,
+        &other_node_refusal("tunnel-2", "node2", "a", "node1"),
+    );
+
+    write_mesh(
+        &cp.mesh_path(),
+        &mesh_yaml(&[w_on("a", "10.0.0.1", "node2")], false),
+    );
+    cp.wait_mesh("generation 2", |m| m["generation"] == 2).await;
+    assert_denied(
+        cp.sign(TOKEN, "a").await,
+        &other_node_refusal("node-tunnels", "node1", "a", "node2"),
+    );
+    assert_eq!(
+        cp.sign(TOKEN_NODE2, "a").await.unwrap(),
+        format!("{SPIFFE_DEFAULT}a")
+    );
+}
+
+/// The token file is re-read on change: rebinding a token to another node changes what it may
+/// obtain on the next request; a rewrite that does not load refuses tokens until it is fixed.
+#[tokio::test]
+async fn a_token_file_rewrite_rebinds_tokens_without_restart() {
+    let cp = Control::start(&mesh_yaml(
+        &[w("a", "10.0.0.1"), w_on("b", "10.0.0.2", "node2")],
+        false,
+    ));
+    assert!(cp.sign(TOKEN, "a").await.is_ok());
+    assert!(cp.sign(TOKEN, "b").await.is_err());
+
+    cp.write_tokens(&format!("{TOKEN} node=node2 moved\n"));
+    assert_eq!(
+        cp.sign(TOKEN, "b").await.unwrap(),
+        format!("{SPIFFE_DEFAULT}b")
+    );
+    assert_denied(
+        cp.sign(TOKEN, "a").await,
+        &other_node_refusal("moved", "node2", "a", "node1"),
+    );
+    // Dropped from the file: no longer a token at all.
+    let status = cp.sign(TOKEN_NODE2, "b").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A line in the old format: the file does not load, every token is refused, the log names
+    // the line, and fixing the file restores the tokens.
+    cp.write_tokens(&format!(
+        "{TOKEN} node=node2 moved\n{TOKEN_NODE2} tunnel-2\n"
+    ));
+    let status = cp.sign(TOKEN, "b").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let logs = cp.logs();
+    let tokens_path = cp.dir.path().join("tokens");
+    assert!(
+        logs.contains(&format!(
+            "{}:2: the token names no node",
+            tokens_path.display()
+        )),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN_NODE2), "token logged: {logs}");
+    cp.write_tokens(&format!("{TOKEN_NODE2} node=node2 tunnel-2\n"));
+    assert!(cp.sign(TOKEN_NODE2, "b").await.is_ok());
+}
+
+/// A token file that does not load stops the control plane at start-up, naming each bad line
+/// and never a token.
+#[test]
+fn a_malformed_token_file_at_start_exits_with_each_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh, mesh_yaml(&[w("a", "10.0.0.1")], false)).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# header\nold-style-secret node-1\ngood-secret node=node1\nnode=node2 label\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-control"))
+        .arg("--mesh")
+        .arg(&mesh)
+        .arg("--token-file")
+        .arg(&tokens)
+        .args(["--listen", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A control plane that accepted the file would serve forever: fail, don't hang.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("started with a malformed token file instead of exiting");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let shown = tokens.display();
+    assert!(
+        err.contains(&format!("--token-file: {shown}:2: the token names no node")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{shown}:4: the line starts with `node=`")),
+        "{err}"
+    );
+    assert!(!err.contains(":3:"), "the good line is not an error: {err}");
+    assert!(!err.contains("secret"), "token echoed: {err}");
+}
+
+/// xDS serves the whole mesh to every node's tunnel (istiod does the same for ztunnel), so the
+/// token's node does not filter it; but a tunnel whose `NODE_NAME` differs from its token's node
+/// is told about in the log where it connects, and `/debug/connections` shows the binding.
+#[tokio::test]
+async fn xds_shows_the_tokens_node_and_warns_when_the_tunnel_claims_another() {
+    let cp = Control::start(&mesh_yaml(
+        &[w("a", "10.0.0.1"), w_on("b", "10.0.0.2", "node2")],
+        false,
+    ));
+    let mut xds = cp.stream(Some(TOKEN_NODE2)).await.unwrap();
+    let node_name = |name: &str| prost_types::Struct {
+        fields: [(
+            "NODE_NAME".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(name.into())),
+            },
+        )]
+        .into(),
+    };
+    xds.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: NODE_ID.into(),
+            metadata: Some(node_name("node1")),
+            ..Default::default()
+        }),
+        type_url: WORKLOAD_ADDRESS_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await;
+    // Both workloads, whatever node the token names.
+    assert_eq!(names(&xds.recv().await), vec![uid("a"), uid("b")]);
+    let conns = cp.get_json("/debug/connections");
+    assert_eq!(conns["connections"][0]["bound_node"], "node2", "{conns:#}");
+    let start = Instant::now();
+    while !cp
+        .logs()
+        .contains("the tunnel says it runs on another node than its token is bound to")
+    {
+        assert!(start.elapsed() < DEADLINE, "no warning:\n{}", cp.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let logs = cp.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("another node than its token"))
+        .unwrap();
+    assert!(
+        line.contains("node_name=node1") && line.contains("token_node=node2"),
+        "{line}"
+    );
+
+    // A tunnel whose NODE_NAME matches its token draws no warning.
+    let matching = cp.stream(Some(TOKEN)).await.unwrap();
+    matching
+        .send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "ztunnel~10.0.0.8~ztunnel-n1.istio-system~istio-system.svc.cluster.local"
+                    .into(),
+                metadata: Some(node_name("node1")),
+                ..Default::default()
+            }),
+            type_url: WORKLOAD_ADDRESS_TYPE_URL.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut matching = matching;
+    matching.recv().await;
+    // Closing it logs a line after any warning its first request drew; once that line is in,
+    // so is the warning, if there was one.
+    drop(matching);
+    let start = Instant::now();
+    while !cp
+        .logs()
+        .lines()
+        .any(|l| l.contains("xDS stream closed by the client") && l.contains("ztunnel-n1"))
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "stream never closed:\n{}",
+            cp.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        cp.logs()
+            .matches("another node than its token is bound to")
+            .count(),
+        1,
+        "{}",
+        cp.logs()
+    );
 }

@@ -855,6 +855,33 @@ fn cases() -> Vec<Case> {
             AllowedBy("default/allow"),
         ),
     ];
+    // Empty-string values: plaintext has no principal at all, not an empty one.
+    cases.extend([
+        case(
+            "principal prefix \"\" matches any identity",
+            vec![allow(principals(vec![prefix("")]))],
+            client(),
+            AllowedBy("default/allow"),
+        ),
+        case(
+            "principal prefix \"\" never matches plaintext",
+            vec![allow(principals(vec![prefix("")]))],
+            PLAINTEXT,
+            NotAllowed(NA),
+        ),
+        case(
+            "not_principals prefix \"\" holds for plaintext",
+            vec![deny(not_principals(vec![prefix("")]))],
+            PLAINTEXT,
+            DeniedBy("default/deny"),
+        ),
+        case(
+            "not_namespaces exact \"\" holds for plaintext",
+            vec![deny(not_namespaces(vec![exact("")]))],
+            PLAINTEXT,
+            DeniedBy("default/deny"),
+        ),
+    ]);
     // IPv6 connections.
     cases.extend([
         Case {

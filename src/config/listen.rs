@@ -40,4 +40,26 @@ impl ListenConfig {
             readiness_addr: env.socket_addr("READINESS_ADDR", (bind_ip, READINESS_PORT).into())?,
         })
     }
+
+    /// True for a port of the tunnel itself, which no connection may be delivered to: the
+    /// data-path ports (fixed), the admin, metrics and readiness ports this tunnel listens on
+    /// (`ADMIN_ADDR`, `STATS_ADDR`, `READINESS_ADDR`), and their default ports even when those
+    /// endpoints moved. Delivering to one would let a peer reach the tunnel from inside the
+    /// mesh (a second layer of HBONE, or the admin/metrics endpoints through a workload's
+    /// address). The defaults stay refused because Istio reserves them for its own proxies, so
+    /// no workload legitimately serves on them, and a check that follows the configuration
+    /// alone would start delivering to 15020 the day `STATS_ADDR` moves.
+    pub(crate) fn is_tunnel_port(&self, port: u16) -> bool {
+        matches!(
+            port,
+            OUTBOUND_PORT
+                | INBOUND_PLAINTEXT_PORT
+                | HBONE_PORT
+                | ADMIN_PORT
+                | METRICS_PORT
+                | READINESS_PORT
+        ) || [self.admin_addr, self.metrics_addr, self.readiness_addr]
+            .iter()
+            .any(|addr| addr.port() == port)
+    }
 }

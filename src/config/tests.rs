@@ -303,3 +303,50 @@ fn shared_mode_refuses_any_workload_filter() {
         "PROXY_MODE=\"in-pod\": expected \"dedicated\" or \"shared\""
     );
 }
+
+#[test]
+fn tunnel_ports_are_the_fixed_ones_the_defaults_and_the_configured_endpoints() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    let default = Config::from_vars(&vars(&base)).unwrap();
+    for port in [15001, 15006, 15008, 15000, 15020, 15021] {
+        assert!(default.listen.is_tunnel_port(port), "{port}");
+    }
+    for port in [80, 8080, 15002, 15009, 15090] {
+        assert!(!default.listen.is_tunnel_port(port), "{port}");
+    }
+    // Moved endpoints: the ports they now listen on are the tunnel's too, and the default
+    // ports stay refused.
+    let moved = Config::from_vars(&vars(&[
+        base[0],
+        base[1],
+        ("ADMIN_ADDR", "127.0.0.1:9900"),
+        ("STATS_ADDR", "[::]:9901"),
+        ("READINESS_ADDR", "0.0.0.0:9902"),
+    ]))
+    .unwrap();
+    for port in [9900, 9901, 9902, 15000, 15020, 15021, 15008] {
+        assert!(moved.listen.is_tunnel_port(port), "{port}");
+    }
+    assert!(!moved.listen.is_tunnel_port(9903));
+}
+
+#[test]
+fn live_connection_rechecks_are_on_unless_switched_off() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    assert!(
+        Config::from_vars(&vars(&base))
+            .unwrap()
+            .recheck_live_connections
+    );
+    let with = |value| {
+        let mut pairs = base.to_vec();
+        pairs.push(("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", value));
+        Config::from_vars(&vars(&pairs))
+    };
+    assert!(!with("false").unwrap().recheck_live_connections);
+    assert!(with("true").unwrap().recheck_live_connections);
+    assert_eq!(
+        with("sometimes").unwrap_err().to_string(),
+        "ENFORCE_POLICY_ON_LIVE_CONNECTIONS=\"sometimes\": expected true or false"
+    );
+}

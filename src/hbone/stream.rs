@@ -53,6 +53,12 @@ impl H2Stream {
         self._guard = Some(guard);
         self
     }
+
+    /// Abandons the stream: RST_STREAM with `reason`, so the peer learns the stream was cut
+    /// rather than finished. The HTTP/2 connection and its other streams are untouched.
+    pub fn reset(mut self, reason: h2::Reason) {
+        self.send.send_reset(reason);
+    }
 }
 
 fn h2_to_io(e: h2::Error) -> io::Error {

@@ -20,14 +20,22 @@ pub type PodTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodS
 /// What `/config_dump` says about a running pod.
 #[derive(Clone, Debug)]
 pub struct PodSummary {
-    /// `<namespace>/<name>` from the agent, if it said.
-    pub workload: Option<String>,
-    pub identity: Option<String>,
+    /// `<namespace>/<name>` from the agent.
+    pub workload: String,
+    pub identity: String,
     /// (st_dev, st_ino) of the pod's network namespace.
     pub netns: super::snapshot::NetnsId,
     /// Live connections, read when the dump is made.
     pub connections: crate::drain::ConnectionTasks,
 }
+
+/// The error ack for an AddWorkload without `workload_info`. Without it the tunnel does not
+/// know which workload the pod is, so it could only serve the pod as "any workload of this
+/// node" — letting one pod send as, and receive for, its neighbours. Istio's ztunnel refuses
+/// such an add the same way.
+pub const MISSING_WORKLOAD_INFO: &str =
+    "workload_info is required (name, namespace, service account): refusing to serve a pod \
+     whose workload is unknown";
 
 pub struct InpodManager {
     ctx: PodContext,
@@ -127,6 +135,11 @@ impl InpodManager {
     async fn handle(&mut self, event: WorkloadEvent) -> Option<String> {
         match event {
             WorkloadEvent::Add { uid, info, netns } => {
+                // Refused before the snapshot notes the uid, as ztunnel does: a pod this names
+                // that was running is drained at SnapshotSent rather than kept unidentified.
+                let Some(info) = info else {
+                    return Some(format!("add {uid}: {MISSING_WORKLOAD_INFO}"));
+                };
                 let id = match NetnsId::of_fd(&netns) {
                     Ok(id) => id,
                     Err(e) => return Some(format!("add {uid}: cannot stat the netns fd: {e}")),
@@ -136,11 +149,11 @@ impl InpodManager {
                         tracing::debug!(%uid, "add for a running pod in the same netns: nothing to do");
                         None
                     }
-                    AddDecision::Start => self.start(&uid, info.as_ref(), netns).await,
+                    AddDecision::Start => self.start(&uid, &info, netns).await,
                     AddDecision::Replace { old } => {
                         tracing::info!(%uid, ?old, new = ?id, "pod netns changed: replacing its proxy");
                         self.stop(&uid).await;
-                        self.start(&uid, info.as_ref(), netns).await
+                        self.start(&uid, &info, netns).await
                     }
                 }
             }
@@ -182,21 +195,18 @@ impl InpodManager {
     async fn start(
         &mut self,
         uid: &str,
-        info: Option<&WorkloadInfo>,
+        info: &WorkloadInfo,
         netns: std::os::fd::OwnedFd,
     ) -> Option<String> {
-        if info.is_none() {
-            tracing::warn!(%uid, "add without workload info: the pod may act as any workload of this node");
-        }
         match PodProxy::start(&self.ctx, uid, info, netns).await {
             Ok(pod) => {
                 let summary = PodSummary {
-                    workload: info.map(|i| format!("{}/{}", i.namespace, i.name)),
-                    identity: pod.identity().map(ToString::to_string),
+                    workload: format!("{}/{}", info.namespace, info.name),
+                    identity: pod.identity().to_string(),
                     netns: pod.netns_id(),
                     connections: pod.connection_tasks(),
                 };
-                tracing::info!(%uid, workload = ?summary.workload, identity = ?summary.identity, "pod proxy started");
+                tracing::info!(%uid, workload = %summary.workload, identity = %summary.identity, "pod proxy started");
                 self.table_mut().insert(uid.to_owned(), summary);
                 self.pods.insert(uid.to_owned(), pod);
                 None
@@ -215,10 +225,9 @@ impl InpodManager {
         };
         self.table_mut().remove(uid);
         // A certificate is forgotten (no longer renewed) once no running pod uses it.
-        if let Some(identity) = pod.identity() {
-            if !self.pods.values().any(|p| p.identity() == Some(identity)) {
-                self.ctx.certs.forget(identity);
-            }
+        let identity = pod.identity();
+        if !self.pods.values().any(|p| p.identity() == identity) {
+            self.ctx.certs.forget(identity);
         }
         pod.stop_listening().await;
         let live = pod.connections();
@@ -251,3 +260,6 @@ enum ConnectionEnd {
     /// It ended before a snapshot: back off before the next attempt.
     BeforeSnapshot(String),
 }
+
+#[cfg(test)]
+mod tests;

@@ -42,16 +42,17 @@ pub struct PodContext {
 pub struct PodProxy {
     uid: String,
     netns_id: NetnsId,
-    identity: Option<Identity>,
+    identity: Identity,
     listeners: ListenerSet,
 }
 
 impl PodProxy {
-    /// Binds 15001, 15006 and 15008 inside the pod's namespace and starts serving them.
+    /// Binds 15001, 15006 and 15008 inside the pod's namespace and starts serving them, as
+    /// the workload `info` names (the manager refuses an add without it).
     pub async fn start(
         ctx: &PodContext,
         uid: &str,
-        info: Option<&WorkloadInfo>,
+        info: &WorkloadInfo,
         netns: OwnedFd,
     ) -> Result<PodProxy, PodError> {
         let netns = Arc::new(
@@ -61,21 +62,16 @@ impl PodProxy {
         let sockets = SocketFactory::in_netns(netns, Some(ctx.inpod.mark))
             .with_port_reuse(ctx.inpod.port_reuse);
 
-        // With workload info the pod is exactly that workload; without (older agents) it is
-        // any workload of this node that its traffic comes from.
+        // The pod is exactly the workload the agent named, never "any workload of this node".
         let scope = Scope {
-            node: if info.is_none() {
-                ctx.config.node_name.clone()
-            } else {
-                None
-            },
-            workload: info.map(|i| ProxyWorkloadInfo {
-                namespace: i.namespace.clone(),
-                name: i.name.clone(),
-                service_account: i.service_account.clone(),
+            node: None,
+            workload: Some(ProxyWorkloadInfo {
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                service_account: info.service_account.clone(),
             }),
         };
-        let identity = info.map(|i| identity_of(ctx, i));
+        let identity = identity_of(ctx, info);
         let inputs = Arc::new(ProxyInputs::new(
             ctx.config.clone(),
             ctx.state.clone(),
@@ -88,17 +84,15 @@ impl PodProxy {
         // The pod's listeners and its upstream sockets share one factory: both live in the
         // pod's namespace and carry the mark.
         let listeners = ListenerSet::start(inputs, &sockets).await?;
-        if let Some(identity) = identity.clone() {
-            // Issue the certificate now so the first connection does not wait for it. A
-            // failure here is not fatal: each connection retries the fetch.
-            let certs = ctx.certs.clone();
-            let uid = uid.to_owned();
-            tokio::spawn(async move {
-                if let Err(error) = certs.fetch(&identity).await {
-                    tracing::warn!(%uid, %identity, %error, "cannot prefetch the pod's certificate");
-                }
-            });
-        }
+        // Issue the certificate now so the first connection does not wait for it. A failure
+        // here is not fatal: each connection retries the fetch.
+        let certs = ctx.certs.clone();
+        let (prefetch, pod_uid) = (identity.clone(), uid.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = certs.fetch(&prefetch).await {
+                tracing::warn!(uid = %pod_uid, identity = %prefetch, %error, "cannot prefetch the pod's certificate");
+            }
+        });
         Ok(PodProxy {
             uid: uid.to_owned(),
             netns_id,
@@ -111,9 +105,9 @@ impl PodProxy {
         self.netns_id
     }
 
-    /// The pod's SPIFFE identity, when the agent said who the pod is.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
+    /// The pod's SPIFFE identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Live connections of this pod.

@@ -148,12 +148,13 @@ impl ConnectionRecord {
                 bytes_recv = transferred.b_to_a,
                 duration_ms,
                 flag = e.flag(),
-                reason = e.denial().map(tracing::field::display),
+                // A string, so the line quotes it: the reason has spaces and is read back whole.
+                reason = e.denial().map(|r| r.to_string()),
                 error = %e,
                 "connection failed"
             ),
         }
-        if let Some(reason) = error.and_then(ProxyError::denial) {
+        if let Some(reason) = error.and_then(ProxyError::refusal) {
             let labels = &self.description.labels;
             self.metrics
                 .policy_denials

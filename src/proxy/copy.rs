@@ -6,9 +6,10 @@
 //! cost little) and doubles whenever a read fills it, up to a cap: bulk transfers get large reads
 //! with no allocation per chunk.
 
-use std::future::poll_fn;
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,36 +32,71 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    match copy_bidirectional_until(a, b, std::future::pending::<Infallible>()).await {
+        Ended::Done(moved) => Ok(moved),
+        Ended::Failed(e) => Err(e),
+        Ended::Stopped(never, _) => match never {},
+    }
+}
+
+/// How a copy that can be stopped from outside ended.
+#[derive(Debug)]
+pub enum Ended<R> {
+    /// Both directions saw EOF and were shut down.
+    Done(Transferred),
+    /// A direction failed.
+    Failed(CopyError),
+    /// `stop` resolved (with `R`) first: the copy was abandoned where it was, nothing flushed
+    /// or shut down; the caller decides how the two connections are closed.
+    Stopped(R, Transferred),
+}
+
+/// [`copy_bidirectional`], abandoned as soon as `stop` resolves. `stop` is checked before
+/// each round of copying, so once it is ready no more bytes move.
+pub async fn copy_bidirectional_until<A, B, S>(a: &mut A, b: &mut B, stop: S) -> Ended<S::Output>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: Future,
+{
     let mut a_to_b = OneWay::new();
     let mut b_to_a = OneWay::new();
-    poll_fn(|cx| {
-        let ab = a_to_b.poll(cx, a, b).map_err(|e| CopyError {
-            direction: Direction::AToB,
-            transferred: Transferred::default(),
-            source: e,
-        })?;
-        let ba = b_to_a.poll(cx, b, a).map_err(|e| CopyError {
-            direction: Direction::BToA,
-            transferred: Transferred::default(),
-            source: e,
-        })?;
+    let mut stop = pin!(stop);
+    let outcome = poll_fn(|cx| {
+        if let Poll::Ready(why) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Err(Halt::Stopped(why)));
+        }
+        let ab = a_to_b
+            .poll(cx, a, b)
+            .map_err(|e| Halt::Failed(Direction::AToB, e))?;
+        let ba = b_to_a
+            .poll(cx, b, a)
+            .map_err(|e| Halt::Failed(Direction::BToA, e))?;
         match (ab, ba) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     })
-    .await
-    .map_err(|mut e: CopyError| {
-        e.transferred = Transferred {
-            a_to_b: a_to_b.copied,
-            b_to_a: b_to_a.copied,
-        };
-        e
-    })?;
-    Ok(Transferred {
+    .await;
+    let transferred = Transferred {
         a_to_b: a_to_b.copied,
         b_to_a: b_to_a.copied,
-    })
+    };
+    match outcome {
+        Ok(()) => Ended::Done(transferred),
+        Err(Halt::Failed(direction, source)) => Ended::Failed(CopyError {
+            direction,
+            transferred,
+            source,
+        }),
+        Err(Halt::Stopped(why)) => Ended::Stopped(why, transferred),
+    }
+}
+
+/// Why the copy loop returned early.
+enum Halt<R> {
+    Failed(Direction, io::Error),
+    Stopped(R),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

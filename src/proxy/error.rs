@@ -47,6 +47,10 @@ pub enum ProxyError {
     /// The authorize step refused the connection.
     #[error("denied: {0}")]
     Denied(DenyReason),
+    /// A live connection, admitted earlier, that the mesh state now denies: closed by the
+    /// re-check after a policy (or workload) change.
+    #[error("closed: the changed policies deny it: {0}")]
+    PolicyRevoked(DenyReason),
     #[error("inbound TLS handshake: {0}")]
     InboundTls(std::io::Error),
     #[error("peer certificate: {0}")]
@@ -67,14 +71,14 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::NotLocal { .. }
-            | ProxyError::TargetMismatch { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
+            | ProxyError::TargetMismatch { .. }
+            | ProxyError::SelfLoop(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
-            | ProxyError::SelfLoop(_)
             | ProxyError::Resolve(_)
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
@@ -118,13 +122,25 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotLocal { .. } | ProxyError::TargetMismatch { .. } => "not_local",
             ProxyError::Denied(_) => "policy_denied",
+            ProxyError::PolicyRevoked(_) => "policy_revoked",
             ProxyError::InboundTls(_) | ProxyError::PeerIdentity(_) => "tls_error",
             ProxyError::Copy(_) => "copy_error",
         }
     }
 
-    /// The authorize step's reason, when this is a denial (logged as its own field).
+    /// The authorize step's reason, when this is a denial, up front or of a live connection
+    /// later (logged as its own field).
     pub fn denial(&self) -> Option<&DenyReason> {
+        match self {
+            ProxyError::Denied(reason) | ProxyError::PolicyRevoked(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The reason, when the authorize step refused the connection up front (what
+    /// `nodetunnel_policy_denials_total` counts). A revoked live connection was admitted
+    /// first; it shows as `response_flags="policy_revoked"` on the `istio_tcp_*` metrics.
+    pub fn refusal(&self) -> Option<&DenyReason> {
         match self {
             ProxyError::Denied(reason) => Some(reason),
             _ => None,

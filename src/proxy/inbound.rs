@@ -5,6 +5,7 @@
 //! refused stream gets its HTTP status; the HTTP/2 connection keeps serving other streams.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,7 +13,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::{base_labels, ConnectionRecord, Description};
 use super::connect::connect_plain;
-use super::copy::{copy_bidirectional, Transferred};
+use super::copy::{copy_bidirectional_until, Ended, Transferred};
+use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::hbone::server::{self, IncomingStream};
 use crate::identity::Identity;
@@ -99,20 +101,20 @@ async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingS
         let record = ConnectionRecord::start(pi.metrics.clone(), description);
         let admitted = target.and_then(|target| {
             let source = Some(peer.identity.clone());
-            ProxyInputs::authorize(&store, source, peer.addr.ip(), &target)?;
-            Ok(target)
+            let live = pi.authorize(&store, source, peer.addr.ip(), &target)?;
+            Ok((target, live))
         });
         (record, admitted)
     };
-    let target = match admitted {
-        Ok(target) => target,
+    let (target, live) = match admitted {
+        Ok(admitted) => admitted,
         Err(e) => {
             incoming.refuse(e.status());
             record.finish(Transferred::default(), Some(&e));
             return;
         }
     };
-    match deliver(&pi, &peer, incoming, target, &mut record).await {
+    match deliver(&pi, &peer, incoming, target, live, &mut record).await {
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
@@ -152,22 +154,31 @@ fn describe(
 type Failed = (Transferred, ProxyError);
 
 /// Connects to the app, answers the stream 200, and copies. A failed connect refuses the
-/// stream with that error's status.
+/// stream with that error's status. If a state change revokes the stream meanwhile (`live`),
+/// it ends at once: refused (401) if not yet answered, otherwise reset, and the app's
+/// connection aborted.
 async fn deliver(
     pi: &ProxyInputs,
     peer: &PeerInfo,
     incoming: IncomingStream,
     target: InboundTarget,
+    mut live: Registration,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, Failed> {
-    let mut upstream =
-        match connect_plain(pi, target.addr, pi.delivery_source(peer.addr.ip())).await {
-            Ok(up) => up,
-            Err(e) => {
-                incoming.refuse(e.status());
-                return Err((Transferred::default(), e));
-            }
-        };
+    let mut revoked = pin!(live.revoked());
+    let connect = connect_plain(pi, target.addr, pi.delivery_source(peer.addr.ip()));
+    let connected = tokio::select! {
+        biased;
+        reason = &mut revoked => Err(ProxyError::PolicyRevoked(reason)),
+        connected = connect => connected,
+    };
+    let mut upstream = match connected {
+        Ok(up) => up,
+        Err(e) => {
+            incoming.refuse(e.status());
+            return Err((Transferred::default(), e));
+        }
+    };
     let mut stream = match incoming.accept() {
         Ok(stream) => stream,
         Err(source) => {
@@ -180,9 +191,16 @@ async fn deliver(
     };
     record.opened();
     // a→b is what the client sent: from the HBONE stream to the workload.
-    copy_bidirectional(&mut stream, &mut upstream)
-        .await
-        .map_err(|e| (e.transferred, e.into()))
+    match copy_bidirectional_until(&mut stream, &mut upstream, revoked).await {
+        Ended::Done(moved) => Ok(moved),
+        Ended::Failed(e) => Err((e.transferred, e.into())),
+        Ended::Stopped(reason, moved) => {
+            // Only this stream: the HTTP/2 connection keeps carrying the peer's others.
+            stream.reset(h2::Reason::CANCEL);
+            let _ = socket::reset_on_close(&upstream);
+            Err((moved, ProxyError::PolicyRevoked(reason)))
+        }
+    }
 }
 
 /// The CONNECT target, if it is a workload this tunnel serves and the one the TLS session was
@@ -193,8 +211,10 @@ fn check_target(
     peer: &PeerInfo,
     target: SocketAddr,
 ) -> Result<InboundTarget, ProxyError> {
-    if ProxyInputs::is_own_port(target) {
-        return Err(ProxyError::NotLocal { target });
+    if pi.is_own_port(target) {
+        // On the workload's address or any other: a stream into the tunnel itself would be a
+        // second layer of HBONE, or the admin and metrics endpoints reached from the mesh.
+        return Err(ProxyError::SelfLoop(target));
     }
     let workload = pi
         .local_workload_in(store, target.ip())

@@ -5,13 +5,15 @@
 //! connection is closed at once.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use super::access::{base_labels, ConnectionRecord, Description};
 use super::connect::connect_plain;
-use super::copy::{copy_bidirectional, Transferred};
+use super::copy::{copy_bidirectional_until, Ended, Transferred};
+use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::socket;
 use crate::state::Store;
@@ -36,13 +38,13 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
         let description = describe(peer, original_dst, checked.as_ref().ok());
         let record = ConnectionRecord::start(pi.metrics.clone(), description);
         let admitted = checked.and_then(|target| {
-            ProxyInputs::authorize(&store, None, peer.ip(), &target)?;
-            Ok(target)
+            let live = pi.authorize(&store, None, peer.ip(), &target)?;
+            Ok((target, live))
         });
         (record, admitted)
     };
-    let target = match admitted {
-        Ok(target) => target,
+    let (target, live) = match admitted {
+        Ok(admitted) => admitted,
         Err(e) => {
             // Closed at once: the client learns nothing beyond the closed connection.
             drop(client);
@@ -50,7 +52,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    match deliver(&pi, &mut client, peer, &target, &mut record).await {
+    match deliver(&pi, &mut client, peer, &target, live, &mut record).await {
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
@@ -62,7 +64,7 @@ fn check_target(
     store: &Store,
     dst: SocketAddr,
 ) -> Result<InboundTarget, ProxyError> {
-    if ProxyInputs::is_own_port(dst) {
+    if pi.is_own_port(dst) {
         return Err(ProxyError::SelfLoop(dst));
     }
     let workload = pi
@@ -94,18 +96,40 @@ fn describe(
 }
 
 /// Connects to the app (from the client's address where the in-pod rules allow) and copies.
+/// If a state change revokes the connection meanwhile (`live`), both sides are aborted (RST)
+/// at once.
 async fn deliver(
     pi: &ProxyInputs,
     client: &mut TcpStream,
     peer: SocketAddr,
     target: &InboundTarget,
+    mut live: Registration,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, (Transferred, ProxyError)> {
-    let mut upstream = connect_plain(pi, target.addr, pi.delivery_source(peer.ip()))
-        .await
-        .map_err(|e| (Transferred::default(), e))?;
+    let mut revoked = pin!(live.revoked());
+    let connect = connect_plain(pi, target.addr, pi.delivery_source(peer.ip()));
+    let connected = tokio::select! {
+        biased;
+        reason = &mut revoked => Err(ProxyError::PolicyRevoked(reason)),
+        connected = connect => connected,
+    };
+    let mut upstream = match connected {
+        Ok(up) => up,
+        Err(e) => {
+            if matches!(e, ProxyError::PolicyRevoked(_)) {
+                let _ = socket::reset_on_close(client);
+            }
+            return Err((Transferred::default(), e));
+        }
+    };
     record.opened();
-    copy_bidirectional(client, &mut upstream)
-        .await
-        .map_err(|e| (e.transferred, e.into()))
+    match copy_bidirectional_until(client, &mut upstream, revoked).await {
+        Ended::Done(moved) => Ok(moved),
+        Ended::Failed(e) => Err((e.transferred, e.into())),
+        Ended::Stopped(reason, moved) => {
+            let _ = socket::reset_on_close(client);
+            let _ = socket::reset_on_close(&upstream);
+            Err((moved, ProxyError::PolicyRevoked(reason)))
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{inbound, inbound_plain, outbound, ProxyInputs};
+use super::{inbound, inbound_plain, live, outbound, ProxyInputs};
 use crate::config::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::drain::DrainOutcome;
 use crate::socket::SocketFactory;
@@ -64,6 +64,9 @@ pub struct ListenError {
 pub struct ListenerSet {
     inputs: Arc<ProxyInputs>,
     accepting: Vec<JoinHandle<()>>,
+    /// Re-checks the set's live inbound connections after each state change, for as long as
+    /// the set exists, draining included (`None` when switched off).
+    recheck: Option<JoinHandle<()>>,
 }
 
 impl ListenerSet {
@@ -89,12 +92,25 @@ impl ListenerSet {
         let outbound_listener: TcpListener = bind(Listener::Outbound).await?;
         let plaintext_listener = bind(Listener::InboundPlaintext).await?;
         let hbone_listener = bind(Listener::InboundHbone).await?;
+        // Subscribed before any connection can register, so no write after a registration
+        // goes unseen.
+        let recheck = inputs.config.recheck_live_connections.then(|| {
+            tokio::spawn(live::recheck_on_change(
+                inputs.state.clone(),
+                inputs.state.changes(),
+                inputs.live.clone(),
+            ))
+        });
         let accepting = vec![
             tokio::spawn(outbound::run(inputs.clone(), outbound_listener)),
             tokio::spawn(inbound_plain::run(inputs.clone(), plaintext_listener)),
             tokio::spawn(inbound::run(inputs.clone(), hbone_listener)),
         ];
-        Ok(ListenerSet { inputs, accepting })
+        Ok(ListenerSet {
+            inputs,
+            accepting,
+            recheck,
+        })
     }
 
     /// What the set's connections are served with (its scope, pool, connection tasks).
@@ -123,7 +139,7 @@ impl ListenerSet {
 
 impl Drop for ListenerSet {
     fn drop(&mut self) {
-        for task in &self.accepting {
+        for task in self.accepting.iter().chain(&self.recheck) {
             task.abort();
         }
     }

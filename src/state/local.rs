@@ -18,6 +18,7 @@ mod policies;
 
 use policies::LocalPolicy;
 
+use super::addresses::unusable_address;
 use super::defaults::{parse_workload_type, Defaults};
 use super::store::{Store, StoreError};
 use super::types::{
@@ -324,6 +325,11 @@ impl Loader<'_> {
         if s.ports.contains_key(&0) {
             return Err(self.invalid(&item, "`ports` has service port 0"));
         }
+        for (i, vip) in s.vips.iter().enumerate() {
+            if let Some(reason) = unusable_address(vip.address) {
+                return Err(self.invalid(&item, format!("`vips[{i}]` {}: {reason}", vip.address)));
+            }
+        }
         let service = Service {
             name: s.name,
             namespace: s.namespace,
@@ -375,6 +381,11 @@ impl Loader<'_> {
             self.warn(format_args!(
                 "{item}: no `workloadIps`; traffic can never reach it"
             ));
+        }
+        for (i, ip) in w.workload_ips.iter().enumerate() {
+            if let Some(reason) = unusable_address(*ip) {
+                return Err(self.invalid(&item, format!("`workloadIps[{i}]` {ip}: {reason}")));
+            }
         }
         let workload_type = if w.workload_type.is_empty() {
             String::new()

@@ -501,29 +501,95 @@ impl Store {
 
 /// Shared handle to the store: many readers on the data path, rare writers (config updates).
 /// Readers hold the lock only for a lookup, never across an await.
-#[derive(Clone, Default, Debug)]
-pub struct StateHandle(Arc<RwLock<Store>>);
+///
+/// Every write is announced on a change signal once its lock is released ([`changes`]), so
+/// whatever decided on an earlier snapshot (live connections authorized under older policies)
+/// can decide again on the new one. A write guard announces itself when dropped, so no writer
+/// can forget to.
+///
+/// [`changes`]: StateHandle::changes
+#[derive(Clone, Debug)]
+pub struct StateHandle {
+    store: Arc<RwLock<Store>>,
+    /// How many writes have finished; subscribers wake on each bump (coalesced if they lag).
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for StateHandle {
+    fn default() -> StateHandle {
+        StateHandle::new(Store::default())
+    }
+}
 
 impl StateHandle {
     pub fn new(store: Store) -> StateHandle {
-        StateHandle(Arc::new(RwLock::new(store)))
+        StateHandle {
+            store: Arc::new(RwLock::new(store)),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+        }
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Store> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than stopping the data path would, so poisoning is ignored.
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, Store> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+    /// The store for writing. Dropping the guard releases the lock and then announces the
+    /// write on [`changes`](Self::changes), even when the writer ends up changing nothing (a
+    /// rejected delta is undone): a spurious wake-up costs one re-check, a missed one a stale
+    /// decision.
+    pub fn write(&self) -> StateWriteGuard<'_> {
+        StateWriteGuard {
+            guard: Some(self.store.write().unwrap_or_else(|e| e.into_inner())),
+            generation: &self.generation,
+        }
     }
 
     /// Replaces the whole store at once (a reloaded config file).
     pub(crate) fn replace(&self, store: Store) {
         *self.write() = store;
     }
+
+    /// A signal that changes after every write to the store, observed after the write's lock
+    /// is released: a reader that sees the change and then reads the store sees that write.
+    /// Its value is the number of writes so far.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+/// Write access to the store; announces the write when dropped (see [`StateHandle::write`]).
+pub struct StateWriteGuard<'a> {
+    /// `Some` until dropped.
+    guard: Option<RwLockWriteGuard<'a, Store>>,
+    generation: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl std::ops::Deref for StateWriteGuard<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.guard.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for StateWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        self.guard.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for StateWriteGuard<'_> {
+    fn drop(&mut self) {
+        // Release first: a subscriber woken by the bump must be able to read the new store.
+        drop(self.guard.take());
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod handle_tests;

@@ -16,6 +16,7 @@ use nodetunnel_proto::istio::security::Authorization;
 use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
+use crate::state::unusable_address;
 use crate::state::{
     check_policy_key, workload_type_name, Defaults, HealthStatus, InboundProtocol,
     NamespacedHostname, NetworkAddress, Policy, PolicyAction, PolicyClause, PolicyMatch,
@@ -123,7 +124,9 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         .addresses
         .iter()
         .enumerate()
-        .map(|(i, bytes)| ip_from_bytes(bytes).map_err(|e| e.under(format!("addresses[{i}]"))))
+        .map(|(i, bytes)| {
+            usable_ip_from_bytes(bytes).map_err(|e| e.under(format!("addresses[{i}]")))
+        })
         .collect::<FieldResult<Vec<_>>>()?;
     let protocol = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
         Ok(wl::TunnelProtocol::None) => InboundProtocol::Tcp,
@@ -196,7 +199,7 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            ip_from_bytes(&a.address)
+            usable_ip_from_bytes(&a.address)
                 .map(|ip| NetworkAddress::new(a.network.clone(), ip))
                 .map_err(|e| e.under(format!("addresses[{i}].address")))
         })
@@ -404,6 +407,16 @@ fn ip_from_bytes(bytes: &[u8]) -> FieldResult<IpAddr> {
             "",
             format!("{} bytes, expected 4 (IPv4) or 16 (IPv6)", bytes.len()),
         ))
+    }
+}
+
+/// [`ip_from_bytes`] for a workload address or a service VIP: loopback and unspecified
+/// addresses are refused (see `state::unusable_address`).
+fn usable_ip_from_bytes(bytes: &[u8]) -> FieldResult<IpAddr> {
+    let ip = ip_from_bytes(bytes)?;
+    match unusable_address(ip) {
+        Some(reason) => Err(FieldError::new("", format!("{ip}: {reason}"))),
+        None => Ok(ip),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Token parsing, rotation and refusal reasons. Client certificates need a real TLS
-//! connection and are covered in `control/tests/ca_grpc.rs`.
+//! Tokens as callers see them: who a token names, rotation, rebinding, refusal reasons and a
+//! broken file. The line format itself is tested in `token_file/tests.rs`; client certificates
+//! need a real TLS connection and are covered in `control/tests/ca_grpc.rs`.
 
 use super::*;
 
@@ -26,32 +27,46 @@ fn refusal(auth: &Authenticator, authorization: Option<&str>) -> Status {
         .expect_err("should be refused")
 }
 
+fn token(label: &str, node: &str) -> Caller {
+    Caller::Token {
+        label: label.into(),
+        node: node.into(),
+    }
+}
+
+/// Rewrites `path` in place and moves its mtime, so the change shows even on a filesystem with
+/// coarse timestamps.
+fn rewrite(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+    let later = SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+}
+
 #[test]
-fn token_file_lines_labels_and_comments() {
+fn a_token_names_its_label_and_node() {
     let (_dir, _, auth) = with_tokens(
-        "# node tunnels\n\n  tok-a   node-1 on rack 3\ntok-b\n\t# indented comment\ntok-c node-3\n",
+        "# node tunnels\n\n  tok-a node=node-1  on rack 3\ntok-b node=node-2\n\t# indented comment\ntok-c node=node-3 n3\n",
     );
     assert_eq!(
         auth.authenticate(&request(Some("Bearer tok-a"))).unwrap(),
-        Caller::Token {
-            label: "node-1 on rack 3".into()
-        }
+        token("on rack 3", "node-1")
     );
     assert_eq!(
         auth.authenticate(&request(Some("Bearer tok-b"))).unwrap(),
-        Caller::Token {
-            label: "line 4".into()
-        }
+        token("line 4", "node-2")
     );
     // The scheme is case-insensitive (RFC 6750).
     assert_eq!(
         auth.authenticate(&request(Some("bearer tok-c"))).unwrap(),
-        Caller::Token {
-            label: "node-3".into()
-        }
+        token("n3", "node-3")
     );
-    // Comments and labels are not tokens; prefixes and extensions of tokens are not either.
-    for wrong in ["# node tunnels", "node-3", "tok", "tok-aa", "tok-a node-1"] {
+    // Comments, nodes and labels are not tokens; prefixes and extensions of tokens are not either.
+    for wrong in ["#", "node=node-3", "n3", "tok", "tok-aa"] {
         let status = refusal(&auth, Some(&format!("Bearer {wrong}")));
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{wrong}");
     }
@@ -59,7 +74,7 @@ fn token_file_lines_labels_and_comments() {
 
 #[test]
 fn refusals_name_the_cause() {
-    let (_dir, _, auth) = with_tokens("secret-token label\n");
+    let (_dir, _, auth) = with_tokens("secret-token node=n1 label\n");
     let status = refusal(&auth, None);
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert_eq!(
@@ -101,21 +116,13 @@ fn without_a_token_file_no_token_is_accepted() {
 
 #[test]
 fn tokens_rotate_without_restart() {
-    let (dir, path, auth) = with_tokens("old-token node\n");
+    let (dir, path, auth) = with_tokens("old-token node=n1\n");
     assert!(auth
         .authenticate(&request(Some("Bearer old-token")))
         .is_ok());
 
     // Rewritten in place (same length, so only the mtime or content differs).
-    std::fs::write(&path, "new-token node\n").unwrap();
-    // mtime resolution may be coarse; make the change visible regardless.
-    let later = SystemTime::now() + std::time::Duration::from_secs(5);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    rewrite(&path, "new-token node=n1\n");
     assert!(auth
         .authenticate(&request(Some("Bearer new-token")))
         .is_ok());
@@ -126,7 +133,7 @@ fn tokens_rotate_without_restart() {
 
     // Replaced by rename, as Kubernetes updates mounted secrets.
     let staged = dir.path().join("tokens.new");
-    std::fs::write(&staged, "newer-token node\n").unwrap();
+    std::fs::write(&staged, "newer-token node=n1\n").unwrap();
     std::fs::rename(&staged, &path).unwrap();
     assert!(auth
         .authenticate(&request(Some("Bearer newer-token")))
@@ -138,7 +145,7 @@ fn tokens_rotate_without_restart() {
 
 #[test]
 fn unreadable_token_file_is_unavailable_not_a_stale_accept() {
-    let (_dir, path, auth) = with_tokens("tok node\n");
+    let (_dir, path, auth) = with_tokens("tok node=n1\n");
     assert!(auth.authenticate(&request(Some("Bearer tok"))).is_ok());
     std::fs::remove_file(&path).unwrap();
     let status = refusal(&auth, Some("Bearer tok"));
@@ -149,13 +156,78 @@ fn unreadable_token_file_is_unavailable_not_a_stale_accept() {
         status.message()
     );
     // Back again: accepted again.
-    std::fs::write(&path, "tok node\n").unwrap();
+    std::fs::write(&path, "tok node=n1\n").unwrap();
     assert!(auth.authenticate(&request(Some("Bearer tok"))).is_ok());
 }
 
 #[test]
+fn a_rewrite_that_rebinds_a_token_moves_it_to_the_new_node() {
+    let (_dir, path, auth) = with_tokens("tok node=n1 tunnel\n");
+    assert_eq!(
+        auth.authenticate(&request(Some("Bearer tok"))).unwrap(),
+        token("tunnel", "n1")
+    );
+    rewrite(&path, "tok node=n2 tunnel\n");
+    assert_eq!(
+        auth.authenticate(&request(Some("Bearer tok"))).unwrap(),
+        token("tunnel", "n2")
+    );
+}
+
+#[test]
+fn a_token_file_that_does_not_load_refuses_every_token_until_fixed() {
+    let (_dir, path, auth) = with_tokens("good node=n1\n");
+    assert!(auth.authenticate(&request(Some("Bearer good"))).is_ok());
+
+    // One bad line: nothing from this version is used, and nothing from the last good one
+    // either (the edit may have revoked `good`).
+    rewrite(&path, "good node=n1\nrevoked-old-style\n");
+    for presented in ["Bearer good", "Bearer revoked-old-style"] {
+        let status = refusal(&auth, Some(presented));
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{presented}");
+        assert_eq!(
+            status.message(),
+            "the control plane's token file does not load; try again later"
+        );
+    }
+    match auth.check_token_file() {
+        Err(TokensError::Malformed(e)) => {
+            assert_eq!(e.lines, vec![(2, LineError::NoNode)]);
+            assert!(
+                e.to_string().contains(&format!("{}:2:", path.display())),
+                "{e}"
+            );
+        }
+        other => panic!("expected a malformed file, got {other:?}"),
+    }
+
+    rewrite(&path, "good node=n1\nnew node=n2\n");
+    assert_eq!(auth.check_token_file().unwrap(), Some(2));
+    assert_eq!(
+        auth.authenticate(&request(Some("Bearer new"))).unwrap(),
+        token("line 2", "n2")
+    );
+}
+
+#[test]
+fn check_token_file_reports_a_missing_file_and_no_file() {
+    let (_dir, path, auth) = with_tokens("tok node=n1\n");
+    assert_eq!(auth.check_token_file().unwrap(), Some(1));
+    std::fs::remove_file(&path).unwrap();
+    let err = auth.check_token_file().unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("cannot read the token file {}", path.display())),
+        "{err}"
+    );
+    assert_eq!(
+        Authenticator::new(None, true).check_token_file().unwrap(),
+        None
+    );
+}
+
+#[test]
 fn token_values_never_show_in_debug_output() {
-    let (_dir, _, auth) = with_tokens("super-secret-value node\n");
+    let (_dir, _, auth) = with_tokens("super-secret-value node=n1\n");
     assert!(auth
         .authenticate(&request(Some("Bearer super-secret-value")))
         .is_ok());
@@ -163,15 +235,4 @@ fn token_values_never_show_in_debug_output() {
     assert!(!debug.contains("super-secret-value"), "{debug}");
     let refused = refusal(&auth, Some("Bearer guessed-secret"));
     assert!(!refused.message().contains("guessed-secret"));
-}
-
-#[test]
-fn constant_time_eq_is_equality() {
-    assert!(constant_time_eq(b"abc", b"abc"));
-    assert!(constant_time_eq(b"", b""));
-    assert!(!constant_time_eq(b"abc", b"abd"));
-    assert!(!constant_time_eq(b"abc", b"ab"));
-    assert!(!constant_time_eq(b"ab", b"abc"));
-    // A zero byte does not stand in for a missing one.
-    assert!(!constant_time_eq(b"ab\0", b"ab"));
 }

@@ -44,8 +44,10 @@ struct Cli {
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_sans: Vec<String>,
 
-    /// File of bearer tokens accepted from tunnels (re-read when it changes). Without it only
-    /// client certificates chained to the mesh root are accepted.
+    /// File of bearer tokens accepted from tunnels, one per line bound to a node:
+    /// `<token> node=<node-name> [label]` (`#` comments). A token obtains certificates only for
+    /// workloads on its node. Re-read when it changes; a bad line stops start-up. Without it
+    /// only client certificates chained to the mesh root are accepted.
     #[arg(long, env = "TOKEN_FILE", value_name = "PATH")]
     token_file: Option<PathBuf>,
 
@@ -74,7 +76,9 @@ Serves on one TLS port (--listen):
       certificates for identities of workloads in the current mesh
 
 Callers authenticate with a bearer token from --token-file or a client certificate from the
-mesh CA. Point a tunnel at it with XDS_ADDRESS=https://<host>:15012, CA_ADDRESS=the same, and
+mesh CA. Each token is bound to a node (`<token> node=<node-name> [label]` per line) and gets
+certificates only for identities of workloads scheduled on that node; a client certificate
+gets only its own identity. Point a tunnel at it with XDS_ADDRESS=https://<host>:15012, CA_ADDRESS=the same, and
 XDS_ROOT_CA/CA_ROOT_CA=the file written by --write-root.
 
 Status (--status-addr): /ready, /debug/connections, /debug/mesh. Logs go to stderr (RUST_LOG).

@@ -14,19 +14,32 @@ fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa)
 }
 
-/// A service whose mesh runs `client` and `server` in cluster.local.
+/// A service whose mesh runs `client` on node-1, `server` on node-1 and node-2, and `vm` on no
+/// node, in cluster.local.
 fn service() -> CaService {
     let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
     let auth = Arc::new(Authenticator::new(None, true));
-    let known: KnownIdentity = Arc::new(|i: &Identity| {
-        i.namespace == "default" && ["client", "server"].contains(&i.service_account.as_str())
+    let placement: Placement = Arc::new(|i: &Identity| {
+        let nodes: &[&str] = match (i.namespace.as_str(), i.service_account.as_str()) {
+            ("default", "client") => &["node-1"],
+            ("default", "server") => &["node-1", "node-2"],
+            ("default", "vm") => &[],
+            _ => return None,
+        };
+        Some(nodes.iter().map(|n| n.to_string()).collect())
     });
-    CaService::new(ca, auth, known, MAX_TTL)
+    CaService::new(ca, auth, placement, MAX_TTL)
 }
 
+/// The token of node-1's tunnel.
 fn token() -> Caller {
+    token_of("node-1")
+}
+
+fn token_of(node: &str) -> Caller {
     Caller::Token {
-        label: "node-1".into(),
+        label: format!("tunnel on {node}"),
+        node: node.into(),
     }
 }
 
@@ -112,7 +125,7 @@ fn ttl_defaults_and_is_capped() {
     let short = CaService::new(
         svc.ca.clone(),
         svc.auth.clone(),
-        svc.known.clone(),
+        svc.placement.clone(),
         Duration::from_secs(600),
     );
     assert_eq!(
@@ -233,4 +246,70 @@ fn certificate_callers_get_their_own_identity_only() {
     };
     let status = svc.sign(&gone, request(None, 0)).unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}
+
+#[test]
+fn a_token_gets_only_identities_of_workloads_on_its_node() {
+    let svc = service();
+    // Own node: issued. An identity running on several nodes is issued to each of them.
+    for (node, sa) in [
+        ("node-1", "client"),
+        ("node-1", "server"),
+        ("node-2", "server"),
+    ] {
+        let chain = parse(
+            &svc.sign(&token_of(node), request(Some(&id(sa).to_string()), 0))
+                .unwrap_or_else(|e| panic!("{node} asking for {sa}: {e:?}")),
+        );
+        assert_eq!(leaf_uri(&chain), id(sa).to_string());
+    }
+
+    // Another node's workload: denied, naming the identity, the token's node and label, and
+    // where the identity does run.
+    let status = svc
+        .sign(
+            &token_of("node-2"),
+            request(Some(&id("client").to_string()), 0),
+        )
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "token \"tunnel on node-2\" is bound to node \"node-2\", and no workload on \"node-2\" \
+         runs as spiffe://cluster.local/ns/default/sa/client (its workloads are on \"node-1\")"
+    );
+
+    // A node with no workloads at all gets nothing.
+    let status = svc
+        .sign(
+            &token_of("node-9"),
+            request(Some(&id("server").to_string()), 0),
+        )
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("\"node-9\""),
+        "{}",
+        status.message()
+    );
+
+    // A workload that names no node is no token's to ask for.
+    let status = svc
+        .sign(&token(), request(Some(&id("vm").to_string()), 0))
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().ends_with("(its workloads name no node)"),
+        "{}",
+        status.message()
+    );
+}
+
+#[test]
+fn a_certificate_caller_is_not_limited_by_node() {
+    // `vm` runs on no node; its own certificate renews it.
+    let svc = service();
+    let caller = Caller::Certificate { identity: id("vm") };
+    let chain = parse(&svc.sign(&caller, request(None, 0)).unwrap());
+    assert_eq!(leaf_uri(&chain), id("vm").to_string());
 }

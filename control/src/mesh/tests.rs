@@ -155,11 +155,37 @@ fn authorizations_and_identities_are_kept_apart() {
         },
     );
     let id = Identity::new("cluster.local", "default", "sa");
-    mesh.insert_identity(id.clone());
+    mesh.insert_identity(id.clone(), "node-a");
     assert_eq!(mesh.resources(ResourceType::Authorization).len(), 1);
     assert!(mesh.resources(ResourceType::Address).is_empty());
     let any = &mesh.resources(ResourceType::Authorization)["default/allow"].resource;
     assert_eq!(any.type_url, AUTHORIZATION_TYPE_URL);
     assert!(mesh.has_identity(&id));
     assert!(!mesh.has_identity(&Identity::new("cluster.local", "default", "other")));
+}
+
+#[test]
+fn identities_remember_every_node_that_runs_them() {
+    let mut mesh = Mesh::default();
+    let id = Identity::new("cluster.local", "default", "sa");
+    mesh.insert_identity(id.clone(), "node-b");
+    mesh.insert_identity(id.clone(), "node-a");
+    mesh.insert_identity(id.clone(), "node-b");
+    let vm = Identity::new("cluster.local", "default", "vm");
+    mesh.insert_identity(vm.clone(), "");
+    let nodes: Vec<&str> = mesh
+        .nodes_running(&id)
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(nodes, ["node-a", "node-b"]);
+    // A workload without a node makes its identity known, on no node.
+    assert!(mesh.has_identity(&vm));
+    assert_eq!(mesh.nodes_running(&vm).map(|n| n.len()), Some(0));
+    assert_eq!(
+        mesh.nodes_running(&Identity::new("cluster.local", "default", "nobody")),
+        None
+    );
+    assert_eq!(mesh.identity_count(), 2);
 }

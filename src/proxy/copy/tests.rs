@@ -102,3 +102,47 @@ fn buffer_grows_only_under_bulk_traffic() {
     assert!(small.poll(&mut cx, &mut reader, &mut sink).is_ready());
     assert_eq!(small.buf.len(), INITIAL_BUFFER);
 }
+
+/// A copy told to stop returns with the reason and the bytes moved so far, leaving both
+/// connections open for the caller to close.
+#[tokio::test]
+async fn a_stopped_copy_reports_what_it_moved() {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(front.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut relay_front, _) = front.accept().await.unwrap();
+    let mut relay_back = TcpStream::connect(back.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut server, _) = back.accept().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<&'static str>();
+    let task = tokio::spawn(async move {
+        let ended = copy_bidirectional_until(&mut relay_front, &mut relay_back, stopped).await;
+        (ended, relay_front, relay_back)
+    });
+
+    client.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    server.read_exact(&mut got).await.unwrap();
+    server.write_all(b"hi").await.unwrap();
+    client.read_exact(&mut got[..2]).await.unwrap();
+    stop.send("revoked").unwrap();
+    // Both ends go away too: a copy that ignored the stop would end on their EOFs instead.
+    drop((client, server));
+    let (ended, _front, _back) = task.await.unwrap();
+    match ended {
+        Ended::Stopped(Ok(why), moved) => {
+            assert_eq!(why, "revoked");
+            assert_eq!(
+                moved,
+                Transferred {
+                    a_to_b: 5,
+                    b_to_a: 2
+                }
+            );
+        }
+        other => panic!("expected a stopped copy, got {other:?}"),
+    }
+}

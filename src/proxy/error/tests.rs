@@ -92,3 +92,24 @@ async fn a_denied_stream_is_refused_with_401_and_the_connection_stays_up() {
         "the connection must keep serving after a denied stream"
     );
 }
+
+#[test]
+fn a_revoked_live_connection_is_flagged_policy_revoked_and_is_no_refusal() {
+    let reason = DenyReason::DenyPolicy {
+        policy: "default/deny-all".into(),
+    };
+    let e = ProxyError::PolicyRevoked(reason.clone());
+    assert_eq!(e.flag(), "policy_revoked");
+    assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        e.denial(),
+        Some(&reason),
+        "the log names the deciding policy"
+    );
+    assert_eq!(e.refusal(), None, "admitted first: not counted as refused");
+    assert_eq!(
+        e.to_string(),
+        "closed: the changed policies deny it: DENY policy default/deny-all matched"
+    );
+    assert_eq!(ProxyError::Denied(reason.clone()).refusal(), Some(&reason));
+}

@@ -163,6 +163,44 @@ fn semantic_errors_name_the_entry() {
     assert!(load(no_ns).unwrap_err().to_string().contains("`namespace`"));
 }
 
+/// A workload address or VIP naming the host itself is refused at load, naming the entry, the
+/// field and the address; nothing of the file is applied.
+#[test]
+fn loopback_and_unspecified_addresses_are_refused() {
+    for bad in [
+        "127.0.0.1",
+        "127.3.2.1",
+        "0.0.0.0",
+        "::1",
+        "::",
+        "::ffff:127.0.0.1",
+    ] {
+        let workload = format!(
+            "workloads:\n- {{name: ok, namespace: d, workloadIps: [\"10.0.0.1\"]}}\n\
+             - {{name: evil, namespace: d, workloadIps: [\"10.0.0.2\", \"{bad}\"]}}\n"
+        );
+        let err = load(&workload).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "mesh.yaml: workloads[1] (evil): `workloadIps[1]` {bad}: "
+            )),
+            "{err}"
+        );
+        assert!(err.contains("names the host itself"), "{err}");
+
+        let service = format!(
+            "services:\n- {{name: s, namespace: d, hostname: s.d.svc, vips: [\"/10.96.0.1\", \"net1/{bad}\"]}}\n"
+        );
+        let err = load(&service).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "mesh.yaml: services[0] (s.d.svc): `vips[1]` {bad}: "
+            )),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn empty_file_is_an_empty_mesh() {
     let loaded = load("").unwrap();

@@ -325,3 +325,91 @@ fn delta_is_empty_only_without_changes() {
     };
     assert!(!delta.is_empty());
 }
+
+fn keys(store: &Store, w: &Workload) -> (Vec<(PolicyScope, String)>, Vec<String>) {
+    let found = store.policies_for(w);
+    (
+        found
+            .policies
+            .iter()
+            .map(|(scope, p)| (*scope, p.key()))
+            .collect(),
+        found.missing,
+    )
+}
+
+fn scoped(namespace: &str, name: &str, scope: PolicyScope) -> Policy {
+    Policy {
+        scope,
+        ..policy(namespace, name)
+    }
+}
+
+#[test]
+fn policies_apply_by_scope_and_selection() {
+    use PolicyScope::{Global, Namespace, WorkloadSelector};
+    let mut store = Store::default();
+    store.insert_policy(scoped("istio-system", "mesh", Global));
+    store.insert_policy(scoped("default", "ns-b", Namespace));
+    store.insert_policy(scoped("default", "ns-a", Namespace));
+    store.insert_policy(scoped("other", "ns", Namespace));
+    store.insert_policy(scoped("default", "picked", WorkloadSelector));
+    store.insert_policy(scoped("default", "not-picked", WorkloadSelector));
+    let mut w = workload("a", "10.0.0.1");
+    w.authorization_policies = vec![
+        "default/picked".into(),
+        "default/in-flight".into(),
+        // Listed, but namespace-scoped elsewhere: applies only by its own scope.
+        "other/ns".into(),
+        "default/picked".into(),
+    ];
+    assert_eq!(
+        keys(&store, &w),
+        (
+            vec![
+                (Global, "istio-system/mesh".into()),
+                (Namespace, "default/ns-a".into()),
+                (Namespace, "default/ns-b".into()),
+                (WorkloadSelector, "default/picked".into()),
+            ],
+            vec!["default/in-flight".into()]
+        )
+    );
+}
+
+#[test]
+fn a_policy_changing_scope_moves_between_indexes_and_removal_cleans_them() {
+    let w = workload("a", "10.0.0.1");
+    let mut store = Store::default();
+    store.insert_policy(scoped("default", "p", PolicyScope::Namespace));
+    assert_eq!(keys(&store, &w).0.len(), 1);
+    // The same key, now mesh-wide: it must not stay in the namespace index too.
+    store.insert_policy(scoped("default", "p", PolicyScope::Global));
+    assert_eq!(
+        keys(&store, &w).0,
+        vec![(PolicyScope::Global, "default/p".to_string())]
+    );
+    store.remove_policy("default/p");
+    assert_eq!(keys(&store, &w).0, vec![]);
+    assert_eq!(store, Store::default(), "no index entry is left behind");
+}
+
+#[test]
+fn a_failed_delta_restores_the_policy_indexes() {
+    let build = || {
+        let mut store = Store::default();
+        store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+        store.insert_policy(scoped("default", "p", PolicyScope::Namespace));
+        store
+    };
+    let mut store = build();
+    let failing = StoreDelta {
+        policies: vec![scoped("default", "p", PolicyScope::Global)],
+        removed_policies: vec!["default/p".into()],
+        // Conflicts with "a": the whole delta is undone.
+        workloads: vec![workload("b", "10.0.0.1")],
+        ..StoreDelta::default()
+    };
+    assert!(store.apply(failing).is_err());
+    assert_eq!(store, build());
+}

@@ -394,3 +394,43 @@ fn dry_run_is_kept_and_extensions_are_ignored() {
             .dry_run
     );
 }
+
+/// A workload address or a service VIP that names the host itself (loopback, unspecified; v4,
+/// v6 and v4-mapped) is refused with the resource, the field and the address; the NACK text
+/// is this error's.
+#[test]
+fn loopback_and_unspecified_workload_addresses_and_vips_are_refused() {
+    let v6 = |ip: &str| ip.parse::<Ipv6Addr>().unwrap().octets().to_vec();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![127, 0, 0, 1], "127.0.0.1"),
+        (vec![127, 9, 8, 7], "127.9.8.7"),
+        (vec![0, 0, 0, 0], "0.0.0.0"),
+        (v6("::1"), "::1"),
+        (v6("::"), "::"),
+        (v6("::ffff:127.0.0.1"), "::ffff:127.0.0.1"),
+    ];
+    for (bytes, shown) in cases {
+        let mut w = valid_workload();
+        w.addresses.push(bytes.clone());
+        let err = address_from_proto(UID, workload_address(w), &defaults()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "resource \"{UID}\": workload.addresses[1]: {shown}: "
+            )),
+            "{text}"
+        );
+        assert!(text.contains("names the host itself"), "{text}");
+
+        let err = service_error(|s| {
+            s.addresses = vec![wl::NetworkAddress {
+                network: String::new(),
+                address: bytes.clone(),
+            }]
+        });
+        assert!(
+            err.starts_with(&format!("service.addresses[0].address: {shown}: ")),
+            "{err}"
+        );
+    }
+}

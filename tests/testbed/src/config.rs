@@ -11,6 +11,9 @@ use crate::control::ControlPlane;
 use crate::error::{Error, Result};
 use crate::topology::addr;
 
+mod policy;
+pub use policy::{Match, Policy, PolicyAction, PolicyScope, Rule, StringMatch};
+
 /// The trust domain used unless a test says otherwise.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -56,6 +59,9 @@ pub struct Workload {
     pub node: String,
     /// `"<ns>/<hostname>"` → `[(service port, target port)]`.
     pub services: Vec<(String, Vec<(u16, u16)>)>,
+    /// `authorizationPolicies`: the `namespace/name` of each workload-selector policy that
+    /// selects this workload.
+    pub authorization_policies: Vec<String>,
 }
 
 impl Workload {
@@ -69,6 +75,7 @@ impl Workload {
             protocol: Protocol::Hbone,
             node: node.into(),
             services: Vec::new(),
+            authorization_policies: Vec::new(),
         }
     }
 
@@ -88,6 +95,12 @@ impl Workload {
             format!("{}/{}", service.namespace, service.hostname),
             ports.to_vec(),
         ));
+        self
+    }
+
+    /// Lists `policy` (a [`PolicyScope::WorkloadSelector`] one) as selecting this workload.
+    pub fn selected_by(mut self, policy: &Policy) -> Self {
+        self.authorization_policies.push(policy.key());
         self
     }
 
@@ -130,6 +143,8 @@ impl Service {
 pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
+    /// `policies:`; none unless a test adds them.
+    pub policies: Vec<Policy>,
 }
 
 impl MeshConfig {
@@ -146,6 +161,7 @@ impl MeshConfig {
                     .endpoint_of(&service, &[(80, server_port)]),
             ],
             services: vec![service],
+            policies: Vec::new(),
         }
     }
 
@@ -185,6 +201,11 @@ impl MeshConfig {
                     }
                 }
             }
+            if !w.authorization_policies.is_empty() {
+                let names: Vec<String> =
+                    w.authorization_policies.iter().map(|p| quote(p)).collect();
+                let _ = writeln!(y, "  authorizationPolicies: [{}]", names.join(", "));
+            }
         }
         if self.services.is_empty() {
             y.push_str("services: []\n");
@@ -199,6 +220,12 @@ impl MeshConfig {
             y.push_str("  ports:\n");
             for (port, target) in &s.ports {
                 let _ = writeln!(y, "    {port}: {target}");
+            }
+        }
+        if !self.policies.is_empty() {
+            y.push_str("policies:\n");
+            for p in &self.policies {
+                p.write_yaml(&mut y);
             }
         }
         y
@@ -276,7 +303,7 @@ pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String
         Mesh::Control(cp) => {
             env.push(("XDS_ADDRESS".into(), cp.url()));
             env.push(("XDS_ROOT_CA".into(), path(&cp.root_cert())));
-            env.push(("XDS_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+            env.push(("XDS_AUTH_TOKEN".into(), path(&cp.node_token_file(node))));
         }
     }
     match ca {
@@ -285,7 +312,7 @@ pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String
         Ca::Control(cp) => {
             env.push(("CA_ADDRESS".into(), cp.url()));
             env.push(("CA_ROOT_CA".into(), path(&cp.root_cert())));
-            env.push(("CA_AUTH_TOKEN".into(), path(&cp.node_token_file())));
+            env.push(("CA_AUTH_TOKEN".into(), path(&cp.node_token_file(node))));
         }
     }
     env
@@ -333,6 +360,42 @@ mod tests {
         ));
         assert!(yaml.contains("  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n"));
         assert!(!yaml.contains("10.77.2.20"));
+    }
+
+    #[test]
+    fn policies_render_in_the_local_config_form() {
+        let mut cfg = MeshConfig::standard(8080);
+        assert!(
+            !cfg.to_yaml().contains("policies"),
+            "no policies unless added"
+        );
+        let deny = Policy::deny("default", "deny-client").rule([[Match::default()
+            .principal(StringMatch::exact("cluster.local/ns/default/sa/client"))
+            .destination_port(8080)]]);
+        let selected = Policy::allow("default", "only-this")
+            .scope(PolicyScope::WorkloadSelector)
+            .rule([
+                [Match::default().source_ip("10.77.1.0/24")],
+                [Match::default()],
+            ])
+            .dry_run();
+        let server = cfg.workload_mut("server").clone().selected_by(&selected);
+        *cfg.workload_mut("server") = server;
+        cfg.policies = vec![deny, selected];
+        let yaml = cfg.to_yaml();
+        assert!(
+            yaml.contains("  authorizationPolicies: [\"default/only-this\"]\n"),
+            "{yaml}"
+        );
+        let policies = &yaml[yaml.find("policies:\n").expect("a policies list")..];
+        assert_eq!(
+            policies,
+            "policies:\n\
+             - name: \"deny-client\"\n  namespace: \"default\"\n  scope: Namespace\n  action: Deny\n\
+             \x20 rules:\n  -\n    -\n      - {principals: [!Exact \"cluster.local/ns/default/sa/client\"], destinationPorts: [8080]}\n\
+             - name: \"only-this\"\n  namespace: \"default\"\n  scope: WorkloadSelector\n  action: Allow\n\
+             \x20 dryRun: true\n  rules:\n  -\n    -\n      - {sourceIps: [\"10.77.1.0/24\"]}\n    -\n      - {}\n"
+        );
     }
 
     #[test]

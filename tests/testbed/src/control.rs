@@ -1,9 +1,11 @@
 //! A `nodetunnel-control` process inside a namespace: the control plane (delta xDS + CA) the
 //! tunnels of a test mesh connect to, as they would to istiod.
 //!
-//! Tunnels authenticate with a bearer token: the control plane accepts the tokens in
-//! `tokens.txt`; each tunnel reads its own token file, so a test can hand one tunnel a token the
-//! control plane rejects.
+//! Tunnels authenticate with a bearer token bound to their node: `tokens.txt` lists one token
+//! per node of the topology (`<token> node=<node> <label>`), and each node's tunnel reads its own
+//! token file ([`ControlPlane::node_token_file`]), so it may obtain certificates for its own
+//! node's workloads only. A test can hand a tunnel a token the control plane rejects, or
+//! another node's token.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,8 +23,14 @@ pub const XDS_PORT: u16 = 15012;
 /// The control plane's status port (`/ready`, `/debug/connections`, `/debug/mesh`), on
 /// 127.0.0.1 inside its namespace.
 pub const STATUS_PORT: u16 = 15014;
-/// The token every tunnel presents unless a test says otherwise.
+/// Prefix of the token each node's tunnel presents unless a test says otherwise (see
+/// [`node_token`]).
 pub const NODE_TOKEN: &str = "nodetunnel-test-token";
+
+/// The token the control plane binds to `node`.
+pub fn node_token(node: &str) -> String {
+    format!("{NODE_TOKEN}-{node}")
+}
 
 /// How long [`ControlPlane::start`] waits for `/ready`.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -39,6 +47,8 @@ pub struct ControlPlaneSpec {
     pub ip: Ipv4Addr,
     /// Extra command-line arguments (e.g. `--max-cert-ttl 10s`).
     pub args: Vec<String>,
+    /// The nodes that get a token bound to them (the topology's nodes).
+    pub nodes: Vec<String>,
 }
 
 impl ControlPlaneSpec {
@@ -48,7 +58,14 @@ impl ControlPlaneSpec {
             ca_dir: ca_dir.to_path_buf(),
             ip,
             args: args.iter().map(|a| a.to_string()).collect(),
+            nodes: Vec::new(),
         }
+    }
+
+    /// Binds a token to each of `nodes` (their tunnels' [`ControlPlane::node_token_file`]).
+    pub fn for_nodes<'a>(mut self, nodes: impl IntoIterator<Item = &'a str>) -> ControlPlaneSpec {
+        self.nodes = nodes.into_iter().map(str::to_string).collect();
+        self
     }
 }
 
@@ -62,13 +79,21 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Writes the accepted-token file into `dir`, starts `bin` (`nodetunnel-control`) in `ns`
-    /// and waits until `/ready` answers 200.
+    /// Writes the accepted-token file (a token per node of the spec, bound to it) and each
+    /// node's token file into `dir`, starts `bin` (`nodetunnel-control`) in `ns` and waits until
+    /// `/ready` answers 200.
     pub fn start(ns: &Netns, bin: &Path, dir: &Path, spec: ControlPlaneSpec) -> Result<Self> {
+        let mut accepted = String::from("# <token> node=<node> <label>\n");
+        for node in &spec.nodes {
+            accepted.push_str(&format!(
+                "{} node={node} tunnel on {node}\n",
+                node_token(node)
+            ));
+            write_token(dir, &node_token_file_name(node), &node_token(node))?;
+        }
         let tokens = dir.join("tokens.txt");
-        fs::write(&tokens, format!("{NODE_TOKEN} tunnels\n"))
+        fs::write(&tokens, accepted)
             .map_err(|e| Error::io(format!("writing {}", tokens.display()), e))?;
-        write_token(dir, "node-token", NODE_TOKEN)?;
         let mut cp = ControlPlane {
             spec,
             ns: ns.clone(),
@@ -159,9 +184,26 @@ impl ControlPlane {
         write_token(&self.dir, name, token)
     }
 
-    /// The token file holding [`NODE_TOKEN`].
-    pub fn node_token_file(&self) -> PathBuf {
-        self.dir.join("node-token")
+    /// Replaces the accepted-token file with `bindings` (token, node), as Kubernetes updates a
+    /// mounted secret (a new file renamed over the old); the control plane re-reads it on the
+    /// next request.
+    pub fn bind_tokens(&self, bindings: &[(&str, &str)]) -> Result<()> {
+        let mut accepted = String::from("# <token> node=<node> <label>\n");
+        for (token, node) in bindings {
+            accepted.push_str(&format!("{token} node={node} rebound to {node}\n"));
+        }
+        let tokens = self.dir.join("tokens.txt");
+        let staged = self.dir.join("tokens.txt.new");
+        fs::write(&staged, accepted)
+            .and_then(|()| fs::rename(&staged, &tokens))
+            .map_err(|e| Error::io(format!("rewriting {}", tokens.display()), e))
+    }
+
+    /// The token file of `node`'s tunnel: the token bound to `node` ([`node_token`]). It
+    /// exists for the nodes the spec names ([`ControlPlaneSpec::for_nodes`]); for another
+    /// name the tunnel says the file is missing.
+    pub fn node_token_file(&self, node: &str) -> PathBuf {
+        self.dir.join(node_token_file_name(node))
     }
 
     /// `GET <path>` on the status port; the body of a 200, else an error naming the status.
@@ -198,6 +240,10 @@ impl ControlPlane {
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, NsProcess::pid)
     }
+}
+
+fn node_token_file_name(node: &str) -> String {
+    format!("node-token-{node}")
 }
 
 fn write_token(dir: &Path, name: &str, token: &str) -> Result<PathBuf> {

@@ -34,6 +34,7 @@ pub mod netns;
 mod privilege;
 pub mod process;
 pub mod procstat;
+pub mod raw_hbone;
 pub mod sandbox;
 mod signals;
 pub mod topology;
@@ -41,10 +42,10 @@ pub mod traffic;
 pub mod tunnel;
 
 pub use config::{
-    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Mesh, MeshConfig,
-    Protocol, Service, Workload,
+    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Match, Mesh,
+    MeshConfig, Policy, PolicyAction, PolicyScope, Protocol, Service, StringMatch, Workload,
 };
-pub use control::{ControlPlane, ControlPlaneSpec};
+pub use control::{node_token, ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
 pub use inpod::{
     apply_inpod_rules, inpod_rules_v4, remove_inpod_rules, InpodMesh, InpodRules, MeshBins,
@@ -53,6 +54,7 @@ pub use inpod::{
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
 pub use procstat::ProcStats;
+pub use raw_hbone::{ClientCert, RawHbone, RawHboneError, TestCa};
 pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};

@@ -399,7 +399,8 @@ impl Topology {
     }
 
     /// Starts `nodetunnel-control` (`bin`) in node `node`'s namespace on the node's IP, serving
-    /// `mesh` with the CA in `ca_dir`, and waits until it is ready.
+    /// `mesh` with the CA in `ca_dir`, with a token bound to each node of the topology, and
+    /// waits until it is ready.
     pub fn start_control_plane(
         &self,
         node: &str,
@@ -408,7 +409,8 @@ impl Topology {
         ca_dir: &Path,
         args: &[&str],
     ) -> Result<ControlPlane> {
-        let spec = ControlPlaneSpec::new(mesh, ca_dir, self.node(node).ip(), args);
+        let spec = ControlPlaneSpec::new(mesh, ca_dir, self.node(node).ip(), args)
+            .for_nodes(self.nodes.iter().map(Node::name));
         ControlPlane::start(self.ns(node), bin, self.dir(), spec)
     }
 }

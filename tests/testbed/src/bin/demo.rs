@@ -86,7 +86,8 @@ fn tell_control_plane(cp: &ControlPlane, mesh: &MeshConfig) {
         mesh.services.len()
     );
     println!(
-        "  from mesh.yaml (watched: edits are pushed); tunnels present a bearer token over TLS"
+        "  from mesh.yaml (watched: edits are pushed); each tunnel presents a bearer token over TLS,\n  \
+         bound to its node: certificates only for its own node's workloads"
     );
 }
 

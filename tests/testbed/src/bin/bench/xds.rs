@@ -77,6 +77,7 @@ fn big_mesh(workloads: usize, services: usize) -> MeshConfig {
     MeshConfig {
         workloads,
         services,
+        ..MeshConfig::default()
     }
 }
 

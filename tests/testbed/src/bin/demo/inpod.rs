@@ -11,8 +11,8 @@ use nodetunnel_testbed::inpod::mesh::uid_of;
 use nodetunnel_testbed::traffic::{bulk_exchange, bulk_handler, echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
-    addr, connect_from, eventually::wait_until, generate_ca, Ca, InpodMesh, InpodRules, Mesh,
-    MeshBins, MeshConfig, PodTopology, Server, Service,
+    addr, connect_from, eventually::wait_until, generate_ca, Ca, InpodMesh, InpodRules, Match,
+    Mesh, MeshBins, MeshConfig, PodTopology, Policy, PolicyScope, Server, Service, StringMatch,
 };
 
 use crate::{
@@ -84,7 +84,8 @@ pub fn run(bins: &Bins) -> DemoResult {
     hbone_transfer(&topo, &mesh)?;
     vip_and_passthrough(&topo, &mesh)?;
     delete_pod(&topo, &mesh)?;
-    new_service(&topo, &mesh, config, &config_path)?;
+    let config = new_service(&topo, &mesh, config, &config_path)?;
+    zero_trust(&topo, &mesh, config, &config_path)?;
 
     section("Cleaning up");
     for (node, tunnel, agent) in mesh.stop() {
@@ -244,7 +245,7 @@ fn new_service(
     mesh: &InpodMesh,
     mut config: MeshConfig,
     path: &Path,
-) -> DemoResult {
+) -> DemoResult<MeshConfig> {
     section(
         "4) mesh.yaml gains service canary (VIP 10.96.0.11:80 → server:8080), nothing restarts",
     );
@@ -287,5 +288,95 @@ fn new_service(
         .unwrap_or("?")
         .to_string();
     println!("  client → 10.96.0.11:80: echo OK, over HBONE to endpoint {endpoint}");
+    Ok(config)
+}
+
+/// STRICT mTLS and an ALLOW policy pushed while everything runs: the mesh client still gets
+/// through; a plaintext client outside the mesh is refused, and the server's tunnel says why.
+fn zero_trust(
+    topo: &PodTopology,
+    mesh: &InpodMesh,
+    mut config: MeshConfig,
+    path: &Path,
+) -> DemoResult {
+    section(
+        "5) policies pushed over xDS: STRICT mTLS mesh-wide; only `client` may call server:8080",
+    );
+    config.policies.push(
+        Policy::deny("istio-system", "istio_converted_static_strict")
+            .scope(PolicyScope::Global)
+            .rule([[Match {
+                not_principals: vec![StringMatch::Presence],
+                ..Match::default()
+            }]]),
+    );
+    config.policies.push(
+        Policy::allow("default", "allow-client").rule([[Match::default()
+            .principal(StringMatch::exact("cluster.local/ns/default/sa/client"))
+            .destination_port(8080)]]),
+    );
+    println!(
+        "  istio-system/istio_converted_static_strict: Deny, Global, notPrincipals: [!Presence []]"
+    );
+    println!("  default/allow-client: Allow, Namespace, principals: [!Exact cluster.local/ns/default/sa/client], port 8080");
+    config.write(path)?;
+    let n2 = mesh.tunnel("n2");
+    let has_both = || {
+        n2.config_dump()
+            .is_ok_and(|d| d["policies"].as_array().is_some_and(|p| p.len() == 2))
+    };
+    if !wait_until(Duration::from_secs(10), has_both) {
+        return Err("the policies never reached the n2 tunnel".into());
+    }
+    let _server = Server::start(topo.ns("server"), (addr::SERVER, 8080).into(), echo_handler)?;
+    let dst: SocketAddr = (addr::SERVER, 8080).into();
+    let mut stream = topo
+        .ns("client")
+        .run(move || connect_from(addr::CLIENT, dst))?;
+    echo_roundtrip(&mut stream, b"hello, zero trust")?;
+    drop(stream);
+    println!("  client → server:8080 (mTLS identity spiffe://cluster.local/ns/default/sa/client): echo OK");
+
+    let denied_before = n2.access_lines(&[("flag", "policy_denied")]).len();
+    let got = topo.ns("plain").run(move || -> io::Result<usize> {
+        let mut s = connect_from(addr::NON_MESH, dst)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let _ = s.write_all(b"let me in\n");
+        let mut buf = Vec::new();
+        let _ = io::Read::read_to_end(&mut s, &mut buf);
+        Ok(buf.len())
+    })?;
+    if got != 0 {
+        return Err(format!("the plaintext client got {got} bytes back under STRICT").into());
+    }
+    let lines = wait_for_access(n2, &[("flag", "policy_denied")], denied_before + 1)?;
+    let line = lines.last().map_or("", String::as_str);
+    println!("  plain 10.77.2.20 (outside the mesh, plaintext) → server:8080: closed at once");
+    println!(
+        "  n2 access log: src={} dst={} protocol={} flag=policy_denied",
+        field(line, "src").unwrap_or("?"),
+        field(line, "dst").unwrap_or("?"),
+        field(line, "protocol").unwrap_or("?"),
+    );
+    let query = "/debug/authorize?source_ip=10.77.2.20&destination=10.77.2.10&port=8080";
+    let answer: serde_json::Value = serde_json::from_str(&n2.admin_get(query)?)?;
+    println!("  why? GET 127.0.0.1:15000{query} on n2 answers:");
+    println!(
+        "      decision {}: {}",
+        answer["decision"].as_str().unwrap_or("?"),
+        answer["reason"].as_str().unwrap_or("?")
+    );
+    for policy in answer["policies"].as_array().into_iter().flatten() {
+        let first_field = &policy["rules"][0]["clauses"][0]["matches"][0]["fields"][0];
+        println!(
+            "      {} ({} {}): {} — {}: {}",
+            policy["policy"].as_str().unwrap_or("?"),
+            policy["scope"].as_str().unwrap_or("?"),
+            policy["action"].as_str().unwrap_or("?"),
+            policy["why"].as_str().unwrap_or("?"),
+            first_field["field"].as_str().unwrap_or("?"),
+            first_field["why"].as_str().unwrap_or("?"),
+        );
+    }
     Ok(())
 }
