@@ -46,7 +46,6 @@ const TARGET: Target<'static> = Target {
     client_cidr: "10.77.1.0/24",
     port: HTTP_PORT,
 };
-const SERVER_UID: &str = "cluster1//v1/Pod/default/server";
 
 struct PolicyOptions {
     seconds: u64,
@@ -207,24 +206,14 @@ fn write_meshes(plain: &Path, with_policies: &Path) -> BenchResult<String> {
         },
         &TARGET,
     );
-    let mut yaml = MeshConfig::standard(HTTP_PORT).to_yaml();
-    // The testbed's MeshConfig renders no policies: list the selector ones on the server entry
-    // and append the `policies:` section.
-    let server_entry = format!("- uid: \"{SERVER_UID}\"\n");
-    if !yaml.contains(&server_entry) || yaml.contains("\npolicies:") {
-        return Err(format!(
-            "MeshConfig::standard's YAML changed shape (want one {server_entry:?} entry and no policies):\n{yaml}"
-        )
-        .into());
+    // The policies come as local-config YAML (the same text the decision micro-bench loads);
+    // the server lists the selector ones, and the file gets them as its `policies:` section.
+    let mut mesh = MeshConfig::standard(HTTP_PORT);
+    if !mesh.policies.is_empty() {
+        return Err("MeshConfig::standard now carries policies: the bench expects none".into());
     }
-    let listed: Vec<String> = set.selected.iter().map(|k| format!("\"{k}\"")).collect();
-    yaml = yaml.replace(
-        &server_entry,
-        &format!(
-            "{server_entry}  authorizationPolicies: [{}]\n",
-            listed.join(", ")
-        ),
-    );
+    mesh.workload_mut("server").authorization_policies = set.selected.clone();
+    let mut yaml = mesh.to_yaml();
     yaml.push_str(&set.yaml);
     fs::write(with_policies, yaml)?;
     set.allowing
