@@ -150,7 +150,7 @@ pub fn explain(connection: &ConnectionInfo, store: &Store) -> Explanation {
     Explanation {
         connection: ConnectionView {
             source_identity: connection.source_identity.as_ref().map(|i| i.to_string()),
-            source_principal: subject.principal.clone(),
+            source_principal: subject.principal().map(str::to_string),
             source_ip: connection.source_ip.to_string(),
             destination_workload: connection.destination.uid.clone(),
             destination_namespace: connection.destination.namespace.clone(),
@@ -388,7 +388,7 @@ impl Attribute {
                 )),
                 None => Attribute::NoIdentity("service account"),
             },
-            Field::Principals => match &subject.principal {
+            Field::Principals => match subject.principal() {
                 Some(p) => Attribute::Value(format!("source principal {p:?}")),
                 None => Attribute::NoIdentity("principal"),
             },

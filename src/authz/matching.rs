@@ -28,9 +28,10 @@ use crate::state::{Policy, PolicyMatch, ServiceAccountMatch, StringMatch};
 pub(super) struct Subject<'a> {
     /// The proven identity, if any.
     pub identity: Option<&'a Identity>,
-    /// The identity as istiod writes principals: without `spiffe://`
-    /// (`cluster.local/ns/default/sa/client`).
-    pub principal: Option<String>,
+    /// The identity as istiod writes principals, without `spiffe://`
+    /// (`cluster.local/ns/default/sa/client`); formatted on first use, since most policies
+    /// never look at it. Read it with [`Subject::principal`].
+    principal: std::cell::OnceCell<Option<String>>,
     pub source_ip: IpAddr,
     pub destination: SocketAddr,
 }
@@ -43,10 +44,19 @@ impl<'a> Subject<'a> {
     ) -> Subject<'a> {
         Subject {
             identity,
-            principal: identity.map(principal_of),
+            principal: std::cell::OnceCell::new(),
             source_ip,
             destination,
         }
+    }
+}
+
+impl Subject<'_> {
+    /// The principal (see the field), `None` without a verified identity.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal
+            .get_or_init(|| self.identity.map(principal_of))
+            .as_deref()
     }
 }
 
@@ -185,7 +195,7 @@ impl Field {
                 )
             }
             Field::Principals => {
-                let principal = subject.principal.as_deref();
+                let principal = subject.principal();
                 let hit = |v: &StringMatch| principal.is_some_and(|p| string_matches(v, p));
                 (first(&m.principals, hit), first(&m.not_principals, hit))
             }

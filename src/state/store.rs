@@ -115,7 +115,16 @@ impl Store {
     }
 
     /// Like [`Store::insert_workload`], returning the workload it replaced.
-    fn upsert_workload(&mut self, workload: Workload) -> Result<Option<Arc<Workload>>, StoreError> {
+    fn upsert_workload(
+        &mut self,
+        mut workload: Workload,
+    ) -> Result<Option<Arc<Workload>>, StoreError> {
+        // Listed once each, first mention kept: deduplicating here, once per update, keeps
+        // `for_each_policy` (every inbound connection) linear in the number of policies.
+        let mut seen = std::collections::HashSet::new();
+        workload
+            .authorization_policies
+            .retain(|key| seen.insert(key.clone()));
         for ip in &workload.workload_ips {
             let address = NetworkAddress::new(workload.network.clone(), *ip);
             if let Some(holder) = self.workload_by_ip.get(&address) {
@@ -284,6 +293,7 @@ impl Store {
     /// WORKLOAD_SELECTOR policy (a namespace or global policy listed by name already applies
     /// by its scope, and must not be visited twice); a listed key the store lacks is visited
     /// as [`Applicable::Missing`]. Allocates nothing: this is on every inbound connection.
+    /// `workload` is expected to come from this store, whose workloads list each key once.
     pub fn for_each_policy<'a, B>(
         &'a self,
         workload: &'a Workload,
@@ -307,11 +317,8 @@ impl Store {
                 }
             }
         }
-        for (i, key) in workload.authorization_policies.iter().enumerate() {
-            // A key listed twice is visited once.
-            if workload.authorization_policies[..i].contains(key) {
-                continue;
-            }
+        // Stored workloads list each key once (see `upsert_workload`).
+        for key in &workload.authorization_policies {
             let applicable = match self.policies.get(key.as_str()) {
                 Some(policy) if policy.scope == PolicyScope::WorkloadSelector => {
                     Applicable::Found(PolicyScope::WorkloadSelector, policy)

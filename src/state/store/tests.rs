@@ -363,6 +363,13 @@ fn policies_apply_by_scope_and_selection() {
         "other/ns".into(),
         "default/picked".into(),
     ];
+    store.insert_workload(w).unwrap();
+    let w = store.workload_by_uid("a").unwrap();
+    assert_eq!(
+        w.authorization_policies,
+        ["default/picked", "default/in-flight", "other/ns"],
+        "stored once each, in first-mention order"
+    );
     assert_eq!(
         keys(&store, &w),
         (
