@@ -15,7 +15,8 @@ use std::thread;
 use std::time::Duration;
 
 use nodetunnel_testbed::traffic::{
-    bulk_exchange, bulk_handler, echo_handler, echo_roundtrip, sha256_hex, Pattern,
+    bulk_exchange, bulk_handler, echo_handler, echo_roundtrip, request_then_read_all, sha256_hex,
+    Pattern,
 };
 use nodetunnel_testbed::tunnel::{field, field_u64};
 use nodetunnel_testbed::{
@@ -130,36 +131,14 @@ fn open_concurrently(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, n: usize) -> Ve
         .collect()
 }
 
-/// Sends `request`, then reads until the peer closes; returns what came back. A reset counts
-/// as "closed" (what was received before it is returned).
-fn request_then_read_all(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
-    let _ = stream.write_all(request);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("the connection was neither served nor closed within the read timeout")
-            }
-            Err(_) => return got,
-        }
-    }
-}
-
 /// Asserts a connection to the mesh server is refused: the client gets no data and is closed,
 /// and the server application never accepts anything.
 fn assert_refused(topo: &Topology, server: &Server, why: &str) {
     let before = server.accepted();
     let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let got = request_then_read_all(&mut s, b"must not arrive\n");
+    let got = request_then_read_all(&mut s, b"must not arrive\n")
+        .unwrap_or_else(|e| panic!("{why}: {e}"));
     assert!(
         got.is_empty(),
         "{why}: client received {} bytes: {:?}",

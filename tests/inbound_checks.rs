@@ -13,13 +13,12 @@
 //!
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
-use nodetunnel_testbed::traffic::echo_handler;
+use nodetunnel_testbed::traffic::{echo_handler, request_then_read_all};
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
@@ -205,7 +204,8 @@ fn plaintext_to_a_tunnel_port_is_closed_unanswered() {
             .ns("n1")
             .run(move || connect_from(addr::CLIENT2, target))
             .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
-        let got = request_then_read_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n");
+        let got = request_then_read_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
         assert!(
             got.is_empty(),
             "{target} answered a plaintext client: {:?}",
@@ -213,24 +213,6 @@ fn plaintext_to_a_tunnel_port_is_closed_unanswered() {
         );
         let line = bed.refusal_line(target, "loop");
         assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
-    }
-}
-
-/// Sends `request`, then reads until the peer closes (a reset counts as closed); returns what
-/// came back.
-fn request_then_read_all(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
-    let _ = stream.write_all(request);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the connection was neither answered nor closed within the read timeout")
-            }
-            Err(_) => return got,
-        }
     }
 }
 

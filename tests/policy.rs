@@ -9,12 +9,11 @@
 //!
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::Duration;
 
-use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
+use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip, request_then_read_all};
 use nodetunnel_testbed::tunnel::{field, http_get};
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
@@ -106,10 +105,7 @@ impl Mesh2 {
             .run(move || -> std::io::Result<Vec<u8>> {
                 let mut s = connect_from(src, server_addr())?;
                 s.set_read_timeout(Some(Duration::from_secs(15)))?;
-                let _ = s.write_all(b"must not arrive\n");
-                let mut got = Vec::new();
-                let _ = s.read_to_end(&mut got);
-                Ok(got)
+                request_then_read_all(&mut s, b"must not arrive\n")
             })
             .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
         assert!(

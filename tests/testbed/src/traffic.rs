@@ -139,6 +139,37 @@ pub fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Sends `request`, then reads until the peer closes; returns what came back. A reset counts
+/// as closed (what arrived before it is returned). A connection that is neither answered nor
+/// closed within the stream's read timeout is an error (`TimedOut`), so a caller asserting
+/// "refused" cannot mistake a hanging connection for a closed one.
+pub fn request_then_read_all(stream: &mut TcpStream, request: &[u8]) -> io::Result<Vec<u8>> {
+    let _ = stream.write_all(request);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "neither answered nor closed within the read timeout ({} bytes so far)",
+                        got.len()
+                    ),
+                ))
+            }
+            Err(_) => return Ok(got),
+        }
+    }
+}
+
 /// Writes `data`, reads the same number of bytes back and checks they are equal.
 pub fn echo_roundtrip(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
