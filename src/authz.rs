@@ -129,9 +129,22 @@ impl fmt::Display for Decision {
 pub fn authorize(connection: &ConnectionInfo, store: &Store) -> Decision {
     let subject = subject(connection);
     let mut dry_run_present = false;
-    let decision = decide(store, connection, &subject, Enforce::Enforced, |p| {
-        dry_run_present |= p.dry_run;
-    });
+    let destination = &connection.destination;
+    let decision = decide(
+        store,
+        connection,
+        &subject,
+        Enforce::Enforced,
+        |applicable| match applicable {
+            Applicable::Found(_, policy) => dry_run_present |= policy.dry_run,
+            Applicable::Missing(key) => tracing::warn!(
+                target: "authz",
+                policy = key,
+                workload = %destination.uid,
+                "skipping policy {key}: the workload lists it but it is not known (yet)"
+            ),
+        },
+    );
     if dry_run_present {
         let would_be = decide(store, connection, &subject, Enforce::All, |_| {});
         log_dry_run(connection, &decision, &would_be);
@@ -158,34 +171,25 @@ fn subject(connection: &ConnectionInfo) -> Subject<'_> {
 
 /// One pass over the applicable policies: the first matching DENY decides at once; ALLOW
 /// policies are evaluated until one matches. `seen` is called with every applicable policy
-/// (so the caller learns whether dry-run ones exist without a second lookup).
+/// visited, missing ones included (so the caller can warn about those and learn whether
+/// dry-run ones exist without a second lookup). The only implementation of Istio's order:
+/// the explanation calls it too.
 fn decide(
     store: &Store,
     connection: &ConnectionInfo,
     subject: &Subject<'_>,
     enforce: Enforce,
-    mut seen: impl FnMut(&Policy),
+    mut seen: impl FnMut(Applicable<'_>),
 ) -> Decision {
     // ALLOW policies evaluated without a match, named only if the connection is denied.
     let mut unmatched_allow: Vec<&Policy> = Vec::new();
     let mut allowed_by: Option<&Policy> = None;
-    let destination = &connection.destination;
-    let denied_by = store.for_each_policy(destination, |applicable| {
-        let policy: &Policy = match applicable {
-            Applicable::Found(_, policy) => policy,
-            Applicable::Missing(key) => {
-                if enforce == Enforce::Enforced {
-                    tracing::warn!(
-                        target: "authz",
-                        policy = key,
-                        workload = %destination.uid,
-                        "skipping policy {key}: the workload lists it but it is not known (yet)"
-                    );
-                }
-                return ControlFlow::Continue(());
-            }
+    let denied_by = store.for_each_policy(&connection.destination, |applicable| {
+        seen(applicable);
+        let Applicable::Found(_, policy) = applicable else {
+            return ControlFlow::Continue(());
         };
-        seen(policy);
+        let policy: &Policy = policy;
         if policy.dry_run && enforce == Enforce::Enforced {
             return ControlFlow::Continue(());
         }

@@ -2,16 +2,17 @@
 //! (scope, action, dry-run), which rule, clause, match and field matched or why none did, and
 //! the decision with the same reason string the access log prints.
 //!
-//! It evaluates every rule of every applicable policy (the fast path stops early), using the
-//! same per-field predicates as [`super::authorize`], and derives the decision from those
-//! results with the same order; the tests check both agree on every case of the decision table.
+//! It evaluates every rule of every applicable policy (the fast path stops early) with the same
+//! per-field predicates as [`super::authorize`], and takes the decision from the same
+//! `decide` (there is one implementation of Istio's order). Debug builds check each policy's
+//! traced outcome against the fast matcher's.
 
 use std::fmt;
 
 use serde::Serialize;
 
 use super::matching::{self, Field, Subject};
-use super::{AllowReason, ConnectionInfo, Decision, DenyReason};
+use super::{AllowReason, ConnectionInfo, Decision, DenyReason, Enforce};
 use crate::state::{
     Applicable, Policy, PolicyAction, PolicyMatch, PolicyScope, ServiceAccountMatch, Store,
     StringMatch,
@@ -116,36 +117,31 @@ const RULE: &str = "any matching DENY policy denies; otherwise, with no ALLOW po
 pub fn explain(connection: &ConnectionInfo, store: &Store) -> Explanation {
     let subject = super::subject(connection);
     let mut policies = Vec::new();
-    let mut evaluated: Vec<(&Policy, bool)> = Vec::new();
     let mut missing = Vec::new();
     store.for_each_policy(&connection.destination, |applicable| {
         match applicable {
             Applicable::Found(scope, policy) => {
-                let explanation = explain_policy(scope, policy, &subject);
-                evaluated.push((policy, explanation.matched));
-                policies.push(explanation);
+                policies.push(explain_policy(scope, policy, &subject));
             }
             Applicable::Missing(key) => missing.push(key.to_string()),
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
-    let enforced = order(evaluated.iter().filter(|(p, _)| !p.dry_run).copied());
-    let any_dry_run = evaluated.iter().any(|(p, _)| p.dry_run);
-    let dry_run_decision = any_dry_run.then(|| {
-        let (decision, _) = order(evaluated.iter().copied());
+    let decision = super::decide(store, connection, &subject, Enforce::Enforced, |_| {});
+    let dry_run_decision = policies.iter().any(|p| p.dry_run).then(|| {
+        let would_be = super::decide(store, connection, &subject, Enforce::All, |_| {});
         DryRunView {
-            decision: word(&decision),
-            reason: reason(&decision),
+            decision: word(&would_be),
+            reason: reason(&would_be),
         }
     });
-    let (decision, decided_by) = enforced;
-    if let Some(key) = decided_by {
-        for p in policies
-            .iter_mut()
-            .filter(|p| p.policy == key && !p.dry_run)
-        {
-            p.decided = true;
-        }
+    let decided_by = match &decision {
+        Decision::Deny(DenyReason::DenyPolicy { policy })
+        | Decision::Allow(AllowReason::AllowPolicy { policy }) => Some(policy.as_str()),
+        _ => None,
+    };
+    for p in policies.iter_mut() {
+        p.decided = !p.dry_run && decided_by == Some(p.policy.as_str());
     }
     Explanation {
         connection: ConnectionView {
@@ -177,46 +173,6 @@ fn reason(decision: &Decision) -> String {
         Decision::Allow(r) => r.to_string(),
         Decision::Deny(r) => r.to_string(),
     }
-}
-
-/// Istio's order over evaluated policies (policy, matched): the decision and the key of the
-/// policy that decided it, if one did.
-fn order<'a>(
-    evaluated: impl Iterator<Item = (&'a Policy, bool)> + Clone,
-) -> (Decision, Option<String>) {
-    if let Some((deny, _)) = evaluated
-        .clone()
-        .find(|(p, matched)| p.action == PolicyAction::Deny && *matched)
-    {
-        let key = deny.key();
-        return (
-            Decision::Deny(DenyReason::DenyPolicy {
-                policy: key.clone(),
-            }),
-            Some(key),
-        );
-    }
-    let allows: Vec<_> = evaluated
-        .filter(|(p, _)| p.action == PolicyAction::Allow)
-        .collect();
-    if allows.is_empty() {
-        return (Decision::Allow(AllowReason::NoAllowPolicies), None);
-    }
-    if let Some((allow, _)) = allows.iter().find(|(_, matched)| *matched) {
-        let key = allow.key();
-        return (
-            Decision::Allow(AllowReason::AllowPolicy {
-                policy: key.clone(),
-            }),
-            Some(key),
-        );
-    }
-    (
-        Decision::Deny(DenyReason::NoAllowPolicyMatched {
-            allow_policies: allows.iter().map(|(p, _)| p.key()).collect(),
-        }),
-        None,
-    )
 }
 
 fn explain_policy(scope: PolicyScope, policy: &Policy, subject: &Subject<'_>) -> PolicyExplanation {

@@ -1001,6 +1001,47 @@ fn decision_table() {
                 case.name, explained.decision, explained.reason
             ));
         }
+        // The traced per-policy outcomes must support the decision on their own: the
+        // deciding policy matched, and a "no ALLOW matched" denial has no enforced ALLOW
+        // that the trace says matched.
+        let enforced = |action: &'static str| {
+            explained
+                .policies
+                .iter()
+                .filter(move |p| !p.dry_run && p.action == action)
+        };
+        let decided: Vec<_> = explained.policies.iter().filter(|p| p.decided).collect();
+        let consistent = match &got {
+            Decision::Deny(DenyReason::DenyPolicy { policy }) => {
+                matches!(&decided[..], [p] if &p.policy == policy && p.matched && p.action == "DENY")
+            }
+            Decision::Allow(AllowReason::AllowPolicy { policy }) => {
+                matches!(&decided[..], [p] if &p.policy == policy && p.matched && p.action == "ALLOW")
+                    && !enforced("DENY").any(|p| p.matched)
+            }
+            Decision::Deny(DenyReason::NoAllowPolicyMatched { .. }) => {
+                decided.is_empty()
+                    && !enforced("DENY").any(|p| p.matched)
+                    && !enforced("ALLOW").any(|p| p.matched)
+                    && enforced("ALLOW").count() > 0
+            }
+            Decision::Allow(AllowReason::NoAllowPolicies) => {
+                decided.is_empty()
+                    && !enforced("DENY").any(|p| p.matched)
+                    && enforced("ALLOW").count() == 0
+            }
+        };
+        if !consistent {
+            failures.push(format!(
+                "{}: the explanation's per-policy trace does not support {got}: {:?}",
+                case.name,
+                explained
+                    .policies
+                    .iter()
+                    .map(|p| (&p.policy, p.action, p.matched, p.decided))
+                    .collect::<Vec<_>>()
+            ));
+        }
     }
     assert!(
         failures.is_empty(),
