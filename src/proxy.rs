@@ -53,16 +53,49 @@ impl Scope {
         node_ok && workload_ok
     }
 
-    /// The workload holding `ip` on `network`, if this scope serves it.
+    /// The workload of this scope holding `ip` on `network`. Several workloads may claim one
+    /// address (a reused pod IP whose old pod is not removed yet). The one chosen decides which
+    /// identity the connection carries, so when workloads of this scope with different
+    /// identities claim it the answer is "ambiguous", never a guess; when they share one
+    /// identity, ztunnel's preference picks among them.
     pub fn local_workload(
         &self,
         store: &Store,
         network: &str,
         ip: IpAddr,
-    ) -> Option<Arc<Workload>> {
-        store.workload_by_ip(network, ip).filter(|w| self.serves(w))
+    ) -> Result<Arc<Workload>, LocalMiss> {
+        let claimants = store.workloads_at(network, ip);
+        let ours = || claimants.iter().filter(|w| self.serves(w));
+        let Some(first) = ours().next() else {
+            return Err(LocalMiss::Unknown);
+        };
+        if ours().any(|w| {
+            w.trust_domain != first.trust_domain
+                || w.namespace != first.namespace
+                || w.service_account != first.service_account
+        }) {
+            return Err(LocalMiss::Ambiguous(
+                ours().map(|w| w.uid.clone()).collect(),
+            ));
+        }
+        Ok(crate::state::preferred_claimant(ours())
+            .unwrap_or(first)
+            .clone())
     }
 }
+
+/// Why no local workload was found for an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalMiss {
+    /// No workload of this scope holds it (yet).
+    Unknown,
+    /// Several workloads of this scope hold it (their uids): which identity to use is unknown.
+    Ambiguous(Vec<String>),
+}
+
+/// How long a connection waits for its local workload to arrive over xDS, as ztunnel waits: a
+/// pod is enrolled (ZDS) and may connect before the control plane's push reaches the tunnel.
+pub const LOCAL_WORKLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How inbound connections reach the local app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,14 +182,49 @@ impl ProxyInputs {
     }
 
     /// The local workload holding `ip`, if this tunnel serves it.
-    pub fn local_workload(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+    pub fn local_workload(&self, ip: IpAddr) -> Result<Arc<Workload>, LocalMiss> {
         self.local_workload_in(&self.state.read(), ip)
     }
 
     /// [`local_workload`](Self::local_workload) on a snapshot the caller already holds, so
     /// one connection's checks all see the same state.
-    pub(crate) fn local_workload_in(&self, store: &Store, ip: IpAddr) -> Option<Arc<Workload>> {
+    pub(crate) fn local_workload_in(
+        &self,
+        store: &Store,
+        ip: IpAddr,
+    ) -> Result<Arc<Workload>, LocalMiss> {
         self.scope.local_workload(store, &self.config.network, ip)
+    }
+
+    /// [`local_workload`](Self::local_workload), waiting up to [`LOCAL_WORKLOAD_WAIT`] for it
+    /// to arrive when it is unknown (a just-enrolled pod connecting before its workload's xDS
+    /// push). An ambiguous address is answered at once: waiting would not resolve it.
+    pub async fn wait_for_local_workload(&self, ip: IpAddr) -> Result<Arc<Workload>, LocalMiss> {
+        // Subscribe before looking, so a write between the look and the wait is not missed.
+        let mut changes = self.state.changes();
+        match self.local_workload(ip) {
+            Err(LocalMiss::Unknown) => {}
+            found => return found,
+        }
+        let deadline = tokio::time::sleep(LOCAL_WORKLOAD_WAIT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::debug!(%ip, wait = ?LOCAL_WORKLOAD_WAIT, "no local workload arrived");
+                    return Err(LocalMiss::Unknown);
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(LocalMiss::Unknown);
+                    }
+                    match self.local_workload(ip) {
+                        Err(LocalMiss::Unknown) => continue,
+                        found => return found,
+                    }
+                }
+            }
+        }
     }
 
     /// The authorize step of both inbound paths: a connection from `source_ip` (with the

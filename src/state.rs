@@ -19,8 +19,10 @@ pub use defaults::Defaults;
 pub(crate) use local::load_file;
 pub use local::{load_str, LoadError, Loaded};
 pub(crate) use resolve::{ResolveError, Upstream};
-pub(crate) use store::StoreError;
-pub use store::{Applicable, ApplicablePolicies, StateHandle, StateWriteGuard, Store, StoreDelta};
+pub use store::{
+    preferred_claimant, Applicable, ApplicablePolicies, StateHandle, StateWriteGuard, Store,
+    StoreDelta,
+};
 pub use types::{
     check_policy_key, HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy,
     PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch,

@@ -17,7 +17,8 @@ pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// The responses that deliver `diff`, each under `max_bytes` (a single resource larger than
 /// that travels alone). Removals come first: when a push is split, an address freed by a removed
 /// workload (a pod IP Kubernetes hands to a new pod) must be free before the response carrying
-/// the new holder is applied, or the client would refuse that response as a conflict. With
+/// the new holder is applied (clients keep both claimants, but one stale claimant for a moment
+/// is still a moment of ambiguity). With
 /// `always`, an empty diff still yields one
 /// empty response (the initial reply clients wait for to know they are in sync).
 pub fn responses(

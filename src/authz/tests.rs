@@ -953,7 +953,7 @@ fn store_for(case: &Case) -> (Store, Arc<Workload>) {
     let mut server = workload("server", SERVER_IP);
     server.workload_ips.push(SERVER_IP6.parse().unwrap());
     server.authorization_policies = case.selected.iter().map(|k| k.to_string()).collect();
-    store.insert_workload(server.clone()).unwrap();
+    store.insert_workload(server.clone());
     for p in &case.policies {
         store.insert_policy(p.clone());
     }

@@ -16,6 +16,11 @@ pub enum ProxyError {
     OriginalDestination(std::io::Error),
     #[error("source address {0} is not a workload served by this tunnel")]
     UnknownSource(std::net::IpAddr),
+    #[error("address {ip} is held by several local workloads ({}): which identity to use is ambiguous", uids.join(", "))]
+    AmbiguousLocal {
+        ip: std::net::IpAddr,
+        uids: Vec<String>,
+    },
     #[error("destination {0} is the tunnel itself; refusing a loop")]
     SelfLoop(std::net::SocketAddr),
     #[error(transparent)]
@@ -79,6 +84,7 @@ impl ProxyError {
             }
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
+            | ProxyError::AmbiguousLocal { .. }
             | ProxyError::Resolve(_)
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
@@ -95,6 +101,7 @@ impl ProxyError {
         match self {
             ProxyError::OriginalDestination(_) => "no_original_dst",
             ProxyError::UnknownSource(_) => "unknown_source",
+            ProxyError::AmbiguousLocal { .. } => "ambiguous_workload",
             ProxyError::SelfLoop(_) => "loop",
             ProxyError::Resolve(_) => "no_route",
             ProxyError::Certificate(_)
@@ -150,3 +157,17 @@ impl ProxyError {
 
 #[cfg(test)]
 mod tests;
+
+impl ProxyError {
+    /// The error for a local workload lookup of `ip` that found none (`unknown`) or several.
+    pub(crate) fn local_miss(
+        miss: super::LocalMiss,
+        ip: std::net::IpAddr,
+        unknown: ProxyError,
+    ) -> ProxyError {
+        match miss {
+            super::LocalMiss::Unknown => unknown,
+            super::LocalMiss::Ambiguous(uids) => ProxyError::AmbiguousLocal { ip, uids },
+        }
+    }
+}

@@ -49,10 +49,14 @@ async fn serve_connection(
 ) -> Result<(), ProxyError> {
     let _ = tcp.set_nodelay(true);
     let local = socket::canonical(tcp.local_addr().map_err(ProxyError::InboundTls)?);
-    // Present the identity of the workload whose address was dialed.
+    // Present the identity of the workload whose address was dialed (waiting a moment for a
+    // just-enrolled pod's workload, whose peers may know it before we do).
     let workload = pi
-        .local_workload(local.ip())
-        .ok_or(ProxyError::NotLocal { target: local })?;
+        .wait_for_local_workload(local.ip())
+        .await
+        .map_err(|miss| {
+            ProxyError::local_miss(miss, local.ip(), ProxyError::NotLocal { target: local })
+        })?;
     let cert = pi.certs.fetch(&workload.identity()).await?;
     let config = tls::server_config(&cert)?;
     let tls_stream = TlsAcceptor::from(config)
@@ -216,9 +220,9 @@ fn check_target(
         // second layer of HBONE, or the admin and metrics endpoints reached from the mesh.
         return Err(ProxyError::SelfLoop(target));
     }
-    let workload = pi
-        .local_workload_in(store, target.ip())
-        .ok_or(ProxyError::NotLocal { target })?;
+    let workload = pi.local_workload_in(store, target.ip()).map_err(|miss| {
+        ProxyError::local_miss(miss, target.ip(), ProxyError::NotLocal { target })
+    })?;
     if target.ip() != peer.dialed && !workload.workload_ips.contains(&peer.dialed) {
         // The TLS session proved the identity of the dialed workload, not of this one.
         return Err(ProxyError::TargetMismatch {

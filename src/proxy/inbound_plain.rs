@@ -67,9 +67,9 @@ fn check_target(
     if pi.is_own_port(dst) {
         return Err(ProxyError::SelfLoop(dst));
     }
-    let workload = pi
-        .local_workload_in(store, dst.ip())
-        .ok_or(ProxyError::NotLocal { target: dst })?;
+    let workload = pi.local_workload_in(store, dst.ip()).map_err(|miss| {
+        ProxyError::local_miss(miss, dst.ip(), ProxyError::NotLocal { target: dst })
+    })?;
     Ok(InboundTarget {
         addr: dst,
         workload,

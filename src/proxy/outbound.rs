@@ -32,6 +32,11 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
         Ok(dst) => dst,
         Err(e) => return unrouted(&pi, peer, None, ProxyError::OriginalDestination(e)),
     };
+    // A just-enrolled pod may connect before its workload's xDS push: wait a moment for it.
+    if let Err(miss) = pi.wait_for_local_workload(peer.ip()).await {
+        let e = ProxyError::local_miss(miss, peer.ip(), ProxyError::UnknownSource(peer.ip()));
+        return unrouted(&pi, peer, Some(original_dst), e);
+    }
     let route = match decide(&pi, &client, peer, original_dst) {
         Ok(route) => route,
         Err(e) => return unrouted(&pi, peer, Some(original_dst), e),

@@ -20,7 +20,7 @@ use policies::LocalPolicy;
 
 use super::addresses::unusable_address;
 use super::defaults::{parse_workload_type, Defaults};
-use super::store::{Store, StoreError};
+use super::store::Store;
 use super::types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
 };
@@ -46,12 +46,6 @@ pub enum LoadError {
         path: PathBuf,
         item: String,
         message: String,
-    },
-    #[error("{path}: {item}: {source}")]
-    Conflict {
-        path: PathBuf,
-        item: String,
-        source: Box<StoreError>,
     },
 }
 
@@ -268,14 +262,6 @@ impl Loader<'_> {
         }
     }
 
-    fn conflict(&self, item: &str, source: StoreError) -> LoadError {
-        LoadError::Conflict {
-            path: self.path.to_path_buf(),
-            item: item.to_string(),
-            source: Box::new(source),
-        }
-    }
-
     /// Warns about each field ztunnel accepts that this version does not act on.
     fn warn_unused(&mut self, item: &str, fields: &[(&str, bool)]) {
         for (field, present) in fields {
@@ -341,9 +327,8 @@ impl Loader<'_> {
         if self.store.service(&service.key()).is_some() {
             return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
         }
-        self.store
-            .insert_service(service)
-            .map_err(|e| self.conflict(&item, e))
+        self.store.insert_service(service);
+        Ok(())
     }
 
     fn add_workload(
@@ -458,9 +443,8 @@ impl Loader<'_> {
                 "{item}: names service {key}, which the file does not define"
             ));
         }
-        self.store
-            .insert_workload(workload)
-            .map_err(|e| self.conflict(&item, e))
+        self.store.insert_workload(workload);
+        Ok(())
     }
 
     /// A workload naming a policy the file does not define is loaded (the policy is simply

@@ -76,16 +76,18 @@ impl Upstream {
 }
 
 impl Store {
-    /// Resolves an original destination seen on `network`. `pick` chooses among the healthy
-    /// endpoints of a service (given their count, returns an index below it), so callers decide
-    /// the spreading policy and tests can be deterministic.
+    /// Resolves an original destination seen on `network` by a client in `client_namespace`
+    /// (which picks among services of several namespaces sharing a VIP). `pick` chooses among
+    /// the healthy endpoints of a service (given their count, returns an index below it), so
+    /// callers decide the spreading policy and tests can be deterministic.
     pub(crate) fn resolve(
         &self,
         network: &str,
+        client_namespace: Option<&str>,
         dst: SocketAddr,
         pick: impl FnOnce(usize) -> usize,
     ) -> Result<Upstream, ResolveError> {
-        if let Some(service) = self.service_by_vip(network, dst.ip()) {
+        if let Some(service) = self.service_by_vip(network, dst.ip(), client_namespace) {
             return self.resolve_service(service, dst, pick);
         }
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {

@@ -2,6 +2,12 @@
 //!
 //! Service endpoints are derived from each workload's `services` map rather than stored
 //! separately, so a workload update can never leave a stale endpoint behind.
+//!
+//! Nothing a control plane sends can conflict here, because istiod really sends all of it:
+//! several workloads on one address (every host-network pod carries its node's IP; a new pod
+//! can arrive before the old pod with the same IP is removed) and one VIP shared by services
+//! in several namespaces (ServiceEntry). The store keeps every claimant, releases an address
+//! only when its last claimant goes, and resolution picks among them as ztunnel does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -10,23 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::types::{NamespacedHostname, NetworkAddress, Policy, PolicyScope, Service, Workload};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StoreError {
-    #[error("workload {uid:?} claims address {address}, already held by workload {holder:?}")]
-    DuplicateWorkloadAddress {
-        uid: String,
-        address: String,
-        holder: String,
-    },
-    #[error("service {key} claims VIP {vip}, already held by service {holder}")]
-    DuplicateVip {
-        key: String,
-        vip: String,
-        holder: String,
-    },
-}
-
-/// One xDS response's worth of changes, applied all-or-nothing by [`Store::apply`].
+/// One xDS response's worth of changes, applied by [`Store::apply`].
 #[derive(Default, Debug)]
 pub struct StoreDelta {
     pub workloads: Vec<Workload>,
@@ -51,33 +41,16 @@ impl StoreDelta {
     }
 }
 
-/// One change [`Store::apply`] made, recorded so a failed delta can be undone. Each entry
-/// holds what the key mapped to before the change; undoing the entries in reverse order
-/// walks the store back through exactly the states it passed through, so re-inserting a
-/// previous value can never conflict.
-enum Undo {
-    Workload {
-        uid: String,
-        previous: Option<Arc<Workload>>,
-    },
-    Service {
-        key: NamespacedHostname,
-        previous: Option<Arc<Service>>,
-    },
-    Policy {
-        key: String,
-        previous: Option<Arc<Policy>>,
-    },
-}
-
 /// Equality compares every index, not just the primary maps, so tests can assert that a
 /// rolled-back store is exactly what it was.
 #[derive(Default, Debug, PartialEq)]
 pub struct Store {
     workloads: HashMap<String, Arc<Workload>>,
-    workload_by_ip: HashMap<NetworkAddress, Arc<Workload>>,
+    /// Every workload claiming each address, in arrival order (see [`Store::workload_by_ip`]).
+    workload_by_ip: HashMap<NetworkAddress, Vec<Arc<Workload>>>,
     services: HashMap<NamespacedHostname, Arc<Service>>,
-    service_by_vip: HashMap<NetworkAddress, Arc<Service>>,
+    /// Every service claiming each VIP, in arrival order (see [`Store::service_by_vip`]).
+    service_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>>,
     services_by_host: HashMap<String, BTreeSet<NamespacedHostname>>,
     /// Service key → uids of the workloads that name it in their `services` map.
     endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
@@ -108,47 +81,31 @@ pub struct ApplicablePolicies {
 }
 
 impl Store {
-    /// Inserts or replaces a workload (keyed by uid). An address already held by another
-    /// workload is refused and the store is left unchanged.
-    pub(crate) fn insert_workload(&mut self, workload: Workload) -> Result<(), StoreError> {
-        self.upsert_workload(workload).map(drop)
-    }
-
-    /// Like [`Store::insert_workload`], returning the workload it replaced.
-    fn upsert_workload(
-        &mut self,
-        mut workload: Workload,
-    ) -> Result<Option<Arc<Workload>>, StoreError> {
+    /// Inserts or replaces a workload (keyed by uid), returning the one it replaced. Its
+    /// addresses may be claimed by other workloads too.
+    pub(crate) fn insert_workload(&mut self, mut workload: Workload) -> Option<Arc<Workload>> {
         // Listed once each, first mention kept: deduplicating here, once per update, keeps
         // `for_each_policy` (every inbound connection) linear in the number of policies.
         let mut seen = std::collections::HashSet::new();
         workload
             .authorization_policies
             .retain(|key| seen.insert(key.clone()));
-        for ip in &workload.workload_ips {
-            let address = NetworkAddress::new(workload.network.clone(), *ip);
-            if let Some(holder) = self.workload_by_ip.get(&address) {
-                if holder.uid != workload.uid {
-                    return Err(StoreError::DuplicateWorkloadAddress {
-                        uid: workload.uid.clone(),
-                        address: address.to_string(),
-                        holder: holder.uid.clone(),
-                    });
-                }
-            }
-        }
         let previous = self.remove_workload(&workload.uid);
         self.index_workload(Arc::new(workload));
-        Ok(previous)
+        previous
     }
 
-    /// Adds a workload whose uid is absent and whose addresses are free (checked by the caller).
+    /// Adds a workload whose uid is absent.
     fn index_workload(&mut self, workload: Arc<Workload>) {
         for ip in &workload.workload_ips {
-            self.workload_by_ip.insert(
-                NetworkAddress::new(workload.network.clone(), *ip),
-                workload.clone(),
-            );
+            let claimants = self
+                .workload_by_ip
+                .entry(NetworkAddress::new(workload.network.clone(), *ip))
+                .or_default();
+            // A workload listing one address twice claims it once.
+            if !claimants.iter().any(|w| w.uid == workload.uid) {
+                claimants.push(workload.clone());
+            }
         }
         for key in workload.services.keys() {
             self.endpoints
@@ -162,8 +119,13 @@ impl Store {
     pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
         let old = self.workloads.remove(uid)?;
         for ip in &old.workload_ips {
-            self.workload_by_ip
-                .remove(&NetworkAddress::new(old.network.clone(), *ip));
+            let address = NetworkAddress::new(old.network.clone(), *ip);
+            if let Some(claimants) = self.workload_by_ip.get_mut(&address) {
+                claimants.retain(|w| w.uid != uid);
+                if claimants.is_empty() {
+                    self.workload_by_ip.remove(&address);
+                }
+            }
         }
         for key in old.services.keys() {
             if let Some(uids) = self.endpoints.get_mut(key) {
@@ -176,35 +138,22 @@ impl Store {
         Some(old)
     }
 
-    /// Inserts or replaces a service (keyed by namespace/hostname). A VIP already held by
-    /// another service is refused and the store is left unchanged.
-    pub(crate) fn insert_service(&mut self, service: Service) -> Result<(), StoreError> {
-        self.upsert_service(service).map(drop)
-    }
-
-    /// Like [`Store::insert_service`], returning the service it replaced.
-    fn upsert_service(&mut self, service: Service) -> Result<Option<Arc<Service>>, StoreError> {
-        for vip in &service.vips {
-            if let Some(holder) = self.service_by_vip.get(vip) {
-                if holder.namespace != service.namespace || holder.hostname != service.hostname {
-                    return Err(StoreError::DuplicateVip {
-                        key: service.key().to_string(),
-                        vip: vip.to_string(),
-                        holder: holder.key().to_string(),
-                    });
-                }
-            }
-        }
+    /// Inserts or replaces a service (keyed by namespace/hostname), returning the one it
+    /// replaced. Its VIPs may be shared with services of other namespaces.
+    pub(crate) fn insert_service(&mut self, service: Service) -> Option<Arc<Service>> {
         let previous = self.remove_service(&service.key());
         self.index_service(Arc::new(service));
-        Ok(previous)
+        previous
     }
 
-    /// Adds a service whose key is absent and whose VIPs are free (checked by the caller).
+    /// Adds a service whose key is absent.
     fn index_service(&mut self, service: Arc<Service>) {
         let key = service.key();
         for vip in &service.vips {
-            self.service_by_vip.insert(vip.clone(), service.clone());
+            let claimants = self.service_by_vip.entry(vip.clone()).or_default();
+            if !claimants.iter().any(|s| s.key() == key) {
+                claimants.push(service.clone());
+            }
         }
         self.services_by_host
             .entry(service.hostname.clone())
@@ -216,7 +165,12 @@ impl Store {
     pub(crate) fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
         let old = self.services.remove(key)?;
         for vip in &old.vips {
-            self.service_by_vip.remove(vip);
+            if let Some(claimants) = self.service_by_vip.get_mut(vip) {
+                claimants.retain(|s| s.namespace != key.namespace || s.hostname != key.hostname);
+                if claimants.is_empty() {
+                    self.service_by_vip.remove(vip);
+                }
+            }
         }
         if let Some(keys) = self.services_by_host.get_mut(&old.hostname) {
             keys.remove(key);
@@ -317,7 +271,7 @@ impl Store {
                 }
             }
         }
-        // Stored workloads list each key once (see `upsert_workload`).
+        // Stored workloads list each key once (see `insert_workload`).
         for key in &workload.authorization_policies {
             let applicable = match self.policies.get(key.as_str()) {
                 Some(policy) if policy.scope == PolicyScope::WorkloadSelector => {
@@ -342,15 +296,36 @@ impl Store {
         self.workloads.get(uid).cloned()
     }
 
+    /// The workload an address resolves to, for routing and for naming a peer: when several
+    /// claim it, the one ztunnel picks — a pod before any other kind (pods are the hardest to
+    /// spoof and the likeliest to be what is really behind the address), then one behind a
+    /// tunnel (HBONE), then the earliest to arrive. Never use this to decide which *local*
+    /// workload (and so which identity) a connection belongs to: see
+    /// [`Store::workloads_at`].
     pub fn workload_by_ip(&self, network: &str, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.workload_by_ip
-            .get(&NetworkAddress::new(network, ip))
-            .cloned()
+        preferred_claimant(self.workloads_at(network, ip).iter()).cloned()
     }
 
-    pub(crate) fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
-        self.service_by_vip
+    /// Every workload claiming `ip` on `network`, in arrival order.
+    pub fn workloads_at(&self, network: &str, ip: IpAddr) -> &[Arc<Workload>] {
+        self.workload_by_ip
             .get(&NetworkAddress::new(network, ip))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The service a client in `client_namespace` reaches at VIP `ip` on `network`: when
+    /// services of several namespaces share the VIP, the one in the client's namespace, else
+    /// the earliest to arrive (ztunnel's choice).
+    pub(crate) fn service_by_vip(
+        &self,
+        network: &str,
+        ip: IpAddr,
+        client_namespace: Option<&str>,
+    ) -> Option<Arc<Service>> {
+        let claimants = self.service_by_vip.get(&NetworkAddress::new(network, ip))?;
+        client_namespace
+            .and_then(|ns| claimants.iter().find(|s| s.namespace == ns))
+            .or_else(|| claimants.first())
             .cloned()
     }
 
@@ -396,114 +371,53 @@ impl Store {
     /// Applies `delta`: removals first, then services, workloads and policies (services
     /// before workloads so a workload may name a service added in the same delta). Within
     /// the delta, the order of entries does not matter, except that the last of two entries
-    /// with the same key wins.
-    ///
-    /// All or nothing: when an upsert conflicts, every change already made is undone and the
-    /// store is exactly as before. The cost is proportional to the delta, not the store: the
-    /// undo log holds only what the delta touched.
-    pub fn apply(&mut self, delta: StoreDelta) -> Result<(), StoreError> {
-        let mut undo = Vec::new();
-        let result = self.apply_logged(delta, &mut undo);
-        if result.is_err() {
-            self.roll_back(undo);
-        }
-        result
-    }
-
-    fn apply_logged(&mut self, delta: StoreDelta, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
+    /// with the same key wins. Nothing in a delta can conflict with the store (see the module
+    /// docs), so every change is made.
+    pub fn apply(&mut self, delta: StoreDelta) {
         for name in &delta.removed_addresses {
-            self.remove_address(name, undo);
+            self.remove_address(name);
         }
-        for key in delta.removed_policies {
-            if let Some(previous) = self.remove_policy(&key) {
-                undo.push(Undo::Policy {
-                    key,
-                    previous: Some(previous),
-                });
-            }
-        }
-        // Each kind in two passes: take out every old version the delta replaces, then insert
-        // the new ones. An address may then move between two entries of the same delta in
-        // any order (A takes B's IP while B moves on); only addresses held outside the delta,
-        // or claimed twice within it, conflict.
-        for service in &delta.services {
-            let key = service.key();
-            if let Some(previous) = self.remove_service(&key) {
-                undo.push(Undo::Service {
-                    key,
-                    previous: Some(previous),
-                });
-            }
+        for key in &delta.removed_policies {
+            self.remove_policy(key);
         }
         for service in delta.services {
-            let key = service.key();
-            let previous = self.upsert_service(service)?;
-            undo.push(Undo::Service { key, previous });
-        }
-        for workload in &delta.workloads {
-            if let Some(previous) = self.remove_workload(&workload.uid) {
-                undo.push(Undo::Workload {
-                    uid: workload.uid.clone(),
-                    previous: Some(previous),
-                });
-            }
+            self.insert_service(service);
         }
         for workload in delta.workloads {
-            let uid = workload.uid.clone();
-            let previous = self.upsert_workload(workload)?;
-            undo.push(Undo::Workload { uid, previous });
+            self.insert_workload(workload);
         }
         for policy in delta.policies {
-            let key = policy.key();
-            let previous = self.index_policy(Arc::new(policy));
-            undo.push(Undo::Policy { key, previous });
+            self.index_policy(Arc::new(policy));
         }
-        Ok(())
     }
 
     /// Removes the Address resource `name`: the workload with that uid if there is one,
     /// else the service whose `namespace/hostname` it is. Unknown names are ignored, as xDS
     /// may repeat a removal.
-    fn remove_address(&mut self, name: &str, undo: &mut Vec<Undo>) {
-        if let Some(previous) = self.remove_workload(name) {
-            undo.push(Undo::Workload {
-                uid: name.to_string(),
-                previous: Some(previous),
-            });
-        } else if let Ok(key) = name.parse::<NamespacedHostname>() {
-            if let Some(previous) = self.remove_service(&key) {
-                undo.push(Undo::Service {
-                    key,
-                    previous: Some(previous),
-                });
+    fn remove_address(&mut self, name: &str) {
+        if self.remove_workload(name).is_none() {
+            if let Ok(key) = name.parse::<NamespacedHostname>() {
+                self.remove_service(&key);
             }
         }
     }
+}
 
-    fn roll_back(&mut self, undo: Vec<Undo>) {
-        for change in undo.into_iter().rev() {
-            match change {
-                Undo::Workload { uid, previous } => {
-                    self.remove_workload(&uid);
-                    if let Some(previous) = previous {
-                        self.index_workload(previous);
-                    }
-                }
-                Undo::Service { key, previous } => {
-                    self.remove_service(&key);
-                    if let Some(previous) = previous {
-                        self.index_service(previous);
-                    }
-                }
-                Undo::Policy { key, previous } => {
-                    self.remove_policy(&key);
-                    if let Some(previous) = previous {
-                        self.index_policy(previous);
-                    }
-                }
-            }
+/// Among workloads claiming one address, the one ztunnel resolves it to (see
+/// [`Store::workload_by_ip`]).
+pub fn preferred_claimant<'a>(
+    claimants: impl Iterator<Item = &'a Arc<Workload>>,
+) -> Option<&'a Arc<Workload>> {
+    let mut best: Option<(u8, &Arc<Workload>)> = None;
+    for w in claimants {
+        let rank = u8::from(w.uid.contains("//Pod/")) * 2
+            + u8::from(w.protocol == super::types::InboundProtocol::Hbone);
+        // Strictly greater: the earliest of equal rank wins.
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, w));
         }
     }
+    best.map(|(_, w)| w)
 }
 
 /// Shared handle to the store: many readers on the data path, rare writers (config updates).

@@ -227,47 +227,52 @@ impl XdsClient {
         let received = response.resources.len();
         let removals = response.removed_resources.len() + response.removed_resource_names.len();
 
-        match response::apply(kind, response, &self.state, &self.defaults) {
-            Ok(applied) => {
-                let (mut added, mut updated, mut removed) = (0usize, 0usize, 0usize);
-                {
-                    let mut s = self.shared.lock();
-                    s.last_apply = Some(applied.duration);
-                    let t = s.of_mut(kind);
-                    for (name, version) in applied.updated {
-                        match t.versions.insert(name, version) {
-                            Some(_) => updated += 1,
-                            None => added += 1,
-                        }
-                    }
-                    for name in &applied.removed {
-                        if t.versions.remove(name).is_some() {
-                            removed += 1;
-                        }
-                    }
-                    t.acks += 1;
-                    t.applied_once |= initial;
+        let applied = response::apply(kind, response, &self.state, &self.defaults);
+        let (mut added, mut updated, mut removed) = (0usize, 0usize, 0usize);
+        {
+            let mut s = self.shared.lock();
+            s.last_apply = Some(applied.duration);
+            let t = s.of_mut(kind);
+            for (name, version) in applied.updated {
+                match t.versions.insert(name, version) {
+                    Some(_) => updated += 1,
+                    None => added += 1,
                 }
-                self.shared.update_synced();
+            }
+            for name in &applied.removed {
+                if t.versions.remove(name).is_some() {
+                    removed += 1;
+                }
+            }
+            t.ignored += applied.ignored.len() as u64;
+            match &applied.rejection {
+                None => t.acks += 1,
+                Some(rejection) => {
+                    t.nacks += 1;
+                    t.last_nack = Some(rejection.to_string());
+                }
+            }
+            // The good part of a first push is the state to serve, NACKed or not: a push
+            // with one bad resource must not keep the tunnel from ever becoming ready.
+            t.applied_once |= initial;
+        }
+        self.shared.update_synced();
+        let ignored = applied.ignored.len();
+        match applied.rejection {
+            None => {
                 tracing::debug!(
-                    kind = kind.label(), %nonce, added, updated, removed,
+                    kind = kind.label(), %nonce, added, updated, removed, ignored,
                     apply = ?applied.duration, "applied xDS push"
                 );
                 (ack(type_url, nonce), Some(kind))
             }
-            Err(rejection) => {
-                let text = rejection.to_string();
-                {
-                    let mut s = self.shared.lock();
-                    let t = s.of_mut(kind);
-                    t.nacks += 1;
-                    t.last_nack = Some(text.clone());
-                }
+            Some(rejection) => {
                 tracing::warn!(
                     address = %self.config.target.address, kind = kind.label(), %nonce,
-                    received, removals, "NACK: {text}"
+                    received, removals, added, updated, removed, ignored,
+                    "NACK (the rest of the push was applied): {rejection}"
                 );
-                (nack(type_url, nonce, &rejection), None)
+                (nack(type_url, nonce, &rejection), Some(kind))
             }
         }
     }

@@ -35,9 +35,19 @@ pub enum AddressResource {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    /// `field` is the proto field path, e.g. `workload.addresses[1]`.
+    /// The resource is wrong: the push is NACKed naming it. `field` is the proto field path,
+    /// e.g. `workload.addresses[1]`.
     #[error("resource {name:?}: {field}: {reason}")]
     Invalid {
+        name: String,
+        field: String,
+        reason: String,
+    },
+    /// The resource uses an enum value this version does not know, where ztunnel drops the
+    /// resource: a newer istiod is not wrong, so the resource is skipped with a warning and the
+    /// push is still ACKed (the last version we understood, if any, stays).
+    #[error("resource {name:?}: {field}: {reason}; not understood by this version, ignored")]
+    Unsupported {
         name: String,
         field: String,
         reason: String,
@@ -50,6 +60,8 @@ pub enum ProtoError {
 struct FieldError {
     field: String,
     reason: String,
+    /// An unknown enum value rather than a wrong one (see [`ProtoError::Unsupported`]).
+    unsupported: bool,
 }
 
 impl FieldError {
@@ -57,6 +69,7 @@ impl FieldError {
         FieldError {
             field: field.into(),
             reason: reason.into(),
+            unsupported: false,
         }
     }
 
@@ -71,10 +84,19 @@ impl FieldError {
     }
 
     fn in_resource(self, name: &str) -> ProtoError {
-        ProtoError::Invalid {
-            name: name.to_string(),
-            field: self.field,
-            reason: self.reason,
+        let (name, field, reason) = (name.to_string(), self.field, self.reason);
+        if self.unsupported {
+            ProtoError::Unsupported {
+                name,
+                field,
+                reason,
+            }
+        } else {
+            ProtoError::Invalid {
+                name,
+                field,
+                reason,
+            }
         }
     }
 }
@@ -138,8 +160,15 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         Ok(wl::WorkloadStatus::Unhealthy) => HealthStatus::Unhealthy,
         Err(_) => return Err(unknown_enum("status", w.status)),
     };
-    let workload_type = wl::WorkloadType::try_from(w.workload_type)
-        .map_err(|_| unknown_enum("workload_type", w.workload_type))?;
+    // Only a label: ztunnel reads an unknown type as the default (DEPLOYMENT), and so do we.
+    let workload_type = wl::WorkloadType::try_from(w.workload_type).unwrap_or_else(|_| {
+        tracing::warn!(
+            resource = name,
+            "workload.workload_type: unknown enum value {}, read as DEPLOYMENT",
+            w.workload_type
+        );
+        wl::WorkloadType::Deployment
+    });
     let services = w
         .services
         .into_iter()
@@ -420,8 +449,13 @@ fn usable_ip_from_bytes(bytes: &[u8]) -> FieldResult<IpAddr> {
     }
 }
 
+/// An enum value this version does not know: the resource is skipped, not NACKed (see
+/// [`ProtoError::Unsupported`]).
 fn unknown_enum(field: &str, value: i32) -> FieldError {
-    FieldError::new(field, format!("unknown enum value {value}"))
+    FieldError {
+        unsupported: true,
+        ..FieldError::new(field, format!("unknown enum value {value}"))
+    }
 }
 
 #[cfg(test)]

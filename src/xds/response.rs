@@ -1,7 +1,12 @@
-//! One delta response in, one verdict out: every resource is decoded and converted first, and
-//! the store changes only if all of them are good and the result is consistent. A response
-//! is either applied whole or NACKed whole, so the data path never sees half a push, and the
-//! last good state keeps serving after a bad one.
+//! One delta response in, one verdict out: every resource is decoded and converted first (off
+//! the lock), then the good ones are applied in one write. A bad resource refuses only itself,
+//! as in ztunnel: the push is applied without it and NACKed naming it and why, and whatever
+//! version of it we had before keeps serving. Refusing the whole push instead would let one
+//! malformed resource (or one istiod bug) freeze every other update on the node, which in a
+//! real cluster means stale endpoints and a tunnel that never becomes ready.
+//!
+//! A resource using an enum value this version does not know (a newer istiod) is not bad: it
+//! is skipped with a warning naming it, and the push is ACKed.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -14,7 +19,7 @@ use nodetunnel_proto::istio::workload::Address;
 use nodetunnel_proto::{AUTHORIZATION_TYPE_URL, WORKLOAD_ADDRESS_TYPE_URL};
 use prost::Message;
 
-use crate::state::{Defaults, StateHandle, StoreDelta, StoreError};
+use crate::state::{Defaults, StateHandle, StoreDelta};
 use crate::xds::convert::{
     address_from_proto, authorization_from_proto, AddressResource, ProtoError,
 };
@@ -24,13 +29,19 @@ use crate::xds::ResourceType;
 /// the log line) bounded when a whole 100k-resource push is bad.
 const MAX_LISTED_PROBLEMS: usize = 20;
 
-/// A response that was applied.
+/// What a response changed, and what it got wrong.
 #[derive(Debug)]
 pub(super) struct Applied {
     /// Resources added or replaced: (name, version).
     pub(super) updated: Vec<(String, String)>,
     /// Names removed (possibly including names we never had; the store ignores those).
     pub(super) removed: Vec<String>,
+    /// Resources skipped because this version does not understand them (logged as warnings;
+    /// the push is still ACKed).
+    pub(super) ignored: Vec<Problem>,
+    /// Why the response is NACKed, when some of its resources were refused; the rest is
+    /// applied all the same.
+    pub(super) rejection: Option<Rejection>,
     /// Time spent waiting for and holding the store's write lock.
     pub(super) duration: Duration,
 }
@@ -56,13 +67,11 @@ pub(super) enum Rejection {
         total: usize,
         problems: Vec<Problem>,
     },
-    #[error("nothing applied: the update conflicts with the current state: {0}")]
-    Conflict(StoreError),
 }
 
 fn describe_problems(total: usize, problems: &[Problem]) -> String {
     let mut text = format!(
-        "rejected {} of {total} resources, nothing applied: ",
+        "rejected {} of {total} resources (the others were applied): ",
         problems.len()
     );
     for (i, p) in problems.iter().take(MAX_LISTED_PROBLEMS).enumerate() {
@@ -77,32 +86,48 @@ fn describe_problems(total: usize, problems: &[Problem]) -> String {
     text
 }
 
-/// Validates `response` (of type `kind`) and applies it to `state` in one step.
+/// Validates `response` (of type `kind`) and applies its good resources to `state` in one
+/// write; the bad ones are listed in [`Applied::rejection`].
 pub(super) fn apply(
     kind: ResourceType,
     response: DeltaDiscoveryResponse,
     state: &StateHandle,
     defaults: &Defaults,
-) -> Result<Applied, Rejection> {
+) -> Applied {
     let total = response.resources.len();
     let mut problems = Vec::new();
+    let mut ignored = Vec::new();
     let mut delta = StoreDelta::default();
     let mut updated = Vec::with_capacity(total);
-    let mut seen: HashSet<String> = HashSet::with_capacity(total);
 
+    // A name both updated and removed is ambiguous: neither happens.
+    let mut removed_names: HashSet<String> = HashSet::new();
+    let mut removed = Vec::new();
+    for name in response
+        .removed_resources
+        .into_iter()
+        .chain(response.removed_resource_names.into_iter().map(|r| r.name))
+    {
+        if name.is_empty() {
+            problems.push(Problem {
+                name: "(removed)".into(),
+                reason: "a removed resource has no name".into(),
+            });
+        } else if removed_names.insert(name.clone()) {
+            removed.push(name);
+        }
+    }
+    let mut seen: HashSet<String> = HashSet::with_capacity(total);
+    let mut both = HashSet::new();
     for (index, resource) in response.resources.into_iter().enumerate() {
-        let name = if resource.name.is_empty() {
-            format!("#{index}")
-        } else {
-            resource.name.clone()
-        };
         if resource.name.is_empty() {
             problems.push(Problem {
-                name,
+                name: format!("#{index}"),
                 reason: "the resource has no name".into(),
             });
             continue;
         }
+        let name = resource.name.clone();
         if !seen.insert(name.clone()) {
             problems.push(Problem {
                 name,
@@ -110,50 +135,70 @@ pub(super) fn apply(
             });
             continue;
         }
-        let version = resource.version.clone();
-        match convert_guarded(kind, resource, defaults, &mut delta) {
-            Ok(()) => updated.push((name, version)),
-            Err(reason) => problems.push(Problem { name, reason }),
-        }
-    }
-
-    let removed: Vec<String> = response
-        .removed_resources
-        .into_iter()
-        .chain(response.removed_resource_names.into_iter().map(|r| r.name))
-        .collect();
-    for name in &removed {
-        if name.is_empty() {
-            problems.push(Problem {
-                name: "(removed)".into(),
-                reason: "a removed resource has no name".into(),
-            });
-        } else if seen.contains(name) {
+        if removed_names.contains(&name) {
             problems.push(Problem {
                 name: name.clone(),
                 reason: "the resource is both updated and removed in this response".into(),
             });
+            both.insert(name);
+            continue;
+        }
+        let version = resource.version.clone();
+        match convert_guarded(kind, resource, defaults, &mut delta) {
+            Ok(()) => updated.push((name, version)),
+            Err(Refused::Invalid(reason)) => problems.push(Problem { name, reason }),
+            Err(Refused::Unsupported(reason)) => {
+                tracing::warn!(kind = kind.label(), resource = %name, "xDS resource ignored: {reason}");
+                ignored.push(Problem { name, reason });
+            }
         }
     }
-
-    if !problems.is_empty() {
-        return Err(Rejection::Invalid { total, problems });
+    // A name appearing twice among the updates is refused whole: drop what was converted.
+    let duplicated: HashSet<&String> = problems
+        .iter()
+        .filter(|p| seen.contains(&p.name) && !both.contains(&p.name))
+        .map(|p| &p.name)
+        .collect();
+    if !duplicated.is_empty() {
+        updated.retain(|(name, _)| !duplicated.contains(name));
+        delta.workloads.retain(|w| !duplicated.contains(&w.uid));
+        delta
+            .services
+            .retain(|s| !duplicated.contains(&s.key().to_string()));
+        delta.policies.retain(|p| !duplicated.contains(&p.key()));
     }
-    let removed: Vec<String> = removed.into_iter().filter(|n| !n.is_empty()).collect();
+    removed.retain(|name| !both.contains(name));
     match kind {
         ResourceType::Address => delta.removed_addresses = removed.clone(),
         ResourceType::Authorization => delta.removed_policies = removed.clone(),
     }
 
     let started = Instant::now();
-    let result = state.write().apply(delta);
+    state.write().apply(delta);
     let duration = started.elapsed();
-    result.map_err(Rejection::Conflict)?;
-    Ok(Applied {
+    let rejection = (!problems.is_empty()).then_some(Rejection::Invalid { total, problems });
+    Applied {
         updated,
         removed,
+        ignored,
+        rejection,
         duration,
-    })
+    }
+}
+
+/// Why one resource was not applied.
+#[derive(Debug)]
+enum Refused {
+    /// It is wrong: NACKed.
+    Invalid(String),
+    /// It uses something this version does not know: skipped with a warning, ACKed.
+    Unsupported(String),
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused::Invalid(reason)
+    }
 }
 
 /// [`convert`], with a panic in the conversion code turned into a rejection of that resource.
@@ -166,7 +211,7 @@ fn convert_guarded(
     resource: Resource,
     defaults: &Defaults,
     delta: &mut StoreDelta,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         convert(kind, resource, defaults, delta)
     }))
@@ -176,9 +221,9 @@ fn convert_guarded(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Err(format!(
+        Err(Refused::Invalid(format!(
             "converting it failed unexpectedly (a bug in nodetunnel): {what}"
-        ))
+        )))
     })
 }
 
@@ -189,16 +234,16 @@ fn convert(
     resource: Resource,
     defaults: &Defaults,
     delta: &mut StoreDelta,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let Some(any) = resource.resource else {
-        return Err("the resource has no body".into());
+        return Err(Refused::Invalid("the resource has no body".into()));
     };
     if any.type_url != kind.type_url() {
-        return Err(format!(
+        return Err(Refused::Invalid(format!(
             "its body is a {:?}, not the response's type {}",
             any.type_url,
             kind.type_url()
-        ));
+        )));
     }
     let name = resource.name.as_str();
     match kind {
@@ -222,9 +267,12 @@ fn convert(
 }
 
 /// The conversion error without the resource name it repeats.
-fn reason(e: ProtoError) -> String {
+fn reason(e: ProtoError) -> Refused {
     match e {
-        ProtoError::Invalid { field, reason, .. } => format!("{field}: {reason}"),
+        ProtoError::Invalid { field, reason, .. } => Refused::Invalid(format!("{field}: {reason}")),
+        ProtoError::Unsupported { field, reason, .. } => {
+            Refused::Unsupported(format!("{field}: {reason}"))
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) struct TypeStatus {
     pub(super) last_nonce: String,
     pub(super) acks: u64,
     pub(super) nacks: u64,
+    /// Resources skipped because this version does not understand them (unknown enums).
+    pub(super) ignored: u64,
     pub(super) last_nack: Option<String>,
     /// The first response of this type on some stream (the whole state) was applied.
     pub(super) applied_once: bool,
@@ -166,6 +168,7 @@ impl XdsHandle {
                 "last_nonce": t.last_nonce,
                 "acks": t.acks,
                 "nacks": t.nacks,
+                "ignored": t.ignored,
                 "last_nack": t.last_nack,
             })
         };

@@ -49,7 +49,7 @@ fn a_rich_mesh_round_trips_through_the_protos() {
         delta.policies.push(policy);
     }
     let mut rebuilt = Store::default();
-    rebuilt.apply(delta).unwrap();
+    rebuilt.apply(delta);
     assert_eq!(rebuilt, original);
 }
 

@@ -9,9 +9,7 @@ const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 /// The server workload, STRICT mTLS mesh-wide, and an ALLOW for the client on port 8080.
 fn store() -> Store {
     let mut store = Store::default();
-    store
-        .insert_workload(workload("server", "10.77.2.10"))
-        .unwrap();
+    store.insert_workload(workload("server", "10.77.2.10"));
     let one_match = |m: PolicyMatch| {
         vec![PolicyRule {
             clauses: vec![PolicyClause { matches: vec![m] }],

@@ -132,7 +132,7 @@ fn a_recheck_decides_on_the_current_destination() {
     let mut store = Store::default();
     let mut updated = workload("server", "10.77.2.10");
     updated.service_account = "renamed".into();
-    store.insert_workload(updated).unwrap();
+    store.insert_workload(updated);
     let now = current(&info, &store);
     assert_eq!(now.destination.service_account, "renamed");
     assert_eq!(now.source_ip, info.source_ip);
@@ -173,8 +173,7 @@ fn watched() -> (
     let state = StateHandle::default();
     state
         .write()
-        .insert_workload(workload("server", "10.77.2.10"))
-        .unwrap();
+        .insert_workload(workload("server", "10.77.2.10"));
     let live = Arc::new(LiveConnections::new());
     let watcher = tokio::spawn(recheck_on_change(
         state.clone(),
@@ -235,13 +234,10 @@ async fn a_workload_update_that_selects_a_deny_policy_revokes() {
 
     let mut selected = workload("server", "10.77.2.10");
     selected.authorization_policies = vec!["default/deny-selected".into()];
-    state
-        .write()
-        .apply(StoreDelta {
-            workloads: vec![selected],
-            ..StoreDelta::default()
-        })
-        .unwrap();
+    state.write().apply(StoreDelta {
+        workloads: vec![selected],
+        ..StoreDelta::default()
+    });
 
     assert_eq!(
         revoked(&mut from_client).await,

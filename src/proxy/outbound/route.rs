@@ -92,8 +92,10 @@ pub fn route(
 ) -> Result<Route, ProxyError> {
     let source = scope
         .local_workload(store, network, source_ip)
-        .ok_or(ProxyError::UnknownSource(source_ip))?;
-    let upstream = store.resolve(network, original_dst, pick)?;
+        .map_err(|miss| {
+            ProxyError::local_miss(miss, source_ip, ProxyError::UnknownSource(source_ip))
+        })?;
+    let upstream = store.resolve(network, Some(&source.namespace), original_dst, pick)?;
     let protocol = if upstream.uses_hbone() {
         OutboundProtocol::Hbone {
             tunnel: SocketAddr::new(upstream.target().ip(), HBONE_PORT),

@@ -12,20 +12,22 @@ fn mesh() -> (Store, NamespacedHostname) {
     let mut svc = service("web.default.svc.cluster.local", "/10.96.0.1");
     svc.subject_alt_names = vec!["spiffe://cluster.local/ns/default/sa/web-san".into()];
     let key = svc.key();
-    store.insert_service(svc).unwrap();
+    store.insert_service(svc);
     let mut a = workload("a", "10.0.0.1");
     a.services.insert(key.clone(), HashMap::from([(80, 9090)]));
     let mut b = workload("b", "10.0.0.2");
     b.services.insert(key.clone(), HashMap::new());
-    store.insert_workload(a).unwrap();
-    store.insert_workload(b).unwrap();
+    store.insert_workload(a);
+    store.insert_workload(b);
     (store, key)
 }
 
 #[test]
 fn workload_ip_resolves_to_that_workload() {
     let (store, _) = mesh();
-    let up = store.resolve("", addr("10.0.0.2:7000"), |_| 0).unwrap();
+    let up = store
+        .resolve("", None, addr("10.0.0.2:7000"), |_| 0)
+        .unwrap();
     assert!(up.uses_hbone());
     assert_eq!(up.target(), addr("10.0.0.2:7000"));
     assert_eq!(
@@ -37,7 +39,9 @@ fn workload_ip_resolves_to_that_workload() {
 #[test]
 fn unknown_ip_passes_through() {
     let (store, _) = mesh();
-    let up = store.resolve("", addr("192.0.2.9:443"), |_| 0).unwrap();
+    let up = store
+        .resolve("", None, addr("192.0.2.9:443"), |_| 0)
+        .unwrap();
     assert_eq!(up, Upstream::Passthrough(addr("192.0.2.9:443")));
     assert!(!up.uses_hbone());
     assert!(up.expected_identities().is_empty());
@@ -48,9 +52,9 @@ fn tcp_workload_does_not_use_hbone() {
     let (mut store, _) = mesh();
     let mut w = workload("plain", "10.0.0.9");
     w.protocol = InboundProtocol::Tcp;
-    store.insert_workload(w).unwrap();
+    store.insert_workload(w);
     assert!(!store
-        .resolve("", addr("10.0.0.9:80"), |_| 0)
+        .resolve("", None, addr("10.0.0.9:80"), |_| 0)
         .unwrap()
         .uses_hbone());
 }
@@ -59,9 +63,13 @@ fn tcp_workload_does_not_use_hbone() {
 fn vip_maps_ports_and_spreads_across_endpoints() {
     let (store, _) = mesh();
     // Endpoint a overrides the target port; b uses the service default.
-    let a = store.resolve("", addr("10.96.0.1:80"), |_| 0).unwrap();
+    let a = store
+        .resolve("", None, addr("10.96.0.1:80"), |_| 0)
+        .unwrap();
     assert_eq!(a.target(), addr("10.0.0.1:9090"));
-    let b = store.resolve("", addr("10.96.0.1:80"), |_| 1).unwrap();
+    let b = store
+        .resolve("", None, addr("10.96.0.1:80"), |_| 1)
+        .unwrap();
     assert_eq!(b.target(), addr("10.0.0.2:8080"));
     let ids = b.expected_identities();
     assert_eq!(ids.len(), 2);
@@ -72,7 +80,9 @@ fn vip_maps_ports_and_spreads_across_endpoints() {
 fn vip_errors_are_specific() {
     let (mut store, key) = mesh();
     assert_eq!(
-        store.resolve("", addr("10.96.0.1:81"), |_| 0).unwrap_err(),
+        store
+            .resolve("", None, addr("10.96.0.1:81"), |_| 0)
+            .unwrap_err(),
         ResolveError::UnknownServicePort {
             service: key.clone(),
             port: 81
@@ -81,10 +91,12 @@ fn vip_errors_are_specific() {
     for uid in ["a", "b"] {
         let mut w = (*store.workload_by_uid(uid).unwrap()).clone();
         w.status = HealthStatus::Unhealthy;
-        store.insert_workload(w).unwrap();
+        store.insert_workload(w);
     }
     assert_eq!(
-        store.resolve("", addr("10.96.0.1:80"), |_| 0).unwrap_err(),
+        store
+            .resolve("", None, addr("10.96.0.1:80"), |_| 0)
+            .unwrap_err(),
         ResolveError::NoHealthyEndpoint { service: key }
     );
 }

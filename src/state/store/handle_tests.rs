@@ -11,15 +11,12 @@ fn every_write_is_announced_and_reads_are_not() {
     drop(state.read());
     assert!(!changes.has_changed().unwrap(), "a read is no change");
 
-    state
-        .write()
-        .insert_workload(workload("a", "10.0.0.1"))
-        .unwrap();
+    state.write().insert_workload(workload("a", "10.0.0.1"));
     assert!(changes.has_changed().unwrap());
     assert_eq!(*changes.borrow_and_update(), 1);
 
     let mut replaced = Store::default();
-    replaced.insert_workload(workload("b", "10.0.0.2")).unwrap();
+    replaced.insert_workload(workload("b", "10.0.0.2"));
     state.replace(replaced);
     assert_eq!(*changes.borrow_and_update(), 2, "a replace is a write");
     assert!(state.read().workload_by_uid("b").is_some());
@@ -47,7 +44,7 @@ fn the_announcement_follows_the_release_of_the_lock() {
     });
     {
         let mut store = state.write();
-        store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+        store.insert_workload(workload("a", "10.0.0.1"));
         assert_eq!(
             *state.changes().borrow(),
             0,

@@ -4,7 +4,7 @@ use crate::state::fixtures::{policy, service, workload};
 #[test]
 fn indexes_workloads_by_ip_and_uid_and_follows_updates() {
     let mut store = Store::default();
-    store.insert_workload(workload("a", "10.0.0.1")).unwrap();
+    store.insert_workload(workload("a", "10.0.0.1"));
     assert_eq!(
         store
             .workload_by_ip("", "10.0.0.1".parse().unwrap())
@@ -13,7 +13,7 @@ fn indexes_workloads_by_ip_and_uid_and_follows_updates() {
         "a"
     );
     // Moving the workload to a new IP drops the old index entry.
-    store.insert_workload(workload("a", "10.0.0.2")).unwrap();
+    store.insert_workload(workload("a", "10.0.0.2"));
     assert!(store
         .workload_by_ip("", "10.0.0.1".parse().unwrap())
         .is_none());
@@ -32,20 +32,53 @@ fn indexes_workloads_by_ip_and_uid_and_follows_updates() {
 }
 
 #[test]
-fn refuses_an_address_held_by_another_workload() {
+fn several_workloads_share_an_address_until_the_last_one_goes() {
+    // istiod sends every host-network pod with its node's IP, and a new pod may arrive before
+    // the old pod with the same IP is removed: neither conflicts.
     let mut store = Store::default();
-    store.insert_workload(workload("a", "10.0.0.1")).unwrap();
-    let err = store
-        .insert_workload(workload("b", "10.0.0.1"))
-        .unwrap_err();
-    assert!(matches!(err, StoreError::DuplicateWorkloadAddress { .. }));
-    assert_eq!(
+    let mut node_agent = workload("Kubernetes//Pod/kube-system/agent", "10.0.0.1");
+    node_agent.protocol = crate::state::types::InboundProtocol::Tcp;
+    store.insert_workload(workload(
+        "Kubernetes/apps/v1/Deployment/default/d",
+        "10.0.0.1",
+    ));
+    store.insert_workload(node_agent.clone());
+    let mut hbone_pod = workload("Kubernetes//Pod/default/p", "10.0.0.1");
+    hbone_pod.protocol = crate::state::types::InboundProtocol::Hbone;
+    store.insert_workload(hbone_pod);
+    let at = |store: &Store| {
         store
-            .workload_by_ip("", "10.0.0.1".parse().unwrap())
-            .unwrap()
-            .uid,
-        "a"
+            .workloads_at("", ip("10.0.0.1"))
+            .iter()
+            .map(|w| w.uid.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at(&store).len(), 3);
+    // ztunnel's choice: a pod in the mesh, then any pod, then the earliest.
+    let best = |store: &Store| {
+        store
+            .workload_by_ip("", ip("10.0.0.1"))
+            .map(|w| w.uid.clone())
+    };
+    assert_eq!(best(&store).as_deref(), Some("Kubernetes//Pod/default/p"));
+    store.remove_workload("Kubernetes//Pod/default/p");
+    assert_eq!(
+        best(&store).as_deref(),
+        Some("Kubernetes//Pod/kube-system/agent")
     );
+    store.remove_workload("Kubernetes//Pod/kube-system/agent");
+    assert_eq!(
+        best(&store).as_deref(),
+        Some("Kubernetes/apps/v1/Deployment/default/d")
+    );
+    // Re-inserting one claimant does not duplicate it; the address goes with the last one.
+    store.insert_workload(node_agent.clone());
+    store.insert_workload(node_agent);
+    assert_eq!(at(&store).len(), 2);
+    store.remove_workload("Kubernetes//Pod/kube-system/agent");
+    store.remove_workload("Kubernetes/apps/v1/Deployment/default/d");
+    assert!(at(&store).is_empty());
+    assert_eq!(store, Store::default(), "no index entry is left behind");
 }
 
 #[test]
@@ -53,20 +86,20 @@ fn derives_service_endpoints_from_workloads() {
     let mut store = Store::default();
     let svc = service("web.default.svc.cluster.local", "/10.96.0.1");
     let key = svc.key();
-    store.insert_service(svc).unwrap();
+    store.insert_service(svc);
     let mut a = workload("a", "10.0.0.1");
     a.services.insert(key.clone(), HashMap::from([(80, 9090)]));
     let mut b = workload("b", "10.0.0.2");
     b.services.insert(key.clone(), HashMap::new());
-    store.insert_workload(a).unwrap();
-    store.insert_workload(b).unwrap();
+    store.insert_workload(a);
+    store.insert_workload(b);
     let uids: Vec<_> = store
         .endpoints(&key)
         .iter()
         .map(|w| w.uid.clone())
         .collect();
     assert_eq!(uids, ["a", "b"]);
-    store.insert_workload(workload("a", "10.0.0.1")).unwrap(); // a leaves the service
+    store.insert_workload(workload("a", "10.0.0.1")); // a leaves the service
     let uids: Vec<_> = store
         .endpoints(&key)
         .iter()
@@ -75,7 +108,7 @@ fn derives_service_endpoints_from_workloads() {
     assert_eq!(uids, ["b"]);
     assert_eq!(
         store
-            .service_by_vip("", "10.96.0.1".parse().unwrap())
+            .service_by_vip("", "10.96.0.1".parse().unwrap(), None)
             .unwrap()
             .key(),
         key
@@ -88,7 +121,7 @@ fn derives_service_endpoints_from_workloads() {
     );
     store.remove_service(&key);
     assert!(store
-        .service_by_vip("", "10.96.0.1".parse().unwrap())
+        .service_by_vip("", "10.96.0.1".parse().unwrap(), None)
         .is_none());
     assert!(store
         .services_by_hostname("web.default.svc.cluster.local")
@@ -96,13 +129,30 @@ fn derives_service_endpoints_from_workloads() {
 }
 
 #[test]
-fn refuses_a_vip_held_by_another_service() {
+fn a_vip_shared_across_namespaces_prefers_the_clients_namespace() {
     let mut store = Store::default();
-    store.insert_service(service("a", "/10.96.0.1")).unwrap();
-    assert!(matches!(
-        store.insert_service(service("b", "/10.96.0.1")),
-        Err(StoreError::DuplicateVip { .. })
-    ));
+    let mut other = service("ext.example.com", "/240.240.0.1");
+    other.namespace = "other".into();
+    store.insert_service(service("ext.example.com", "/240.240.0.1"));
+    store.insert_service(other);
+    fn ns(store: &Store, client: Option<&str>) -> Option<String> {
+        store
+            .service_by_vip("", ip("240.240.0.1"), client)
+            .map(|s| s.namespace.clone())
+    }
+    assert_eq!(ns(&store, Some("other")).as_deref(), Some("other"));
+    assert_eq!(ns(&store, Some("default")).as_deref(), Some("default"));
+    // No namespace, or one with no service of its own: the earliest.
+    assert_eq!(ns(&store, Some("third")).as_deref(), Some("default"));
+    assert_eq!(ns(&store, None).as_deref(), Some("default"));
+    store.remove_service(&key("ext.example.com"));
+    assert_eq!(ns(&store, Some("default")).as_deref(), Some("other"));
+    store.remove_service(&NamespacedHostname {
+        namespace: "other".into(),
+        hostname: "ext.example.com".into(),
+    });
+    assert_eq!(ns(&store, None), None);
+    assert_eq!(store, Store::default(), "no index entry is left behind");
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -119,19 +169,19 @@ fn key(host: &str) -> NamespacedHostname {
 /// Workloads a (in s1), b and x; services s1 and s2; policy default/p1.
 fn mesh() -> Store {
     let mut store = Store::default();
-    store.insert_service(service("s1", "/10.96.0.1")).unwrap();
-    store.insert_service(service("s2", "/10.96.0.2")).unwrap();
+    store.insert_service(service("s1", "/10.96.0.1"));
+    store.insert_service(service("s2", "/10.96.0.2"));
     let mut a = workload("a", "10.0.0.1");
     a.services.insert(key("s1"), HashMap::new());
-    store.insert_workload(a).unwrap();
-    store.insert_workload(workload("b", "10.0.0.2")).unwrap();
-    store.insert_workload(workload("x", "10.0.0.5")).unwrap();
+    store.insert_workload(a);
+    store.insert_workload(workload("b", "10.0.0.2"));
+    store.insert_workload(workload("x", "10.0.0.5"));
     store.insert_policy(policy("default", "p1"));
     store
 }
 
-/// A delta touching every kind of change, whose third workload conflicts with `x`.
-fn delta_failing_at_workload_e() -> StoreDelta {
+/// A delta touching every kind of change; its workload `e` shares `x`'s address.
+fn delta_touching_everything() -> StoreDelta {
     let mut c = workload("c", "10.0.0.3");
     c.services.insert(key("s3"), HashMap::new());
     let mut s1 = service("s1", "/10.96.0.1");
@@ -151,51 +201,19 @@ fn delta_failing_at_workload_e() -> StoreDelta {
 }
 
 #[test]
-fn apply_rolls_back_everything_when_an_upsert_conflicts() {
+fn apply_makes_every_change() {
     let mut store = mesh();
-    let err = store.apply(delta_failing_at_workload_e()).unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::DuplicateWorkloadAddress {
-            uid: "e".into(),
-            address: "/10.0.0.5".into(),
-            holder: "x".into(),
-        }
-    );
-    // Equality covers every index (by IP, VIP, host, endpoints), not only the main maps.
-    assert_eq!(store, mesh());
-}
-
-#[test]
-fn apply_rolls_back_when_a_service_conflicts() {
-    let mut store = mesh();
-    let delta = StoreDelta {
-        removed_addresses: vec!["b".into()],
-        services: vec![service("s3", "/10.96.0.3"), service("s4", "/10.96.0.2")],
-        workloads: vec![workload("c", "10.0.0.3")],
-        ..StoreDelta::default()
-    };
-    assert!(matches!(
-        store.apply(delta),
-        Err(StoreError::DuplicateVip { ref key, ref holder, .. })
-            if key == "default/s4" && holder == "default/s2"
-    ));
-    assert_eq!(store, mesh());
-}
-
-#[test]
-fn apply_without_conflict_makes_every_change() {
-    let mut delta = delta_failing_at_workload_e();
-    delta.workloads.retain(|w| w.uid != "e");
-    let mut store = mesh();
-    store.apply(delta).unwrap();
+    store.apply(delta_touching_everything());
     assert!(store.workload_by_uid("a").is_none());
     assert!(store.service(&key("s2")).is_none());
-    assert!(store.service_by_vip("", ip("10.96.0.2")).is_none());
+    assert!(store.service_by_vip("", ip("10.96.0.2"), None).is_none());
     assert!(store.policy("default/p1").is_none());
     assert!(store.policy("default/p2").is_some());
     assert_eq!(
-        store.service_by_vip("", ip("10.96.0.9")).unwrap().name,
+        store
+            .service_by_vip("", ip("10.96.0.9"), None)
+            .unwrap()
+            .name,
         "s1"
     );
     // a left s1's endpoints with its removal; c joined s3 in the same delta.
@@ -203,9 +221,11 @@ fn apply_without_conflict_makes_every_change() {
     assert_eq!(store.endpoints(&key("s3"))[0].uid, "c");
     assert!(store.workload_by_ip("", ip("10.0.0.2")).is_none());
     assert_eq!(store.workload_by_ip("", ip("10.0.0.4")).unwrap().uid, "b");
+    // e joined x on its address.
+    assert_eq!(store.workloads_at("", ip("10.0.0.5")).len(), 2);
     let mut uids: Vec<_> = store.workloads().map(|w| w.uid.as_str()).collect();
     uids.sort();
-    assert_eq!(uids, ["b", "c", "f", "x"]);
+    assert_eq!(uids, ["b", "c", "e", "f", "x"]);
 }
 
 #[test]
@@ -216,7 +236,7 @@ fn apply_moves_an_ip_from_a_removed_workload_to_an_added_one() {
         workloads: vec![workload("new", "10.0.0.1")],
         ..StoreDelta::default()
     };
-    store.apply(delta).unwrap();
+    store.apply(delta);
     assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "new");
 }
 
@@ -228,28 +248,29 @@ fn apply_does_not_depend_on_the_order_of_entries() {
         workloads: vec![workload("b", "10.0.0.1"), workload("a", "10.0.0.7")],
         ..StoreDelta::default()
     };
-    store.apply(delta).unwrap();
+    store.apply(delta);
     assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "b");
     let swap = StoreDelta {
         workloads: vec![workload("a", "10.0.0.1"), workload("b", "10.0.0.7")],
         services: vec![service("s1", "/10.96.0.2"), service("s2", "/10.96.0.1")],
         ..StoreDelta::default()
     };
-    store.apply(swap).unwrap();
+    store.apply(swap);
     assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "a");
     assert_eq!(
-        store.service_by_vip("", ip("10.96.0.1")).unwrap().name,
+        store
+            .service_by_vip("", ip("10.96.0.1"), None)
+            .unwrap()
+            .name,
         "s2"
     );
-    // Two entries of one delta claiming the same address still conflict.
+    // Two entries of one delta claiming the same address both hold it.
     let twice = StoreDelta {
         workloads: vec![workload("c", "10.0.0.3"), workload("d", "10.0.0.3")],
         ..StoreDelta::default()
     };
-    let before_twice = store.workloads().len();
-    assert!(store.apply(twice).is_err());
-    assert_eq!(store.workloads().len(), before_twice);
-    assert!(store.workload_by_uid("c").is_none());
+    store.apply(twice);
+    assert_eq!(store.workloads_at("", ip("10.0.0.3")).len(), 2);
 }
 
 #[test]
@@ -266,7 +287,7 @@ fn apply_removes_by_uid_then_service_key_and_ignores_unknown_names() {
         removed_policies: vec!["default/none".into()],
         ..StoreDelta::default()
     };
-    store.apply(delta).unwrap();
+    store.apply(delta);
     assert!(store.workload_by_uid("b").is_none());
     assert!(store.service(&key("s1")).is_none());
     assert!(store.services_by_hostname("s1").is_empty());
@@ -276,7 +297,7 @@ fn apply_removes_by_uid_then_service_key_and_ignores_unknown_names() {
 }
 
 #[test]
-fn repeated_keys_in_one_delta_keep_the_last_and_roll_back_cleanly() {
+fn repeated_keys_in_one_delta_keep_the_last() {
     let mut store = mesh();
     let mut second = policy("default", "p1");
     second.action = crate::state::types::PolicyAction::Deny;
@@ -285,22 +306,10 @@ fn repeated_keys_in_one_delta_keep_the_last_and_roll_back_cleanly() {
         workloads: vec![workload("b", "10.0.0.8"), workload("b", "10.0.0.9")],
         ..StoreDelta::default()
     };
-    store.apply(delta).unwrap();
+    store.apply(delta);
     assert_eq!(*store.policy("default/p1").unwrap(), second);
     assert!(store.workload_by_ip("", ip("10.0.0.8")).is_none());
     assert_eq!(store.workload_by_ip("", ip("10.0.0.9")).unwrap().uid, "b");
-
-    let mut store = mesh();
-    let failing = StoreDelta {
-        workloads: vec![
-            workload("b", "10.0.0.8"),
-            workload("b", "10.0.0.9"),
-            workload("y", "10.0.0.5"),
-        ],
-        ..StoreDelta::default()
-    };
-    assert!(store.apply(failing).is_err());
-    assert_eq!(store, mesh());
 }
 
 #[test]
@@ -363,7 +372,7 @@ fn policies_apply_by_scope_and_selection() {
         "other/ns".into(),
         "default/picked".into(),
     ];
-    store.insert_workload(w).unwrap();
+    store.insert_workload(w);
     let w = store.workload_by_uid("a").unwrap();
     assert_eq!(
         w.authorization_policies,
@@ -399,24 +408,4 @@ fn a_policy_changing_scope_moves_between_indexes_and_removal_cleans_them() {
     store.remove_policy("default/p");
     assert_eq!(keys(&store, &w).0, vec![]);
     assert_eq!(store, Store::default(), "no index entry is left behind");
-}
-
-#[test]
-fn a_failed_delta_restores_the_policy_indexes() {
-    let build = || {
-        let mut store = Store::default();
-        store.insert_workload(workload("a", "10.0.0.1")).unwrap();
-        store.insert_policy(scoped("default", "p", PolicyScope::Namespace));
-        store
-    };
-    let mut store = build();
-    let failing = StoreDelta {
-        policies: vec![scoped("default", "p", PolicyScope::Global)],
-        removed_policies: vec!["default/p".into()],
-        // Conflicts with "a": the whole delta is undone.
-        workloads: vec![workload("b", "10.0.0.1")],
-        ..StoreDelta::default()
-    };
-    assert!(store.apply(failing).is_err());
-    assert_eq!(store, build());
 }

@@ -94,6 +94,9 @@ fn policy_error(change: impl FnOnce(&mut Authorization)) -> String {
 fn field_error<T: fmt::Debug>(result: Result<T, ProtoError>) -> String {
     match result {
         Err(ProtoError::Invalid { field, reason, .. }) => format!("{field}: {reason}"),
+        Err(ProtoError::Unsupported { field, reason, .. }) => {
+            format!("unsupported {field}: {reason}")
+        }
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
@@ -157,24 +160,33 @@ fn workload_addresses_must_be_ipv4_or_ipv6() {
 }
 
 #[test]
-fn unknown_enum_values_are_refused() {
+fn unknown_enum_values_skip_the_resource_or_the_field_as_ztunnel_does() {
+    // Where ztunnel drops the resource: Unsupported (skipped with a warning, not NACKed).
     assert_eq!(
         workload_error(|w| w.tunnel_protocol = 7),
-        "workload.tunnel_protocol: unknown enum value 7"
+        "unsupported workload.tunnel_protocol: unknown enum value 7"
     );
     assert_eq!(
         workload_error(|w| w.status = -1),
-        "workload.status: unknown enum value -1"
+        "unsupported workload.status: unknown enum value -1"
     );
     assert_eq!(
-        workload_error(|w| w.workload_type = 9),
-        "workload.workload_type: unknown enum value 9"
+        policy_error(|p| p.scope = 3),
+        "unsupported scope: unknown enum value 3"
     );
-    assert_eq!(policy_error(|p| p.scope = 3), "scope: unknown enum value 3");
     assert_eq!(
         policy_error(|p| p.action = 2),
-        "action: unknown enum value 2"
+        "unsupported action: unknown enum value 2"
     );
+    // Where ztunnel reads the default: the field is ignored.
+    let mut w = valid_workload();
+    w.workload_type = 9;
+    let AddressResource::Workload(w) =
+        address_from_proto(UID, workload_address(w), &defaults()).unwrap()
+    else {
+        panic!("a workload")
+    };
+    assert_eq!(w.workload_type, "deployment");
 }
 
 #[test]

@@ -51,18 +51,24 @@ fn response(resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryRespons
     }
 }
 
-fn problems(r: Result<Applied, Rejection>) -> Vec<Problem> {
-    match r {
-        Err(Rejection::Invalid { problems, .. }) => problems,
+fn problems(r: Applied) -> Vec<Problem> {
+    match r.rejection {
+        Some(Rejection::Invalid { problems, .. }) => problems,
         other => panic!("expected Invalid, got {other:?}"),
     }
+}
+
+/// The response was applied whole: ACKed.
+fn clean(r: Applied) -> Applied {
+    assert!(r.rejection.is_none(), "{:?}", r.rejection);
+    r
 }
 
 #[test]
 fn applies_workloads_and_removals() {
     let state = StateHandle::default();
     let d = Defaults::default();
-    let applied = apply(
+    let applied = clean(apply(
         ResourceType::Address,
         response(
             vec![
@@ -73,25 +79,23 @@ fn applies_workloads_and_removals() {
         ),
         &state,
         &d,
-    )
-    .unwrap();
+    ));
     assert_eq!(applied.updated.len(), 2);
     assert!(state.read().workload_by_uid("uid-a").is_some());
 
-    let applied = apply(
+    let applied = clean(apply(
         ResourceType::Address,
         response(vec![], &["uid-a"]),
         &state,
         &d,
-    )
-    .unwrap();
+    ));
     assert_eq!(applied.removed, vec!["uid-a".to_string()]);
     assert!(state.read().workload_by_uid("uid-a").is_none());
     assert!(state.read().workload_by_uid("uid-b").is_some());
 }
 
 #[test]
-fn one_bad_resource_rejects_the_whole_response() {
+fn one_bad_resource_is_refused_alone() {
     let state = StateHandle::default();
     let d = Defaults::default();
     let r = apply(
@@ -109,8 +113,85 @@ fn one_bad_resource_rejects_the_whole_response() {
     let p = problems(r);
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].name, "uid-bad");
-    // Nothing applied, not even the good one.
-    assert!(state.read().workload_by_uid("uid-good").is_none());
+    // The good one is applied all the same (ztunnel's rule): one bad resource must not freeze
+    // every other update.
+    assert!(state.read().workload_by_uid("uid-good").is_some());
+    assert!(state.read().workload_by_uid("uid-bad").is_none());
+}
+
+#[test]
+fn a_refused_update_keeps_the_version_already_held() {
+    let state = StateHandle::default();
+    let d = Defaults::default();
+    clean(apply(
+        ResourceType::Address,
+        response(vec![addr("uid-a", &workload("uid-a", [10, 0, 0, 1]))], &[]),
+        &state,
+        &d,
+    ));
+    let r = apply(
+        ResourceType::Address,
+        response(
+            vec![addr("uid-a", &workload_bytes("uid-a", vec![10, 0, 0]))],
+            &[],
+        ),
+        &state,
+        &d,
+    );
+    assert_eq!(problems(r)[0].name, "uid-a");
+    let kept = state.read().workload_by_uid("uid-a").unwrap();
+    assert_eq!(
+        kept.workload_ips,
+        vec![std::net::IpAddr::from([10, 0, 0, 1])]
+    );
+}
+
+#[test]
+fn an_unknown_enum_value_skips_the_resource_without_a_nack() {
+    let state = StateHandle::default();
+    let d = Defaults::default();
+    let mut newer = workload("uid-new", [10, 0, 0, 2]);
+    if let Some(address::Type::Workload(w)) = &mut newer.r#type {
+        w.tunnel_protocol = 7; // a protocol a newer istiod knows
+    }
+    let mut policy = Authorization {
+        name: "audit".into(),
+        namespace: "default".into(),
+        scope: Scope::Namespace as i32,
+        ..Default::default()
+    };
+    policy.action = 9;
+    let r = apply(
+        ResourceType::Address,
+        response(
+            vec![
+                addr("uid-a", &workload("uid-a", [10, 0, 0, 1])),
+                addr("uid-new", &newer),
+            ],
+            &[],
+        ),
+        &state,
+        &d,
+    );
+    let r = clean(r);
+    assert_eq!(r.ignored.len(), 1);
+    assert_eq!(r.ignored[0].name, "uid-new");
+    assert!(
+        r.ignored[0].reason.contains("tunnel_protocol"),
+        "{:?}",
+        r.ignored
+    );
+    assert!(state.read().workload_by_uid("uid-a").is_some());
+    assert!(state.read().workload_by_uid("uid-new").is_none());
+
+    let mut resp = response(
+        vec![resource("default/audit", AUTHORIZATION_TYPE_URL, &policy)],
+        &[],
+    );
+    resp.type_url = AUTHORIZATION_TYPE_URL.into();
+    let r = clean(apply(ResourceType::Authorization, resp, &state, &d));
+    assert_eq!(r.ignored[0].name, "default/audit");
+    assert_eq!(state.read().policies().count(), 0);
 }
 
 #[test]
@@ -174,10 +255,10 @@ fn envelope_problems_are_named() {
 }
 
 #[test]
-fn store_conflicts_are_rejected_whole() {
+fn workloads_sharing_an_address_are_all_accepted() {
     let state = StateHandle::default();
     let d = Defaults::default();
-    let r = apply(
+    clean(apply(
         ResourceType::Address,
         response(
             vec![
@@ -188,12 +269,8 @@ fn store_conflicts_are_rejected_whole() {
         ),
         &state,
         &d,
-    );
-    match r {
-        Err(e @ Rejection::Conflict(_)) => assert!(e.to_string().contains("10.0.0.1"), "{e}"),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
-    assert!(state.read().workloads().next().is_none());
+    ));
+    assert_eq!(state.read().workloads_at("", [10, 0, 0, 1].into()).len(), 2);
 }
 
 #[test]
@@ -213,7 +290,7 @@ fn policies_and_removed_resource_names() {
         &[],
     );
     resp.type_url = AUTHORIZATION_TYPE_URL.into();
-    apply(ResourceType::Authorization, resp, &state, &d).unwrap();
+    clean(apply(ResourceType::Authorization, resp, &state, &d));
     assert_eq!(state.read().policies().count(), 1);
 
     // The newer `removed_resource_names` form counts as a removal too.
@@ -223,7 +300,7 @@ fn policies_and_removed_resource_names() {
         name: "default/deny-80".into(),
         dynamic_parameter_constraints: None,
     }];
-    let applied = apply(ResourceType::Authorization, resp, &state, &d).unwrap();
+    let applied = clean(apply(ResourceType::Authorization, resp, &state, &d));
     assert_eq!(applied.removed, vec!["default/deny-80".to_string()]);
     assert_eq!(state.read().policies().count(), 0);
 }

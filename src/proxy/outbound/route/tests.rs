@@ -24,16 +24,16 @@ fn mesh() -> Store {
     let mut svc = service("server.default.svc.cluster.local", "/10.96.0.10");
     svc.subject_alt_names = vec!["spiffe://cluster.local/ns/default/sa/server-san".into()];
     let key = svc.key();
-    store.insert_service(svc).unwrap();
-    store.insert_workload(workload("client", CLIENT)).unwrap();
+    store.insert_service(svc);
+    store.insert_workload(workload("client", CLIENT));
     let mut server = workload("server", "10.77.2.10");
     server.node = "n2".into();
     server.services.insert(key, HashMap::new());
-    store.insert_workload(server).unwrap();
+    store.insert_workload(server);
     let mut plain = workload("plain", "10.77.2.30");
     plain.node = "n2".into();
     plain.protocol = InboundProtocol::Tcp;
-    store.insert_workload(plain).unwrap();
+    store.insert_workload(plain);
     store
 }
 
@@ -165,4 +165,57 @@ fn an_unknown_service_port_has_no_route() {
         "{err:?}"
     );
     assert_eq!(err.flag(), "no_route");
+}
+
+/// Several workloads on the client's address: another node's or the same identity's claimants
+/// do not matter; two local ones with different identities leave the source ambiguous, and
+/// the connection is refused rather than sent with a guessed identity.
+#[test]
+fn a_source_address_shared_by_local_workloads_of_different_identities_is_refused() {
+    let mut store = mesh();
+    // A host-network pod of another node's view and a stale copy of the client (a reused
+    // IP): neither makes the source ambiguous.
+    let mut elsewhere = workload("Kubernetes//Pod/kube-system/agent-n2", CLIENT);
+    elsewhere.node = "n2".into();
+    elsewhere.service_account = "agent".into();
+    store.insert_workload(elsewhere);
+    let mut stale = workload("client-old", CLIENT);
+    stale.service_account = "client".into();
+    store.insert_workload(stale);
+    let r = route_from_client(&store, VIP).unwrap();
+    assert_eq!(r.source.identity(), id("client"));
+
+    let mut other = workload("Kubernetes//Pod/default/intruder", CLIENT);
+    other.service_account = "intruder".into();
+    store.insert_workload(other);
+    match route_from_client(&store, VIP) {
+        Err(ProxyError::AmbiguousLocal { ip, uids }) => {
+            assert_eq!(ip, CLIENT.parse::<IpAddr>().unwrap());
+            assert_eq!(uids.len(), 3, "{uids:?}");
+            assert!(uids.contains(&"Kubernetes//Pod/default/intruder".to_string()));
+        }
+        other => panic!("expected an ambiguous source, got {other:?}"),
+    }
+}
+
+/// Services of two namespaces share a VIP (ServiceEntry): the client's namespace wins.
+#[test]
+fn a_shared_vip_resolves_to_the_service_in_the_clients_namespace() {
+    let mut store = mesh();
+    let mut other = service("server.default.svc.cluster.local", "/10.96.0.10");
+    other.namespace = "other".into();
+    let key = other.key();
+    store.insert_service(other);
+    let mut backend = workload("other-backend", "10.77.2.40");
+    backend.namespace = "other".into();
+    backend.node = "n2".into();
+    backend.services.insert(key, HashMap::new());
+    store.insert_workload(backend);
+    let r = route_from_client(&store, VIP).unwrap();
+    assert_eq!(r.target(), addr("10.77.2.10:8080"), "default's own service");
+    let mut client = (*store.workload_by_uid("client").unwrap()).clone();
+    client.namespace = "other".into();
+    store.insert_workload(client);
+    let r = route_from_client(&store, VIP).unwrap();
+    assert_eq!(r.target(), addr("10.77.2.40:8080"), "other's service");
 }
