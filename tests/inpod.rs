@@ -809,3 +809,53 @@ fn passthrough_to_a_non_mesh_pod_leaves_from_the_pod_with_its_own_address() {
     assert!(line.contains(&dst.to_string()), "{line}");
     assert_eq!(mesh.established_on("plain", 15008), 0);
 }
+
+/// Resources of the Address type the tunnel on `node` holds (its `/metrics`).
+fn address_resources(mesh: &Mesh, node: &str) -> Option<u64> {
+    let (_, body) = mesh
+        .tunnel(node)
+        .ns()
+        .run(|| nodetunnel_testbed::tunnel::http_get(nodetunnel_testbed::port::METRICS, "/metrics"))
+        .ok()?;
+    body.lines()
+        .filter(|l| {
+            l.starts_with("nodetunnel_xds_resources") && l.contains("istio.workload.Address")
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A pod enrolled (ZDS) before its workload reaches the tunnel over xDS connects at once: the
+/// tunnel holds the connection (up to 5 s, as ztunnel) until the workload arrives, instead of
+/// refusing it.
+#[test]
+fn a_pod_connecting_before_its_workload_arrives_is_served_once_it_does() {
+    let Some(mesh) = Mesh::start("inpod_wait_workload") else {
+        return;
+    };
+    let _server = mesh.server("server", SERVER_PORT, echo_handler);
+    let config = mesh.topo.path("mesh.yaml");
+    let full = MeshConfig::standard(SERVER_PORT);
+    let before = address_resources(&mesh, "n1").expect("the address count");
+    // client2 stays enrolled, but the control plane forgets its workload.
+    let mut without = full.clone();
+    without.workloads.retain(|w| w.name != "client2");
+    without.write(&config).expect("rewriting the mesh config");
+    assert_eventually!(
+        address_resources(&mesh, "n1") == Some(before - 1),
+        Duration::from_secs(20),
+        "n1 never dropped client2's workload"
+    );
+
+    // client2 connects while its workload is unknown: the tunnel's capture listener accepts
+    // and holds the connection ...
+    let mut s = mesh
+        .connect("client2", server_addr())
+        .expect("connecting from client2");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // ... a moment passes (a refusing tunnel would have closed it by now) ...
+    std::thread::sleep(Duration::from_millis(500));
+    // ... and the workload arrives.
+    full.write(&config).expect("restoring the mesh config");
+    echo_roundtrip(&mut s, b"held until my workload arrived")
+        .expect("the held connection is carried once the workload arrives");
+}

@@ -21,9 +21,8 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
-    addr, connect_from, env_refs, generate_ca, namespaces_available, port, tunnel_env, Ca,
-    Capture, ControlPlane, Mesh, MeshConfig, Protocol, Server, Service, Topology, Tunnel,
-    Workload,
+    addr, connect_from, env_refs, generate_ca, namespaces_available, port, tunnel_env, Ca, Capture,
+    ControlPlane, Mesh, MeshConfig, Protocol, Server, Service, Topology, Tunnel, Workload,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -200,7 +199,10 @@ fn host_network_pods_and_a_shared_vip_are_accepted_and_routed_as_ztunnel_would()
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).expect("other's service answers");
-    assert_eq!(got, OTHER_TAG, "client2 in `other` reached other's endpoint port");
+    assert_eq!(
+        got, OTHER_TAG,
+        "client2 in `other` reached other's endpoint port"
+    );
     drop(s); // the access line is written when the connection ends
 
     // It went over HBONE to the endpoint other's service chose, dialed as the shared VIP.

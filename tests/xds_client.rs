@@ -947,3 +947,41 @@ async fn unusable_address_or_root_fails_at_start() {
         "{err}"
     );
 }
+
+/// A newer istiod may send enum values this version does not know: the resource is skipped
+/// with a warning (as ztunnel drops it) and the push is ACKed, its other resources applied.
+#[tokio::test]
+async fn an_unknown_enum_value_is_skipped_and_the_push_acked() {
+    let pki = pki();
+    let mut server = AdsServer::start(&pki, None).await;
+    let tunnel = start_client(server.address(), &pki);
+    let mut s = server.session().await;
+    s.sync_standard().await;
+
+    let mut newer = workload("uid-newer", [10, 0, 0, 20]);
+    if let Some(address::Type::Workload(w)) = &mut newer.r#type {
+        w.tunnel_protocol = 42; // a tunnel protocol of some future istiod
+    }
+    s.push_acked(
+        WORKLOAD_ADDRESS_TYPE_URL,
+        vec![
+            address("uid-a", "v2", workload("uid-a", [10, 0, 0, 21])),
+            address("uid-newer", "v1", newer),
+        ],
+        &[],
+    )
+    .await;
+    let store = tunnel.state.read();
+    assert!(store.workload_by_uid("uid-newer").is_none());
+    assert_eq!(
+        store.workload_by_uid("uid-a").unwrap().workload_ips,
+        vec![ip("10.0.0.21")]
+    );
+    drop(store);
+    let snap = tunnel.handle.snapshot();
+    assert_eq!(
+        snap["types"][WORKLOAD_ADDRESS_TYPE_URL]["ignored"], 1,
+        "{snap}"
+    );
+    assert_eq!(tunnel.handle.stats().addresses.nacks, 0);
+}
