@@ -337,3 +337,44 @@ fn a_client_of_another_trust_domain_is_refused() {
     }
     assert_eq!(server.accepted(), 1, "a refused client reached the server");
 }
+
+/// A CONNECT naming the service by hostname (`hostname:port`, what waypoints and newer peers
+/// send) is delivered to the dialed workload on the port its service maps the service port to;
+/// a hostname or service port no service defines is refused with 400, and the connection keeps
+/// serving.
+#[test]
+fn connect_by_service_hostname_reaches_the_dialed_workload() {
+    let Some(bed) = Bed::start("inbound_hostname", &[]) else {
+        return;
+    };
+    let _server = bed.server(on(addr::SERVER, SERVER_PORT));
+    let hbone = bed.dial(addr::SERVER);
+
+    let reply = hbone
+        .connect_authority("server.default.svc.cluster.local:80")
+        .expect("CONNECT by hostname answered");
+    assert_eq!(reply.status, StatusCode::OK, "CONNECT by service hostname");
+    let mut stream = reply.into_stream().expect("a 200 carries a stream");
+    stream
+        .echo(b"by hostname")
+        .expect("the echo through the hostname CONNECT");
+
+    for refused in [
+        "nowhere.example.com:80",
+        "server.default.svc.cluster.local:81",
+    ] {
+        let reply = hbone
+            .connect_authority(refused)
+            .unwrap_or_else(|e| panic!("CONNECT {refused}: no answer: {e}"));
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "CONNECT {refused}");
+        assert!(reply.into_stream().is_none());
+    }
+    assert_eventually!(
+        !bed.tunnel
+            .access_lines(&[("flag", "unknown_hostname")])
+            .is_empty(),
+        WAIT,
+        "no access line flags the unknown hostname"
+    );
+    assert_still_usable(&hbone, on(addr::SERVER, SERVER_PORT), "after the refusals");
+}

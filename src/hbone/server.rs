@@ -18,8 +18,59 @@ use super::stream::H2Stream;
 pub enum RequestError {
     #[error("method {0} is not CONNECT")]
     NotConnect(String),
-    #[error("CONNECT authority {0:?} is not <ip>:<port>")]
+    #[error("CONNECT authority {0:?} is neither <ip>:<port> nor <hostname>:<port>")]
     BadAuthority(String),
+}
+
+/// What a CONNECT asks for: an address, or a service by hostname and service port (what
+/// waypoints and newer ztunnels send, `hostname:port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectTarget {
+    Addr(SocketAddr),
+    Hostname { host: String, port: u16 },
+}
+
+impl ConnectTarget {
+    /// Parses a CONNECT authority. A hostname must be a DNS name (letters, digits, `-`, `.`;
+    /// at most 253 characters) and the port nonzero: anything else is not a target.
+    pub fn parse(authority: &str) -> Option<ConnectTarget> {
+        if let Ok(addr) = authority.parse::<SocketAddr>() {
+            return Some(ConnectTarget::Addr(crate::socket::canonical(addr)));
+        }
+        let (host, port) = authority.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let dns_name = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63 && !label.starts_with('-'))
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            // An all-numeric name would be a malformed IP address, not a hostname.
+            && host.bytes().any(|b| b.is_ascii_alphabetic());
+        dns_name.then(|| ConnectTarget::Hostname {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The address, when the CONNECT named one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            ConnectTarget::Addr(addr) => Some(*addr),
+            ConnectTarget::Hostname { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectTarget::Addr(addr) => write!(f, "{addr}"),
+            ConnectTarget::Hostname { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// One incoming CONNECT stream, not yet answered.
@@ -29,8 +80,9 @@ pub struct IncomingStream {
 }
 
 impl IncomingStream {
-    /// The requested `ip:port`, or why the request is not a valid HBONE CONNECT.
-    pub fn target(&self) -> Result<SocketAddr, RequestError> {
+    /// The requested `ip:port` or `hostname:port`, or why the request is not a valid HBONE
+    /// CONNECT.
+    pub fn target(&self) -> Result<ConnectTarget, RequestError> {
         if self.request.method() != Method::CONNECT {
             return Err(RequestError::NotConnect(self.request.method().to_string()));
         }
@@ -40,10 +92,8 @@ impl IncomingStream {
             .authority()
             .map(|a| a.as_str())
             .unwrap_or_default();
-        authority
-            .parse::<SocketAddr>()
-            .map(crate::socket::canonical)
-            .map_err(|_| RequestError::BadAuthority(authority.to_string()))
+        ConnectTarget::parse(authority)
+            .ok_or_else(|| RequestError::BadAuthority(authority.to_string()))
     }
 
     /// Answers with an error status and ends the stream.
@@ -99,4 +149,45 @@ where
         tokio::spawn(handle(IncomingStream { request, respond }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::ConnectTarget;
+
+    #[test]
+    fn authorities_parse_as_an_address_or_a_service_hostname() {
+        assert_eq!(
+            ConnectTarget::parse("10.0.0.1:80"),
+            Some(ConnectTarget::Addr("10.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            ConnectTarget::parse("[fd00::1]:443").and_then(|t| t.addr()),
+            Some("[fd00::1]:443".parse().unwrap())
+        );
+        assert_eq!(
+            ConnectTarget::parse("Web.Default.svc.cluster.local:8080"),
+            Some(ConnectTarget::Hostname {
+                host: "web.default.svc.cluster.local".into(),
+                port: 8080
+            })
+        );
+        for bad in [
+            "",
+            "web",
+            "web:",
+            "web:0",
+            "web:70000",
+            ":80",
+            "a..b:80",
+            "-a.b:80",
+            "a b:80",
+            "10.0.0.300:80",
+            "1.2.3:80",
+            "web/x:80",
+            "[::1]:80x",
+        ] {
+            assert_eq!(ConnectTarget::parse(bad), None, "{bad:?}");
+        }
+    }
 }

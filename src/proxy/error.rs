@@ -44,6 +44,10 @@ pub enum ProxyError {
     BadRequest(#[from] RequestError),
     #[error("CONNECT target {target} is not a workload served by this tunnel")]
     NotLocal { target: std::net::SocketAddr },
+    #[error(
+        "CONNECT target {hostname} names no service with a target port for the dialed workload"
+    )]
+    UnknownHostname { hostname: String },
     #[error("CONNECT target {target} was sent to {dialed}, which belongs to another workload")]
     TargetMismatch {
         target: std::net::SocketAddr,
@@ -76,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::NotLocal { .. }
+            | ProxyError::UnknownHostname { .. }
             | ProxyError::TargetMismatch { .. }
             | ProxyError::SelfLoop(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => StatusCode::UNAUTHORIZED,
@@ -128,6 +133,7 @@ impl ProxyError {
             | ProxyError::InboundStream { .. } => "hbone_connect_failed",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotLocal { .. } | ProxyError::TargetMismatch { .. } => "not_local",
+            ProxyError::UnknownHostname { .. } => "unknown_hostname",
             ProxyError::Denied(_) => "policy_denied",
             ProxyError::PolicyRevoked(_) => "policy_revoked",
             ProxyError::InboundTls(_) | ProxyError::PeerIdentity(_) => "tls_error",

@@ -16,7 +16,7 @@ use super::connect::connect_plain;
 use super::copy::{copy_bidirectional_until, Ended, Transferred};
 use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
-use crate::hbone::server::{self, IncomingStream};
+use crate::hbone::server::{self, ConnectTarget, IncomingStream};
 use crate::identity::Identity;
 use crate::socket;
 use crate::state::Store;
@@ -94,7 +94,7 @@ async fn serve_connection(
 
 async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingStream) {
     let requested = incoming.target();
-    let requested_addr = requested.as_ref().ok().copied();
+    let requested_addr = requested.as_ref().ok().and_then(ConnectTarget::addr);
     // Check, describe and authorize on one snapshot of the state, released before any await.
     let (mut record, admitted) = {
         let store = pi.state.read();
@@ -208,13 +208,28 @@ async fn deliver(
 }
 
 /// The CONNECT target, if it is a workload this tunnel serves and the one the TLS session was
-/// made for.
+/// made for. A target named by service hostname (`hostname:port`, from waypoints and newer
+/// peers) is delivered to the dialed workload, on the port that service maps the service port
+/// to for it (as ztunnel does).
 fn check_target(
     pi: &ProxyInputs,
     store: &Store,
     peer: &PeerInfo,
-    target: SocketAddr,
+    requested: ConnectTarget,
 ) -> Result<InboundTarget, ProxyError> {
+    let target = match requested {
+        ConnectTarget::Addr(addr) => addr,
+        ConnectTarget::Hostname { host, port } => {
+            let workload = pi.local_workload_in(store, peer.dialed).map_err(|miss| {
+                let target = SocketAddr::new(peer.dialed, port);
+                ProxyError::local_miss(miss, peer.dialed, ProxyError::NotLocal { target })
+            })?;
+            SocketAddr::new(
+                peer.dialed,
+                hostname_target_port(store, &workload, &host, port)?,
+            )
+        }
+    };
     if pi.is_own_port(target) {
         // On the workload's address or any other: a stream into the tunnel itself would be a
         // second layer of HBONE, or the admin and metrics endpoints reached from the mesh.
@@ -234,4 +249,33 @@ fn check_target(
         addr: target,
         workload,
     })
+}
+
+/// The port a CONNECT to service `host`:`service_port` reaches on `workload`: the workload's
+/// own mapping for that service, else the service's target port; a service port the service
+/// does not map to a number is refused (there is no port to deliver to).
+fn hostname_target_port(
+    store: &Store,
+    workload: &crate::state::Workload,
+    host: &str,
+    service_port: u16,
+) -> Result<u16, ProxyError> {
+    let unknown = || ProxyError::UnknownHostname {
+        hostname: format!("{host}:{service_port}"),
+    };
+    let service = store
+        .service_by_hostname(host, &workload.namespace)
+        .ok_or_else(unknown)?;
+    let own = workload
+        .services
+        .get(&service.key())
+        .and_then(|ports| ports.get(&service_port))
+        .copied()
+        .filter(|p| *p != 0);
+    let default = service
+        .ports
+        .get(&service_port)
+        .copied()
+        .filter(|p| *p != 0);
+    own.or(default).ok_or_else(unknown)
 }

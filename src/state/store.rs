@@ -333,6 +333,21 @@ impl Store {
         self.services.get(key).cloned()
     }
 
+    /// The service named `hostname` for a workload in `namespace`: when several namespaces
+    /// define the hostname (ServiceEntry), the one in `namespace`, else the first by key
+    /// (ztunnel's preference).
+    pub(crate) fn service_by_hostname(
+        &self,
+        hostname: &str,
+        namespace: &str,
+    ) -> Option<Arc<Service>> {
+        let keys = self.services_by_host.get(hostname)?;
+        keys.iter()
+            .find(|k| k.namespace == namespace)
+            .or_else(|| keys.iter().next())
+            .and_then(|k| self.services.get(k).cloned())
+    }
+
     #[cfg(test)]
     pub(crate) fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
         self.services_by_host

@@ -55,7 +55,7 @@ async fn a_denied_stream_is_refused_with_401_and_the_connection_stays_up() {
         // Port 1 stands for a connection the policy denies.
         let handle = |incoming: server::IncomingStream| async move {
             let decision = match incoming.target() {
-                Ok(t) if t.port() == 1 => deny(),
+                Ok(t) if t.addr().is_some_and(|a| a.port() == 1) => deny(),
                 _ => Decision::Allow(AllowReason::NoAllowPolicies),
             };
             match admit(decision) {
