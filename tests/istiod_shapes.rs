@@ -48,6 +48,7 @@ fn host_network_pods(node: &str, ip: Ipv4Addr) -> Vec<Workload> {
                 .service_account(name)
                 .protocol(Protocol::Tcp);
             w.namespace = "kube-system".into();
+            w.host_network = true;
             w
         })
         .collect()

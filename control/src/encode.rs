@@ -79,6 +79,11 @@ pub fn workload_to_proto(workload: &Workload) -> Address {
         } as i32,
         cluster_id: workload.cluster_id.clone(),
         authorization_policies: workload.authorization_policies.clone(),
+        network_mode: if workload.host_network {
+            wl::NetworkMode::HostNetwork
+        } else {
+            wl::NetworkMode::Standard
+        } as i32,
         ..Default::default()
     };
     Address {

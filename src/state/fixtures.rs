@@ -25,6 +25,7 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         status: HealthStatus::Healthy,
         services: HashMap::new(),
         authorization_policies: vec![],
+        host_network: false,
     }
 }
 

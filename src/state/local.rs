@@ -145,7 +145,9 @@ struct LocalWorkload {
     // Accepted (ztunnel's format has them) but not acted on yet: each one present is warned about.
     waypoint: Option<serde_yaml_ng::Value>,
     network_gateway: Option<serde_yaml_ng::Value>,
-    network_mode: Option<serde_yaml_ng::Value>,
+    /// `HostNetwork` (or istiod's `HOST_NETWORK`) for a host-network pod; `Standard` by default.
+    #[serde(default)]
+    network_mode: String,
     native_tunnel: Option<serde_yaml_ng::Value>,
     application_tunnel: Option<serde_yaml_ng::Value>,
     locality: Option<serde_yaml_ng::Value>,
@@ -349,7 +351,6 @@ impl Loader<'_> {
             &[
                 ("waypoint", w.waypoint.is_some()),
                 ("networkGateway", w.network_gateway.is_some()),
-                ("networkMode", w.network_mode.is_some()),
                 ("nativeTunnel", w.native_tunnel.is_some()),
                 ("applicationTunnel", w.application_tunnel.is_some()),
                 ("locality", w.locality.is_some()),
@@ -372,6 +373,21 @@ impl Loader<'_> {
                 return Err(self.invalid(&item, format!("`workloadIps[{i}]` {ip}: {reason}")));
             }
         }
+        let host_network = match w
+            .network_mode
+            .to_ascii_lowercase()
+            .replace('_', "")
+            .as_str()
+        {
+            "" | "standard" => false,
+            "hostnetwork" => true,
+            other => {
+                return Err(self.invalid(
+                    &item,
+                    format!("`networkMode` {other:?} is not one of Standard, HostNetwork"),
+                ))
+            }
+        };
         let workload_type = if w.workload_type.is_empty() {
             String::new()
         } else {
@@ -420,6 +436,7 @@ impl Loader<'_> {
             },
             services: w.services,
             authorization_policies: w.authorization_policies,
+            host_network,
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {

@@ -97,7 +97,11 @@ impl Store {
 
     /// Adds a workload whose uid is absent.
     fn index_workload(&mut self, workload: Arc<Workload>) {
-        for ip in &workload.workload_ips {
+        for ip in workload
+            .workload_ips
+            .iter()
+            .filter(|_| !workload.host_network)
+        {
             let claimants = self
                 .workload_by_ip
                 .entry(NetworkAddress::new(workload.network.clone(), *ip))
@@ -118,7 +122,7 @@ impl Store {
 
     pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
         let old = self.workloads.remove(uid)?;
-        for ip in &old.workload_ips {
+        for ip in old.workload_ips.iter().filter(|_| !old.host_network) {
             let address = NetworkAddress::new(old.network.clone(), *ip);
             if let Some(claimants) = self.workload_by_ip.get_mut(&address) {
                 claimants.retain(|w| w.uid != uid);

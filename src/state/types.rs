@@ -117,6 +117,11 @@ pub struct Workload {
     /// Keys (`namespace/name`) of the workload-selector policies that select this workload.
     /// Namespace and global policies are not listed: they apply by their scope.
     pub authorization_policies: Vec<String>,
+    /// A host-network pod (`network_mode: HOST_NETWORK`): its addresses are its node's, shared
+    /// with every other host-network pod there, so they identify nothing. As in ztunnel, the
+    /// store does not index such a workload by address (it is found by uid and as a service
+    /// endpoint only).
+    pub host_network: bool,
 }
 
 impl Workload {

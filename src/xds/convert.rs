@@ -160,6 +160,11 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         Ok(wl::WorkloadStatus::Unhealthy) => HealthStatus::Unhealthy,
         Err(_) => return Err(unknown_enum("status", w.status)),
     };
+    let host_network = match wl::NetworkMode::try_from(w.network_mode) {
+        Ok(wl::NetworkMode::Standard) => false,
+        Ok(wl::NetworkMode::HostNetwork) => true,
+        Err(_) => return Err(unknown_enum("network_mode", w.network_mode)),
+    };
     // Only a label: ztunnel reads an unknown type as the default (DEPLOYMENT), and so do we.
     let workload_type = wl::WorkloadType::try_from(w.workload_type).unwrap_or_else(|_| {
         tracing::warn!(
@@ -203,6 +208,7 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         status,
         services,
         authorization_policies,
+        host_network,
     };
     defaults.fill_workload(&mut workload);
     Ok(workload)

@@ -27,7 +27,8 @@ fn rich_store() -> Store {
 #[test]
 fn a_rich_mesh_round_trips_through_the_protos() {
     let original = rich_store();
-    assert_eq!(original.workloads().len(), 2);
+    assert_eq!(original.workloads().len(), 3);
+    assert!(original.workloads().any(|w| w.host_network));
     assert_eq!(original.services().len(), 2);
     assert_eq!(original.policies().len(), 3);
     let mut delta = StoreDelta::default();

@@ -409,3 +409,22 @@ fn a_policy_changing_scope_moves_between_indexes_and_removal_cleans_them() {
     assert_eq!(keys(&store, &w).0, vec![]);
     assert_eq!(store, Store::default(), "no index entry is left behind");
 }
+
+#[test]
+fn host_network_workloads_are_not_found_by_address() {
+    // ztunnel's rule: a host-network pod's address is its node's and identifies nothing.
+    let mut store = Store::default();
+    let mut agent = workload("Kubernetes//Pod/kube-system/agent", "10.0.0.1");
+    agent.host_network = true;
+    store.insert_workload(agent);
+    assert!(store.workloads_at("", ip("10.0.0.1")).is_empty());
+    assert!(store.workload_by_ip("", ip("10.0.0.1")).is_none());
+    assert!(store
+        .workload_by_uid("Kubernetes//Pod/kube-system/agent")
+        .is_some());
+    store.insert_workload(workload("pod", "10.0.0.1"));
+    assert_eq!(store.workload_by_ip("", ip("10.0.0.1")).unwrap().uid, "pod");
+    store.remove_workload("Kubernetes//Pod/kube-system/agent");
+    store.remove_workload("pod");
+    assert_eq!(store, Store::default(), "no index entry is left behind");
+}

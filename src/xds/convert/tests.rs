@@ -178,6 +178,10 @@ fn unknown_enum_values_skip_the_resource_or_the_field_as_ztunnel_does() {
         policy_error(|p| p.action = 2),
         "unsupported action: unknown enum value 2"
     );
+    assert_eq!(
+        workload_error(|w| w.network_mode = 9),
+        "unsupported workload.network_mode: unknown enum value 9"
+    );
     // Where ztunnel reads the default: the field is ignored.
     let mut w = valid_workload();
     w.workload_type = 9;
@@ -256,7 +260,6 @@ fn fields_the_store_does_not_model_are_accepted() {
         destination: None,
     });
     w.locality = Some(wl::Locality::default());
-    w.network_mode = 99;
     w.capacity = Some(3);
     convert_workload(w);
     let mut s = valid_service();

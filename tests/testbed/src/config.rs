@@ -62,6 +62,8 @@ pub struct Workload {
     /// `authorizationPolicies`: the `namespace/name` of each workload-selector policy that
     /// selects this workload.
     pub authorization_policies: Vec<String>,
+    /// A host-network pod (`networkMode: HostNetwork`): its IPs are its node's.
+    pub host_network: bool,
 }
 
 impl Workload {
@@ -76,6 +78,7 @@ impl Workload {
             node: node.into(),
             services: Vec::new(),
             authorization_policies: Vec::new(),
+            host_network: false,
         }
     }
 
@@ -200,6 +203,9 @@ impl MeshConfig {
                         let _ = writeln!(y, "      {port}: {target}");
                     }
                 }
+            }
+            if w.host_network {
+                y.push_str("  networkMode: HostNetwork\n");
             }
             if !w.authorization_policies.is_empty() {
                 let names: Vec<String> =
