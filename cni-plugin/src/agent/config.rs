@@ -201,7 +201,7 @@ impl Noted {
         note(
             self.ambient_ipv6.is_some(),
             "AMBIENT_IPV6",
-            "in-pod rules always cover both IP families",
+            "IPv4 rules only for now; no IPv6 rules are written",
         );
         note(
             self.ambient_reconcile_pod_rules_on_startup.is_some(),
