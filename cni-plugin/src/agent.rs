@@ -6,12 +6,14 @@
 //! - `config`: flags and Istio's environment variables.
 //! - `watch`: the Kubernetes watches; `reconcile`: the single task deciding enrollment;
 //!   `enroll`: the steps of enrolling and unenrolling one pod.
-//! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`.
+//! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`;
+//!   `metrics`: `/metrics` on the chart's port 15014.
 
 mod config;
 mod enroll;
 mod health;
 mod http_server;
+mod metrics;
 mod plugin_server;
 mod reconcile;
 mod watch;
@@ -26,7 +28,7 @@ use nodetunnel_zds::agent::{AgentEvent, ZdsAgent};
 use nodetunnel_zds::server::{ZdsServer, ZdsServerError, ACK_TIMEOUT};
 use tokio::sync::mpsc;
 
-use crate::ambient::EnrollmentRules;
+use crate::ambient::{EnablementSelector, EnrollmentRules};
 use crate::install::{upgrade, InstallConfig, Installer, ShutdownAction};
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::plugin::config::PluginConfig;
@@ -67,6 +69,14 @@ pub(crate) enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("metrics server on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("enablement selectors: {0}")]
     Selectors(#[from] crate::ambient::SelectorError),
     #[error("install: {0}")]
@@ -86,7 +96,10 @@ pub fn main() -> i32 {
             return if error.use_stderr() { 2 } else { 0 };
         }
     };
-    nodetunnel_base::logging::init(Some(&config.log_level));
+    nodetunnel_base::logging::init(Some(config.log_filter()));
+    for note in config.notes() {
+        tracing::info!("{note}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,10 +125,13 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if config.native_nftables {
         return Err(AgentError::Nftables);
     }
+    config.check()?;
+    let selectors = config.enablement_selectors()?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let shutdown = nodetunnel_base::signal::shutdown().map_err(AgentError::Signal)?;
     let kube_config = kube::Config::infer().await?;
     let client = Client::try_from(kube_config.clone())?;
-    let installer = Arc::new(Installer::new(install_config(&config)));
+    let installer = Arc::new(Installer::new(install_config(&config, &selectors)));
     let mut tasks = tokio::task::JoinSet::new();
 
     // Enrollment first, so the event socket exists before the plugin is installed: a pod
@@ -126,10 +142,16 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
     // Without ambient there is nothing to sync: ready as soon as installed.
     let (synced_tx, synced) = tokio::sync::watch::channel(!config.ambient_enabled);
     let reconciler = if config.ambient_enabled {
-        let host = tokio::task::spawn_blocking(HostProbeSnat::ensure).await??;
+        let host_netns = config.host_netns();
+        if let Some(path) = &host_netns {
+            tracing::info!(netns = %path.display(), "host rules go into the host's network namespace");
+        }
+        let host =
+            tokio::task::spawn_blocking(move || HostProbeSnat::ensure_in(host_netns.as_deref()))
+                .await??;
         // Tunnels are served only once the first listing is reconciled (see start_zds).
         let mut gate = synced.clone();
-        let zds = start_zds(&config, async move {
+        let zds = start_zds(&config, metrics.clone(), async move {
             // Never on a dropped sender (the reconciler died or the agent stops before its
             // first sync): a snapshot from before the sync would drain the tunnel's pods.
             if gate.wait_for(|synced| *synced).await.is_err() {
@@ -141,7 +163,7 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             EnrollmentRules::new(
                 config.exclude_namespaces.clone(),
                 config.pod_namespace.clone(),
-                &[],
+                &selectors,
             )?
             .with_agent_pod_prefix(format!("{}-", config.daemonset_name)),
             client.clone(),
@@ -180,6 +202,13 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             source,
         })?;
     tasks.spawn(health);
+    let served = metrics::serve(config.metrics_addr, metrics, installer.ready())
+        .await
+        .map_err(|source| AgentError::Metrics {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    tasks.spawn(served);
 
     let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
     let keeper = {
@@ -256,6 +285,7 @@ fn remove_if_ours(path: &std::path::Path, id: Option<(u64, u64)>) {
 /// reconnects would get an empty snapshot and drain every pod of the node.
 fn start_zds(
     config: &AgentConfig,
+    metrics: Arc<metrics::Metrics>,
     synced: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ZdsAgent, AgentError> {
     let path = &config.ztunnel_uds_address;
@@ -272,6 +302,7 @@ fn start_zds(
     let (zds, mut events) = ZdsAgent::start_when(server, ACK_TIMEOUT, synced);
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
+            metrics.on_zds(&event);
             log_zds_event(&event);
         }
     });
@@ -285,7 +316,7 @@ fn log_zds_event(event: &AgentEvent) {
 }
 
 /// What the installer writes: the plugin binary, its kubeconfig and its conflist entry.
-fn install_config(config: &AgentConfig) -> InstallConfig {
+fn install_config(config: &AgentConfig, selectors: &[EnablementSelector]) -> InstallConfig {
     let plugin = PluginConfig {
         cni_version: String::new(),
         name: String::new(),
@@ -293,7 +324,11 @@ fn install_config(config: &AgentConfig) -> InstallConfig {
         plugin_log_level: "info".into(),
         cni_agent_run_dir: config.run_dir.clone(),
         ambient_enabled: config.ambient_enabled,
-        enablement_selectors: Vec::new(),
+        // The plugin decides with the same selectors as the agent.
+        enablement_selectors: selectors
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect(),
         exclude_namespaces: config.exclude_namespaces.clone(),
         pod_namespace: config.pod_namespace.clone(),
         native_nftables: false,

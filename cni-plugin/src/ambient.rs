@@ -27,7 +27,6 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 use crate::plugin::config::PluginConfig;
-#[cfg(test)]
 pub use selector::parse_selectors_yaml;
 use selector::CompiledPair;
 pub use selector::{default_selectors, parse_selectors_json, EnablementSelector, SelectorError};

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::ambient::{parse_selectors_yaml, EnablementSelector, EnrollmentRules};
 use crate::plugin::config::{DEFAULT_RUN_DIR, KUBECONFIG_NAME};
+
+mod values;
+use values::{go_bool, go_mem_limit, istio_log_level};
 
 /// The plugin's binary and conflist `type`.
 pub const PLUGIN_TYPE: &str = "nodetunnel-cni";
@@ -68,15 +72,15 @@ pub struct AgentConfig {
     pub exclude_namespaces: Vec<String>,
 
     /// Without ambient the agent only installs the plugin (which then enrolls nothing).
-    #[arg(long, env = "AMBIENT_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AMBIENT_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub ambient_enabled: bool,
 
     /// Redirect pods' DNS (UDP and TCP port 53) to the tunnel's 15053.
-    #[arg(long, env = "AMBIENT_DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AMBIENT_DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub ambient_dns_capture: bool,
 
     /// nftables instead of iptables: not supported by this agent; `true` is refused at start.
-    #[arg(long, env = "NATIVE_NFTABLES", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "NATIVE_NFTABLES", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub native_nftables: bool,
 
     /// The host's /proc (the agent finds running pods' network namespaces under it).
@@ -95,15 +99,217 @@ pub struct AgentConfig {
     pub daemonset_name: String,
 
     /// Always remove the plugin on shutdown, without looking at the DaemonSet.
-    #[arg(long, env = "AMBIENT_DISABLE_SAFE_UPGRADE", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AMBIENT_DISABLE_SAFE_UPGRADE", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub ambient_disable_safe_upgrade: bool,
 
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Istio's log flag (the chart passes `--log_output_level=info`): `<level>` or
+    /// `<scope>:<level>,...` with Istio's levels; overrides `LOG_LEVEL`.
+    #[arg(long = "log_output_level", value_parser = istio_log_level)]
+    pub log_output_level: Option<String>,
+
+    /// Istio's JSON log flag: accepted, logs stay plain text (start-up note).
+    #[arg(long = "log_as_json")]
+    pub log_as_json: bool,
+
+    /// Istio's `AMBIENT_ENABLEMENT_SELECTOR`: the chart's `ambient.enablementSelectors` as YAML.
+    /// Unset or empty means the chart's default selectors.
+    #[arg(long, env = "AMBIENT_ENABLEMENT_SELECTOR")]
+    pub ambient_enablement_selector: Option<String>,
+
+    /// `true` (the chart sets it unless the pod shares the host network): host-side rules are
+    /// programmed from the host's network namespace, entered through `<PROC_ROOT>/1/ns/net`.
+    /// `false`: in the agent's own network namespace (a pod with `hostNetwork: true`).
+    #[arg(long, env = "ALLOW_SWITCH_TO_HOST_NS", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
+    pub allow_switch_to_host_ns: bool,
+
+    /// Metrics (`/metrics`, Prometheus text), on the chart's `metrics` port.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+
+    /// This pod's name (the chart's fieldRef); only logged.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Istio's `false` writes a standalone conflist: not supported (refused at start).
+    #[arg(long, env = "CHAINED_CNI_PLUGIN", default_value_t = true, action = clap::ArgAction::Set, value_parser = go_bool)]
+    pub chained_cni_plugin: bool,
+
+    /// Istio's own-config-file mode: not supported; `true` is refused at start.
+    #[arg(long, env = "ISTIO_OWNED_CNI_CONFIG", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
+    pub istio_owned_cni_config: bool,
+
+    #[command(flatten)]
+    pub noted: Noted,
+}
+
+/// Settings the chart passes that this agent accepts, checks, and does not act on; each one
+/// set gives one start-up note (see [`Noted::notes`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Noted {
+    #[arg(long, env = "CURRENT_AGENT_VERSION")]
+    pub current_agent_version: Option<String>,
+    #[arg(long, env = "AMBIENT_IPV6", value_parser = go_bool)]
+    pub ambient_ipv6: Option<bool>,
+    #[arg(long, env = "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP", value_parser = go_bool)]
+    pub ambient_reconcile_pod_rules_on_startup: Option<bool>,
+    #[arg(long, env = "ENABLE_AMBIENT_DETECTION_RETRY", value_parser = go_bool)]
+    pub enable_ambient_detection_retry: Option<bool>,
+    #[arg(long, env = "ISTIO_OWNED_CNI_CONF_FILENAME")]
+    pub istio_owned_cni_conf_filename: Option<String>,
+    #[arg(long, env = "REPAIR_ENABLED", value_parser = go_bool)]
+    pub repair_enabled: Option<bool>,
+    #[arg(long, env = "REPAIR_LABEL_PODS", value_parser = go_bool)]
+    pub repair_label_pods: Option<bool>,
+    #[arg(long, env = "REPAIR_DELETE_PODS", value_parser = go_bool)]
+    pub repair_delete_pods: Option<bool>,
+    #[arg(long, env = "REPAIR_REPAIR_PODS", value_parser = go_bool)]
+    pub repair_repair_pods: Option<bool>,
+    #[arg(long, env = "REPAIR_RUN_AS_DAEMON", value_parser = go_bool)]
+    pub repair_run_as_daemon: Option<bool>,
+    #[arg(long, env = "REPAIR_INIT_CONTAINER_NAME")]
+    pub repair_init_container_name: Option<String>,
+    #[arg(long, env = "REPAIR_BROKEN_POD_LABEL_KEY")]
+    pub repair_broken_pod_label_key: Option<String>,
+    #[arg(long, env = "REPAIR_BROKEN_POD_LABEL_VALUE")]
+    pub repair_broken_pod_label_value: Option<String>,
+    #[arg(long, env = "REPAIR_SIDECAR_ANNOTATION")]
+    pub repair_sidecar_annotation: Option<String>,
+    #[arg(long, env = "REPAIR_NODE_NAME")]
+    pub repair_node_name: Option<String>,
+    #[arg(long, env = "GOMEMLIMIT", value_parser = go_mem_limit)]
+    pub gomemlimit: Option<u64>,
+}
+
+impl Noted {
+    /// One line per setting given: what it means to Istio and why it changes nothing here.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut note = |set: bool, name: &str, why: &str| {
+            if set {
+                notes.push(format!("{name}: accepted, not implemented: {why}"));
+            }
+        };
+        note(
+            self.current_agent_version.is_some(),
+            "CURRENT_AGENT_VERSION",
+            "informational only",
+        );
+        note(
+            self.ambient_ipv6.is_some(),
+            "AMBIENT_IPV6",
+            "IPv4 rules only for now; no IPv6 rules are written",
+        );
+        note(
+            self.ambient_reconcile_pod_rules_on_startup.is_some(),
+            "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP",
+            "pods found enrolled at start keep their rules; the tunnel re-learns them over ZDS",
+        );
+        note(
+            self.enable_ambient_detection_retry.is_some(),
+            "ENABLE_AMBIENT_DETECTION_RETRY",
+            "pods not yet enrollable are always retried",
+        );
+        note(
+            self.istio_owned_cni_conf_filename.is_some(),
+            "ISTIO_OWNED_CNI_CONF_FILENAME",
+            "the plugin is chained into the existing conflist",
+        );
+        let repair = [
+            self.repair_enabled.is_some(),
+            self.repair_label_pods.is_some(),
+            self.repair_delete_pods.is_some(),
+            self.repair_repair_pods.is_some(),
+            self.repair_run_as_daemon.is_some(),
+            self.repair_init_container_name.is_some(),
+            self.repair_broken_pod_label_key.is_some(),
+            self.repair_broken_pod_label_value.is_some(),
+            self.repair_sidecar_annotation.is_some(),
+            self.repair_node_name.is_some(),
+        ];
+        note(
+            repair.iter().any(|set| *set),
+            "REPAIR_*",
+            "sidecar pod repair; this agent serves ambient pods only",
+        );
+        note(
+            self.gomemlimit.is_some(),
+            "GOMEMLIMIT",
+            "a Go runtime setting",
+        );
+        notes
+    }
+}
+
+/// A setting whose value parses but cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("AMBIENT_ENABLEMENT_SELECTOR={value:?}: {source}")]
+    Selector {
+        value: String,
+        #[source]
+        source: crate::ambient::SelectorError,
+    },
+    #[error(
+        "CHAINED_CNI_PLUGIN=false: this agent only chains into the existing conflist; unset it"
+    )]
+    Standalone,
+    #[error(
+        "ISTIO_OWNED_CNI_CONFIG=true: this agent only chains into the existing conflist; unset it"
+    )]
+    OwnedConfig,
 }
 
 impl AgentConfig {
+    /// The effective log filter: `--log_output_level` when given, else `LOG_LEVEL`.
+    pub fn log_filter(&self) -> &str {
+        self.log_output_level.as_deref().unwrap_or(&self.log_level)
+    }
+
+    /// The enablement selectors, decoded and validated (empty: the chart's defaults).
+    pub fn enablement_selectors(&self) -> Result<Vec<EnablementSelector>, ConfigError> {
+        let Some(value) = &self.ambient_enablement_selector else {
+            return Ok(Vec::new());
+        };
+        let selector = |source| ConfigError::Selector {
+            value: value.clone(),
+            source,
+        };
+        let selectors = parse_selectors_yaml(value).map_err(selector)?;
+        // Compiling checks operators and values now, not at the first pod.
+        EnrollmentRules::new(Vec::new(), String::new(), &selectors).map_err(selector)?;
+        Ok(selectors)
+    }
+
+    /// Refuses settings asking for what this agent does not do.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !self.chained_cni_plugin {
+            return Err(ConfigError::Standalone);
+        }
+        if self.istio_owned_cni_config {
+            return Err(ConfigError::OwnedConfig);
+        }
+        self.enablement_selectors().map(|_| ())
+    }
+
+    /// Start-up notes for settings accepted without effect.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.noted.notes();
+        if self.log_as_json {
+            notes.push("--log_as_json: accepted, not implemented: logs are plain text".into());
+        }
+        notes
+    }
+
+    /// The host network namespace to program host rules from; `None`: the agent's own.
+    pub fn host_netns(&self) -> Option<PathBuf> {
+        self.allow_switch_to_host_ns
+            .then(|| self.proc_root.join("1/ns/net"))
+    }
+
     /// `<run_dir>/istio-cni-kubeconfig`, which the plugin reads.
     pub fn plugin_kubeconfig(&self) -> PathBuf {
         self.run_dir.join(KUBECONFIG_NAME)

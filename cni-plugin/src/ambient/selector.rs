@@ -79,9 +79,7 @@ pub fn parse_selectors_json(
 }
 
 /// Decodes selectors given as YAML (or JSON) text, the form Istio's agent takes them in from
-/// its environment (`AMBIENT_ENABLEMENT_SELECTOR`). Empty text means no selectors. Only the
-/// tests use it so far: the plugin and agent read them from the plugin config, as JSON.
-#[cfg(test)]
+/// its environment (`AMBIENT_ENABLEMENT_SELECTOR`). Empty text means no selectors.
 pub fn parse_selectors_yaml(text: &str) -> Result<Vec<EnablementSelector>, SelectorError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());

@@ -1,5 +1,7 @@
-//! The host side of probe handling, in the netns the agent runs in (the node's, with
-//! hostNetwork).
+//! The host side of probe handling, in the host's netns: the agent's own (a pod with
+//! hostNetwork), or the one entered through the host's `/proc/1/ns/net` when the agent runs in
+//! its own pod netns (Istio's chart default, `ALLOW_SWITCH_TO_HOST_NS=true`). Each tool then
+//! runs on a short-lived thread inside it, so the agent's threads never change namespace.
 //!
 //! Kubelet probes come from a host socket to the pod IP; inside the pod they would look like any
 //! node-originated traffic (kube-proxy forwards too) and be captured. So on the host, TCP from a
@@ -13,6 +15,10 @@
 //! source are a follow-up.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
 use super::ipt::{self, Desired, SaveParseError, TableSpec};
 use super::tools::{self, ToolError, Tools};
@@ -30,8 +36,10 @@ const MAX_COMMENT: usize = 255;
 pub enum HostRulesError {
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("reading the nat table in the agent's netns: {0}")]
+    #[error("reading the host's nat table: {0}")]
     Save(SaveParseError),
+    #[error("the host network namespace: {0}")]
+    Netns(#[from] NetnsError),
     #[error("pod IP {ip}: only IPv4 is supported for now")]
     NotIpv4 { ip: IpAddr },
     #[error("pod uid {uid:?} cannot be an ipset comment: {why}")]
@@ -44,18 +52,30 @@ pub enum HostRulesError {
 #[derive(Debug, Clone)]
 pub struct HostProbeSnat {
     tools: Tools,
+    /// The host's netns when it is not the agent's own.
+    host: Option<Arc<NetnsHandle>>,
 }
 
 impl HostProbeSnat {
     /// Creates the ipset (kept with its entries when it exists) and the `ISTIO_POSTRT` chain
     /// with its one rule and one jump from nat POSTROUTING. Idempotent.
     pub fn ensure() -> Result<HostProbeSnat, HostRulesError> {
-        HostProbeSnat::ensure_with(Tools::default())
+        HostProbeSnat::ensure_with(Tools::default(), None)
+    }
+
+    /// [`ensure`](Self::ensure) in the netns at `host` (e.g. `/host/proc/1/ns/net`), entered
+    /// for each tool run; `None`: the agent's own netns.
+    pub fn ensure_in(host: Option<&Path>) -> Result<HostProbeSnat, HostRulesError> {
+        let host = host.map(NetnsHandle::open).transpose()?.map(Arc::new);
+        HostProbeSnat::ensure_with(Tools::default(), host)
     }
 
     /// [`ensure`](Self::ensure) with explicit binaries.
-    pub(crate) fn ensure_with(tools: Tools) -> Result<HostProbeSnat, HostRulesError> {
-        let snat = HostProbeSnat { tools };
+    pub(crate) fn ensure_with(
+        tools: Tools,
+        host: Option<Arc<NetnsHandle>>,
+    ) -> Result<HostProbeSnat, HostRulesError> {
+        let snat = HostProbeSnat { tools, host };
         // The set first: a rule naming a missing set is refused.
         snat.ipset(&[
             "create",
@@ -129,22 +149,37 @@ impl HostProbeSnat {
     }
 
     fn ipset(&self, args: &[&str]) -> Result<String, HostRulesError> {
-        Ok(tools::run(&self.tools.ipset, args, None, PLACE)?)
+        self.run(&self.tools.ipset, args, None)
+    }
+
+    /// Runs a tool in the host's netns.
+    fn run(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, HostRulesError> {
+        match &self.host {
+            None => Ok(tools::run(program, args, stdin, PLACE)?),
+            Some(host) => {
+                let place = format!("the host's {}", tools::in_netns(host.path()));
+                Ok(host.run(|| tools::run(program, args, stdin, &place))??)
+            }
+        }
     }
 
     fn read_nat(&self) -> Result<ipt::Saved, HostRulesError> {
         // Only nat: the host's full ruleset can be large (kube-proxy) and ours lives in nat.
-        let text = tools::run(&self.tools.iptables_save, &["-t", "nat"], None, PLACE)?;
+        let text = self.run(&self.tools.iptables_save, &["-t", "nat"], None)?;
         ipt::parse_save(&text).map_err(HostRulesError::Save)
     }
 
     fn restore(&self, input: &str) -> Result<(), HostRulesError> {
         tracing::debug!(%input, "iptables-restore --noflush (host)");
-        tools::run(
+        self.run(
             &self.tools.iptables_restore,
             &["--noflush", "--wait"],
             Some(input),
-            PLACE,
         )?;
         Ok(())
     }

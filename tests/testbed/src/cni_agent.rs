@@ -69,6 +69,8 @@ impl CniAgent {
             ("CNI_PLUGIN_BINARY", path(spec.plugin_bin)),
             ("PROC_ROOT", "/proc".into()),
             ("HEALTH_ADDR", format!("127.0.0.1:{HEALTH_PORT}")),
+            // Not the chart's 15014: the control-plane stand-in serves its status there.
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
             // The stand-in serves no DaemonSets: on shutdown, always remove the plugin.
             ("AMBIENT_DISABLE_SAFE_UPGRADE", "true".into()),
             ("LOG_LEVEL", spec.log_level.into()),
