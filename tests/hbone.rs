@@ -187,26 +187,26 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
     // Both access logs record the connection as HBONE with the right identities and sizes.
     let dst = server_addr().to_string();
     let out = t1.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&out, "src"),
+        field(&out, "src.addr"),
         Some(client.to_string().as_str()),
         "{out}"
     );
     assert_eq!(
-        field(&out, "dst_identity"),
+        field(&out, "dst.identity"),
         Some(spiffe_id("default", "server").as_str()),
         "{out}"
     );
     let inb = t2.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
     eprintln!("n1 access log: {out}\nn2 access log: {inb}");
     assert_eq!(
-        field(&inb, "src_identity"),
+        field(&inb, "src.identity"),
         Some(spiffe_id("default", "client").as_str()),
         "{inb}"
     );
@@ -278,7 +278,7 @@ fn fifty_connections_through_service_vip() {
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&line, "dst"),
+        field(&line, "dst.addr"),
         Some(server_addr().to_string().as_str()),
         "{line}"
     );
@@ -332,11 +332,11 @@ fn passthrough_roundtrip(topo: &Topology, t1: &Tunnel) {
     // The tunnel did handle it (capture works; this is not a bypass).
     let dst_s = dst.to_string();
     let line = t1.wait_access_line(
-        &[("dst", &dst_s), ("protocol", "TCP")],
+        &[("dst.addr", &dst_s), ("protocol", "TCP")],
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&line, "src"),
+        field(&line, "src.addr"),
         Some(client.to_string().as_str()),
         "{line}"
     );
@@ -444,7 +444,7 @@ fn half_close_is_carried_over_hbone() {
 
     let dst = server_addr().to_string();
     t2.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
 }
@@ -482,6 +482,6 @@ fn inbound_plaintext_from_non_mesh_client() {
 
     let dst = server_addr().to_string();
     let src = client.to_string();
-    let line = t2.wait_access_line(&[("dst", &dst), ("src", &src)], Duration::from_secs(10));
+    let line = t2.wait_access_line(&[("dst.addr", &dst), ("src.addr", &src)], Duration::from_secs(10));
     assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
 }
