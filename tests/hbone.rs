@@ -482,6 +482,9 @@ fn inbound_plaintext_from_non_mesh_client() {
 
     let dst = server_addr().to_string();
     let src = client.to_string();
-    let line = t2.wait_access_line(&[("dst.addr", &dst), ("src.addr", &src)], Duration::from_secs(10));
+    let line = t2.wait_access_line(
+        &[("dst.addr", &dst), ("src.addr", &src)],
+        Duration::from_secs(10),
+    );
     assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
 }

@@ -292,7 +292,8 @@ fn a_pushed_deny_policy_cuts_a_live_plaintext_connection_by_source_address() {
         SYNC_DEADLINE,
     );
     assert!(
-        field(&revoked, "src.addr").is_some_and(|src| src.starts_with(&format!("{}:", addr::CLIENT2))),
+        field(&revoked, "src.addr")
+            .is_some_and(|src| src.starts_with(&format!("{}:", addr::CLIENT2))),
         "{revoked}"
     );
     assert!(revoked.contains("default/deny-plain-source"), "{revoked}");

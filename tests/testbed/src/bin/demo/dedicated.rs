@@ -143,6 +143,10 @@ fn passthrough(topo: &Topology, t1: &Tunnel) -> DemoResult {
     let hbone_on_n2 = topo.ns("n2").established_on_local_port(port::HBONE)?;
     println!("  echo round-trip OK; no new HBONE connection (n2 :15008 count still {hbone_on_n2})");
     drop(stream);
-    print_access("n1", t1, &[("dst.addr", "10.77.2.20:9090"), ("protocol", "TCP")])?;
+    print_access(
+        "n1",
+        t1,
+        &[("dst.addr", "10.77.2.20:9090"), ("protocol", "TCP")],
+    )?;
     Ok(())
 }
