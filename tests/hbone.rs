@@ -210,6 +210,17 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
         Some(spiffe_id("default", "client").as_str()),
         "{inb}"
     );
+    // ztunnel's field names, read by tools written for ztunnel's log.
+    for (line, direction) in [(&out, "outbound"), (&inb, "inbound")] {
+        assert_eq!(field(line, "direction"), Some(direction), "{line}");
+        assert_eq!(field(line, "dst.hbone_addr"), Some(dst.as_str()), "{line}");
+        assert_eq!(field(line, "src.namespace"), Some("default"), "{line}");
+        assert_eq!(field(line, "dst.namespace"), Some("default"), "{line}");
+        assert!(
+            field(line, "duration").is_some_and(|d| d.ends_with("ms")),
+            "{line}"
+        );
+    }
     for line in [&out, &inb] {
         for key in ["bytes_sent", "bytes_recv"] {
             let n = field_u64(line, key).unwrap_or_else(|| panic!("no numeric {key} in {line}"));
