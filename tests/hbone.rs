@@ -187,29 +187,40 @@ fn hbone_carries_100_mib_each_way_byte_exact() {
     // Both access logs record the connection as HBONE with the right identities and sizes.
     let dst = server_addr().to_string();
     let out = t1.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&out, "src"),
+        field(&out, "src.addr"),
         Some(client.to_string().as_str()),
         "{out}"
     );
     assert_eq!(
-        field(&out, "dst_identity"),
+        field(&out, "dst.identity"),
         Some(spiffe_id("default", "server").as_str()),
         "{out}"
     );
     let inb = t2.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
     eprintln!("n1 access log: {out}\nn2 access log: {inb}");
     assert_eq!(
-        field(&inb, "src_identity"),
+        field(&inb, "src.identity"),
         Some(spiffe_id("default", "client").as_str()),
         "{inb}"
     );
+    // ztunnel's field names, read by tools written for ztunnel's log.
+    for (line, direction) in [(&out, "outbound"), (&inb, "inbound")] {
+        assert_eq!(field(line, "direction"), Some(direction), "{line}");
+        assert_eq!(field(line, "dst.hbone_addr"), Some(dst.as_str()), "{line}");
+        assert_eq!(field(line, "src.namespace"), Some("default"), "{line}");
+        assert_eq!(field(line, "dst.namespace"), Some("default"), "{line}");
+        assert!(
+            field(line, "duration").is_some_and(|d| d.ends_with("ms")),
+            "{line}"
+        );
+    }
     for line in [&out, &inb] {
         for key in ["bytes_sent", "bytes_recv"] {
             let n = field_u64(line, key).unwrap_or_else(|| panic!("no numeric {key} in {line}"));
@@ -278,7 +289,7 @@ fn fifty_connections_through_service_vip() {
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&line, "dst"),
+        field(&line, "dst.addr"),
         Some(server_addr().to_string().as_str()),
         "{line}"
     );
@@ -332,11 +343,11 @@ fn passthrough_roundtrip(topo: &Topology, t1: &Tunnel) {
     // The tunnel did handle it (capture works; this is not a bypass).
     let dst_s = dst.to_string();
     let line = t1.wait_access_line(
-        &[("dst", &dst_s), ("protocol", "TCP")],
+        &[("dst.addr", &dst_s), ("protocol", "TCP")],
         Duration::from_secs(10),
     );
     assert_eq!(
-        field(&line, "src"),
+        field(&line, "src.addr"),
         Some(client.to_string().as_str()),
         "{line}"
     );
@@ -444,7 +455,7 @@ fn half_close_is_carried_over_hbone() {
 
     let dst = server_addr().to_string();
     t2.wait_access_line(
-        &[("dst", &dst), ("protocol", "HBONE")],
+        &[("dst.addr", &dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
 }
@@ -482,6 +493,9 @@ fn inbound_plaintext_from_non_mesh_client() {
 
     let dst = server_addr().to_string();
     let src = client.to_string();
-    let line = t2.wait_access_line(&[("dst", &dst), ("src", &src)], Duration::from_secs(10));
+    let line = t2.wait_access_line(
+        &[("dst.addr", &dst), ("src.addr", &src)],
+        Duration::from_secs(10),
+    );
     assert_eq!(field(&line, "protocol"), Some("TCP"), "{line}");
 }

@@ -373,7 +373,7 @@ fn pod_to_pod_on_the_same_node_goes_through_the_tunnel() {
             ("direction", "inbound"),
             ("protocol", "HBONE"),
             (
-                "dst_identity",
+                "dst.identity",
                 "spiffe://cluster.local/ns/default/sa/client2",
             ),
         ],

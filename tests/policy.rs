@@ -130,7 +130,7 @@ impl Mesh2 {
         let lines = self.t2.access_lines(&[
             ("flag", "policy_denied"),
             ("protocol", protocol),
-            ("dst", &server_addr().to_string()),
+            ("dst.addr", &server_addr().to_string()),
         ]);
         lines.last().cloned().unwrap_or_else(|| {
             panic!(
@@ -223,7 +223,7 @@ fn reason(line: &str) -> String {
 
 /// The IP part of the line's `src` (the address n2 authorized).
 fn src_ip(line: &str) -> String {
-    let src: SocketAddr = field(line, "src")
+    let src: SocketAddr = field(line, "src.addr")
         .unwrap_or_else(|| panic!("no src in {line}"))
         .parse()
         .unwrap();
@@ -255,7 +255,7 @@ fn deny_all_in_the_namespace_refuses_every_client() {
         "{line}"
     );
     assert_eq!(
-        field(&line, "src_identity"),
+        field(&line, "src.identity"),
         Some(client_id().as_str()),
         "{line}"
     );
@@ -303,7 +303,7 @@ fn allow_by_principal_admits_only_that_client() {
     let want = "no ALLOW policy matched (ALLOW policies applying: default/allow-client)";
     assert_eq!(reason(&line), want, "{line}");
     assert_eq!(
-        field(&line, "src_identity"),
+        field(&line, "src.identity"),
         Some(spiffe_id("default", "client2").as_str()),
         "{line}"
     );

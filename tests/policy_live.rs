@@ -167,13 +167,13 @@ fn a_pushed_deny_policy_closes_the_live_connection_it_matches_and_no_other() {
     let revoked = t2.wait_access_line(
         &[
             ("direction", "inbound"),
-            ("dst", &to_server(SERVER_PORT).to_string()),
+            ("dst.addr", &to_server(SERVER_PORT).to_string()),
             ("flag", "policy_revoked"),
         ],
         SYNC_DEADLINE,
     );
     assert_eq!(
-        field(&revoked, "src_identity"),
+        field(&revoked, "src.identity"),
         Some(spiffe_id("default", "client").as_str()),
         "{revoked}"
     );
@@ -225,7 +225,7 @@ fn with_live_rechecks_switched_off_a_live_connection_outlives_the_policy() {
     assert_closed(&mut refused, "a new client -> 8080");
     t2.wait_access_line(
         &[
-            ("dst", &to_server(SERVER_PORT).to_string()),
+            ("dst.addr", &to_server(SERVER_PORT).to_string()),
             ("flag", "policy_denied"),
         ],
         SYNC_DEADLINE,
@@ -240,7 +240,7 @@ fn with_live_rechecks_switched_off_a_live_connection_outlives_the_policy() {
     drop(live);
     assert_eventually!(
         t2.log().lines().any(|l| l.contains("connection complete")
-            && field(l, "dst") == Some(to_server(SERVER_PORT).to_string().as_str())),
+            && field(l, "dst.addr") == Some(to_server(SERVER_PORT).to_string().as_str())),
         SYNC_DEADLINE,
         "the live connection's access line never said it completed:\n{}",
         t2.log_tail(30)
@@ -292,7 +292,8 @@ fn a_pushed_deny_policy_cuts_a_live_plaintext_connection_by_source_address() {
         SYNC_DEADLINE,
     );
     assert!(
-        field(&revoked, "src").is_some_and(|src| src.starts_with(&format!("{}:", addr::CLIENT2))),
+        field(&revoked, "src.addr")
+            .is_some_and(|src| src.starts_with(&format!("{}:", addr::CLIENT2))),
         "{revoked}"
     );
     assert!(revoked.contains("default/deny-plain-source"), "{revoked}");

@@ -82,12 +82,74 @@ pub struct ConnectionRecord {
 /// `flag` / `response_flags` of a connection cut at a drain deadline.
 pub const DRAIN_CUT_FLAG: &str = "drain_cut";
 
-/// `-` for what is not known, as in the rest of the line.
-fn or_dash<T: ToString>(value: &Option<T>) -> String {
-    value
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "-".into())
+/// The fields of an access-log line that do not depend on the outcome, named as ztunnel names
+/// them (`src.addr`, `dst.hbone_addr`, ...) so tools written for ztunnel's log read ours.
+/// What is unknown is left out of the line, as ztunnel leaves it out.
+struct Line<'a> {
+    src: SocketAddr,
+    src_workload: Option<&'a str>,
+    src_namespace: Option<&'a str>,
+    src_identity: Option<String>,
+    dst: Option<SocketAddr>,
+    /// The HBONE CONNECT target; only for connections HBONE carries.
+    hbone_addr: Option<SocketAddr>,
+    dst_service: Option<&'a str>,
+    dst_workload: Option<&'a str>,
+    dst_namespace: Option<&'a str>,
+    dst_identity: Option<String>,
+    original_dst: Option<SocketAddr>,
+    /// ztunnel writes the duration as `<n>ms`.
+    duration: String,
+}
+
+fn known(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
+impl<'a> Line<'a> {
+    fn new(d: &'a Description, started: Instant) -> Line<'a> {
+        let l = &d.labels;
+        Line {
+            src: d.src,
+            src_workload: known(&l.source_workload),
+            src_namespace: known(&l.source_workload_namespace),
+            src_identity: d.src_identity.as_ref().map(ToString::to_string),
+            dst: d.dst,
+            hbone_addr: d.dst.filter(|_| d.protocol == "HBONE"),
+            dst_service: known(&l.destination_service),
+            dst_workload: known(&l.destination_workload),
+            dst_namespace: known(&l.destination_workload_namespace),
+            dst_identity: d.dst_identity.as_ref().map(ToString::to_string),
+            original_dst: d.original_dst,
+            duration: format!("{}ms", started.elapsed().as_millis()),
+        }
+    }
+}
+
+/// One access-log event: ztunnel's fields first, then ours (`protocol`, `original_dst`, and the
+/// outcome's `flag`/`reason`), then the caller's.
+macro_rules! access_event {
+    ($level:expr, $d:expr, $line:expr, $($rest:tt)*) => {
+        tracing::event!(
+            target: "access",
+            $level,
+            src.addr = %$line.src,
+            src.workload = $line.src_workload,
+            src.namespace = $line.src_namespace,
+            src.identity = $line.src_identity.as_deref(),
+            dst.addr = $line.dst.map(tracing::field::display),
+            dst.hbone_addr = $line.hbone_addr.map(tracing::field::display),
+            dst.service = $line.dst_service,
+            dst.workload = $line.dst_workload,
+            dst.namespace = $line.dst_namespace,
+            dst.identity = $line.dst_identity.as_deref(),
+            direction = $d.direction,
+            protocol = $d.protocol,
+            original_dst = $line.original_dst.map(tracing::field::display),
+            duration = $line.duration.as_str(),
+            $($rest)*
+        )
+    };
 }
 
 impl ConnectionRecord {
@@ -115,38 +177,22 @@ impl ConnectionRecord {
     pub fn finish(mut self, transferred: Transferred, error: Option<&ProxyError>) {
         self.finished = true;
         let d = &self.description;
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        let original_dst = or_dash(&d.original_dst);
-        let dst = or_dash(&d.dst);
-        let src_identity = or_dash(&d.src_identity);
-        let dst_identity = or_dash(&d.dst_identity);
+        let line = Line::new(d, self.started);
         match error {
-            None => tracing::info!(
-                target: "access",
-                direction = d.direction,
-                src = %d.src,
-                original_dst = %original_dst,
-                dst = %dst,
-                src_identity = src_identity.as_str(),
-                dst_identity = dst_identity.as_str(),
-                protocol = d.protocol,
+            None => access_event!(
+                tracing::Level::INFO,
+                d,
+                line,
                 bytes_sent = transferred.a_to_b,
                 bytes_recv = transferred.b_to_a,
-                duration_ms,
                 "connection complete"
             ),
-            Some(e) => tracing::warn!(
-                target: "access",
-                direction = d.direction,
-                src = %d.src,
-                original_dst = %original_dst,
-                dst = %dst,
-                src_identity = src_identity.as_str(),
-                dst_identity = dst_identity.as_str(),
-                protocol = d.protocol,
+            Some(e) => access_event!(
+                tracing::Level::WARN,
+                d,
+                line,
                 bytes_sent = transferred.a_to_b,
                 bytes_recv = transferred.b_to_a,
-                duration_ms,
                 flag = e.flag(),
                 // A string, so the line quotes it: the reason has spaces and is read back whole.
                 reason = e.denial().map(|r| r.to_string()),
@@ -192,16 +238,10 @@ impl Drop for ConnectionRecord {
         }
         // Cut mid-copy: the byte counts lived in the dropped copy loop and are unknown.
         let d = &self.description;
-        tracing::warn!(
-            target: "access",
-            direction = d.direction,
-            src = %d.src,
-            original_dst = %or_dash(&d.original_dst),
-            dst = %or_dash(&d.dst),
-            src_identity = or_dash(&d.src_identity).as_str(),
-            dst_identity = or_dash(&d.dst_identity).as_str(),
-            protocol = d.protocol,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+        access_event!(
+            tracing::Level::WARN,
+            d,
+            Line::new(d, self.started),
             flag = DRAIN_CUT_FLAG,
             "connection cut at the drain deadline"
         );

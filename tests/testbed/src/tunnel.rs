@@ -264,14 +264,14 @@ mod tests {
 
     #[test]
     fn fields_are_found_in_tracing_lines() {
-        let line = r#"2025-01-01T00:00:00Z  INFO access: connection complete src=10.77.1.10:4000 dst=10.77.2.10:8080 src_identity="spiffe://cluster.local/ns/default/sa/client" protocol=HBONE bytes_sent=104857600 bytes_recv=12"#;
-        assert_eq!(field(line, "src"), Some("10.77.1.10:4000"));
-        assert_eq!(field(line, "dst"), Some("10.77.2.10:8080"));
+        let line = r#"2025-01-01T00:00:00Z  INFO access: connection complete src.addr=10.77.1.10:4000 dst.addr=10.77.2.10:8080 src.identity="spiffe://cluster.local/ns/default/sa/client" protocol=HBONE bytes_sent=104857600 bytes_recv=12"#;
+        assert_eq!(field(line, "src.addr"), Some("10.77.1.10:4000"));
+        assert_eq!(field(line, "dst.addr"), Some("10.77.2.10:8080"));
         assert_eq!(
-            field(line, "src_identity"),
+            field(line, "src.identity"),
             Some("spiffe://cluster.local/ns/default/sa/client")
         );
-        assert_eq!(field(line, "dst_identity"), None);
+        assert_eq!(field(line, "dst.identity"), None);
         assert_eq!(field_u64(line, "bytes_sent"), Some(104857600));
         assert_eq!(field(line, "protocol"), Some("HBONE"));
     }

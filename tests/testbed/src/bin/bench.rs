@@ -155,7 +155,7 @@ fn throughput(seconds: u32) -> BenchResult {
     let tunneled = client(topo.ns("n1"))?.bits_per_second;
     // iperf3 opens a control and a data connection; both must have been carried over HBONE.
     let dst = format!("{}:{IPERF_PORT}", addr::SERVER);
-    let fields = [("dst", dst.as_str()), ("protocol", "HBONE")];
+    let fields = [("dst.addr", dst.as_str()), ("protocol", "HBONE")];
     let mut hbone_lines = Vec::new();
     wait_until(Duration::from_secs(5), || {
         hbone_lines = t1.access_lines(&fields);

@@ -170,10 +170,10 @@ fn print_access(label: &str, t: &Tunnel, fields: &[(&str, &str)]) -> DemoResult 
 fn summarize(line: &str) -> String {
     [
         "direction",
-        "src",
-        "dst",
-        "src_identity",
-        "dst_identity",
+        "src.addr",
+        "dst.addr",
+        "src.identity",
+        "dst.identity",
         "protocol",
         "bytes_sent",
         "bytes_recv",

@@ -241,7 +241,7 @@ fn check_hbone(mesh: &InpodMesh, options: Options) -> BenchResult<String> {
         n2.access_lines(&[
             ("direction", "inbound"),
             ("protocol", "HBONE"),
-            ("dst", dst.as_str()),
+            ("dst.addr", dst.as_str()),
         ])
         .len()
     };

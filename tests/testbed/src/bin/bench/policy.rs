@@ -256,7 +256,7 @@ fn check_hbone(t2: &Tunnel, requests: usize) -> BenchResult {
     let fields = [
         ("direction", "inbound"),
         ("protocol", "HBONE"),
-        ("dst", dst.as_str()),
+        ("dst.addr", dst.as_str()),
     ];
     let mut logged = 0;
     wait_until(Duration::from_secs(10), || {

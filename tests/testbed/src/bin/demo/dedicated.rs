@@ -110,7 +110,7 @@ fn hbone_transfer(topo: &Topology, t1: &Tunnel, t2: &Tunnel) -> DemoResult {
     if hbone.is_empty() {
         return Err("no HBONE connection on n2:15008 — the traffic did not use the tunnel".into());
     }
-    let fields = [("dst", "10.77.2.10:8080"), ("protocol", "HBONE")];
+    let fields = [("dst.addr", "10.77.2.10:8080"), ("protocol", "HBONE")];
     print_access("n1 (outbound)", t1, &fields)?;
     print_access("n2 (inbound)", t2, &fields)?;
     Ok(())
@@ -143,6 +143,10 @@ fn passthrough(topo: &Topology, t1: &Tunnel) -> DemoResult {
     let hbone_on_n2 = topo.ns("n2").established_on_local_port(port::HBONE)?;
     println!("  echo round-trip OK; no new HBONE connection (n2 :15008 count still {hbone_on_n2})");
     drop(stream);
-    print_access("n1", t1, &[("dst", "10.77.2.20:9090"), ("protocol", "TCP")])?;
+    print_access(
+        "n1",
+        t1,
+        &[("dst.addr", "10.77.2.20:9090"), ("protocol", "TCP")],
+    )?;
     Ok(())
 }

@@ -165,7 +165,7 @@ fn hbone_transfer(topo: &PodTopology, mesh: &InpodMesh) -> DemoResult {
         return Err(format!("the server app saw {peers:?}, not the client pod's address").into());
     }
     println!("  → the app saw the client pod's address, not a tunnel's: source IP preserved");
-    let fields = [("dst", "10.77.2.10:8080"), ("protocol", "HBONE")];
+    let fields = [("dst.addr", "10.77.2.10:8080"), ("protocol", "HBONE")];
     print_access("n1 tunnel (outbound)", mesh.tunnel("n1"), &fields)?;
     print_access("n2 tunnel (inbound)", mesh.tunnel("n2"), &fields)?;
     Ok(())
@@ -186,7 +186,7 @@ fn vip_and_passthrough(topo: &PodTopology, mesh: &InpodMesh) -> DemoResult {
     let vip_line = wait_for_access(mesh.tunnel("n1"), &[("protocol", "HBONE")], 2)?;
     let endpoint = vip_line
         .last()
-        .and_then(|l| field(l, "dst"))
+        .and_then(|l| field(l, "dst.addr"))
         .unwrap_or("?")
         .to_string();
     println!("  VIP: 1 KiB each way, byte-exact; n1 sent it over HBONE to endpoint {endpoint}");
@@ -202,7 +202,7 @@ fn vip_and_passthrough(topo: &PodTopology, mesh: &InpodMesh) -> DemoResult {
         .run(move || connect_from(addr::CLIENT, dst))?;
     echo_roundtrip(&mut stream, b"hello, legacy world")?;
     drop(stream);
-    let fields = [("dst", "10.77.2.20:9090"), ("protocol", "TCP")];
+    let fields = [("dst.addr", "10.77.2.20:9090"), ("protocol", "TCP")];
     wait_for_access(mesh.tunnel("n1"), &fields, 1)?;
     println!("  plain: echo OK, passed through as plain TCP (n1 access log: protocol=TCP)");
     Ok(())
@@ -284,7 +284,7 @@ fn new_service(
     let line = wait_for_access(n1, &[("protocol", "HBONE")], hbone_before + 1)?;
     let endpoint = line
         .last()
-        .and_then(|l| field(l, "dst"))
+        .and_then(|l| field(l, "dst.addr"))
         .unwrap_or("?")
         .to_string();
     println!("  client → 10.96.0.11:80: echo OK, over HBONE to endpoint {endpoint}");
@@ -354,8 +354,8 @@ fn zero_trust(
     println!("  plain 10.77.2.20 (outside the mesh, plaintext) → server:8080: closed at once");
     println!(
         "  n2 access log: src={} dst={} protocol={} flag=policy_denied",
-        field(line, "src").unwrap_or("?"),
-        field(line, "dst").unwrap_or("?"),
+        field(line, "src.addr").unwrap_or("?"),
+        field(line, "dst.addr").unwrap_or("?"),
         field(line, "protocol").unwrap_or("?"),
     );
     let query = "/debug/authorize?source_ip=10.77.2.20&destination=10.77.2.10&port=8080";
