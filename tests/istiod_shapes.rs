@@ -209,7 +209,7 @@ fn host_network_pods_and_a_shared_vip_are_accepted_and_routed_as_ztunnel_would()
     // It went over HBONE to the endpoint other's service chose, dialed as the shared VIP.
     let other_dst = format!("{}:{OTHER_PORT}", addr::SERVER);
     let line = c.t1.wait_access_line(
-        &[("dst", &other_dst), ("protocol", "HBONE")],
+        &[("dst.addr", &other_dst), ("protocol", "HBONE")],
         Duration::from_secs(10),
     );
     assert!(line.contains(&vip.to_string()), "the VIP is logged: {line}");

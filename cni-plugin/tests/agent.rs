@@ -535,7 +535,7 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
         &[
             ("direction", "inbound"),
             ("protocol", "HBONE"),
-            ("src_identity", "spiffe://cluster.local/ns/default/sa/fresh"),
+            ("src.identity", "spiffe://cluster.local/ns/default/sa/fresh"),
         ],
         WAIT,
     );
@@ -780,7 +780,7 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
         &[
             ("direction", "inbound"),
             ("protocol", "HBONE"),
-            ("src_identity", "spiffe://cluster.local/ns/default/sa/fresh"),
+            ("src.identity", "spiffe://cluster.local/ns/default/sa/fresh"),
         ],
         WAIT,
     );
