@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon, as with no command: `proxy ztunnel` is how Istio's ztunnel image (and
+    /// so its Helm chart) starts the binary, accepted so ours drops in unchanged.
+    Proxy {
+        /// The proxy kind; only the node tunnel (`ztunnel`) is implemented.
+        #[arg(value_enum)]
+        kind: ProxyKind,
+    },
     /// Write a new mesh root CA in Istio's plug-in CA file layout (for LOCAL_CA_DIR).
     GenerateCa {
         /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
@@ -26,12 +33,21 @@ enum Command {
     },
 }
 
+/// ztunnel's `proxy <kind>` kinds we serve.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProxyKind {
+    Ztunnel,
+}
+
 fn main() -> ExitCode {
     nodetunnel_base::logging::init(None);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::GenerateCa { dir, trust_domain }) => generate_ca(&dir, &trust_domain),
-        None => run_daemon(),
+        Some(Command::Proxy {
+            kind: ProxyKind::Ztunnel,
+        })
+        | None => run_daemon(),
     }
 }
 
