@@ -56,7 +56,8 @@ pub struct Config {
     pub(crate) source: ConfigSource,
     /// Certificate source and lifetime.
     pub(crate) ca: CaConfig,
-    /// `CLUSTER_ID`: default cluster of workloads; sent to the control plane and the CA.
+    /// `ISTIO_META_CLUSTER_ID` (as Istio's ztunnel chart sets it), else `CLUSTER_ID`, else
+    /// `Kubernetes`: default cluster of workloads; sent to the control plane and the CA.
     pub(crate) cluster_id: String,
     /// `CLUSTER_DOMAIN`: the cluster's DNS domain.
     pub(crate) cluster_domain: String,
@@ -92,7 +93,12 @@ impl Config {
     pub(crate) fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let env = Env(vars);
         let mode = Mode::from_env(&env)?;
-        let cluster_id = env.string_or("CLUSTER_ID", "Kubernetes");
+        // ztunnel's order: the chart sets ISTIO_META_CLUSTER_ID; CLUSTER_ID is ours (and older).
+        let cluster_id = env
+            .get("ISTIO_META_CLUSTER_ID")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| env.string_or("CLUSTER_ID", "Kubernetes"));
         let cluster_domain = env.string_or("CLUSTER_DOMAIN", "cluster.local");
         let node_name = env.get("NODE_NAME").map(str::to_string);
         let source =

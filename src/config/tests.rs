@@ -350,3 +350,18 @@ fn live_connection_rechecks_are_on_unless_switched_off() {
         "ENFORCE_POLICY_ON_LIVE_CONNECTIONS=\"sometimes\": expected true or false"
     );
 }
+
+#[test]
+fn the_cluster_id_comes_from_istio_meta_cluster_id_first_as_in_ztunnel() {
+    let cluster = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+        all.extend_from_slice(pairs);
+        Config::from_vars(&vars(&all)).unwrap().cluster_id
+    };
+    assert_eq!(cluster(&[]), "Kubernetes");
+    assert_eq!(cluster(&[("CLUSTER_ID", "c1")]), "c1");
+    assert_eq!(
+        cluster(&[("CLUSTER_ID", "c1"), ("ISTIO_META_CLUSTER_ID", "chart")]),
+        "chart"
+    );
+}
