@@ -21,7 +21,7 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
-    addr, connect_from, env_refs, generate_ca, namespaces_available, port, tunnel_env, Ca, Capture,
+    addr, connect_from, env_refs, namespaces_available, port, tunnel_env, Ca, Capture,
     ControlPlane, Mesh, MeshConfig, Protocol, Server, Service, Topology, Tunnel, Workload,
 };
 
@@ -99,15 +99,8 @@ fn start(test: &str, cfg: &MeshConfig) -> Option<Cluster> {
         return None;
     }
     let topo = Topology::two_node(test, Capture::ALL).expect("building the topology");
-    let mesh = topo.path("mesh.yaml");
-    cfg.write(&mesh).expect("writing mesh.yaml");
-    let ca = topo.path("ca");
-    std::fs::create_dir_all(&ca).expect("creating the CA dir");
-    generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
-    let control = nodetunnel_testbed::sibling_binary("nodetunnel-control")
-        .expect("the nodetunnel-control binary");
-    let cp = topo
-        .start_control_plane("n1", &control, &mesh, &ca, &[])
+    let (cp, _mesh) = topo
+        .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("the control plane must load the istiod-shaped mesh: {e}"));
     let tunnel = |node: &str| {
         let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));

@@ -16,9 +16,9 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip, request_then_read_all};
 use nodetunnel_testbed::tunnel::{field, http_get};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
-    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy, PolicyScope,
-    Server, StringMatch, Topology, Tunnel,
+    addr, assert_eventually, connect_from, env_refs, namespaces_available, port, spiffe_id,
+    tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy, PolicyScope, Server,
+    StringMatch, Topology, Tunnel,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -50,15 +50,8 @@ struct Mesh2 {
 }
 
 fn start(topo: Topology, cfg: &MeshConfig) -> Mesh2 {
-    let mesh = topo.path("mesh.yaml");
-    cfg.write(&mesh).expect("writing mesh.yaml");
-    let ca = topo.path("ca");
-    std::fs::create_dir_all(&ca).expect("creating the CA dir");
-    generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
-    let control = nodetunnel_testbed::sibling_binary("nodetunnel-control")
-        .expect("the nodetunnel-control binary");
-    let cp = topo
-        .start_control_plane("n1", &control, &mesh, &ca, &[])
+    let (cp, mesh) = topo
+        .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let tunnel = |node: &str| {
         let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));

@@ -413,6 +413,26 @@ impl Topology {
             .for_nodes(self.nodes.iter().map(Node::name));
         ControlPlane::start(self.ns(node), bin, self.dir(), spec)
     }
+
+    /// The usual mesh control plane on `node`: `cfg` written to `<dir>/mesh.yaml`, a new root
+    /// CA in `<dir>/ca` (made by `tunnel_bin generate-ca`) and `nodetunnel-control` serving
+    /// both. Returns it and the mesh file's path, for tests that rewrite the mesh later.
+    pub fn start_mesh_control(
+        &self,
+        node: &str,
+        tunnel_bin: &Path,
+        cfg: &crate::MeshConfig,
+    ) -> Result<(ControlPlane, PathBuf)> {
+        let mesh = self.path("mesh.yaml");
+        cfg.write(&mesh)?;
+        let ca = self.path("ca");
+        std::fs::create_dir_all(&ca)
+            .map_err(|e| Error::io(format!("creating {}", ca.display()), e))?;
+        crate::generate_ca(tunnel_bin, &ca)?;
+        let control = crate::sibling_binary("nodetunnel-control")?;
+        let cp = self.start_control_plane(node, &control, &mesh, &ca, &[])?;
+        Ok((cp, mesh))
+    }
 }
 
 impl Drop for Topology {
