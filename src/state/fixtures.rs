@@ -25,6 +25,8 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         status: HealthStatus::Healthy,
         services: HashMap::new(),
         authorization_policies: vec![],
+        locality: Default::default(),
+        capacity: super::types::DEFAULT_CAPACITY,
     }
 }
 
@@ -37,6 +39,7 @@ pub fn service(host: &str, vip: &str) -> Service {
         vips: vec![vip.parse().unwrap()],
         ports: HashMap::from([(80, 8080)]),
         subject_alt_names: vec![],
+        load_balancing: None,
     }
 }
 

@@ -323,6 +323,7 @@ impl Loader<'_> {
             vips: s.vips,
             ports: s.ports,
             subject_alt_names: s.subject_alt_names,
+            load_balancing: None,
         };
         if self.store.service(&service.key()).is_some() {
             return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
@@ -420,6 +421,8 @@ impl Loader<'_> {
             },
             services: w.services,
             authorization_policies: w.authorization_policies,
+            locality: Default::default(),
+            capacity: crate::state::types::DEFAULT_CAPACITY,
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {

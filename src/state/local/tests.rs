@@ -68,7 +68,7 @@ fn loads_ztunnel_shaped_yaml_into_the_store() {
         .unwrap();
     assert_eq!(svc.ports[&80], 8080);
     let up = store
-        .resolve("", None, "10.96.0.10:80".parse().unwrap(), |_| 0)
+        .resolve("", None, None, "10.96.0.10:80".parse().unwrap(), |_| 0)
         .unwrap();
     assert_eq!(up.target(), "10.77.2.10:9090".parse().unwrap());
 }
