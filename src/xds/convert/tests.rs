@@ -496,7 +496,8 @@ fn load_balancing_is_kept() {
 
 #[test]
 fn unknown_load_balancing_enums_skip_the_service_without_a_nack() {
-    let cases: [(&str, fn(&mut wl::LoadBalancing)); 4] = [
+    type Change = fn(&mut wl::LoadBalancing);
+    let cases: [(&str, Change); 4] = [
         ("service.load_balancing.routing_preference[1]", |lb| {
             lb.routing_preference = vec![1, 99]
         }),
