@@ -5,6 +5,7 @@
 //! plane: they depend on `state`, never the reverse.
 
 mod addresses;
+mod balance;
 mod defaults;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -24,7 +25,8 @@ pub use store::{
     StoreDelta,
 };
 pub use types::{
-    check_policy_key, HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Policy,
-    PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch,
-    StringMatch, Workload,
+    check_policy_key, HealthStatus, InboundProtocol, LbHealthPolicy, LbMode, LbScope,
+    LoadBalancing, Locality, NamespacedHostname, NetworkAddress, Policy, PolicyAction,
+    PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,
+    Workload, DEFAULT_CAPACITY,
 };

@@ -26,6 +26,8 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         services: HashMap::new(),
         authorization_policies: vec![],
         host_network: false,
+        locality: Default::default(),
+        capacity: super::types::DEFAULT_CAPACITY,
     }
 }
 
@@ -38,6 +40,7 @@ pub fn service(host: &str, vip: &str) -> Service {
         vips: vec![vip.parse().unwrap()],
         ports: HashMap::from([(80, 8080)]),
         subject_alt_names: vec![],
+        load_balancing: None,
     }
 }
 

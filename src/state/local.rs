@@ -24,6 +24,7 @@ use super::store::Store;
 use super::types::{
     HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
 };
+use super::types::{LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, DEFAULT_CAPACITY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -150,8 +151,87 @@ struct LocalWorkload {
     network_mode: String,
     native_tunnel: Option<serde_yaml_ng::Value>,
     application_tunnel: Option<serde_yaml_ng::Value>,
-    locality: Option<serde_yaml_ng::Value>,
-    capacity: Option<serde_yaml_ng::Value>,
+    /// ztunnel's local format: `locality: {region, zone, subzone}`, `capacity` (unset = 1).
+    #[serde(default)]
+    locality: LocalLocality,
+    capacity: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalLocality {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    subzone: String,
+}
+
+/// ztunnel's local `loadBalancer`: `{routingPreferences: [Region, Zone, ...], mode: Standard |
+/// Strict | Failover | Passthrough, healthPolicy: OnlyHealthy | AllowAll}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LocalLoadBalancer {
+    #[serde(default)]
+    routing_preferences: Vec<LocalScope>,
+    mode: LocalLbMode,
+    #[serde(default)]
+    health_policy: LocalHealthPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+enum LocalScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+#[derive(Debug, Deserialize)]
+enum LocalLbMode {
+    Standard,
+    Strict,
+    Failover,
+    Passthrough,
+}
+
+#[derive(Debug, Default, Deserialize)]
+enum LocalHealthPolicy {
+    #[default]
+    OnlyHealthy,
+    AllowAll,
+}
+
+impl From<LocalLoadBalancer> for LoadBalancing {
+    fn from(lb: LocalLoadBalancer) -> LoadBalancing {
+        LoadBalancing {
+            routing_preference: lb
+                .routing_preferences
+                .into_iter()
+                .map(|s| match s {
+                    LocalScope::Region => LbScope::Region,
+                    LocalScope::Zone => LbScope::Zone,
+                    LocalScope::Subzone => LbScope::Subzone,
+                    LocalScope::Node => LbScope::Node,
+                    LocalScope::Cluster => LbScope::Cluster,
+                    LocalScope::Network => LbScope::Network,
+                })
+                .collect(),
+            mode: match lb.mode {
+                LocalLbMode::Standard => LbMode::Standard,
+                LocalLbMode::Strict => LbMode::Strict,
+                LocalLbMode::Failover => LbMode::Failover,
+                LocalLbMode::Passthrough => LbMode::Passthrough,
+            },
+            health_policy: match lb.health_policy {
+                LocalHealthPolicy::OnlyHealthy => LbHealthPolicy::OnlyHealthy,
+                LocalHealthPolicy::AllowAll => LbHealthPolicy::AllowAll,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +248,7 @@ struct LocalService {
     subject_alt_names: Vec<String>,
     endpoints: Option<serde_yaml_ng::Value>,
     waypoint: Option<serde_yaml_ng::Value>,
-    load_balancer: Option<serde_yaml_ng::Value>,
+    load_balancer: Option<LocalLoadBalancer>,
     ip_families: Option<serde_yaml_ng::Value>,
 }
 
@@ -287,7 +367,6 @@ impl Loader<'_> {
             &[
                 ("endpoints", s.endpoints.is_some()),
                 ("waypoint", s.waypoint.is_some()),
-                ("loadBalancer", s.load_balancer.is_some()),
                 ("ipFamilies", s.ip_families.is_some()),
             ],
         );
@@ -325,6 +404,7 @@ impl Loader<'_> {
             vips: s.vips,
             ports: s.ports,
             subject_alt_names: s.subject_alt_names,
+            load_balancing: s.load_balancer.map(LoadBalancing::from),
         };
         if self.store.service(&service.key()).is_some() {
             return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
@@ -353,8 +433,6 @@ impl Loader<'_> {
                 ("networkGateway", w.network_gateway.is_some()),
                 ("nativeTunnel", w.native_tunnel.is_some()),
                 ("applicationTunnel", w.application_tunnel.is_some()),
-                ("locality", w.locality.is_some()),
-                ("capacity", w.capacity.is_some()),
             ],
         );
         if w.namespace.is_empty() {
@@ -437,6 +515,12 @@ impl Loader<'_> {
             services: w.services,
             authorization_policies: w.authorization_policies,
             host_network,
+            locality: Locality {
+                region: w.locality.region,
+                zone: w.locality.zone,
+                subzone: w.locality.subzone,
+            },
+            capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {

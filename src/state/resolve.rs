@@ -4,8 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::balance::{self, NoEndpoint};
 use super::store::Store;
-use super::types::{HealthStatus, InboundProtocol, NamespacedHostname, Service, Workload};
+use super::types::{InboundProtocol, LbMode, LbScope, NamespacedHostname, Service, Workload};
 use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -17,6 +18,15 @@ pub(crate) enum ResolveError {
     },
     #[error("service {service} has no healthy endpoint")]
     NoHealthyEndpoint { service: NamespacedHostname },
+    #[error(
+        "service {service} has no endpoint in the client's {scopes:?} (load balancing mode STRICT)"
+    )]
+    NoEndpointInScope {
+        service: NamespacedHostname,
+        scopes: Vec<LbScope>,
+    },
+    #[error("service {service}: every candidate endpoint has capacity 0")]
+    NoEndpointCapacity { service: NamespacedHostname },
     #[error("endpoint {uid:?} of service {service} has no address")]
     EndpointWithoutAddress {
         service: NamespacedHostname,
@@ -77,18 +87,21 @@ impl Upstream {
 
 impl Store {
     /// Resolves an original destination seen on `network` by a client in `client_namespace`
-    /// (which picks among services of several namespaces sharing a VIP). `pick` chooses among
-    /// the healthy endpoints of a service (given their count, returns an index below it), so
-    /// callers decide the spreading policy and tests can be deterministic.
+    /// (which picks among services of several namespaces sharing a VIP); `client`, when known,
+    /// is the source workload a service's locality preferences compare endpoints with. `pick`
+    /// gets the total capacity of a service's candidate endpoints and returns a point below
+    /// it (see [`balance::choose`]), so callers decide the randomness and tests can be
+    /// deterministic.
     pub(crate) fn resolve(
         &self,
         network: &str,
         client_namespace: Option<&str>,
+        client: Option<&Workload>,
         dst: SocketAddr,
-        pick: impl FnOnce(usize) -> usize,
+        pick: impl FnOnce(u64) -> u64,
     ) -> Result<Upstream, ResolveError> {
         if let Some(service) = self.service_by_vip(network, dst.ip(), client_namespace) {
-            return self.resolve_service(service, dst, pick);
+            return self.resolve_service(service, client, dst, pick);
         }
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
             return Ok(Upstream::Workload {
@@ -103,9 +116,16 @@ impl Store {
     fn resolve_service(
         &self,
         service: Arc<Service>,
+        client: Option<&Workload>,
         dst: SocketAddr,
-        pick: impl FnOnce(usize) -> usize,
+        pick: impl FnOnce(u64) -> u64,
     ) -> Result<Upstream, ResolveError> {
+        let lb = service.load_balancing.as_ref();
+        // ztunnel sends PASSTHROUGH services' traffic to the VIP as dialed, before any port
+        // or endpoint lookup.
+        if lb.is_some_and(|lb| lb.mode == LbMode::Passthrough) {
+            return Ok(Upstream::Passthrough(dst));
+        }
         let key = service.key();
         let service_port = dst.port();
         let Some(&default_target) = service.ports.get(&service_port) else {
@@ -114,15 +134,24 @@ impl Store {
                 port: service_port,
             });
         };
-        let healthy: Vec<Arc<Workload>> = self
-            .endpoints(&key)
-            .into_iter()
-            .filter(|w| w.status == HealthStatus::Healthy)
-            .collect();
-        if healthy.is_empty() {
-            return Err(ResolveError::NoHealthyEndpoint { service: key });
-        }
-        let workload = healthy[pick(healthy.len()) % healthy.len()].clone();
+        let endpoints = self.endpoints(&key);
+        let workload = match balance::choose(&endpoints, lb, client, pick) {
+            Ok(w) => w.clone(),
+            Err(NoEndpoint::Unhealthy) => {
+                return Err(ResolveError::NoHealthyEndpoint { service: key })
+            }
+            Err(NoEndpoint::OutOfScope) => {
+                return Err(ResolveError::NoEndpointInScope {
+                    service: key,
+                    scopes: lb
+                        .map(|lb| lb.routing_preference.clone())
+                        .unwrap_or_default(),
+                })
+            }
+            Err(NoEndpoint::NoCapacity) => {
+                return Err(ResolveError::NoEndpointCapacity { service: key })
+            }
+        };
         let override_target = workload
             .services
             .get(&key)

@@ -122,6 +122,22 @@ pub struct Workload {
     /// store does not index such a workload by address (it is found by uid and as a service
     /// endpoint only).
     pub host_network: bool,
+    /// Where the workload runs; compared with the client's by [`LoadBalancing`] preferences.
+    pub locality: Locality,
+    /// Relative weight among a service's endpoints (ztunnel reads an unset value as 1; 0 is
+    /// never picked).
+    pub capacity: u32,
+}
+
+/// The capacity of a workload whose `capacity` is unset, as ztunnel reads it.
+pub const DEFAULT_CAPACITY: u32 = 1;
+
+/// A workload's failure domain (Istio's `Locality`); empty parts compare equal to each other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
 }
 
 impl Workload {
@@ -144,6 +160,50 @@ pub struct Service {
     pub ports: HashMap<u16, u16>,
     /// Identities a client accepts from any endpoint of this service, besides the endpoint's own.
     pub subject_alt_names: Vec<String>,
+    /// How endpoints are chosen; `None` spreads over all healthy endpoints by capacity.
+    pub load_balancing: Option<LoadBalancing>,
+}
+
+/// A service's endpoint selection policy (Istio's `LoadBalancing`), applied by
+/// `crate::state::balance`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LoadBalancing {
+    /// Scopes the endpoint should share with the client, most important first.
+    pub routing_preference: Vec<LbScope>,
+    pub mode: LbMode,
+    pub health_policy: LbHealthPolicy,
+}
+
+/// One part of the client's location an endpoint may share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LbScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LbMode {
+    /// Preferences ignored (the proto's UNSPECIFIED_MODE).
+    #[default]
+    Standard,
+    /// Only endpoints sharing every preferred scope with the client; none is an error.
+    Strict,
+    /// Endpoints sharing the most leading scopes with the client.
+    Failover,
+    /// No endpoint selection: connect to the original destination (the VIP) as dialed.
+    Passthrough,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LbHealthPolicy {
+    #[default]
+    OnlyHealthy,
+    /// Unhealthy endpoints are candidates too.
+    AllowAll,
 }
 
 impl Service {

@@ -22,6 +22,7 @@ use crate::state::{
     NamespacedHostname, NetworkAddress, Policy, PolicyAction, PolicyClause, PolicyMatch,
     PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch, Workload,
 };
+use crate::state::{LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, DEFAULT_CAPACITY};
 
 /// What one `istio.workload.Address` resource holds.
 // Each value is built once and moved straight into a `StoreDelta` vector; boxing the
@@ -209,6 +210,8 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         services,
         authorization_policies,
         host_network,
+        locality: w.locality.map(locality_from_proto).unwrap_or_default(),
+        capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
     };
     defaults.fill_workload(&mut workload);
     Ok(workload)
@@ -240,6 +243,10 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         })
         .collect::<FieldResult<Vec<_>>>()?;
     let ports = ports_from_proto(&s.ports)?;
+    let load_balancing = match s.load_balancing {
+        Some(lb) => Some(load_balancing_from_proto(&lb).map_err(|e| e.under("load_balancing"))?),
+        None => None,
+    };
     Ok(Service {
         name: s.name,
         namespace: s.namespace,
@@ -247,6 +254,54 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         vips,
         ports,
         subject_alt_names: s.subject_alt_names,
+        load_balancing,
+    })
+}
+
+fn locality_from_proto(l: wl::Locality) -> Locality {
+    Locality {
+        region: l.region,
+        zone: l.zone,
+        subzone: l.subzone,
+    }
+}
+
+/// ztunnel refuses a service whose load balancing it cannot read (an unknown or unspecified
+/// scope, an unknown mode or health policy): we skip it the same way, without a NACK.
+fn load_balancing_from_proto(lb: &wl::LoadBalancing) -> FieldResult<LoadBalancing> {
+    use wl::load_balancing::{HealthPolicy, Mode, Scope};
+    let routing_preference = lb
+        .routing_preference
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match Scope::try_from(v) {
+            Ok(Scope::Region) => Ok(LbScope::Region),
+            Ok(Scope::Zone) => Ok(LbScope::Zone),
+            Ok(Scope::Subzone) => Ok(LbScope::Subzone),
+            Ok(Scope::Node) => Ok(LbScope::Node),
+            Ok(Scope::Cluster) => Ok(LbScope::Cluster),
+            Ok(Scope::Network) => Ok(LbScope::Network),
+            Ok(Scope::UnspecifiedScope) | Err(_) => {
+                Err(unknown_enum(&format!("routing_preference[{i}]"), v))
+            }
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    let mode = match Mode::try_from(lb.mode) {
+        Ok(Mode::UnspecifiedMode) => LbMode::Standard,
+        Ok(Mode::Strict) => LbMode::Strict,
+        Ok(Mode::Failover) => LbMode::Failover,
+        Ok(Mode::Passthrough) => LbMode::Passthrough,
+        Err(_) => return Err(unknown_enum("mode", lb.mode)),
+    };
+    let health_policy = match HealthPolicy::try_from(lb.health_policy) {
+        Ok(HealthPolicy::OnlyHealthy) => LbHealthPolicy::OnlyHealthy,
+        Ok(HealthPolicy::AllowAll) => LbHealthPolicy::AllowAll,
+        Err(_) => return Err(unknown_enum("health_policy", lb.health_policy)),
+    };
+    Ok(LoadBalancing {
+        routing_preference,
+        mode,
+        health_policy,
     })
 }
 

@@ -81,21 +81,27 @@ impl Route {
 
 /// Routes a connection from `source_ip` to `original_dst`: the source must be a workload this
 /// scope serves; the destination is resolved on `network`, `pick` choosing among a service's
-/// healthy endpoints (given their count, returns an index below it).
+/// endpoints (given their total capacity, returns a point below it).
 pub fn route(
     store: &Store,
     network: &str,
     scope: &Scope,
     source_ip: IpAddr,
     original_dst: SocketAddr,
-    pick: impl FnOnce(usize) -> usize,
+    pick: impl FnOnce(u64) -> u64,
 ) -> Result<Route, ProxyError> {
     let source = scope
         .local_workload(store, network, source_ip)
         .map_err(|miss| {
             ProxyError::local_miss(miss, source_ip, ProxyError::UnknownSource(source_ip))
         })?;
-    let upstream = store.resolve(network, Some(&source.namespace), original_dst, pick)?;
+    let upstream = store.resolve(
+        network,
+        Some(&source.namespace),
+        Some(&source),
+        original_dst,
+        pick,
+    )?;
     let protocol = if upstream.uses_hbone() {
         OutboundProtocol::Hbone {
             tunnel: SocketAddr::new(upstream.target().ip(), HBONE_PORT),

@@ -68,7 +68,7 @@ fn loads_ztunnel_shaped_yaml_into_the_store() {
         .unwrap();
     assert_eq!(svc.ports[&80], 8080);
     let up = store
-        .resolve("", None, "10.96.0.10:80".parse().unwrap(), |_| 0)
+        .resolve("", None, None, "10.96.0.10:80".parse().unwrap(), |_| 0)
         .unwrap();
     assert_eq!(up.target(), "10.77.2.10:9090".parse().unwrap());
 }
@@ -418,4 +418,93 @@ fn service_ports_must_be_real_ports() {
     let slash = "services:\n- {name: s, namespace: d, hostname: a/b}\n";
     let err = load(slash).unwrap_err().to_string();
     assert!(err.contains("contains '/'"), "{err}");
+}
+
+#[test]
+fn locality_capacity_and_load_balancer_in_ztunnel_shape() {
+    let text = r#"
+workloads:
+- name: a
+  namespace: default
+  workloadIps: ["10.0.0.1"]
+  locality: {region: r1, zone: z1, subzone: s1}
+  capacity: 0
+- name: b
+  namespace: default
+  workloadIps: ["10.0.0.2"]
+services:
+- name: web
+  namespace: default
+  hostname: web.default.svc
+  vips: ["/10.96.0.1"]
+  ports: {80: 8080}
+  loadBalancer:
+    routingPreferences: [Network, Region, Zone, Subzone, Node, Cluster]
+    mode: Strict
+    healthPolicy: AllowAll
+- name: plain
+  namespace: default
+  hostname: plain.default.svc
+  vips: ["/10.96.0.2"]
+  loadBalancer: {mode: Failover}
+"#;
+    let loaded = load(text).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let store = loaded.store;
+    let a = store
+        .workload_by_ip("", "10.0.0.1".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        a.locality,
+        Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            subzone: "s1".into()
+        }
+    );
+    assert_eq!(a.capacity, 0);
+    let b = store
+        .workload_by_ip("", "10.0.0.2".parse().unwrap())
+        .unwrap();
+    assert_eq!((b.locality.clone(), b.capacity), (Locality::default(), 1));
+    let web = store
+        .service_by_vip("", "10.96.0.1".parse().unwrap(), None)
+        .unwrap();
+    use LbScope::*;
+    assert_eq!(
+        web.load_balancing,
+        Some(LoadBalancing {
+            routing_preference: vec![Network, Region, Zone, Subzone, Node, Cluster],
+            mode: LbMode::Strict,
+            health_policy: LbHealthPolicy::AllowAll,
+        })
+    );
+    let plain = store
+        .service_by_vip("", "10.96.0.2".parse().unwrap(), None)
+        .unwrap();
+    assert_eq!(
+        plain.load_balancing,
+        Some(LoadBalancing {
+            routing_preference: vec![],
+            mode: LbMode::Failover,
+            health_policy: LbHealthPolicy::OnlyHealthy,
+        })
+    );
+}
+
+#[test]
+fn an_unknown_load_balancer_mode_is_an_error_naming_line_and_field() {
+    let text = r#"
+services:
+- name: web
+  namespace: default
+  hostname: web.default.svc
+  loadBalancer: {mode: Sometimes}
+"#;
+    let err = load(text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("mesh.yaml:6:")
+            && err.contains("loadBalancer.mode: unknown variant `Sometimes`"),
+        "{err}"
+    );
 }

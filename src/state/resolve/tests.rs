@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::state::fixtures::{service, workload};
+use crate::state::types::HealthStatus;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -26,7 +27,7 @@ fn mesh() -> (Store, NamespacedHostname) {
 fn workload_ip_resolves_to_that_workload() {
     let (store, _) = mesh();
     let up = store
-        .resolve("", None, addr("10.0.0.2:7000"), |_| 0)
+        .resolve("", None, None, addr("10.0.0.2:7000"), |_| 0)
         .unwrap();
     assert!(up.uses_hbone());
     assert_eq!(up.target(), addr("10.0.0.2:7000"));
@@ -40,7 +41,7 @@ fn workload_ip_resolves_to_that_workload() {
 fn unknown_ip_passes_through() {
     let (store, _) = mesh();
     let up = store
-        .resolve("", None, addr("192.0.2.9:443"), |_| 0)
+        .resolve("", None, None, addr("192.0.2.9:443"), |_| 0)
         .unwrap();
     assert_eq!(up, Upstream::Passthrough(addr("192.0.2.9:443")));
     assert!(!up.uses_hbone());
@@ -54,7 +55,7 @@ fn tcp_workload_does_not_use_hbone() {
     w.protocol = InboundProtocol::Tcp;
     store.insert_workload(w);
     assert!(!store
-        .resolve("", None, addr("10.0.0.9:80"), |_| 0)
+        .resolve("", None, None, addr("10.0.0.9:80"), |_| 0)
         .unwrap()
         .uses_hbone());
 }
@@ -64,11 +65,11 @@ fn vip_maps_ports_and_spreads_across_endpoints() {
     let (store, _) = mesh();
     // Endpoint a overrides the target port; b uses the service default.
     let a = store
-        .resolve("", None, addr("10.96.0.1:80"), |_| 0)
+        .resolve("", None, None, addr("10.96.0.1:80"), |_| 0)
         .unwrap();
     assert_eq!(a.target(), addr("10.0.0.1:9090"));
     let b = store
-        .resolve("", None, addr("10.96.0.1:80"), |_| 1)
+        .resolve("", None, None, addr("10.96.0.1:80"), |_| 1)
         .unwrap();
     assert_eq!(b.target(), addr("10.0.0.2:8080"));
     let ids = b.expected_identities();
@@ -81,7 +82,7 @@ fn vip_errors_are_specific() {
     let (mut store, key) = mesh();
     assert_eq!(
         store
-            .resolve("", None, addr("10.96.0.1:81"), |_| 0)
+            .resolve("", None, None, addr("10.96.0.1:81"), |_| 0)
             .unwrap_err(),
         ResolveError::UnknownServicePort {
             service: key.clone(),
@@ -95,7 +96,7 @@ fn vip_errors_are_specific() {
     }
     assert_eq!(
         store
-            .resolve("", None, addr("10.96.0.1:80"), |_| 0)
+            .resolve("", None, None, addr("10.96.0.1:80"), |_| 0)
             .unwrap_err(),
         ResolveError::NoHealthyEndpoint { service: key }
     );

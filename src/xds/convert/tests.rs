@@ -264,10 +264,6 @@ fn fields_the_store_does_not_model_are_accepted() {
     convert_workload(w);
     let mut s = valid_service();
     s.ip_families = 42;
-    s.load_balancing = Some(wl::LoadBalancing {
-        mode: 17,
-        ..Default::default()
-    });
     s.canonical = true;
     convert_service(s);
 }
@@ -447,5 +443,83 @@ fn loopback_and_unspecified_workload_addresses_and_vips_are_refused() {
             err.starts_with(&format!("service.addresses[0].address: {shown}: ")),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn locality_and_capacity_are_kept_and_capacity_defaults_to_one() {
+    let mut w = valid_workload();
+    w.locality = Some(wl::Locality {
+        region: "r1".into(),
+        zone: "z1".into(),
+        subzone: "s1".into(),
+    });
+    w.capacity = Some(7);
+    let got = convert_workload(w);
+    assert_eq!(
+        got.locality,
+        Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            subzone: "s1".into()
+        }
+    );
+    assert_eq!(got.capacity, 7);
+    let mut w = valid_workload();
+    w.capacity = Some(0);
+    assert_eq!(convert_workload(w).capacity, 0);
+    let got = convert_workload(valid_workload());
+    assert_eq!((got.locality, got.capacity), (Locality::default(), 1));
+}
+
+#[test]
+fn load_balancing_is_kept() {
+    use wl::load_balancing::{HealthPolicy, Mode, Scope};
+    let mut s = valid_service();
+    s.load_balancing = Some(wl::LoadBalancing {
+        routing_preference: vec![
+            Scope::Network as i32,
+            Scope::Region as i32,
+            Scope::Zone as i32,
+        ],
+        mode: Mode::Failover as i32,
+        health_policy: HealthPolicy::AllowAll as i32,
+        ..Default::default()
+    });
+    assert_eq!(
+        convert_service(s).load_balancing,
+        Some(LoadBalancing {
+            routing_preference: vec![LbScope::Network, LbScope::Region, LbScope::Zone],
+            mode: LbMode::Failover,
+            health_policy: LbHealthPolicy::AllowAll,
+        })
+    );
+    assert_eq!(convert_service(valid_service()).load_balancing, None);
+}
+
+#[test]
+fn unknown_load_balancing_enums_skip_the_service_without_a_nack() {
+    type Change = fn(&mut wl::LoadBalancing);
+    let cases: [(&str, Change); 4] = [
+        ("service.load_balancing.routing_preference[1]", |lb| {
+            lb.routing_preference = vec![1, 99]
+        }),
+        ("service.load_balancing.routing_preference[0]", |lb| {
+            lb.routing_preference = vec![0]
+        }),
+        ("service.load_balancing.mode", |lb| lb.mode = 17),
+        ("service.load_balancing.health_policy", |lb| {
+            lb.health_policy = 5
+        }),
+    ];
+    for (field, change) in cases {
+        let mut lb = wl::LoadBalancing::default();
+        change(&mut lb);
+        let mut s = valid_service();
+        s.load_balancing = Some(lb);
+        match address_from_proto(SERVICE, service_address(s), &defaults()) {
+            Err(ProtoError::Unsupported { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected Unsupported, got {other:?}"),
+        }
     }
 }
