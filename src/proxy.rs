@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod inbound_plain;
 mod listeners;
 pub mod live;
+pub mod lookup;
 pub mod outbound;
 
 pub use error::ProxyError;
@@ -128,6 +129,8 @@ pub struct ProxyInputs {
     /// This group's admitted inbound connections, authorized again after every state change
     /// (unless `ENFORCE_POLICY_ON_LIVE_CONNECTIONS=false`, when nothing registers here).
     pub live: Arc<LiveConnections>,
+    /// Looks up service endpoints known by hostname only (shared by every group).
+    pub lookup: Arc<lookup::HostLookup>,
 }
 
 /// Accepts connections until the task is dropped, running `handle` for each (with the peer's
@@ -178,6 +181,7 @@ impl ProxyInputs {
             delivery,
             tasks: ConnectionTasks::new(),
             live: Arc::new(LiveConnections::new()),
+            lookup: lookup::HostLookup::shared(),
         }
     }
 

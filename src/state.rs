@@ -14,19 +14,19 @@ mod resolve;
 mod store;
 mod types;
 
-pub(crate) use addresses::unusable_address;
+pub(crate) use addresses::{unusable_address, unusable_range};
 pub(crate) use defaults::workload_type_name;
 pub use defaults::Defaults;
 pub(crate) use local::load_file;
 pub use local::{load_str, LoadError, Loaded};
-pub(crate) use resolve::{ResolveError, Upstream};
+pub(crate) use resolve::{HostnameEndpoint, Resolution, ResolveError, Upstream};
 pub use store::{
     preferred_claimant, Applicable, ApplicablePolicies, StateHandle, StateWriteGuard, Store,
     StoreDelta,
 };
 pub use types::{
-    check_policy_key, HealthStatus, InboundProtocol, LbHealthPolicy, LbMode, LbScope,
-    LoadBalancing, Locality, NamespacedHostname, NetworkAddress, Policy, PolicyAction,
+    check_policy_key, HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope,
+    LoadBalancing, Locality, NamespacedHostname, NetworkAddress, NetworkCidr, Policy, PolicyAction,
     PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,
     Workload, DEFAULT_CAPACITY,
 };

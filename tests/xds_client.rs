@@ -377,6 +377,7 @@ fn service(name: &str, vip: [u8; 4]) -> Address {
             addresses: vec![NetworkAddress {
                 network: String::new(),
                 address: vip.to_vec(),
+                length: None,
             }],
             ports: vec![Port {
                 service_port: 80,

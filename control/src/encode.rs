@@ -12,8 +12,8 @@ use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
 use nodetunnel::state::{
-    HealthStatus, InboundProtocol, Policy, PolicyAction, PolicyMatch, PolicyScope, Service,
-    ServiceAccountMatch, StringMatch, Workload,
+    HealthStatus, InboundProtocol, IpFamily, Policy, PolicyAction, PolicyMatch, PolicyScope,
+    Service, ServiceAccountMatch, StringMatch, Workload,
 };
 
 fn ip_to_bytes(ip: IpAddr) -> Vec<u8> {
@@ -102,10 +102,23 @@ pub fn service_to_proto(service: &Service) -> Address {
             .map(|vip| wl::NetworkAddress {
                 network: vip.network.clone(),
                 address: ip_to_bytes(vip.address),
+                length: None,
             })
+            .chain(service.cidr_vips.iter().map(|range| wl::NetworkAddress {
+                network: range.network.clone(),
+                address: ip_to_bytes(range.cidr.network()),
+                length: Some(u32::from(range.cidr.prefix_len())),
+            }))
             .collect(),
         ports: ports_to_proto(&service.ports),
         subject_alt_names: service.subject_alt_names.clone(),
+        ip_families: match service.ip_families {
+            None => wl::IpFamilies::Automatic,
+            Some(IpFamily::V4) => wl::IpFamilies::Ipv4Only,
+            Some(IpFamily::V6) => wl::IpFamilies::Ipv6Only,
+            Some(IpFamily::Dual) => wl::IpFamilies::Dual,
+        } as i32,
+        canonical: service.canonical,
         ..Default::default()
     };
     Address {

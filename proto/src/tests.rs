@@ -287,12 +287,28 @@ mod workload {
             addresses: vec![NetworkAddress {
                 network: "".into(),
                 address: vec![10, 96, 0, 1],
+                length: None,
             }],
             ..Default::default()
         };
         let mut want = ld(&[0x1A], b"h");
         want.extend(ld(&[0x22], &ld(&[0x12], &[10, 96, 0, 1])));
         assert_eq!(enc(&s), want);
+
+        // NetworkAddress.length = 3, optional: present even when 0, absent when unset
+        let cidr = NetworkAddress {
+            network: "".into(),
+            address: vec![10, 96, 0, 0],
+            length: Some(16),
+        };
+        let mut want = ld(&[0x12], &[10, 96, 0, 0]);
+        want.extend([0x18, 16]);
+        assert_eq!(enc(&cidr), want);
+        let zero = NetworkAddress {
+            length: Some(0),
+            ..cidr
+        };
+        assert!(enc(&zero).ends_with(&[0x18, 0]));
 
         // ports = 5, subject_alt_names = 6
         let s = Service {
@@ -327,6 +343,7 @@ mod workload {
             destination: Some(gateway_address::Destination::Address(NetworkAddress {
                 network: "".into(),
                 address: vec![1, 2, 3, 4],
+                length: None,
             })),
             hbone_mtls_port: 0,
         };

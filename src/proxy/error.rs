@@ -25,6 +25,9 @@ pub enum ProxyError {
     SelfLoop(std::net::SocketAddr),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// Outbound to an endpoint known by hostname: its DNS lookup failed.
+    #[error(transparent)]
+    Lookup(#[from] super::lookup::LookupError),
     /// The inbound side's own certificate (the dialed workload's).
     #[error("certificate: {0}")]
     Certificate(#[from] ManagerError),
@@ -84,9 +87,9 @@ impl ProxyError {
             | ProxyError::TargetMismatch { .. }
             | ProxyError::SelfLoop(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Upstream { .. }
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
             | ProxyError::AmbiguousLocal { .. }
@@ -109,6 +112,7 @@ impl ProxyError {
             ProxyError::AmbiguousLocal { .. } => "ambiguous_workload",
             ProxyError::SelfLoop(_) => "loop",
             ProxyError::Resolve(_) => "no_route",
+            ProxyError::Lookup(_) => "dns_lookup_failed",
             ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
             | ProxyError::Pool(PoolError::Connect(

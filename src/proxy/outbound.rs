@@ -4,7 +4,7 @@
 
 mod route;
 
-pub use route::{route, OutboundProtocol, Route};
+pub use route::{route, OutboundProtocol, PendingRoute, Route, Routed};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +38,11 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
         return unrouted(&pi, peer, Some(original_dst), e);
     }
     let route = match decide(&pi, &client, peer, original_dst) {
-        Ok(route) => route,
+        Ok(Routed::Ready(route)) => route,
+        Ok(Routed::Lookup(pending)) => match look_up(&pi, pending).await {
+            Ok(route) => route,
+            Err(e) => return unrouted(&pi, peer, Some(original_dst), e),
+        },
         Err(e) => return unrouted(&pi, peer, Some(original_dst), e),
     };
     let mut record = ConnectionRecord::start(pi.metrics.clone(), route.describe(peer));
@@ -54,7 +58,7 @@ fn decide(
     client: &TcpStream,
     peer: SocketAddr,
     original_dst: SocketAddr,
-) -> Result<Route, ProxyError> {
+) -> Result<Routed, ProxyError> {
     let local = client
         .local_addr()
         .map_err(ProxyError::OriginalDestination)?;
@@ -70,6 +74,12 @@ fn decide(
         original_dst,
         |n| rand::random_range(0..n),
     )
+}
+
+/// Finishes a route to a hostname endpoint once its name is looked up.
+async fn look_up(pi: &ProxyInputs, pending: PendingRoute) -> Result<Route, ProxyError> {
+    let resolved = pi.lookup.lookup(pending.hostname()).await?;
+    pending.finish(&resolved, |n| rand::random_range(0..n))
 }
 
 /// Logs a connection that failed before it had a route.

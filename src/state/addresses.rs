@@ -11,6 +11,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 /// Why `ip` can never be a workload address or a service VIP, if it cannot. IPv4-mapped IPv6
 /// addresses (`::ffff:127.0.0.1`) are judged as the IPv4 address they carry.
 pub(crate) fn unusable_address(ip: IpAddr) -> Option<&'static str> {
@@ -24,9 +26,32 @@ pub(crate) fn unusable_address(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Why a CIDR VIP can never be used, if it cannot: a range that lies wholly inside loopback
+/// (127.0.0.0/8 or narrower) would, like a loopback VIP, pull an app's local connections into
+/// the mesh. Wider ranges that merely contain loopback (an egress `0.0.0.0/0`) are accepted:
+/// connections to loopback are never captured, so they cannot reach the service.
+pub(crate) fn unusable_range(cidr: IpNet) -> Option<&'static str> {
+    match cidr {
+        IpNet::V4(v4) if v4.prefix_len() >= 8 && v4.network().is_loopback() => {
+            Some("the range lies inside loopback, which names the host itself, never a service")
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ranges_wholly_inside_loopback_are_unusable() {
+        for bad in ["127.0.0.0/8", "127.1.0.0/16", "127.0.0.0/24"] {
+            assert!(unusable_range(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for good in ["0.0.0.0/0", "64.0.0.0/2", "10.0.0.0/8", "fd00::/8", "::/0"] {
+            assert_eq!(unusable_range(good.parse().unwrap()), None, "{good}");
+        }
+    }
 
     #[test]
     fn loopback_and_unspecified_are_unusable_in_every_spelling() {

@@ -38,9 +38,12 @@ pub fn service(host: &str, vip: &str) -> Service {
         namespace: "default".into(),
         hostname: host.into(),
         vips: vec![vip.parse().unwrap()],
+        cidr_vips: vec![],
         ports: HashMap::from([(80, 8080)]),
         subject_alt_names: vec![],
         load_balancing: None,
+        ip_families: None,
+        canonical: false,
     }
 }
 

@@ -11,6 +11,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
+
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -18,11 +20,12 @@ mod policies;
 
 use policies::LocalPolicy;
 
-use super::addresses::unusable_address;
+use super::addresses::{unusable_address, unusable_range};
 use super::defaults::{parse_workload_type, Defaults};
 use super::store::Store;
 use super::types::{
-    HealthStatus, InboundProtocol, NamespacedHostname, NetworkAddress, Service, Workload,
+    HealthStatus, InboundProtocol, IpFamily, NamespacedHostname, NetworkAddress, NetworkCidr,
+    Service, Workload,
 };
 use super::types::{LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, DEFAULT_CAPACITY};
 
@@ -249,7 +252,28 @@ struct LocalService {
     endpoints: Option<serde_yaml_ng::Value>,
     waypoint: Option<serde_yaml_ng::Value>,
     load_balancer: Option<LocalLoadBalancer>,
-    ip_families: Option<serde_yaml_ng::Value>,
+    ip_families: Option<LocalIpFamily>,
+    /// ztunnel's `cidrVips: [{network: "", cidr: 10.0.0.0/24}]`.
+    #[serde(default)]
+    cidr_vips: Vec<LocalCidr>,
+    #[serde(default)]
+    canonical: bool,
+}
+
+/// ztunnel's local spelling of a service's IP families.
+#[derive(Debug, Deserialize)]
+enum LocalIpFamily {
+    IPv4,
+    IPv6,
+    Dual,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalCidr {
+    #[serde(default)]
+    network: String,
+    cidr: IpNet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,7 +391,6 @@ impl Loader<'_> {
             &[
                 ("endpoints", s.endpoints.is_some()),
                 ("waypoint", s.waypoint.is_some()),
-                ("ipFamilies", s.ip_families.is_some()),
             ],
         );
         for (field, value) in [
@@ -397,14 +420,32 @@ impl Loader<'_> {
                 return Err(self.invalid(&item, format!("`vips[{i}]` {}: {reason}", vip.address)));
             }
         }
+        let mut cidr_vips = Vec::with_capacity(s.cidr_vips.len());
+        for (i, range) in s.cidr_vips.into_iter().enumerate() {
+            let cidr = range.cidr.trunc();
+            if let Some(reason) = unusable_range(cidr) {
+                return Err(self.invalid(&item, format!("`cidrVips[{i}]` {cidr}: {reason}")));
+            }
+            cidr_vips.push(NetworkCidr {
+                network: range.network,
+                cidr,
+            });
+        }
         let service = Service {
             name: s.name,
             namespace: s.namespace,
             hostname: s.hostname,
             vips: s.vips,
+            cidr_vips,
             ports: s.ports,
             subject_alt_names: s.subject_alt_names,
             load_balancing: s.load_balancer.map(LoadBalancing::from),
+            ip_families: s.ip_families.map(|f| match f {
+                LocalIpFamily::IPv4 => IpFamily::V4,
+                LocalIpFamily::IPv6 => IpFamily::V6,
+                LocalIpFamily::Dual => IpFamily::Dual,
+            }),
+            canonical: s.canonical,
         };
         if self.store.service(&service.key()).is_some() {
             return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
@@ -441,9 +482,9 @@ impl Loader<'_> {
         if w.uid.is_empty() && w.name.is_empty() {
             return Err(self.invalid(&item, "needs a `uid` or a `name`"));
         }
-        if w.workload_ips.is_empty() {
+        if w.workload_ips.is_empty() && w.hostname.is_empty() {
             self.warn(format_args!(
-                "{item}: no `workloadIps`; traffic can never reach it"
+                "{item}: no `workloadIps` and no `hostname`; traffic can never reach it"
             ));
         }
         for (i, ip) in w.workload_ips.iter().enumerate() {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::balance::{self, NoEndpoint};
 use super::store::Store;
-use super::types::{InboundProtocol, LbMode, LbScope, NamespacedHostname, Service, Workload};
+use super::types::{
+    InboundProtocol, IpFamily, LbMode, LbScope, NamespacedHostname, Service, Workload,
+};
 use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,11 +29,27 @@ pub(crate) enum ResolveError {
     },
     #[error("service {service}: every candidate endpoint has capacity 0")]
     NoEndpointCapacity { service: NamespacedHostname },
-    #[error("endpoint {uid:?} of service {service} has no address")]
+    #[error("endpoint {uid:?} of service {service} has no address{}", family_note(*.family))]
     EndpointWithoutAddress {
         service: NamespacedHostname,
         uid: String,
+        family: Option<IpFamily>,
     },
+    #[error("endpoint {uid:?} of service {service}: hostname {hostname:?} resolved to no address{}", family_note(*.family))]
+    HostnameWithoutAddress {
+        service: NamespacedHostname,
+        uid: String,
+        hostname: String,
+        family: Option<IpFamily>,
+    },
+}
+
+fn family_note(family: Option<IpFamily>) -> &'static str {
+    match family {
+        Some(IpFamily::V4) => " the service's IP families (IPv4 only) allow",
+        Some(IpFamily::V6) => " the service's IP families (IPv6 only) allow",
+        Some(IpFamily::Dual) | None => "",
+    }
 }
 
 /// The chosen upstream of an outbound connection.
@@ -46,6 +64,81 @@ pub(crate) enum Upstream {
     },
     /// Not in the mesh: connect straight to the original destination.
     Passthrough(SocketAddr),
+}
+
+/// What a destination resolves to: an upstream now, or an endpoint known by hostname only (a
+/// ServiceEntry with DNS resolution) whose address is looked up when the connection is made
+/// ([`HostnameEndpoint::at`]). Kept apart from [`Upstream`] so an upstream always has an
+/// address and the lookup, which awaits, happens outside the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    Ready(Upstream),
+    Lookup(HostnameEndpoint),
+}
+
+#[cfg(test)]
+impl Resolution {
+    /// The upstream of a resolution that needs no lookup (tests only).
+    pub(crate) fn ready(self) -> Upstream {
+        match self {
+            Resolution::Ready(up) => up,
+            Resolution::Lookup(h) => panic!("expected an upstream, got a lookup of {h:?}"),
+        }
+    }
+}
+
+/// A chosen endpoint whose address is a DNS name, with what is needed to finish the choice
+/// once the name is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HostnameEndpoint {
+    pub workload: Arc<Workload>,
+    pub service: Arc<Service>,
+    /// The target port on the endpoint.
+    pub port: u16,
+    /// What the client dialed (the VIP): its family is preferred among the answers.
+    pub dialed: SocketAddr,
+}
+
+impl HostnameEndpoint {
+    pub(crate) fn hostname(&self) -> &str {
+        &self.workload.hostname
+    }
+
+    /// Finishes the choice with the addresses `hostname` resolved to: those the service's IP
+    /// families allow, preferring the dialed family, `pick` choosing an index below the count
+    /// (ztunnel picks at random).
+    pub(crate) fn at(
+        self,
+        resolved: &[IpAddr],
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Result<Upstream, ResolveError> {
+        let family = self.service.ip_families;
+        let allowed: Vec<IpAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|ip| family.is_none_or(|f| f.accepts(*ip)))
+            .collect();
+        let same: Vec<IpAddr> = allowed
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == self.dialed.is_ipv4())
+            .collect();
+        let candidates = if same.is_empty() { allowed } else { same };
+        if candidates.is_empty() {
+            return Err(ResolveError::HostnameWithoutAddress {
+                service: self.service.key(),
+                uid: self.workload.uid.clone(),
+                hostname: self.workload.hostname.clone(),
+                family,
+            });
+        }
+        let ip = candidates[pick(candidates.len()).min(candidates.len() - 1)];
+        Ok(Upstream::Workload {
+            address: SocketAddr::new(ip, self.port),
+            workload: self.workload,
+            service: Some(self.service),
+        })
+    }
 }
 
 impl Upstream {
@@ -99,18 +192,18 @@ impl Store {
         client: Option<&Workload>,
         dst: SocketAddr,
         pick: impl FnOnce(u64) -> u64,
-    ) -> Result<Upstream, ResolveError> {
+    ) -> Result<Resolution, ResolveError> {
         if let Some(service) = self.service_by_vip(network, dst.ip(), client_namespace) {
             return self.resolve_service(service, client, dst, pick);
         }
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
-            return Ok(Upstream::Workload {
+            return Ok(Resolution::Ready(Upstream::Workload {
                 workload,
                 address: dst,
                 service: None,
-            });
+            }));
         }
-        Ok(Upstream::Passthrough(dst))
+        Ok(Resolution::Ready(Upstream::Passthrough(dst)))
     }
 
     fn resolve_service(
@@ -119,12 +212,12 @@ impl Store {
         client: Option<&Workload>,
         dst: SocketAddr,
         pick: impl FnOnce(u64) -> u64,
-    ) -> Result<Upstream, ResolveError> {
+    ) -> Result<Resolution, ResolveError> {
         let lb = service.load_balancing.as_ref();
         // ztunnel sends PASSTHROUGH services' traffic to the VIP as dialed, before any port
         // or endpoint lookup.
         if lb.is_some_and(|lb| lb.mode == LbMode::Passthrough) {
-            return Ok(Upstream::Passthrough(dst));
+            return Ok(Resolution::Ready(Upstream::Passthrough(dst)));
         }
         let key = service.key();
         let service_port = dst.port();
@@ -162,25 +255,39 @@ impl Store {
             .into_iter()
             .find(|p| *p != 0)
             .unwrap_or(service_port);
-        let ip = pick_address(&workload.workload_ips, dst.ip()).ok_or_else(|| {
-            ResolveError::EndpointWithoutAddress {
-                service: key.clone(),
+        match pick_address(&workload.workload_ips, dst.ip(), service.ip_families) {
+            Some(ip) => Ok(Resolution::Ready(Upstream::Workload {
+                address: SocketAddr::new(ip, target_port),
+                workload,
+                service: Some(service),
+            })),
+            // As ztunnel: an endpoint with no usable address but a hostname is looked up.
+            None if !workload.hostname.is_empty() => Ok(Resolution::Lookup(HostnameEndpoint {
+                workload,
+                service,
+                port: target_port,
+                dialed: dst,
+            })),
+            None => Err(ResolveError::EndpointWithoutAddress {
+                service: key,
                 uid: workload.uid.clone(),
-            }
-        })?;
-        Ok(Upstream::Workload {
-            address: SocketAddr::new(ip, target_port),
-            workload,
-            service: Some(service),
-        })
+                family: service.ip_families,
+            }),
+        }
     }
 }
 
-/// Prefers an address of the same family as the one the client dialed.
-fn pick_address(ips: &[IpAddr], dialed: IpAddr) -> Option<IpAddr> {
-    ips.iter()
+/// An endpoint address the service's IP families allow, preferring the family of the one the
+/// client dialed (ztunnel's rule: otherwise pure IPv4 or IPv6 clients of dual-stack endpoints
+/// break).
+fn pick_address(ips: &[IpAddr], dialed: IpAddr, family: Option<IpFamily>) -> Option<IpAddr> {
+    let mut allowed = ips
+        .iter()
+        .filter(|ip| family.is_none_or(|f| f.accepts(**ip)));
+    let first = allowed.clone().next();
+    allowed
         .find(|ip| ip.is_ipv4() == dialed.is_ipv4())
-        .or_else(|| ips.first())
+        .or(first)
         .copied()
 }
 

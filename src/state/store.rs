@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::types::{NamespacedHostname, NetworkAddress, Policy, PolicyScope, Service, Workload};
+use super::types::{
+    NamespacedHostname, NetworkAddress, NetworkCidr, Policy, PolicyScope, Service, Workload,
+};
 
 /// One xDS response's worth of changes, applied by [`Store::apply`].
 #[derive(Default, Debug)]
@@ -51,6 +53,9 @@ pub struct Store {
     services: HashMap<NamespacedHostname, Arc<Service>>,
     /// Every service claiming each VIP, in arrival order (see [`Store::service_by_vip`]).
     service_by_vip: HashMap<NetworkAddress, Vec<Arc<Service>>>,
+    /// Every (range, service) of the services' CIDR VIPs, in arrival order; searched only
+    /// when no exact VIP matches (see [`Store::service_by_vip`]).
+    service_by_cidr: Vec<(NetworkCidr, Arc<Service>)>,
     services_by_host: HashMap<String, BTreeSet<NamespacedHostname>>,
     /// Service key → uids of the workloads that name it in their `services` map.
     endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
@@ -159,6 +164,9 @@ impl Store {
                 claimants.push(service.clone());
             }
         }
+        for cidr in &service.cidr_vips {
+            self.service_by_cidr.push((cidr.clone(), service.clone()));
+        }
         self.services_by_host
             .entry(service.hostname.clone())
             .or_default()
@@ -175,6 +183,9 @@ impl Store {
                     self.service_by_vip.remove(vip);
                 }
             }
+        }
+        if !old.cidr_vips.is_empty() {
+            self.service_by_cidr.retain(|(_, s)| s.key() != *key);
         }
         if let Some(keys) = self.services_by_host.get_mut(&old.hostname) {
             keys.remove(key);
@@ -317,39 +328,62 @@ impl Store {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The service a client in `client_namespace` reaches at VIP `ip` on `network`: when
-    /// services of several namespaces share the VIP, the one in the client's namespace, else
-    /// the earliest to arrive (ztunnel's choice).
+    /// The service a client in `client_namespace` reaches at VIP `ip` on `network`, chosen as
+    /// ztunnel chooses. An exact VIP wins over any CIDR VIP; among the services sharing an
+    /// exact VIP, the one in the client's namespace, then one marked canonical, then the
+    /// earliest to arrive. Among CIDR VIPs containing `ip`: the client's namespace first, then
+    /// the longest prefix, then canonical (so a broad range of the client's own namespace beats
+    /// a narrower one elsewhere).
     pub(crate) fn service_by_vip(
         &self,
         network: &str,
         ip: IpAddr,
         client_namespace: Option<&str>,
     ) -> Option<Arc<Service>> {
-        let claimants = self.service_by_vip.get(&NetworkAddress::new(network, ip))?;
-        client_namespace
-            .and_then(|ns| claimants.iter().find(|s| s.namespace == ns))
-            .or_else(|| claimants.first())
-            .cloned()
+        if let Some(claimants) = self.service_by_vip.get(&NetworkAddress::new(network, ip)) {
+            if let Some(best) = preferred_service(claimants.iter(), client_namespace) {
+                return Some(best.clone());
+            }
+        }
+        self.service_by_cidr
+            .iter()
+            .filter(|(range, _)| range.network == network && range.cidr.contains(&ip))
+            .map(|(range, service)| {
+                let in_namespace = client_namespace.is_some_and(|ns| service.namespace == ns);
+                (
+                    (in_namespace, range.cidr.prefix_len(), service.canonical),
+                    service,
+                )
+            })
+            // The first of equal ranks wins: max_by_key would keep the last.
+            .fold(
+                None,
+                |best: Option<(_, &Arc<Service>)>, (rank, service)| match best {
+                    Some((best_rank, _)) if best_rank >= rank => best,
+                    _ => Some((rank, service)),
+                },
+            )
+            .map(|(_, service)| service.clone())
     }
 
     pub fn service(&self, key: &NamespacedHostname) -> Option<Arc<Service>> {
         self.services.get(key).cloned()
     }
 
-    /// The service named `hostname` for a workload in `namespace`: when several namespaces
-    /// define the hostname (ServiceEntry), the one in `namespace`, else the first by key
-    /// (ztunnel's preference).
+    /// The service named `hostname` for a client in `namespace`: when several namespaces
+    /// define the hostname (ServiceEntry), the one in `namespace`, then one marked canonical,
+    /// then the first by key (ztunnel's preference).
     pub(crate) fn service_by_hostname(
         &self,
         hostname: &str,
         namespace: &str,
     ) -> Option<Arc<Service>> {
         let keys = self.services_by_host.get(hostname)?;
-        keys.iter()
-            .find(|k| k.namespace == namespace)
-            .or_else(|| keys.iter().next())
-            .and_then(|k| self.services.get(k).cloned())
+        preferred_service(
+            keys.iter().filter_map(|k| self.services.get(k)),
+            Some(namespace),
+        )
+        .cloned()
     }
 
     #[cfg(test)]
@@ -420,6 +454,26 @@ impl Store {
             }
         }
     }
+}
+
+/// ztunnel's choice among services sharing a VIP or hostname: the client's namespace, then
+/// the first marked canonical, then the first.
+fn preferred_service<'a>(
+    mut services: impl Iterator<Item = &'a Arc<Service>>,
+    client_namespace: Option<&str>,
+) -> Option<&'a Arc<Service>> {
+    let mut first = None;
+    let mut canonical = None;
+    for service in services.by_ref() {
+        if client_namespace.is_some_and(|ns| service.namespace == ns) {
+            return Some(service);
+        }
+        if service.canonical && canonical.is_none() {
+            canonical = Some(service);
+        }
+        first.get_or_insert(service);
+    }
+    canonical.or(first)
 }
 
 /// Among workloads claiming one address, the one ztunnel resolves it to (see

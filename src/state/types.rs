@@ -65,6 +65,40 @@ impl FromStr for NetworkAddress {
     }
 }
 
+/// A range of addresses on one network (`network/ip/len` in config): a CIDR VIP, which a
+/// service answers on for every address inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkCidr {
+    pub network: String,
+    pub cidr: IpNet,
+}
+
+impl fmt::Display for NetworkCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.cidr)
+    }
+}
+
+/// The address families a service's clients are sent over (Istio's `IPFamilies`): an endpoint
+/// address outside them is never chosen. `None` on a service (AUTOMATIC) means "whatever the
+/// addresses are".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+    Dual,
+}
+
+impl IpFamily {
+    pub fn accepts(self, ip: IpAddr) -> bool {
+        match self {
+            IpFamily::V4 => ip.is_ipv4(),
+            IpFamily::V6 => ip.is_ipv6(),
+            IpFamily::Dual => true,
+        }
+    }
+}
+
 /// A service's key: Istio keys services by namespace and hostname.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedHostname {
@@ -155,13 +189,22 @@ pub struct Service {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
+    /// Single addresses the service answers on; empty for a service reached by hostname only
+    /// (headless, or a ServiceEntry with DNS resolution and no address).
     pub vips: Vec<NetworkAddress>,
+    /// Address ranges it answers on; an exact VIP of any service wins over a range.
+    pub cidr_vips: Vec<NetworkCidr>,
     /// Service port → default target port (0 = same as the service port).
     pub ports: HashMap<u16, u16>,
     /// Identities a client accepts from any endpoint of this service, besides the endpoint's own.
     pub subject_alt_names: Vec<String>,
     /// How endpoints are chosen; `None` spreads over all healthy endpoints by capacity.
     pub load_balancing: Option<LoadBalancing>,
+    /// Which endpoint address families may be used (`None`: AUTOMATIC, any).
+    pub ip_families: Option<IpFamily>,
+    /// Preferred over same-keyed services of other namespaces when none is in the client's
+    /// namespace (for a shared VIP, CIDR or hostname).
+    pub canonical: bool,
 }
 
 /// A service's endpoint selection policy (Istio's `LoadBalancing`), applied by

@@ -16,12 +16,12 @@ use nodetunnel_proto::istio::security::Authorization;
 use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
-use crate::state::unusable_address;
 use crate::state::{
     check_policy_key, workload_type_name, Defaults, HealthStatus, InboundProtocol,
     NamespacedHostname, NetworkAddress, Policy, PolicyAction, PolicyClause, PolicyMatch,
     PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch, Workload,
 };
+use crate::state::{unusable_address, unusable_range, IpFamily, NetworkCidr};
 use crate::state::{LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, DEFAULT_CAPACITY};
 
 /// What one `istio.workload.Address` resource holds.
@@ -232,17 +232,32 @@ fn service_ports_entry(
 
 fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
     check_namespaced_name(name, &s.namespace, ("hostname", &s.hostname))?;
-    let vips = s
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            usable_ip_from_bytes(&a.address)
-                .map(|ip| NetworkAddress::new(a.network.clone(), ip))
-                .map_err(|e| e.under(format!("addresses[{i}].address")))
-        })
-        .collect::<FieldResult<Vec<_>>>()?;
+    let mut vips = Vec::new();
+    let mut cidr_vips = Vec::new();
+    for (i, a) in s.addresses.iter().enumerate() {
+        match vip_from_proto(a).map_err(|e| e.under(format!("addresses[{i}]")))? {
+            Vip::Exact(vip) => vips.push(vip),
+            Vip::Range(range) => cidr_vips.push(range),
+        }
+    }
     let ports = ports_from_proto(&s.ports)?;
+    let ip_families = match wl::IpFamilies::try_from(s.ip_families) {
+        Ok(wl::IpFamilies::Automatic) => None,
+        Ok(wl::IpFamilies::Ipv4Only) => Some(IpFamily::V4),
+        Ok(wl::IpFamilies::Ipv6Only) => Some(IpFamily::V6),
+        Ok(wl::IpFamilies::Dual) => Some(IpFamily::Dual),
+        // Only narrows which endpoint address family is dialed: ignoring an unknown value
+        // (reading it as AUTOMATIC) keeps the service, and its traffic in the mesh, where
+        // dropping the resource would let its VIP pass through unprotected.
+        Err(_) => {
+            tracing::warn!(
+                resource = name,
+                "service.ip_families: unknown enum value {}, read as AUTOMATIC",
+                s.ip_families
+            );
+            None
+        }
+    };
     let load_balancing = match s.load_balancing {
         Some(lb) => Some(load_balancing_from_proto(&lb).map_err(|e| e.under("load_balancing"))?),
         None => None,
@@ -252,10 +267,48 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         namespace: s.namespace,
         hostname: s.hostname,
         vips,
+        cidr_vips,
         ports,
         subject_alt_names: s.subject_alt_names,
         load_balancing,
+        ip_families,
+        canonical: s.canonical,
     })
+}
+
+/// One entry of a service's `addresses`: a single VIP, or a range (`length` shorter than the
+/// address) the service answers on throughout.
+enum Vip {
+    Exact(NetworkAddress),
+    Range(NetworkCidr),
+}
+
+fn vip_from_proto(a: &wl::NetworkAddress) -> FieldResult<Vip> {
+    let ip = ip_from_bytes(&a.address).map_err(|e| e.under("address"))?;
+    let full = if ip.is_ipv4() { 32 } else { 128 };
+    match a.length {
+        Some(len) if len > full => Err(FieldError::new(
+            "length",
+            format!("prefix length {len} exceeds {full} for {ip}"),
+        )),
+        Some(len) if len < full => {
+            // Host bits are dropped, as a route would: 10.1.2.3/24 is 10.1.2.0/24.
+            let cidr = IpNet::new(ip, len as u8)
+                .map_err(|e| FieldError::new("length", e.to_string()))?
+                .trunc();
+            if let Some(reason) = unusable_range(cidr) {
+                return Err(FieldError::new("", format!("{cidr}: {reason}")));
+            }
+            Ok(Vip::Range(NetworkCidr {
+                network: a.network.clone(),
+                cidr,
+            }))
+        }
+        _ => match unusable_address(ip) {
+            Some(reason) => Err(FieldError::new("address", format!("{ip}: {reason}"))),
+            None => Ok(Vip::Exact(NetworkAddress::new(a.network.clone(), ip))),
+        },
+    }
 }
 
 fn locality_from_proto(l: wl::Locality) -> Locality {

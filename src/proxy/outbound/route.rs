@@ -8,7 +8,7 @@ use crate::config::HBONE_PORT;
 use crate::identity::Identity;
 use crate::proxy::access::{base_labels, Description};
 use crate::proxy::{ProxyError, Scope};
-use crate::state::{Store, Upstream, Workload};
+use crate::state::{HostnameEndpoint, Resolution, Store, Upstream, Workload};
 
 /// Where a captured connection goes, decided before any upstream socket exists.
 #[derive(Clone, Debug)]
@@ -79,6 +79,59 @@ impl Route {
     }
 }
 
+/// The routing decision: complete, or waiting on the DNS lookup of the chosen endpoint's
+/// hostname (done by the caller outside the state lock, then [`PendingRoute::finish`]).
+#[derive(Clone, Debug)]
+pub enum Routed {
+    Ready(Route),
+    Lookup(PendingRoute),
+}
+
+/// A route whose endpoint is known by hostname only.
+#[derive(Clone, Debug)]
+pub struct PendingRoute {
+    source: Arc<Workload>,
+    original_dst: SocketAddr,
+    endpoint: HostnameEndpoint,
+}
+
+impl PendingRoute {
+    /// The name to look up.
+    pub fn hostname(&self) -> &str {
+        self.endpoint.hostname()
+    }
+
+    /// Completes the route with the addresses the hostname resolved to; `pick` chooses an
+    /// index below the count of usable ones.
+    pub fn finish(
+        self,
+        resolved: &[IpAddr],
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Result<Route, ProxyError> {
+        let upstream = self.endpoint.at(resolved, pick)?;
+        Ok(Route::new(self.source, self.original_dst, upstream))
+    }
+}
+
+impl Route {
+    fn new(source: Arc<Workload>, original_dst: SocketAddr, upstream: Upstream) -> Route {
+        let protocol = if upstream.uses_hbone() {
+            OutboundProtocol::Hbone {
+                tunnel: SocketAddr::new(upstream.target().ip(), HBONE_PORT),
+                expected_identities: upstream.expected_identities(),
+            }
+        } else {
+            OutboundProtocol::Tcp
+        };
+        Route {
+            source,
+            original_dst,
+            upstream,
+            protocol,
+        }
+    }
+}
+
 /// Routes a connection from `source_ip` to `original_dst`: the source must be a workload this
 /// scope serves; the destination is resolved on `network`, `pick` choosing among a service's
 /// endpoints (given their total capacity, returns a point below it).
@@ -89,32 +142,26 @@ pub fn route(
     source_ip: IpAddr,
     original_dst: SocketAddr,
     pick: impl FnOnce(u64) -> u64,
-) -> Result<Route, ProxyError> {
+) -> Result<Routed, ProxyError> {
     let source = scope
         .local_workload(store, network, source_ip)
         .map_err(|miss| {
             ProxyError::local_miss(miss, source_ip, ProxyError::UnknownSource(source_ip))
         })?;
-    let upstream = store.resolve(
+    let resolution = store.resolve(
         network,
         Some(&source.namespace),
         Some(&source),
         original_dst,
         pick,
     )?;
-    let protocol = if upstream.uses_hbone() {
-        OutboundProtocol::Hbone {
-            tunnel: SocketAddr::new(upstream.target().ip(), HBONE_PORT),
-            expected_identities: upstream.expected_identities(),
-        }
-    } else {
-        OutboundProtocol::Tcp
-    };
-    Ok(Route {
-        source,
-        original_dst,
-        upstream,
-        protocol,
+    Ok(match resolution {
+        Resolution::Ready(upstream) => Routed::Ready(Route::new(source, original_dst, upstream)),
+        Resolution::Lookup(endpoint) => Routed::Lookup(PendingRoute {
+            source,
+            original_dst,
+            endpoint,
+        }),
     })
 }
 

@@ -69,7 +69,8 @@ fn loads_ztunnel_shaped_yaml_into_the_store() {
     assert_eq!(svc.ports[&80], 8080);
     let up = store
         .resolve("", None, None, "10.96.0.10:80".parse().unwrap(), |_| 0)
-        .unwrap();
+        .unwrap()
+        .ready();
     assert_eq!(up.target(), "10.77.2.10:9090".parse().unwrap());
 }
 
@@ -507,4 +508,64 @@ services:
             && err.contains("loadBalancer.mode: unknown variant `Sometimes`"),
         "{err}"
     );
+}
+
+#[test]
+fn loads_hostname_endpoints_cidr_vips_ip_families_and_canonical() {
+    let text = r#"
+workloads:
+- name: api-endpoint
+  namespace: ext
+  hostname: api.example.com
+  protocol: TCP
+  services:
+    "ext/api.example.com":
+      443: 443
+services:
+- name: api
+  namespace: ext
+  hostname: api.example.com
+  cidrVips: [{network: "", cidr: 240.10.7.9/16}]
+  ipFamilies: IPv4
+  canonical: true
+  ports:
+    443: 443
+"#;
+    let loaded = load(text).unwrap();
+    // A workload with a hostname but no address is reachable: no warning.
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let store = loaded.store;
+    let svc = store
+        .service_by_vip("", "240.10.200.1".parse().unwrap(), None)
+        .unwrap();
+    assert_eq!(svc.cidr_vips[0].cidr.to_string(), "240.10.0.0/16");
+    assert_eq!(svc.ip_families, Some(IpFamily::V4));
+    assert!(svc.canonical);
+    let resolution = store
+        .resolve("", None, None, "240.10.200.1:443".parse().unwrap(), |_| 0)
+        .unwrap();
+    assert!(
+        matches!(&resolution, crate::state::Resolution::Lookup(h) if h.hostname() == "api.example.com"),
+        "{resolution:?}"
+    );
+
+    // Without a hostname either, the workload is unreachable: warned about.
+    let no_way = text.replace("  hostname: api.example.com\n  protocol", "  protocol");
+    let loaded = load(&no_way).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("no `workloadIps` and no `hostname`")),
+        "{:?}",
+        loaded.warnings
+    );
+    // A range over loopback is refused, naming it.
+    let err = load(&text.replace("240.10.7.9/16", "127.0.0.0/8")).unwrap_err();
+    assert!(
+        err.to_string().contains("`cidrVips[0]` 127.0.0.0/8"),
+        "{err}"
+    );
+    let err = load(&text.replace("IPv4", "IPv5")).unwrap_err();
+    assert!(err.to_string().contains("IPv5"), "{err}");
 }

@@ -28,7 +28,8 @@ fn workload_ip_resolves_to_that_workload() {
     let (store, _) = mesh();
     let up = store
         .resolve("", None, None, addr("10.0.0.2:7000"), |_| 0)
-        .unwrap();
+        .unwrap()
+        .ready();
     assert!(up.uses_hbone());
     assert_eq!(up.target(), addr("10.0.0.2:7000"));
     assert_eq!(
@@ -42,7 +43,8 @@ fn unknown_ip_passes_through() {
     let (store, _) = mesh();
     let up = store
         .resolve("", None, None, addr("192.0.2.9:443"), |_| 0)
-        .unwrap();
+        .unwrap()
+        .ready();
     assert_eq!(up, Upstream::Passthrough(addr("192.0.2.9:443")));
     assert!(!up.uses_hbone());
     assert!(up.expected_identities().is_empty());
@@ -57,6 +59,7 @@ fn tcp_workload_does_not_use_hbone() {
     assert!(!store
         .resolve("", None, None, addr("10.0.0.9:80"), |_| 0)
         .unwrap()
+        .ready()
         .uses_hbone());
 }
 
@@ -66,11 +69,13 @@ fn vip_maps_ports_and_spreads_across_endpoints() {
     // Endpoint a overrides the target port; b uses the service default.
     let a = store
         .resolve("", None, None, addr("10.96.0.1:80"), |_| 0)
-        .unwrap();
+        .unwrap()
+        .ready();
     assert_eq!(a.target(), addr("10.0.0.1:9090"));
     let b = store
         .resolve("", None, None, addr("10.96.0.1:80"), |_| 1)
-        .unwrap();
+        .unwrap()
+        .ready();
     assert_eq!(b.target(), addr("10.0.0.2:8080"));
     let ids = b.expected_identities();
     assert_eq!(ids.len(), 2);
@@ -100,4 +105,88 @@ fn vip_errors_are_specific() {
             .unwrap_err(),
         ResolveError::NoHealthyEndpoint { service: key }
     );
+}
+
+#[test]
+fn a_services_ip_families_choose_the_endpoint_address() {
+    let (mut store, key) = mesh();
+    for uid in ["a", "b"] {
+        store.remove_workload(uid);
+    }
+    let mut dual = workload("dual", "10.0.0.5");
+    dual.workload_ips.push("fd00::5".parse().unwrap());
+    dual.services.insert(key.clone(), HashMap::new());
+    store.insert_workload(dual);
+    let target = |store: &Store| {
+        store
+            .resolve("", None, None, addr("10.96.0.1:80"), |_| 0)
+            .map(|r| r.ready().target())
+    };
+    // Automatic: the dialed (IPv4) family.
+    assert_eq!(target(&store), Ok(addr("10.0.0.5:8080")));
+    let mut svc = (*store.service(&key).unwrap()).clone();
+    svc.ip_families = Some(IpFamily::V6);
+    store.insert_service(svc.clone());
+    assert_eq!(target(&store), Ok(addr("[fd00::5]:8080")));
+    // IPv6 only, and the endpoint has no IPv6 address: refused, saying why.
+    let mut v4 = workload("dual", "10.0.0.5");
+    v4.services.insert(key.clone(), HashMap::new());
+    store.insert_workload(v4);
+    let err = target(&store).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ResolveError::EndpointWithoutAddress {
+                family: Some(IpFamily::V6),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("IPv6 only"), "{err}");
+}
+
+#[test]
+fn an_endpoint_known_by_hostname_is_looked_up_then_finished() {
+    let (mut store, key) = mesh();
+    for uid in ["a", "b"] {
+        store.remove_workload(uid);
+    }
+    let mut ext = workload("ext", "10.0.0.5");
+    ext.workload_ips.clear();
+    ext.hostname = "api.example.com".into();
+    ext.protocol = InboundProtocol::Tcp;
+    ext.services.insert(key.clone(), HashMap::from([(80, 443)]));
+    store.insert_workload(ext);
+    let Resolution::Lookup(pending) = store
+        .resolve("", None, None, addr("10.96.0.1:80"), |_| 0)
+        .unwrap()
+    else {
+        panic!("expected a lookup");
+    };
+    assert_eq!(pending.hostname(), "api.example.com");
+    let answers: Vec<IpAddr> = ["fd00::1", "192.0.2.1", "192.0.2.2"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    // The dialed family (IPv4) is preferred; pick chooses among those.
+    let up = pending.clone().at(&answers, |n| n - 1).unwrap();
+    assert_eq!(up.target(), addr("192.0.2.2:443"));
+    assert!(!up.uses_hbone());
+    let up = pending.clone().at(&answers[..1], |_| 0).unwrap();
+    assert_eq!(
+        up.target(),
+        addr("[fd00::1]:443"),
+        "another family when it is all there is"
+    );
+    // The service's families filter the answers; none left is an error naming the host.
+    let mut svc = (*store.service(&key).unwrap()).clone();
+    svc.ip_families = Some(IpFamily::V6);
+    let v6_only = HostnameEndpoint {
+        service: Arc::new(svc),
+        ..pending.clone()
+    };
+    let err = v6_only.at(&answers[1..], |_| 0).unwrap_err();
+    assert!(err.to_string().contains("api.example.com"), "{err}");
+    assert!(pending.at(&[], |_| 0).is_err());
 }

@@ -155,6 +155,108 @@ fn a_vip_shared_across_namespaces_prefers_the_clients_namespace() {
     assert_eq!(store, Store::default(), "no index entry is left behind");
 }
 
+/// A service in `namespace` whose only VIP is the range `cidr`.
+fn cidr_service(host: &str, namespace: &str, cidr: &str) -> Service {
+    let mut s = service(host, "/240.240.9.9");
+    s.vips.clear();
+    s.namespace = namespace.into();
+    s.cidr_vips = vec![NetworkCidr {
+        network: String::new(),
+        cidr: cidr.parse().unwrap(),
+    }];
+    s
+}
+
+#[test]
+fn a_shared_vip_without_a_service_in_the_clients_namespace_prefers_the_canonical_one() {
+    let mut store = Store::default();
+    store.insert_service(service("ext.example.com", "/240.240.0.1"));
+    let mut canonical = service("ext.example.com", "/240.240.0.1");
+    canonical.namespace = "istio-system".into();
+    canonical.canonical = true;
+    store.insert_service(canonical);
+    let by = |client| {
+        store
+            .service_by_vip("", ip("240.240.0.1"), client)
+            .map(|s| s.namespace.clone())
+    };
+    assert_eq!(by(Some("third")).as_deref(), Some("istio-system"));
+    assert_eq!(by(None).as_deref(), Some("istio-system"));
+    assert_eq!(by(Some("default")).as_deref(), Some("default"));
+    // The same order by hostname.
+    let by_host = |ns| store.service_by_hostname("ext.example.com", ns).unwrap();
+    assert_eq!(by_host("third").namespace, "istio-system");
+    assert_eq!(by_host("default").namespace, "default");
+}
+
+#[test]
+fn a_cidr_vip_matches_every_address_in_its_range_ranked_as_ztunnel_ranks() {
+    let mut store = Store::default();
+    store.insert_service(cidr_service("wide.example.com", "a", "10.50.0.0/16"));
+    store.insert_service(cidr_service("narrow.example.com", "b", "10.50.1.0/24"));
+    fn host(store: &Store, client: Option<&str>, addr: &str) -> Option<String> {
+        store
+            .service_by_vip("", ip(addr), client)
+            .map(|s| s.hostname.clone())
+    }
+    // Longest prefix wins among other namespaces' ranges...
+    assert_eq!(
+        host(&store, None, "10.50.1.7").as_deref(),
+        Some("narrow.example.com")
+    );
+    assert_eq!(
+        host(&store, Some("c"), "10.50.1.7").as_deref(),
+        Some("narrow.example.com")
+    );
+    // ...but a range in the client's own namespace beats a more specific one elsewhere.
+    assert_eq!(
+        host(&store, Some("a"), "10.50.1.7").as_deref(),
+        Some("wide.example.com")
+    );
+    assert_eq!(
+        host(&store, None, "10.50.2.7").as_deref(),
+        Some("wide.example.com")
+    );
+    assert_eq!(host(&store, None, "10.51.0.1"), None);
+    // Another network's range never matches.
+    assert!(store
+        .service_by_vip("net2", ip("10.50.1.7"), None)
+        .is_none());
+    // An exact VIP beats any range containing it.
+    store.insert_service(service("exact.example.com", "/10.50.1.7"));
+    assert_eq!(
+        host(&store, Some("a"), "10.50.1.7").as_deref(),
+        Some("exact.example.com")
+    );
+    // Equal ranges: canonical first, then the earliest.
+    store.insert_service(cidr_service("second.example.com", "b", "10.50.1.0/24"));
+    assert_eq!(
+        host(&store, None, "10.50.1.8").as_deref(),
+        Some("narrow.example.com")
+    );
+    let mut canonical = cidr_service("canon.example.com", "b", "10.50.1.0/24");
+    canonical.canonical = true;
+    store.insert_service(canonical);
+    assert_eq!(
+        host(&store, None, "10.50.1.8").as_deref(),
+        Some("canon.example.com")
+    );
+    // Removing the services removes their ranges.
+    for (host, ns) in [
+        ("wide.example.com", "a"),
+        ("narrow.example.com", "b"),
+        ("second.example.com", "b"),
+        ("canon.example.com", "b"),
+    ] {
+        store.remove_service(&NamespacedHostname {
+            namespace: ns.into(),
+            hostname: host.into(),
+        });
+    }
+    store.remove_service(&key("exact.example.com"));
+    assert_eq!(store, Store::default(), "no index entry is left behind");
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }

@@ -262,10 +262,68 @@ fn fields_the_store_does_not_model_are_accepted() {
     w.locality = Some(wl::Locality::default());
     w.capacity = Some(3);
     convert_workload(w);
+    // An unknown IP family is ignored (read as AUTOMATIC), not a reason to drop the service.
     let mut s = valid_service();
     s.ip_families = 42;
+    assert_eq!(convert_service(s).ip_families, None);
+}
+
+#[test]
+fn service_ip_families_and_canonical_are_kept() {
+    for (value, want) in [
+        (wl::IpFamilies::Automatic, None),
+        (wl::IpFamilies::Ipv4Only, Some(IpFamily::V4)),
+        (wl::IpFamilies::Ipv6Only, Some(IpFamily::V6)),
+        (wl::IpFamilies::Dual, Some(IpFamily::Dual)),
+    ] {
+        let mut s = valid_service();
+        s.ip_families = value as i32;
+        assert_eq!(convert_service(s).ip_families, want, "{value:?}");
+    }
+    let mut s = valid_service();
     s.canonical = true;
-    convert_service(s);
+    assert!(convert_service(s).canonical);
+    assert!(!convert_service(valid_service()).canonical);
+}
+
+fn vip(address: &[u8], length: Option<u32>) -> wl::NetworkAddress {
+    wl::NetworkAddress {
+        network: "n1".into(),
+        address: address.to_vec(),
+        length,
+    }
+}
+
+#[test]
+fn a_vip_with_a_prefix_length_is_a_cidr_range() {
+    let mut s = valid_service();
+    s.addresses = vec![
+        vip(&[10, 96, 0, 1], None),
+        // The full length is one address, like an absent length.
+        vip(&[10, 96, 0, 2], Some(32)),
+        // Host bits are cleared: ztunnel keys the range by its network address.
+        vip(&[240, 0, 7, 9], Some(16)),
+        vip(
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Some(64),
+        ),
+    ];
+    let svc = convert_service(s);
+    let exact: Vec<String> = svc.vips.iter().map(|v| v.address.to_string()).collect();
+    assert_eq!(exact, ["10.96.0.1", "10.96.0.2"]);
+    let ranges: Vec<String> = svc.cidr_vips.iter().map(|r| r.cidr.to_string()).collect();
+    assert_eq!(ranges, ["240.0.0.0/16", "fd00::/64"]);
+    assert!(svc.cidr_vips.iter().all(|r| r.network == "n1"));
+}
+
+#[test]
+fn a_bad_vip_prefix_length_is_refused_with_the_reason() {
+    let err = service_error(|s| s.addresses = vec![vip(&[10, 96, 0, 0], Some(33))]);
+    assert!(err.starts_with("service.addresses[0]"), "{err}");
+    assert!(err.contains("33"), "{err}");
+    // A range covering loopback would capture the node's own traffic.
+    let err = service_error(|s| s.addresses = vec![vip(&[127, 0, 0, 0], Some(8))]);
+    assert!(err.starts_with("service.addresses[0]"), "{err}");
 }
 
 #[test]
@@ -288,6 +346,7 @@ fn service_addresses_and_ports_are_checked() {
         service_error(|s| s.addresses = vec![wl::NetworkAddress {
             network: "n".into(),
             address: vec![1; 3],
+            length: None,
         }]),
         "service.addresses[0].address: 3 bytes, expected 4 (IPv4) or 16 (IPv6)"
     );
@@ -437,6 +496,7 @@ fn loopback_and_unspecified_workload_addresses_and_vips_are_refused() {
             s.addresses = vec![wl::NetworkAddress {
                 network: String::new(),
                 address: bytes.clone(),
+                length: None,
             }]
         });
         assert!(

@@ -45,7 +45,10 @@ fn n1() -> Scope {
 }
 
 fn route_from_client(store: &Store, dst: &str) -> Result<Route, ProxyError> {
-    route(store, "", &n1(), CLIENT.parse().unwrap(), addr(dst), |_| 0)
+    match route(store, "", &n1(), CLIENT.parse().unwrap(), addr(dst), |_| 0)? {
+        Routed::Ready(route) => Ok(route),
+        Routed::Lookup(pending) => panic!("unexpected lookup of {}", pending.hostname()),
+    }
 }
 
 #[test]
