@@ -24,6 +24,7 @@
 pub mod cmd;
 pub mod cni;
 pub mod cni_agent;
+pub mod dns;
 pub mod config;
 pub mod control;
 mod error;
@@ -46,6 +47,7 @@ pub use config::{
     MeshConfig, Policy, PolicyAction, PolicyScope, Protocol, Service, StringMatch, Workload,
 };
 pub use control::{node_token, ControlPlane, ControlPlaneSpec};
+pub use dns::DnsServer;
 pub use error::{Error, Result};
 pub use inpod::{
     apply_inpod_rules, inpod_rules_v4, remove_inpod_rules, InpodMesh, InpodRules, MeshBins,

@@ -147,6 +147,8 @@ fn remove_namespace(name: &str) {
     }
     kill_processes_in(name);
     let _ = cmd::output("ip", &["netns", "del", name]);
+    // Per-namespace resolver files (`ip netns exec` mounts them), e.g. a `dns::DnsServer`'s.
+    let _ = fs::remove_dir_all(PathBuf::from("/etc/netns").join(name));
 }
 
 fn kill_processes_in(name: &str) {
