@@ -42,8 +42,9 @@ pub mod traffic;
 pub mod tunnel;
 
 pub use config::{
-    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Match, Mesh,
-    MeshConfig, Policy, PolicyAction, PolicyScope, Protocol, Service, StringMatch, Workload,
+    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, LbHealthPolicy,
+    LbMode, LbScope, LoadBalancer, Locality, Match, Mesh, MeshConfig, Policy, PolicyAction,
+    PolicyScope, Protocol, Service, StringMatch, Workload,
 };
 pub use control::{node_token, ControlPlane, ControlPlaneSpec};
 pub use error::{Error, Result};
