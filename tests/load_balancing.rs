@@ -152,7 +152,9 @@ fn start(test: &str, cfg: &MeshConfig) -> Option<Lb> {
     // The first push: every resource of the file accepted, none NACKed or skipped.
     let want = cfg.workloads.len() + cfg.services.len();
     for t in [&lb.t1, &lb.t2] {
-        let s = t.xds_type(ADDRESS_TYPE_URL).expect("the tunnel's xDS state");
+        let s = t
+            .xds_type(ADDRESS_TYPE_URL)
+            .expect("the tunnel's xDS state");
         assert_eq!(
             (s.versions.len(), s.nacks, s.ignored),
             (want, 0, 0),
@@ -254,7 +256,11 @@ impl Lb {
             "{what}: {n} no_route lines naming {why:?} expected on n1:\n{}",
             self.t1.log_tail(10)
         );
-        assert_eq!(self.accepted(), accepted, "{what}: no backend saw a connection");
+        assert_eq!(
+            self.accepted(),
+            accepted,
+            "{what}: no backend saw a connection"
+        );
     }
 }
 
@@ -291,6 +297,26 @@ fn failover_prefers_the_clients_zone_then_region_then_anything() {
     cfg.remove_workload("be-b");
     lb.push(&cfg, &[], &[&b]);
     lb.assert_all_to(20, "be-c", "nothing in the region: any endpoint");
+}
+
+/// FAILOVER with [Cluster]: the endpoint in the client's cluster gets every connection, the
+/// other cluster's only once it is gone.
+#[test]
+fn failover_by_cluster_keeps_traffic_in_the_clients_cluster() {
+    let svc = service(Some(LoadBalancer::failover(&[LbScope::Cluster])));
+    let east = backend(&svc, "be-a", "r1", "a").cluster_id("east");
+    let west = backend(&svc, "be-b", "r1", "a").cluster_id("west");
+    let mut cfg = mesh(svc, vec![east, west]);
+    *cfg.workload_mut("client") = cfg.workload_mut("client").clone().cluster_id("west");
+    let Some(lb) = start("lb_cluster", &cfg) else {
+        return;
+    };
+
+    lb.assert_all_to(20, "be-b", "same cluster");
+
+    cfg.remove_workload("be-b");
+    lb.push(&cfg, &[], &[&uid("be-b")]);
+    lb.assert_all_to(20, "be-a", "nothing in the client's cluster: the other one");
 }
 
 /// STRICT with [Region, Zone]: no endpoint shares both with the client (be-b: other zone;

@@ -4,8 +4,8 @@ use prost::Message;
 
 use super::*;
 use nodetunnel::state::{load_str, Defaults, Store, StoreDelta};
-use nodetunnel_proto::istio::workload as wl;
 use nodetunnel::xds::{address_from_proto, authorization_from_proto, AddressResource};
+use nodetunnel_proto::istio::workload as wl;
 
 /// The same mesh the local loader's tests read (every field the store models).
 const RICH_MESH: &str = include_str!("../../../tests/fixtures/rich-mesh.yaml");

@@ -72,6 +72,8 @@ pub struct Workload {
     pub capacity: Option<u32>,
     /// `status: Healthy` (ready) or `Unhealthy` (not ready).
     pub healthy: bool,
+    /// `clusterId:`; none written when empty (the loader's default cluster then).
+    pub cluster_id: String,
 }
 
 impl Workload {
@@ -90,7 +92,13 @@ impl Workload {
             locality: None,
             capacity: None,
             healthy: true,
+            cluster_id: String::new(),
         }
+    }
+
+    pub fn cluster_id(mut self, cluster_id: &str) -> Self {
+        self.cluster_id = cluster_id.into();
+        self
     }
 
     pub fn locality(mut self, locality: Locality) -> Self {
@@ -266,6 +274,9 @@ impl MeshConfig {
             }
             if !w.healthy {
                 y.push_str("  status: Unhealthy\n");
+            }
+            if !w.cluster_id.is_empty() {
+                let _ = writeln!(y, "  clusterId: {}", quote(&w.cluster_id));
             }
         }
         if self.services.is_empty() {
@@ -477,12 +488,13 @@ mod tests {
             .clone()
             .locality(Locality::new("r1", "a", ""))
             .capacity(0)
-            .unhealthy();
+            .unhealthy()
+            .cluster_id("east");
         *cfg.workload_mut("server") = server;
         let yaml = cfg.to_yaml();
         assert!(
             yaml.contains(
-                "  locality: {region: \"r1\", zone: \"a\", subzone: \"\"}\n  capacity: 0\n  status: Unhealthy\n"
+                "  locality: {region: \"r1\", zone: \"a\", subzone: \"\"}\n  capacity: 0\n  status: Unhealthy\n  clusterId: \"east\"\n"
             ),
             "{yaml}"
         );

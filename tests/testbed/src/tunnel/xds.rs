@@ -39,7 +39,9 @@ impl XdsTypeState {
                 let now = self.versions.get(*name);
                 now.is_some() && now != before.versions.get(*name)
             })
-            && removed.iter().all(|name| !self.versions.contains_key(*name))
+            && removed
+                .iter()
+                .all(|name| !self.versions.contains_key(*name))
     }
 }
 
