@@ -69,6 +69,7 @@ fn istiod_shaped_mesh() -> MeshConfig {
         hostname: "ext.example.com".into(),
         vips: vec![SHARED_VIP],
         ports: vec![(80, ECHO_PORT)],
+        load_balancer: None,
     };
     let ext_other = Service {
         namespace: "other".into(),

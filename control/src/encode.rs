@@ -12,8 +12,9 @@ use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
 use nodetunnel::state::{
-    HealthStatus, InboundProtocol, IpFamily, Policy, PolicyAction, PolicyMatch, PolicyScope,
-    Service, ServiceAccountMatch, StringMatch, Workload,
+    HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope, LoadBalancing,
+    Locality, Policy, PolicyAction, PolicyMatch, PolicyScope, Service, ServiceAccountMatch,
+    StringMatch, Workload, DEFAULT_CAPACITY,
 };
 
 fn ip_to_bytes(ip: IpAddr) -> Vec<u8> {
@@ -84,10 +85,65 @@ pub fn workload_to_proto(workload: &Workload) -> Address {
         } else {
             wl::NetworkMode::Standard
         } as i32,
+        locality: locality_to_proto(&workload.locality),
+        capacity: capacity_to_proto(workload.capacity),
         ..Default::default()
     };
     Address {
         r#type: Some(wl::address::Type::Workload(w)),
+    }
+}
+
+/// No locality is sent when every part is empty, as istiod omits it for a pod without one;
+/// the tunnel reads both the same.
+fn locality_to_proto(l: &Locality) -> Option<wl::Locality> {
+    if *l == Locality::default() {
+        return None;
+    }
+    Some(wl::Locality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        subzone: l.subzone.clone(),
+    })
+}
+
+/// Unset means 1 on the wire, so only another value is sent — including 0, which must stay
+/// explicit: an endpoint of capacity 0 is never picked, an unset one is picked as 1.
+fn capacity_to_proto(capacity: u32) -> Option<u32> {
+    (capacity != DEFAULT_CAPACITY).then_some(capacity)
+}
+
+fn load_balancing_to_proto(lb: &LoadBalancing) -> wl::LoadBalancing {
+    use wl::load_balancing::{HealthPolicy, Mode};
+    wl::LoadBalancing {
+        routing_preference: lb
+            .routing_preference
+            .iter()
+            .map(|scope| scope_to_proto(*scope) as i32)
+            .collect(),
+        mode: match lb.mode {
+            LbMode::Standard => Mode::UnspecifiedMode,
+            LbMode::Strict => Mode::Strict,
+            LbMode::Failover => Mode::Failover,
+            LbMode::Passthrough => Mode::Passthrough,
+        } as i32,
+        health_policy: match lb.health_policy {
+            LbHealthPolicy::OnlyHealthy => HealthPolicy::OnlyHealthy,
+            LbHealthPolicy::AllowAll => HealthPolicy::AllowAll,
+        } as i32,
+        ..Default::default()
+    }
+}
+
+fn scope_to_proto(scope: LbScope) -> wl::load_balancing::Scope {
+    use wl::load_balancing::Scope;
+    match scope {
+        LbScope::Region => Scope::Region,
+        LbScope::Zone => Scope::Zone,
+        LbScope::Subzone => Scope::Subzone,
+        LbScope::Node => Scope::Node,
+        LbScope::Cluster => Scope::Cluster,
+        LbScope::Network => Scope::Network,
     }
 }
 
@@ -119,6 +175,7 @@ pub fn service_to_proto(service: &Service) -> Address {
             Some(IpFamily::Dual) => wl::IpFamilies::Dual,
         } as i32,
         canonical: service.canonical,
+        load_balancing: service.load_balancing.as_ref().map(load_balancing_to_proto),
         ..Default::default()
     };
     Address {

@@ -11,7 +11,9 @@ use crate::control::ControlPlane;
 use crate::error::{Error, Result};
 use crate::topology::addr;
 
+mod balance;
 mod policy;
+pub use balance::{LbHealthPolicy, LbMode, LbScope, LoadBalancer, Locality};
 pub use policy::{Match, Policy, PolicyAction, PolicyScope, Rule, StringMatch};
 
 /// The trust domain used unless a test says otherwise.
@@ -64,6 +66,14 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     /// A host-network pod (`networkMode: HostNetwork`): its IPs are its node's.
     pub host_network: bool,
+    /// `locality:`; none written when `None`.
+    pub locality: Option<Locality>,
+    /// `capacity:` (its weight among a service's endpoints); unset means 1.
+    pub capacity: Option<u32>,
+    /// `status: Healthy` (ready) or `Unhealthy` (not ready).
+    pub healthy: bool,
+    /// `clusterId:`; none written when empty (the loader's default cluster then).
+    pub cluster_id: String,
 }
 
 impl Workload {
@@ -79,7 +89,33 @@ impl Workload {
             services: Vec::new(),
             authorization_policies: Vec::new(),
             host_network: false,
+            locality: None,
+            capacity: None,
+            healthy: true,
+            cluster_id: String::new(),
         }
+    }
+
+    pub fn cluster_id(mut self, cluster_id: &str) -> Self {
+        self.cluster_id = cluster_id.into();
+        self
+    }
+
+    pub fn locality(mut self, locality: Locality) -> Self {
+        self.locality = Some(locality);
+        self
+    }
+
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Not ready (`status: Unhealthy`): a service sends it nothing unless its load balancing
+    /// admits every endpoint ([`LoadBalancer::allow_all`]).
+    pub fn unhealthy(mut self) -> Self {
+        self.healthy = false;
+        self
     }
 
     pub fn service_account(mut self, sa: &str) -> Self {
@@ -126,6 +162,8 @@ pub struct Service {
     pub hostname: String,
     pub vips: Vec<Ipv4Addr>,
     pub ports: Vec<(u16, u16)>,
+    /// `loadBalancer:`; none written when `None` (endpoints chosen by capacity alone).
+    pub load_balancer: Option<LoadBalancer>,
 }
 
 impl Service {
@@ -137,7 +175,13 @@ impl Service {
             hostname: format!("{name}.default.svc.cluster.local"),
             vips: vec![vip],
             ports: ports.to_vec(),
+            load_balancer: None,
         }
+    }
+
+    pub fn load_balancer(mut self, lb: LoadBalancer) -> Self {
+        self.load_balancer = Some(lb);
+        self
     }
 }
 
@@ -176,6 +220,16 @@ impl MeshConfig {
             .unwrap_or_else(|| panic!("no workload {name:?} in the config"))
     }
 
+    /// Drops the workload called `name` (as a deleted pod leaves the mesh).
+    pub fn remove_workload(&mut self, name: &str) {
+        let before = self.workloads.len();
+        self.workloads.retain(|w| w.name != name);
+        assert!(
+            self.workloads.len() < before,
+            "no workload {name:?} in the config"
+        );
+    }
+
     pub fn with_workload(mut self, workload: Workload) -> Self {
         self.workloads.push(workload);
         self
@@ -212,6 +266,18 @@ impl MeshConfig {
                     w.authorization_policies.iter().map(|p| quote(p)).collect();
                 let _ = writeln!(y, "  authorizationPolicies: [{}]", names.join(", "));
             }
+            if let Some(locality) = &w.locality {
+                let _ = writeln!(y, "  locality: {}", locality.as_yaml());
+            }
+            if let Some(capacity) = w.capacity {
+                let _ = writeln!(y, "  capacity: {capacity}");
+            }
+            if !w.healthy {
+                y.push_str("  status: Unhealthy\n");
+            }
+            if !w.cluster_id.is_empty() {
+                let _ = writeln!(y, "  clusterId: {}", quote(&w.cluster_id));
+            }
         }
         if self.services.is_empty() {
             y.push_str("services: []\n");
@@ -226,6 +292,9 @@ impl MeshConfig {
             y.push_str("  ports:\n");
             for (port, target) in &s.ports {
                 let _ = writeln!(y, "    {port}: {target}");
+            }
+            if let Some(lb) = &s.load_balancer {
+                lb.write_yaml(&mut y);
             }
         }
         if !self.policies.is_empty() {
@@ -402,6 +471,41 @@ mod tests {
              - name: \"only-this\"\n  namespace: \"default\"\n  scope: WorkloadSelector\n  action: Allow\n\
              \x20 dryRun: true\n  rules:\n  -\n    -\n      - {sourceIps: [\"10.77.1.0/24\"]}\n    -\n      - {}\n"
         );
+    }
+
+    #[test]
+    fn balancing_fields_render_in_the_local_config_form() {
+        let mut cfg = MeshConfig::standard(8080);
+        assert!(
+            !cfg.to_yaml().contains("loadBalancer") && !cfg.to_yaml().contains("locality"),
+            "none unless set"
+        );
+        cfg.services[0] = cfg.services[0]
+            .clone()
+            .load_balancer(LoadBalancer::failover(&[LbScope::Region, LbScope::Zone]).allow_all());
+        let server = cfg
+            .workload_mut("server")
+            .clone()
+            .locality(Locality::new("r1", "a", ""))
+            .capacity(0)
+            .unhealthy()
+            .cluster_id("east");
+        *cfg.workload_mut("server") = server;
+        let yaml = cfg.to_yaml();
+        assert!(
+            yaml.contains(
+                "  locality: {region: \"r1\", zone: \"a\", subzone: \"\"}\n  capacity: 0\n  status: Unhealthy\n  clusterId: \"east\"\n"
+            ),
+            "{yaml}"
+        );
+        assert!(
+            yaml.ends_with(
+                "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover, healthPolicy: AllowAll}\n"
+            ),
+            "{yaml}"
+        );
+        cfg.remove_workload("client2");
+        assert!(!cfg.to_yaml().contains("client2"));
     }
 
     #[test]

@@ -47,8 +47,11 @@ impl DnsServer {
         fs::create_dir_all(&etc_dir)
             .map_err(|e| Error::io(format!("creating {}", etc_dir.display()), e))?;
         let conf = etc_dir.join("resolv.conf");
-        fs::write(&conf, "nameserver 127.0.0.1\noptions attempts:2 timeout:2\n")
-            .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+        fs::write(
+            &conf,
+            "nameserver 127.0.0.1\noptions attempts:2 timeout:2\n",
+        )
+        .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
         let socket = ns
             .run(|| UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 53))))
             .map_err(|e| Error::io(format!("binding 127.0.0.1:53/udp in {}", ns.name()), e))?;
@@ -123,7 +126,12 @@ fn serve(
     while !stopping.load(Ordering::Relaxed) {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(_) => return,
@@ -161,9 +169,11 @@ fn answer(
         None => reply.metadata.response_code = ResponseCode::NXDomain,
         Some(ips) if query.query_type() == RecordType::A => {
             for ip in ips {
-                reply
-                    .answers
-                    .push(Record::from_rdata(query.name().clone(), TTL, RData::A(A(*ip))));
+                reply.answers.push(Record::from_rdata(
+                    query.name().clone(),
+                    TTL,
+                    RData::A(A(*ip)),
+                ));
             }
         }
         // The name exists but has no record of this type: NOERROR with no answer.

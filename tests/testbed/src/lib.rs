@@ -24,9 +24,9 @@
 pub mod cmd;
 pub mod cni;
 pub mod cni_agent;
-pub mod dns;
 pub mod config;
 pub mod control;
+pub mod dns;
 mod error;
 pub mod eventually;
 pub mod inpod;
@@ -43,8 +43,9 @@ pub mod traffic;
 pub mod tunnel;
 
 pub use config::{
-    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, Match, Mesh,
-    MeshConfig, Policy, PolicyAction, PolicyScope, Protocol, Service, StringMatch, Workload,
+    env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, LbHealthPolicy,
+    LbMode, LbScope, LoadBalancer, Locality, Match, Mesh, MeshConfig, Policy, PolicyAction,
+    PolicyScope, Protocol, Service, StringMatch, Workload,
 };
 pub use control::{node_token, ControlPlane, ControlPlaneSpec};
 pub use dns::DnsServer;

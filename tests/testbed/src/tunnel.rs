@@ -14,6 +14,9 @@ pub use crate::process::TERM_GRACE;
 use crate::procstat::ProcStats;
 use crate::topology::port;
 
+mod xds;
+pub use xds::{XdsTypeState, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
 /// How long [`Tunnel::start`] waits for `/healthz/ready`.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
