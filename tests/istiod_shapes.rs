@@ -64,12 +64,8 @@ fn istiod_shaped_mesh() -> MeshConfig {
     cfg.workload_mut("client2").namespace = "other".into();
 
     let ext_default = Service {
-        name: "ext".into(),
-        namespace: "default".into(),
         hostname: "ext.example.com".into(),
-        vips: vec![SHARED_VIP],
-        ports: vec![(80, ECHO_PORT)],
-        load_balancer: None,
+        ..Service::new("ext", SHARED_VIP, &[(80, ECHO_PORT)])
     };
     let ext_other = Service {
         namespace: "other".into(),

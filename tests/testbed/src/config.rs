@@ -74,6 +74,9 @@ pub struct Workload {
     pub healthy: bool,
     /// `clusterId:`; none written when empty (the loader's default cluster then).
     pub cluster_id: String,
+    /// `hostname:`: a ServiceEntry endpoint with DNS resolution, looked up by the tunnel when
+    /// `ips` is empty. None written when empty.
+    pub hostname: String,
 }
 
 impl Workload {
@@ -93,7 +96,17 @@ impl Workload {
             capacity: None,
             healthy: true,
             cluster_id: String::new(),
+            hostname: String::new(),
         }
+    }
+
+    /// A plain-TCP endpoint known by `hostname` only (no address), as istiod sends the
+    /// endpoints of a `resolution: DNS` ServiceEntry.
+    pub fn by_hostname(name: &str, hostname: &str, node: &str) -> Self {
+        let mut w = Workload::new(name, Ipv4Addr::UNSPECIFIED, node).protocol(Protocol::Tcp);
+        w.ips.clear();
+        w.hostname = hostname.into();
+        w
     }
 
     pub fn cluster_id(mut self, cluster_id: &str) -> Self {
@@ -164,6 +177,12 @@ pub struct Service {
     pub ports: Vec<(u16, u16)>,
     /// `loadBalancer:`; none written when `None` (endpoints chosen by capacity alone).
     pub load_balancer: Option<LoadBalancer>,
+    /// `cidrVips:` (address, prefix length): ranges the service answers on.
+    pub cidr_vips: Vec<(Ipv4Addr, u8)>,
+    /// `ipFamilies:` (`IPv4`, `IPv6` or `Dual`); none written when `None`.
+    pub ip_families: Option<&'static str>,
+    /// `canonical: true` when set.
+    pub canonical: bool,
 }
 
 impl Service {
@@ -176,6 +195,9 @@ impl Service {
             vips: vec![vip],
             ports: ports.to_vec(),
             load_balancer: None,
+            cidr_vips: Vec::new(),
+            ip_families: None,
+            canonical: false,
         }
     }
 
@@ -278,6 +300,9 @@ impl MeshConfig {
             if !w.cluster_id.is_empty() {
                 let _ = writeln!(y, "  clusterId: {}", quote(&w.cluster_id));
             }
+            if !w.hostname.is_empty() {
+                let _ = writeln!(y, "  hostname: {}", quote(&w.hostname));
+            }
         }
         if self.services.is_empty() {
             y.push_str("services: []\n");
@@ -295,6 +320,20 @@ impl MeshConfig {
             }
             if let Some(lb) = &s.load_balancer {
                 lb.write_yaml(&mut y);
+            }
+            if !s.cidr_vips.is_empty() {
+                let ranges: Vec<String> = s
+                    .cidr_vips
+                    .iter()
+                    .map(|(ip, len)| format!("{{network: \"\", cidr: \"{ip}/{len}\"}}"))
+                    .collect();
+                let _ = writeln!(y, "  cidrVips: [{}]", ranges.join(", "));
+            }
+            if let Some(families) = s.ip_families {
+                let _ = writeln!(y, "  ipFamilies: {families}");
+            }
+            if s.canonical {
+                y.push_str("  canonical: true\n");
             }
         }
         if !self.policies.is_empty() {
