@@ -58,7 +58,8 @@ pub use raw_hbone::{ClientCert, RawHbone, RawHboneError, TestCa};
 pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};
-pub use tunnel::Tunnel;
+pub use process::EnvMode;
+pub use tunnel::{Tunnel, TunnelLaunch};
 
 use std::path::PathBuf;
 
