@@ -42,8 +42,8 @@ use nodetunnel_testbed::netns::unique_prefix;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, generate_ca, namespaces_available, sibling_binary,
-    ControlPlane, EnvMode, InpodMesh, InpodRules, MeshBins, MeshConfig, Netns, PodTopology,
-    Server, Tunnel, TunnelLaunch, ZDS_AGENT_BIN,
+    ControlPlane, EnvMode, InpodMesh, InpodRules, MeshBins, MeshConfig, Netns, PodTopology, Server,
+    Tunnel, TunnelLaunch, ZDS_AGENT_BIN,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::metadata::MetadataMap;
@@ -110,7 +110,10 @@ fn chart_launch(f: &Fixture, node: &str, socket: &Path, cp: &ControlPlane) -> Tu
     let mut env = f.env.clone();
     for (key, value, in_chart) in overrides {
         let present = env.iter().any(|(k, _)| k == key);
-        assert_eq!(present, in_chart, "{key}: the fixture changed; revisit the override");
+        assert_eq!(
+            present, in_chart,
+            "{key}: the fixture changed; revisit the override"
+        );
         env.retain(|(k, _)| k != key);
         env.push((key.to_string(), value));
     }
@@ -157,10 +160,13 @@ fn the_tunnel_runs_under_the_ztunnel_charts_args_and_env() {
     .expect("the tunnels under the chart's env");
 
     // The node id the control plane saw is built from the chart's downward-API values.
-    let connections = cp.status("/debug/connections").expect("the control plane's connections");
+    let connections = cp
+        .status("/debug/connections")
+        .expect("the control plane's connections");
     assert!(
-        connections
-            .contains("ztunnel~10.244.0.17~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"),
+        connections.contains(
+            "ztunnel~10.244.0.17~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"
+        ),
         "{connections}"
     );
 
@@ -190,7 +196,10 @@ fn the_tunnel_runs_under_the_ztunnel_charts_args_and_env() {
         &[
             ("direction", "inbound"),
             ("protocol", "HBONE"),
-            ("src.identity", "spiffe://cluster.local/ns/default/sa/client"),
+            (
+                "src.identity",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
         ],
         WAIT,
     );
@@ -291,7 +300,11 @@ const ALT_NAME: &str = "istiod.alt.example";
 
 /// Both services on one TLS port inside `ns` (as istiod serves them), certificate for
 /// [`ALT_NAME`] only; returns the address and the root to trust.
-fn start_servers(ns: &Netns, dir: &Path, seen: &Seen) -> (tokio::runtime::Runtime, SocketAddr, PathBuf) {
+fn start_servers(
+    ns: &Netns,
+    dir: &Path,
+    seen: &Seen,
+) -> (tokio::runtime::Runtime, SocketAddr, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -320,7 +333,8 @@ fn start_servers(ns: &Netns, dir: &Path, seen: &Seen) -> (tokio::runtime::Runtim
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         GrpcServer::builder()
             .tls_config(
-                ServerTlsConfig::new().identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
             )
             .unwrap()
             .add_service(AggregatedDiscoveryServiceServer::new(ads))

@@ -32,16 +32,13 @@ pub(super) fn deadline(env: &Env<'_>) -> Result<Duration, ConfigError> {
         (None, Some(v)) => explicit("DRAIN_TIMEOUT", v),
         (None, None) => match env.get("TERMINATION_GRACE_PERIOD_SECONDS") {
             None => Ok(DEFAULT_DEADLINE),
-            Some(v) => v
-                .parse::<u64>()
-                .map(from_grace_period)
-                .map_err(|_| {
-                    invalid(
-                        "TERMINATION_GRACE_PERIOD_SECONDS",
-                        v,
-                        "expected a whole number of seconds (the pod's terminationGracePeriodSeconds)",
-                    )
-                }),
+            Some(v) => v.parse::<u64>().map(from_grace_period).map_err(|_| {
+                invalid(
+                    "TERMINATION_GRACE_PERIOD_SECONDS",
+                    v,
+                    "expected a whole number of seconds (the pod's terminationGracePeriodSeconds)",
+                )
+            }),
         },
     }
 }

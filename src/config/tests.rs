@@ -531,7 +531,10 @@ fn worker_threads_can_be_set_as_a_count_a_share_or_every_core() {
     assert_eq!(workers(&[("ZTUNNEL_WORKER_THREADS", "0")], 12).unwrap(), 12);
     let share = |pct, limit| {
         workers(
-            &[("ZTUNNEL_WORKER_THREADS", pct), ("ZTUNNEL_CPU_LIMIT", limit)],
+            &[
+                ("ZTUNNEL_WORKER_THREADS", pct),
+                ("ZTUNNEL_CPU_LIMIT", limit),
+            ],
             99,
         )
         .unwrap()
@@ -569,10 +572,22 @@ fn bad_worker_settings_name_the_variable() {
         let err = workers(pairs, 4).unwrap_err().to_string();
         assert!(err.starts_with(prefix), "{err}");
     };
-    starts(&[("ZTUNNEL_WORKER_THREADS", "many")], "ZTUNNEL_WORKER_THREADS=\"many\"");
-    starts(&[("ZTUNNEL_WORKER_THREADS", "0%")], "ZTUNNEL_WORKER_THREADS=\"0%\"");
-    starts(&[("ZTUNNEL_WORKER_THREADS", "150%")], "ZTUNNEL_WORKER_THREADS=\"150%\"");
-    starts(&[("ZTUNNEL_WORKER_THREADS", "x%")], "ZTUNNEL_WORKER_THREADS=\"x%\"");
+    starts(
+        &[("ZTUNNEL_WORKER_THREADS", "many")],
+        "ZTUNNEL_WORKER_THREADS=\"many\"",
+    );
+    starts(
+        &[("ZTUNNEL_WORKER_THREADS", "0%")],
+        "ZTUNNEL_WORKER_THREADS=\"0%\"",
+    );
+    starts(
+        &[("ZTUNNEL_WORKER_THREADS", "150%")],
+        "ZTUNNEL_WORKER_THREADS=\"150%\"",
+    );
+    starts(
+        &[("ZTUNNEL_WORKER_THREADS", "x%")],
+        "ZTUNNEL_WORKER_THREADS=\"x%\"",
+    );
     starts(&[("ZTUNNEL_CPU_LIMIT", "2.5")], "ZTUNNEL_CPU_LIMIT=\"2.5\"");
     starts(
         &[("ZTUNNEL_RESOURCE_CPU_LIMIT", "0")],
@@ -660,9 +675,7 @@ fn xds_and_ca_headers_go_to_their_own_service() {
 
 #[test]
 fn bad_headers_name_the_variable_and_hide_the_value() {
-    let refused = |var: &str, value: &str| {
-        remote(&[(var, value)]).unwrap_err().to_string()
-    };
+    let refused = |var: &str, value: &str| remote(&[(var, value)]).unwrap_err().to_string();
     let err = refused("XDS_HEADER_", "v");
     assert!(err.starts_with("XDS_HEADER_: "), "{err}");
     let err = refused("XDS_HEADER_BAD NAME", "v");

@@ -43,29 +43,30 @@ pub(super) fn worker_threads(
             },
         }
     };
-    let threads = match (env.get("ZTUNNEL_WORKER_THREADS"), env.get("WORKER_THREADS")) {
-        (Some(_), Some(old)) => {
-            return Err(invalid(
-                "WORKER_THREADS",
-                old,
-                "ZTUNNEL_WORKER_THREADS is set too; they are the same setting, keep one",
-            ))
-        }
-        (Some(v), None) => explicit(v, cores)?,
-        (None, Some(v)) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            invalid("WORKER_THREADS", v, "expected a whole number of at least 1")
-        })?,
-        (None, None) => {
-            let request = cpu_quantity(env, "ZTUNNEL_RESOURCE_CPU_REQUEST")?.unwrap_or(0);
-            match cpu_quantity(env, "ZTUNNEL_RESOURCE_CPU_LIMIT")? {
-                Some(limit) => limit.max(request),
-                None => {
-                    let share = (cores()? as f64 * CPU_FRACTION).ceil() as usize;
-                    share.max(request).max(DEFAULT_WORKER_THREADS)
+    let threads =
+        match (env.get("ZTUNNEL_WORKER_THREADS"), env.get("WORKER_THREADS")) {
+            (Some(_), Some(old)) => {
+                return Err(invalid(
+                    "WORKER_THREADS",
+                    old,
+                    "ZTUNNEL_WORKER_THREADS is set too; they are the same setting, keep one",
+                ))
+            }
+            (Some(v), None) => explicit(v, cores)?,
+            (None, Some(v)) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                invalid("WORKER_THREADS", v, "expected a whole number of at least 1")
+            })?,
+            (None, None) => {
+                let request = cpu_quantity(env, "ZTUNNEL_RESOURCE_CPU_REQUEST")?.unwrap_or(0);
+                match cpu_quantity(env, "ZTUNNEL_RESOURCE_CPU_LIMIT")? {
+                    Some(limit) => limit.max(request),
+                    None => {
+                        let share = (cores()? as f64 * CPU_FRACTION).ceil() as usize;
+                        share.max(request).max(DEFAULT_WORKER_THREADS)
+                    }
                 }
             }
-        }
-    };
+        };
     // The runtime refuses zero workers (a limit of "0" cores, or 0% of nothing).
     Ok(threads.max(1))
 }
@@ -82,7 +83,11 @@ fn explicit(
             .parse()
             .map_err(|_| invalid(VAR, value, "expected a number before %"))?;
         if !(percent > 0.0 && percent <= 100.0) {
-            return Err(invalid(VAR, value, "a percentage must be above 0 and at most 100"));
+            return Err(invalid(
+                VAR,
+                value,
+                "a percentage must be above 0 and at most 100",
+            ));
         }
         return Ok(((cores()? as f64 * percent / 100.0).ceil() as usize).max(1));
     }

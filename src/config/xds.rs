@@ -40,21 +40,21 @@ impl ConfigSource {
             (None, None) => default_istiod_address(env).ok_or(ConfigError::NoConfigSource)?,
         };
         Ok(ConfigSource::Xds(Box::new(XdsConfig {
-                target: grpc_target(env, &XDS_VARS, address, cluster_id)?,
-                node: NodeInfo {
-                    pod_name: env
-                        .get("POD_NAME")
-                        .map(str::to_string)
-                        .unwrap_or_else(hostname),
-                    pod_namespace: env.string_or("POD_NAMESPACE", "istio-system"),
-                    instance_ip: env.string_or("INSTANCE_IP", "127.0.0.1"),
-                    node_name: node_name.unwrap_or_default().to_string(),
-                    cluster_id: cluster_id.to_string(),
-                    cluster_domain: cluster_domain.to_string(),
-                    // `ISTIO_META_<KEY>=<value>` as node metadata `<KEY>: <value>`, as Istio's
-                    // proxies forward them (operators pass flags to istiod this way).
-                    extra_metadata: env.with_prefix("ISTIO_META_").collect(),
-                },
+            target: grpc_target(env, &XDS_VARS, address, cluster_id)?,
+            node: NodeInfo {
+                pod_name: env
+                    .get("POD_NAME")
+                    .map(str::to_string)
+                    .unwrap_or_else(hostname),
+                pod_namespace: env.string_or("POD_NAMESPACE", "istio-system"),
+                instance_ip: env.string_or("INSTANCE_IP", "127.0.0.1"),
+                node_name: node_name.unwrap_or_default().to_string(),
+                cluster_id: cluster_id.to_string(),
+                cluster_domain: cluster_domain.to_string(),
+                // `ISTIO_META_<KEY>=<value>` as node metadata `<KEY>: <value>`, as Istio's
+                // proxies forward them (operators pass flags to istiod this way).
+                extra_metadata: env.with_prefix("ISTIO_META_").collect(),
+            },
         })))
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::process::{EnvMode, NsProcess};
 pub use crate::process::TERM_GRACE;
+use crate::process::{EnvMode, NsProcess};
 use crate::procstat::ProcStats;
 use crate::topology::port;
 

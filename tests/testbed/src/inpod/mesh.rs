@@ -114,8 +114,7 @@ impl InpodMesh {
             let socket = topo.path(&format!("{name}-zds.sock"));
             let agent_log = topo.path(&format!("{name}-zds-agent.log"));
             let agent = ZdsAgentProcess::spawn(node.ns(), bins.zds_agent, &socket, &agent_log)?;
-            let mut tunnel =
-                topo.spawn_tunnel_launch(name, bins.tunnel, &launch(name, &socket))?;
+            let mut tunnel = topo.spawn_tunnel_launch(name, bins.tunnel, &launch(name, &socket))?;
             let snapshot = agent.wait_line_while(0, AGENT_DEADLINE, &mut tunnel, |l| {
                 l.starts_with("snapshot sent:")
             })?;
