@@ -1,8 +1,9 @@
 //! The tunnel under Istio's ztunnel chart, unchanged: started with exactly the args and env of
 //! `tests/fixtures/charts/ztunnel.env` (the chart's istio-proxy container, rendered for its
 //! default values) — no variable inherited from the shell running the tests — in shared mode
-//! (the chart never sets `PROXY_MODE`), fed pods by a ZDS agent, with HBONE traffic between pods
-//! on two nodes and a SIGTERM drain at the deadline the chart's grace period implies.
+//! (the chart never sets `PROXY_MODE`), fed pods by a ZDS agent, with the worker count the
+//! chart's CPU variables imply, HBONE traffic between pods on two nodes and a SIGTERM drain at
+//! the deadline the chart's grace period implies.
 //!
 //! Overridden, and only these (each marked where it is set, in [`chart_launch`]):
 //! - `XDS_ADDRESS`, `CA_ADDRESS`: the chart's `istiod.istio-system.svc:15012` needs cluster DNS;
@@ -169,6 +170,18 @@ fn the_tunnel_runs_under_the_ztunnel_charts_args_and_env() {
         ),
         "{connections}"
     );
+
+    // Worker sizing from the chart's CPU variables, whatever this machine has: a quarter of
+    // ZTUNNEL_CPU_LIMIT=4 rounded up is 1, raised to ztunnel's floor of 2.
+    for (node, tunnel) in mesh.tunnels() {
+        assert!(
+            tunnel
+                .log()
+                .contains("starting the data path runtime worker_threads=2"),
+            "{node}: {}",
+            tunnel.log_tail(20)
+        );
+    }
 
     // Pod to pod across nodes, over HBONE.
     let server_pod = topo.pod("server");
