@@ -99,6 +99,7 @@ impl Config {
     /// Reads the configuration from a map of variables (testable without touching the process env).
     pub(crate) fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let env = Env(vars);
+        refuse_unsupported(&env)?;
         let mode = Mode::from_env(&env)?;
         // ztunnel's order: the chart sets ISTIO_META_CLUSTER_ID; CLUSTER_ID is ours (and older).
         let cluster_id = env
@@ -128,6 +129,19 @@ impl Config {
             recheck_live_connections: env.bool("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", true)?,
         })
     }
+}
+
+/// Settings Istio's chart can turn on that this tunnel does not implement, where running
+/// without them would be less safe than not running: fail closed.
+fn refuse_unsupported(env: &Env<'_>) -> Result<(), ConfigError> {
+    if let Some(path) = env.get("CRL_PATH") {
+        return Err(env::invalid(
+            "CRL_PATH",
+            path,
+            "certificate revocation lists are not supported; without them revoked peer certificates would be accepted, so the tunnel does not start (unset it, i.e. the chart's peerCaCrl.enabled=false)",
+        ));
+    }
+    Ok(())
 }
 
 /// The cores this process may run on (CPU affinity and cgroup quota), as ztunnel's fallback

@@ -785,3 +785,18 @@ fn the_charts_env_is_read_with_ztunnels_meaning() {
         "ztunnel~10.244.0.17~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"
     );
 }
+
+#[test]
+fn a_crl_the_tunnel_cannot_check_stops_it_rather_than_being_ignored() {
+    let err = Config::from_vars(&vars(&[
+        ("LOCAL_XDS_PATH", "/x.yaml"),
+        ("FAKE_CA", "true"),
+        ("CRL_PATH", "/var/run/secrets/istio/crl/ca-crl.pem"),
+    ]))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("CRL_PATH=\"/var/run/secrets/istio/crl/ca-crl.pem\": certificate revocation lists are not supported"),
+        "{err}"
+    );
+}
