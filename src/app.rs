@@ -299,7 +299,7 @@ async fn run_dedicated(
     tracing::info!("ready: outbound :{OUTBOUND_PORT}, inbound plaintext :{INBOUND_PLAINTEXT_PORT}, HBONE :{HBONE_PORT}");
 
     let signal = shutdown.await;
-    tracing::info!("{signal}: draining");
+    tracing::info!(deadline = ?drain_timeout, "{signal}: draining");
     admin.start_draining();
     let outcome = listeners.drain(drain_timeout).await;
     if outcome.cut > 0 {
@@ -319,13 +319,14 @@ async fn run_shared(
     shutdown: impl Future<Output = Signal>,
 ) -> Result<(), AppError> {
     tracing::info!(uds = %ctx.inpod.uds.display(), "shared mode: waiting for pods from the node agent");
+    let drain_timeout = ctx.config.drain_timeout;
     let manager = InpodManager::new(ctx, snapshot, admin.pods.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(manager.run(async move {
         let _ = stop_rx.await;
     }));
     let signal = shutdown.await;
-    tracing::info!("{signal}: draining");
+    tracing::info!(deadline = ?drain_timeout, "{signal}: draining every pod");
     admin.start_draining();
     let _ = stop_tx.send(());
     let _ = serving.await;

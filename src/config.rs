@@ -12,8 +12,10 @@ mod grpc;
 mod listen;
 mod mode;
 mod pool;
+mod termination;
 #[cfg(test)]
 mod tests;
+mod workers;
 mod xds;
 
 use std::collections::HashMap;
@@ -26,7 +28,7 @@ pub(crate) use mode::{InpodConfig, Mode, ProxyWorkloadInfo};
 pub(crate) use pool::PoolConfig;
 pub(crate) use xds::ConfigSource;
 
-use env::{invalid, Env};
+use env::Env;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -36,14 +38,17 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("no configuration source: set XDS_ADDRESS (a control plane) or LOCAL_XDS_PATH (a YAML file)")]
+    #[error("no configuration source: set XDS_ADDRESS (a control plane) or LOCAL_XDS_PATH (a YAML file); only in a Kubernetes pod (KUBERNETES_SERVICE_HOST set) is istiod's address the default")]
     NoConfigSource,
     #[error("XDS_ADDRESS and LOCAL_XDS_PATH are both set; choose one")]
     ConflictingConfigSources,
-    #[error("no certificate source: set CA_ADDRESS (an Istio-compatible CA), FAKE_CA=true, or LOCAL_CA_DIR=<dir with ca-cert.pem, ca-key.pem, root-cert.pem>")]
+    #[error("no certificate source: set CA_ADDRESS (an Istio-compatible CA), FAKE_CA=true, or LOCAL_CA_DIR=<dir with ca-cert.pem, ca-key.pem, root-cert.pem>; only in a Kubernetes pod (KUBERNETES_SERVICE_HOST set) is istiod's address the default")]
     NoCertificateSource,
     #[error("{0} are set; choose one certificate source")]
     ConflictingCertificateSources(String),
+    /// A header variable (`XDS_HEADER_<name>`, `CA_HEADER_<name>`); its value is not shown.
+    #[error("{var}: {reason}")]
+    InvalidHeader { var: String, reason: String },
     #[error("{var}={path}: the file does not exist")]
     MissingFile { var: &'static str, path: String },
 }
@@ -71,10 +76,12 @@ pub struct Config {
     /// `CONNECTION_TIMEOUT`: dialing an upstream (TCP + TLS + CONNECT) gives up after this.
     pub(crate) connect_timeout: Duration,
     pub(crate) listen: ListenConfig,
-    /// `DRAIN_TIMEOUT` (`TERMINATION_GRACE_PERIOD_SECONDS` in ztunnel): how long live connections
-    /// may finish after a shutdown signal.
+    /// How long live connections may finish after a shutdown signal or their pod's removal:
+    /// `CONNECTION_TERMINATION_DEADLINE` (or our `DRAIN_TIMEOUT`), else derived from
+    /// `TERMINATION_GRACE_PERIOD_SECONDS` as ztunnel does (see `termination`).
     pub(crate) drain_timeout: Duration,
-    /// `WORKER_THREADS`: the data path's runtime threads (xDS and admin have their own).
+    /// The data path's runtime threads (xDS and admin have their own), sized from
+    /// `ZTUNNEL_WORKER_THREADS` / `WORKER_THREADS` or the CPU limit variables (see `workers`).
     pub worker_threads: usize,
     /// `ENFORCE_POLICY_ON_LIVE_CONNECTIONS` (default true): after every change of the mesh
     /// state, live inbound connections are authorized again and the denied ones closed.
@@ -92,6 +99,7 @@ impl Config {
     /// Reads the configuration from a map of variables (testable without touching the process env).
     pub(crate) fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let env = Env(vars);
+        refuse_unsupported(&env)?;
         let mode = Mode::from_env(&env)?;
         // ztunnel's order: the chart sets ISTIO_META_CLUSTER_ID; CLUSTER_ID is ours (and older).
         let cluster_id = env
@@ -116,20 +124,28 @@ impl Config {
             pool: PoolConfig::from_env(&env)?,
             connect_timeout: env.duration("CONNECTION_TIMEOUT", Duration::from_secs(10))?,
             listen: ListenConfig::from_env(&env)?,
-            drain_timeout: env.duration("DRAIN_TIMEOUT", Duration::from_secs(5))?,
-            worker_threads: worker_threads(&env)?,
+            drain_timeout: termination::deadline(&env)?,
+            worker_threads: workers::worker_threads(&env, available_cores)?,
             recheck_live_connections: env.bool("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", true)?,
         })
     }
 }
 
-fn worker_threads(env: &Env<'_>) -> Result<usize, ConfigError> {
-    match env.get("WORKER_THREADS") {
-        None => Ok(2),
-        Some(v) => {
-            v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                invalid("WORKER_THREADS", v, "expected a whole number of at least 1")
-            })
-        }
+/// Settings Istio's chart can turn on that this tunnel does not implement, where running
+/// without them would be less safe than not running: fail closed.
+fn refuse_unsupported(env: &Env<'_>) -> Result<(), ConfigError> {
+    if let Some(path) = env.get("CRL_PATH") {
+        return Err(env::invalid(
+            "CRL_PATH",
+            path,
+            "certificate revocation lists are not supported; without them revoked peer certificates would be accepted, so the tunnel does not start (unset it, i.e. the chart's peerCaCrl.enabled=false)",
+        ));
     }
+    Ok(())
+}
+
+/// The cores this process may run on (CPU affinity and cgroup quota), as ztunnel's fallback
+/// when the chart's CPU variables are absent.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -8,12 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::{Ascii, AsciiMetadataKey, AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// Where a gRPC service is and how to prove who we are to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GrpcTarget {
     /// `https://host:port` (or `http://` for a plaintext control plane, with a warning).
     pub address: String,
@@ -24,6 +24,14 @@ pub struct GrpcTarget {
     pub token: Option<PathBuf>,
     /// Sent as the `ClusterID` header, as Istio's agents do.
     pub cluster_id: String,
+    /// Extra metadata on every request (Istio's `XDS_HEADER_<name>` / `CA_HEADER_<name>`), for
+    /// a control plane behind a gateway that routes or authenticates by header. Added before
+    /// the token and cluster id, which win on a clash, as in ztunnel.
+    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// The name the server's certificate must carry, in place of the address's host
+    /// (`ALT_XDS_HOSTNAME` / `ALT_CA_HOSTNAME`): for a control plane dialled by IP or through a
+    /// load balancer whose address is not in its certificate. Also sent as SNI.
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,9 @@ impl GrpcTarget {
                     }
                     None => tls.with_native_roots(),
                 };
+                if let Some(name) = &self.tls_server_name {
+                    tls = tls.domain_name(name.clone());
+                }
                 endpoint = endpoint.tls_config(tls).map_err(|e| GrpcError::Tls {
                     address: self.address.clone(),
                     reason: error_chain(&e),
@@ -100,8 +111,12 @@ impl GrpcTarget {
         Ok(endpoint.connect_lazy())
     }
 
-    /// Adds `authorization: Bearer <token>` (read now) and `ClusterID` to a request.
+    /// Adds the configured headers, then `authorization: Bearer <token>` (read now) and
+    /// `ClusterID` to a request.
     pub(crate) fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), GrpcError> {
+        for (key, value) in &self.headers {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
         if let Some(path) = &self.token {
             request
                 .metadata_mut()

@@ -293,6 +293,7 @@ fn config(address: String, pki: &Pki) -> XdsConfig {
             root_cert: Some(pki.root_file.clone()),
             token: Some(pki.token_file.clone()),
             cluster_id: "Kubernetes".into(),
+            ..Default::default()
         },
         node: node_info(),
     }

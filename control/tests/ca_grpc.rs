@@ -81,6 +81,7 @@ impl Files {
             root_cert: Some(self.path("ca-root.pem")),
             token: Some(self.path("istio-token")),
             cluster_id: "Kubernetes".into(),
+            ..Default::default()
         }
     }
 }

@@ -840,6 +840,7 @@ async fn the_ca_signs_only_identities_in_the_current_mesh() {
         root_cert: Some(cp.root()),
         token: Some(token),
         cluster_id: "Kubernetes".into(),
+        ..Default::default()
     })
     .unwrap();
     let key = rcgen::KeyPair::generate().unwrap();

@@ -81,6 +81,10 @@ fn run_daemon() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(
+        worker_threads = config.worker_threads,
+        "starting the data path runtime"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .thread_name("worker")

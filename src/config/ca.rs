@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::env::Env;
-use super::grpc::{grpc_target, GrpcVars};
+use super::grpc::{default_istiod_address, grpc_target, GrpcVars};
 use super::ConfigError;
 use crate::grpc::GrpcTarget;
 
@@ -32,6 +32,8 @@ const CA_VARS: GrpcVars = GrpcVars {
     address: "CA_ADDRESS",
     root_ca: "CA_ROOT_CA",
     auth_token: "CA_AUTH_TOKEN",
+    header_prefix: "CA_HEADER_",
+    alt_hostname: "ALT_CA_HOSTNAME",
 };
 
 impl CaConfig {
@@ -44,7 +46,10 @@ impl CaConfig {
             }
             (true, None, None) => CaSource::Fake,
             (false, Some(dir), None) => CaSource::LocalDir(PathBuf::from(dir)),
-            (false, None, None) => return Err(ConfigError::NoCertificateSource),
+            (false, None, None) => match default_istiod_address(env) {
+                Some(address) => CaSource::Remote(grpc_target(env, &CA_VARS, address, cluster_id)?),
+                None => return Err(ConfigError::NoCertificateSource),
+            },
             (fake, dir, address) => {
                 let set: Vec<&str> = [
                     ("FAKE_CA=true", fake),

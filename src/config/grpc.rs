@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+
 use super::env::{invalid, Env};
 use super::ConfigError;
 use crate::grpc::GrpcTarget;
@@ -10,6 +12,20 @@ use crate::grpc::GrpcTarget;
 /// Istio's defaults: the mounted istiod root and the projected service-account token.
 pub(crate) const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
 pub(crate) const DEFAULT_AUTH_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
+
+/// Where istiod is from inside a cluster: ztunnel's default for both `XDS_ADDRESS` and
+/// `CA_ADDRESS` when the pod runs in Kubernetes.
+pub(crate) const DEFAULT_ISTIOD_ADDRESS: &str = "https://istiod.istio-system.svc:15012";
+
+/// The default address of an unset `XDS_ADDRESS` / `CA_ADDRESS`: istiod's service when the
+/// tunnel runs in a Kubernetes pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in every pod),
+/// none elsewhere. ztunnel falls back to `https://localhost:15012` outside a cluster; we refuse
+/// to start instead, because a developer's machine rarely runs istiod there and a tunnel that
+/// waits forever on a guessed address is harder to diagnose than an error naming the variable.
+pub(super) fn default_istiod_address(env: &Env<'_>) -> Option<&'static str> {
+    env.get("KUBERNETES_SERVICE_HOST")
+        .map(|_| DEFAULT_ISTIOD_ADDRESS)
+}
 
 /// The variables that describe one gRPC service.
 pub(super) struct GrpcVars {
@@ -20,6 +36,10 @@ pub(super) struct GrpcVars {
     /// Its bearer token file: Istio's projected token by default, used only if present; an
     /// explicitly named file must exist.
     pub(super) auth_token: &'static str,
+    /// `<prefix><name>=<value>`: extra request metadata `<name>: <value>`.
+    pub(super) header_prefix: &'static str,
+    /// The name its certificate is verified against instead of the address's host.
+    pub(super) alt_hostname: &'static str,
 }
 
 /// The service `vars` describe, given the value `address` of `vars.address`.
@@ -56,10 +76,61 @@ pub(super) fn grpc_target(
         Some(path) => Some(env.existing_file(vars.auth_token, path)?),
         None => Some(PathBuf::from(DEFAULT_AUTH_TOKEN)).filter(|p| p.exists()),
     };
+    let tls_server_name = match env.get(vars.alt_hostname) {
+        Some(name) if rustls_pki_types::ServerName::try_from(name).is_err() => {
+            return Err(invalid(
+                vars.alt_hostname,
+                name,
+                "expected a DNS name or an IP address to verify the server's certificate against",
+            ))
+        }
+        name => name.map(str::to_string),
+    };
     Ok(GrpcTarget {
         address,
         root_cert,
         token,
         cluster_id: cluster_id.to_string(),
+        headers: headers(env, vars.header_prefix)?,
+        tls_server_name,
     })
 }
+
+/// Every `<prefix><name>=<value>` as gRPC metadata, sorted by variable so requests do not
+/// depend on the environment's order. Names are lower-cased on the wire (HTTP/2 requires it).
+/// A value is never echoed in an error: such headers often carry credentials.
+fn headers(
+    env: &Env<'_>,
+    prefix: &str,
+) -> Result<Vec<(AsciiMetadataKey, AsciiMetadataValue)>, ConfigError> {
+    let mut vars: Vec<(&str, &str)> = env
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vars.sort();
+    vars.into_iter()
+        .map(|(var, value)| {
+            let refuse = |reason: &str| ConfigError::InvalidHeader {
+                var: var.to_string(),
+                reason: reason.to_string(),
+            };
+            let name = &var[prefix.len()..];
+            let key = AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|_| {
+                refuse("the part after the prefix must be a non-empty HTTP header name (letters, digits, - and _; not ending in -bin)")
+            })?;
+            if RESERVED.contains(&key.as_str()) || key.as_str().starts_with("grpc-") {
+                return Err(refuse(
+                    "this header belongs to the gRPC protocol and cannot be overridden",
+                ));
+            }
+            let value = AsciiMetadataValue::try_from(value)
+                .map_err(|_| refuse("the value must be visible ASCII (spaces and tabs allowed)"))?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Headers gRPC itself sets; replacing one breaks or silently changes every call.
+const RESERVED: [&str; 4] = ["content-type", "te", "user-agent", "grpc-timeout"];

@@ -9,11 +9,12 @@ use super::ConfigError;
 /// How the tunnel runs, with the settings of that mode and no other.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// `PROXY_MODE=dedicated` (the default): the tunnel serves workloads from its own network
-    /// namespace. `workload` (`PROXY_WORKLOAD_INFO`) narrows it to the one workload it fronts.
+    /// `PROXY_MODE=dedicated`: the tunnel serves workloads from its own network namespace.
+    /// `workload` (`PROXY_WORKLOAD_INFO`) narrows it to the one workload it fronts.
     Dedicated { workload: Option<ProxyWorkloadInfo> },
-    /// `PROXY_MODE=shared` (in-pod): the CNI agent hands the tunnel pod network namespaces
-    /// over ZDS and the tunnel runs a proxy inside each.
+    /// `PROXY_MODE=shared` (in-pod; the default, as in ztunnel, whose chart never sets the
+    /// variable): the CNI agent hands the tunnel pod network namespaces over ZDS and the tunnel
+    /// runs a proxy inside each.
     Shared(InpodConfig),
 }
 
@@ -44,7 +45,7 @@ pub(crate) const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
 
 impl Mode {
     pub(super) fn from_env(env: &Env<'_>) -> Result<Mode, ConfigError> {
-        match env.get("PROXY_MODE").unwrap_or("dedicated") {
+        match env.get("PROXY_MODE").unwrap_or("shared") {
             "dedicated" => Ok(Mode::Dedicated {
                 workload: env
                     .get("PROXY_WORKLOAD_INFO")

@@ -6,6 +6,7 @@ fn target(address: &str) -> GrpcTarget {
         root_cert: None,
         token: None,
         cluster_id: "Kubernetes".into(),
+        ..Default::default()
     }
 }
 

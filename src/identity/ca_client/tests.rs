@@ -66,6 +66,7 @@ async fn bad_configuration_fails_at_construction() {
         root_cert: Some("/nonexistent/ca-root.pem".into()),
         token: None,
         cluster_id: "Kubernetes".into(),
+        ..Default::default()
     };
     let err = CaClient::new(target).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/ca-root.pem"), "{err}");

@@ -402,10 +402,12 @@ pub enum Ca<'a> {
     Control(&'a ControlPlane),
 }
 
-/// The environment of a dedicated-mode tunnel serving `node`.
+/// The environment of a dedicated-mode tunnel serving `node`. `PROXY_MODE=dedicated` is
+/// explicit: the daemon's default is shared (in-pod), as in ztunnel.
 pub fn tunnel_env(node: &str, mesh: Mesh<'_>, ca: Ca<'_>) -> Vec<(String, String)> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut env = vec![
+        ("PROXY_MODE".to_string(), "dedicated".to_string()),
         ("NODE_NAME".to_string(), node.to_string()),
         ("POD_NAME".to_string(), format!("nodetunnel-{node}")),
         ("POD_NAMESPACE".to_string(), "istio-system".to_string()),
@@ -438,8 +440,8 @@ pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.push((key.to_string(), value.to_string()));
 }
 
-/// The environment of a shared-mode (in-pod) tunnel serving `node`: [`tunnel_env`] plus
-/// `PROXY_MODE=shared` and `INPOD_UDS=<uds>` (the ZDS socket the CNI agent listens on).
+/// The environment of a shared-mode (in-pod) tunnel serving `node`: [`tunnel_env`] with
+/// `PROXY_MODE=shared`, plus `INPOD_UDS=<uds>` (the ZDS socket the CNI agent listens on).
 pub fn shared_tunnel_env(
     node: &str,
     mesh: Mesh<'_>,
@@ -447,7 +449,7 @@ pub fn shared_tunnel_env(
     uds: &Path,
 ) -> Vec<(String, String)> {
     let mut env = tunnel_env(node, mesh, ca);
-    env.push(("PROXY_MODE".into(), "shared".into()));
+    set_env(&mut env, "PROXY_MODE", "shared");
     env.push(("INPOD_UDS".into(), uds.to_string_lossy().into_owned()));
     env
 }

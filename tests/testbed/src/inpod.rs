@@ -24,7 +24,7 @@ use crate::control::{ControlPlane, ControlPlaneSpec};
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::topology::addr;
-use crate::tunnel::{self, Tunnel};
+use crate::tunnel::{self, Tunnel, TunnelLaunch};
 
 pub use builder::PodTopologyBuilder;
 pub use mesh::{InpodMesh, MeshBins, ZdsAgentProcess};
@@ -301,6 +301,17 @@ impl PodTopology {
     pub fn spawn_tunnel(&self, node: &str, bin: &Path, env: &[(&str, &str)]) -> Result<Tunnel> {
         let log = tunnel::fresh_log_path(self.dir(), node);
         Tunnel::spawn(self.node_ns(node), bin, env, &log)
+    }
+
+    /// [`spawn_tunnel`](Self::spawn_tunnel) with the arguments and environment of `launch`.
+    pub fn spawn_tunnel_launch(
+        &self,
+        node: &str,
+        bin: &Path,
+        launch: &TunnelLaunch,
+    ) -> Result<Tunnel> {
+        let log = tunnel::fresh_log_path(self.dir(), node);
+        Tunnel::spawn_launch(self.node_ns(node), bin, launch, &log)
     }
 
     fn link_nodes(&self, a: &str, b: &str) -> Result<()> {

@@ -56,12 +56,13 @@ pub use inpod::{
 };
 pub use netns::{cleanup_all, Netns};
 pub use privilege::{namespaces_available, require_namespaces};
+pub use process::EnvMode;
 pub use procstat::ProcStats;
 pub use raw_hbone::{ClientCert, RawHbone, RawHboneError, TestCa};
 pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};
-pub use tunnel::Tunnel;
+pub use tunnel::{Tunnel, TunnelLaunch};
 
 use std::path::PathBuf;
 

@@ -41,12 +41,35 @@ impl NsProcess {
         env: &[(&str, &str)],
         log_path: &Path,
     ) -> Result<NsProcess> {
+        NsProcess::spawn_with(label, ns, bin, args, env, EnvMode::Inherit, log_path)
+    }
+
+    /// [`spawn`](Self::spawn), with the environment chosen by `mode`: [`EnvMode::Exact`]
+    /// starts `bin` with `env` and nothing else, so a variable exported in the shell that runs
+    /// the tests cannot change what is being tested (a `PROXY_MODE` there would hide the
+    /// default).
+    pub fn spawn_with(
+        label: &'static str,
+        ns: &Netns,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        mode: EnvMode,
+        log_path: &Path,
+    ) -> Result<NsProcess> {
         let log = File::create(log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io("duplicating the log file handle", e))?;
-        let mut command = Command::new("ip");
+        let mut command = Command::new(match mode {
+            EnvMode::Inherit => PathBuf::from("ip"),
+            // Found now: the child's PATH is gone once the environment is cleared.
+            EnvMode::Exact => find_in_path("ip")?,
+        });
+        if mode == EnvMode::Exact {
+            command.env_clear();
+        }
         command
             .args(["netns", "exec", ns.name()])
             .arg(bin)
@@ -160,6 +183,25 @@ impl Drop for NsProcess {
             );
         }
     }
+}
+
+/// What environment a process starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvMode {
+    /// This process's environment plus the given variables.
+    Inherit,
+    /// The given variables only.
+    Exact,
+}
+
+/// `program` in one of this process's `PATH` directories.
+fn find_in_path(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| Error::Invalid(format!("{program} is not in PATH")))
 }
 
 /// `dir/<stem>-<n>.log` for the first `n` that does not exist yet.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::process::NsProcess;
 pub use crate::process::TERM_GRACE;
+use crate::process::{EnvMode, NsProcess};
 use crate::procstat::ProcStats;
 use crate::topology::port;
 
@@ -19,6 +19,15 @@ pub use xds::{XdsTypeState, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 /// How long [`Tunnel::start`] waits for `/healthz/ready`.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How a tunnel process is started, for tests that need more than an added environment
+/// (Istio's chart: `proxy ztunnel` and exactly the chart's variables).
+#[derive(Clone, Debug)]
+pub struct TunnelLaunch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub env_mode: EnvMode,
+}
 
 /// A running tunnel. Dropping it sends SIGTERM, then SIGKILL after [`TERM_GRACE`]; if the
 /// current thread is panicking, its log tail is printed to stderr (the test's output).
@@ -43,6 +52,41 @@ impl Tunnel {
         Ok(Tunnel {
             process: NsProcess::spawn("tunnel", ns, bin, &[], env, log_path)?,
         })
+    }
+
+    /// Like [`spawn`](Self::spawn), with the arguments and environment of `launch`.
+    pub fn spawn_launch(
+        ns: &Netns,
+        bin: &Path,
+        launch: &TunnelLaunch,
+        log_path: &Path,
+    ) -> Result<Tunnel> {
+        let env: Vec<(&str, &str)> = launch
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Ok(Tunnel {
+            process: NsProcess::spawn_with(
+                "tunnel",
+                ns,
+                bin,
+                &launch.args,
+                &env,
+                launch.env_mode,
+                log_path,
+            )?,
+        })
+    }
+
+    /// Sends SIGTERM and returns at once: the tunnel drains while the test watches (see
+    /// [`try_wait`](Self::try_wait)); dropping it later still reaps it.
+    pub fn signal_term(&self) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| Error::io("sending SIGTERM to the tunnel", std::io::Error::from(e)))
     }
 
     /// Polls `/healthz/ready` until it answers 200. Fails (with the log tail) if the process

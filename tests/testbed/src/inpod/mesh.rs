@@ -24,10 +24,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{PodNs, PodTopology};
-use crate::config::{env_refs, shared_tunnel_env, Ca, Mesh};
+use crate::config::{shared_tunnel_env, Ca, Mesh};
 use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
-use crate::tunnel::{strip_ansi, Tunnel, READY_DEADLINE};
+use crate::process::EnvMode;
+use crate::tunnel::{strip_ansi, Tunnel, TunnelLaunch, READY_DEADLINE};
 
 /// How long an agent gets for its socket to appear, a tunnel to connect, or a command's result.
 pub const AGENT_DEADLINE: Duration = Duration::from_secs(20);
@@ -84,19 +85,36 @@ impl InpodMesh {
         ca: Ca<'_>,
         extra_env: &[(&str, &str)],
     ) -> Result<InpodMesh> {
+        InpodMesh::start_launched(topo, bins, |node, socket| {
+            let mut env = shared_tunnel_env(node, mesh_source, ca, socket);
+            env.extend(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            TunnelLaunch {
+                args: Vec::new(),
+                env,
+                env_mode: EnvMode::Inherit,
+            }
+        })
+    }
+
+    /// [`start`](Self::start), with each node's tunnel started as `launch(node, socket)` says
+    /// (`socket`: the node's ZDS socket, for `INPOD_UDS`): for tests that control the whole
+    /// command line, such as Istio's chart's.
+    pub fn start_launched(
+        topo: &PodTopology,
+        bins: MeshBins<'_>,
+        mut launch: impl FnMut(&str, &Path) -> TunnelLaunch,
+    ) -> Result<InpodMesh> {
         let mut mesh = InpodMesh { nodes: Vec::new() };
         for node in topo.nodes() {
             let name = node.name();
             let socket = topo.path(&format!("{name}-zds.sock"));
             let agent_log = topo.path(&format!("{name}-zds-agent.log"));
             let agent = ZdsAgentProcess::spawn(node.ns(), bins.zds_agent, &socket, &agent_log)?;
-            let mut env = shared_tunnel_env(name, mesh_source, ca, &socket);
-            env.extend(
-                extra_env
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string())),
-            );
-            let mut tunnel = topo.spawn_tunnel(name, bins.tunnel, &env_refs(&env))?;
+            let mut tunnel = topo.spawn_tunnel_launch(name, bins.tunnel, &launch(name, &socket))?;
             let snapshot = agent.wait_line_while(0, AGENT_DEADLINE, &mut tunnel, |l| {
                 l.starts_with("snapshot sent:")
             })?;
