@@ -236,7 +236,10 @@ async fn prefetch_local_certificates(
     let identities: std::collections::BTreeSet<_> = state
         .read()
         .workloads()
-        .filter(|w| scope.serves(w))
+        // A host-network workload is never found by address (its IP is its node's), so no
+        // connection ever uses its certificate: waiting for one would hold readiness hostage
+        // to pods outside the mesh (istiod lists kube-proxy and friends on every node).
+        .filter(|w| scope.serves(w) && !w.host_network)
         .map(|w| w.identity())
         .collect();
     let retry = matches!(config.ca.source, CaSource::Remote(_));
