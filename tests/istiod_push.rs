@@ -207,12 +207,15 @@ fn initial_push() -> Vec<Resource> {
     resources
 }
 
+/// Where a stream's responses are queued.
+type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
 /// What the stand-in istiod saw: per response nonce, the ACK (`None`) or NACK reason.
 #[derive(Clone, Default)]
 struct Istiod {
     replies: Arc<Mutex<HashMap<String, Option<String>>>>,
     /// The open stream's sender, for later pushes.
-    stream: Arc<Mutex<Option<mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>>>>,
+    stream: Arc<Mutex<Option<ResponseSender>>>,
     nonces: Arc<Mutex<u64>>,
 }
 
