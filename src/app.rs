@@ -112,7 +112,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         },
     };
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_istio_version(istio_version(&config)));
     if let Some(xds) = &xds {
         metrics.register_xds(xds.clone());
     }
@@ -380,4 +380,14 @@ fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), App
         })
         .map_err(AppError::AdminThread)?;
     Ok(())
+}
+
+/// The Istio release this tunnel stands in for, for `istio_build` and `/config_dump`: Istio's
+/// chart sets `ISTIO_META_ISTIO_VERSION`, which reaches the xDS node metadata as
+/// `ISTIO_VERSION` (a local config has no Istio release).
+fn istio_version(config: &Config) -> Option<&str> {
+    match &config.source {
+        ConfigSource::Xds(xds) => xds.node.extra_metadata.get("ISTIO_VERSION").map(String::as_str),
+        ConfigSource::File(_) => None,
+    }
 }

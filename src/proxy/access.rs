@@ -12,6 +12,7 @@ use super::copy::Transferred;
 use super::ProxyError;
 use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, DenialLabels, Metrics};
+use crate::state::{Service, Store, Workload};
 
 /// What the log line and the metric labels say about a connection, besides its outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,25 @@ pub fn base_labels(direction: &'static str) -> ConnectionLabels {
         connection_security_policy: "unknown",
         ..Default::default()
     }
+}
+
+/// The service an inbound connection to `workload` on `port` reached, as ztunnel guesses it
+/// (the client does not say): the first of the workload's services (by key) with a target port
+/// equal to `port`, directly or through the workload's own mapping of a service port.
+pub(crate) fn inbound_service(store: &Store, workload: &Workload, port: u16) -> Option<Arc<Service>> {
+    let mut keys: Vec<_> = workload.services.keys().collect();
+    keys.sort();
+    keys.into_iter().find_map(|key| {
+        let service = store.service(key)?;
+        let own = &workload.services[key];
+        service
+            .ports
+            .iter()
+            .any(|(service_port, target)| {
+                *target == port || own.get(service_port) == Some(&port)
+            })
+            .then_some(service)
+    })
 }
 
 /// A connection in progress: its description, when it started, whether the upstream was
@@ -213,11 +233,14 @@ impl ConnectionRecord {
                 })
                 .inc();
         }
+        let mut labels = std::mem::take(&mut self.description.labels);
+        if let Some(e) = error {
+            labels.response_flags = e.flag();
+            // As in ztunnel, every connection that ends in an error counts as failed, whether
+            // it never reached the upstream (refused, denied, unreachable) or broke later.
+            self.metrics.connections_failed.get_or_create(&labels).inc();
+        }
         if self.opened {
-            let mut labels = std::mem::take(&mut self.description.labels);
-            if let Some(e) = error {
-                labels.response_flags = e.flag();
-            }
             let m = &self.metrics;
             m.connections_closed.get_or_create(&labels).inc();
             m.sent_bytes
