@@ -450,37 +450,4 @@ impl Collector for XdsCollector {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposes_istio_metric_names_and_labels() {
-        let m = Metrics::new();
-        let labels = ConnectionLabels {
-            reporter: "source",
-            request_protocol: "tcp",
-            response_flags: "-",
-            connection_security_policy: "mutual_tls",
-            destination_service: "web.default.svc.cluster.local".into(),
-            ..Default::default()
-        };
-        m.connections_opened.get_or_create(&labels).inc();
-        m.sent_bytes.get_or_create(&labels).inc_by(42);
-        let text = m.encode();
-        assert!(
-            text.contains("istio_tcp_connections_opened_total{"),
-            "{text}"
-        );
-        assert!(text.contains("reporter=\"source\""), "{text}");
-        assert!(
-            text.contains("connection_security_policy=\"mutual_tls\""),
-            "{text}"
-        );
-        assert!(text.contains("istio_tcp_sent_bytes_total{"), "{text}");
-        assert!(text.contains("} 42"), "{text}");
-        assert!(
-            text.contains("nodetunnel_hbone_connections_opened_total 0"),
-            "{text}"
-        );
-    }
-}
+mod tests;

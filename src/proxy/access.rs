@@ -275,3 +275,6 @@ impl Drop for ConnectionRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
