@@ -387,7 +387,11 @@ fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), App
 /// `ISTIO_VERSION` (a local config has no Istio release).
 fn istio_version(config: &Config) -> Option<&str> {
     match &config.source {
-        ConfigSource::Xds(xds) => xds.node.extra_metadata.get("ISTIO_VERSION").map(String::as_str),
+        ConfigSource::Xds(xds) => xds
+            .node
+            .extra_metadata
+            .get("ISTIO_VERSION")
+            .map(String::as_str),
         ConfigSource::File(_) => None,
     }
 }

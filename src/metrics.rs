@@ -150,7 +150,10 @@ impl EncodeLabelSet for ConnectionLabels {
                 "destination_service_name",
                 or_unknown(&self.destination_service_name),
             ),
-            ("destination_workload", or_unknown(&self.destination_workload)),
+            (
+                "destination_workload",
+                or_unknown(&self.destination_workload),
+            ),
             (
                 "destination_canonical_service",
                 or_unknown(&self.destination_canonical_service),

@@ -71,7 +71,11 @@ pub fn base_labels(direction: &'static str) -> ConnectionLabels {
 /// The service an inbound connection to `workload` on `port` reached, as ztunnel guesses it
 /// (the client does not say): the first of the workload's services (by key) with a target port
 /// equal to `port`, directly or through the workload's own mapping of a service port.
-pub(crate) fn inbound_service(store: &Store, workload: &Workload, port: u16) -> Option<Arc<Service>> {
+pub(crate) fn inbound_service(
+    store: &Store,
+    workload: &Workload,
+    port: u16,
+) -> Option<Arc<Service>> {
     let mut keys: Vec<_> = workload.services.keys().collect();
     keys.sort();
     keys.into_iter().find_map(|key| {
@@ -80,9 +84,7 @@ pub(crate) fn inbound_service(store: &Store, workload: &Workload, port: u16) -> 
         service
             .ports
             .iter()
-            .any(|(service_port, target)| {
-                *target == port || own.get(service_port) == Some(&port)
-            })
+            .any(|(service_port, target)| *target == port || own.get(service_port) == Some(&port))
             .then_some(service)
     })
 }
@@ -110,6 +112,7 @@ struct Line<'a> {
     src_workload: Option<&'a str>,
     src_namespace: Option<&'a str>,
     src_identity: Option<String>,
+    src_cluster: Option<&'a str>,
     dst: Option<SocketAddr>,
     /// The HBONE CONNECT target; only for connections HBONE carries.
     hbone_addr: Option<SocketAddr>,
@@ -117,6 +120,7 @@ struct Line<'a> {
     dst_workload: Option<&'a str>,
     dst_namespace: Option<&'a str>,
     dst_identity: Option<String>,
+    dst_cluster: Option<&'a str>,
     original_dst: Option<SocketAddr>,
     /// ztunnel writes the duration as `<n>ms`.
     duration: String,
@@ -134,12 +138,14 @@ impl<'a> Line<'a> {
             src_workload: known(&l.source_workload),
             src_namespace: known(&l.source_workload_namespace),
             src_identity: d.src_identity.as_ref().map(ToString::to_string),
+            src_cluster: known(&l.source_cluster),
             dst: d.dst,
             hbone_addr: d.dst.filter(|_| d.protocol == "HBONE"),
             dst_service: known(&l.destination_service),
             dst_workload: known(&l.destination_workload),
             dst_namespace: known(&l.destination_workload_namespace),
             dst_identity: d.dst_identity.as_ref().map(ToString::to_string),
+            dst_cluster: known(&l.destination_cluster),
             original_dst: d.original_dst,
             duration: format!("{}ms", started.elapsed().as_millis()),
         }
@@ -157,12 +163,14 @@ macro_rules! access_event {
             src.workload = $line.src_workload,
             src.namespace = $line.src_namespace,
             src.identity = $line.src_identity.as_deref(),
+            src.cluster = $line.src_cluster,
             dst.addr = $line.dst.map(tracing::field::display),
             dst.hbone_addr = $line.hbone_addr.map(tracing::field::display),
             dst.service = $line.dst_service,
             dst.workload = $line.dst_workload,
             dst.namespace = $line.dst_namespace,
             dst.identity = $line.dst_identity.as_deref(),
+            dst.cluster = $line.dst_cluster,
             direction = $d.direction,
             protocol = $d.protocol,
             original_dst = $line.original_dst.map(tracing::field::display),

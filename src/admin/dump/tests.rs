@@ -342,11 +342,17 @@ fn dump(admin: &AdminState) -> (serde_json::Value, ZtunnelDump) {
 
 #[test]
 fn workloads_decode_into_istioctls_type_with_ztunnels_values() {
-    let (raw, d) = dump(&admin(manager(Duration::from_secs(3600)), PodTable::default()));
+    let (raw, d) = dump(&admin(
+        manager(Duration::from_secs(3600)),
+        PodTable::default(),
+    ));
     let uids: Vec<&str> = d.workloads.iter().map(|w| w.uid.as_str()).collect();
     assert_eq!(
         uids,
-        ["Kubernetes//Pod/default/server-1", "Kubernetes//Pod/kube-system/agent"],
+        [
+            "Kubernetes//Pod/default/server-1",
+            "Kubernetes//Pod/kube-system/agent"
+        ],
         "sorted by uid"
     );
     let server = &d.workloads[0];
@@ -388,7 +394,13 @@ fn workloads_decode_into_istioctls_type_with_ztunnels_values() {
     assert_eq!(agent.capacity, 1, "unset capacity reads as 1");
     assert_eq!(raw["workloads"][1]["networkMode"], "HostNetwork");
     // ztunnel leaves out what is at its default.
-    for absent in ["locality", "authorizationPolicies", "services", "network", "hostname"] {
+    for absent in [
+        "locality",
+        "authorizationPolicies",
+        "services",
+        "network",
+        "hostname",
+    ] {
         assert!(
             raw["workloads"][1].get(absent).is_none(),
             "{absent}: {:#}",
@@ -400,15 +412,24 @@ fn workloads_decode_into_istioctls_type_with_ztunnels_values() {
 
 #[test]
 fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
-    let (raw, d) = dump(&admin(manager(Duration::from_secs(3600)), PodTable::default()));
+    let (raw, d) = dump(&admin(
+        manager(Duration::from_secs(3600)),
+        PodTable::default(),
+    ));
     let hosts: Vec<&str> = d.services.iter().map(|s| s.hostname.as_str()).collect();
     assert_eq!(
         hosts,
-        ["db.other.svc.cluster.local", "server.default.svc.cluster.local"],
+        [
+            "db.other.svc.cluster.local",
+            "server.default.svc.cluster.local"
+        ],
         "sorted by hostname"
     );
     let server = &d.services[1];
-    assert_eq!((server.name.as_str(), server.namespace.as_str()), ("server", "default"));
+    assert_eq!(
+        (server.name.as_str(), server.namespace.as_str()),
+        ("server", "default")
+    );
     assert_eq!(server.vips, ["/10.96.0.10", "net1/10.96.0.11"]);
     assert_eq!(
         server.ports,
@@ -447,7 +468,10 @@ fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
 
 #[test]
 fn policies_decode_into_istioctls_type_with_every_match_kind() {
-    let (raw, d) = dump(&admin(manager(Duration::from_secs(3600)), PodTable::default()));
+    let (raw, d) = dump(&admin(
+        manager(Duration::from_secs(3600)),
+        PodTable::default(),
+    ));
     let keys: Vec<String> = d
         .policies
         .iter()
@@ -510,7 +534,9 @@ fn policies_decode_into_istioctls_type_with_every_match_kind() {
     assert_eq!(rules[1][0][0].source_ips, ["10.0.0.0/8"]);
     assert_eq!(rules[1][0][0].not_source_ips, ["10.1.0.0/16"]);
     // Empty match lists are left out, not written as [].
-    assert!(raw["policies"][0]["rules"][1][0][0].get("principals").is_none());
+    assert!(raw["policies"][0]["rules"][1][0][0]
+        .get("principals")
+        .is_none());
     assert_eq!(raw["policies"][1]["dryRun"], true);
     assert_eq!(raw["policies"][1]["rules"], serde_json::json!([[]]));
     assert!(d.policies[2].rules.is_empty());
@@ -526,7 +552,11 @@ async fn certificates_show_state_chain_and_roots_as_istioctl_reads_them() {
     let c = &d.certificates[0];
     assert_eq!(c.identity, "spiffe://cluster.local/ns/default/sa/server");
     assert_eq!(c.state, "Available");
-    assert_eq!(c.cert_chain.len(), cert.chain.len(), "leaf and intermediates");
+    assert_eq!(
+        c.cert_chain.len(),
+        cert.chain.len(),
+        "leaf and intermediates"
+    );
     assert_eq!(c.root_cert.len(), 1, "the CA's root");
 
     let leaf = &c.cert_chain[0];
@@ -538,7 +568,10 @@ async fn certificates_show_state_chain_and_roots_as_istioctl_reads_them() {
     assert_eq!(pem, crate::identity::certs_pem(&cert.chain[..1]));
     // istioctl parses the serial in base 10 and the times as RFC 3339.
     let (_, parsed) = X509Certificate::from_der(cert.leaf()).expect("the leaf parses");
-    assert_eq!(leaf.serial_number, parsed.tbs_certificate.serial.to_str_radix(10));
+    assert_eq!(
+        leaf.serial_number,
+        parsed.tbs_certificate.serial.to_str_radix(10)
+    );
     assert!(leaf.serial_number.bytes().all(|b| b.is_ascii_digit()));
     for t in [&leaf.valid_from, &leaf.expiration_time] {
         assert_eq!(t.len(), "2026-01-01T00:00:00Z".len(), "{t}");
@@ -568,7 +601,10 @@ fn running_pods_are_listed_in_workload_state_and_our_extras_keep_their_keys() {
         PodSummary {
             workload: "default/client-7d4".into(),
             identity: "spiffe://cluster.local/ns/default/sa/sleep".into(),
-            netns: nodetunnel_base::netns::NetnsId { dev: 4, inode: 4026532 },
+            netns: nodetunnel_base::netns::NetnsId {
+                dev: 4,
+                inode: 4026532,
+            },
             connections: Default::default(),
         },
     );
@@ -584,7 +620,12 @@ fn running_pods_are_listed_in_workload_state_and_our_extras_keep_their_keys() {
     assert_eq!(raw["certificateIssuances"], 0);
     assert!(raw["xds"].is_null(), "no xDS client");
     assert_eq!(raw["version"]["istioVersion"], "1.28.0");
-    let keys: Vec<&str> = raw.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut want = vec![
         "certificateIssuances",
         "certificates",

@@ -51,7 +51,13 @@ fn a_clean_connection_is_not_failed() {
     let metrics = Arc::new(Metrics::new());
     let mut r = record(&metrics);
     r.opened();
-    r.finish(Transferred { a_to_b: 3, b_to_a: 4 }, None);
+    r.finish(
+        Transferred {
+            a_to_b: 3,
+            b_to_a: 4,
+        },
+        None,
+    );
     assert!(samples(&metrics, "istio_tcp_connections_failed_total").is_empty());
     assert_eq!(
         samples(&metrics, "istio_tcp_connections_closed_total"),
@@ -106,6 +112,9 @@ fn inbound_service_is_the_one_whose_target_port_was_dialed() {
     let host = |port| inbound_service(&store, &w, port).map(|s| s.hostname.clone());
     assert_eq!(host(8080).as_deref(), Some("web.default.svc.cluster.local"));
     // Through the workload's own mapping of the service port (a named port).
-    assert_eq!(host(9000).as_deref(), Some("named.default.svc.cluster.local"));
+    assert_eq!(
+        host(9000).as_deref(),
+        Some("named.default.svc.cluster.local")
+    );
     assert_eq!(host(7000), None);
 }
