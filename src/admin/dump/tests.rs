@@ -578,7 +578,7 @@ async fn certificates_show_state_chain_and_roots_as_istioctl_reads_them() {
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
     }
     assert!(leaf.valid_from < leaf.expiration_time);
-    assert_eq!(c.root_cert[0].pem.is_empty(), false);
+    assert!(!c.root_cert[0].pem.is_empty());
 }
 
 #[tokio::test]
