@@ -69,28 +69,15 @@ struct Version<'a> {
 /// Serializes the dump. Every part is plain data, so encoding cannot fail short of a bug; the
 /// caller still answers 500 naming the error rather than panicking.
 pub(super) fn config_dump(admin: &AdminState) -> Result<Vec<u8>, serde_json::Error> {
-    let store = admin.state.read();
-    let pods = admin.pods.lock().unwrap_or_else(|e| e.into_inner());
-    let dump = ConfigDump {
-        workloads: mesh::workloads(&store),
-        services: mesh::services(&store),
-        policies: mesh::policies(&store),
-        certificates: certs::certificates(&admin.certs),
-        workload_state: pods
+    // Each lock is held only for its own part, never two at once, so the dump cannot stall a
+    // writer that takes them in another order.
+    let (workload_state, pods) = {
+        let pods = admin.pods.lock().unwrap_or_else(|e| e.into_inner());
+        let state = pods
             .iter()
             .map(|(uid, pod)| (uid.clone(), workload_state(pod)))
-            .collect(),
-        version: Version {
-            version: env!("CARGO_PKG_VERSION"),
-            build_profile: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
-            istio_version: admin.metrics.istio_version(),
-        },
-        certificate_issuances: admin.certs.issuance_count(),
-        pods: pods
+            .collect();
+        let summary = pods
             .iter()
             .map(|(uid, pod)| {
                 serde_json::json!({
@@ -101,11 +88,33 @@ pub(super) fn config_dump(admin: &AdminState) -> Result<Vec<u8>, serde_json::Err
                     "connections": pod.connections.len(),
                 })
             })
-            .collect(),
-        xds: admin
-            .xds
-            .as_ref()
-            .map_or(serde_json::Value::Null, XdsHandle::snapshot),
+            .collect();
+        (state, summary)
+    };
+    let certificates = certs::certificates(&admin.certs);
+    let xds = admin
+        .xds
+        .as_ref()
+        .map_or(serde_json::Value::Null, XdsHandle::snapshot);
+    let store = admin.state.read();
+    let dump = ConfigDump {
+        workloads: mesh::workloads(&store),
+        services: mesh::services(&store),
+        policies: mesh::policies(&store),
+        certificates,
+        workload_state,
+        version: Version {
+            version: env!("CARGO_PKG_VERSION"),
+            build_profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            istio_version: admin.metrics.istio_version(),
+        },
+        certificate_issuances: admin.certs.issuance_count(),
+        pods,
+        xds,
     };
     serde_json::to_vec_pretty(&dump)
 }
