@@ -20,9 +20,9 @@ use base64::Engine;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, namespaces_available, port, set_env,
-    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy, Server,
-    StringMatch, Topology, Tunnel,
+    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
+    set_env, spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy,
+    Server, StringMatch, Topology, Tunnel,
 };
 use serde::Deserialize;
 
@@ -36,24 +36,46 @@ fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
 }
 
-/// The standard mesh with Kiali's names on the workloads and a DENY policy that matches
-/// nobody (so traffic flows, and the dump has a policy with rules).
+/// The standard mesh with a DENY policy that matches nobody (so traffic flows, and the dump
+/// has a policy with rules).
 fn mesh_config() -> MeshConfig {
     let mut cfg = MeshConfig::standard(SERVER_PORT);
-    let client = cfg.workload_mut("client");
-    *client = client
-        .clone()
-        .canonical("client-app", "v1", "client-deploy");
-    let server = cfg.workload_mut("server");
-    *server = server
-        .clone()
-        .canonical("server-app", "v2", "server-deploy");
     cfg.policies.push(
         Policy::deny("default", "deny-nobody").rule([[Match::default()
             .principal(StringMatch::exact("cluster.local/ns/default/sa/nobody"))
             .destination_port(SERVER_PORT)]]),
     );
     cfg
+}
+
+/// Kiali's names (canonical service and revision, owner) per workload, as istiod derives them
+/// from a pod's labels and owner.
+const CANONICAL: [(&str, &str, &str, &str); 2] = [
+    ("client", "client-app", "v1", "client-deploy"),
+    ("server", "server-app", "v2", "server-deploy"),
+];
+
+/// `cfg` as YAML with [`CANONICAL`]'s fields added to its workloads (the testbed's builder does
+/// not write them), keyed on each workload's `uid` line.
+fn mesh_yaml(cfg: &MeshConfig) -> String {
+    let mut yaml = cfg.to_yaml();
+    for (name, service, revision, owner) in CANONICAL {
+        let uid = cfg
+            .workloads
+            .iter()
+            .find(|w| w.name == name)
+            .expect("a workload of the standard mesh")
+            .uid();
+        let line = format!("- uid: \"{uid}\"\n");
+        assert!(yaml.contains(&line), "no {line:?} in:\n{yaml}");
+        yaml = yaml.replace(
+            &line,
+            &format!(
+                "{line}  canonicalName: \"{service}\"\n  canonicalRevision: \"{revision}\"\n  workloadName: \"{owner}\"\n"
+            ),
+        );
+    }
+    yaml
 }
 
 struct Running {
@@ -71,8 +93,15 @@ fn start(test: &str, extra: &[(&str, &str)]) -> Option<Running> {
         return None;
     }
     let topo = Topology::two_node(test, Capture::ALL).expect("building the topology");
-    let (cp, _) = topo
-        .start_mesh_control("n1", bin(), &mesh_config())
+    let mesh = topo.path("mesh.yaml");
+    std::fs::write(&mesh, mesh_yaml(&mesh_config())).expect("writing the mesh file");
+    let ca = topo.path("ca");
+    std::fs::create_dir_all(&ca).expect("creating the CA dir");
+    generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
+    let control = nodetunnel_testbed::sibling_binary("nodetunnel-control")
+        .expect("the nodetunnel-control binary");
+    let cp = topo
+        .start_control_plane("n1", &control, &mesh, &ca, &[])
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let tunnel = |node: &str| {
         let mut env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));

@@ -64,11 +64,6 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     /// A host-network pod (`networkMode: HostNetwork`): its IPs are its node's.
     pub host_network: bool,
-    /// `canonicalName`, `canonicalRevision` and `workloadName` (Kiali's app, version and
-    /// owner); empty ones are not written.
-    pub canonical_name: String,
-    pub canonical_revision: String,
-    pub workload_name: String,
 }
 
 impl Workload {
@@ -84,19 +79,7 @@ impl Workload {
             services: Vec::new(),
             authorization_policies: Vec::new(),
             host_network: false,
-            canonical_name: String::new(),
-            canonical_revision: String::new(),
-            workload_name: String::new(),
         }
-    }
-
-    /// Sets the canonical service and revision (Istio's `service.istio.io/canonical-*`) and the
-    /// owning workload's name, as istiod derives them from a pod's labels and owner.
-    pub fn canonical(mut self, service: &str, revision: &str, owner: &str) -> Self {
-        self.canonical_name = service.into();
-        self.canonical_revision = revision.into();
-        self.workload_name = owner.into();
-        self
     }
 
     pub fn service_account(mut self, sa: &str) -> Self {
@@ -212,15 +195,6 @@ impl MeshConfig {
             let _ = writeln!(y, "  workloadIps: [{}]", ip_list(&w.ips, ""));
             let _ = writeln!(y, "  protocol: {}", w.protocol.as_yaml());
             let _ = writeln!(y, "  node: {}", quote(&w.node));
-            for (key, value) in [
-                ("canonicalName", &w.canonical_name),
-                ("canonicalRevision", &w.canonical_revision),
-                ("workloadName", &w.workload_name),
-            ] {
-                if !value.is_empty() {
-                    let _ = writeln!(y, "  {key}: {}", quote(value));
-                }
-            }
             if !w.services.is_empty() {
                 y.push_str("  services:\n");
                 for (svc, ports) in &w.services {
