@@ -382,9 +382,9 @@ fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), App
     Ok(())
 }
 
-/// The Istio release this tunnel stands in for, for `istio_build` and `/config_dump`: Istio's
-/// chart sets `ISTIO_META_ISTIO_VERSION`, which reaches the xDS node metadata as
-/// `ISTIO_VERSION` (a local config has no Istio release).
+/// The Istio release this tunnel stands in for, for `istio_build` and `/config_dump`:
+/// `ISTIO_META_ISTIO_VERSION`, the variable ztunnel reads, which the xDS config keeps (as every
+/// `ISTIO_META_*`) in the node metadata as `ISTIO_VERSION`. With a local config: none.
 fn istio_version(config: &Config) -> Option<&str> {
     match &config.source {
         ConfigSource::Xds(xds) => xds
