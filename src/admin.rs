@@ -1,5 +1,6 @@
 //! The tunnel's own HTTP endpoints: readiness (15021), Prometheus metrics (15020) and a local
-//! admin port (127.0.0.1:15000) with a dump of the mesh state for debugging.
+//! admin port (127.0.0.1:15000) with a dump of the mesh state in ztunnel's schema (`dump`, read
+//! by `istioctl ztunnel-config`) and the authorization explainer (`explain`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod dump;
 mod explain;
 
 use crate::identity::SecretManager;
@@ -141,13 +143,16 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
         (Endpoint::Metrics, "/metrics") | (Endpoint::Metrics, "/stats/prometheus") => {
             text(StatusCode::OK, admin.metrics.encode())
         }
-        (Endpoint::Admin, "/config_dump") => {
-            let body = config_dump(admin).to_string();
-            Response::builder()
+        (Endpoint::Admin, "/config_dump") => match dump::config_dump(admin) {
+            Ok(body) => Response::builder()
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
-                .expect("static response parts are valid")
-        }
+                .expect("static response parts are valid"),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding /config_dump: {e}\n"),
+            ),
+        },
         (Endpoint::Admin, "/debug/authorize") => {
             let store = admin.state.read();
             match explain::explain_query(req.uri().query().unwrap_or(""), &store, &admin.network) {
@@ -164,91 +169,4 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn config_dump(admin: &AdminState) -> serde_json::Value {
-    let store = admin.state.read();
-    let mut workloads: Vec<_> = store
-        .workloads()
-        .map(|w| {
-            serde_json::json!({
-                "uid": w.uid,
-                "name": w.name,
-                "namespace": w.namespace,
-                "identity": w.identity().to_string(),
-                "workloadIps": w.workload_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
-                "protocol": format!("{:?}", w.protocol).to_uppercase(),
-                "node": w.node,
-                "network": w.network,
-                "services": w.services.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
-                "authorizationPolicies": w.authorization_policies,
-            })
-        })
-        .collect();
-    workloads.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
-    let mut services: Vec<_> = store
-        .services()
-        .map(|s| {
-            serde_json::json!({
-                "name": s.name,
-                "namespace": s.namespace,
-                "hostname": s.hostname,
-                "vips": s.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-                "ports": s.ports.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
-                "endpoints": store.endpoints(&s.key()).iter().map(|w| w.uid.clone()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    services.sort_by(|a, b| a["hostname"].as_str().cmp(&b["hostname"].as_str()));
-    let certificates: Vec<String> = admin
-        .certs
-        .cached_identities()
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
-    let pods: Vec<_> = admin
-        .pods
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(uid, pod)| {
-            serde_json::json!({
-                "uid": uid,
-                "workload": pod.workload,
-                "identity": pod.identity,
-                "netns": pod.netns.to_string(),
-                "connections": pod.connections.len(),
-            })
-        })
-        .collect();
-    let mut policies: Vec<_> = store
-        .policies()
-        .map(|p| {
-            serde_json::json!({
-                "name": p.name,
-                "namespace": p.namespace,
-                "scope": format!("{:?}", p.scope),
-                "action": format!("{:?}", p.action),
-                "dryRun": p.dry_run,
-                "rules": p.rules.len(),
-            })
-        })
-        .collect();
-    policies.sort_by(|a, b| {
-        (a["namespace"].as_str(), a["name"].as_str())
-            .cmp(&(b["namespace"].as_str(), b["name"].as_str()))
-    });
-    let xds = admin
-        .xds
-        .as_ref()
-        .map_or(serde_json::Value::Null, XdsHandle::snapshot);
-    serde_json::json!({
-        "workloads": workloads,
-        "services": services,
-        "policies": policies,
-        "certificates": certificates,
-        "certificateIssuances": admin.certs.issuance_count(),
-        "pods": pods,
-        "xds": xds,
-    })
 }

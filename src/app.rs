@@ -112,7 +112,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         },
     };
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_istio_version(istio_version(&config)));
     if let Some(xds) = &xds {
         metrics.register_xds(xds.clone());
     }
@@ -384,4 +384,18 @@ fn start_admin_thread(config: &Config, admin: Arc<AdminState>) -> Result<(), App
         })
         .map_err(AppError::AdminThread)?;
     Ok(())
+}
+
+/// The Istio release this tunnel stands in for, for `istio_build` and `/config_dump`:
+/// `ISTIO_META_ISTIO_VERSION`, the variable ztunnel reads, which the xDS config keeps (as every
+/// `ISTIO_META_*`) in the node metadata as `ISTIO_VERSION`. With a local config: none.
+fn istio_version(config: &Config) -> Option<&str> {
+    match &config.source {
+        ConfigSource::Xds(xds) => xds
+            .node
+            .extra_metadata
+            .get("ISTIO_VERSION")
+            .map(String::as_str),
+        ConfigSource::File(_) => None,
+    }
 }

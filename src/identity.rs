@@ -12,6 +12,6 @@ mod tls_configs;
 
 pub use ca::{certs_pem, CaError, LocalCa, ServingCert, ROOT_CERT_FILE};
 pub use ca_client::{CaClient, CaClientError, IMPERSONATED_IDENTITY};
-pub use manager::{CertificateSource, ManagerError, SecretManager, WorkloadCert};
+pub use manager::{CertState, CertificateSource, ManagerError, SecretManager, WorkloadCert};
 pub use spiffe::{Identity, IdentityError};
 pub(crate) use tls_configs::TlsConfigs;

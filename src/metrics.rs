@@ -3,8 +3,9 @@
 use std::sync::Mutex;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,33 +14,71 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::state::Workload;
+use crate::state::{Service, Workload};
 use crate::xds::{TypeStats, XdsHandle};
 
-/// Labels of `istio_tcp_*` (a subset of Istio's standard set, same names and values).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// What a label reads when its value is not known, as ztunnel writes it (never empty).
+pub const UNKNOWN: &str = "unknown";
+
+/// Labels of `istio_tcp_*`: Istio's standard TCP set as ztunnel emits it (same names, same
+/// order, `unknown` for what is not known), which Kiali and Istio's dashboards group by.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
 pub struct ConnectionLabels {
     /// `source` on the client-side tunnel, `destination` on the server side.
     pub reporter: &'static str,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
+    /// The identity the source proved (or, outbound, will prove) over mTLS; unknown without.
     pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    /// The service's hostname.
     pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
+    pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: String,
     pub request_protocol: &'static str,
     pub response_flags: &'static str,
     /// `mutual_tls` when HBONE carried the connection, else `unknown`.
     pub connection_security_policy: &'static str,
+    /// `source_region`, `source_zone`, `destination_region`, `destination_zone`: written once
+    /// either end is a known workload (ztunnel's rule), each `unknown` when not set.
+    pub locality: Option<LocalityLabels>,
+}
+
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct LocalityLabels {
+    pub source_region: String,
+    pub source_zone: String,
+    pub destination_region: String,
+    pub destination_zone: String,
 }
 
 impl ConnectionLabels {
+    /// The source workload's names. The principal is not taken from here: it is only what
+    /// mTLS proves (set by the caller), as in ztunnel.
     pub fn with_source(mut self, w: Option<&Workload>) -> Self {
         if let Some(w) = w {
             self.source_workload = workload_name(w);
+            self.source_canonical_service = w.canonical_name.clone();
+            self.source_canonical_revision = w.canonical_revision.clone();
             self.source_workload_namespace = w.namespace.clone();
-            self.source_principal = w.identity().to_string();
+            self.source_app = w.canonical_name.clone();
+            self.source_version = w.canonical_revision.clone();
+            self.source_cluster = w.cluster_id.clone();
+            let locality = self.locality.get_or_insert_with(Default::default);
+            locality.source_region = w.locality.region.clone();
+            locality.source_zone = w.locality.zone.clone();
         }
         self
     }
@@ -47,10 +86,114 @@ impl ConnectionLabels {
     pub fn with_destination(mut self, w: Option<&Workload>) -> Self {
         if let Some(w) = w {
             self.destination_workload = workload_name(w);
+            self.destination_canonical_service = w.canonical_name.clone();
+            self.destination_canonical_revision = w.canonical_revision.clone();
             self.destination_workload_namespace = w.namespace.clone();
             self.destination_principal = w.identity().to_string();
+            self.destination_app = w.canonical_name.clone();
+            self.destination_version = w.canonical_revision.clone();
+            self.destination_cluster = w.cluster_id.clone();
+            let locality = self.locality.get_or_insert_with(Default::default);
+            locality.destination_region = w.locality.region.clone();
+            locality.destination_zone = w.locality.zone.clone();
         }
         self
+    }
+
+    /// The service the client addressed (outbound: the VIP's; inbound: the one ztunnel would
+    /// guess, see `proxy::access::inbound_service`).
+    pub fn with_destination_service(mut self, s: Option<&Service>) -> Self {
+        if let Some(s) = s {
+            self.destination_service = s.hostname.clone();
+            self.destination_service_name = s.name.clone();
+            self.destination_service_namespace = s.namespace.clone();
+        }
+        self
+    }
+}
+
+fn or_unknown(value: &str) -> &str {
+    if value.is_empty() {
+        UNKNOWN
+    } else {
+        value
+    }
+}
+
+impl EncodeLabelSet for ConnectionLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let labels = [
+            ("reporter", self.reporter),
+            ("source_workload", or_unknown(&self.source_workload)),
+            (
+                "source_canonical_service",
+                or_unknown(&self.source_canonical_service),
+            ),
+            (
+                "source_canonical_revision",
+                or_unknown(&self.source_canonical_revision),
+            ),
+            (
+                "source_workload_namespace",
+                or_unknown(&self.source_workload_namespace),
+            ),
+            ("source_principal", or_unknown(&self.source_principal)),
+            ("source_app", or_unknown(&self.source_app)),
+            ("source_version", or_unknown(&self.source_version)),
+            ("source_cluster", or_unknown(&self.source_cluster)),
+            ("destination_service", or_unknown(&self.destination_service)),
+            (
+                "destination_service_namespace",
+                or_unknown(&self.destination_service_namespace),
+            ),
+            (
+                "destination_service_name",
+                or_unknown(&self.destination_service_name),
+            ),
+            (
+                "destination_workload",
+                or_unknown(&self.destination_workload),
+            ),
+            (
+                "destination_canonical_service",
+                or_unknown(&self.destination_canonical_service),
+            ),
+            (
+                "destination_canonical_revision",
+                or_unknown(&self.destination_canonical_revision),
+            ),
+            (
+                "destination_workload_namespace",
+                or_unknown(&self.destination_workload_namespace),
+            ),
+            (
+                "destination_principal",
+                or_unknown(&self.destination_principal),
+            ),
+            ("destination_app", or_unknown(&self.destination_app)),
+            ("destination_version", or_unknown(&self.destination_version)),
+            ("destination_cluster", or_unknown(&self.destination_cluster)),
+            ("request_protocol", self.request_protocol),
+            ("response_flags", self.response_flags),
+            (
+                "connection_security_policy",
+                self.connection_security_policy,
+            ),
+        ];
+        for label in labels {
+            label.encode(encoder.encode_label())?;
+        }
+        if let Some(l) = &self.locality {
+            for label in [
+                ("source_region", or_unknown(&l.source_region)),
+                ("source_zone", or_unknown(&l.source_zone)),
+                ("destination_region", or_unknown(&l.destination_region)),
+                ("destination_zone", or_unknown(&l.destination_zone)),
+            ] {
+                label.encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -61,6 +204,16 @@ fn workload_name(w: &Workload) -> String {
     } else {
         w.workload_name.clone()
     }
+}
+
+/// Labels of `istio_build`: ztunnel's, so the Istio dashboards count this tunnel among the
+/// ztunnels of a release.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// `ztunnel`: nodetunnel stands in for it, and the dashboards select on this value.
+    component: &'static str,
+    /// The Istio release (`ISTIO_META_ISTIO_VERSION`), `unknown` when not given.
+    tag: String,
 }
 
 /// Labels of `nodetunnel_policy_denials_total`: which policy decided, and for which workload.
@@ -80,6 +233,9 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections_opened: Family<ConnectionLabels, Counter>,
     pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// Connections that ended in a failure before or while reaching the upstream (ztunnel's
+    /// `istio_tcp_connections_failed_total`).
+    pub connections_failed: Family<ConnectionLabels, Counter>,
     pub sent_bytes: Family<ConnectionLabels, Counter>,
     pub received_bytes: Family<ConnectionLabels, Counter>,
     /// HBONE connections this tunnel opened to peers (outbound pool).
@@ -89,6 +245,8 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Inbound connections the authorize step refused, by deciding policy.
     pub policy_denials: Family<DenialLabels, Counter>,
+    /// The Istio release reported in `istio_build` and `/config_dump`'s `version`.
+    istio_version: String,
 }
 
 impl Default for Metrics {
@@ -98,18 +256,27 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics reporting an unknown Istio release in `istio_build`.
     pub fn new() -> Metrics {
+        Metrics::for_istio_version(None)
+    }
+
+    /// Metrics whose `istio_build` carries `istio_version` (`unknown` when `None` or empty).
+    pub fn for_istio_version(istio_version: Option<&str>) -> Metrics {
+        let istio_version = or_unknown(istio_version.unwrap_or_default()).to_string();
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             connections_opened: Family::default(),
             connections_closed: Family::default(),
+            connections_failed: Family::default(),
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
             hbone_connections_opened: Counter::default(),
             hbone_connections_accepted: Counter::default(),
             active_connections: Gauge::default(),
             policy_denials: Family::default(),
+            istio_version,
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -123,6 +290,11 @@ impl Metrics {
             m.connections_closed.clone(),
         );
         istio.register(
+            "tcp_connections_failed",
+            "TCP connections that failed to establish or were refused",
+            m.connections_failed.clone(),
+        );
+        istio.register(
             "tcp_sent_bytes",
             "Bytes sent by the client during a TCP connection",
             m.sent_bytes.clone(),
@@ -132,6 +304,14 @@ impl Metrics {
             "Bytes received by the client during a TCP connection",
             m.received_bytes.clone(),
         );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "ztunnel",
+                tag: m.istio_version.clone(),
+            })
+            .set(1);
+        istio.register("build", "Istio component build info", build);
         let own = registry.sub_registry_with_prefix("nodetunnel");
         own.register(
             "hbone_connections_opened",
@@ -155,6 +335,11 @@ impl Metrics {
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
+    }
+
+    /// The Istio release this tunnel reports (`unknown` when not configured).
+    pub fn istio_version(&self) -> &str {
+        &self.istio_version
     }
 
     /// Adds the xDS client's counters, read from its handle at each scrape.
@@ -268,37 +453,4 @@ impl Collector for XdsCollector {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposes_istio_metric_names_and_labels() {
-        let m = Metrics::new();
-        let labels = ConnectionLabels {
-            reporter: "source",
-            request_protocol: "tcp",
-            response_flags: "-",
-            connection_security_policy: "mutual_tls",
-            destination_service: "web.default.svc.cluster.local".into(),
-            ..Default::default()
-        };
-        m.connections_opened.get_or_create(&labels).inc();
-        m.sent_bytes.get_or_create(&labels).inc_by(42);
-        let text = m.encode();
-        assert!(
-            text.contains("istio_tcp_connections_opened_total{"),
-            "{text}"
-        );
-        assert!(text.contains("reporter=\"source\""), "{text}");
-        assert!(
-            text.contains("connection_security_policy=\"mutual_tls\""),
-            "{text}"
-        );
-        assert!(text.contains("istio_tcp_sent_bytes_total{"), "{text}");
-        assert!(text.contains("} 42"), "{text}");
-        assert!(
-            text.contains("nodetunnel_hbone_connections_opened_total 0"),
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -285,13 +285,13 @@ fn echo_once(mesh: &Mesh, from: &str, dst: SocketAddr, data: &[u8]) -> io::Resul
     echo_roundtrip(&mut s, data)
 }
 
-/// The strings of a JSON array (empty for anything else).
-fn strings(value: &serde_json::Value) -> Vec<String> {
-    value
+/// The identities of `/config_dump`'s `certificates` (ztunnel's shape: one object per identity).
+fn cert_identities(dump: &serde_json::Value) -> Vec<String> {
+    dump["certificates"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
+                .filter_map(|c| c["identity"].as_str().map(str::to_string))
                 .collect()
         })
         .unwrap_or_default()
@@ -402,7 +402,7 @@ fn a_deleted_pod_drains_its_live_connection_then_refuses_new_ones() {
     assert_eq!(pod["identity"], client_id, "{dump}");
     assert_eq!(pod["connections"], 1, "{dump}");
     assert!(
-        strings(&dump["certificates"]).contains(&client_id.to_string()),
+        cert_identities(&dump).contains(&client_id.to_string()),
         "{dump}"
     );
     assert_ok(&mesh.agent("n1").del(&uid), "del client");
@@ -417,7 +417,7 @@ fn a_deleted_pod_drains_its_live_connection_then_refuses_new_ones() {
     );
     // Its identity had no other pod: the certificate is no longer kept (or renewed).
     assert!(
-        !strings(&dump["certificates"]).contains(&client_id.to_string()),
+        !cert_identities(&dump).contains(&client_id.to_string()),
         "{dump}"
     );
     // Listeners are gone at once: the in-pod rules still redirect to :15001, where nothing

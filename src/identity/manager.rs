@@ -77,6 +77,9 @@ pub struct WorkloadCert {
     /// The manager's whole trust bundle when this certificate was issued: the root this
     /// certificate chains to plus any still-trusted earlier roots (during a root rotation).
     pub roots: Arc<RootCertStore>,
+    /// The same roots as certificates, for showing them (`/config_dump`); a `RootCertStore`
+    /// keeps only trust anchors.
+    pub root_certs: Vec<CertificateDer<'static>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// When we received it; `not_before` is back-dated for clock skew, so the refresh point is
@@ -118,6 +121,18 @@ impl std::fmt::Debug for WorkloadCert {
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
+}
+
+/// Where one identity's certificate stands (ztunnel's three states, which `istioctl
+/// ztunnel-config certificates` shows).
+#[derive(Debug)]
+pub enum CertState {
+    /// No certificate yet and no failure: the first issuance has not finished.
+    Initializing,
+    /// No certificate; the last issuance failed with this error.
+    Unavailable(String),
+    /// The cached certificate (possibly past its refresh point while a renewal runs).
+    Available(Arc<WorkloadCert>),
 }
 
 /// Where certificates come from. Both take a CSR and return a chain leaf-first, root-last.
@@ -352,11 +367,11 @@ impl SecretManager {
                 reason,
             })?;
         // Only roots of a verified answer join the bundle.
-        cert.roots = self
-            .bundle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(&source_roots, Instant::now());
+        {
+            let mut bundle = self.bundle.lock().unwrap_or_else(|e| e.into_inner());
+            cert.roots = bundle.observe(&source_roots, Instant::now());
+            cert.root_certs = bundle.roots();
+        }
         tracing::debug!(identity = %id, not_after = ?cert.not_after, "issued workload certificate");
         Ok(Arc::new(cert))
     }
@@ -369,7 +384,8 @@ impl SecretManager {
             .remove(id);
     }
 
-    /// Identities with a cache slot, sorted, for debugging.
+    /// Identities with a cache slot, sorted (tests; the dump uses `certificate_states`).
+    #[cfg(test)]
     pub(crate) fn cached_identities(&self) -> Vec<Identity> {
         let mut ids: Vec<_> = self
             .slots
@@ -380,6 +396,36 @@ impl SecretManager {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// Every identity with a cache slot and where its certificate stands, sorted by identity,
+    /// for `/config_dump`.
+    pub(crate) fn certificate_states(&self) -> Vec<(Identity, CertState)> {
+        let slots: Vec<(Identity, Arc<Slot>)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.clone()))
+            .collect();
+        let mut states: Vec<_> = slots
+            .into_iter()
+            .map(|(id, slot)| {
+                let state = match slot.current() {
+                    Some(cert) => CertState::Available(cert),
+                    // Held while the CA is asked: the first issuance is under way.
+                    None => match slot.issuing.try_lock() {
+                        Ok(failures) if !failures.last_error.is_empty() => {
+                            CertState::Unavailable(failures.last_error.clone())
+                        }
+                        _ => CertState::Initializing,
+                    },
+                };
+                (id, state)
+            })
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
     }
 
     /// How many issuances were attempted (successful or not), for metrics and tests.
@@ -531,6 +577,7 @@ fn validate(
         chain,
         key,
         roots: Arc::new(store),
+        root_certs: Vec::new(),
         not_before,
         not_after,
         issued_at: now,

@@ -12,6 +12,7 @@ use super::copy::Transferred;
 use super::ProxyError;
 use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, DenialLabels, Metrics};
+use crate::state::{Service, Store, Workload};
 
 /// What the log line and the metric labels say about a connection, besides its outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +68,27 @@ pub fn base_labels(direction: &'static str) -> ConnectionLabels {
     }
 }
 
+/// The service an inbound connection to `workload` on `port` reached, as ztunnel guesses it
+/// (the client does not say): the first of the workload's services (by key) with a target port
+/// equal to `port`, directly or through the workload's own mapping of a service port.
+pub(crate) fn inbound_service(
+    store: &Store,
+    workload: &Workload,
+    port: u16,
+) -> Option<Arc<Service>> {
+    let mut keys: Vec<_> = workload.services.keys().collect();
+    keys.sort();
+    keys.into_iter().find_map(|key| {
+        let service = store.service(key)?;
+        let own = &workload.services[key];
+        service
+            .ports
+            .iter()
+            .any(|(service_port, target)| *target == port || own.get(service_port) == Some(&port))
+            .then_some(service)
+    })
+}
+
 /// A connection in progress: its description, when it started, whether the upstream was
 /// reached. Logs exactly once, at `finish` or, for a connection cut at a drain deadline, on drop.
 pub struct ConnectionRecord {
@@ -90,6 +112,7 @@ struct Line<'a> {
     src_workload: Option<&'a str>,
     src_namespace: Option<&'a str>,
     src_identity: Option<String>,
+    src_cluster: Option<&'a str>,
     dst: Option<SocketAddr>,
     /// The HBONE CONNECT target; only for connections HBONE carries.
     hbone_addr: Option<SocketAddr>,
@@ -97,6 +120,7 @@ struct Line<'a> {
     dst_workload: Option<&'a str>,
     dst_namespace: Option<&'a str>,
     dst_identity: Option<String>,
+    dst_cluster: Option<&'a str>,
     original_dst: Option<SocketAddr>,
     /// ztunnel writes the duration as `<n>ms`.
     duration: String,
@@ -114,12 +138,14 @@ impl<'a> Line<'a> {
             src_workload: known(&l.source_workload),
             src_namespace: known(&l.source_workload_namespace),
             src_identity: d.src_identity.as_ref().map(ToString::to_string),
+            src_cluster: known(&l.source_cluster),
             dst: d.dst,
             hbone_addr: d.dst.filter(|_| d.protocol == "HBONE"),
             dst_service: known(&l.destination_service),
             dst_workload: known(&l.destination_workload),
             dst_namespace: known(&l.destination_workload_namespace),
             dst_identity: d.dst_identity.as_ref().map(ToString::to_string),
+            dst_cluster: known(&l.destination_cluster),
             original_dst: d.original_dst,
             duration: format!("{}ms", started.elapsed().as_millis()),
         }
@@ -137,12 +163,14 @@ macro_rules! access_event {
             src.workload = $line.src_workload,
             src.namespace = $line.src_namespace,
             src.identity = $line.src_identity.as_deref(),
+            src.cluster = $line.src_cluster,
             dst.addr = $line.dst.map(tracing::field::display),
             dst.hbone_addr = $line.hbone_addr.map(tracing::field::display),
             dst.service = $line.dst_service,
             dst.workload = $line.dst_workload,
             dst.namespace = $line.dst_namespace,
             dst.identity = $line.dst_identity.as_deref(),
+            dst.cluster = $line.dst_cluster,
             direction = $d.direction,
             protocol = $d.protocol,
             original_dst = $line.original_dst.map(tracing::field::display),
@@ -213,11 +241,14 @@ impl ConnectionRecord {
                 })
                 .inc();
         }
+        let mut labels = std::mem::take(&mut self.description.labels);
+        if let Some(e) = error {
+            labels.response_flags = e.flag();
+            // As in ztunnel, every connection that ends in an error counts as failed, whether
+            // it never reached the upstream (refused, denied, unreachable) or broke later.
+            self.metrics.connections_failed.get_or_create(&labels).inc();
+        }
         if self.opened {
-            let mut labels = std::mem::take(&mut self.description.labels);
-            if let Some(e) = error {
-                labels.response_flags = e.flag();
-            }
             let m = &self.metrics;
             m.connections_closed.get_or_create(&labels).inc();
             m.sent_bytes
@@ -252,3 +283,6 @@ impl Drop for ConnectionRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::access::{base_labels, ConnectionRecord, Description};
+use super::access::{base_labels, inbound_service, ConnectionRecord, Description};
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional_until, Ended, Transferred};
 use super::live::Registration;
@@ -137,9 +137,11 @@ fn describe(
     let source = store
         .workload_by_ip(&pi.config.network, peer.addr.ip())
         .filter(|w| w.identity() == peer.identity);
+    let service = target.and_then(|t| inbound_service(store, &t.workload, t.addr.port()));
     let mut labels = base_labels("inbound")
         .with_source(source.as_deref())
-        .with_destination(target.map(|t| &*t.workload));
+        .with_destination(target.map(|t| &*t.workload))
+        .with_destination_service(service.as_deref());
     labels.source_principal = peer.identity.to_string();
     labels.source_workload_namespace = peer.identity.namespace.clone();
     labels.connection_security_policy = "mutual_tls";

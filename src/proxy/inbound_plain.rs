@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::access::{base_labels, ConnectionRecord, Description};
+use super::access::{base_labels, inbound_service, ConnectionRecord, Description};
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional_until, Ended, Transferred};
 use super::live::Registration;
@@ -35,7 +35,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
             Ok(dst) => (Some(dst), check_target(&pi, &store, dst)),
             Err(e) => (None, Err(ProxyError::OriginalDestination(e))),
         };
-        let description = describe(peer, original_dst, checked.as_ref().ok());
+        let description = describe(&store, peer, original_dst, checked.as_ref().ok());
         let record = ConnectionRecord::start(pi.metrics.clone(), description);
         let admitted = checked.and_then(|target| {
             let live = pi.authorize(&store, None, peer.ip(), &target)?;
@@ -79,6 +79,7 @@ fn check_target(
 /// The access-log description of a plaintext connection from `src` to `original_dst`,
 /// checked into `target` (`None` when the check failed). Nothing about the source is proven.
 fn describe(
+    store: &Store,
     src: SocketAddr,
     original_dst: Option<SocketAddr>,
     target: Option<&InboundTarget>,
@@ -91,7 +92,13 @@ fn describe(
         src_identity: None,
         dst_identity: target.map(|t| t.workload.identity()),
         protocol: "TCP",
-        labels: base_labels("inbound").with_destination(target.map(|t| &*t.workload)),
+        labels: base_labels("inbound")
+            .with_destination(target.map(|t| &*t.workload))
+            .with_destination_service(
+                target
+                    .and_then(|t| inbound_service(store, &t.workload, t.addr.port()))
+                    .as_deref(),
+            ),
     }
 }
 

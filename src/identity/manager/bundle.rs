@@ -68,6 +68,11 @@ impl TrustBundle {
         Arc::new(store)
     }
 
+    /// The roots currently trusted, oldest first.
+    pub(super) fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.iter().map(|(root, _)| root.clone()).collect()
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.roots.len()

@@ -51,10 +51,9 @@ impl Route {
             workload, service, ..
         } = &self.upstream
         {
-            labels = labels.with_destination(Some(workload));
-            if let Some(service) = service {
-                labels.destination_service = service.hostname.clone();
-            }
+            labels = labels
+                .with_destination(Some(workload))
+                .with_destination_service(service.as_deref());
         }
         let (protocol, dst_identity) = match &self.protocol {
             OutboundProtocol::Hbone {
@@ -62,6 +61,8 @@ impl Route {
                 ..
             } => {
                 labels.connection_security_policy = "mutual_tls";
+                // The identity mTLS will prove; plain TCP proves none (ztunnel's rule).
+                labels.source_principal = self.source.identity().to_string();
                 ("HBONE", expected_identities.first().cloned())
             }
             OutboundProtocol::Tcp => ("TCP", None),

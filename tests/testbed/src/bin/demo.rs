@@ -97,7 +97,7 @@ fn tell_xds_view(node: &str, t: &Tunnel) -> DemoResult {
     let count = |key: &str| dump[key].as_array().map_or(0, Vec::len);
     let certs: Vec<&str> = dump["certificates"]
         .as_array()
-        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .map(|a| a.iter().filter_map(|c| c["identity"].as_str()).collect())
         .unwrap_or_default();
     println!(
         "  {node} tunnel: xDS connected={}, {} workloads + {} services received; certificates from the CA: {}",

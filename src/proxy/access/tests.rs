@@ -1,0 +1,120 @@
+//! What one finished connection leaves in the metrics, and which service an inbound one is
+//! reported under.
+
+use std::path::Path;
+
+use super::*;
+use crate::state::{load_str, Defaults};
+
+fn record(metrics: &Arc<Metrics>) -> ConnectionRecord {
+    let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let dst: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+    ConnectionRecord::start(
+        metrics.clone(),
+        Description::unrouted("outbound", src, Some(dst)),
+    )
+}
+
+/// The `response_flags` values of `family`'s samples with their values.
+fn samples(metrics: &Metrics, family: &str) -> Vec<(String, String)> {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .map(|l| {
+            let flag = l
+                .split("response_flags=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            (flag, l.rsplit(' ').next().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_connection_counts_as_failed_with_its_flag_and_not_as_closed() {
+    let metrics = Arc::new(Metrics::new());
+    let addr: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+    let error = ProxyError::UpstreamTimeout(addr);
+    record(&metrics).finish(Transferred::default(), Some(&error));
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_failed_total"),
+        [(error.flag().to_string(), "1".to_string())]
+    );
+    assert!(samples(&metrics, "istio_tcp_connections_closed_total").is_empty());
+}
+
+#[test]
+fn a_clean_connection_is_not_failed() {
+    let metrics = Arc::new(Metrics::new());
+    let mut r = record(&metrics);
+    r.opened();
+    r.finish(
+        Transferred {
+            a_to_b: 3,
+            b_to_a: 4,
+        },
+        None,
+    );
+    assert!(samples(&metrics, "istio_tcp_connections_failed_total").is_empty());
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_closed_total"),
+        [("-".to_string(), "1".to_string())]
+    );
+}
+
+#[test]
+fn an_opened_connection_that_breaks_counts_as_failed_and_closed() {
+    let metrics = Arc::new(Metrics::new());
+    let mut r = record(&metrics);
+    r.opened();
+    let error = ProxyError::UpstreamTimeout("10.0.0.2:8080".parse().unwrap());
+    r.finish(Transferred::default(), Some(&error));
+    let flag = error.flag().to_string();
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_failed_total"),
+        [(flag.clone(), "1".to_string())]
+    );
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_closed_total"),
+        [(flag, "1".to_string())]
+    );
+}
+
+const MESH: &str = r#"
+workloads:
+- uid: server-1
+  name: server-1
+  namespace: default
+  workloadIps: ["10.0.0.2"]
+  services:
+    "default/web.default.svc.cluster.local": {}
+    "default/named.default.svc.cluster.local": {80: 9000}
+services:
+- name: web
+  namespace: default
+  hostname: web.default.svc.cluster.local
+  ports: {80: 8080}
+- name: named
+  namespace: default
+  hostname: named.default.svc.cluster.local
+  ports: {80: 0}
+"#;
+
+#[test]
+fn inbound_service_is_the_one_whose_target_port_was_dialed() {
+    let store = load_str(MESH, Path::new("mesh.yaml"), &Defaults::default())
+        .expect("the mesh")
+        .store;
+    let w = store.workload_by_uid("server-1").expect("the workload");
+    let host = |port| inbound_service(&store, &w, port).map(|s| s.hostname.clone());
+    assert_eq!(host(8080).as_deref(), Some("web.default.svc.cluster.local"));
+    // Through the workload's own mapping of the service port (a named port).
+    assert_eq!(
+        host(9000).as_deref(),
+        Some("named.default.svc.cluster.local")
+    );
+    assert_eq!(host(7000), None);
+}
