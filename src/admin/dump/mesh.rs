@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::state::{
-    HealthStatus, InboundProtocol, LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality,
-    Policy, PolicyAction, PolicyMatch, PolicyScope, Service, ServiceAccountMatch, Store,
+    HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope, LoadBalancing,
+    Locality, Policy, PolicyAction, PolicyMatch, PolicyScope, Service, ServiceAccountMatch, Store,
     StringMatch, Workload,
 };
 
@@ -78,6 +78,9 @@ pub struct ServiceDump<'a> {
     hostname: &'a str,
     /// `network/ip`.
     vips: Vec<String>,
+    /// `{network, cidr}` as ztunnel writes them; left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cidr_vips: Vec<CidrDump<'a>>,
     /// Service port → target port (0: the endpoint's own mapping or the service port); JSON
     /// object keys are the port numbers as strings.
     ports: BTreeMap<u16, u16>,
@@ -86,6 +89,17 @@ pub struct ServiceDump<'a> {
     subject_alt_names: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     load_balancer: Option<LoadBalancerDump>,
+    /// `IPv4`, `IPv6` or `Dual`; left out when automatic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_families: Option<&'static str>,
+    canonical: bool,
+}
+
+/// One CIDR VIP (`state::workload::NetworkCidr`).
+#[derive(Debug, Serialize)]
+pub struct CidrDump<'a> {
+    network: &'a str,
+    cidr: String,
 }
 
 /// One endpoint of a service (`state::service::Endpoint`).
@@ -264,10 +278,24 @@ pub fn service<'a>(store: &Store, s: &'a Service) -> ServiceDump<'a> {
         namespace: &s.namespace,
         hostname: &s.hostname,
         vips: s.vips.iter().map(ToString::to_string).collect(),
+        cidr_vips: s
+            .cidr_vips
+            .iter()
+            .map(|range| CidrDump {
+                network: &range.network,
+                cidr: range.cidr.to_string(),
+            })
+            .collect(),
         ports: s.ports.iter().map(|(k, v)| (*k, *v)).collect(),
         endpoints,
         subject_alt_names: &s.subject_alt_names,
         load_balancer: s.load_balancing.as_ref().map(load_balancer),
+        ip_families: s.ip_families.map(|f| match f {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+            IpFamily::Dual => "Dual",
+        }),
+        canonical: s.canonical,
     }
 }
 

@@ -121,7 +121,6 @@ struct ZtunnelService {
     hostname: String,
     vips: Vec<String>,
     #[serde(rename = "cidrVips")]
-    #[allow(dead_code)]
     cidr_vips: Vec<serde_json::Value>,
     ports: HashMap<String, i64>,
     #[serde(rename = "loadBalancer")]
@@ -131,7 +130,6 @@ struct ZtunnelService {
     #[serde(rename = "subjectAltNames")]
     subject_alt_names: Vec<String>,
     #[serde(rename = "ipFamilies")]
-    #[allow(dead_code)]
     ip_families: String,
 }
 
@@ -277,6 +275,12 @@ services:
 - name: db
   namespace: other
   hostname: db.other.svc.cluster.local
+- name: ext
+  namespace: other
+  hostname: ext.example.com
+  cidrVips: [{network: net1, cidr: 240.10.0.0/16}]
+  ipFamilies: IPv6
+  canonical: true
 policies:
 - name: allow-sleep
   namespace: default
@@ -421,11 +425,12 @@ fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
         hosts,
         [
             "db.other.svc.cluster.local",
+            "ext.example.com",
             "server.default.svc.cluster.local"
         ],
         "sorted by hostname"
     );
-    let server = &d.services[1];
+    let server = &d.services[2];
     assert_eq!(
         (server.name.as_str(), server.namespace.as_str()),
         ("server", "default")
@@ -452,7 +457,7 @@ fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
     assert_eq!(endpoint.workload_uid, "Kubernetes//Pod/default/server-1");
     assert_eq!(endpoint.port, HashMap::from([(80, 9090)]));
     assert_eq!(
-        raw["services"][1]["endpoints"]["Kubernetes//Pod/default/server-1"]["status"],
+        raw["services"][2]["endpoints"]["Kubernetes//Pod/default/server-1"]["status"],
         "Healthy"
     );
     assert_eq!(server.endpoints.len(), 1);
@@ -461,9 +466,22 @@ fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
     assert!(db.endpoints.is_empty() && db.vips.is_empty() && db.ports.is_empty());
     assert!(raw["services"][0].get("loadBalancer").is_none());
     // Always written, as ztunnel writes them, even when empty.
-    for present in ["vips", "ports", "endpoints", "subjectAltNames"] {
+    for present in ["vips", "ports", "endpoints", "subjectAltNames", "canonical"] {
         assert!(raw["services"][0].get(present).is_some(), "{present}");
     }
+    // Left out when empty or automatic, as ztunnel leaves them out.
+    for absent in ["cidrVips", "ipFamilies"] {
+        assert!(raw["services"][0].get(absent).is_none(), "{absent}");
+    }
+    // ServiceEntry shapes in ztunnel's spelling.
+    let ext = &d.services[1];
+    assert_eq!(ext.ip_families, "IPv6");
+    assert_eq!(
+        ext.cidr_vips,
+        [serde_json::json!({"network": "net1", "cidr": "240.10.0.0/16"})]
+    );
+    assert_eq!(raw["services"][1]["canonical"], true);
+    assert_eq!(raw["services"][0]["canonical"], false);
 }
 
 #[test]
