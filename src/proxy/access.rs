@@ -243,7 +243,7 @@ impl ConnectionRecord {
         }
         let mut labels = std::mem::take(&mut self.description.labels);
         if let Some(e) = error {
-            labels.response_flags = e.flag();
+            labels.response_flags = e.response_flags();
             // As in ztunnel, every connection that ends in an error counts as failed, whether
             // it never reached the upstream (refused, denied, unreachable) or broke later.
             self.metrics.connections_failed.get_or_create(&labels).inc();
@@ -278,7 +278,8 @@ impl Drop for ConnectionRecord {
         );
         if self.opened {
             let mut labels = std::mem::take(&mut self.description.labels);
-            labels.response_flags = DRAIN_CUT_FLAG;
+            // ztunnel's catch-all: the connection ended in an error.
+            labels.response_flags = "CONNECT";
             self.metrics.connections_closed.get_or_create(&labels).inc();
         }
     }

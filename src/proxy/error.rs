@@ -104,7 +104,8 @@ impl ProxyError {
         }
     }
 
-    /// Short, stable label for access logs and the `response_flags` metric label.
+    /// Short, stable label for the access log's `flag` field (see [`response_flags`](Self::response_flags)
+    /// for the metric label).
     pub fn flag(&self) -> &'static str {
         match self {
             ProxyError::OriginalDestination(_) => "no_original_dst",
@@ -145,6 +146,31 @@ impl ProxyError {
         }
     }
 
+    /// The `response_flags` label of the `istio_tcp_*` metrics, in ztunnel's vocabulary (what
+    /// Kiali and Istio's dashboards read: `-` is success, anything else an error). Coarser than
+    /// [`flag`](Self::flag), which the access log keeps for diagnosis.
+    pub fn response_flags(&self) -> &'static str {
+        match self {
+            ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => "DENY",
+            ProxyError::InboundTls(_)
+            | ProxyError::Pool(
+                PoolError::Connect(ConnectError::Handshake(_))
+                | PoolError::Stream(ClientError::Tls { .. }),
+            ) => "TLS_FAILURE",
+            ProxyError::Pool(PoolError::Stream(
+                ClientError::NoH2 { .. } | ClientError::Handshake { .. },
+            )) => "H2_HANDSHAKE_FAILURE",
+            ProxyError::Certificate(_)
+            | ProxyError::TlsConfig(_)
+            | ProxyError::PeerIdentity(_)
+            | ProxyError::Pool(PoolError::Connect(
+                ConnectError::Certificate(_) | ConnectError::TlsConfig(_),
+            )) => "IDENTITY_ERROR",
+            // ztunnel's catch-all for every other failure.
+            _ => "CONNECT",
+        }
+    }
+
     /// The authorize step's reason, when this is a denial, up front or of a live connection
     /// later (logged as its own field).
     pub fn denial(&self) -> Option<&DenyReason> {
@@ -156,7 +182,8 @@ impl ProxyError {
 
     /// The reason, when the authorize step refused the connection up front (what
     /// `nodetunnel_policy_denials_total` counts). A revoked live connection was admitted
-    /// first; it shows as `response_flags="policy_revoked"` on the `istio_tcp_*` metrics.
+    /// first; it shows as `response_flags="DENY"` on the `istio_tcp_*` metrics and
+    /// `flag=policy_revoked` in the access log.
     pub fn refusal(&self) -> Option<&DenyReason> {
         match self {
             ProxyError::Denied(reason) => Some(reason),

@@ -41,7 +41,8 @@ fn a_failed_connection_counts_as_failed_with_its_flag_and_not_as_closed() {
     record(&metrics).finish(Transferred::default(), Some(&error));
     assert_eq!(
         samples(&metrics, "istio_tcp_connections_failed_total"),
-        [(error.flag().to_string(), "1".to_string())]
+        [("CONNECT".to_string(), "1".to_string())],
+        "ztunnel's response_flags value, not the access log's flag"
     );
     assert!(samples(&metrics, "istio_tcp_connections_closed_total").is_empty());
 }
@@ -72,7 +73,8 @@ fn an_opened_connection_that_breaks_counts_as_failed_and_closed() {
     r.opened();
     let error = ProxyError::UpstreamTimeout("10.0.0.2:8080".parse().unwrap());
     r.finish(Transferred::default(), Some(&error));
-    let flag = error.flag().to_string();
+    let flag = error.response_flags().to_string();
+    assert_eq!(flag, "CONNECT");
     assert_eq!(
         samples(&metrics, "istio_tcp_connections_failed_total"),
         [(flag.clone(), "1".to_string())]

@@ -20,6 +20,7 @@ fn a_denial_is_a_401_flagged_policy_denied_with_its_reason() {
     assert!(matches!(e, ProxyError::Denied(_)), "{e:?}");
     assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(e.flag(), "policy_denied");
+    assert_eq!(e.response_flags(), "DENY", "ztunnel's metric label");
     assert_eq!(
         e.denial().map(ToString::to_string).as_deref(),
         Some("DENY policy default/deny-all matched")
@@ -112,4 +113,26 @@ fn a_revoked_live_connection_is_flagged_policy_revoked_and_is_no_refusal() {
         "closed: the changed policies deny it: DENY policy default/deny-all matched"
     );
     assert_eq!(ProxyError::Denied(reason.clone()).refusal(), Some(&reason));
+}
+
+#[test]
+fn metric_response_flags_use_ztunnels_vocabulary() {
+    let io = || std::io::Error::other("x");
+    let cases: Vec<(ProxyError, &str)> = vec![
+        (ProxyError::InboundTls(io()), "TLS_FAILURE"),
+        (
+            ProxyError::UpstreamTimeout("10.0.0.1:80".parse().unwrap()),
+            "CONNECT",
+        ),
+        (
+            ProxyError::NotLocal {
+                target: "10.0.0.1:80".parse().unwrap(),
+            },
+            "CONNECT",
+        ),
+    ];
+    for (e, want) in cases {
+        assert_eq!(e.response_flags(), want, "{e:?}");
+        assert_ne!(e.response_flags(), "-", "an error is never a success");
+    }
 }
