@@ -181,8 +181,15 @@ macro_rules! access_event {
 }
 
 impl ConnectionRecord {
+    /// Starts the record of a connection and counts it as opened: as in ztunnel, `opened`
+    /// counts every connection the tunnel took on and `closed` every one that ended (failed
+    /// or not), so `opened - closed` is what is live; `failed` tells the failures apart.
     pub fn start(metrics: Arc<Metrics>, description: Description) -> ConnectionRecord {
         metrics.active_connections.inc();
+        metrics
+            .connections_opened
+            .get_or_create(&description.labels)
+            .inc();
         ConnectionRecord {
             description,
             started: Instant::now(),
@@ -192,13 +199,9 @@ impl ConnectionRecord {
         }
     }
 
-    /// The upstream is connected: count the connection as opened.
+    /// The upstream is connected: from now on bytes may flow.
     pub fn opened(&mut self) {
         self.opened = true;
-        self.metrics
-            .connections_opened
-            .get_or_create(&self.description.labels)
-            .inc();
     }
 
     /// Writes the access-log line and closes the connection in the metrics.
@@ -241,16 +244,11 @@ impl ConnectionRecord {
                 })
                 .inc();
         }
+        let m = &self.metrics;
         let mut labels = std::mem::take(&mut self.description.labels);
-        if let Some(e) = error {
-            labels.response_flags = e.response_flags();
-            // As in ztunnel, every connection that ends in an error counts as failed, whether
-            // it never reached the upstream (refused, denied, unreachable) or broke later.
-            self.metrics.connections_failed.get_or_create(&labels).inc();
-        }
+        // Bytes carry the labels the connection opened with (`response_flags="-"`), as
+        // ztunnel's byte counters are bound when the connection opens.
         if self.opened {
-            let m = &self.metrics;
-            m.connections_closed.get_or_create(&labels).inc();
             m.sent_bytes
                 .get_or_create(&labels)
                 .inc_by(transferred.a_to_b);
@@ -258,6 +256,13 @@ impl ConnectionRecord {
                 .get_or_create(&labels)
                 .inc_by(transferred.b_to_a);
         }
+        if let Some(e) = error {
+            labels.response_flags = e.response_flags();
+            // As in ztunnel, every connection that ends in an error counts as failed, whether
+            // it never reached the upstream (refused, denied, unreachable) or broke later.
+            m.connections_failed.get_or_create(&labels).inc();
+        }
+        m.connections_closed.get_or_create(&labels).inc();
     }
 }
 
@@ -276,12 +281,11 @@ impl Drop for ConnectionRecord {
             flag = DRAIN_CUT_FLAG,
             "connection cut at the drain deadline"
         );
-        if self.opened {
-            let mut labels = std::mem::take(&mut self.description.labels);
-            // ztunnel's catch-all: the connection ended in an error.
-            labels.response_flags = "CONNECT";
-            self.metrics.connections_closed.get_or_create(&labels).inc();
-        }
+        let mut labels = std::mem::take(&mut self.description.labels);
+        // ztunnel's catch-all: the connection ended in an error.
+        labels.response_flags = "CONNECT";
+        self.metrics.connections_failed.get_or_create(&labels).inc();
+        self.metrics.connections_closed.get_or_create(&labels).inc();
     }
 }
 

@@ -34,7 +34,7 @@ fn samples(metrics: &Metrics, family: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_failed_connection_counts_as_failed_with_its_flag_and_not_as_closed() {
+fn a_connection_refused_before_its_upstream_counts_as_opened_failed_and_closed() {
     let metrics = Arc::new(Metrics::new());
     let addr: SocketAddr = "10.0.0.2:8080".parse().unwrap();
     let error = ProxyError::UpstreamTimeout(addr);
@@ -44,7 +44,37 @@ fn a_failed_connection_counts_as_failed_with_its_flag_and_not_as_closed() {
         [("CONNECT".to_string(), "1".to_string())],
         "ztunnel's response_flags value, not the access log's flag"
     );
-    assert!(samples(&metrics, "istio_tcp_connections_closed_total").is_empty());
+    // As ztunnel counts them: opened when taken on, closed when it ended, failed or not.
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_opened_total"),
+        [("-".to_string(), "1".to_string())]
+    );
+    assert_eq!(
+        samples(&metrics, "istio_tcp_connections_closed_total"),
+        [("CONNECT".to_string(), "1".to_string())]
+    );
+    assert!(
+        samples(&metrics, "istio_tcp_sent_bytes_total").is_empty(),
+        "no bytes without an upstream"
+    );
+}
+
+#[test]
+fn a_connection_cut_at_the_drain_deadline_counts_as_failed_and_closed() {
+    let metrics = Arc::new(Metrics::new());
+    let mut r = record(&metrics);
+    r.opened();
+    drop(r);
+    for family in [
+        "istio_tcp_connections_failed_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        assert_eq!(
+            samples(&metrics, family),
+            [("CONNECT".to_string(), "1".to_string())],
+            "{family}"
+        );
+    }
 }
 
 #[test]
@@ -60,9 +90,19 @@ fn a_clean_connection_is_not_failed() {
         None,
     );
     assert!(samples(&metrics, "istio_tcp_connections_failed_total").is_empty());
+    for family in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        assert_eq!(
+            samples(&metrics, family),
+            [("-".to_string(), "1".to_string())],
+            "{family}"
+        );
+    }
     assert_eq!(
-        samples(&metrics, "istio_tcp_connections_closed_total"),
-        [("-".to_string(), "1".to_string())]
+        samples(&metrics, "istio_tcp_sent_bytes_total"),
+        [("-".to_string(), "3".to_string())]
     );
 }
 
