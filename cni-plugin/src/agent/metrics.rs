@@ -86,7 +86,8 @@ impl Default for Metrics {
         let plugin_requests = Family::<ResponseCodeLabel, Counter>::default();
         let reconcile_events = Family::<TypeLabel, Counter>::default();
         let ztunnel_connected = Gauge::default();
-        // Istio's help texts; counters are registered without `_total`, which the encoder adds.
+        // Istio's help texts, less a final period (the encoder adds one); counters are
+        // registered without `_total`, which the encoder adds.
         registry.register(
             "istio_cni_install_ready",
             "Whether the CNI plugin installation is ready or not",
@@ -99,12 +100,12 @@ impl Default for Metrics {
         );
         registry.register(
             "istio_cni_plugin_requests",
-            "The total number of CNI plugin requests handled by the node agent.",
+            "The total number of CNI plugin requests handled by the node agent",
             plugin_requests.clone(),
         );
         registry.register(
             "nodeagent_reconcile_events",
-            "The total number of node agent reconcile events.",
+            "The total number of node agent reconcile events",
             reconcile_events.clone(),
         );
         registry.register(

@@ -123,6 +123,9 @@ impl CniAgent {
     }
 }
 
+/// containerd's pod netns directory, which the runtime reports in `CNI_NETNS`.
+pub const CONTAINERD_NETNS_DIR: &str = "/var/run/netns";
+
 /// A container runtime's CNI calls on one node: the node's conflist (as the agent rewrote
 /// it) run from the node's namespace with the plugins in `/usr/lib/cni` and the bin dir the
 /// agent installed ours into.
@@ -162,7 +165,9 @@ impl NodeRuntime {
     ) -> std::result::Result<(Attachment, Value), CniError> {
         let attachment = Attachment {
             container_id: sandbox.name().into(),
-            netns: sandbox.path(),
+            // As containerd names it: its netns dir is /var/run/netns (here /run/netns through
+            // the /var/run symlink), the host path Istio's chart mounts into the agent.
+            netns: Path::new(CONTAINERD_NETNS_DIR).join(sandbox.name()),
             ifname: "eth0".into(),
             args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
         };
