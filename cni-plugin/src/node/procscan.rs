@@ -23,7 +23,7 @@ pub use super::cgroup::pod_uid_from_cgroup;
 pub enum ScanError {
     #[error("listing processes in {path}: {source}")]
     ListProc { path: PathBuf, source: io::Error },
-    #[error("identifying the host's netns via {path}: {source}")]
+    #[error("identifying the host's netns via {path} (and the agent's own is not in this proc either): {source}")]
     HostNetns { path: PathBuf, source: io::Error },
 }
 
@@ -40,15 +40,23 @@ pub struct ProcIndex {
 
 impl ProcIndex {
     pub fn scan(proc_root: &Path) -> Result<ProcIndex, ScanError> {
-        // The host's netns is pid 1's, as Istio's finder takes it (`statHostNetns`). The
-        // agent's own is skipped too when this proc can name it: under the chart the agent
-        // has its own netns, and in a proc of a pid namespace it is not in, `self` dangles.
+        // Left out: the host's netns, pid 1's, as Istio's finder takes it (`statHostNetns`),
+        // and the agent's own. Under the chart the agent has its own netns, and in a proc of
+        // a pid namespace it is not in, `self` dangles; where pid 1 cannot be looked into
+        // (a sandboxed test machine), `self` is the host side. One of them must be readable.
         let host_path = proc_root.join("1/ns/net");
-        let host = NetnsId::of_path(&host_path).map_err(|source| ScanError::HostNetns {
-            path: host_path,
-            source,
-        })?;
+        let host = NetnsId::of_path(&host_path);
         let own = NetnsId::of_path(&proc_root.join("self/ns/net")).ok();
+        let host = match (host, own) {
+            (Ok(host), _) => Some(host),
+            (Err(_), Some(_)) => None,
+            (Err(source), None) => {
+                return Err(ScanError::HostNetns {
+                    path: host_path,
+                    source,
+                })
+            }
+        };
         let entries = fs::read_dir(proc_root).map_err(|source| ScanError::ListProc {
             path: proc_root.to_path_buf(),
             source,
@@ -68,7 +76,7 @@ impl ProcIndex {
             let Ok(id) = NetnsId::of_path(&netns_path) else {
                 continue; // gone, or a kernel thread we may not look into
             };
-            if id == host || Some(id) == own || seen.contains(&id) {
+            if Some(id) == host || Some(id) == own || seen.contains(&id) {
                 continue;
             }
             let Ok(cgroup) = fs::read_to_string(pid_dir.join("cgroup")) else {
