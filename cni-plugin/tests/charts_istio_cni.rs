@@ -38,6 +38,7 @@ use nodetunnel_testbed::cni_agent::{pod_uid, primary_conflist, NodeRuntime, REFE
 use nodetunnel_testbed::inpod::{InpodRules, PodTopology};
 use nodetunnel_testbed::kube_api::{KubeApi, PodBuilder};
 use nodetunnel_testbed::process::NsProcess;
+use nodetunnel_testbed::sandbox::Sandbox;
 use nodetunnel_testbed::traffic::echo_handler;
 use nodetunnel_testbed::tunnel::{http_get, http_get_status};
 use nodetunnel_testbed::{
@@ -54,6 +55,8 @@ const AGENT_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 5);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 30);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 31);
 const OPTED_OUT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 32);
+/// A pod already running when the agent starts (outside the IPAM range).
+const EARLY_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 20);
 const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 const REDIRECTION: &str = "ambient.istio.io/redirection";
 
@@ -258,6 +261,7 @@ fn under_the_charts_settings_the_agent_enrolls_new_pods_and_their_traffic_crosse
         workloads: vec![
             Workload::new("client", CLIENT_IP, &node_name),
             Workload::new("server", SERVER_IP, &node_name),
+            Workload::new("early", EARLY_IP, &node_name),
         ],
         ..MeshConfig::default()
     }
@@ -284,6 +288,25 @@ fn under_the_charts_settings_the_agent_enrolls_new_pods_and_their_traffic_crosse
         .expect("the agent's pod")
         .ns()
         .clone();
+    // A pod that was running before the agent: its sandbox process is in the node's pid
+    // namespace, so the agent finds its netns under the node's /proc (by cgroup uid and IP).
+    let prefix = topo.prefix().to_string();
+    let early_ns = topo
+        .add_pod(&node_name, "early", EARLY_IP, true)
+        .expect("the early pod")
+        .ns()
+        .clone();
+    let _early_sandbox =
+        Sandbox::start_in_pid_ns(&early_ns, &prefix, &pod_uid(&prefix, "early"), init_pid)
+            .expect("the early pod's sandbox");
+    kube.put_pod(
+        PodBuilder::new("default", "early")
+            .uid(&pod_uid(&prefix, "early"))
+            .node(&node_name)
+            .service_account("early")
+            .ip(IpAddr::V4(EARLY_IP))
+            .build(),
+    );
     let script = mount_script(&f, &root, init_pid);
     let mut conflist = primary_conflist(addr::NODE1, &topo.path("ipam"));
     conflist["plugins"][0]["ipam"]["ranges"][0][0]["rangeEnd"] = OPTED_OUT_IP.to_string().into();
@@ -397,7 +420,6 @@ fn under_the_charts_settings_the_agent_enrolls_new_pods_and_their_traffic_crosse
     )
     .expect("the node's CNI config");
     assert_eq!(runtime.list.plugin_types(), ["ptp", "nodetunnel-cni"]);
-    let prefix = topo.prefix().to_string();
     let mut sandboxes = Vec::new();
     for (name, ip, labels) in [
         ("client", CLIENT_IP, &[][..]),
@@ -442,6 +464,15 @@ fn under_the_charts_settings_the_agent_enrolls_new_pods_and_their_traffic_crosse
             "{name} in the tunnel"
         );
     }
+    // The running pod, found under the node's /proc.
+    assert_eventually!(
+        annotation(&kube, "early").as_deref() == Some("enabled")
+            && rules_in(&early_ns).contains("-j ISTIO_OUTPUT")
+            && tunnel_pods().contains(&pod_uid(&prefix, "early")),
+        WAIT,
+        "the running pod enrolled; log:\n{}",
+        agent.log()
+    );
     assert_eq!(annotation(&kube, "opted-out"), None);
     assert!(!rules_in(opted_out_ns).contains("ISTIO"));
     assert!(!tunnel_pods().contains(&pod_uid(&prefix, "opted-out")));
