@@ -338,10 +338,12 @@ fn install_config(config: &AgentConfig, selectors: &[EnablementSelector]) -> Ins
         cni_agent_run_dir: config.run_dir.clone(),
         ambient_enabled: config.ambient_enabled,
         // The plugin decides with the same selectors as the agent.
-        enablement_selectors: selectors
-            .iter()
-            .filter_map(|s| serde_json::to_value(s).ok())
-            .collect(),
+        enablement_selectors: Some(
+            selectors
+                .iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect(),
+        ),
         exclude_namespaces: config.exclude_namespaces.clone(),
         pod_namespace: config.pod_namespace.clone(),
         native_nftables: false,

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::ambient::{parse_selectors_yaml, EnablementSelector, EnrollmentRules};
+use crate::ambient::{
+    default_selectors, parse_selectors_yaml, EnablementSelector, EnrollmentRules,
+};
 use crate::plugin::config::{DEFAULT_RUN_DIR, KUBECONFIG_NAME};
 
 mod values;
@@ -124,7 +126,7 @@ pub struct AgentConfig {
     pub log_as_json: bool,
 
     /// Istio's `AMBIENT_ENABLEMENT_SELECTOR`: the chart's `ambient.enablementSelectors` as YAML.
-    /// Unset or empty means the chart's default selectors.
+    /// Unset or blank means the chart's default selectors; `[]` selects nothing.
     #[arg(long, env = "AMBIENT_ENABLEMENT_SELECTOR")]
     pub ambient_enablement_selector: Option<String>,
 
@@ -282,17 +284,24 @@ impl AgentConfig {
         self.log_output_level.as_deref().unwrap_or(&self.log_level)
     }
 
-    /// The enablement selectors, decoded and validated (empty: the chart's defaults).
+    /// The enablement selectors, decoded and validated. Unset or blank: the chart's defaults
+    /// (Istio's agent enrolls nothing then; its chart always sets the variable, to these
+    /// selectors unless changed). An empty list (`[]`, or `null`, as the chart renders an
+    /// empty or null `ambient.enablementSelectors`) enrolls nothing, as in Istio.
     pub fn enablement_selectors(&self) -> Result<Vec<EnablementSelector>, ConfigError> {
-        let Some(value) = &self.ambient_enablement_selector else {
-            return Ok(Vec::new());
+        let Some(value) = self
+            .ambient_enablement_selector
+            .as_ref()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Ok(default_selectors());
         };
         let selector = |source| ConfigError::Selector {
             value: value.clone(),
             source,
         };
         let selectors = parse_selectors_yaml(value).map_err(selector)?;
-        // Compiling checks operators and values now, not at the first pod.
+        // Compiling checks operators, keys and values now, not at the first pod.
         EnrollmentRules::new(Vec::new(), String::new(), &selectors).map_err(selector)?;
         Ok(selectors)
     }

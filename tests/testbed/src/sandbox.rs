@@ -94,7 +94,10 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // Every process of the pod's cgroup, as nsenter's child lives on after nsenter.
         let procs = fs::read_to_string(self.pod_dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             if pid != self.child.id() as i32 {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
