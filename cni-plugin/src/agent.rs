@@ -6,12 +6,14 @@
 //! - `config`: flags and Istio's environment variables.
 //! - `watch`: the Kubernetes watches; `reconcile`: the single task deciding enrollment;
 //!   `enroll`: the steps of enrolling and unenrolling one pod.
+//! - `host_mounts`: host paths (a pod's netns from the plugin) under the agent's host mount.
 //! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`;
 //!   `metrics`: `/metrics` on the chart's port 15014.
 
 mod config;
 mod enroll;
 mod health;
+mod host_mounts;
 mod http_server;
 mod metrics;
 mod plugin_server;
@@ -131,7 +133,12 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let shutdown = nodetunnel_base::signal::shutdown().map_err(AgentError::Signal)?;
     let kube_config = kube::Config::infer().await?;
     let client = Client::try_from(kube_config.clone())?;
-    let installer = Arc::new(Installer::new(install_config(&config, &selectors)));
+    let installer = Arc::new(
+        Installer::new(install_config(&config, &selectors)).with_pass_observer({
+            let metrics = metrics.clone();
+            Arc::new(move |pass| metrics.on_install_pass(pass))
+        }),
+    );
     let mut tasks = tokio::task::JoinSet::new();
 
     // Enrollment first, so the event socket exists before the plugin is installed: a pod
@@ -167,11 +174,17 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             )?
             .with_agent_pod_prefix(format!("{}-", config.daemonset_name)),
             client.clone(),
-            config.proc_root.clone(),
+            config.proc_root(),
+            host_mounts::HostMounts::new(config.host_mounts_path.clone()),
             enroller,
             synced_tx,
+            metrics.clone(),
         );
-        tasks.spawn(plugin_server::bind(&config.event_socket(), inputs.clone())?);
+        tasks.spawn(plugin_server::bind(
+            &config.event_socket(),
+            inputs.clone(),
+            metrics.clone(),
+        )?);
         event_socket = Some((config.event_socket(), file_id(&config.event_socket())));
         tasks.spawn(watch::namespaces(client.clone(), inputs.clone()));
         tasks.spawn(watch::pods(
@@ -202,10 +215,10 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             source,
         })?;
     tasks.spawn(health);
-    let served = metrics::serve(config.metrics_addr, metrics, installer.ready())
+    let served = metrics::serve(config.metrics_addr(), metrics, installer.ready())
         .await
         .map_err(|source| AgentError::Metrics {
-            addr: config.metrics_addr,
+            addr: config.metrics_addr(),
             source,
         })?;
     tasks.spawn(served);
@@ -325,10 +338,12 @@ fn install_config(config: &AgentConfig, selectors: &[EnablementSelector]) -> Ins
         cni_agent_run_dir: config.run_dir.clone(),
         ambient_enabled: config.ambient_enabled,
         // The plugin decides with the same selectors as the agent.
-        enablement_selectors: selectors
-            .iter()
-            .filter_map(|s| serde_json::to_value(s).ok())
-            .collect(),
+        enablement_selectors: Some(
+            selectors
+                .iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect(),
+        ),
         exclude_namespaces: config.exclude_namespaces.clone(),
         pod_namespace: config.pod_namespace.clone(),
         native_nftables: false,

@@ -13,9 +13,10 @@
 //! - the agent's own pods are recognised by name prefix `istio-cni-node-` in the agent's
 //!   namespace (`pod_namespace`), the tunnel's pods by label `app=ztunnel` in that namespace.
 //!
-//! Two choices of ours: a pod labelled `none` is always skipped (Istio only honours it through
-//! the default selectors), and pods in a terminal phase are skipped (there is nothing left to
-//! capture; the agent unenrolls them).
+//! As in Istio, `istio.io/dataplane-mode=none` on a pod means something only through the
+//! selectors (the chart's defaults leave such a pod out; a custom selector may take it in), and
+//! an empty selector list enrolls nothing. Pods in a terminal phase are skipped (Istio's agent
+//! skips and unenrolls them in its reconcile loop; here the rule says so).
 
 mod selector;
 #[cfg(test)]
@@ -71,8 +72,6 @@ pub enum SkipReason {
     HostNetwork,
     /// The sidecar injector handled it (`sidecar.istio.io/status`).
     SidecarInjected,
-    /// The pod is labelled `istio.io/dataplane-mode=none`.
-    OptedOut,
     /// No enablement selector matches the pod and its namespace.
     NotSelected,
 }
@@ -88,16 +87,11 @@ impl fmt::Display for SkipReason {
             SkipReason::SidecarInjected => {
                 write!(f, "it has a sidecar ({SIDECAR_STATUS_ANNOTATION} is set)")
             }
-            SkipReason::OptedOut => {
-                write!(
-                    f,
-                    "it is labelled {DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_NONE}"
-                )
-            }
             SkipReason::NotSelected => write!(
                 f,
-                "no enablement selector matches it (neither it nor its namespace is labelled \
-                 {DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_AMBIENT} under the default rules)"
+                "no enablement selector matches it and its namespace (under the chart's \
+                 defaults: neither is labelled {DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_AMBIENT}, \
+                 or the pod is labelled {DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_NONE})"
             ),
         }
     }
@@ -113,20 +107,14 @@ pub struct EnrollmentRules {
 }
 
 impl EnrollmentRules {
-    /// `selectors` empty means [`default_selectors`]. Empty entries in `exclude_namespaces`
-    /// are dropped (Istio builds the list by splitting a comma-separated string).
+    /// `selectors` as given: a pod is selected when any of them matches, so none selects
+    /// nothing (Istio's empty list). Empty entries in `exclude_namespaces` are dropped (Istio
+    /// builds the list by splitting a comma-separated string).
     pub fn new(
         exclude_namespaces: Vec<String>,
         own_namespace: impl Into<String>,
         selectors: &[EnablementSelector],
     ) -> Result<Self, SelectorError> {
-        let defaults;
-        let selectors = if selectors.is_empty() {
-            defaults = default_selectors();
-            &defaults[..]
-        } else {
-            selectors
-        };
         let selectors = selectors
             .iter()
             .enumerate()
@@ -144,9 +132,13 @@ impl EnrollmentRules {
         })
     }
 
-    /// The rules of a plugin config entry.
+    /// The rules of a plugin config entry; without `enablement_selectors` the chart's
+    /// defaults (our agent always writes the list it uses).
     pub fn from_plugin_config(config: &PluginConfig) -> Result<Self, SelectorError> {
-        let selectors = parse_selectors_json(&config.enablement_selectors)?;
+        let selectors = match &config.enablement_selectors {
+            Some(values) => parse_selectors_json(values)?,
+            None => default_selectors(),
+        };
         Self::new(
             config.exclude_namespaces.clone(),
             config.pod_namespace.clone(),
@@ -223,9 +215,6 @@ impl EnrollmentRules {
         }
         if annotations.contains_key(SIDECAR_STATUS_ANNOTATION) {
             return Decision::Skip(SkipReason::SidecarInjected);
-        }
-        if pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_NONE) {
-            return Decision::Skip(SkipReason::OptedOut);
         }
         if self
             .selectors

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use binary::BinaryOutcome;
-pub use installer::{Installer, RECHECK_INTERVAL};
+pub use installer::{Installer, PassObserver, PassResult, RECHECK_INTERVAL};
 pub use upgrade::ShutdownAction;
 
 /// Where things go and what our entry is.
@@ -69,6 +69,16 @@ impl InstallReport {
     /// Our entry is in the primary config: the node will run the plugin for new pods.
     pub fn is_installed(&self) -> bool {
         matches!(self.conflist, ConflistState::Installed { .. })
+    }
+
+    /// The pass wrote something: the binary, the kubeconfig or the conflist.
+    pub fn changed_anything(&self) -> bool {
+        self.binary == BinaryOutcome::Copied
+            || self.kubeconfig_written
+            || matches!(
+                self.conflist,
+                ConflistState::Installed { changed: true, .. }
+            )
     }
 }
 

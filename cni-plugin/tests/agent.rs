@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use nodetunnel_testbed::cni::{Attachment, CniError, ConfList, Runner};
 use nodetunnel_testbed::cni_agent::{
-    pod_uid, primary_conflist, CniAgent, CniAgentSpec, HEALTH_PORT,
+    pod_uid, primary_conflist, CniAgent, CniAgentSpec, NodeRuntime, HEALTH_PORT,
 };
 use nodetunnel_testbed::inpod::{InpodRules, PodTopology};
 use nodetunnel_testbed::kube_api::KubeApi;
@@ -246,16 +245,11 @@ impl Mesh {
         echo_from(pod.ns(), pod.ip())
     }
 
-    /// The container runtime on `node`: the node's CNI config as the agent rewrote it, run
-    /// with the plugins in /usr/lib/cni and in the bin dir the agent installed ours into.
+    /// The container runtime on `node`, with the node's CNI config as the agent rewrote it.
     fn runtime(&self, node: &str) -> NodeRuntime {
         let agent = &self.agents[node];
-        let list = agent.primary_conflist().expect("the node's CNI config");
-        NodeRuntime {
-            ns: self.topo.node_ns(node).clone(),
-            list: ConfList::parse(&list).expect("a conflist"),
-            runner: Runner::new(vec![PathBuf::from("/usr/lib/cni"), agent.bin_dir.clone()]),
-        }
+        NodeRuntime::of(&agent.net_dir, &agent.bin_dir, self.topo.node_ns(node))
+            .expect("the node's CNI config")
     }
 
     fn log(&self, node: &str) -> String {
@@ -314,38 +308,6 @@ fn pending(mut pod: Pod) -> Pod {
     pod.status =
         Some(serde_json::from_value(serde_json::json!({"phase": "Pending"})).expect("a status"));
     pod
-}
-
-/// A runtime's CNI calls for pods of namespace `default`, made from the node's namespace.
-struct NodeRuntime {
-    ns: Netns,
-    list: ConfList,
-    runner: Runner,
-}
-
-impl NodeRuntime {
-    /// `ADD` of pod `name`'s sandbox `sandbox`; its attachment (for the `DEL`) and result.
-    fn add(
-        &self,
-        sandbox: &Netns,
-        name: &str,
-    ) -> Result<(Attachment, serde_json::Value), CniError> {
-        let attachment = Attachment {
-            container_id: sandbox.name().into(),
-            netns: sandbox.path(),
-            ifname: "eth0".into(),
-            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
-        };
-        let (runner, list, att) = (self.runner.clone(), self.list.clone(), attachment.clone());
-        let result = self.ns.run(move || runner.add(&list, &att))?;
-        Ok((attachment, result))
-    }
-
-    fn del(&self, attachment: &Attachment, result: &serde_json::Value) -> Result<(), CniError> {
-        let (runner, list) = (self.runner.clone(), self.list.clone());
-        let (att, result) = (attachment.clone(), result.clone());
-        self.ns.run(move || runner.del(&list, &att, Some(&result)))
-    }
 }
 
 /// One echo round trip from `ip` inside `ns` to the server.
@@ -508,7 +470,7 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     let runtime = mesh.runtime("n1");
     assert_eq!(runtime.list.plugin_types(), ["ptp", "nodetunnel-cni"]);
     let (attachment, result) = runtime
-        .add(&sandbox, "fresh")
+        .add(&sandbox, "default", "fresh")
         .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
     assert_eq!(
         result["ips"][0]["address"], "10.77.1.30/24",
@@ -551,7 +513,7 @@ fn a_new_pod_is_enrolled_by_the_plugin_add_and_leaves_when_deleted() {
     let sandbox2 =
         Netns::create(&format!("{}-fresh2", mesh.topo.prefix())).expect("the second sandbox netns");
     let (attachment2, result2) = runtime
-        .add(&sandbox2, "fresh2")
+        .add(&sandbox2, "default", "fresh2")
         .unwrap_or_else(|e| panic!("CNI ADD of fresh2: {e}; agent log:\n{}", mesh.log("n1")));
     assert_eq!(result2["ips"][0]["address"], "10.77.1.30/24", "{result2}");
     mesh.kube.delete_pod("default", "fresh");
@@ -745,7 +707,7 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
     // The first sandbox, enrolled by its ADD.
     let first = Netns::create(&format!("{}-fresh-1", mesh.topo.prefix())).expect("a sandbox");
     let (attachment, result) = runtime
-        .add(&first, "fresh")
+        .add(&first, "default", "fresh")
         .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
     assert!(mesh.tunnel_pods("n1").contains(&netns_id(&first)));
 
@@ -755,7 +717,7 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
     runtime.del(&attachment, &result).expect("CNI DEL");
     let second = Netns::create(&format!("{}-fresh-2", mesh.topo.prefix())).expect("a sandbox");
     runtime
-        .add(&second, "fresh")
+        .add(&second, "default", "fresh")
         .unwrap_or_else(|e| panic!("CNI ADD again: {e}; agent log:\n{}", mesh.log("n1")));
     let pods = mesh.tunnel_pods("n1");
     assert_eq!(

@@ -67,7 +67,7 @@ fn entry() -> Value {
         plugin_log_level: "info".into(),
         cni_agent_run_dir: "/var/run/istio-cni".into(),
         ambient_enabled: true,
-        enablement_selectors: vec![],
+        enablement_selectors: None,
         exclude_namespaces: vec!["kube-system".into()],
         pod_namespace: "istio-system".into(),
         native_nftables: false,

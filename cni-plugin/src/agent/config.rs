@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::ambient::{parse_selectors_yaml, EnablementSelector, EnrollmentRules};
+use crate::ambient::{
+    default_selectors, parse_selectors_yaml, EnablementSelector, EnrollmentRules,
+};
 use crate::plugin::config::{DEFAULT_RUN_DIR, KUBECONFIG_NAME};
 
 mod values;
@@ -83,9 +85,17 @@ pub struct AgentConfig {
     #[arg(long, env = "NATIVE_NFTABLES", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub native_nftables: bool,
 
-    /// The host's /proc (the agent finds running pods' network namespaces under it).
-    #[arg(long, env = "PROC_ROOT", default_value = "/host/proc")]
-    pub proc_root: PathBuf,
+    /// Where the host's filesystem paths the agent needs are mounted (Istio's fixed `/host`:
+    /// the chart mounts the host's `/proc` at `/host/proc` and `/var/run/netns` at
+    /// `/host/var/run/netns`). A pod netns path the plugin reports (a host path) is opened
+    /// under it, as Istio's agent does. `/` for an agent sharing the host's mount namespace.
+    #[arg(long, env = "HOST_MOUNTS_PATH", default_value = "/host")]
+    pub host_mounts_path: PathBuf,
+
+    /// The host's /proc (the agent finds running pods' network namespaces under it, and the
+    /// host's netns as pid 1's). Default: `<HOST_MOUNTS_PATH>/proc`.
+    #[arg(long, env = "PROC_ROOT")]
+    pub proc_root: Option<PathBuf>,
 
     /// `/healthz` and `/readyz` (Istio's istio-cni readiness port is 8000).
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8000")]
@@ -116,7 +126,7 @@ pub struct AgentConfig {
     pub log_as_json: bool,
 
     /// Istio's `AMBIENT_ENABLEMENT_SELECTOR`: the chart's `ambient.enablementSelectors` as YAML.
-    /// Unset or empty means the chart's default selectors.
+    /// Unset or blank means the chart's default selectors; `[]` selects nothing.
     #[arg(long, env = "AMBIENT_ENABLEMENT_SELECTOR")]
     pub ambient_enablement_selector: Option<String>,
 
@@ -129,6 +139,11 @@ pub struct AgentConfig {
     /// Metrics (`/metrics`, Prometheus text), on the chart's `metrics` port.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15014")]
     pub metrics_addr: SocketAddr,
+
+    /// Istio's `MONITORING_PORT`: the metrics port on all addresses; when set, it replaces the
+    /// port of `METRICS_ADDR`. Istio serves no metrics for `0` or below; here `0` is refused.
+    #[arg(long, env = "MONITORING_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub monitoring_port: Option<u16>,
 
     /// This pod's name (the chart's fieldRef); only logged.
     #[arg(long, env = "POD_NAME")]
@@ -269,17 +284,24 @@ impl AgentConfig {
         self.log_output_level.as_deref().unwrap_or(&self.log_level)
     }
 
-    /// The enablement selectors, decoded and validated (empty: the chart's defaults).
+    /// The enablement selectors, decoded and validated. Unset or blank: the chart's defaults
+    /// (Istio's agent enrolls nothing then; its chart always sets the variable, to these
+    /// selectors unless changed). An empty list (`[]`, or `null`, as the chart renders an
+    /// empty or null `ambient.enablementSelectors`) enrolls nothing, as in Istio.
     pub fn enablement_selectors(&self) -> Result<Vec<EnablementSelector>, ConfigError> {
-        let Some(value) = &self.ambient_enablement_selector else {
-            return Ok(Vec::new());
+        let Some(value) = self
+            .ambient_enablement_selector
+            .as_ref()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Ok(default_selectors());
         };
         let selector = |source| ConfigError::Selector {
             value: value.clone(),
             source,
         };
         let selectors = parse_selectors_yaml(value).map_err(selector)?;
-        // Compiling checks operators and values now, not at the first pod.
+        // Compiling checks operators, keys and values now, not at the first pod.
         EnrollmentRules::new(Vec::new(), String::new(), &selectors).map_err(selector)?;
         Ok(selectors)
     }
@@ -307,7 +329,23 @@ impl AgentConfig {
     /// The host network namespace to program host rules from; `None`: the agent's own.
     pub fn host_netns(&self) -> Option<PathBuf> {
         self.allow_switch_to_host_ns
-            .then(|| self.proc_root.join("1/ns/net"))
+            .then(|| self.proc_root().join("1/ns/net"))
+    }
+
+    /// The host's /proc: `PROC_ROOT`, else `<HOST_MOUNTS_PATH>/proc`.
+    pub fn proc_root(&self) -> PathBuf {
+        self.proc_root
+            .clone()
+            .unwrap_or_else(|| self.host_mounts_path.join("proc"))
+    }
+
+    /// Where `/metrics` is served: `METRICS_ADDR`, its port replaced by `MONITORING_PORT`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let mut addr = self.metrics_addr;
+        if let Some(port) = self.monitoring_port {
+            addr.set_port(port);
+        }
+        addr
     }
 
     /// `<run_dir>/istio-cni-kubeconfig`, which the plugin reads.

@@ -3,6 +3,7 @@
 //! sandbox start, 400/500 fail it (the plugin fails closed).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -12,6 +13,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::http_server::text;
+use super::metrics::Metrics;
 use super::reconcile::{CniAddOutcome, Input};
 use crate::event::{PluginEvent, ADD_PATH};
 
@@ -38,6 +40,7 @@ pub enum EventServerError {
 pub fn bind(
     path: &Path,
     inputs: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
 ) -> Result<impl std::future::Future<Output = ()>, EventServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| EventServerError::Dir {
@@ -62,7 +65,15 @@ pub fn bind(
     Ok(super::http_server::serve(
         listener,
         "plugin events",
-        move |req| handle(req, inputs.clone()),
+        move |req| {
+            let (inputs, metrics) = (inputs.clone(), metrics.clone());
+            async move {
+                let response = handle(req, inputs).await;
+                // Istio counts every answer to the plugin, by status.
+                metrics.on_plugin_request(response.status());
+                response
+            }
+        },
     ))
 }
 

@@ -20,6 +20,8 @@ use nodetunnel_base::netns::NetnsHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::enroll::{is_annotated, Enroller, Trigger};
+use super::host_mounts::HostMounts;
+use super::metrics::{Metrics, ReconcileEvent};
 use crate::ambient::{Decision, EnrollmentRules, SkipReason};
 use crate::event::PluginEvent;
 use crate::node::procscan::ProcIndex;
@@ -64,6 +66,8 @@ pub struct Reconciler {
     rules: EnrollmentRules,
     client: Client,
     proc_root: PathBuf,
+    /// Plugin-reported netns paths are host paths, opened under this mount.
+    host: HostMounts,
     enroller: Enroller,
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<PodKey, Pod>,
@@ -82,6 +86,7 @@ pub struct Reconciler {
     proc_index: Option<(Instant, Arc<ProcIndex>)>,
     /// Set once the first full listing has been reconciled (readiness, and the ZDS gate).
     synced: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
@@ -89,13 +94,16 @@ impl Reconciler {
         rules: EnrollmentRules,
         client: Client,
         proc_root: PathBuf,
+        host: HostMounts,
         enroller: Enroller,
         synced: watch::Sender<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Reconciler {
             rules,
             client,
             proc_root,
+            host,
             enroller,
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
@@ -107,6 +115,7 @@ impl Reconciler {
             enrolled_at_init: None,
             proc_index: None,
             synced,
+            metrics,
         }
     }
 
@@ -182,6 +191,16 @@ impl Reconciler {
         self.ns_synced && self.pods_synced
     }
 
+    /// Counts a pod or namespace seen by a watch as Istio's queue names it: an update when
+    /// the object was `known` already, an add otherwise.
+    fn count(&self, known: bool) {
+        self.metrics.on_reconcile_event(if known {
+            ReconcileEvent::Update
+        } else {
+            ReconcileEvent::Add
+        });
+    }
+
     async fn namespace_event(&mut self, event: watcher::Event<Namespace>) {
         let changed: Vec<String> = match event {
             watcher::Event::Init => {
@@ -189,6 +208,7 @@ impl Reconciler {
                 vec![]
             }
             watcher::Event::InitApply(ns) => {
+                self.count(self.namespaces.contains_key(&ns.name_any()));
                 if let Some(init) = self.ns_init.as_mut() {
                     init.insert(ns.name_any(), ns);
                 }
@@ -203,11 +223,13 @@ impl Reconciler {
             }
             watcher::Event::Apply(ns) => {
                 let name = ns.name_any();
+                self.count(self.namespaces.contains_key(&name));
                 self.namespaces.insert(name.clone(), ns);
                 self.keys_in(&name)
             }
             watcher::Event::Delete(ns) => {
                 let name = ns.name_any();
+                self.metrics.on_reconcile_event(ReconcileEvent::Delete);
                 self.namespaces.remove(&name);
                 self.keys_in(&name)
             }
@@ -223,6 +245,7 @@ impl Reconciler {
                 vec![]
             }
             watcher::Event::InitApply(pod) => {
+                self.count(self.pods.contains_key(&key_of(&pod)));
                 if let Some(init) = self.pod_init.as_mut() {
                     init.insert(key_of(&pod), pod);
                 }
@@ -246,11 +269,13 @@ impl Reconciler {
             }
             watcher::Event::Apply(pod) => {
                 let key = key_of(&pod);
+                self.count(self.pods.contains_key(&key));
                 self.pods.insert(key.clone(), pod);
                 vec![key]
             }
             watcher::Event::Delete(pod) => {
                 let key = key_of(&pod);
+                self.metrics.on_reconcile_event(ReconcileEvent::Delete);
                 self.pods.remove(&key);
                 self.retry.remove(&key);
                 if let Some(uid) = pod.uid() {
@@ -508,7 +533,10 @@ impl Reconciler {
         let Some(uid) = pod.uid() else {
             return CniAddOutcome::Failed(format!("pod {who} has no uid"));
         };
-        let path = PathBuf::from(&event.netns);
+        let path = match self.host.resolve(&event.netns) {
+            Ok(path) => path,
+            Err(error) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),
+        };
         let netns = match tokio::task::spawn_blocking(move || NetnsHandle::open(&path)).await {
             Ok(Ok(netns)) => netns,
             Ok(Err(error)) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),

@@ -6,8 +6,9 @@
 //!
 //! Operators follow Kubernetes' `LabelSelectorAsSelector`: `In` (label present, value listed),
 //! `NotIn` (label absent, or value not listed), `Exists`, `DoesNotExist`; `In`/`NotIn` need at
-//! least one value, `Exists`/`DoesNotExist` none. Anything else is rejected when the rules are
-//! built, so a typo in the config fails loudly instead of silently selecting nothing.
+//! least one value, `Exists`/`DoesNotExist` none; keys and values must be valid label keys and
+//! values. Anything else is rejected when the rules are built (Istio's agent refuses to start),
+//! so a typo in the config fails loudly instead of silently selecting nothing.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,20 @@ pub enum SelectorError {
     },
     #[error("enablement_selectors[{index}].{which}: empty label key")]
     EmptyKey { index: usize, which: &'static str },
+    #[error("enablement_selectors[{index}].{which}: label key {key:?}: {why}")]
+    InvalidKey {
+        index: usize,
+        which: &'static str,
+        key: String,
+        why: &'static str,
+    },
+    #[error("enablement_selectors[{index}].{which}: key {key:?}: label value {value:?} is not valid (at most 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric)")]
+    InvalidValue {
+        index: usize,
+        which: &'static str,
+        key: String,
+        value: String,
+    },
 }
 
 /// Decodes the config's raw JSON selectors (kept as JSON in `PluginConfig`).
@@ -79,12 +94,14 @@ pub fn parse_selectors_json(
 }
 
 /// Decodes selectors given as YAML (or JSON) text, the form Istio's agent takes them in from
-/// its environment (`AMBIENT_ENABLEMENT_SELECTOR`). Empty text means no selectors.
+/// its environment (`AMBIENT_ENABLEMENT_SELECTOR`). Empty text and `null` mean no selectors,
+/// as Go's YAML decoder leaves the list empty for both.
 pub fn parse_selectors_yaml(text: &str) -> Result<Vec<EnablementSelector>, SelectorError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    Ok(serde_yaml_ng::from_str(text)?)
+    let list: Option<Vec<EnablementSelector>> = serde_yaml_ng::from_str(text)?;
+    Ok(list.unwrap_or_default())
 }
 
 /// The selectors used when none are configured: the label rules of Istio's chart defaults —
@@ -165,9 +182,8 @@ impl Compiled {
     ) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for (key, value) in selector.match_labels.iter().flatten() {
-            if key.is_empty() {
-                return Err(SelectorError::EmptyKey { index, which });
-            }
+            check_key(index, which, key)?;
+            check_value(index, which, key, value)?;
             requirements.push(Requirement::In(key.clone(), vec![value.clone()]));
         }
         for expr in selector.match_expressions.iter().flatten() {
@@ -186,11 +202,12 @@ fn compile_expression(
     which: &'static str,
     expr: &LabelSelectorRequirement,
 ) -> Result<Requirement, SelectorError> {
-    if expr.key.is_empty() {
-        return Err(SelectorError::EmptyKey { index, which });
-    }
+    check_key(index, which, &expr.key)?;
     let key = expr.key.clone();
     let values = expr.values.clone().unwrap_or_default();
+    for value in &values {
+        check_value(index, which, &key, value)?;
+    }
     let need_values = |operator: &'static str| {
         if values.is_empty() {
             Err(SelectorError::MissingValues {
@@ -229,6 +246,87 @@ fn compile_expression(
             operator: other.to_string(),
         }),
     }
+}
+
+/// Kubernetes' label key rule (`IsQualifiedName`): `[prefix/]name`, the prefix a DNS-1123
+/// subdomain of at most 253 characters, the name at most 63 characters of alphanumerics, `-`,
+/// `_`, `.`, starting and ending alphanumeric. `LabelSelectorAsSelector` refuses other keys.
+fn check_key(index: usize, which: &'static str, key: &str) -> Result<(), SelectorError> {
+    if key.is_empty() {
+        return Err(SelectorError::EmptyKey { index, which });
+    }
+    let invalid = |why| SelectorError::InvalidKey {
+        index,
+        which,
+        key: key.to_string(),
+        why,
+    };
+    let name = match key.split_once('/') {
+        None => key,
+        Some((prefix, name)) => {
+            if name.contains('/') {
+                return Err(invalid("more than one '/'"));
+            }
+            if prefix.is_empty() || prefix.len() > 253 || !is_dns_subdomain(prefix) {
+                return Err(invalid(
+                    "the prefix must be a DNS subdomain (lowercase alphanumerics, '-', '.', at most 253 characters)",
+                ));
+            }
+            name
+        }
+    };
+    if name.is_empty() {
+        return Err(invalid("the name part is empty"));
+    }
+    if !is_label_name(name) {
+        return Err(invalid(
+            "the name part must be at most 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric",
+        ));
+    }
+    Ok(())
+}
+
+/// Kubernetes' label value rule (`IsValidLabelValue`): empty, or a valid label name.
+fn check_value(
+    index: usize,
+    which: &'static str,
+    key: &str,
+    value: &str,
+) -> Result<(), SelectorError> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(SelectorError::InvalidValue {
+            index,
+            which,
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// DNS-1123 subdomain: dot-separated labels of lowercase alphanumerics and `-`, each starting
+/// and ending alphanumeric.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.split('.').all(|label| {
+        let b = label.as_bytes();
+        !b.is_empty()
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    })
 }
 
 impl Requirement {

@@ -46,7 +46,12 @@ const AMBIENT: (&str, &str) = (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT);
 const NONE: (&str, &str) = (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE);
 
 fn defaults() -> EnrollmentRules {
-    EnrollmentRules::new(vec!["kube-system".into()], "istio-system", &[]).unwrap()
+    EnrollmentRules::new(
+        vec!["kube-system".into()],
+        "istio-system",
+        &default_selectors(),
+    )
+    .unwrap()
 }
 
 fn custom(selectors: serde_json::Value) -> Result<EnrollmentRules, SelectorError> {
@@ -97,17 +102,53 @@ fn pod_none_opts_out_of_namespace_label() {
     let ns = namespace("app", &[AMBIENT]);
     assert_eq!(
         defaults().decide(&pod("app", "web", &[NONE]), Some(&ns)),
-        Decision::Skip(SkipReason::OptedOut)
+        Decision::Skip(SkipReason::NotSelected)
     );
 }
 
+/// As in Istio, `none` means something only through the selectors: a custom selector that
+/// takes every pod takes this one too.
 #[test]
-fn none_opts_out_even_with_custom_selectors() {
+fn none_is_only_what_the_selectors_make_of_it() {
     let rules = custom(json!([{"podSelector": {}}])).unwrap();
     assert_eq!(
         rules.decide(&pod("app", "web", &[NONE]), None),
-        Decision::Skip(SkipReason::OptedOut)
+        Decision::Enroll
     );
+}
+
+/// Istio's empty list selects nothing (not the defaults).
+#[test]
+fn no_selectors_select_nothing() {
+    let rules = EnrollmentRules::new(vec![], "istio-system", &[]).unwrap();
+    let ns = namespace("app", &[AMBIENT]);
+    assert_eq!(
+        rules.decide(&pod("app", "web", &[AMBIENT]), Some(&ns)),
+        Decision::Skip(SkipReason::NotSelected)
+    );
+}
+
+/// Keys and values follow Kubernetes' label syntax, as `LabelSelectorAsSelector` checks it.
+#[test]
+fn invalid_label_keys_and_values_are_refused() {
+    for bad in [
+        json!([{"podSelector": {"matchLabels": {"bad key": "x"}}}]),
+        json!([{"podSelector": {"matchLabels": {"a/b/c": "x"}}}]),
+        json!([{"podSelector": {"matchLabels": {"UPPER.io/x": "x"}}}]),
+        json!([{"podSelector": {"matchLabels": {"example.com/": "x"}}}]),
+        json!([{"podSelector": {"matchLabels": {"k": "-starts-with-dash"}}}]),
+        json!([{"namespaceSelector": {"matchExpressions": [
+            {"key": "k", "operator": "In", "values": ["ok", "not ok"]}]}}]),
+        json!([{"podSelector": {"matchLabels": {"k": "x".repeat(64)}}}]),
+    ] {
+        let err = custom(bad.clone()).expect_err(&bad.to_string()).to_string();
+        assert!(err.contains("enablement_selectors[0]"), "{err}");
+    }
+    // Valid: a prefixed key, an empty value, dots, dashes and underscores.
+    custom(json!([{"podSelector": {"matchLabels": {
+        "istio.io/dataplane-mode": "ambient", "app.kubernetes.io/name": "", "a_b-c.d": "v_1-2.3"
+    }}}]))
+    .unwrap();
 }
 
 #[test]
@@ -149,7 +190,8 @@ fn excluded_namespace_wins() {
 
 #[test]
 fn empty_exclusions_are_ignored() {
-    let rules = EnrollmentRules::new(vec!["".into(), " a ".into()], "", &[]).unwrap();
+    let rules =
+        EnrollmentRules::new(vec!["".into(), " a ".into()], "", &default_selectors()).unwrap();
     assert!(rules.is_excluded_namespace("a"));
     assert!(!rules.is_excluded_namespace(""));
 }
@@ -322,7 +364,7 @@ fn defaults_equal_explicit_istio_defaults() {
     .unwrap();
     assert_eq!(
         explicit,
-        EnrollmentRules::new(vec![], "istio-system", &[]).unwrap()
+        EnrollmentRules::new(vec![], "istio-system", &default_selectors()).unwrap()
     );
 }
 
@@ -334,6 +376,9 @@ fn yaml_selectors_parse() {
     .unwrap();
     assert_eq!(parsed.len(), 1);
     assert!(parse_selectors_yaml("  ").unwrap().is_empty());
+    // The chart's renderings of an empty and a null list.
+    assert!(parse_selectors_yaml("[]").unwrap().is_empty());
+    assert!(parse_selectors_yaml("null").unwrap().is_empty());
     assert!(parse_selectors_yaml("- podSelector: 3").is_err());
 }
 
@@ -363,7 +408,7 @@ fn reasons_read_as_sentences() {
         SkipReason::ExcludedNamespace("kube-system".into()).to_string(),
         "namespace kube-system is excluded"
     );
-    assert!(SkipReason::OptedOut
+    assert!(SkipReason::NotSelected
         .to_string()
         .contains("istio.io/dataplane-mode=none"));
     assert!(SkipReason::NotSelected.to_string().contains("ambient"));

@@ -10,8 +10,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,6 +30,33 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Mode for a config file we create when the original's mode is unknown.
 const DEFAULT_CONFIG_MODE: u32 = 0o644;
 
+/// How one install pass ended, in the terms of Istio's `istio_cni_installs_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassResult {
+    /// Everything in place after a pass that installed or repaired something (or the first
+    /// good pass, or the first after a failure). Passes that found all in place and changed
+    /// nothing are not counted: Istio counts a pass per install, not per look.
+    Success,
+    CopyBinariesFailure,
+    CreateKubeconfigFailure,
+    CreateCniConfigFailure,
+}
+
+impl PassResult {
+    /// Istio's `result` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PassResult::Success => "SUCCESS",
+            PassResult::CopyBinariesFailure => "COPY_BINARIES_FAILURE",
+            PassResult::CreateKubeconfigFailure => "CREATE_KUBECONFIG_FAILURE",
+            PassResult::CreateCniConfigFailure => "CREATE_CNI_CONFIG_FAILURE",
+        }
+    }
+}
+
+/// Told of each counted pass (see [`PassResult`]).
+pub type PassObserver = Arc<dyn Fn(PassResult) + Send + Sync>;
+
 /// Owns the plugin's installation on this node.
 pub struct Installer {
     cfg: InstallConfig,
@@ -39,6 +66,9 @@ pub struct Installer {
     ready: watch::Sender<bool>,
     recheck: Duration,
     checks: AtomicU64,
+    /// Whether the last pass ended installed (a success after a failure is counted).
+    last_ok: AtomicBool,
+    observer: Option<PassObserver>,
 }
 
 impl Installer {
@@ -50,7 +80,15 @@ impl Installer {
             ready: watch::Sender::new(false),
             recheck: RECHECK_INTERVAL,
             checks: AtomicU64::new(0),
+            last_ok: AtomicBool::new(false),
+            observer: None,
         }
+    }
+
+    /// Calls `observer` after each counted pass (the agent's `istio_cni_installs_total`).
+    pub fn with_pass_observer(mut self, observer: PassObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Changes the period of the fallback re-check (tests, or a tighter node policy).
@@ -213,6 +251,21 @@ impl Installer {
         let result = self.check_inner();
         self.checks.fetch_add(1, Ordering::Relaxed);
         let installed = matches!(&result, Ok(r) if r.is_installed());
+        let was_ok = self.last_ok.swap(installed, Ordering::Relaxed);
+        let counted = match &result {
+            Ok(r) if r.is_installed() && (!was_ok || r.changed_anything()) => {
+                Some(PassResult::Success)
+            }
+            Ok(_) => None,
+            Err(InstallError::Binary(_)) => Some(PassResult::CopyBinariesFailure),
+            Err(InstallError::Kubeconfig(_)) => Some(PassResult::CreateKubeconfigFailure),
+            Err(InstallError::File(_) | InstallError::Conflist { .. }) => {
+                Some(PassResult::CreateCniConfigFailure)
+            }
+        };
+        if let (Some(observer), Some(counted)) = (&self.observer, counted) {
+            observer(counted);
+        }
         self.ready
             .send_if_modified(|r| std::mem::replace(r, installed) != installed);
         result

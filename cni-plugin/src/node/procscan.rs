@@ -2,9 +2,9 @@
 //! a CNI ADD (it was down, or the pod predates enrollment).
 //!
 //! As Istio's agent does (`cni/pkg/nodeagent/podcgroupns_linux.go`; docs/contracts.md, "CNI
-//! plugin ↔ node agent", "Finding running pods"): walk `<proc>/<pid>/`, skip processes in the agent's own (host)
-//! netns, read the pod uid from `<pid>/cgroup`, and trust the pairing only when one of the pod's
-//! IPs sits on an interface inside that netns — a process tied to pod A by its cgroup may be
+//! plugin ↔ node agent", "Finding running pods"): walk `<proc>/<pid>/`, skip processes in the
+//! host's netns (pid 1's) and the agent's own, read the pod uid from `<pid>/cgroup`, and trust
+//! the pairing only when one of the pod's IPs sits on an interface inside that netns — a process tied to pod A by its cgroup may be
 //! visiting pod B's netns, and must not get pod A enrolled there.
 
 use std::collections::{HashMap, HashSet};
@@ -23,13 +23,13 @@ pub use super::cgroup::pod_uid_from_cgroup;
 pub enum ScanError {
     #[error("listing processes in {path}: {source}")]
     ListProc { path: PathBuf, source: io::Error },
-    #[error("identifying the agent's own netns via {path}: {source}")]
-    OwnNetns { path: PathBuf, source: io::Error },
+    #[error("identifying the host's netns via {path} (and the agent's own is not in this proc either): {source}")]
+    HostNetns { path: PathBuf, source: io::Error },
 }
 
-/// One pass over `proc_root` (`/proc`; the host's when the agent runs with hostPID): for each
-/// pod uid (from the processes' cgroups), the distinct
-/// network namespaces its processes are in, the agent's own (host) netns left out. Reading
+/// One pass over `proc_root` (the host's /proc): for each pod uid (from the processes'
+/// cgroups), the distinct network namespaces its processes are in, the host's netns (pid 1's)
+/// and the agent's own left out. Reading
 /// every process's cgroup is the expensive part, so an agent looking for many pods at once
 /// (its first sync, a retry round) scans once and asks the index per pod.
 #[derive(Debug, Default)]
@@ -40,11 +40,23 @@ pub struct ProcIndex {
 
 impl ProcIndex {
     pub fn scan(proc_root: &Path) -> Result<ProcIndex, ScanError> {
-        let own_path = proc_root.join("self/ns/net");
-        let own = NetnsId::of_path(&own_path).map_err(|source| ScanError::OwnNetns {
-            path: own_path,
-            source,
-        })?;
+        // Left out: the host's netns, pid 1's, as Istio's finder takes it (`statHostNetns`),
+        // and the agent's own. Under the chart the agent has its own netns, and in a proc of
+        // a pid namespace it is not in, `self` dangles; where pid 1 cannot be looked into
+        // (a sandboxed test machine), `self` is the host side. One of them must be readable.
+        let host_path = proc_root.join("1/ns/net");
+        let host = NetnsId::of_path(&host_path);
+        let own = NetnsId::of_path(&proc_root.join("self/ns/net")).ok();
+        let host = match (host, own) {
+            (Ok(host), _) => Some(host),
+            (Err(_), Some(_)) => None,
+            (Err(source), None) => {
+                return Err(ScanError::HostNetns {
+                    path: host_path,
+                    source,
+                })
+            }
+        };
         let entries = fs::read_dir(proc_root).map_err(|source| ScanError::ListProc {
             path: proc_root.to_path_buf(),
             source,
@@ -64,7 +76,7 @@ impl ProcIndex {
             let Ok(id) = NetnsId::of_path(&netns_path) else {
                 continue; // gone, or a kernel thread we may not look into
             };
-            if id == own || seen.contains(&id) {
+            if Some(id) == host || Some(id) == own || seen.contains(&id) {
                 continue;
             }
             let Ok(cgroup) = fs::read_to_string(pid_dir.join("cgroup")) else {

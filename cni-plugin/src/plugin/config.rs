@@ -25,9 +25,10 @@ pub struct PluginConfig {
     pub cni_agent_run_dir: PathBuf,
     #[serde(default)]
     pub ambient_enabled: bool,
-    /// Label selectors (Istio's `enablement_selectors`); empty means the default rules.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub enablement_selectors: Vec<serde_json::Value>,
+    /// Label selectors (Istio's `enablement_selectors`): `[]` selects nothing, as in Istio;
+    /// absent means the chart's defaults (our agent always writes the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enablement_selectors: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     pub exclude_namespaces: Vec<String>,
     /// The agent's own namespace (its pods are never enrolled).

@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::cni::{Attachment, CniError, ConfList, Runner};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::process::NsProcess;
+
+/// Where Debian's `containernetworking-plugins` puts the reference plugins (`ptp`, `bridge`,
+/// `host-local`).
+pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 /// The agent's `/healthz` and `/readyz`, on 127.0.0.1 in its node namespace.
 pub const HEALTH_PORT: u16 = 18000;
@@ -67,6 +72,8 @@ impl CniAgent {
             ("MOUNTED_CNI_NET_DIR", path(&net_dir)),
             ("HOST_CNI_BIN_DIR", path(&bin_dir)),
             ("CNI_PLUGIN_BINARY", path(spec.plugin_bin)),
+            // The agent shares the test's mount namespace: host paths are its own.
+            ("HOST_MOUNTS_PATH", "/".into()),
             ("PROC_ROOT", "/proc".into()),
             ("HEALTH_ADDR", format!("127.0.0.1:{HEALTH_PORT}")),
             // Not the chart's 15014: the control-plane stand-in serves its status there.
@@ -113,6 +120,71 @@ impl CniAgent {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// containerd's pod netns directory, which the runtime reports in `CNI_NETNS`.
+pub const CONTAINERD_NETNS_DIR: &str = "/var/run/netns";
+
+/// A container runtime's CNI calls on one node: the node's conflist (as the agent rewrote
+/// it) run from the node's namespace with the plugins in `/usr/lib/cni` and the bin dir the
+/// agent installed ours into.
+pub struct NodeRuntime {
+    pub ns: Netns,
+    pub list: ConfList,
+    pub runner: Runner,
+}
+
+impl NodeRuntime {
+    /// The runtime of `agent`'s node, whose namespace is `ns`, with its conflist as it is now.
+    pub fn of(agent_net_dir: &Path, agent_bin_dir: &Path, ns: &Netns) -> Result<NodeRuntime> {
+        let file = agent_net_dir.join(PRIMARY_CONFLIST);
+        let bytes = std::fs::read(&file)
+            .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+        let json: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+        let list = ConfList::parse(&json)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+        Ok(NodeRuntime {
+            ns: ns.clone(),
+            list,
+            runner: Runner::new(vec![
+                PathBuf::from(REFERENCE_PLUGINS),
+                agent_bin_dir.to_owned(),
+            ]),
+        })
+    }
+
+    /// `ADD` of pod `namespace/name`'s sandbox `sandbox` (as `eth0`): its attachment (for
+    /// the `DEL`) and the chain's result.
+    pub fn add(
+        &self,
+        sandbox: &Netns,
+        namespace: &str,
+        name: &str,
+    ) -> std::result::Result<(Attachment, Value), CniError> {
+        let attachment = Attachment {
+            container_id: sandbox.name().into(),
+            // As containerd names it: its netns dir is /var/run/netns (here /run/netns through
+            // the /var/run symlink), the host path Istio's chart mounts into the agent.
+            netns: Path::new(CONTAINERD_NETNS_DIR).join(sandbox.name()),
+            ifname: "eth0".into(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+        };
+        let (runner, list, att) = (self.runner.clone(), self.list.clone(), attachment.clone());
+        let result = self.ns.run(move || runner.add(&list, &att))?;
+        Ok((attachment, result))
+    }
+
+    /// `DEL` of an attachment made by [`add`](Self::add).
+    pub fn del(
+        &self,
+        attachment: &Attachment,
+        result: &Value,
+    ) -> std::result::Result<(), CniError> {
+        let (runner, list) = (self.runner.clone(), self.list.clone());
+        let (att, result) = (attachment.clone(), result.clone());
+        self.ns.run(move || runner.del(&list, &att, Some(&result)))
     }
 }
 

@@ -22,6 +22,17 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts the process in `ns` and puts it in `<cgroup root>/<prefix>-kubepods/pod<uid>`.
     pub fn start(ns: &Netns, prefix: &str, uid: &str) -> Result<Sandbox> {
+        Sandbox::start_with(ns, prefix, uid, None)
+    }
+
+    /// Like [`start`](Self::start), with the process in the pid namespace of `init` (a
+    /// node's pid 1): it shows in a /proc mounted for that namespace, as a pod's processes
+    /// show in the node's /proc.
+    pub fn start_in_pid_ns(ns: &Netns, prefix: &str, uid: &str, init: u32) -> Result<Sandbox> {
+        Sandbox::start_with(ns, prefix, uid, Some(init))
+    }
+
+    fn start_with(ns: &Netns, prefix: &str, uid: &str, init: Option<u32>) -> Result<Sandbox> {
         static SWEPT: std::sync::Once = std::sync::Once::new();
         SWEPT.call_once(sweep_stale_cgroups);
         let root = cgroup_root()?;
@@ -29,8 +40,28 @@ impl Sandbox {
         let pod_dir = kubepods.join(format!("pod{uid}"));
         fs::create_dir_all(&pod_dir)
             .map_err(|e| Error::io(format!("creating cgroup {}", pod_dir.display()), e))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "sleep", "infinity"])
+        let procs = pod_dir.join("cgroup.procs");
+        let mut command = match init {
+            None => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.name(), "sleep", "infinity"]);
+                c
+            }
+            // Into the cgroup before anything forks, so the process nsenter forks inside the
+            // pid namespace inherits it.
+            Some(init) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "echo $$ > \"$0\" && exec nsenter --target \"$1\" --pid -- ip netns exec \"$2\" sleep infinity",
+                ])
+                .arg(&procs)
+                .arg(init.to_string())
+                .arg(ns.name());
+                c
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -42,9 +73,10 @@ impl Sandbox {
             kubepods,
             pod_dir,
         };
-        let procs = sandbox.pod_dir.join("cgroup.procs");
-        fs::write(&procs, sandbox.child.id().to_string())
-            .map_err(|e| Error::io(format!("writing {}", procs.display()), e))?;
+        if init.is_none() {
+            fs::write(&procs, sandbox.child.id().to_string())
+                .map_err(|e| Error::io(format!("writing {}", procs.display()), e))?;
+        }
         Ok(sandbox)
     }
 
@@ -60,6 +92,19 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // Every process of the pod's cgroup, as nsenter's child lives on after nsenter.
+        let procs = fs::read_to_string(self.pod_dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if pid != self.child.id() as i32 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A cgroup directory can be removed once it has no processes; the kernel needs a
