@@ -20,9 +20,8 @@ use base64::Engine;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
-    set_env, spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy,
-    Server, StringMatch, Topology, Tunnel,
+    addr, assert_eventually, connect_from, generate_ca, namespaces_available, port, spiffe_id,
+    Capture, ControlPlane, Match, MeshConfig, Policy, Server, StringMatch, Topology, Tunnel,
 };
 use serde::Deserialize;
 
@@ -104,11 +103,7 @@ fn start(test: &str, extra: &[(&str, &str)]) -> Option<Running> {
         .start_control_plane("n1", &control, &mesh, &ca, &[])
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let tunnel = |node: &str| {
-        let mut env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));
-        for (k, v) in extra {
-            set_env(&mut env, k, v);
-        }
-        topo.start_tunnel(node, bin(), &env_refs(&env))
+        topo.start_control_tunnel(node, bin(), &cp, extra)
             .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
     };
     let t2 = tunnel("n2");

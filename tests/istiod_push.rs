@@ -374,9 +374,8 @@ fn every_istiod_shaped_push_is_acked_and_its_good_resources_serve_traffic() {
     let istiod = Istiod::default();
     let (_rt, istiod_addr, istiod_root) = start_istiod(topo.ns("n1"), dir.path(), &istiod);
 
-    let env2 = tunnel_env("n2", Mesh::Control(&cp), Ca::Control(&cp));
     let _t2 = topo
-        .start_tunnel("n2", bin(), &env_refs(&env2))
+        .start_control_tunnel("n2", bin(), &cp, &[])
         .unwrap_or_else(|e| panic!("starting n2's tunnel: {e}"));
     let mut env1 = tunnel_env("n1", Mesh::Control(&cp), Ca::Control(&cp));
     set_env(&mut env1, "XDS_ADDRESS", &format!("https://{istiod_addr}"));

@@ -21,8 +21,8 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::http_get;
 use nodetunnel_testbed::{
-    addr, connect_from, env_refs, namespaces_available, port, tunnel_env, Ca, Capture,
-    ControlPlane, Mesh, MeshConfig, Protocol, Server, Service, Topology, Tunnel, Workload,
+    addr, connect_from, namespaces_available, port, Capture, ControlPlane, MeshConfig, Protocol,
+    Server, Service, Topology, Tunnel, Workload,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -32,7 +32,6 @@ const OTHER_PORT: u16 = 8081;
 const OTHER_TAG: &[u8] = b"served for namespace other\n";
 /// A ServiceEntry address both namespaces declare.
 const SHARED_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 77);
-const SYNC_DEADLINE: Duration = Duration::from_secs(20);
 
 fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
@@ -100,13 +99,8 @@ fn start(test: &str, cfg: &MeshConfig) -> Option<Cluster> {
         .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("the control plane must load the istiod-shaped mesh: {e}"));
     let tunnel = |node: &str| {
-        let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));
-        let mut t = topo
-            .start_tunnel(node, bin(), &env_refs(&env))
-            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"));
-        t.wait_ready(SYNC_DEADLINE)
-            .unwrap_or_else(|e| panic!("the tunnel on {node} never became ready: {e}"));
-        t
+        topo.start_control_tunnel(node, bin(), &cp, &[])
+            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
     };
     let t2 = tunnel("n2");
     let t1 = tunnel("n1");

@@ -22,9 +22,8 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::request_then_read_all;
 use nodetunnel_testbed::tunnel::{XdsTypeState, ADDRESS_TYPE_URL};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, namespaces_available, tunnel_env, Ca,
-    ControlPlane, LbScope, LoadBalancer, Locality, Mesh, MeshConfig, NodeSpec, Server, Service,
-    Topology, Tunnel, Workload,
+    addr, assert_eventually, connect_from, namespaces_available, ControlPlane, LbScope,
+    LoadBalancer, Locality, MeshConfig, NodeSpec, Server, Service, Topology, Tunnel, Workload,
 };
 
 const BACKEND_PORT: u16 = 8080;
@@ -119,13 +118,8 @@ fn start(test: &str, cfg: &MeshConfig) -> Option<Lb> {
         .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let tunnel = |node: &str| {
-        let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));
-        let mut t = topo
-            .start_tunnel(node, bin(), &env_refs(&env))
-            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"));
-        t.wait_ready(SYNC_DEADLINE)
-            .unwrap_or_else(|e| panic!("the tunnel on {node} never became ready: {e}"));
-        t
+        topo.start_control_tunnel(node, bin(), &cp, &[])
+            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
     };
     let t2 = tunnel("n2");
     let t1 = tunnel("n1");

@@ -16,9 +16,8 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip, request_then_read_all};
 use nodetunnel_testbed::tunnel::{field, http_get};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, namespaces_available, port, spiffe_id,
-    tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy, PolicyScope, Server,
-    StringMatch, Topology, Tunnel,
+    addr, assert_eventually, connect_from, namespaces_available, port, spiffe_id, Capture,
+    ControlPlane, Match, MeshConfig, Policy, PolicyScope, Server, StringMatch, Topology, Tunnel,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -54,8 +53,7 @@ fn start(topo: Topology, cfg: &MeshConfig) -> Mesh2 {
         .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let tunnel = |node: &str| {
-        let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));
-        topo.start_tunnel(node, bin(), &env_refs(&env))
+        topo.start_control_tunnel(node, bin(), &cp, &[])
             .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
     };
     let t2 = tunnel("n2");

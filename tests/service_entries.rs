@@ -24,8 +24,8 @@ use std::time::Duration;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::ADDRESS_TYPE_URL;
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, namespaces_available, tunnel_env, Ca, Capture,
-    ControlPlane, DnsServer, Mesh, MeshConfig, Server, Service, Topology, Tunnel, Workload,
+    addr, assert_eventually, connect_from, namespaces_available, Capture, ControlPlane, DnsServer,
+    MeshConfig, Server, Service, Topology, Tunnel, Workload,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -39,7 +39,6 @@ const GONE_HOST: &str = "nowhere.external.test";
 const GONE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 81);
 /// The range of the CIDR-VIP service.
 const RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 128, 0), 24);
-const SYNC_DEADLINE: Duration = Duration::from_secs(20);
 const LOG_DEADLINE: Duration = Duration::from_secs(10);
 
 fn bin() -> &'static std::path::Path {
@@ -93,13 +92,8 @@ fn start(test: &str, cfg: &MeshConfig) -> Option<Cluster> {
         .start_mesh_control("n1", bin(), cfg)
         .unwrap_or_else(|e| panic!("the control plane must load the mesh: {e}"));
     let tunnel = |node: &str| {
-        let env = tunnel_env(node, Mesh::Control(&cp), Ca::Control(&cp));
-        let mut t = topo
-            .start_tunnel(node, bin(), &env_refs(&env))
-            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"));
-        t.wait_ready(SYNC_DEADLINE)
-            .unwrap_or_else(|e| panic!("the tunnel on {node} never became ready: {e}"));
-        t
+        topo.start_control_tunnel(node, bin(), &cp, &[])
+            .unwrap_or_else(|e| panic!("starting the tunnel on {node}: {e}"))
     };
     let t2 = tunnel("n2");
     let t1 = tunnel("n1");

@@ -398,6 +398,22 @@ impl Topology {
         Tunnel::start(self.ns(node), bin, env, &log)
     }
 
+    /// Starts a dedicated-mode tunnel on `node` whose mesh and certificates come from `cp`
+    /// ([`crate::tunnel_env`] with `extra` set on top), and waits until it is ready.
+    pub fn start_control_tunnel(
+        &self,
+        node: &str,
+        bin: &Path,
+        cp: &ControlPlane,
+        extra: &[(&str, &str)],
+    ) -> Result<Tunnel> {
+        let mut env = crate::tunnel_env(node, crate::Mesh::Control(cp), crate::Ca::Control(cp));
+        for (key, value) in extra {
+            crate::set_env(&mut env, key, value);
+        }
+        self.start_tunnel(node, bin, &crate::env_refs(&env))
+    }
+
     /// Starts `nodetunnel-control` (`bin`) in node `node`'s namespace on the node's IP, serving
     /// `mesh` with the CA in `ca_dir`, with a token bound to each node of the topology, and
     /// waits until it is ready.
