@@ -44,9 +44,8 @@ use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, generate_ca, namespaces_available, sibling_binary,
     ControlPlane, EnvMode, InpodMesh, InpodRules, MeshBins, MeshConfig, Netns, PodTopology, Server,
-    Tunnel, TunnelLaunch, ZDS_AGENT_BIN,
+    ServerPki, Tunnel, TunnelLaunch, ZDS_AGENT_BIN,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server as GrpcServer, ServerTlsConfig};
@@ -318,18 +317,8 @@ fn start_servers(
     dir: &Path,
     seen: &Seen,
 ) -> (tokio::runtime::Runtime, SocketAddr, PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![ALT_NAME.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let root = dir.join("root-cert.pem");
-    std::fs::write(&root, ca_cert.pem()).unwrap();
+    let pki =
+        ServerPki::generate(ALT_NAME, dir, "root-cert.pem").expect("the servers' certificate");
 
     let listener = ns
         .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -346,8 +335,7 @@ fn start_servers(
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         GrpcServer::builder()
             .tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
+                ServerTlsConfig::new().identity(Identity::from_pem(pki.cert_pem, pki.key_pem)),
             )
             .unwrap()
             .add_service(AggregatedDiscoveryServiceServer::new(ads))
@@ -356,7 +344,7 @@ fn start_servers(
             .await
             .unwrap();
     });
-    (rt, addr, root)
+    (rt, addr, pki.root)
 }
 
 fn launch(env: &[(&str, &str)]) -> TunnelLaunch {

@@ -38,11 +38,10 @@ use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::tunnel::ADDRESS_TYPE_URL;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, namespaces_available, set_env, tunnel_env, Ca,
-    Capture, Mesh, MeshConfig, Netns, Server, Topology,
+    Capture, Mesh, MeshConfig, Netns, Server, ServerPki, Topology,
 };
 use prost::Message;
 use prost_types::Any;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
@@ -321,18 +320,8 @@ fn start_istiod(
     dir: &Path,
     istiod: &Istiod,
 ) -> (tokio::runtime::Runtime, SocketAddr, PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![ISTIOD_NAME.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let root = dir.join("istiod-root.pem");
-    std::fs::write(&root, ca_cert.pem()).unwrap();
+    let pki =
+        ServerPki::generate(ISTIOD_NAME, dir, "istiod-root.pem").expect("the servers' certificate");
     let listener = ns
         .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
         .expect("binding the stand-in istiod's port");
@@ -348,8 +337,7 @@ fn start_istiod(
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         GrpcServer::builder()
             .tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(cert.pem(), key.serialize_pem())),
+                ServerTlsConfig::new().identity(Identity::from_pem(pki.cert_pem, pki.key_pem)),
             )
             .unwrap()
             .add_service(AggregatedDiscoveryServiceServer::new(service))
@@ -357,7 +345,7 @@ fn start_istiod(
             .await
             .unwrap();
     });
-    (rt, addr, root)
+    (rt, addr, pki.root)
 }
 
 #[test]
