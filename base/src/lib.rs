@@ -22,4 +22,5 @@ pub mod backoff;
 pub mod logging;
 pub mod netns;
 pub mod readiness;
+pub mod rfc3339;
 pub mod signal;
