@@ -4,10 +4,11 @@
 //! - `throughput [--seconds N]`: single-stream iperf3 from the client pod (10.77.1.10) to the
 //!   server pod (10.77.2.10) on the two-node dedicated-mode topology, first directly (no
 //!   capture rules, no tunnels), then through both tunnels (HBONE); both and the ratio.
-//! - `inpod [--seconds N] [--requests N]`: pod → pod through two in-pod tunnels against the
-//!   direct path of the same pods: iperf3 with 1 and 8 streams, tunnel CPU per GB, keep-alive
-//!   and connection-per-request latency, tunnel memory; a table with the targets (see
-//!   [`inpod`]).
+//! - `inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]`: pod → pod
+//!   through two in-pod tunnels against the direct path of the same pods: iperf3 with 1 and 8
+//!   streams, tunnel CPU per GB (each side and both), keep-alive and connection-per-request
+//!   latency, memory per idle connection, tunnel RSS; medians of `--runs`, a table with the
+//!   targets, optionally a `perf` profile of each tunnel (see [`inpod`]).
 //! - `xds [--workloads N] [--services N] [--updates N]`: a large mesh (default 100,000
 //!   workloads + 10,000 services) from `nodetunnel-control`: time to the first full sync,
 //!   tunnel memory, single-workload update latency, against the same mesh from a file (see
@@ -15,10 +16,13 @@
 //! - `policy [--seconds N] [--rounds N]`: inbound HBONE connections per second (a new
 //!   connection per request, 1 and 8 clients) to a workload with 100 authorization policies
 //!   against none, alternating within one run, with the direct rate (see [`policy`]).
-//! - `http-serve <ip:port>` (internal): the tiny HTTP server the `inpod` bench runs in a pod.
+//! - `http-serve <ip:port>`, `hold-serve <ip:port>` (internal): the tiny HTTP server and the
+//!   connection holder the `inpod` bench runs in a pod.
 
 #[path = "bench/http.rs"]
 mod http;
+#[path = "bench/idle.rs"]
+mod idle;
 #[path = "bench/inpod.rs"]
 mod inpod;
 #[path = "bench/iperf.rs"]
@@ -28,6 +32,8 @@ mod policy;
 /// The policy sets of both policy benches (shared with `bench/policy_decision.rs`).
 #[path = "../../../../bench/policy_set.rs"]
 mod policy_set;
+#[path = "bench/profile.rs"]
+mod profile;
 #[path = "bench/wrk.rs"]
 mod wrk;
 #[path = "bench/xds.rs"]
@@ -46,7 +52,7 @@ type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 const IPERF_PORT: u16 = 5201;
 
 const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
-       nodetunnel-bench inpod [--seconds N] [--requests N]
+       nodetunnel-bench inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]
        nodetunnel-bench xds [--workloads N] [--services N] [--updates N]
        nodetunnel-bench policy [--seconds N] [--rounds N]";
 
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
             policy::run(&args[1..])
         }
         Some("http-serve") if args.len() == 2 => http::serve(&args[1]),
+        Some("hold-serve") if args.len() == 2 => idle::serve(&args[1]),
         _ => Err(USAGE.into()),
     };
     match result {
@@ -82,12 +89,18 @@ fn main() -> ExitCode {
 }
 
 /// Command-line options shared by the benchmarks.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Length of each iperf3 and wrk run.
     pub seconds: u32,
     /// Timed requests of the connection-per-request test (`inpod`).
     pub requests: usize,
+    /// Measured runs of each path; the table shows medians (`inpod`).
+    pub runs: usize,
+    /// Idle connections held through both tunnels for the memory figure (`inpod`).
+    pub idle: usize,
+    /// Where `perf` data and reports go; no profile step without it (`inpod`).
+    pub profile: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -95,6 +108,9 @@ impl Options {
         let mut options = Options {
             seconds: 10,
             requests: 2000,
+            runs: 3,
+            idle: 10_000,
+            profile: None,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -110,6 +126,9 @@ impl Options {
             match flag.as_str() {
                 "--seconds" => options.seconds = number()? as u32,
                 "--requests" => options.requests = number()?,
+                "--runs" => options.runs = number()?,
+                "--idle" => options.idle = number()?,
+                "--profile" => options.profile = Some(value.into()),
                 _ => return Err(format!("unexpected argument {flag:?}\n{USAGE}").into()),
             }
         }
