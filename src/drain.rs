@@ -49,6 +49,10 @@ impl ConnectionTasks {
         F: Future<Output = ()> + Send + 'static,
     {
         let cut = self.cut.clone();
+        // Boxed: moved into the select, the task would otherwise take its size twice in this
+        // future (the captured value and the select's own), and connection tasks are the
+        // tunnel's memory per connection.
+        let task = Box::pin(task);
         self.tracker.track_future(async move {
             tokio::select! {
                 biased;

@@ -11,6 +11,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use config::signature_algorithms;
 pub use config::{client_config, server_config};
 pub use verify::peer_identity;
 

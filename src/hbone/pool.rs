@@ -161,7 +161,9 @@ impl Pool {
             match connections.iter().find(|c| c.try_acquire(max)) {
                 Some(c) => c.clone(),
                 None => {
-                    let connection = self.inner.connector.connect(key).await?;
+                    // Boxed: the handshake's state is large and over once it is done (see
+                    // `proxy::connect`).
+                    let connection = Box::pin(self.inner.connector.connect(key)).await?;
                     tracing::debug!(peer = %key.destination, source = %key.source_identity, "opened HBONE connection");
                     let pooled = Arc::new(PooledConnection {
                         connection,
@@ -174,10 +176,7 @@ impl Pool {
             }
         };
         let guard = StreamSlot(pooled.clone());
-        let stream = pooled
-            .connection
-            .connect_stream(authority, forwarded_for)
-            .await?;
+        let stream = Box::pin(pooled.connection.connect_stream(authority, forwarded_for)).await?;
         Ok(stream.with_guard(Box::new(guard)))
     }
 

@@ -1,14 +1,17 @@
-//! One HBONE CONNECT stream as an `AsyncRead + AsyncWrite` byte stream.
+//! One HBONE CONNECT stream, as chunks for the proxy's copy loop and as an
+//! `AsyncRead + AsyncWrite` byte stream for everything else.
 //!
-//! Writes wait for HTTP/2 send capacity before taking bytes, so flow control propagates back
-//! to the source socket. Outgoing chunks are cut from one reusable `BytesMut`: once h2 has
-//! written a chunk out and dropped it, the next `reserve` reclaims the same allocation.
+//! The copy loop uses [`H2Stream::halves`]: received DATA payloads are handed out as the
+//! `Bytes` h2 decoded them into, and outgoing chunks are handed to h2 as they were read from
+//! the socket, so the data path copies no payload between the socket and TLS. Sends wait for
+//! HTTP/2 send capacity before taking bytes, so flow control propagates back to the source
+//! socket. The byte-stream impls copy (they get and fill borrowed slices).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -20,7 +23,6 @@ pub struct H2Stream {
     recv: RecvStream,
     /// Received but not yet read by the consumer.
     pending: Bytes,
-    write_buf: BytesMut,
     send_closed: bool,
     /// Dropped with the stream: lets the pool count live streams per connection.
     _guard: Option<Box<dyn Send + Sync>>,
@@ -42,7 +44,6 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
-            write_buf: BytesMut::new(),
             send_closed: false,
             _guard: None,
         }
@@ -52,6 +53,20 @@ impl H2Stream {
     pub fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> H2Stream {
         self._guard = Some(guard);
         self
+    }
+
+    /// The receiving and the sending half, usable at the same time.
+    pub fn halves(&mut self) -> (RecvHalf<'_>, SendHalf<'_>) {
+        (
+            RecvHalf {
+                recv: &mut self.recv,
+                pending: &mut self.pending,
+            },
+            SendHalf {
+                send: &mut self.send,
+                send_closed: &mut self.send_closed,
+            },
+        )
     }
 
     /// Abandons the stream: RST_STREAM with `reason`, so the peer learns the stream was cut
@@ -76,27 +91,100 @@ fn h2_to_io(e: h2::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// The receiving side of an [`H2Stream`].
+pub struct RecvHalf<'a> {
+    recv: &'a mut RecvStream,
+    pending: &'a mut Bytes,
+}
+
+impl RecvHalf<'_> {
+    /// The next received chunk as h2 decoded it (no copy); `None` at END_STREAM. Its bytes
+    /// are given back to the peer's flow-control window at once: we hold at most this chunk.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(self.pending))));
+        }
+        loop {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(None)),
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if !data.is_empty() {
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            }
+        }
+    }
+}
+
+/// The sending side of an [`H2Stream`].
+pub struct SendHalf<'a> {
+    send: &'a mut SendStream<Bytes>,
+    send_closed: &'a mut bool,
+}
+
+impl SendHalf<'_> {
+    /// Hands `chunk` to h2 as DATA, in pieces as send capacity comes (each piece is a slice
+    /// of the same buffer, not a copy); ready once all of it is queued.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        while !chunk.is_empty() {
+            let granted = ready!(poll_send_capacity(self.send, cx, chunk.len()))?;
+            self.send
+                .send_data(chunk.split_to(granted), false)
+                .map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// END_STREAM (once): the peer reads EOF, the other direction stays open.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !*self.send_closed {
+            *self.send_closed = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until h2 lets the stream send; how many of `len` bytes (at least one, at most one
+/// frame's worth). Capacity already assigned is used without waiting for an increase, which
+/// is all `poll_capacity` reports.
+fn poll_send_capacity(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    let want = len.min(MAX_CHUNK);
+    send.reserve_capacity(want);
+    loop {
+        let available = send.capacity();
+        if available > 0 {
+            return Poll::Ready(Ok(available.min(want)));
+        }
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())), // END_STREAM: EOF
-                Some(Ok(data)) => {
-                    // Give the window back now: we hold at most this one chunk.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-            }
-        }
-        let n = this.pending.len().min(buf.remaining());
-        buf.put_slice(&this.pending[..n]);
-        this.pending.advance(n);
+        let (mut recv, _) = self.halves();
+        let Some(mut chunk) = ready!(recv.poll_chunk(cx))? else {
+            return Poll::Ready(Ok(())); // END_STREAM: EOF
+        };
+        let n = chunk.len().min(buf.remaining());
+        buf.put_slice(&chunk[..n]);
+        chunk.advance(n);
+        *recv.pending = chunk;
         Poll::Ready(Ok(()))
     }
 }
@@ -107,24 +195,12 @@ impl AsyncWrite for H2Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let want = buf.len().min(MAX_CHUNK);
-        this.send.reserve_capacity(want);
-        let granted = loop {
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => break n.min(want),
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        };
-        this.write_buf.reserve(granted);
-        this.write_buf.extend_from_slice(&buf[..granted]);
-        let chunk = this.write_buf.split().freeze();
-        this.send.send_data(chunk, false).map_err(h2_to_io)?;
+        let granted = ready!(poll_send_capacity(&mut self.send, cx, buf.len()))?;
+        let chunk = Bytes::copy_from_slice(&buf[..granted]);
+        self.send.send_data(chunk, false).map_err(h2_to_io)?;
         Poll::Ready(Ok(granted))
     }
 
@@ -134,11 +210,7 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.send_closed {
-            this.send_closed = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-        }
-        Poll::Ready(Ok(()))
+        let (_, mut send) = self.halves();
+        Poll::Ready(send.finish())
     }
 }

@@ -565,9 +565,7 @@ fn validate(
         &store,
         &chain[1..],
         UnixTime::now(),
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .all,
+        crate::tls::signature_algorithms().all,
     )
     .map_err(|e| format!("chain does not verify against the roots: {e}"))?;
     drop(parsed);

@@ -15,7 +15,11 @@ pub(super) async fn connect_plain(
     addr: SocketAddr,
     source: Source,
 ) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(pi.config.connect_timeout, pi.sockets.connect(addr, source)).await {
+    // Boxed, as every setup step a connection task awaits: the task's future is as large as
+    // its largest await point and lives as long as the connection, so the steps that are over
+    // once the copy starts keep their state on the heap only while they run.
+    let connect = Box::pin(pi.sockets.connect(addr, source));
+    match tokio::time::timeout(pi.config.connect_timeout, connect).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(source)) => Err(ProxyError::Upstream { addr, source }),
         Err(_) => Err(ProxyError::UpstreamTimeout(addr)),

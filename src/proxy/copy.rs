@@ -2,20 +2,30 @@
 //!
 //! When one side finishes sending (EOF), that direction's writer is shut down (FIN, or
 //! END_STREAM on HBONE) while the other direction keeps flowing: request/response protocols that
-//! half-close rely on this. Each direction owns one buffer that starts small (idle connections
-//! cost little) and doubles whenever a read fills it, up to a cap: bulk transfers get large reads
-//! with no allocation per chunk.
+//! half-close rely on this.
+//!
+//! The copy moves `Bytes` chunks, never a buffer of its own: a TCP read is made only once the
+//! socket is readable, into a fresh buffer that goes whole to the other side (h2 sends it as
+//! DATA without a copy), and an HBONE stream's received chunks are written to the socket as
+//! h2 decoded them. An idle connection therefore holds no buffer at all, and bulk transfers
+//! copy no payload in user space. TCP reads start at [`INITIAL_READ`] and double while reads
+//! fill them, up to [`MAX_READ`], so a bulk stream makes few large reads.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
+use std::net::Shutdown;
+use std::pin::pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
 
-const INITIAL_BUFFER: usize = 16 * 1024;
-const MAX_BUFFER: usize = 256 * 1024;
+use crate::hbone::stream::{H2Stream, RecvHalf, SendHalf};
+
+/// First read size on a TCP connection: one TLS record's worth.
+const INITIAL_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,8 +39,8 @@ pub struct Transferred {
 /// Copies both ways until both directions have seen EOF (or one fails).
 pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<Transferred, CopyError>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: Duplex + ?Sized,
+    B: Duplex + ?Sized,
 {
     match copy_bidirectional_until(a, b, std::future::pending::<Infallible>()).await {
         Ended::Done(moved) => Ok(moved),
@@ -55,22 +65,24 @@ pub enum Ended<R> {
 /// each round of copying, so once it is ready no more bytes move.
 pub async fn copy_bidirectional_until<A, B, S>(a: &mut A, b: &mut B, stop: S) -> Ended<S::Output>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: Duplex + ?Sized,
+    B: Duplex + ?Sized,
     S: Future,
 {
-    let mut a_to_b = OneWay::new();
-    let mut b_to_a = OneWay::new();
+    let (mut a_source, mut a_sink) = a.halves();
+    let (mut b_source, mut b_sink) = b.halves();
+    let mut a_to_b = OneWay::default();
+    let mut b_to_a = OneWay::default();
     let mut stop = pin!(stop);
     let outcome = poll_fn(|cx| {
         if let Poll::Ready(why) = stop.as_mut().poll(cx) {
             return Poll::Ready(Err(Halt::Stopped(why)));
         }
         let ab = a_to_b
-            .poll(cx, a, b)
+            .poll(cx, &mut a_source, &mut b_sink)
             .map_err(|e| Halt::Failed(Direction::AToB, e))?;
         let ba = b_to_a
-            .poll(cx, b, a)
+            .poll(cx, &mut b_source, &mut a_sink)
             .map_err(|e| Halt::Failed(Direction::BToA, e))?;
         match (ab, ba) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
@@ -114,84 +126,156 @@ pub struct CopyError {
     pub source: io::Error,
 }
 
+/// A connection the copy can read chunks from and write chunks to, both at once.
+pub trait Duplex {
+    type Source<'a>: Source
+    where
+        Self: 'a;
+    type Sink<'a>: Sink
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Source<'_>, Self::Sink<'_>);
+}
+
+/// Where a direction's bytes come from.
+pub trait Source {
+    /// The next chunk; `None` at EOF.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+}
+
+/// Where a direction's bytes go.
+pub trait Sink {
+    /// Writes `chunk`, advancing it past what was written; ready once it is empty.
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>>;
+    /// Tells the peer nothing more comes (FIN, END_STREAM); the other direction stays open.
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+impl Duplex for TcpStream {
+    type Source<'a> = TcpSource<'a>;
+    type Sink<'a> = TcpSink<'a>;
+    fn halves(&mut self) -> (TcpSource<'_>, TcpSink<'_>) {
+        (
+            TcpSource {
+                tcp: self,
+                read_size: INITIAL_READ,
+            },
+            TcpSink { tcp: self },
+        )
+    }
+}
+
+pub struct TcpSource<'a> {
+    tcp: &'a TcpStream,
+    /// Size of the next read: doubles while reads fill it (bulk), halves after a short one.
+    read_size: usize,
+}
+
+impl Source for TcpSource<'_> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            // Readiness first: no buffer exists until there is something to put in it.
+            ready!(self.tcp.poll_read_ready(cx))?;
+            let mut buf = BytesMut::with_capacity(self.read_size);
+            match self.tcp.try_read_buf(&mut buf) {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                Ok(n) => {
+                    self.read_size = if n == self.read_size {
+                        (self.read_size * 2).min(MAX_READ)
+                    } else {
+                        (self.read_size / 2).max(INITIAL_READ)
+                    };
+                    return Poll::Ready(Ok(Some(buf.freeze())));
+                }
+                // Readiness was stale; tokio cleared it, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+pub struct TcpSink<'a> {
+    tcp: &'a TcpStream,
+}
+
+impl Sink for TcpSink<'_> {
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        while !chunk.is_empty() {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write(chunk) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => chunk.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        socket2::SockRef::from(self.tcp).shutdown(Shutdown::Write)
+    }
+}
+
+impl Duplex for H2Stream {
+    type Source<'a> = RecvHalf<'a>;
+    type Sink<'a> = SendHalf<'a>;
+    fn halves(&mut self) -> (RecvHalf<'_>, SendHalf<'_>) {
+        H2Stream::halves(self)
+    }
+}
+
+impl Source for RecvHalf<'_> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        RecvHalf::poll_chunk(self, cx)
+    }
+}
+
+impl Sink for SendHalf<'_> {
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        SendHalf::poll_send(self, cx, chunk)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        SendHalf::finish(self)
+    }
+}
+
+/// One direction of the copy: at most one chunk in hand, read but not yet fully written.
+#[derive(Default)]
 struct OneWay {
-    buf: Vec<u8>,
-    /// Bytes `buf[pos..filled]` are read but not yet written.
-    pos: usize,
-    filled: usize,
+    chunk: Bytes,
     read_eof: bool,
-    needs_flush: bool,
     finished: bool,
     copied: u64,
 }
 
 impl OneWay {
-    fn new() -> OneWay {
-        OneWay {
-            buf: vec![0; INITIAL_BUFFER],
-            pos: 0,
-            filled: 0,
-            read_eof: false,
-            needs_flush: false,
-            finished: false,
-            copied: 0,
-        }
-    }
-
-    fn poll<R, W>(
+    fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
+        source: &mut impl Source,
+        sink: &mut impl Sink,
+    ) -> Poll<io::Result<()>> {
         if self.finished {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.filled && !self.read_eof {
-                let mut read_buf = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => {
-                        // Nothing more to read now: push out what was written so far.
-                        if self.needs_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.needs_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-                let n = read_buf.filled().len();
-                if n == 0 {
-                    self.read_eof = true;
-                } else {
-                    self.pos = 0;
-                    self.filled = n;
+            if self.chunk.is_empty() && !self.read_eof {
+                match ready!(source.poll_chunk(cx))? {
+                    Some(chunk) => self.chunk = chunk,
+                    None => self.read_eof = true,
                 }
             }
-            while self.pos < self.filled {
-                let n = ready!(
-                    Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.filled])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.copied += n as u64;
-                self.needs_flush = true;
-            }
-            if self.filled == self.buf.len() && self.buf.len() < MAX_BUFFER {
-                // The last read filled the whole buffer: this connection is moving bulk data.
-                let grown = (self.buf.len() * 2).min(MAX_BUFFER);
-                self.buf.resize(grown, 0);
+            if !self.chunk.is_empty() {
+                let before = self.chunk.len();
+                let sent = sink.poll_send(cx, &mut self.chunk);
+                self.copied += (before - self.chunk.len()) as u64;
+                ready!(sent)?;
             }
             if self.read_eof {
-                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                sink.finish()?;
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }

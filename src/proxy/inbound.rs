@@ -93,23 +93,9 @@ async fn serve_connection(
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingStream) {
-    let requested = incoming.target();
-    let requested_addr = requested.as_ref().ok().and_then(ConnectTarget::addr);
-    // Check, describe and authorize on one snapshot of the state, released before any await.
-    let (mut record, admitted) = {
-        let store = pi.state.read();
-        let target = requested
-            .map_err(ProxyError::from)
-            .and_then(|requested| check_target(&pi, &store, &peer, requested));
-        let description = describe(&pi, &store, &peer, requested_addr, target.as_ref().ok());
-        let record = ConnectionRecord::start(pi.metrics.clone(), description);
-        let admitted = target.and_then(|target| {
-            let source = Some(peer.identity.clone());
-            let live = pi.authorize(&store, source, peer.addr.ip(), &target)?;
-            Ok((target, live))
-        });
-        (record, admitted)
-    };
+    // The synchronous part is its own function: locals of an async fn that are moved on
+    // before an await still take space in its future, which lives as long as the stream.
+    let (mut record, admitted) = admit_stream(&pi, &peer, &incoming);
     let (target, live) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
@@ -122,6 +108,32 @@ async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingS
         Ok(moved) => record.finish(moved, None),
         Err((moved, e)) => record.finish(moved, Some(&e)),
     }
+}
+
+/// Checks, describes and authorizes a stream on one snapshot of the state (released before
+/// the caller awaits anything): its record, and where it goes with its live registration.
+fn admit_stream(
+    pi: &ProxyInputs,
+    peer: &PeerInfo,
+    incoming: &IncomingStream,
+) -> (
+    ConnectionRecord,
+    Result<(InboundTarget, Registration), ProxyError>,
+) {
+    let requested = incoming.target();
+    let requested_addr = requested.as_ref().ok().and_then(ConnectTarget::addr);
+    let store = pi.state.read();
+    let target = requested
+        .map_err(ProxyError::from)
+        .and_then(|requested| check_target(pi, &store, peer, requested));
+    let description = describe(pi, &store, peer, requested_addr, target.as_ref().ok());
+    let record = ConnectionRecord::start(pi.metrics.clone(), description);
+    let admitted = target.and_then(|target| {
+        let source = Some(peer.identity.clone());
+        let live = pi.authorize(&store, source, peer.addr.ip(), &target)?;
+        Ok((target, live))
+    });
+    (record, admitted)
 }
 
 /// The access-log description of a stream from `peer` that asked for `requested`, checked

@@ -33,13 +33,14 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
         Err(e) => return unrouted(&pi, peer, None, ProxyError::OriginalDestination(e)),
     };
     // A just-enrolled pod may connect before its workload's xDS push: wait a moment for it.
-    if let Err(miss) = pi.wait_for_local_workload(peer.ip()).await {
+    // The setup steps are boxed so the task stays small while the copy runs (`connect.rs`).
+    if let Err(miss) = Box::pin(pi.wait_for_local_workload(peer.ip())).await {
         let e = ProxyError::local_miss(miss, peer.ip(), ProxyError::UnknownSource(peer.ip()));
         return unrouted(&pi, peer, Some(original_dst), e);
     }
     let route = match decide(&pi, &client, peer, original_dst) {
         Ok(Routed::Ready(route)) => route,
-        Ok(Routed::Lookup(pending)) => match look_up(&pi, pending).await {
+        Ok(Routed::Lookup(pending)) => match Box::pin(look_up(&pi, pending)).await {
             Ok(route) => route,
             Err(e) => return unrouted(&pi, peer, Some(original_dst), e),
         },
@@ -121,9 +122,7 @@ async fn forward(
                 *tunnel,
                 expected_identities.clone(),
             );
-            let mut stream = pi
-                .pool
-                .open_stream(&key, route.target(), Some(peer.ip()))
+            let mut stream = Box::pin(pi.pool.open_stream(&key, route.target(), Some(peer.ip())))
                 .await
                 .map_err(before_copy)?;
             record.opened();

@@ -169,13 +169,12 @@ impl LocalCa {
         }
         let leaf =
             rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| e.to_string())?;
-        let provider = rustls::crypto::ring::default_provider();
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &leaf,
             &store,
             &chain[1..],
             UnixTime::now(),
-            provider.signature_verification_algorithms.all,
+            crate::tls::signature_algorithms().all,
         )
         .map_err(|e| e.to_string())
     }

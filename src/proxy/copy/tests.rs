@@ -1,4 +1,5 @@
 use super::*;
+use std::future::poll_fn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -85,22 +86,44 @@ async fn half_close_keeps_the_other_direction_open() {
     );
 }
 
-#[test]
-fn buffer_grows_only_under_bulk_traffic() {
-    let mut way = OneWay::new();
-    assert_eq!(way.buf.len(), INITIAL_BUFFER);
+/// Reads grow while they fill (bulk) up to the cap and stay small for small messages; no read
+/// is made, and no buffer exists, before the socket is readable.
+#[tokio::test]
+async fn reads_grow_only_under_bulk_traffic() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut writer = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut reader, _) = listener.accept().await.unwrap();
+    let (mut source, _) = reader.halves();
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let data = vec![1u8; 4 * MAX_BUFFER];
-    let mut reader: &[u8] = &data;
-    let mut sink: Vec<u8> = Vec::new();
-    assert!(way.poll(&mut cx, &mut reader, &mut sink).is_ready());
-    assert_eq!(sink.len(), data.len());
-    assert_eq!(way.buf.len(), MAX_BUFFER);
-    let mut small = OneWay::new();
-    let mut reader: &[u8] = b"tiny";
-    let mut sink: Vec<u8> = Vec::new();
-    assert!(small.poll(&mut cx, &mut reader, &mut sink).is_ready());
-    assert_eq!(small.buf.len(), INITIAL_BUFFER);
+    assert!(
+        source.poll_chunk(&mut cx).is_pending(),
+        "nothing was sent yet"
+    );
+    assert_eq!(source.read_size, INITIAL_READ);
+
+    writer.write_all(b"tiny").await.unwrap();
+    let chunk = poll_fn(|cx| source.poll_chunk(cx)).await.unwrap().unwrap();
+    assert_eq!(&chunk[..], b"tiny");
+    assert_eq!(source.read_size, INITIAL_READ);
+
+    let bulk = vec![7u8; 16 * MAX_READ];
+    let sent = bulk.len();
+    let send = tokio::spawn(async move { writer.write_all(&bulk).await.map(|()| writer) });
+    let mut largest = 0;
+    let mut got = 0;
+    while got < sent {
+        let chunk = poll_fn(|cx| source.poll_chunk(cx)).await.unwrap().unwrap();
+        largest = largest.max(chunk.len());
+        got += chunk.len();
+    }
+    let _writer = send.await.unwrap().unwrap();
+    assert_eq!(got, sent);
+    assert!(
+        largest > INITIAL_READ && largest <= MAX_READ,
+        "largest read {largest} bytes"
+    );
 }
 
 /// A copy told to stop returns with the reason and the bytes moved so far, leaving both

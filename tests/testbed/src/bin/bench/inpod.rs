@@ -15,12 +15,13 @@
 //!   server pod (one connection, one request at a time: unloaded latency);
 //! - connection-per-request latency: our own client in the client pod times connect + `GET`
 //!   with `Connection: close` + the whole response, one at a time, after 100 untimed warm-ups;
-//! - memory per idle connection: right after the mesh starts (a clean heap), `--idle`
-//!   connections (default 10,000) are opened through both tunnels to a holder in the server pod
-//!   and each answered once ([`idle`](crate::idle)); the RSS growth of each tunnel over them,
-//!   per connection. They are closed again before the throughput runs, and the peak-RSS mark is
-//!   reset (`/proc/<pid>/clear_refs`), so the peak below is that of the traffic runs;
-//! - tunnel memory: VmRSS once the mesh is set up (before any meshed traffic), VmHWM at the end;
+//! - tunnel memory: VmRSS once the mesh is set up (before any meshed traffic), VmHWM after the
+//!   traffic runs;
+//! - memory per idle connection: after the traffic runs, `--idle` connections (default 10,000)
+//!   are opened through both tunnels to a holder in the server pod and each answered once
+//!   ([`idle`](crate::idle)); the RSS growth of each tunnel over them, per connection (after
+//!   100 warm-up ones, so pools and certificates are in the baseline). They are closed again
+//!   and the bench waits until both tunnels let go of them;
 //! - `--profile DIR`: after everything else, one more single-stream run with `perf record` on
 //!   each tunnel; the top of each profile is printed ([`profile`](crate::profile)).
 
@@ -125,13 +126,15 @@ pub fn run(options: Options) -> BenchResult {
         "in-pod: rules installed, tunnels {:?} ready, pods enrolled by their agents ...",
         mesh.pids()
     );
-    let idle_memory = measure_idle_memory(&topo, &mesh, options.idle)?;
     let mut meshed = Vec::new();
     for run in 1..=options.runs {
         println!("in-pod (run {run} of {}):", options.runs);
         meshed.push(measure(&topo, &options, Some(&mesh))?);
     }
+    // Read before the idle run: freed heap stays in the process (malloc keeps it), so after
+    // 10,000 connections the peak would be theirs, not the traffic runs'.
     let end = stats(&mesh)?;
+    let idle_memory = measure_idle_memory(&topo, &mesh, options.idle)?;
     let profiles = match &options.profile {
         Some(dir) => profile_single_stream(&topo, &mesh, &options, dir)?,
         None => Vec::new(),
@@ -347,7 +350,7 @@ fn verdict(ok: bool) -> &'static str {
 
 /// Holds `count` idle connections through both tunnels (after [`IDLE_WARMUP`] warm-up ones)
 /// and returns each tunnel's RSS growth per connection; closes them, waits until both tunnels
-/// have let go of them, and resets the peak-RSS mark.
+/// have let go of them.
 fn measure_idle_memory(
     topo: &PodTopology,
     mesh: &InpodMesh,
@@ -424,10 +427,6 @@ fn measure_idle_memory(
         "  closed: both tunnels let go of them in {:.1} s",
         closing.elapsed().as_secs_f64()
     );
-    for pid in mesh.pids() {
-        // "5" resets VmHWM to the current RSS (proc(5), clear_refs).
-        fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
-    }
     Ok(IdleMemory {
         connections: count,
         per_connection_kib,
@@ -585,7 +584,9 @@ fn print_table(
         let us = (m.as_secs_f64() - d.as_secs_f64()) * 1e6;
         (us, format!("{us:+.0} µs"))
     };
-    let latency_rows: [(&str, fn(&Figures) -> Duration, Option<f64>); 4] = [
+    /// A latency row: its label, the figure, and the most it may add over direct (µs).
+    type LatencyRow = (&'static str, fn(&Figures) -> Duration, Option<f64>);
+    let latency_rows: [LatencyRow; 4] = [
         (
             "keep-alive p50 (wrk, 1 conn)",
             |f| f.keepalive.p50,

@@ -69,6 +69,8 @@ impl Recording {
         let top: Vec<&str> = report
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            // Columns perf has nothing for (no source lines) are printed as "-".
+            .map(|l| l.trim_end().trim_end_matches([' ', '-']))
             .take(TOP)
             .collect();
         Ok(format!(
