@@ -6,12 +6,15 @@
 # through both tunnels, tunnel RSS idle and peak.
 #
 #   bench/inpod.sh [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]
+#                  [--tunnel-env KEY=VALUE]...
 #                  (root; needs ip, iptables, ss, iperf3, wrk; perf for --profile)
 #
 # --seconds: length of each iperf3 and wrk run (default 10); --requests: timed requests of the
 # connection-per-request test (default 2000); --runs: runs of each path (default 3);
 # --idle: idle connections held for the memory figure (default 10000); --profile DIR: one more
-# 1-stream run with `perf record` on each tunnel, flat profiles printed and saved in DIR.
+# 1-stream run with `perf record` on each tunnel, flat profiles printed and saved in DIR;
+# --tunnel-env KEY=VALUE (repeatable): extra environment of both tunnels, to measure a runtime
+# setting without a rebuild (e.g. --tunnel-env ZTUNNEL_WORKER_THREADS=1).
 # Takes about 6 x --seconds x 2 x --runs plus setup.
 # Builds the release binaries, then runs `nodetunnel-bench inpod`, which creates and removes its
 # own network namespaces (named ntt<pid>-...); nothing touches the host netns.

@@ -4,8 +4,9 @@
 //! checked target), and starts the record with it; afterwards the record only learns whether
 //! the upstream was reached and how the connection ended.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::copy::Transferred;
@@ -92,13 +93,78 @@ pub(crate) fn inbound_service(
 /// A connection in progress: its description, when it started, whether the upstream was
 /// reached. Logs exactly once, at `finish` or, for a connection cut at a drain deadline, on drop.
 pub struct ConnectionRecord {
-    description: Description,
+    description: Recorded,
     started: Instant,
     opened: bool,
     /// Set by `finish`; a record dropped without it belongs to a connection that was cut
     /// (its task dropped at a drain deadline), which still gets its log line.
     finished: bool,
     metrics: Arc<Metrics>,
+}
+
+/// A [`Description`] as a live connection keeps it: the addresses inline, and who talks to
+/// whom (identities and metric labels, the bulk of it: two dozen strings) shared with every
+/// other live connection between the same parties. The tunnel's memory per idle connection
+/// is mostly what its record holds, and connections come in crowds between few parties.
+struct Recorded {
+    direction: &'static str,
+    src: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    dst: Option<SocketAddr>,
+    protocol: &'static str,
+    parties: Arc<Parties>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct Parties {
+    src_identity: Option<Identity>,
+    dst_identity: Option<Identity>,
+    labels: ConnectionLabels,
+}
+
+impl Recorded {
+    fn new(d: Description) -> Recorded {
+        let parties = Parties {
+            src_identity: d.src_identity,
+            dst_identity: d.dst_identity,
+            labels: d.labels,
+        };
+        Recorded {
+            direction: d.direction,
+            src: d.src,
+            original_dst: d.original_dst,
+            dst: d.dst,
+            protocol: d.protocol,
+            parties: intern(parties),
+        }
+    }
+}
+
+/// The one shared copy of `parties` among live records. Copies no record holds any more are
+/// dropped whenever the set has doubled since the last sweep, so it stays about as large as
+/// the number of distinct parties live at once.
+fn intern(parties: Parties) -> Arc<Parties> {
+    struct Interned {
+        set: HashSet<Arc<Parties>>,
+        sweep_at: usize,
+    }
+    static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
+    const FIRST_SWEEP: usize = 64;
+    let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    let interned = guard.get_or_insert_with(|| Interned {
+        set: HashSet::new(),
+        sweep_at: FIRST_SWEEP,
+    });
+    if let Some(shared) = interned.set.get(&parties) {
+        return shared.clone();
+    }
+    if interned.set.len() >= interned.sweep_at {
+        interned.set.retain(|p| Arc::strong_count(p) > 1);
+        interned.sweep_at = (interned.set.len() * 2).max(FIRST_SWEEP);
+    }
+    let shared = Arc::new(parties);
+    interned.set.insert(shared.clone());
+    shared
 }
 
 /// `flag` / `response_flags` of a connection cut at a drain deadline.
@@ -131,20 +197,20 @@ fn known(value: &str) -> Option<&str> {
 }
 
 impl<'a> Line<'a> {
-    fn new(d: &'a Description, started: Instant) -> Line<'a> {
-        let l = &d.labels;
+    fn new(d: &'a Recorded, started: Instant) -> Line<'a> {
+        let l = &d.parties.labels;
         Line {
             src: d.src,
             src_workload: known(&l.source_workload),
             src_namespace: known(&l.source_workload_namespace),
-            src_identity: d.src_identity.as_ref().map(ToString::to_string),
+            src_identity: d.parties.src_identity.as_ref().map(ToString::to_string),
             src_cluster: known(&l.source_cluster),
             dst: d.dst,
             hbone_addr: d.dst.filter(|_| d.protocol == "HBONE"),
             dst_service: known(&l.destination_service),
             dst_workload: known(&l.destination_workload),
             dst_namespace: known(&l.destination_workload_namespace),
-            dst_identity: d.dst_identity.as_ref().map(ToString::to_string),
+            dst_identity: d.parties.dst_identity.as_ref().map(ToString::to_string),
             dst_cluster: known(&l.destination_cluster),
             original_dst: d.original_dst,
             duration: format!("{}ms", started.elapsed().as_millis()),
@@ -191,7 +257,7 @@ impl ConnectionRecord {
             .get_or_create(&description.labels)
             .inc();
         ConnectionRecord {
-            description,
+            description: Recorded::new(description),
             started: Instant::now(),
             opened: false,
             finished: false,
@@ -232,7 +298,7 @@ impl ConnectionRecord {
             ),
         }
         if let Some(reason) = error.and_then(ProxyError::refusal) {
-            let labels = &self.description.labels;
+            let labels = &self.description.parties.labels;
             self.metrics
                 .policy_denials
                 .get_or_create(&DenialLabels {
@@ -245,24 +311,31 @@ impl ConnectionRecord {
                 .inc();
         }
         let m = &self.metrics;
-        let mut labels = std::mem::take(&mut self.description.labels);
+        let labels = &self.description.parties.labels;
         // Bytes carry the labels the connection opened with (`response_flags="-"`), as
         // ztunnel's byte counters are bound when the connection opens.
         if self.opened {
             m.sent_bytes
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .inc_by(transferred.a_to_b);
             m.received_bytes
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .inc_by(transferred.b_to_a);
         }
-        if let Some(e) = error {
-            labels.response_flags = e.response_flags();
-            // As in ztunnel, every connection that ends in an error counts as failed, whether
-            // it never reached the upstream (refused, denied, unreachable) or broke later.
-            m.connections_failed.get_or_create(&labels).inc();
+        match error {
+            Some(e) => {
+                let mut failed = labels.clone();
+                failed.response_flags = e.response_flags();
+                // As in ztunnel, every connection that ends in an error counts as failed,
+                // whether it never reached the upstream (refused, denied, unreachable) or
+                // broke later.
+                m.connections_failed.get_or_create(&failed).inc();
+                m.connections_closed.get_or_create(&failed).inc();
+            }
+            None => {
+                m.connections_closed.get_or_create(labels).inc();
+            }
         }
-        m.connections_closed.get_or_create(&labels).inc();
     }
 }
 
@@ -281,7 +354,7 @@ impl Drop for ConnectionRecord {
             flag = DRAIN_CUT_FLAG,
             "connection cut at the drain deadline"
         );
-        let mut labels = std::mem::take(&mut self.description.labels);
+        let mut labels = self.description.parties.labels.clone();
         // ztunnel's catch-all: the connection ended in an error.
         labels.response_flags = "CONNECT";
         self.metrics.connections_failed.get_or_create(&labels).inc();

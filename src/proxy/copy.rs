@@ -18,7 +18,7 @@ use std::net::Shutdown;
 use std::pin::pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::hbone::stream::{H2Stream, RecvHalf, SendHalf};
@@ -159,6 +159,7 @@ impl Duplex for TcpStream {
             TcpSource {
                 tcp: self,
                 read_size: INITIAL_READ,
+                buf: BytesMut::new(),
             },
             TcpSink { tcp: self },
         )
@@ -169,15 +170,27 @@ pub struct TcpSource<'a> {
     tcp: &'a TcpStream,
     /// Size of the next read: doubles while reads fill it (bulk), halves after a short one.
     read_size: usize,
+    /// What reads go into; each chunk read is split off it. While a connection moves bulk data
+    /// the allocation is reused once the chunks cut from it are sent (a fresh one per read
+    /// costs page faults when malloc hands large blocks back to the kernel and takes them
+    /// again); it is let go whenever the socket runs dry at the smallest read size, so an
+    /// idle connection holds none.
+    buf: BytesMut,
 }
 
 impl Source for TcpSource<'_> {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         loop {
             // Readiness first: no buffer exists until there is something to put in it.
-            ready!(self.tcp.poll_read_ready(cx))?;
-            let mut buf = BytesMut::with_capacity(self.read_size);
-            match self.tcp.try_read_buf(&mut buf) {
+            if self.tcp.poll_read_ready(cx)?.is_pending() {
+                if self.read_size == INITIAL_READ {
+                    self.buf = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+            self.buf.reserve(self.read_size);
+            let mut limited = (&mut self.buf).limit(self.read_size);
+            match self.tcp.try_read_buf(&mut limited) {
                 Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(n) => {
                     self.read_size = if n == self.read_size {
@@ -185,7 +198,7 @@ impl Source for TcpSource<'_> {
                     } else {
                         (self.read_size / 2).max(INITIAL_READ)
                     };
-                    return Poll::Ready(Ok(Some(buf.freeze())));
+                    return Poll::Ready(Ok(Some(self.buf.split().freeze())));
                 }
                 // Readiness was stale; tokio cleared it, so the next poll waits.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

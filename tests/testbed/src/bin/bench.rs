@@ -4,7 +4,8 @@
 //! - `throughput [--seconds N]`: single-stream iperf3 from the client pod (10.77.1.10) to the
 //!   server pod (10.77.2.10) on the two-node dedicated-mode topology, first directly (no
 //!   capture rules, no tunnels), then through both tunnels (HBONE); both and the ratio.
-//! - `inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]`: pod → pod
+//! - `inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]
+//!   [--tunnel-env KEY=VALUE]...`: pod → pod
 //!   through two in-pod tunnels against the direct path of the same pods: iperf3 with 1 and 8
 //!   streams, tunnel CPU per GB (each side and both), keep-alive and connection-per-request
 //!   latency, memory per idle connection, tunnel RSS; medians of `--runs`, a table with the
@@ -53,6 +54,7 @@ const IPERF_PORT: u16 = 5201;
 
 const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
        nodetunnel-bench inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]
+                              [--tunnel-env KEY=VALUE]...
        nodetunnel-bench xds [--workloads N] [--services N] [--updates N]
        nodetunnel-bench policy [--seconds N] [--rounds N]";
 
@@ -101,6 +103,9 @@ pub struct Options {
     pub idle: usize,
     /// Where `perf` data and reports go; no profile step without it (`inpod`).
     pub profile: Option<std::path::PathBuf>,
+    /// Extra environment of both tunnels, `KEY=VALUE` each (`inpod --tunnel-env`): runtime
+    /// settings measured without a rebuild (e.g. `ZTUNNEL_WORKER_THREADS=1`).
+    pub tunnel_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -111,6 +116,7 @@ impl Options {
             runs: 3,
             idle: 10_000,
             profile: None,
+            tunnel_env: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -129,6 +135,12 @@ impl Options {
                 "--runs" => options.runs = number()?,
                 "--idle" => options.idle = number()?,
                 "--profile" => options.profile = Some(value.into()),
+                "--tunnel-env" => match value.split_once('=') {
+                    Some((key, val)) if !key.is_empty() => {
+                        options.tunnel_env.push((key.to_string(), val.to_string()))
+                    }
+                    _ => return Err(format!("--tunnel-env {value}: expected KEY=VALUE").into()),
+                },
                 _ => return Err(format!("unexpected argument {flag:?}\n{USAGE}").into()),
             }
         }

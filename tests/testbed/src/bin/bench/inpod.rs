@@ -119,7 +119,15 @@ pub fn run(options: Options) -> BenchResult {
         tunnel: &bin,
         zds_agent: &zds_agent,
     };
-    let mesh = InpodMesh::start(&topo, bins, Mesh::File(&config), Ca::Dir(&ca), &[])?;
+    let tunnel_env: Vec<(&str, &str)> = options
+        .tunnel_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mesh = InpodMesh::start(&topo, bins, Mesh::File(&config), Ca::Dir(&ca), &tunnel_env)?;
+    if !tunnel_env.is_empty() {
+        println!("in-pod: tunnels run with {:?}", options.tunnel_env);
+    }
     thread::sleep(Duration::from_millis(500));
     let idle = stats(&mesh)?;
     println!(
