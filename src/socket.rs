@@ -98,7 +98,8 @@ impl SocketFactory {
         let create = move || upstream_socket(dst, mark, source);
         let socket = match &self.netns {
             None => create()?,
-            Some(netns) => netns.run_async(create).await??,
+            // On this thread, synchronously (nothing awaited while inside the namespace).
+            Some(netns) => netns.run_here(create)??,
         };
         let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
         let stream = socket.connect(dst).await?;

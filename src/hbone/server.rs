@@ -14,7 +14,7 @@ use super::settings;
 use super::stream::H2Stream;
 
 /// Why a stream request could not be taken as a CONNECT to an address.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("method {0} is not CONNECT")]
     NotConnect(String),
@@ -75,25 +75,26 @@ impl std::fmt::Display for ConnectTarget {
 
 /// One incoming CONNECT stream, not yet answered.
 pub struct IncomingStream {
-    request: Request<RecvStream>,
+    /// Read from the request head, which is dropped at once: the stream's task lives as long
+    /// as the stream and keeps only what it needs.
+    target: Result<ConnectTarget, RequestError>,
+    body: RecvStream,
     respond: SendResponse<Bytes>,
 }
 
 impl IncomingStream {
+    fn new(request: Request<RecvStream>, respond: SendResponse<Bytes>) -> IncomingStream {
+        IncomingStream {
+            target: requested_target(&request),
+            body: request.into_body(),
+            respond,
+        }
+    }
+
     /// The requested `ip:port` or `hostname:port`, or why the request is not a valid HBONE
     /// CONNECT.
     pub fn target(&self) -> Result<ConnectTarget, RequestError> {
-        if self.request.method() != Method::CONNECT {
-            return Err(RequestError::NotConnect(self.request.method().to_string()));
-        }
-        let authority = self
-            .request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_default();
-        ConnectTarget::parse(authority)
-            .ok_or_else(|| RequestError::BadAuthority(authority.to_string()))
+        self.target.clone()
     }
 
     /// Answers with an error status and ends the stream.
@@ -108,8 +109,21 @@ impl IncomingStream {
     /// Answers 200 and returns the stream as a byte stream.
     pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
         let send = self.respond.send_response(Response::new(()), false)?;
-        Ok(H2Stream::new(send, self.request.into_body()))
+        Ok(H2Stream::new(send, self.body))
     }
+}
+
+/// The CONNECT target `request` asks for.
+fn requested_target(request: &Request<RecvStream>) -> Result<ConnectTarget, RequestError> {
+    if request.method() != Method::CONNECT {
+        return Err(RequestError::NotConnect(request.method().to_string()));
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or_default();
+    ConnectTarget::parse(authority).ok_or_else(|| RequestError::BadAuthority(authority.to_string()))
 }
 
 /// Serves one HTTP/2 connection: each CONNECT stream is passed to `handle` on its own task.
@@ -146,7 +160,7 @@ where
         };
         let Some(next) = next else { break };
         let (request, respond) = next?;
-        tokio::spawn(handle(IncomingStream { request, respond }));
+        tokio::spawn(handle(IncomingStream::new(request, respond)));
     }
     Ok(())
 }

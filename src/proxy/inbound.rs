@@ -72,11 +72,12 @@ async fn serve_connection(
     )
     .map_err(ProxyError::PeerIdentity)?;
     pi.metrics.hbone_connections_accepted.inc();
-    let info = PeerInfo {
+    // Shared by the connection's streams (one copy of the identity, not one per stream).
+    let info = Arc::new(PeerInfo {
         addr: peer,
         identity,
         dialed: local.ip(),
-    };
+    });
     let result = server::serve(
         tls_stream,
         |incoming| {
@@ -92,7 +93,7 @@ async fn serve_connection(
     Ok(())
 }
 
-async fn handle_stream(pi: Arc<ProxyInputs>, peer: PeerInfo, incoming: IncomingStream) {
+async fn handle_stream(pi: Arc<ProxyInputs>, peer: Arc<PeerInfo>, incoming: IncomingStream) {
     // The synchronous part is its own function: locals of an async fn that are moved on
     // before an await still take space in its future, which lives as long as the stream.
     let (mut record, admitted) = admit_stream(&pi, &peer, &incoming);

@@ -131,3 +131,64 @@ fn a_namespace_that_cannot_be_entered_is_an_error_not_a_hang() {
         "{err}"
     );
 }
+
+/// `run_here` runs inside the namespace on the calling thread and returns the thread home;
+/// a socket made inside belongs to that namespace (its loopback is another one).
+#[test]
+fn run_here_enters_on_this_thread_and_comes_back() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "run_here test needs root; CI=true, so this is a failure, not a skip"
+        );
+        return;
+    }
+    let home = NetnsHandle::current().unwrap();
+    let other = std::thread::spawn(|| {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).unwrap();
+        NetnsHandle::current().unwrap()
+    })
+    .join()
+    .unwrap();
+    // A port taken at home is free inside another namespace: a socket bound there proves it
+    // was made inside.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for _ in 0..3 {
+        let (inside, listener) = other
+            .run_here(|| {
+                let id = NetnsHandle::current().unwrap().id();
+                (id, std::net::TcpListener::bind(("127.0.0.1", port)))
+            })
+            .unwrap();
+        assert_eq!(inside, other.id());
+        assert_eq!(
+            NetnsHandle::current().unwrap().id(),
+            home.id(),
+            "left inside"
+        );
+        assert!(
+            listener.is_ok(),
+            "port {port} taken inside too: {listener:?}"
+        );
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+    }
+    // Home itself: nothing to enter.
+    assert_eq!(home.run_here(|| 7).unwrap(), 7);
+    // A file that is not a namespace: setns fails, the thread never moved.
+    let file = tempfile::tempfile().unwrap();
+    let id = NetnsId::of_fd(&file).unwrap();
+    let bogus = NetnsHandle {
+        fd: file.into(),
+        path: "a temp file".into(),
+        id,
+    };
+    assert!(matches!(
+        bogus.run_here(|| ()),
+        Err(NetnsError::Enter {
+            source: nix::Error::EINVAL,
+            ..
+        })
+    ));
+    assert_eq!(NetnsHandle::current().unwrap().id(), home.id());
+}
