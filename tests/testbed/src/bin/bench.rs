@@ -40,12 +40,14 @@ mod wrk;
 #[path = "bench/xds.rs"]
 mod xds;
 
-use std::process::{Command, ExitCode};
+use std::net::SocketAddr;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
+use iperf::Reaped;
 use nodetunnel_testbed::{
     addr, cleanup_on_signals, env_refs, eventually::wait_until, generate_ca, require_namespaces,
-    sibling_binary, tunnel_env, Ca, Capture, Mesh, MeshConfig, Topology,
+    sibling_binary, tunnel_env, Ca, Capture, Mesh, MeshConfig, Netns, Topology,
 };
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -88,6 +90,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// This binary's `subcommand <addr>` server started inside `ns`, listening when this returns.
+pub fn serve_in(ns: &Netns, subcommand: &str, addr: SocketAddr) -> BenchResult<Reaped> {
+    let me = std::env::current_exe()?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&me)
+        .arg(subcommand)
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let server = Reaped(child);
+    iperf::wait_listening(ns, addr.port(), subcommand)?;
+    Ok(server)
 }
 
 /// Command-line options shared by the benchmarks.

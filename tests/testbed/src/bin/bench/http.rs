@@ -4,13 +4,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nodetunnel_testbed::{connect_from, Netns};
 
-use crate::iperf::{self, Reaped};
+use crate::iperf::Reaped;
 use crate::BenchResult;
 
 const BODY: &[u8] = b"hello, mesh!\n";
@@ -33,18 +33,7 @@ pub fn serve(addr: &str) -> BenchResult {
 
 /// `nodetunnel-bench http-serve <addr>` inside `ns`, listening when this returns.
 pub fn start_server(ns: &Netns, addr: SocketAddr) -> BenchResult<Reaped> {
-    let me = std::env::current_exe()?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(&me)
-        .arg("http-serve")
-        .arg(addr.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let server = Reaped(child);
-    iperf::wait_listening(ns, addr.port(), "http-serve")?;
-    Ok(server)
+    crate::serve_in(ns, "http-serve", addr)
 }
 
 /// Answers every request on `stream` (pipelining allowed) until the peer closes or asks to.

@@ -9,12 +9,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use nodetunnel_testbed::Netns;
 
-use crate::iperf::{self, Reaped};
+use crate::iperf::Reaped;
 use crate::BenchResult;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,18 +42,7 @@ pub fn serve(addr: &str) -> BenchResult {
 
 /// `nodetunnel-bench hold-serve <addr>` inside `ns`, listening when this returns.
 pub fn start_server(ns: &Netns, addr: SocketAddr) -> BenchResult<Reaped> {
-    let me = std::env::current_exe()?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(&me)
-        .arg("hold-serve")
-        .arg(addr.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let server = Reaped(child);
-    iperf::wait_listening(ns, addr.port(), "hold-serve")?;
-    Ok(server)
+    crate::serve_in(ns, "hold-serve", addr)
 }
 
 /// Opens `count` connections to `dst`, one at a time, each answered once by the server.
