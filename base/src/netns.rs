@@ -94,22 +94,11 @@ pub enum NetnsError {
     Addresses { path: PathBuf, source: nix::Error },
 }
 
-/// The namespace the calling thread lives in when it is not inside [`NetnsHandle::run_here`]:
-/// opened on the thread's first call (when it is at home, since `run_here` always returns it)
-/// and kept for the thread's life.
-fn home_of_this_thread() -> Result<&'static NetnsHandle, NetnsError> {
-    thread_local! {
-        static HOME: std::cell::OnceCell<&'static NetnsHandle> = const { std::cell::OnceCell::new() };
-    }
-    HOME.with(|home| {
-        if let Some(handle) = home.get() {
-            return Ok(*handle);
-        }
-        // Leaked once per thread that creates sockets this way (the runtime's few workers).
-        let handle: &'static NetnsHandle = Box::leak(Box::new(NetnsHandle::current()?));
-        let _ = home.set(handle);
-        Ok(handle)
-    })
+thread_local! {
+    /// The namespace this thread lives in outside [`NetnsHandle::run_here`]: opened on the
+    /// thread's first call (it is at home then, since `run_here` always brings it back) and
+    /// closed when the thread ends.
+    static HOME: std::cell::OnceCell<NetnsHandle> = const { std::cell::OnceCell::new() };
 }
 
 /// For callers whose own API is `io::Result` (socket creation): keeps the error's kind (an
@@ -234,27 +223,36 @@ impl NetnsHandle {
     /// would open every later socket there, so if the return `setns` fails (or `f` panics and
     /// the return fails while unwinding) the process aborts after logging why.
     pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
-        let home = home_of_this_thread()?;
-        if home.id == self.id {
-            return Ok(f());
-        }
-        nix::sched::setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-            NetnsError::Enter {
-                path: self.path.clone(),
-                source,
+        HOME.with(|home| {
+            let home = match home.get() {
+                Some(home) => home,
+                None => {
+                    let current = NetnsHandle::current()?;
+                    home.get_or_init(|| current)
+                }
+            };
+            if home.id == self.id {
+                return Ok(f());
             }
-        })?;
-        struct GoHome<'a>(&'a NetnsHandle);
-        impl Drop for GoHome<'_> {
-            fn drop(&mut self) {
-                if let Err(e) = nix::sched::setns(self.0.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
-                    tracing::error!(error = %e, home = %self.0.path.display(), "cannot return a thread to its own network namespace; aborting");
-                    std::process::abort();
+            nix::sched::setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                NetnsError::Enter {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            struct GoHome<'a>(&'a NetnsHandle);
+            impl Drop for GoHome<'_> {
+                fn drop(&mut self) {
+                    let back = nix::sched::setns(self.0.fd.as_fd(), CloneFlags::CLONE_NEWNET);
+                    if let Err(e) = back {
+                        tracing::error!(error = %e, home = %self.0.path.display(), "cannot return a thread to its own network namespace; aborting");
+                        std::process::abort();
+                    }
                 }
             }
-        }
-        let _back = GoHome(home);
-        Ok(f())
+            let _back = GoHome(home);
+            Ok(f())
+        })
     }
 
     /// Runs `f` inside this namespace on one of the shared `netns-<n>` threads and awaits its

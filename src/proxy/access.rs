@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use super::copy::Transferred;
@@ -148,13 +148,14 @@ fn intern(parties: Parties) -> Arc<Parties> {
         set: HashSet<Arc<Parties>>,
         sweep_at: usize,
     }
-    static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
     const FIRST_SWEEP: usize = 64;
-    let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
-    let interned = guard.get_or_insert_with(|| Interned {
-        set: HashSet::new(),
-        sweep_at: FIRST_SWEEP,
+    static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(|| {
+        Mutex::new(Interned {
+            set: HashSet::new(),
+            sweep_at: FIRST_SWEEP,
+        })
     });
+    let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(shared) = interned.set.get(&parties) {
         return shared.clone();
     }

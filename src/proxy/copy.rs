@@ -4,12 +4,12 @@
 //! END_STREAM on HBONE) while the other direction keeps flowing: request/response protocols that
 //! half-close rely on this.
 //!
-//! The copy moves `Bytes` chunks, never a buffer of its own: a TCP read is made only once the
-//! socket is readable, into a fresh buffer that goes whole to the other side (h2 sends it as
-//! DATA without a copy), and an HBONE stream's received chunks are written to the socket as
-//! h2 decoded them. An idle connection therefore holds no buffer at all, and bulk transfers
-//! copy no payload in user space. TCP reads start at [`INITIAL_READ`] and double while reads
-//! fill them, up to [`MAX_READ`], so a bulk stream makes few large reads.
+//! The copy moves `Bytes` chunks: a TCP read is made only once the socket is readable, and
+//! what it read goes whole to the other side as a slice of the read buffer (h2 sends it as
+//! DATA without a copy); an HBONE stream's received chunks are written to the socket as h2
+//! decoded them. Bulk transfers therefore copy no payload in user space, and an idle
+//! connection holds no buffer (see [`TcpSource`]). TCP reads start at [`INITIAL_READ`] and
+//! double while reads fill them, up to [`MAX_READ`], so a bulk stream makes few large reads.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};

@@ -160,3 +160,45 @@ fn inbound_service_is_the_one_whose_target_port_was_dialed() {
     );
     assert_eq!(host(7000), None);
 }
+
+/// Live records between the same parties hold one shared copy of identities and labels;
+/// other parties get their own; a copy no record holds is swept once the set has grown.
+#[test]
+fn live_records_share_their_parties() {
+    let metrics = Arc::new(Metrics::new());
+    let with_workload = |name: &str| {
+        let mut d = Description::unrouted(
+            "outbound",
+            "10.0.0.1:40000".parse().unwrap(),
+            Some("10.0.0.2:8080".parse().unwrap()),
+        );
+        d.labels.destination_workload = name.to_string();
+        ConnectionRecord::start(metrics.clone(), d)
+    };
+    let (a, b) = (
+        with_workload("shared-test-a"),
+        with_workload("shared-test-a"),
+    );
+    let other = with_workload("shared-test-b");
+    assert!(Arc::ptr_eq(&a.description.parties, &b.description.parties));
+    assert!(!Arc::ptr_eq(
+        &a.description.parties,
+        &other.description.parties
+    ));
+    assert_eq!(
+        a.description.parties.labels.destination_workload,
+        "shared-test-a"
+    );
+    let gone = Arc::downgrade(&other.description.parties);
+    drop(other);
+    // Enough distinct parties to pass any sweep threshold reached so far.
+    let crowd: Vec<_> = (0..4096)
+        .map(|i| with_workload(&format!("shared-test-crowd-{i}")))
+        .collect();
+    assert!(gone.upgrade().is_none(), "an unheld copy outlived a sweep");
+    assert!(Arc::ptr_eq(
+        &a.description.parties,
+        &with_workload("shared-test-a").description.parties
+    ));
+    drop((a, b, crowd));
+}

@@ -102,11 +102,21 @@ async fn reads_grow_only_under_bulk_traffic() {
         "nothing was sent yet"
     );
     assert_eq!(source.read_size, INITIAL_READ);
+    assert_eq!(source.buf.capacity(), 0, "a buffer before anything arrived");
 
     writer.write_all(b"tiny").await.unwrap();
     let chunk = poll_fn(|cx| source.poll_chunk(cx)).await.unwrap().unwrap();
     assert_eq!(&chunk[..], b"tiny");
     assert_eq!(source.read_size, INITIAL_READ);
+    // Drained at the smallest read size: the next poll finds nothing and lets the buffer go
+    // (the chunk handed out keeps only its own allocation alive).
+    assert!(source.poll_chunk(&mut cx).is_pending());
+    assert_eq!(
+        source.buf.capacity(),
+        0,
+        "an idle connection kept its buffer"
+    );
+    drop(chunk);
 
     let bulk = vec![7u8; 16 * MAX_READ];
     let sent = bulk.len();
