@@ -194,7 +194,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 fn certificate_source(config: &Config) -> Result<CertificateSource, AppError> {
     Ok(match &config.ca.source {
         CaSource::Fake => {
-            CertificateSource::Local(Arc::new(LocalCa::generate(&config.trust_domain)?))
+            tracing::warn!("{}", crate::identity::TEST_ROOT_WARNING);
+            CertificateSource::Local(Arc::new(LocalCa::test_root(&config.trust_domain)?))
         }
         CaSource::LocalDir(dir) => CertificateSource::Local(Arc::new(LocalCa::load(dir)?)),
         CaSource::Remote(target) => {

@@ -373,12 +373,38 @@ fn peer_from_untrusted_ca_is_refused() {
     t1.stop();
 
     let _t1 = start_tunnel(&topo, "n1", Mesh::Control(&cp), Ca::Fake);
-    assert_refused(&topo, &server, "n1 with a throwaway CA");
+    assert_refused(&topo, &server, "n1 on the FAKE_CA test root");
     assert_eq!(
         hbone_conns(topo.ns("n2")),
         0,
         "no HBONE connection may be established"
     );
+}
+
+/// `FAKE_CA=true` on both tunnels (as ztunnel test setups run): each signs with the same
+/// built-in test root, so they trust each other and traffic crosses HBONE; each says loudly
+/// that the root is for tests only.
+#[test]
+fn two_fake_ca_tunnels_trust_each_other() {
+    let Some(topo) = topology("fake_ca_pair", Capture::ALL) else {
+        return;
+    };
+    let mesh = write_config(&topo, "mesh.yaml", &MeshConfig::standard(SERVER_PORT));
+    let t2 = start_tunnel(&topo, "n2", Mesh::File(&mesh), Ca::Fake);
+    let server = Server::start(topo.ns("n2"), server_addr(), echo_handler).unwrap();
+    let t1 = start_tunnel(&topo, "n1", Mesh::File(&mesh), Ca::Fake);
+    let mut s = connect(topo.ns("n1"), addr::CLIENT, server_addr());
+    echo_roundtrip(&mut s, b"two FAKE_CA tunnels").expect("echo across two FAKE_CA tunnels");
+    drop(s);
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(hbone_conns(topo.ns("n2")), 1, "the echo must cross HBONE");
+    for t in [&t1, &t2] {
+        assert!(
+            t.log().contains("built-in TEST root"),
+            "no FAKE_CA warning:\n{}",
+            t.log_tail(20)
+        );
+    }
 }
 
 /// n2 presents `spiffe://cluster.local/ns/default/sa/impostor` for the server pod (its config

@@ -12,7 +12,7 @@ use crate::grpc::GrpcTarget;
 /// Where workload certificates come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CaSource {
-    /// A throwaway root generated at start (`FAKE_CA=true`).
+    /// The built-in, public test root (`FAKE_CA=true`), shared by every FAKE_CA tunnel.
     Fake,
     /// A CA loaded from Istio's plug-in CA file names in a directory (`LOCAL_CA_DIR`).
     LocalDir(PathBuf),

@@ -1,16 +1,20 @@
 //! An in-process certificate authority.
 //!
-//! Two uses: with `FAKE_CA=true` the tunnel mints a throwaway root at start-up ([`LocalCa::generate`]);
-//! otherwise it can load Istio's plug-in CA files ([`LocalCa::load`]) so its certificates chain to
+//! Two uses: with `FAKE_CA=true` the tunnel signs with the built-in, public test root
+//! ([`LocalCa::test_root`]), so every such tunnel trusts every other as ztunnel's do; otherwise
+//! it can load Istio's plug-in CA files ([`LocalCa::load`]) so its certificates chain to
 //! the same root as the rest of the mesh. Either way it signs CSRs for workload identities the way
 //! istiod does: the identity comes from the caller, never from the CSR.
 //!
 //! One file per job: `files` is where a CA comes from and goes to (generate, load and check the
-//! plug-in files, write them); `signing` is what it issues (workload leaves from CSRs, serving
+//! plug-in files, write them); `test_root` is the FAKE_CA root; `signing` is what it issues (workload leaves from CSRs, serving
 //! certificates). PEM and DER are written by maintained crates (`pem`, `yasna`), never by hand.
 
 mod files;
 mod signing;
+mod test_root;
+
+pub use test_root::WARNING as TEST_ROOT_WARNING;
 
 use std::io;
 use std::path::PathBuf;

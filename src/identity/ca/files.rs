@@ -1,4 +1,4 @@
-//! Where a CA comes from and goes to: a generated throwaway root, Istio's plug-in CA files
+//! Where a CA comes from and goes to: a newly generated root, Istio's plug-in CA files
 //! (loaded and checked together, so a broken secret fails at start-up naming the file), and
 //! writing those files back so several processes can share one root.
 
@@ -25,7 +25,7 @@ use super::{
 use crate::identity::Identity;
 
 impl LocalCa {
-    /// A throwaway self-signed ECDSA P-256 root for `trust_domain` (FAKE_CA).
+    /// A new self-signed ECDSA P-256 root for `trust_domain` (`nodetunnel generate-ca`, tests).
     pub fn generate(trust_domain: &str) -> Result<LocalCa, CaError> {
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;

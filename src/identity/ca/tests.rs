@@ -504,3 +504,31 @@ fn trust_domain_is_known_for_generated_cas_and_settable_for_loaded_ones() {
         Some("example.org")
     );
 }
+
+/// FAKE_CA: two independently built test-root CAs (as in two tunnel processes) are the same
+/// root, so a leaf one issues verifies against the other's trust anchors; a generated root does
+/// not trust it.
+#[test]
+fn the_test_root_is_the_same_in_every_instance_and_its_leaves_cross_verify() {
+    let a = LocalCa::test_root("cluster.local").unwrap();
+    let b = LocalCa::test_root("cluster.local").unwrap();
+    assert_eq!(a.root_certs(), b.root_certs());
+    assert_eq!(a.trust_domain(), Some("cluster.local"));
+    let chain = a
+        .sign_csr(&csr(vec![]), &id("client"), Duration::from_secs(60))
+        .unwrap();
+    verify(&chain, &b.root_certs()).expect("a leaf of one test root verifies with the other");
+    let other = LocalCa::generate("cluster.local").unwrap();
+    assert!(verify(&chain, &other.root_certs()).is_err());
+
+    // The root says what it is, and is a CA valid for a long time from its first day.
+    let root = a.root_certs().remove(0);
+    let (_, cert) = X509Certificate::from_der(&root).unwrap();
+    assert!(cert.is_ca());
+    assert!(cert.subject().to_string().contains("NOT FOR PRODUCTION"));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(cert.validity().not_after.timestamp() > now + 50 * 365 * 24 * 3600);
+}

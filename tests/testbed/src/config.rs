@@ -396,7 +396,8 @@ pub enum Mesh<'a> {
 pub enum Ca<'a> {
     /// `LOCAL_CA_DIR=<dir>` (from [`generate_ca`]).
     Dir(&'a Path),
-    /// `FAKE_CA=true`: a throwaway root no other tunnel trusts.
+    /// `FAKE_CA=true`: the built-in test root, trusted by every FAKE_CA tunnel and by nothing
+    /// else (a control plane's CA does not trust it).
     Fake,
     /// `CA_ADDRESS`: certificates from a running `nodetunnel-control` over gRPC.
     Control(&'a ControlPlane),
