@@ -250,3 +250,53 @@ fn a_table_full_of_live_edges_counts_new_parties_as_untracked() {
     assert_eq!(graph.snapshot(Instant::now()).edges[0].stats.live, 2);
     drop((live, again));
 }
+
+/// The access record is what feeds the process's graph: a connection counts on its edge when
+/// its record starts, and its bytes when the record finishes.
+#[test]
+fn the_access_record_feeds_the_shared_graph() {
+    use crate::metrics::Metrics;
+    use crate::proxy::access::{ConnectionRecord, Description};
+    use crate::proxy::copy::Transferred;
+
+    // Addresses no other test uses, so this edge is this test's alone in the shared graph.
+    let (src, dst): (SocketAddr, SocketAddr) = (
+        "192.0.2.77:40000".parse().unwrap(),
+        "198.51.100.77:8080".parse().unwrap(),
+    );
+    let edge = || {
+        TrafficGraph::shared()
+            .snapshot(Instant::now())
+            .edges
+            .into_iter()
+            .find(|e| e.key.source == Party::Address(src.ip()))
+            .map(|e| (e.key.destination, e.stats))
+    };
+    let metrics = Arc::new(Metrics::new());
+    let record = ConnectionRecord::start(
+        metrics.clone(),
+        Description::unrouted("outbound", src, Some(dst)),
+    );
+    let (destination, stats) = edge().expect("the started connection's edge");
+    assert_eq!(destination, Party::Address(dst.ip()));
+    assert_eq!((stats.live, stats.total), (1, 1));
+
+    record.finish(
+        Transferred {
+            a_to_b: 11,
+            b_to_a: 13,
+        },
+        None,
+    );
+    let (_, stats) = edge().unwrap();
+    assert_eq!((stats.live, stats.total, stats.failed), (0, 1, 0));
+    assert_eq!((stats.bytes_sent, stats.bytes_received), (11, 13));
+
+    // Cut at a drain deadline (dropped unfinished): failed, still off the live count.
+    drop(ConnectionRecord::start(
+        metrics,
+        Description::unrouted("outbound", src, Some(dst)),
+    ));
+    let (_, stats) = edge().unwrap();
+    assert_eq!((stats.live, stats.total, stats.failed), (0, 2, 1));
+}
