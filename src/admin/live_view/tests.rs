@@ -235,3 +235,72 @@ fn the_page_is_self_contained_and_reads_the_json() {
         );
     }
 }
+
+const MESH: &str = r#"
+workloads:
+- uid: web-7d9f-abcde
+  name: web-7d9f-abcde
+  workloadName: web
+  namespace: shop
+  serviceAccount: web-sa
+  node: n1
+  workloadIps: ["10.0.0.2"]
+- uid: db-0
+  name: db-0
+  namespace: shop
+  node: n1
+  workloadIps: ["10.0.0.3"]
+- uid: host-agent
+  name: host-agent
+  namespace: kube-system
+  node: n1
+  networkMode: HostNetwork
+  workloadIps: ["10.0.0.1"]
+- uid: elsewhere
+  name: elsewhere
+  namespace: shop
+  node: n2
+  workloadIps: ["10.0.1.2"]
+"#;
+
+fn store() -> crate::state::Store {
+    crate::state::load_str(
+        MESH,
+        std::path::Path::new("mesh.yaml"),
+        &crate::state::Defaults::default(),
+    )
+    .expect("the mesh")
+    .store
+}
+
+/// Shared mode: the pod table names pods; the graph names them as the traffic labels do, by
+/// the store's workload name.
+#[test]
+fn enrolled_pods_are_named_as_their_traffic_is() {
+    let enrolled = [
+        (
+            "shop/web-7d9f-abcde".to_string(),
+            "spiffe://web".to_string(),
+        ),
+        ("shop/not-in-store".to_string(), "spiffe://x".to_string()),
+    ];
+    let pods = enrolled_pods(&store(), &enrolled);
+    let ids: Vec<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["shop/web", "shop/not-in-store"]);
+    assert_eq!(pods[0].identity.as_deref(), Some("spiffe://web"));
+}
+
+/// Dedicated mode: the scope's workloads on this node, without host-network ones.
+#[test]
+fn served_workloads_are_the_scopes_own() {
+    let scope = Scope {
+        node: Some("n1".into()),
+        workload: None,
+    };
+    let mut ids: Vec<String> = served_workloads(&store(), &scope)
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["shop/db-0", "shop/web"]);
+}
