@@ -1,7 +1,8 @@
 //! End-to-end: the live view (`/live` on the admin port) in a real headless Chromium. Real
 //! `nodetunnel-control`, two real tunnels (dedicated mode) and iptables capture carry known
-//! traffic to the server on n2: three HBONE connections from `client` with known bytes, one
-//! HBONE connection from `client2` that the DENY policy `default/deny-client2` refuses, and one
+//! traffic to the server on n2: three HBONE connections from `client` with known bytes (and a
+//! fourth held open while the page is loaded: live, its bytes not yet counted), one HBONE
+//! connection from `client2` that the DENY policy `default/deny-client2` refuses, and one
 //! plaintext connection from `client` (n1's capture off, so it reaches n2's :15006). Then
 //! Chromium loads `http://127.0.0.1:15000/live` inside n2's namespace, runs the page's script
 //! (which fetches `/live/graph.json`) and dumps the DOM; the test reads the drawn edges by their
@@ -184,6 +185,12 @@ fn graph_edge(
     })
 }
 
+/// An edge's (total, live) connections.
+fn counts(edge: &serde_json::Value) -> (u64, u64) {
+    let n = |field: &str| edge[field].as_u64().unwrap_or(u64::MAX);
+    (n("total_connections"), n("live_connections"))
+}
+
 fn connect(topo: &Topology, src: Ipv4Addr) -> std::net::TcpStream {
     topo.ns("n1")
         .run(move || connect_from(src, server_addr()))
@@ -221,6 +228,9 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
         let mut s = connect(&topo, addr::CLIENT);
         echo_roundtrip(&mut s, &vec![b'h'; size]).expect("an allowed HBONE echo");
     }
+    // One more that stays open while the page is looked at: live, its bytes not counted yet.
+    let mut held = connect(&topo, addr::CLIENT);
+    echo_roundtrip(&mut held, b"still open").expect("the held connection's echo");
     // Denied HBONE: client2 gets nothing back.
     let mut s = connect(&topo, addr::CLIENT2);
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -238,12 +248,11 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
     let (client, client2, server) = ("default/client", "default/client2", "default/server");
     let client_ip = addr::CLIENT.to_string();
     assert_eventually!(
-        graph_edge(&t2, "inbound", "HBONE", client, server)
-            .is_some_and(|e| { e["total_connections"] == 3 && e["live_connections"] == 0 })
+        graph_edge(&t2, "inbound", "HBONE", client, server).is_some_and(|e| counts(&e) == (4, 1))
             && graph_edge(&t2, "inbound", "HBONE", client2, server)
                 .is_some_and(|e| e["denied_connections"] == 1)
             && graph_edge(&t2, "inbound", "TCP", &client_ip, server)
-                .is_some_and(|e| e["total_connections"] == 1 && e["live_connections"] == 0),
+                .is_some_and(|e| counts(&e) == (1, 0)),
         GRAPH_DEADLINE,
         "n2's graph never showed the traffic: {:?}\n{}",
         t2.admin_get("/live/graph.json"),
@@ -253,10 +262,10 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
     assert_eq!(allowed["bytes_sent"], hbone_bytes, "{allowed:#}");
     assert_eq!(allowed["bytes_received"], hbone_bytes, "{allowed:#}");
     assert_eq!(allowed["failed_connections"], 0, "{allowed:#}");
-    // ...and the client's side: the same three connections, outbound.
+    // ...and the client's side: the same connections, outbound.
     assert_eventually!(
         graph_edge(&t1, "outbound", "HBONE", client, server)
-            .is_some_and(|e| e["total_connections"] == 3 && e["bytes_sent"] == hbone_bytes),
+            .is_some_and(|e| counts(&e) == (4, 1) && e["bytes_sent"] == hbone_bytes),
         GRAPH_DEADLINE,
         "n1's graph never showed the outbound edge: {:?}",
         t1.admin_get("/live/graph.json")
@@ -298,8 +307,8 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
             })
     };
     let (hbone, markup) = edge("inbound", "HBONE", client);
-    assert_eq!(hbone["data-connections"], "3", "{hbone:?}");
-    assert_eq!(hbone["data-live"], "0", "{hbone:?}");
+    assert_eq!(hbone["data-connections"], "4", "{hbone:?}");
+    assert_eq!(hbone["data-live"], "1", "{hbone:?}");
     assert_eq!(
         hbone["data-bytes"],
         (2 * hbone_bytes).to_string(),
@@ -311,7 +320,11 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
     let path = &elements(markup, "path", "stroke")[0].0;
     assert_eq!(path["stroke-dasharray"], "none", "HBONE is drawn solid");
     assert_ne!(path["stroke"], DENIED_RED, "an allowed edge is not red");
-    assert!(label(hbone).contains("3 conns"), "{}", label(hbone));
+    assert!(
+        label(hbone).contains("4 conns (1 live)"),
+        "{}",
+        label(hbone)
+    );
 
     let (denied, markup) = edge("inbound", "HBONE", client2);
     assert_eq!(denied["data-connections"], "1", "{denied:?}");
@@ -399,4 +412,5 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
         image.len()
     );
     eprintln!("live view screenshot: {}", png.display());
+    drop(held);
 }
