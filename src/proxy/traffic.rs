@@ -2,10 +2,10 @@
 //! through this tunnel, how often, how much, and what was denied.
 //!
 //! **Cost on the data path.** Every connection already builds its access record once; the
-//! record opens its edge here when it starts ([`TrafficGraph::open`]: one lock, one map lookup)
-//! and closes it when it finishes ([`EdgeHandle::finish`]: the edge's own lock). Nothing
-//! happens per byte: bytes are added when a connection closes, so an open connection shows as
-//! a live count, its bytes once it ends.
+//! record opens its edge here when it starts ([`TrafficGraph::open`]: a shared lock and one map
+//! lookup for parties already seen) and closes it when it finishes ([`EdgeHandle::finish`]: the
+//! edge's own lock). Nothing happens per byte: bytes are added when a connection closes, so an
+//! open connection shows as a live count, its bytes once it ends.
 //!
 //! **Bounded under hostile traffic.** An edge is keyed by who talks to whom
 //! ([`EdgeKey`]), so a crowd of connections between the same parties is one edge. Edges with no
@@ -20,7 +20,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::authz::DenyReason;
@@ -136,15 +137,12 @@ impl EdgeKey {
 pub struct TrafficGraph {
     window: Duration,
     cap: usize,
-    inner: Mutex<Edges>,
+    table: RwLock<Table>,
+    /// Connections counted on no edge because the table was full of live edges.
+    untracked: AtomicU64,
 }
 
-#[derive(Default)]
-struct Edges {
-    by_key: HashMap<EdgeKey, Arc<Edge>>,
-    /// Connections not counted on any edge because the table was full of live edges.
-    untracked: u64,
-}
+type Table = HashMap<EdgeKey, Arc<Edge>>;
 
 /// One edge's identities (fixed when it is first seen) and counters.
 #[derive(Debug)]
@@ -232,7 +230,8 @@ impl TrafficGraph {
         TrafficGraph {
             window,
             cap: cap.max(1),
-            inner: Mutex::new(Edges::default()),
+            table: RwLock::new(Table::new()),
+            untracked: AtomicU64::new(0),
         }
     }
 
@@ -249,52 +248,44 @@ impl TrafficGraph {
     /// Counts a connection that starts between `ends`; its handle closes it. `None` when the
     /// table is full of live edges (the connection is counted as untracked).
     pub fn open(&self, ends: &Ends<'_>) -> Option<EdgeHandle> {
-        // The key is built before the lock is taken: its strings are the only allocations.
+        // The key is built before any lock is taken: its strings are the only allocations.
         let key = EdgeKey::of(ends);
         let now = Instant::now();
-        let mut edges = self.lock();
-        let edge = match edges.by_key.get(&key) {
-            Some(edge) => edge.clone(),
-            None => {
-                if edges.by_key.len() >= self.cap {
-                    self.make_room(&mut edges, now);
-                }
-                if edges.by_key.len() >= self.cap {
-                    edges.untracked += 1;
-                    return None;
-                }
-                let edge = Arc::new(Edge {
-                    key: key.clone(),
-                    source_identity: ends.src_identity.map(ToString::to_string),
-                    destination_identity: ends.dst_identity.map(ToString::to_string),
-                    stats: Mutex::new(EdgeStats::new(now)),
-                });
-                edges.by_key.insert(key, edge.clone());
-                edge
-            }
-        };
-        {
-            // Counted under the table's lock, so eviction (which also holds it) never removes
-            // an edge that is about to have a live connection.
-            let mut stats = edge.lock();
-            stats.live += 1;
-            stats.total += 1;
-            stats.last_seen = now;
+        // The common case, parties already in the table: a shared lock, so connections that
+        // start on different workers do not queue behind each other. The connection is counted
+        // while the lock is held, so eviction (which takes it exclusively) never removes an
+        // edge that is about to have a live connection.
+        if let Some(edge) = self.read().get(&key) {
+            return Some(EdgeHandle::start(edge.clone(), now));
         }
-        drop(edges);
-        Some(EdgeHandle {
-            edge,
-            closed: false,
-        })
+        let mut table = self.write();
+        if let Some(edge) = table.get(&key) {
+            // Another connection between the same parties inserted it meanwhile.
+            return Some(EdgeHandle::start(edge.clone(), now));
+        }
+        if table.len() >= self.cap {
+            self.make_room(&mut table, now);
+        }
+        if table.len() >= self.cap {
+            self.untracked.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let edge = Arc::new(Edge {
+            key: key.clone(),
+            source_identity: ends.src_identity.map(ToString::to_string),
+            destination_identity: ends.dst_identity.map(ToString::to_string),
+            stats: Mutex::new(EdgeStats::new(now)),
+        });
+        table.insert(key, edge.clone());
+        Some(EdgeHandle::start(edge, now))
     }
 
     /// Every edge still in the window as of `now`, sorted by key. Drops the expired ones.
     pub fn snapshot(&self, now: Instant) -> GraphView {
-        let (edges, untracked) = {
-            let mut table = self.lock();
+        let edges: Vec<Arc<Edge>> = {
+            let mut table = self.write();
             self.expire(&mut table, now);
-            let edges: Vec<Arc<Edge>> = table.by_key.values().cloned().collect();
-            (edges, table.untracked)
+            table.values().cloned().collect()
         };
         let mut edges: Vec<EdgeView> = edges
             .into_iter()
@@ -308,7 +299,7 @@ impl TrafficGraph {
         edges.sort_by(|a, b| a.key.cmp(&b.key));
         GraphView {
             edges,
-            untracked,
+            untracked: self.untracked.load(Ordering::Relaxed),
             window: self.window,
             cap: self.cap,
             taken: now,
@@ -316,8 +307,8 @@ impl TrafficGraph {
     }
 
     /// Drops the closed edges whose last connection ended more than the window before `now`.
-    fn expire(&self, table: &mut Edges, now: Instant) {
-        table.by_key.retain(|_, edge| {
+    fn expire(&self, table: &mut Table, now: Instant) {
+        table.retain(|_, edge| {
             let stats = edge.lock();
             stats.live > 0 || now.saturating_duration_since(stats.last_seen) <= self.window
         });
@@ -326,13 +317,12 @@ impl TrafficGraph {
     /// Frees room in a full table: expired edges first, then the closed edges seen longest
     /// ago, a tenth of the cap at a time (so a flood of new parties evicts in batches rather
     /// than scanning the table for every connection).
-    fn make_room(&self, table: &mut Edges, now: Instant) {
+    fn make_room(&self, table: &mut Table, now: Instant) {
         self.expire(table, now);
-        if table.by_key.len() < self.cap {
+        if table.len() < self.cap {
             return;
         }
         let mut closed: Vec<(Instant, EdgeKey)> = table
-            .by_key
             .iter()
             .filter_map(|(key, edge)| {
                 let stats = edge.lock();
@@ -345,13 +335,18 @@ impl TrafficGraph {
         }
         closed.select_nth_unstable_by_key(batch - 1, |(seen, _)| *seen);
         for (_, key) in closed.into_iter().take(batch) {
-            table.by_key.remove(&key);
+            table.remove(&key);
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Edges> {
-        // Each critical section leaves the table whole: a panic cannot tear it.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    // Each critical section is whole map operations and counter updates: a panic cannot
+    // leave the table torn, so a poisoned lock is used as it is.
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -386,6 +381,20 @@ pub struct EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// Counts a connection starting on `edge` now.
+    fn start(edge: Arc<Edge>, now: Instant) -> EdgeHandle {
+        {
+            let mut stats = edge.lock();
+            stats.live += 1;
+            stats.total += 1;
+            stats.last_seen = now;
+        }
+        EdgeHandle {
+            edge,
+            closed: false,
+        }
+    }
+
     pub fn finish(mut self, outcome: Outcome<'_>) {
         self.closed = true;
         let mut stats = self.edge.lock();
