@@ -300,3 +300,23 @@ fn the_access_record_feeds_the_shared_graph() {
     let (_, stats) = edge().unwrap();
     assert_eq!((stats.live, stats.total, stats.failed), (0, 2, 1));
 }
+
+/// Connections starting and ending on many threads at once (the data path's workers) add up
+/// exactly.
+#[test]
+fn concurrent_connections_add_up_exactly() {
+    let graph = TrafficGraph::new(RECENT_WINDOW, EDGE_CAP);
+    let l = labels("client", "server");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..1000 {
+                    graph.open(&ends(&l, "HBONE")).unwrap().finish(closed(3, 5));
+                }
+            });
+        }
+    });
+    let stats = only_edge(&graph).stats;
+    assert_eq!((stats.live, stats.total, stats.failed), (0, 4000, 0));
+    assert_eq!((stats.bytes_sent, stats.bytes_received), (12_000, 20_000));
+}
