@@ -6,7 +6,7 @@
 //! "Live view" names them too): tools and the browser test read them, and the page reads only
 //! them. `schema` changes if a field ever changes meaning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -137,17 +137,34 @@ pub(super) fn graph_json(admin: &AdminState) -> LiveGraph {
 }
 
 /// Shared mode's enrolled pods (`<namespace>/<pod name>` and identity from the pod table),
-/// named as the traffic labels name them: by the store's workload name when it has one.
+/// named as the traffic labels name them: by the store's workload name when it has one. One
+/// pass over the store, whatever the number of pods.
 fn enrolled_pods(store: &Store, enrolled: &[(String, String)]) -> Vec<LocalPod> {
+    let split = |workload: &str| -> (String, String) {
+        let (namespace, name) = workload.split_once('/').unwrap_or(("", workload));
+        (namespace.to_string(), name.to_string())
+    };
+    // By namespace, then pod name: looked up with the store's own strings, no allocation.
+    let mut named: HashMap<String, HashMap<String, Option<String>>> = HashMap::new();
+    for (workload, _) in enrolled {
+        let (namespace, name) = split(workload);
+        named.entry(namespace).or_default().insert(name, None);
+    }
+    for w in store.workloads() {
+        if let Some(id) = named
+            .get_mut(w.namespace.as_str())
+            .and_then(|pods| pods.get_mut(w.name.as_str()))
+        {
+            *id = Some(workload_id(w));
+        }
+    }
     enrolled
         .iter()
         .map(|(workload, identity)| {
-            let (namespace, name) = workload.split_once('/').unwrap_or(("", workload));
-            let known = store
-                .workloads()
-                .find(|w| w.namespace == namespace && w.name == name);
+            let (namespace, name) = split(workload);
+            let known = named.get(&namespace).and_then(|pods| pods.get(&name));
             LocalPod {
-                id: known.map_or_else(|| workload.clone(), |w| workload_id(w)),
+                id: known.cloned().flatten().unwrap_or_else(|| workload.clone()),
                 identity: Some(identity.clone()),
             }
         })
