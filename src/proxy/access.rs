@@ -141,9 +141,7 @@ impl Recorded {
             parties: intern(parties),
         }
     }
-}
 
-impl Recorded {
     /// Who talks to whom, for the live view's graph.
     fn ends(&self) -> Ends<'_> {
         Ends {
