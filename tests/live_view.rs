@@ -7,7 +7,8 @@
 //! Chromium loads `http://127.0.0.1:15000/live` inside n2's namespace, runs the page's script
 //! (which fetches `/live/graph.json`) and dumps the DOM; the test reads the drawn edges by their
 //! `data-*` attributes and checks their numbers, and that the denied edge is red and names the
-//! policy. A screenshot of the same page is written to `<target>/tmp/live-view.png`.
+//! policy. Screenshots of the page are written to `<target>/tmp/live-view.png` (n2) and
+//! `live-view-client-node.png` (n1, the outbound side).
 //!
 //! Topology as in tests/policy.rs. Needs root and the Debian `chromium` package; without them
 //! the test prints "skipped" — and fails under CI=true.
@@ -270,6 +271,15 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
         "n1's graph never showed the outbound edge: {:?}",
         t1.admin_get("/live/graph.json")
     );
+    // The refused one, as its client's tunnel saw it: a failure the peer decided.
+    assert_eventually!(
+        graph_edge(&t1, "outbound", "HBONE", client2, server).is_some_and(|e| {
+            e["failed_connections"] == 1 && e["last_failure"] == "peer_refused"
+        }),
+        GRAPH_DEADLINE,
+        "n1's graph never showed client2's refused connection: {:?}",
+        t1.admin_get("/live/graph.json")
+    );
 
     // The page, rendered by a real browser in n2's namespace (the admin port is loopback only).
     let url = "http://127.0.0.1:15000/live";
@@ -386,20 +396,30 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
         "the peer's identity is shown"
     );
 
-    // The screenshot a person looks at.
-    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-view.png");
-    let _ = std::fs::remove_file(&png);
+    // The screenshots a person looks at: the server's node, and the client's (outbound side).
+    for (tunnel, file) in [(&t2, "live-view.png"), (&t1, "live-view-client-node.png")] {
+        let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
+        screenshot(tunnel.ns(), &chromium, profile.path(), url, &png);
+        eprintln!("live view screenshot: {}", png.display());
+    }
+    drop(held);
+}
+
+/// Writes a 1280×900 screenshot of `url` (loaded in `ns`) to `png`, and checks it is a PNG
+/// with something drawn on it.
+fn screenshot(ns: &Netns, chromium: &Path, profile: &Path, url: &str, png: &Path) {
+    let _ = std::fs::remove_file(png);
     browse(
-        t2.ns(),
-        &chromium,
-        profile.path(),
+        ns,
+        chromium,
+        profile,
         &[
             &format!("--screenshot={}", png.display()),
             "--window-size=1280,900",
         ],
         url,
     );
-    let image = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+    let image = std::fs::read(png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
     assert!(
         image.starts_with(b"\x89PNG\r\n\x1a\n"),
         "{} is not a PNG",
@@ -411,6 +431,4 @@ fn the_live_view_draws_known_traffic_with_its_counts_and_the_denial() {
         png.display(),
         image.len()
     );
-    eprintln!("live view screenshot: {}", png.display());
-    drop(held);
 }

@@ -90,6 +90,9 @@ pub struct Edge {
     pub denied_connections: u64,
     /// The most recent denial, when there was one.
     pub denied_by: Option<DeniedBy>,
+    /// The access log's `flag` of the most recent failed connection (`peer_refused`,
+    /// `upstream_connect_failed`, `policy_denied`, `drain_cut`, ...), when there was one.
+    pub last_failure: Option<&'static str>,
     /// When a connection last started or ended here (RFC 3339, UTC).
     pub last_seen: String,
     pub last_seen_seconds_ago: u64,
@@ -283,6 +286,7 @@ fn edge_json(edge: &EdgeView, taken: Instant, now: SystemTime) -> Edge {
             reason: d.reason,
             detail: d.detail.clone(),
         }),
+        last_failure: stats.last_failure,
         last_seen: rfc3339(now.checked_sub(ago).unwrap_or(now)),
         last_seen_seconds_ago: ago.as_secs(),
     }

@@ -298,7 +298,7 @@ impl ConnectionRecord {
             edge.finish(Outcome {
                 bytes_sent: transferred.a_to_b,
                 bytes_received: transferred.b_to_a,
-                failed: error.is_some(),
+                failure: error.map(ProxyError::flag),
                 denial: error.and_then(ProxyError::denial),
             });
         }

@@ -170,6 +170,9 @@ pub struct EdgeStats {
     pub denied: u64,
     /// The most recent denial.
     pub last_denial: Option<Denial>,
+    /// The access log's `flag` of the most recent failed connection (`peer_refused`,
+    /// `policy_denied`, `drain_cut`, ...).
+    pub last_failure: Option<&'static str>,
     /// When a connection last started or ended on this edge.
     pub last_seen: Instant,
 }
@@ -200,9 +203,14 @@ impl Denial {
 pub struct Outcome<'a> {
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    pub failed: bool,
+    /// The access log's `flag` when the connection failed; `None` when it ended cleanly.
+    pub failure: Option<&'static str>,
     pub denial: Option<&'a DenyReason>,
 }
+
+/// The failure a connection dropped without [`EdgeHandle::finish`] counts with: the access
+/// log's flag for a connection cut at a drain deadline (`access::DRAIN_CUT_FLAG`).
+pub const CUT_FAILURE: &str = "drain_cut";
 
 /// One edge with its numbers, as [`TrafficGraph::snapshot`] copies it out.
 #[derive(Clone, Debug)]
@@ -360,6 +368,7 @@ impl EdgeStats {
             bytes_received: 0,
             denied: 0,
             last_denial: None,
+            last_failure: None,
             last_seen: now,
         }
     }
@@ -401,7 +410,10 @@ impl EdgeHandle {
         stats.live = stats.live.saturating_sub(1);
         stats.bytes_sent = stats.bytes_sent.saturating_add(outcome.bytes_sent);
         stats.bytes_received = stats.bytes_received.saturating_add(outcome.bytes_received);
-        stats.failed += u64::from(outcome.failed || outcome.denial.is_some());
+        if let Some(flag) = outcome.failure {
+            stats.failed += 1;
+            stats.last_failure = Some(flag);
+        }
         if let Some(reason) = outcome.denial {
             stats.denied += 1;
             let denial = Denial::of(reason);
@@ -421,6 +433,7 @@ impl Drop for EdgeHandle {
         let mut stats = self.edge.lock();
         stats.live = stats.live.saturating_sub(1);
         stats.failed += 1;
+        stats.last_failure = Some(CUT_FAILURE);
         stats.last_seen = Instant::now();
     }
 }

@@ -71,7 +71,7 @@ fn graph() -> (TrafficGraph, EdgeHandle) {
         ))
         .unwrap()
         .finish(Outcome {
-            failed: true,
+            failure: Some("policy_denied"),
             denial: Some(&deny),
             ..Outcome::default()
         });
@@ -154,6 +154,7 @@ fn an_edge_carries_its_counts_and_its_denial() {
             "bytes_received": 1000,
             "denied_connections": 0,
             "denied_by": null,
+            "last_failure": null,
             "last_seen": allowed["last_seen"],
             "last_seen_seconds_ago": 0,
         })
@@ -164,6 +165,7 @@ fn an_edge_carries_its_counts_and_its_denial() {
         .unwrap();
     assert_eq!(denied["denied_connections"], 1);
     assert_eq!(denied["failed_connections"], 1);
+    assert_eq!(denied["last_failure"], "policy_denied");
     assert_eq!(
         denied["denied_by"],
         serde_json::json!({

@@ -94,6 +94,11 @@ fn connections_between_the_same_parties_add_up_on_one_edge() {
     drop(third);
     let stats = only_edge(&graph).stats;
     assert_eq!((stats.live, stats.total, stats.failed), (0, 3, 1));
+    assert_eq!(
+        stats.last_failure,
+        Some(crate::proxy::access::DRAIN_CUT_FLAG),
+        "the access log's flag for a cut connection"
+    );
     assert_eq!((stats.bytes_sent, stats.bytes_received), (123, 10));
 }
 
@@ -133,13 +138,14 @@ fn a_denial_counts_with_its_policy_and_reason() {
     };
     for _ in 0..2 {
         graph.open(&ends(&l, "HBONE")).unwrap().finish(Outcome {
-            failed: true,
+            failure: Some("policy_denied"),
             denial: Some(&deny),
             ..Outcome::default()
         });
     }
     let stats = only_edge(&graph).stats;
     assert_eq!((stats.total, stats.failed, stats.denied), (2, 2, 2));
+    assert_eq!(stats.last_failure, Some("policy_denied"));
     assert_eq!(
         stats.last_denial,
         Some(Denial {
