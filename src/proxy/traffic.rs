@@ -12,7 +12,8 @@
 //! live connection are kept for [`RECENT_WINDOW`] after their last one closed; the table holds
 //! at most [`EDGE_CAP`] edges. When it is full, the closed edges seen longest ago go first (a
 //! tenth of the table at a time, so eviction is not a scan per connection); when every edge is
-//! live, a new party's connections are counted as untracked instead of growing the table.
+//! live, a new party's connections are counted as untracked instead of growing the table (and
+//! the table is not scanned again for a second).
 //!
 //! One graph per process ([`TrafficGraph::shared`]), like the process's DNS resolver: one
 //! tunnel serves one node, and its graph is that node's traffic whichever pod's listener took
@@ -142,7 +143,19 @@ pub struct TrafficGraph {
     untracked: AtomicU64,
 }
 
-type Table = HashMap<EdgeKey, Arc<Edge>>;
+type Edges = HashMap<EdgeKey, Arc<Edge>>;
+
+#[derive(Default)]
+struct Table {
+    edges: Edges,
+    /// Set when a full table had no closed edge to evict: until then, new parties are counted
+    /// as untracked without another scan, so a flood against a table of live edges costs a
+    /// lookup per connection, not a pass over the table.
+    no_room_until: Option<Instant>,
+}
+
+/// How long a full table of live edges is taken as full before it is scanned again.
+const NO_ROOM_RETRY: Duration = Duration::from_secs(1);
 
 /// One edge's identities (fixed when it is first seen) and counters.
 #[derive(Debug)]
@@ -238,7 +251,7 @@ impl TrafficGraph {
         TrafficGraph {
             window,
             cap: cap.max(1),
-            table: RwLock::new(Table::new()),
+            table: RwLock::new(Table::default()),
             untracked: AtomicU64::new(0),
         }
     }
@@ -263,18 +276,19 @@ impl TrafficGraph {
         // start on different workers do not queue behind each other. The connection is counted
         // while the lock is held, so eviction (which takes it exclusively) never removes an
         // edge that is about to have a live connection.
-        if let Some(edge) = self.read().get(&key) {
+        if let Some(edge) = self.read().edges.get(&key) {
             return Some(EdgeHandle::start(edge.clone(), now));
         }
         let mut table = self.write();
-        if let Some(edge) = table.get(&key) {
+        if let Some(edge) = table.edges.get(&key) {
             // Another connection between the same parties inserted it meanwhile.
             return Some(EdgeHandle::start(edge.clone(), now));
         }
-        if table.len() >= self.cap {
-            self.make_room(&mut table, now);
+        if table.edges.len() >= self.cap && table.no_room_until.is_none_or(|t| now >= t) {
+            self.make_room(&mut table.edges, now);
+            table.no_room_until = (table.edges.len() >= self.cap).then(|| now + NO_ROOM_RETRY);
         }
-        if table.len() >= self.cap {
+        if table.edges.len() >= self.cap {
             self.untracked.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -284,7 +298,7 @@ impl TrafficGraph {
             destination_identity: ends.dst_identity.map(ToString::to_string),
             stats: Mutex::new(EdgeStats::new(now)),
         });
-        table.insert(key, edge.clone());
+        table.edges.insert(key, edge.clone());
         Some(EdgeHandle::start(edge, now))
     }
 
@@ -292,8 +306,8 @@ impl TrafficGraph {
     pub fn snapshot(&self, now: Instant) -> GraphView {
         let edges: Vec<Arc<Edge>> = {
             let mut table = self.write();
-            self.expire(&mut table, now);
-            table.values().cloned().collect()
+            self.expire(&mut table.edges, now);
+            table.edges.values().cloned().collect()
         };
         let mut edges: Vec<EdgeView> = edges
             .into_iter()
@@ -315,7 +329,7 @@ impl TrafficGraph {
     }
 
     /// Drops the closed edges whose last connection ended more than the window before `now`.
-    fn expire(&self, table: &mut Table, now: Instant) {
+    fn expire(&self, table: &mut Edges, now: Instant) {
         table.retain(|_, edge| {
             let stats = edge.lock();
             stats.live > 0 || now.saturating_duration_since(stats.last_seen) <= self.window
@@ -325,7 +339,7 @@ impl TrafficGraph {
     /// Frees room in a full table: expired edges first, then the closed edges seen longest
     /// ago, a tenth of the cap at a time (so a flood of new parties evicts in batches rather
     /// than scanning the table for every connection).
-    fn make_room(&self, table: &mut Table, now: Instant) {
+    fn make_room(&self, table: &mut Edges, now: Instant) {
         self.expire(table, now);
         if table.len() < self.cap {
             return;
