@@ -1,6 +1,7 @@
 //! The tunnel's own HTTP endpoints: readiness (15021), Prometheus metrics (15020) and a local
 //! admin port (127.0.0.1:15000) with a dump of the mesh state in ztunnel's schema (`dump`, read
-//! by `istioctl ztunnel-config`) and the authorization explainer (`explain`).
+//! by `istioctl ztunnel-config`), the authorization explainer (`explain`) and the live view of
+//! the node's traffic (`live_view`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use tokio::sync::watch;
 
 mod dump;
 mod explain;
+pub mod live_view;
 
 use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
 use crate::metrics::Metrics;
+use crate::proxy::Scope;
 use crate::state::StateHandle;
 use crate::xds::XdsHandle;
 
@@ -41,6 +44,9 @@ pub struct AdminState {
     pub xds: Option<XdsHandle>,
     /// The tunnel's network, on which `/debug/authorize` looks destination IPs up.
     pub network: String,
+    /// Dedicated mode's scope: the live view lists the workloads it serves as local (shared
+    /// mode lists `pods`).
+    pub local_scope: Option<Scope>,
 }
 
 impl AdminState {
@@ -65,7 +71,14 @@ impl AdminState {
             pods,
             xds,
             network,
+            local_scope: None,
         }
+    }
+
+    /// The live view shows the workloads `scope` serves as this node's pods (dedicated mode).
+    pub fn with_local_scope(mut self, scope: Scope) -> AdminState {
+        self.local_scope = Some(scope);
+        self
     }
 
     /// Not ready from now on: the tunnel is shutting down.
@@ -163,9 +176,17 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
+        (Endpoint::Admin, "/live") => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(live_view::PAGE.as_bytes())))
+            .expect("static response parts are valid"),
+        (Endpoint::Admin, "/live/graph.json") => {
+            json(StatusCode::OK, &live_view::graph_json(admin))
+        }
         (Endpoint::Admin, "/") => text(
             StatusCode::OK,
-            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=\n",
+            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=, \
+             /live (the node's traffic as a graph; its data: /live/graph.json)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

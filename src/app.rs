@@ -132,7 +132,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             snapshot: readiness.condition("waiting for the node agent's snapshot"),
         },
     };
-    let admin = Arc::new(AdminState::new(
+    let mut admin = AdminState::new(
         readiness,
         metrics.clone(),
         state.clone(),
@@ -140,7 +140,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         PodTable::default(),
         xds.clone(),
         config.network.clone(),
-    ));
+    );
+    if let Mode::Dedicated { .. } = &config.mode {
+        admin = admin.with_local_scope(scope.clone());
+    }
+    let admin = Arc::new(admin);
     start_admin_thread(&config, admin.clone())?;
 
     if let Some(xds) = &xds {

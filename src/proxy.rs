@@ -14,6 +14,7 @@ mod listeners;
 pub mod live;
 pub mod lookup;
 pub mod outbound;
+pub mod traffic;
 
 pub use error::ProxyError;
 pub use listeners::{ListenError, ListenerSet};

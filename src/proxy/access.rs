@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use super::copy::Transferred;
+use super::traffic::{EdgeHandle, Ends, Outcome, TrafficGraph};
 use super::ProxyError;
 use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, DenialLabels, Metrics};
@@ -100,6 +101,8 @@ pub struct ConnectionRecord {
     /// (its task dropped at a drain deadline), which still gets its log line.
     finished: bool,
     metrics: Arc<Metrics>,
+    /// The connection's edge in the live view's graph (`None` when the graph is full).
+    traffic: Option<EdgeHandle>,
 }
 
 /// A [`Description`] as a live connection keeps it: the addresses inline, and who talks to
@@ -136,6 +139,20 @@ impl Recorded {
             dst: d.dst,
             protocol: d.protocol,
             parties: intern(parties),
+        }
+    }
+
+    /// Who talks to whom, for the live view's graph.
+    fn ends(&self) -> Ends<'_> {
+        Ends {
+            direction: self.direction,
+            protocol: self.protocol,
+            src: self.src,
+            dst: self.dst,
+            original_dst: self.original_dst,
+            src_identity: self.parties.src_identity.as_ref(),
+            dst_identity: self.parties.dst_identity.as_ref(),
+            labels: &self.parties.labels,
         }
     }
 }
@@ -257,12 +274,15 @@ impl ConnectionRecord {
             .connections_opened
             .get_or_create(&description.labels)
             .inc();
+        let description = Recorded::new(description);
+        let traffic = TrafficGraph::shared().open(&description.ends());
         ConnectionRecord {
-            description: Recorded::new(description),
+            description,
             started: Instant::now(),
             opened: false,
             finished: false,
             metrics,
+            traffic,
         }
     }
 
@@ -274,6 +294,14 @@ impl ConnectionRecord {
     /// Writes the access-log line and closes the connection in the metrics.
     pub fn finish(mut self, transferred: Transferred, error: Option<&ProxyError>) {
         self.finished = true;
+        if let Some(edge) = self.traffic.take() {
+            edge.finish(Outcome {
+                bytes_sent: transferred.a_to_b,
+                bytes_received: transferred.b_to_a,
+                failure: error.map(ProxyError::flag),
+                denial: error.and_then(ProxyError::denial),
+            });
+        }
         let d = &self.description;
         let line = Line::new(d, self.started);
         match error {
