@@ -140,10 +140,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check-config`: the report on stdout, or the error start-up would stop with.
+/// Read besides the options: the log filter and format (`nodetunnel_base::logging`) and the
+/// standard library's backtrace switch.
+const PROCESS_VARIABLES: [&str; 3] = ["RUST_LOG", "LOG_FORMAT", "RUST_BACKTRACE"];
+
+/// `--check-config`: the report on stdout, with the variables read (each option's `env`) and
+/// the given ones nothing reads; or the error start-up would stop with.
 fn check_config(opts: &ControlOptions) -> ExitCode {
+    use clap::CommandFactory;
     match control::check(opts) {
-        Ok(report) => {
+        Ok(mut report) => {
+            let read: std::collections::BTreeSet<String> = Cli::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+                .map(|name| name.to_string_lossy().into_owned())
+                .chain(PROCESS_VARIABLES.map(str::to_string))
+                .collect();
+            let ignored: std::collections::BTreeSet<String> = std::env::vars()
+                .map(|(name, _)| name)
+                .filter(|name| !read.contains(name))
+                .collect();
+            report["variables"] = serde_json::json!({"read": read, "ignored": ignored});
             println!("{report}");
             ExitCode::SUCCESS
         }
