@@ -41,9 +41,16 @@ fn render(overlay: &str) -> Rendered {
 
 /// The container's pod as the kubelet would start it on node-a.
 fn pod(rendered: &Rendered, kind: &str, name: &str, container: &str) -> Materialized {
-    let workload = rendered.object(kind, name).unwrap_or_else(|e| panic!("{e}"));
-    materialize(rendered, workload, container, &PodFacts::example(&format!("{name}-x7k2p")))
-        .unwrap_or_else(|e| panic!("overlays/{}: {e}", rendered.overlay))
+    let workload = rendered
+        .object(kind, name)
+        .unwrap_or_else(|e| panic!("{e}"));
+    materialize(
+        rendered,
+        workload,
+        container,
+        &PodFacts::example(&format!("{name}-x7k2p")),
+    )
+    .unwrap_or_else(|e| panic!("overlays/{}: {e}", rendered.overlay))
 }
 
 /// Runs `cmd` (a `check-config`) and returns its JSON report; fails with its stderr.
@@ -85,7 +92,9 @@ fn ignored(report: &Value) -> Vec<String> {
 
 /// The port of an `<ip>:<port>` the report names.
 fn port_of(addr: &Value) -> u64 {
-    let text = addr.as_str().unwrap_or_else(|| panic!("{addr} is not an address"));
+    let text = addr
+        .as_str()
+        .unwrap_or_else(|| panic!("{addr} is not an address"));
     text.rsplit_once(':')
         .and_then(|(_, port)| port.parse().ok())
         .unwrap_or_else(|| panic!("{text} has no port"))
@@ -142,7 +151,11 @@ fn the_tunnels_env_loads_in_its_own_loader_and_its_probes_hit_the_ports_it_serve
         assert_eq!(tunnel.args, ["proxy", "ztunnel"], "{what}");
         let help = tunnel.command(tunnel_bin()).arg("--help").output().unwrap();
         assert!(help.status.success(), "{what}: args refused: {help:?}");
-        assert_eq!(ignored(&got), Vec::<String>::new(), "{what}: variables nothing reads");
+        assert_eq!(
+            ignored(&got),
+            Vec::<String>::new(),
+            "{what}: variables nothing reads"
+        );
 
         // Probes and ports.
         assert_eq!(
@@ -153,9 +166,16 @@ fn the_tunnels_env_loads_in_its_own_loader_and_its_probes_hit_the_ports_it_serve
         assert_eq!(spec["readinessProbe"]["httpGet"]["path"], "/healthz/ready");
         let metrics = port_of(&got["listen"]["metrics"]);
         assert_eq!(container_port(spec, "http-metrics"), metrics, "{what}");
-        assert_eq!(container_port(spec, "http-ready"), port_of(&got["listen"]["readiness"]));
+        assert_eq!(
+            container_port(spec, "http-ready"),
+            port_of(&got["listen"]["readiness"])
+        );
         let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
-        assert_eq!(annotations["prometheus.io/port"], metrics.to_string(), "{what}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            metrics.to_string(),
+            "{what}"
+        );
 
         // The drain deadline fits the grace period the kubelet gives.
         let grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -166,7 +186,10 @@ fn the_tunnels_env_loads_in_its_own_loader_and_its_probes_hit_the_ports_it_serve
             Some(grace.to_string().as_str()),
             "{what}"
         );
-        assert!(got["drain_timeout_ms"].as_u64().unwrap() < grace * 1000, "{got}");
+        assert!(
+            got["drain_timeout_ms"].as_u64().unwrap() < grace * 1000,
+            "{got}"
+        );
 
         // Shared mode, on the agent's socket, in a hostPath the agent mounts too.
         let zds = tunnel.in_container(got["mode"]["shared"]["zds_socket"].as_str().unwrap());
@@ -222,7 +245,10 @@ fn with_istio_points_the_tunnel_at_istiod_with_an_istio_ca_token() {
         projected["projected"]["sources"][0]["serviceAccountToken"]["audience"], "istio-ca",
         "{projected}"
     );
-    assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], "ztunnel");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["serviceAccountName"],
+        "ztunnel"
+    );
     assert_eq!(ds["metadata"]["namespace"], NAMESPACE);
 }
 
@@ -241,7 +267,11 @@ fn the_agents_env_loads_in_its_own_parser_and_its_probes_hit_the_ports_it_serves
         let mut cmd = agent.command(&agent_bin());
         cmd.arg("--check-config");
         let got = report(&what, cmd);
-        assert_eq!(ignored(&got), Vec::<String>::new(), "{what}: variables nothing reads");
+        assert_eq!(
+            ignored(&got),
+            Vec::<String>::new(),
+            "{what}: variables nothing reads"
+        );
 
         let health = port_of(&got["health"]);
         assert_eq!(probe_port(spec, "readinessProbe"), health, "{what}");
@@ -252,7 +282,11 @@ fn the_agents_env_loads_in_its_own_parser_and_its_probes_hit_the_ports_it_serves
         let metrics = port_of(&got["metrics"]);
         assert_eq!(container_port(spec, "http-metrics"), metrics, "{what}");
         let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
-        assert_eq!(annotations["prometheus.io/port"], metrics.to_string(), "{what}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            metrics.to_string(),
+            "{what}"
+        );
 
         // The DaemonSet it looks up on shutdown is its own (and the Role allows that name).
         assert_eq!(
@@ -306,9 +340,20 @@ fn the_standalone_control_plane_loads_its_mesh_tokens_and_ca_and_the_tunnels_can
     let mut cmd = control.command(&control_bin());
     cmd.arg("--check-config");
     let got = report(what, cmd);
-    assert_eq!(ignored(&got), Vec::<String>::new(), "{what}: variables nothing reads");
-    assert_eq!(got["tokens"], STANDALONE_NODES.len(), "{what}: one token per node");
-    assert_eq!(got["ca"]["source"], "dir", "{what}: the CA comes from the secret");
+    assert_eq!(
+        ignored(&got),
+        Vec::<String>::new(),
+        "{what}: variables nothing reads"
+    );
+    assert_eq!(
+        got["tokens"],
+        STANDALONE_NODES.len(),
+        "{what}: one token per node"
+    );
+    assert_eq!(
+        got["ca"]["source"], "dir",
+        "{what}: the CA comes from the secret"
+    );
 
     let status = port_of(&got["status_addr"]);
     assert_eq!(probe_port(spec, "readinessProbe"), status, "{what}");
@@ -333,16 +378,25 @@ fn the_standalone_control_plane_loads_its_mesh_tokens_and_ca_and_the_tunnels_can
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(sans.contains(&host.as_str()), "{what}: serving names {sans:?}");
+    assert!(
+        sans.contains(&host.as_str()),
+        "{what}: serving names {sans:?}"
+    );
 
     // The tunnel trusts the control plane's root, and presents its own node's token, the one
     // the control plane binds to that node.
     let root = std::fs::read(tunnel.var("XDS_ROOT_CA").unwrap()).expect("the tunnel's root");
     let ca_dir = control.var("CA_DIR").unwrap();
     let control_root = std::fs::read(Path::new(ca_dir).join("root-cert.pem")).unwrap();
-    assert_eq!(root, control_root, "the tunnels trust the root the control plane signs with");
+    assert_eq!(
+        root, control_root,
+        "the tunnels trust the root the control plane signs with"
+    );
     let token_path = tunnel.var("XDS_AUTH_TOKEN").unwrap();
-    assert!(token_path.ends_with("/node-a"), "{token_path}: the node's token");
+    assert!(
+        token_path.ends_with("/node-a"),
+        "{token_path}: the node's token"
+    );
     let token = std::fs::read_to_string(token_path).unwrap();
     let tokens = std::fs::read_to_string(control.var("TOKEN_FILE").unwrap()).unwrap();
     assert!(
@@ -352,7 +406,9 @@ fn the_standalone_control_plane_loads_its_mesh_tokens_and_ca_and_the_tunnels_can
         "node-a's token is bound to node-a in the control plane's token file"
     );
     // Never the CA's key in a tunnel.
-    let tunnel_ca_dir = Path::new(tunnel.var("XDS_ROOT_CA").unwrap()).parent().unwrap();
+    let tunnel_ca_dir = Path::new(tunnel.var("XDS_ROOT_CA").unwrap())
+        .parent()
+        .unwrap();
     assert!(!tunnel_ca_dir.join("ca-key.pem").exists());
 }
 
@@ -378,7 +434,8 @@ fn a_misspelled_or_unparsable_variable_in_a_manifest_is_caught() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("TERMINATION_GRACE_PERIOD_SECONDS=\"thirty\""),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("TERMINATION_GRACE_PERIOD_SECONDS=\"thirty\""),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -388,7 +445,8 @@ fn a_misspelled_or_unparsable_variable_in_a_manifest_is_caught() {
     cmd.env("HEALTH_ADRESS", "0.0.0.0:1").arg("--check-config");
     assert_eq!(ignored(&report("agent + typo", cmd)), ["HEALTH_ADRESS"]);
     let mut cmd = agent.command(&agent_bin());
-    cmd.env("AMBIENT_DNS_CAPTURE", "maybe").arg("--check-config");
+    cmd.env("AMBIENT_DNS_CAPTURE", "maybe")
+        .arg("--check-config");
     let out = cmd.output().unwrap();
     assert!(!out.status.success());
     assert!(

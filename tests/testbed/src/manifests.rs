@@ -14,6 +14,7 @@
 //! ```
 
 pub mod pod_env;
+pub mod rbac;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

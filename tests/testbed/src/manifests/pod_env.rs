@@ -68,7 +68,9 @@ impl Materialized {
     /// `bin` with exactly this environment (`env -i` + the container's), and its args.
     pub fn command(&self, bin: &Path) -> Command {
         let mut cmd = Command::new(bin);
-        cmd.env_clear().envs(self.env.iter().cloned()).args(&self.args);
+        cmd.env_clear()
+            .envs(self.env.iter().cloned())
+            .args(&self.args);
         cmd
     }
 
@@ -167,8 +169,7 @@ fn expand(value: &str, earlier: &[(String, String)]) -> String {
         if let Some(tail) = after.strip_prefix('$') {
             out.push('$');
             rest = tail;
-        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')'))
-        {
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
             match earlier.iter().rev().find(|(n, _)| n == name) {
                 Some((_, v)) => out.push_str(v),
                 None => out.push_str(&format!("$({name})")),
@@ -207,7 +208,11 @@ fn value_from(
         let quantity = match resource {
             "limits.cpu" => resources["limits"]["cpu"].as_str(),
             "requests.cpu" => resources["requests"]["cpu"].as_str(),
-            other => return Err(format!("resourceFieldRef {other} is not one this check knows")),
+            other => {
+                return Err(format!(
+                    "resourceFieldRef {other} is not one this check knows"
+                ))
+            }
         };
         // No limit: the kubelet reports the node's allocatable cores.
         let cores = match quantity {
@@ -261,7 +266,12 @@ fn configmap_data(
         .find(|(n, _)| *n == name)
         .map(|(_, keys)| {
             keys.iter()
-                .map(|k| (k.to_string(), format!("placeholder: {name}/{k}, made by the cluster")))
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        format!("placeholder: {name}/{k}, made by the cluster"),
+                    )
+                })
                 .collect()
         })
         .ok_or_else(|| format!("ConfigMap {name} is neither rendered nor made by the cluster"))
@@ -332,13 +342,18 @@ fn write_volume(rendered: &Rendered, workload: &Value, volume: &Value, dir: &Pat
             } else if let Some(s) = source.get("secret") {
                 files.extend(select(s, secret(&s["name"])?)?);
             } else {
-                return Err(fail(format!("projected source {source} is not one this check knows")));
+                return Err(fail(format!(
+                    "projected source {source} is not one this check knows"
+                )));
             }
         }
     } else if volume.get("hostPath").is_none() && volume.get("emptyDir").is_none() {
-        return Err(fail(format!("{volume} is not a volume kind this check knows")));
+        return Err(fail(format!(
+            "{volume} is not a volume kind this check knows"
+        )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     for (path, bytes) in files {
         let file: PathBuf = dir.join(&path);
         if let Some(parent) = file.parent() {
