@@ -148,6 +148,8 @@ fn the_tunnels_env_loads_in_its_own_loader_and_its_probes_hit_the_ports_it_serve
         let tunnel = pod(&rendered, "DaemonSet", "nodetunnel", "nodetunnel");
         let got = check_tunnel(&what, &tunnel);
         // Its args are ztunnel's, which the binary accepts (`--help` parses them, then exits).
+        // The image has no entrypoint: every container names its binary.
+        assert_eq!(spec["command"], serde_json::json!(["nodetunnel"]), "{what}");
         assert_eq!(tunnel.args, ["proxy", "ztunnel"], "{what}");
         let help = tunnel.command(tunnel_bin()).arg("--help").output().unwrap();
         assert!(help.status.success(), "{what}: args refused: {help:?}");
@@ -454,4 +456,50 @@ fn a_misspelled_or_unparsable_variable_in_a_manifest_is_caught() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn every_container_runs_a_binary_the_image_builds() {
+    if !manifests::kubectl_available("image_binaries") {
+        return;
+    }
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+            .expect("the Dockerfile");
+    let built: BTreeSet<&str> = dockerfile
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--bin")
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(
+        built,
+        BTreeSet::from([
+            "nodetunnel",
+            "nodetunnel-cni",
+            "nodetunnel-cni-agent",
+            "nodetunnel-control"
+        ]),
+        "the binaries of the workspace's packages"
+    );
+    for overlay in OVERLAYS {
+        let rendered = render(overlay);
+        for kind in ["DaemonSet", "Deployment"] {
+            for workload in rendered.of_kind(kind) {
+                for c in workload["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .unwrap()
+                {
+                    let command = c["command"][0].as_str().unwrap_or_else(|| {
+                        panic!("overlays/{overlay}: {kind} {}: container {} names no command (the image has no entrypoint)", workload["metadata"]["name"], c["name"])
+                    });
+                    assert!(
+                        built.contains(command),
+                        "overlays/{overlay}: {command} is not built"
+                    );
+                }
+            }
+        }
+    }
 }
