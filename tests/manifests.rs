@@ -442,6 +442,23 @@ fn a_misspelled_or_unparsable_variable_in_a_manifest_is_caught() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The control plane's check loads the token file as start-up does: a line in the old
+    // unbound format stops it, naming the file and line.
+    let standalone = render("standalone");
+    let control = pod(&standalone, "Deployment", "nodetunnel-control", "control");
+    let bad_tokens = control.root().join("bad-tokens.txt");
+    std::fs::write(&bad_tokens, "# tokens\nsecret-token tunnel on node-a\n").unwrap();
+    let mut cmd = control.command(&control_bin());
+    cmd.env("TOKEN_FILE", &bad_tokens).arg("--check-config");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad-tokens.txt:2"), "{stderr}");
+    assert!(
+        !stderr.contains("secret-token"),
+        "a token is never printed: {stderr}"
+    );
+
     let agent = pod(&rendered, "DaemonSet", "nodetunnel-cni-node", "cni-agent");
     let mut cmd = agent.command(&agent_bin());
     cmd.env("HEALTH_ADRESS", "0.0.0.0:1").arg("--check-config");

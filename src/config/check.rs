@@ -78,3 +78,64 @@ fn mode(mode: &Mode) -> Value {
         }}),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ignored(report: &Value) -> Vec<&str> {
+        report["variables"]["ignored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn a_typo_and_a_setting_made_moot_by_another_are_ignored_and_chart_extras_are_not() {
+        let report = check_vars(&vars(&[
+            ("LOCAL_XDS_PATH", "/mesh.yaml"),
+            ("FAKE_CA", "true"),
+            // Only read for a control plane, and the config comes from a file.
+            ("XDS_ROOT_CA", "/root.pem"),
+            ("INPOD_UDS_PATH", "/x"),
+            ("XDS_HEADER_tenant", "a"),
+            ("INPOD_ENABLED", "true"),
+            ("RUST_LOG", "debug"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            ignored(&report),
+            ["INPOD_UDS_PATH", "XDS_HEADER_tenant", "XDS_ROOT_CA"]
+        );
+        assert_eq!(report["listen"]["readiness"], "[::]:15021");
+        assert_eq!(report["config_source"]["file"], "/mesh.yaml");
+    }
+
+    #[test]
+    fn prefix_families_count_as_read_when_their_service_is_configured() {
+        let report = check_vars(&vars(&[
+            ("XDS_ADDRESS", "https://istiod:15012"),
+            ("XDS_ROOT_CA", "SYSTEM"),
+            ("XDS_HEADER_tenant", "a"),
+            ("ISTIO_META_ISTIO_VERSION", "1.26"),
+            ("FAKE_CA", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(ignored(&report), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_bad_value_is_the_loaders_error() {
+        let err = check_vars(&vars(&[("FAKE_CA", "maybe"), ("LOCAL_XDS_PATH", "/m")])).unwrap_err();
+        assert!(err.to_string().contains("FAKE_CA=\"maybe\""), "{err}");
+    }
+}
