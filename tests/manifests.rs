@@ -520,3 +520,23 @@ fn every_container_runs_a_binary_the_image_builds() {
         }
     }
 }
+
+/// The ignore list is exactly what Istio's own chart needs: its ztunnel env
+/// (tests/fixtures/charts/ztunnel.env) loads with nothing left unread. No kubectl needed.
+#[test]
+fn istios_ztunnel_chart_env_leaves_nothing_unread() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charts/ztunnel.env");
+    let text = std::fs::read_to_string(&fixture).expect("the chart fixture");
+    let env: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("env "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(env.len() > 10, "{}: env lines", fixture.display());
+    let mut cmd = std::process::Command::new(tunnel_bin());
+    cmd.env_clear().envs(env).arg("check-config");
+    let got = report("Istio's ztunnel chart env", cmd);
+    assert_eq!(ignored(&got), Vec::<String>::new());
+    assert_eq!(got["listen"]["readiness"], "[::]:15021");
+}
