@@ -25,6 +25,8 @@ RUN cargo build --release --locked \
 
 FROM debian:bookworm-slim
 # iptables-save/-restore and ipset: the agent writes the in-pod and host rules with them.
+# Debian's iptables is the nft variant; on a node whose kube-proxy uses legacy iptables, point
+# the alternatives at iptables-legacy in a derived image (the agent does not detect it).
 # ca-certificates: XDS_ROOT_CA=SYSTEM / CA_ROOT_CA=SYSTEM.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables ipset ca-certificates \
