@@ -7,6 +7,7 @@
 //! start on any of them rather than run half-configured.
 
 mod ca;
+mod check;
 mod env;
 mod grpc;
 mod listen;
@@ -22,6 +23,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub(crate) use ca::{CaConfig, CaSource};
+pub use check::{check_vars, ACCEPTED_UNUSED, PROCESS_VARIABLES};
 pub use env::parse_duration;
 pub(crate) use listen::{ListenConfig, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 pub(crate) use mode::{InpodConfig, Mode, ProxyWorkloadInfo};
@@ -98,9 +100,13 @@ impl Config {
 
     /// Reads the configuration from a map of variables (testable without touching the process env).
     pub(crate) fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let env = Env(vars);
-        refuse_unsupported(&env)?;
-        let mode = Mode::from_env(&env)?;
+        Config::from_env_reader(&Env::new(vars))
+    }
+
+    /// The configuration from `env`, which remembers what was looked up (see `check`).
+    fn from_env_reader(env: &Env<'_>) -> Result<Config, ConfigError> {
+        refuse_unsupported(env)?;
+        let mode = Mode::from_env(env)?;
         // ztunnel's order: the chart sets ISTIO_META_CLUSTER_ID; CLUSTER_ID is ours (and older).
         let cluster_id = env
             .get("ISTIO_META_CLUSTER_ID")
@@ -110,8 +116,8 @@ impl Config {
         let cluster_domain = env.string_or("CLUSTER_DOMAIN", "cluster.local");
         let node_name = env.get("NODE_NAME").map(str::to_string);
         let source =
-            ConfigSource::from_env(&env, &cluster_id, &cluster_domain, node_name.as_deref())?;
-        let ca = CaConfig::from_env(&env, &cluster_id)?;
+            ConfigSource::from_env(env, &cluster_id, &cluster_domain, node_name.as_deref())?;
+        let ca = CaConfig::from_env(env, &cluster_id)?;
         Ok(Config {
             mode,
             source,
@@ -121,11 +127,11 @@ impl Config {
             trust_domain: env.string_or("TRUST_DOMAIN", "cluster.local"),
             node_name,
             network: env.string_or("NETWORK", ""),
-            pool: PoolConfig::from_env(&env)?,
+            pool: PoolConfig::from_env(env)?,
             connect_timeout: env.duration("CONNECTION_TIMEOUT", Duration::from_secs(10))?,
-            listen: ListenConfig::from_env(&env)?,
-            drain_timeout: termination::deadline(&env)?,
-            worker_threads: workers::worker_threads(&env, available_cores)?,
+            listen: ListenConfig::from_env(env)?,
+            drain_timeout: termination::deadline(env)?,
+            worker_threads: workers::worker_threads(env, available_cores)?,
             recheck_live_connections: env.bool("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", true)?,
         })
     }

@@ -7,9 +7,11 @@
 //! - `watch`: the Kubernetes watches; `reconcile`: the single task deciding enrollment;
 //!   `enroll`: the steps of enrolling and unenrolling one pod.
 //! - `host_mounts`: host paths (a pod's netns from the plugin) under the agent's host mount.
+//! - `check`: `--check-config`, the settings checked and reported without starting.
 //! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`;
 //!   `metrics`: `/metrics` on the chart's port 15014.
 
+mod check;
 mod config;
 mod enroll;
 mod health;
@@ -34,6 +36,7 @@ use crate::ambient::{EnablementSelector, EnrollmentRules};
 use crate::install::{upgrade, InstallConfig, Installer, ShutdownAction};
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::plugin::config::PluginConfig;
+pub use check::{setting_variables, PROCESS_VARIABLES};
 use config::{AgentConfig, PLUGIN_TYPE};
 use enroll::Enroller;
 use reconcile::{Input, Reconciler};
@@ -99,6 +102,9 @@ pub fn main() -> i32 {
         }
     };
     nodetunnel_base::logging::init(Some(config.log_filter()));
+    if config.check_config {
+        return check_config(&config);
+    }
     for note in config.notes() {
         tracing::info!("{note}");
     }
@@ -117,6 +123,20 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(error) => {
             tracing::error!("{error}");
+            1
+        }
+    }
+}
+
+/// `--check-config`: the report on stdout, or the error start-up would stop with.
+fn check_config(config: &AgentConfig) -> i32 {
+    match check::check(config, std::env::vars().map(|(name, _)| name)) {
+        Ok(report) => {
+            println!("{report}");
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
             1
         }
     }

@@ -10,7 +10,7 @@
 //!
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -746,4 +746,172 @@ fn a_recreated_sandbox_replaces_the_old_one_in_the_tunnel() {
         ],
         WAIT,
     );
+}
+
+/// The agent's ClusterRole and Role (manifests/base/cni-agent-rbac.yaml, as each overlay renders
+/// them) allow exactly the API calls the agent and the plugin make with the agent's token: the
+/// requests the API stand-in records while running pods are enrolled (namespace label), a new
+/// pod comes through the plugin's ADD, pods are unenrolled, and an agent stops with its
+/// upgrade check on. Every call must be allowed, and every permission must be used.
+#[test]
+fn the_rendered_rbac_allows_exactly_the_api_calls_the_agent_and_plugin_make() {
+    use nodetunnel_testbed::manifests::{self, pod_env, rbac, OVERLAYS};
+    use nodetunnel_testbed::process::NsProcess;
+
+    if !manifests::kubectl_available("cni_agent_rbac") {
+        return;
+    }
+    let Some((mut mesh, _server)) = Mesh::start_for_new_pods("cni_agent_rbac") else {
+        return;
+    };
+    // Running pods were enrolled by the namespace label (watches, annotation patches). Now a
+    // new pod through the plugin (it reads the pod and its namespace)...
+    let uid = mesh.uid("fresh");
+    mesh.kube
+        .put_pod(pending(pod(&uid, "default", "fresh", "n1", FRESH_IP)));
+    let sandbox =
+        Netns::create(&format!("{}-fresh", mesh.topo.prefix())).expect("the sandbox netns");
+    let runtime = mesh.runtime("n1");
+    runtime
+        .add(&sandbox, "default", "fresh")
+        .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
+    // ...then every pod leaves the mesh (the annotation is removed).
+    mesh.label_default(false);
+    assert_eventually!(
+        mesh.unenrolled("server", "n2") && mesh.pod_annotation("fresh").is_none(),
+        WAIT,
+        "unenrolled; log:\n{}",
+        mesh.log("n2")
+    );
+
+    // An agent stopping with the upgrade check (the mesh's agents skip it: the stand-in has no
+    // DaemonSets, so the lookup says "gone" and the plugin is removed, as on uninstall). Its
+    // name and namespace are the manifest's.
+    let rendered = manifests::render("with-istio", &tunnel_bin()).unwrap_or_else(|e| panic!("{e}"));
+    let ds = rendered.object("DaemonSet", "nodetunnel-cni-node").unwrap();
+    let manifest_env = pod_env::materialize(
+        &rendered,
+        ds,
+        "cni-agent",
+        &pod_env::PodFacts::example("cni"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (daemonset, namespace) = (
+        manifest_env
+            .var("DAEMONSET_NAME")
+            .expect("DAEMONSET_NAME")
+            .to_string(),
+        manifest_env
+            .var("POD_NAMESPACE")
+            .expect("POD_NAMESPACE")
+            .to_string(),
+    );
+    drop(mesh.agents.remove("n1"));
+    let dir = mesh.topo.path("n1-agent-upgrade-check");
+    for sub in ["run", "net.d", "bin"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("the agent's dirs");
+    }
+    let conflist = primary_conflist(mesh.topo.node("n1").ip(), &dir.join("ipam"));
+    std::fs::write(
+        dir.join("net.d").join("10-primary.conflist"),
+        conflist.to_string(),
+    )
+    .expect("the primary conflist");
+    let path = |sub: &str| dir.join(sub).display().to_string();
+    let kubeconfig = mesh.topo.path("kubeconfig").display().to_string();
+    let plugin = plugin_bin().display().to_string();
+    let health = format!("127.0.0.1:{HEALTH_PORT}");
+    let env = [
+        ("NODE_NAME", "n1"),
+        ("POD_NAMESPACE", namespace.as_str()),
+        ("DAEMONSET_NAME", daemonset.as_str()),
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("CNI_AGENT_RUN_DIR", &path("run")),
+        ("ZTUNNEL_UDS_ADDRESS", &path("ztunnel.sock")),
+        ("MOUNTED_CNI_NET_DIR", &path("net.d")),
+        ("HOST_CNI_BIN_DIR", &path("bin")),
+        ("CNI_PLUGIN_BINARY", plugin.as_str()),
+        ("HOST_MOUNTS_PATH", "/"),
+        ("PROC_ROOT", "/proc"),
+        ("HEALTH_ADDR", health.as_str()),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        // Install only: this agent is here for its shutdown.
+        ("AMBIENT_ENABLED", "false"),
+    ];
+    let mut agent = NsProcess::spawn(
+        "cni agent (upgrade check)",
+        mesh.topo.node_ns("n1"),
+        agent_bin(),
+        &[],
+        &env,
+        &dir.join("agent.log"),
+    )
+    .expect("starting the agent");
+    let ns = mesh.topo.node_ns("n1").clone();
+    assert_eventually!(
+        ns.run(|| http_get_status(HEALTH_PORT, "/readyz"))
+            .is_ok_and(|s| s == 200),
+        WAIT,
+        "agent ready; log:\n{}",
+        agent.log_tail(40)
+    );
+    agent.terminate();
+    assert!(
+        agent.log().contains("agent stopping"),
+        "the agent looked its DaemonSet up: {}",
+        agent.log_tail(20)
+    );
+
+    let calls: Vec<rbac::ApiCall> = mesh
+        .kube
+        .requests()
+        .iter()
+        .filter_map(|line| rbac::api_call(line).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    for overlay in OVERLAYS {
+        let rendered = manifests::render(overlay, &tunnel_bin()).unwrap_or_else(|e| panic!("{e}"));
+        let service_account = ds["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .expect("the agent's service account");
+        let grants =
+            rbac::grants(&rendered, &namespace, service_account).unwrap_or_else(|e| panic!("{e}"));
+        let denied: BTreeSet<String> = calls
+            .iter()
+            .filter(|call| !grants.iter().any(|g| g.allows(call)))
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "overlays/{overlay}: calls the RBAC rules do not allow: {denied:?}"
+        );
+        let unused: BTreeSet<String> = grants
+            .iter()
+            .flat_map(|g| g.calls().into_iter().map(move |c| (g.source.clone(), c)))
+            .filter(|(_, granted)| !calls.iter().any(|call| covers(granted, call)))
+            .map(|(source, granted)| format!("{source}: {granted}"))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "overlays/{overlay}: permissions nothing used: {unused:?}\ncalls: {calls:#?}"
+        );
+    }
+}
+
+/// `call` is one of the calls the single permission `granted` stands for (same verb and
+/// resource; in its namespace and of its name when it names them).
+fn covers(
+    granted: &nodetunnel_testbed::manifests::rbac::ApiCall,
+    call: &nodetunnel_testbed::manifests::rbac::ApiCall,
+) -> bool {
+    granted.verb == call.verb
+        && granted.group == call.group
+        && granted.resource == call.resource
+        && granted
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| call.namespace.as_ref() == Some(ns))
+        && granted
+            .name
+            .as_ref()
+            .is_none_or(|n| call.name.as_ref() == Some(n))
 }

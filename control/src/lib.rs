@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod ca_service;
+mod check;
 pub mod connections;
 mod encode;
 mod mesh;
@@ -40,12 +41,14 @@ use status::StatusState;
 use watch::{MeshWatcher, WatchError};
 use xds_server::{AdsServer, StreamLimits};
 
+pub use check::check;
+
 /// Istio's default for `--tls-san`: the name tunnels dial (`istiod.istio-system.svc:15012`), and
 /// loopback for local runs.
 pub const DEFAULT_TLS_SANS: [&str; 3] = ["istiod.istio-system.svc", "localhost", "127.0.0.1"];
 
 /// The serving certificate is issued at start-up; a year outlives any sensible uptime.
-const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Largest xDS request accepted. A reconnecting tunnel lists every resource it holds in
 /// `initial_resource_versions` — about 80 bytes each, so 8 MiB at 100,000 workloads — which
@@ -265,7 +268,7 @@ fn load_or_create_ca(opts: &ControlOptions) -> Result<LocalCa, ControlError> {
     Ok(ca)
 }
 
-fn dir_is_empty(dir: &Path) -> Result<bool, ControlError> {
+pub(crate) fn dir_is_empty(dir: &Path) -> Result<bool, ControlError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),

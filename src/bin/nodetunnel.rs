@@ -24,6 +24,10 @@ enum Command {
         #[arg(value_enum)]
         kind: ProxyKind,
     },
+    /// Load the configuration from the environment as start-up does, print what the tunnel
+    /// would serve (addresses, sources, the variables read and ignored) as JSON on stdout and
+    /// exit; exit 1 with the error start-up would stop with.
+    CheckConfig,
     /// Write a new mesh root CA in Istio's plug-in CA file layout (for LOCAL_CA_DIR).
     GenerateCa {
         /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::GenerateCa { dir, trust_domain }) => generate_ca(&dir, &trust_domain),
+        Some(Command::CheckConfig) => check_config(),
         Some(Command::Proxy {
             kind: ProxyKind::Ztunnel,
         })
@@ -68,6 +73,20 @@ fn generate_ca(dir: &std::path::Path, trust_domain: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config() -> ExitCode {
+    let vars = std::env::vars().collect();
+    match nodetunnel::config::check_vars(&vars) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: configuration: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,8 @@
 //! Typed reads of environment variables. Every refusal names the variable, the value and why,
 //! so a subsystem's parser never has to word an error itself.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,11 +10,29 @@ use std::time::Duration;
 use super::ConfigError;
 
 /// The variables the daemon was started with; an empty value counts as unset, as in Istio.
-pub(super) struct Env<'a>(pub(super) &'a HashMap<String, String>);
+/// It remembers every name it was asked for (a prefix family as `<prefix>*`), so a check can
+/// tell which of the variables it was given the configuration never looked at.
+pub(super) struct Env<'a> {
+    vars: &'a HashMap<String, String>,
+    consulted: RefCell<BTreeSet<String>>,
+}
 
-impl Env<'_> {
-    pub(super) fn get(&self, var: &str) -> Option<&str> {
-        self.0
+impl<'a> Env<'a> {
+    pub(super) fn new(vars: &'a HashMap<String, String>) -> Env<'a> {
+        Env {
+            vars,
+            consulted: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// Every name looked up so far; `<prefix>*` for a family read by prefix.
+    pub(super) fn consulted(&self) -> BTreeSet<String> {
+        self.consulted.borrow().clone()
+    }
+
+    pub(super) fn get(&self, var: &str) -> Option<&'a str> {
+        self.consulted.borrow_mut().insert(var.to_string());
+        self.vars
             .get(var)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
@@ -25,11 +44,17 @@ impl Env<'_> {
     }
 
     /// Every `<prefix><key>=<value>` with a non-empty key, as `key → value`.
-    pub(super) fn with_prefix(&self, prefix: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    pub(super) fn with_prefix(&self, prefix: &str) -> impl Iterator<Item = (String, String)> + 'a {
+        self.prefixed(prefix).filter(|(key, _)| !key.is_empty())
+    }
+
+    /// Every `<prefix><key>=<value>`, the key possibly empty (for callers that refuse it).
+    pub(super) fn prefixed(&self, prefix: &str) -> impl Iterator<Item = (String, String)> + 'a {
+        self.consulted.borrow_mut().insert(format!("{prefix}*"));
         let prefix = prefix.to_string();
-        self.0.iter().filter_map(move |(k, v)| {
+        self.vars.iter().filter_map(move |(k, v)| {
             let key = k.strip_prefix(prefix.as_str())?;
-            (!key.is_empty()).then(|| (key.to_string(), v.clone()))
+            Some((key.to_string(), v.clone()))
         })
     }
 

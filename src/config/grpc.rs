@@ -103,20 +103,16 @@ fn headers(
     env: &Env<'_>,
     prefix: &str,
 ) -> Result<Vec<(AsciiMetadataKey, AsciiMetadataValue)>, ConfigError> {
-    let mut vars: Vec<(&str, &str)> = env
-        .0
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let mut vars: Vec<(String, String)> = env.prefixed(prefix).collect();
     vars.sort();
     vars.into_iter()
-        .map(|(var, value)| {
+        .map(|(name, value)| {
+            let var = format!("{prefix}{name}");
             let refuse = |reason: &str| ConfigError::InvalidHeader {
-                var: var.to_string(),
+                var: var.clone(),
                 reason: reason.to_string(),
             };
-            let name = &var[prefix.len()..];
+            let name = name.as_str();
             let key = AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|_| {
                 refuse("the part after the prefix must be a non-empty HTTP header name (letters, digits, - and _; not ending in -bin)")
             })?;
@@ -125,7 +121,7 @@ fn headers(
                     "this header belongs to the gRPC protocol and cannot be overridden",
                 ));
             }
-            let value = AsciiMetadataValue::try_from(value)
+            let value = AsciiMetadataValue::try_from(value.as_str())
                 .map_err(|_| refuse("the value must be visible ASCII (spaces and tabs allowed)"))?;
             Ok((key, value))
         })

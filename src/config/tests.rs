@@ -470,7 +470,7 @@ fn bad_drain_settings_name_the_variable() {
 /// The worker count for `pairs` on a host with `cores` cores.
 fn workers(pairs: &[(&str, &str)], cores: usize) -> Result<usize, ConfigError> {
     let map = vars(pairs);
-    workers::worker_threads(&env::Env(&map), || cores)
+    workers::worker_threads(&env::Env::new(&map), || cores)
 }
 
 #[test]

@@ -159,6 +159,12 @@ pub struct AgentConfig {
 
     #[command(flatten)]
     pub noted: Noted,
+
+    /// Check the settings as start-up does, print what the agent would serve (addresses,
+    /// sockets, the variables read and ignored) as JSON on stdout and exit; exit 1 with the
+    /// error start-up would stop with. Touches nothing on the host or the API server.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Settings the chart passes that this agent accepts, checks, and does not act on; each one

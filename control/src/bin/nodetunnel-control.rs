@@ -62,6 +62,11 @@ struct Cli {
     /// Cluster id for workloads that do not name one.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
+
+    /// Load the mesh file, the token file and the CA as start-up does, print what would be
+    /// served as JSON on stdout and exit (1 with the start-up error); binds nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 const LONG_ABOUT: &str = "\
@@ -111,6 +116,9 @@ fn main() -> ExitCode {
         trust_domain: cli.trust_domain,
         cluster_id: cli.cluster_id,
     };
+    if cli.check_config {
+        return check_config(&opts);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("control")
@@ -126,6 +134,37 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            eprintln!("nodetunnel-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read besides the options: the log filter and format (`nodetunnel_base::logging`) and the
+/// standard library's backtrace switch.
+const PROCESS_VARIABLES: [&str; 3] = ["RUST_LOG", "LOG_FORMAT", "RUST_BACKTRACE"];
+
+/// `--check-config`: the report on stdout, with the variables read (each option's `env`) and
+/// the given ones nothing reads; or the error start-up would stop with.
+fn check_config(opts: &ControlOptions) -> ExitCode {
+    use clap::CommandFactory;
+    match control::check(opts) {
+        Ok(mut report) => {
+            let read: std::collections::BTreeSet<String> = Cli::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+                .map(|name| name.to_string_lossy().into_owned())
+                .chain(PROCESS_VARIABLES.map(str::to_string))
+                .collect();
+            let ignored: std::collections::BTreeSet<String> = std::env::vars()
+                .map(|(name, _)| name)
+                .filter(|name| !read.contains(name))
+                .collect();
+            report["variables"] = serde_json::json!({"read": read, "ignored": ignored});
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("nodetunnel-control: {e}");
             ExitCode::FAILURE
         }

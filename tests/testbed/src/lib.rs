@@ -31,6 +31,7 @@ mod error;
 pub mod eventually;
 pub mod inpod;
 pub mod kube_api;
+pub mod manifests;
 pub mod netns;
 mod privilege;
 pub mod process;
