@@ -66,6 +66,8 @@ pub struct ContinuousTraffic {
     shared: Arc<Shared>,
     short: Vec<JoinHandle<()>>,
     long: Vec<JoinHandle<LongOutcome>>,
+    /// Outcomes of long streams already finished ([`finish_long`](Self::finish_long)).
+    finished: Vec<LongOutcome>,
 }
 
 /// How one long stream ended.
@@ -136,6 +138,7 @@ impl ContinuousTraffic {
             shared,
             short,
             long,
+            finished: Vec::new(),
         })
     }
 
@@ -159,10 +162,12 @@ impl ContinuousTraffic {
     }
 
     /// Ends the long streams (each half-closes after its last round, then expects the echo
-    /// server's EOF) and returns their outcomes; the short loops keep going.
+    /// server's EOF) and returns their outcomes (the report has them too); the short loops
+    /// keep going.
     pub fn finish_long(&mut self) -> Vec<LongOutcome> {
         self.shared.stop_long.store(true, Ordering::Relaxed);
-        self.long
+        let outcomes: Vec<LongOutcome> = self
+            .long
             .drain(..)
             .map(|t| {
                 t.join().unwrap_or_else(|_| LongOutcome {
@@ -170,12 +175,15 @@ impl ContinuousTraffic {
                     error: Some("the stream's thread panicked".into()),
                 })
             })
-            .collect()
+            .collect();
+        self.finished.extend(outcomes.iter().cloned());
+        outcomes
     }
 
     /// Stops every client, waits for them and reports.
     pub fn stop(mut self) -> TrafficReport {
-        let long = self.finish_long();
+        self.finish_long();
+        let long = std::mem::take(&mut self.finished);
         self.shared.stop_short.store(true, Ordering::Relaxed);
         for t in self.short.drain(..) {
             if t.join().is_err() {
@@ -244,18 +252,18 @@ fn short_connection(src: Ipv4Addr, dst: SocketAddr, payload: &[u8]) -> io::Resul
 fn long_stream(n: usize, mut stream: TcpStream, shared: &Shared) -> LongOutcome {
     let pattern = Pattern::new(0x1000 + n as u64);
     let mut verified = 0u64;
-    let mut chunk = vec![0; LONG_CHUNK];
+    let (mut chunk, mut echoed) = (vec![0; LONG_CHUNK], vec![0; LONG_CHUNK]);
     let mut round = || -> io::Result<()> {
+        // The pattern at this stream offset: a lost, repeated or reordered byte anywhere
+        // shifts every later one.
         pattern.fill(verified, &mut chunk);
         stream.write_all(&chunk)?;
-        match pattern.verify_from(&mut stream, LONG_CHUNK as u64)? {
-            None => {}
-            Some(at) => {
-                return Err(io::Error::other(format!(
-                    "echoed byte at offset {} differs",
-                    verified + at
-                )))
-            }
+        stream.read_exact(&mut echoed)?;
+        if let Some(at) = (0..LONG_CHUNK).find(|&i| echoed[i] != chunk[i]) {
+            return Err(io::Error::other(format!(
+                "echoed byte at offset {} differs",
+                verified + at as u64
+            )));
         }
         verified += LONG_CHUNK as u64;
         shared
