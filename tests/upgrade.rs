@@ -95,14 +95,18 @@ impl Fixture {
 
     /// Two loops of short connections and three long streams, client → server.
     fn traffic(&self) -> ContinuousTraffic {
+        self.traffic_of(2, 3)
+    }
+
+    fn traffic_of(&self, short_loops: usize, long_streams: usize) -> ContinuousTraffic {
         let client = self.topo.pod("client");
         let dst: SocketAddr = (addr::SERVER, SERVER_PORT).into();
         ContinuousTraffic::start(&TrafficSpec {
             ns: client.ns().clone(),
             src: client.ip(),
             dst,
-            short_loops: 2,
-            long_streams: 3,
+            short_loops,
+            long_streams,
         })
         .expect("starting the traffic")
     }
@@ -159,6 +163,7 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
 
     // Client node first, then server node; traffic keeps flowing through both upgrades.
     let mut old_tunnels = Vec::new();
+    let mut late = None;
     for node in ["n1", "n2"] {
         let pod_ns = Netns::create(&format!("{}-{node}-tunnel-new", f.topo.prefix()))
             .expect("the new tunnel's namespace");
@@ -186,6 +191,12 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
             new.log_tail(20)
         );
         old_tunnels.push((node, old));
+        if node == "n1" {
+            // Long streams through the new n1 tunnel: they keep its HBONE connection to the old
+            // n2 tunnel open after that one sends GOAWAY, so n1's next streams meet a
+            // GOAWAY'd connection in its pool and must go to a new one (the new n2 tunnel).
+            late = Some(f.traffic_of(0, 2));
+        }
     }
     // The old tunnels still hold the long streams, and keep serving them.
     for (node, old) in &mut old_tunnels {
@@ -200,6 +211,8 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
     // The long streams end: each old tunnel's drain has nothing left and it exits, cutting
     // nothing (its deadline is far away).
     let long = traffic.finish_long();
+    let mut late = late.expect("started after the n1 upgrade");
+    late.finish_long();
     for (node, old) in &mut old_tunnels {
         let status = wait_exit(old, node);
         assert!(status.success(), "old {node} tunnel: exit status {status}");
@@ -224,17 +237,23 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
         );
     }
     wait_progress_short(&traffic, "after the old tunnels exited");
+    let late = late.stop();
     let report = traffic.stop();
     println!("tunnel upgrade on n1 and n2: {report}");
     for (i, l) in report.long.iter().enumerate() {
-        println!("  long stream {i}: {} bytes verified", l.verified);
+        println!("  long stream {i} (old n1 → old n2): {} bytes verified", l.verified);
     }
-    assert!(report.failures.is_empty(), "failures: {:#?}", report.failures);
-    assert!(
-        report.long.iter().all(|l| l.error.is_none() && l.verified > 0),
-        "{:?}",
-        report.long
-    );
+    for (i, l) in late.long.iter().enumerate() {
+        println!("  long stream {i} (new n1 → old n2): {} bytes verified", l.verified);
+    }
+    for r in [&report, &late] {
+        assert!(r.failures.is_empty(), "failures: {:#?}", r.failures);
+        assert!(
+            r.long.iter().all(|l| l.error.is_none() && l.verified > 0),
+            "{:?}",
+            r.long
+        );
+    }
 }
 
 /// Like [`wait_progress`], for the short connections only (the long streams are done).
