@@ -18,8 +18,8 @@ use std::time::Duration;
 use nodetunnel_testbed::eventually::wait_until;
 use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available,
-    tunnel_env, Ca, Capture, Mesh, MeshConfig, Server, Topology, Tunnel,
+    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, tunnel_env,
+    Ca, Capture, Mesh, MeshConfig, Server, Topology, Tunnel,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -106,7 +106,11 @@ fn wait_exit(tunnel: &mut Tunnel, why: &str) -> ExitStatus {
         status = tunnel.try_wait().expect("waitpid");
         status.is_some()
     });
-    assert!(exited, "{why}: still running; log:\n{}", tunnel.log_tail(30));
+    assert!(
+        exited,
+        "{why}: still running; log:\n{}",
+        tunnel.log_tail(30)
+    );
     status.expect("exited")
 }
 
@@ -157,8 +161,11 @@ fn sigterm_keeps_a_live_connection_moving_refuses_new_ones_and_exits_once_it_end
     );
     // The live one keeps moving data, both ways, for as long as it lives.
     for round in 0..20 {
-        echo_roundtrip(&mut live, format!("while draining, round {round}").as_bytes())
-            .unwrap_or_else(|e| panic!("echo {round} while draining: {e}"));
+        echo_roundtrip(
+            &mut live,
+            format!("while draining, round {round}").as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("echo {round} while draining: {e}"));
     }
     assert!(
         t1.try_wait().expect("waitpid").is_none(),

@@ -156,7 +156,12 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
     // Every pod proxy turned on listener migration in its pod, so what is queued on the old
     // tunnel's listeners when it closes them moves to the new tunnel's.
     for pod in f.topo.pods().iter().filter(|p| p.mesh()) {
-        assert_eq!(migrate_req_in(pod.ns()), "1", "tcp_migrate_req in {}", pod.name());
+        assert_eq!(
+            migrate_req_in(pod.ns()),
+            "1",
+            "tcp_migrate_req in {}",
+            pod.name()
+        );
     }
     let mut traffic = f.traffic();
     wait_progress(&traffic, STEP_CONNECTIONS, "before the upgrade");
@@ -172,7 +177,11 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
             .mesh
             .replace_tunnel(node, &pod_ns, &log)
             .unwrap_or_else(|e| panic!("starting the new {node} tunnel: {e}"));
-        wait_progress(&traffic, STEP_CONNECTIONS, &format!("with both {node} tunnels"));
+        wait_progress(
+            &traffic,
+            STEP_CONNECTIONS,
+            &format!("with both {node} tunnels"),
+        );
         old.signal_term().expect("SIGTERM to the old tunnel");
         assert_eventually!(
             old.log().contains("SIGTERM: draining every pod"),
@@ -180,7 +189,11 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
             "{}",
             old.log_tail(20)
         );
-        wait_progress(&traffic, STEP_CONNECTIONS, &format!("after SIGTERM on {node}"));
+        wait_progress(
+            &traffic,
+            STEP_CONNECTIONS,
+            &format!("after SIGTERM on {node}"),
+        );
         // New connections land on the new tunnel.
         let new = f.mesh.tunnel(node);
         let direction = if node == "n1" { "outbound" } else { "inbound" };
@@ -241,10 +254,16 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
     let report = traffic.stop();
     println!("tunnel upgrade on n1 and n2: {report}");
     for (i, l) in report.long.iter().enumerate() {
-        println!("  long stream {i} (old n1 → old n2): {} bytes verified", l.verified);
+        println!(
+            "  long stream {i} (old n1 → old n2): {} bytes verified",
+            l.verified
+        );
     }
     for (i, l) in late.long.iter().enumerate() {
-        println!("  long stream {i} (new n1 → old n2): {} bytes verified", l.verified);
+        println!(
+            "  long stream {i} (new n1 → old n2): {} bytes verified",
+            l.verified
+        );
     }
     for r in [&report, &late] {
         assert!(r.failures.is_empty(), "failures: {:#?}", r.failures);
@@ -280,7 +299,11 @@ fn restarting_the_node_agents_under_traffic_drops_no_connection_and_no_byte() {
         f.mesh
             .restart_agent(node, pods)
             .unwrap_or_else(|e| panic!("restarting the {node} agent: {e}"));
-        wait_progress(&traffic, STEP_CONNECTIONS, &format!("after the {node} agent restart"));
+        wait_progress(
+            &traffic,
+            STEP_CONNECTIONS,
+            &format!("after the {node} agent restart"),
+        );
     }
     // The same tunnel processes served throughout.
     assert_eq!(f.mesh.pids(), pids, "a tunnel was replaced");
@@ -300,9 +323,16 @@ fn restarting_the_node_agents_under_traffic_drops_no_connection_and_no_byte() {
     let mut report = traffic.stop();
     report.failures.sort();
     println!("node agent restart on n1 and n2: {report}");
-    assert!(report.failures.is_empty(), "failures: {:#?}", report.failures);
     assert!(
-        report.long.iter().all(|l| l.error.is_none() && l.verified > 0),
+        report.failures.is_empty(),
+        "failures: {:#?}",
+        report.failures
+    );
+    assert!(
+        report
+            .long
+            .iter()
+            .all(|l| l.error.is_none() && l.verified > 0),
         "{:?}",
         report.long
     );
@@ -344,7 +374,8 @@ fn close_one_of_two_listeners(addr: SocketAddr, n: usize) -> (usize, usize) {
     }
     let mut reset = 0;
     for mut c in clients {
-        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let echoed = c.write_all(b"x").and_then(|()| {
             // The server side answers if it was accepted: find it by the client's address.
             let local = c.local_addr()?;

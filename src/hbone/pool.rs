@@ -163,7 +163,9 @@ impl Pool {
         let mut retries = 0;
         loop {
             match self.open_stream_once(key, authority, forwarded_for).await {
-                Err(PoolError::Stream(e)) if e.is_unprocessed() && retries < UNPROCESSED_RETRIES => {
+                Err(PoolError::Stream(e))
+                    if e.is_unprocessed() && retries < UNPROCESSED_RETRIES =>
+                {
                     retries += 1;
                     tracing::debug!(peer = %key.destination, error = %e, retries, "stream refused unprocessed; retrying on another connection");
                 }

@@ -10,10 +10,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::pod::{PodContext, PodProxy};
-use crate::drain::DrainOutcome;
 use super::snapshot::NetnsId;
 use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
 use super::zds::{reconnect_backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
+use crate::drain::DrainOutcome;
 
 /// The running pods by uid, as the admin endpoint shows them.
 pub type PodTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodSummary>>>;

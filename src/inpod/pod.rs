@@ -61,7 +61,10 @@ impl PodProxy {
         let netns_id = netns.id();
         if ctx.inpod.port_reuse {
             // Before binding: a replacement tunnel may take over these listeners at any time.
-            match netns.run_async(super::handover::enable_in_current_netns).await {
+            match netns
+                .run_async(super::handover::enable_in_current_netns)
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => super::handover::report_failure(uid, &error),
                 Err(error) => return Err(PodError::Netns(error)),
