@@ -12,8 +12,10 @@
 //! open and only adds the migration when one closes with a sibling left, so it is safe for the
 //! pod's own listeners too.
 //!
-//! Where `/proc/sys` is read-only (a tunnel container without the rights), the node agent can
-//! set it instead; without it an upgrade still works, with that small reset window.
+//! Where `/proc/sys` is read-only (a tunnel container without the rights), nodetunnel's CNI
+//! agent has already set it when it enrolled the pod, and the tunnel only reads the 1 there;
+//! with neither (another agent, an old kernel) an upgrade still works, with that small reset
+//! window, and the tunnel warns once.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
