@@ -55,6 +55,11 @@ struct Fixture {
 
 impl Fixture {
     fn start(test: &str) -> Option<Fixture> {
+        Fixture::start_with(test, DEADLINE)
+    }
+
+    /// [`start`](Self::start) with another drain deadline.
+    fn start_with(test: &str, deadline: &str) -> Option<Fixture> {
         if !namespaces_available(test) {
             return None;
         }
@@ -76,7 +81,7 @@ impl Fixture {
             bins,
             Mesh::File(&config),
             Ca::Dir(&ca),
-            &[("CONNECTION_TERMINATION_DEADLINE", DEADLINE)],
+            &[("CONNECTION_TERMINATION_DEADLINE", deadline)],
         )
         .expect("the in-pod mesh");
         let server_pod = topo.pod("server");
@@ -229,8 +234,10 @@ fn replacing_both_tunnels_under_traffic_drops_no_connection_and_no_byte() {
     for (node, old) in &mut old_tunnels {
         let status = wait_exit(old, node);
         assert!(status.success(), "old {node} tunnel: exit status {status}");
+        let cut = drained_cut(old);
+        println!("old {node} tunnel: exited {status}, exit line cut={cut:?}");
         assert_eq!(
-            drained_cut(old),
+            cut,
             Some(0),
             "old {node} tunnel cut connections:\n{}",
             old.log_tail(10)
@@ -430,4 +437,30 @@ fn connections_queued_on_a_closing_listener_move_to_its_reuseport_sibling() {
         "without the setting the old listener's queue is reset ({kept} kept, {lost} reset): \
          the control run shows the setting is what moves them"
     );
+}
+
+/// Shared mode's exit line adds up what the deadline cut in every pod: one live connection
+/// from the client pod outlives a 2 s deadline, is cut, and the line says `cut=1`.
+#[test]
+fn a_shared_mode_drain_reports_what_its_deadline_cut() {
+    let Some(mut f) = Fixture::start_with("upgrade_cut", "2s") else {
+        return;
+    };
+    let client = f.topo.pod("client");
+    let (ip, dst) = (client.ip(), (addr::SERVER, SERVER_PORT).into());
+    let mut live = client
+        .ns()
+        .run(move || nodetunnel_testbed::connect_from(ip, dst))
+        .expect("a connection from the client pod");
+    nodetunnel_testbed::traffic::echo_roundtrip(&mut live, b"before SIGTERM").expect("echo");
+    let tunnel = f.mesh.tunnel_mut("n1");
+    tunnel.signal_term().expect("SIGTERM");
+    let status = wait_exit(tunnel, "n1");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        tunnel.log().contains("deadline=2s"),
+        "{}",
+        tunnel.log_tail(10)
+    );
+    assert_eq!(drained_cut(tunnel), Some(1), "{}", tunnel.log_tail(10));
 }
