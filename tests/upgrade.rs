@@ -439,8 +439,9 @@ fn connections_queued_on_a_closing_listener_move_to_its_reuseport_sibling() {
     );
 }
 
-/// Shared mode's exit line adds up what the deadline cut in every pod: one live connection
-/// from the client pod outlives a 2 s deadline, is cut, and the line says `cut=1`.
+/// Shared mode on SIGTERM without a replacement: new connections are refused, and the exit
+/// line adds up what the deadline cut in every pod — one live connection from the client pod
+/// outlives a 2 s deadline, is cut, and the line says `cut=1`.
 #[test]
 fn a_shared_mode_drain_reports_what_its_deadline_cut() {
     let Some(mut f) = Fixture::start_with("upgrade_cut", "2s") else {
@@ -453,8 +454,17 @@ fn a_shared_mode_drain_reports_what_its_deadline_cut() {
         .run(move || nodetunnel_testbed::connect_from(ip, dst))
         .expect("a connection from the client pod");
     nodetunnel_testbed::traffic::echo_roundtrip(&mut live, b"before SIGTERM").expect("echo");
+    f.mesh.tunnel("n1").signal_term().expect("SIGTERM");
+    // With no replacement, a new connection is refused: the pod's rules still redirect to
+    // :15001, where nothing listens any more.
+    let ns = client.ns().clone();
+    assert_eventually!(
+        ns.run(move || nodetunnel_testbed::connect_from(ip, dst))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        WAIT,
+        "a new connection after SIGTERM was not refused"
+    );
     let tunnel = f.mesh.tunnel_mut("n1");
-    tunnel.signal_term().expect("SIGTERM");
     let status = wait_exit(tunnel, "n1");
     assert!(status.success(), "exit status {status}");
     assert!(
