@@ -342,7 +342,7 @@ async fn run_shared(
     tracing::info!(deadline = ?drain_timeout, "{signal}: draining every pod");
     admin.start_draining();
     let _ = stop_tx.send(());
-    // A panicked manager cut nothing it could count; say so rather than report a clean drain.
+    // A manager that panicked has no count to give: say so rather than claim a clean drain.
     match serving.await {
         Ok(outcome) => log_drained(outcome),
         Err(error) => tracing::error!(%error, "the pod manager failed while draining; exiting"),
