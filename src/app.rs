@@ -16,6 +16,7 @@ use crate::config::{
     CaSource, Config, ConfigSource, InpodConfig, Mode, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
     OUTBOUND_PORT,
 };
+use crate::drain::DrainOutcome;
 use crate::identity::CertificateSource;
 use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
@@ -310,13 +311,22 @@ async fn run_dedicated(
     tracing::info!(deadline = ?drain_timeout, "{signal}: draining");
     admin.start_draining();
     let outcome = listeners.drain(drain_timeout).await;
+    log_drained(outcome);
+    Ok(())
+}
+
+/// The last line a tunnel logs: how its drain ended. `cut` counts the connection tasks still
+/// running at the deadline (an HBONE connection and each of its streams count apart); zero
+/// means every connection finished on its own. Upgrade tests read it from the old process.
+fn log_drained(outcome: DrainOutcome) {
     if outcome.cut > 0 {
         tracing::warn!(
-            connections = outcome.cut,
-            "drain timeout reached; closed the remaining connections"
+            cut = outcome.cut,
+            "drained: the deadline cut the remaining connections; exiting"
         );
+    } else {
+        tracing::info!(cut = 0, "drained: every connection finished; exiting");
     }
-    Ok(())
 }
 
 /// Shared mode: pods arrive from the node agent, each served by its own listener set.
@@ -337,7 +347,11 @@ async fn run_shared(
     tracing::info!(deadline = ?drain_timeout, "{signal}: draining every pod");
     admin.start_draining();
     let _ = stop_tx.send(());
-    let _ = serving.await;
+    // A manager that panicked has no count to give: say so rather than claim a clean drain.
+    match serving.await {
+        Ok(outcome) => log_drained(outcome),
+        Err(error) => tracing::error!(%error, "the pod manager failed while draining; exiting"),
+    }
     Ok(())
 }
 

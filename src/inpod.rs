@@ -7,10 +7,12 @@
 //!   node agent, like the testbed's `nodetunnel-zds-agent` tool, runs its snapshotting agent).
 //! - [`snapshot`]: which pods to run as requests arrive (snapshot, drain, replace), no I/O.
 //! - [`pod`]: one pod's proxy, inside its namespace; [`manager`]: the loop tying ZDS requests to
-//!   pod proxies and readiness.
+//!   pod proxies and readiness; [`handover`]: the kernel setting that lets a replacement
+//!   tunnel take over a pod's listeners without a reset connection.
 
 #![deny(unsafe_code)]
 
+pub mod handover;
 pub mod manager;
 pub mod pod;
 pub mod snapshot;

@@ -12,6 +12,7 @@
 //!
 //! - [`procscan`]: the netns of a running pod, found under `/proc` by cgroup pod uid + pod IP.
 //! - [`inpod_rules`]: the iptables rules, ip rule and route inside a pod (apply / remove / check).
+//! - [`listener_handover`]: `tcp_migrate_req=1` in a pod, so a tunnel upgrade resets nothing.
 //! - [`host_rules`]: the probe SNAT in the agent's (the host's) netns: ipset + `ISTIO_POSTRT`.
 //! - [`tools`]: the external binaries (`iptables-restore`, `iptables-save`, `ipset`) and their
 //!   errors.
@@ -23,6 +24,7 @@
 
 pub mod host_rules;
 pub mod inpod_rules;
+pub mod listener_handover;
 pub mod procscan;
 pub mod tools;
 

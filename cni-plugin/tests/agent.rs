@@ -915,3 +915,81 @@ fn covers(
             .as_ref()
             .is_none_or(|n| call.name.as_ref() == Some(n))
 }
+
+/// The node agents crash and come back (SIGKILL, then a new process) under continuous
+/// traffic from the client pod to the server pod — short connections one after another and
+/// long streams, every byte checked: the tunnels keep serving, reconnect, get every pod in
+/// the new agent's snapshot, and nothing fails.
+#[test]
+fn agent_restarts_under_continuous_traffic_drop_nothing() {
+    use nodetunnel_testbed::traffic::continuous::{ContinuousTraffic, TrafficSpec};
+    let Some(mut mesh) = Mesh::start("cni_agent_restart_traffic") else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    let client = mesh.topo.pod("client");
+    let traffic = ContinuousTraffic::start(&TrafficSpec {
+        ns: client.ns().clone(),
+        src: client.ip(),
+        dst: (addr::SERVER, SERVER_PORT).into(),
+        short_loops: 2,
+        long_streams: 2,
+    })
+    .expect("starting the traffic");
+    let progress = |traffic: &ContinuousTraffic, step: &str| {
+        let (short, long) = (traffic.short_ok(), traffic.long_bytes());
+        assert_eventually!(
+            traffic.short_ok() >= short + 100 && traffic.long_bytes() > long,
+            WAIT,
+            "traffic stalled {step}; failures: {:?}",
+            traffic.failures()
+        );
+    };
+    progress(&traffic, "before the restarts");
+    for (node, pods) in [("n1", 2), ("n2", 1)] {
+        let mut old = mesh.agents.remove(node).expect("the node's agent");
+        old.process.kill();
+        progress(&traffic, &format!("while the {node} agent is gone"));
+        let agent = mesh.start_agent(node);
+        mesh.agents.insert(node.into(), agent);
+        mesh.wait_agent_ready(node);
+        let snapshot = format!("snapshot sent: {pods} pods, acks ok");
+        assert_eventually!(
+            mesh.log(node).contains(&snapshot),
+            WAIT,
+            "the {node} tunnel got its pods from the new agent; log:\n{}",
+            mesh.log(node)
+        );
+        progress(&traffic, &format!("after the {node} agent restart"));
+    }
+    let report = traffic.stop();
+    println!("CNI agent restarts on n1 and n2: {report}");
+    assert!(
+        report.failures.is_empty(),
+        "failures: {:#?}",
+        report.failures
+    );
+    assert!(
+        report
+            .long
+            .iter()
+            .all(|l| l.error.is_none() && l.verified > 0),
+        "{:?}",
+        report.long
+    );
+    for (node, tunnel) in &mut mesh.tunnels {
+        assert!(
+            tunnel.try_wait().is_ok_and(|s| s.is_none()),
+            "the {node} tunnel kept running"
+        );
+    }
+}

@@ -739,3 +739,30 @@ fn inpod_rules_on_the_legacy_backend_via_explicit_tools() {
     inpod_rules::remove_with(&tools, &pod).unwrap();
     assert!(legacy_save().is_empty());
 }
+
+/// `tcp_migrate_req` as a thread inside `ns` reads it.
+fn migrate_req(ns: &Netns) -> String {
+    ns.run(|| fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").expect("reading it"))
+        .trim()
+        .to_owned()
+}
+
+/// The agent turns listener migration on inside the pod (so a tunnel upgrade resets no queued
+/// connection), idempotently, and nowhere else.
+#[test]
+fn listener_handover_is_enabled_in_the_pod_netns_only() {
+    if !namespaces_available("node_listener_handover") {
+        return;
+    }
+    let (pod, other) = (netns("handover-pod"), netns("handover-other"));
+    assert_eq!(
+        migrate_req(&pod),
+        "0",
+        "a fresh namespace starts without it"
+    );
+    let handle = open(&pod);
+    nodetunnel_cni::node::listener_handover::enable(&handle).expect("enabling it");
+    nodetunnel_cni::node::listener_handover::enable(&handle).expect("enabling it again");
+    assert_eq!(migrate_req(&pod), "1");
+    assert_eq!(migrate_req(&other), "0", "another namespace is untouched");
+}

@@ -43,6 +43,23 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// True when the peer never processed this CONNECT: it was refused because the peer is
+    /// going away (GOAWAY: the stream was not sent, or its id was above the peer's last
+    /// processed one) or with REFUSED_STREAM. HTTP/2 (RFC 9113 §8.7) says such a request may
+    /// be sent again, so the pool retries it on another connection instead of failing the
+    /// user's connection — what lets a peer tunnel drain for an upgrade without dropping any.
+    pub fn is_unprocessed(&self) -> bool {
+        match self {
+            ClientError::Stream { source, .. } => {
+                (source.is_go_away() && source.is_remote())
+                    || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One established HBONE connection. Cloning the handle is cheap; the connection closes when
 /// the last handle is dropped and its streams have finished.
 #[derive(Clone)]
@@ -52,7 +69,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// True once the connection task has ended (peer went away, GOAWAY, I/O error).
+    /// True once the connection takes no new streams: its task ended (peer went away, I/O
+    /// error), or the peer sent GOAWAY (seen when a stream on it was refused for that). Its
+    /// open streams carry on either way; the pool just stops handing it out.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -63,7 +82,13 @@ impl Connection {
         authority: SocketAddr,
         forwarded_for: Option<IpAddr>,
     ) -> Result<H2Stream, ClientError> {
-        let stream_err = |source| ClientError::Stream { authority, source };
+        let stream_err = |source| {
+            let error = ClientError::Stream { authority, source };
+            if error.is_unprocessed() && !self.closed.swap(true, Ordering::AcqRel) {
+                tracing::debug!(%authority, %error, "peer tunnel is going away (GOAWAY): new streams go to a new connection");
+            }
+            error
+        };
         let mut send = self.send.clone().ready().await.map_err(stream_err)?;
         let mut request = Request::builder()
             .method(Method::CONNECT)

@@ -107,6 +107,11 @@ impl Drop for StreamSlot {
     }
 }
 
+/// How many times a stream refused unprocessed is sent again. Each refusal takes its
+/// connection out of the pool, so a retry goes to another pooled connection or a new one; the
+/// bound keeps a peer that refuses every stream from being retried forever.
+const UNPROCESSED_RETRIES: usize = 3;
+
 type Slot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 
 struct Inner {
@@ -146,8 +151,30 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `authority`, reusing a connection of `key` with a free stream
-    /// slot, or opening one with the pool's connector.
+    /// slot, or opening one with the pool's connector. A stream the peer refused unprocessed
+    /// (it is draining: GOAWAY) is tried again on another connection, which the pool opens
+    /// since the refusing one is no longer handed out: the peer's replacement takes it.
     pub async fn open_stream(
+        &self,
+        key: &PoolKey,
+        authority: SocketAddr,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<H2Stream, PoolError> {
+        let mut retries = 0;
+        loop {
+            match self.open_stream_once(key, authority, forwarded_for).await {
+                Err(PoolError::Stream(e))
+                    if e.is_unprocessed() && retries < UNPROCESSED_RETRIES =>
+                {
+                    retries += 1;
+                    tracing::debug!(peer = %key.destination, error = %e, retries, "stream refused unprocessed; retrying on another connection");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_stream_once(
         &self,
         key: &PoolKey,
         authority: SocketAddr,

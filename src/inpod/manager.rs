@@ -13,6 +13,7 @@ use super::pod::{PodContext, PodProxy};
 use super::snapshot::NetnsId;
 use super::snapshot::{AddDecision, DelDecision, KeepDecision, SnapshotTracker};
 use super::zds::{reconnect_backoff, WorkloadEvent, WorkloadInfo, ZdsClient, ZdsConnection};
+use crate::drain::DrainOutcome;
 
 /// The running pods by uid, as the admin endpoint shows them.
 pub type PodTable = Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodSummary>>>;
@@ -44,8 +45,8 @@ pub struct InpodManager {
     snapshot_applied: watch::Sender<bool>,
     tracker: SnapshotTracker,
     pods: HashMap<String, PodProxy>,
-    /// Pods being drained.
-    drains: JoinSet<()>,
+    /// Pods being drained; each says how many connections its deadline cut.
+    drains: JoinSet<DrainOutcome>,
     table: PodTable,
 }
 
@@ -65,8 +66,10 @@ impl InpodManager {
         }
     }
 
-    /// Serves until `shutdown` resolves; then stops every pod and waits for their drains.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves; then stops every pod and waits for their drains
+    /// (pods removed earlier and still draining included). Returns how many connections the
+    /// drain deadline cut across all of them, for the exit line.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = reconnect_backoff();
         loop {
@@ -103,7 +106,7 @@ impl InpodManager {
             }
         }
         self.snapshot_applied.send_replace(false);
-        self.stop_all().await;
+        self.stop_all().await
     }
 
     /// Handles requests until the connection ends; says why it ended.
@@ -232,10 +235,7 @@ impl InpodManager {
         pod.stop_listening().await;
         let live = pod.connections();
         tracing::info!(%uid, connections = live, deadline = ?self.ctx.config.drain_timeout, "pod removed: listeners closed, draining");
-        let drain = pod.drain(self.ctx.config.drain_timeout);
-        self.drains.spawn(async move {
-            drain.await;
-        });
+        self.drains.spawn(pod.drain(self.ctx.config.drain_timeout));
     }
 
     fn table_mut(
@@ -244,13 +244,20 @@ impl InpodManager {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn stop_all(&mut self) {
+    /// Closes every pod's listeners first, then waits for all drains. Listeners go before any
+    /// waiting so that, during an upgrade, the kernel hands every new connection to the newer
+    /// tunnel at once (SO_REUSEPORT) while the old one finishes what it has.
+    async fn stop_all(&mut self) -> DrainOutcome {
         let uids: Vec<String> = self.pods.keys().cloned().collect();
         for uid in &uids {
             self.tracker.forget(uid);
             self.stop(uid).await;
         }
-        while self.drains.join_next().await.is_some() {}
+        let mut cut = 0;
+        while let Some(drained) = self.drains.join_next().await {
+            cut += drained.map_or(0, |outcome| outcome.cut);
+        }
+        DrainOutcome { cut }
     }
 }
 

@@ -59,6 +59,17 @@ impl PodProxy {
             NetnsHandle::from_fd(netns, "the fd from the node agent").map_err(PodError::Netns)?,
         );
         let netns_id = netns.id();
+        if ctx.inpod.port_reuse {
+            // Before binding: a replacement tunnel may take over these listeners at any time.
+            match netns
+                .run_async(super::handover::enable_in_current_netns)
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => super::handover::report_failure(uid, &error),
+                Err(error) => return Err(PodError::Netns(error)),
+            }
+        }
         let sockets = SocketFactory::in_netns(netns, Some(ctx.inpod.mark))
             .with_port_reuse(ctx.inpod.port_reuse);
 

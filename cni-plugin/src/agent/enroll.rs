@@ -20,6 +20,7 @@ use crate::ambient::{
 };
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::node::inpod_rules::{self, RuleOptions, RulesError};
+use crate::node::listener_handover;
 
 /// Why a pod is being enrolled: a CNI `ADD` must not succeed without a tunnel to hand the pod
 /// to (fail closed: the runtime retries), while a running pod found by the watch is recorded
@@ -174,6 +175,14 @@ impl Enroller {
         let (netns, options) = (enrolled.netns.clone(), enrolled.options);
         tokio::task::spawn_blocking(move || inpod_rules::apply(&netns, &options)).await??;
         tracing::debug!(%uid, "in-pod rules applied");
+        // Not fatal: without it an upgrade of the tunnel still works, with a small window in
+        // which connections queued on the old tunnel's listeners are reset.
+        let netns = enrolled.netns.clone();
+        match tokio::task::spawn_blocking(move || listener_handover::enable(&netns)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%uid, %error, "listener handover not enabled"),
+            Err(error) => tracing::warn!(%uid, %error, "listener handover not enabled"),
+        }
         for ip in enrolled.ips.iter().copied().filter(IpAddr::is_ipv4) {
             let (host, uid) = (self.host.clone(), uid.to_owned());
             tokio::task::spawn_blocking(move || host.add_pod(ip, &uid)).await??;

@@ -1,6 +1,8 @@
 //! Test traffic: servers (echo, bulk, hash-after-EOF) with accept counters, clients that bind a
 //! pod address, and a position-dependent byte pattern so both ends verify byte-exactness without
-//! holding the data.
+//! holding the data. [`continuous`]: traffic that keeps going while a test upgrades the mesh.
+
+pub mod continuous;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};

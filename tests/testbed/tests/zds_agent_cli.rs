@@ -18,9 +18,14 @@ struct Agent {
 
 impl Agent {
     fn spawn(socket: &std::path::Path) -> Agent {
+        Agent::spawn_with(socket, &[])
+    }
+
+    fn spawn_with(socket: &std::path::Path, args: &[&str]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodetunnel-zds-agent"))
             .arg("--socket")
             .arg(socket)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -161,4 +166,47 @@ async fn zds_agent_tool_over_stdin_and_stdout() {
         stderr.contains("usage error: unknown command \"frobnicate\""),
         "{stderr}"
     );
+}
+
+/// `--hold`: a tunnel that connects waits until `serve`, and then gets every pod added
+/// meanwhile in one snapshot — a restarted node agent never hands a reconnecting tunnel an
+/// empty snapshot (which would drain its pods).
+#[tokio::test]
+async fn a_held_agent_takes_tunnels_only_after_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("zds.sock");
+    let mut agent = Agent::spawn_with(&socket, &["--hold"]);
+    agent.send("list");
+    agent.expect(&["list 0 pods, no tunnel"]);
+    // The tunnel connects first (its hello waits in the socket), then the pods are added:
+    // without the hold it would be current already and get each add acked.
+    let connecting = tokio::spawn({
+        let socket = socket.clone();
+        async move { ZdsClient::connect(&socket).await }
+    });
+    agent.send("add pod-a /proc/self/ns/net ns-1/a/sa");
+    agent.send("add pod-b /proc/self/ns/net ns-1/b/sa");
+    agent.expect(&[
+        "pending add pod-a: no tunnel connected",
+        "pending add pod-b: no tunnel connected",
+    ]);
+    agent.send("serve");
+    let mut conn = tokio::time::timeout(WAIT, connecting)
+        .await
+        .expect("connected in time")
+        .unwrap()
+        .expect("connecting");
+    for uid in ["pod-a", "pod-b"] {
+        match answer(&mut conn, None).await {
+            WorkloadEvent::Add { uid: got, .. } => assert_eq!(got, uid),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        answer(&mut conn, None).await,
+        WorkloadEvent::SnapshotSent
+    ));
+    agent.expect(&["tunnel connected", "snapshot sent: 2 pods, acks ok"]);
+    drop(agent.stdin.take());
+    assert!(agent.child.wait().unwrap().success());
 }

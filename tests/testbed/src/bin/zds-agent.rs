@@ -32,6 +32,7 @@ Commands (stdin, one per line; blank lines and lines starting with # are ignored
       <netns> is a path if it contains '/', else a name under /run/netns/
   del <uid>        forwarded even for a uid the agent does not know
   list
+  serve            under --hold: start accepting tunnels (otherwise: nothing to do)
 A malformed command prints 'usage error: <reason> (commands: ...)' on stderr and is skipped.
 
 Output (stdout, exactly one line per result or event, in the order they happened in the agent;
@@ -53,6 +54,11 @@ Output (stdout, exactly one line per result or event, in the order they happened
   tunnel disconnected: <reason>                 dropped; waiting for the next connection
 A snapshot's 'snapshot keep' and 'snapshot ack' lines come just before its 'snapshot sent'.
 
+--hold: tunnels are accepted only after the 'serve' command, as a restarted CNI agent waits for
+its first sync: add the pods first (each prints 'pending add <uid>: no tunnel connected'), then
+serve, so a reconnecting tunnel gets the whole snapshot and not an empty one (which would drain
+every pod it serves). A tunnel connecting meanwhile waits in the socket's backlog.
+
 EOF on stdin (or SIGINT/SIGTERM) finishes the queued commands, closes the socket, removes the
 socket file and exits 0. Logs go to stderr (RUST_LOG, default info).
 
@@ -71,6 +77,9 @@ struct Cli {
     /// INPOD_UDS here.
     #[arg(long)]
     socket: PathBuf,
+    /// Accept tunnels only after the `serve` command (see the line protocol).
+    #[arg(long)]
+    hold: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.socket)) {
+    match runtime.block_on(run(cli.socket, cli.hold)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -103,17 +112,37 @@ enum RunError {
     Signal(std::io::Error),
 }
 
-/// Serves until EOF on stdin or SIGINT/SIGTERM.
-async fn run(socket: PathBuf) -> Result<(), RunError> {
+/// Serves until EOF on stdin or SIGINT/SIGTERM; under `hold`, accepts tunnels only after the
+/// `serve` command.
+async fn run(socket: PathBuf, hold: bool) -> Result<(), RunError> {
     let mut shutdown = std::pin::pin!(signal::shutdown().map_err(RunError::Signal)?);
     let server = ZdsServer::bind(&socket)?;
-    tracing::info!(socket = %socket.display(), "zds agent listening");
-    let (agent, mut events) = ZdsAgent::start(server, ACK_TIMEOUT);
+    tracing::info!(socket = %socket.display(), hold, "zds agent listening");
+    let (serve, serving) = tokio::sync::oneshot::channel::<()>();
+    let mut serve = Some(serve);
+    if !hold {
+        if let Some(tx) = serve.take() {
+            let _ = tx.send(());
+        }
+    }
+    let gate = async move {
+        // A dropped sender (stdin closed while held) opens nothing: the agent is stopping.
+        if serving.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let (agent, mut events) = ZdsAgent::start_when(server, ACK_TIMEOUT, gate);
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         // All cancel safe: `next_line`, channel and signal receives.
         tokio::select! {
             line = stdin.next_line() => match line {
+                Ok(Some(line)) if line.trim() == commands::SERVE => {
+                    if let Some(tx) = serve.take() {
+                        tracing::info!("serve: accepting tunnels");
+                        let _ = tx.send(());
+                    }
+                }
                 Ok(Some(line)) => match commands::parse(&line) {
                     Ok(Some(request)) => agent.submit(request),
                     Ok(None) => {}

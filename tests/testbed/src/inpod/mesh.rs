@@ -63,12 +63,16 @@ struct MeshNode {
     name: String,
     tunnel: Tunnel,
     agent: ZdsAgentProcess,
+    /// How its tunnel was started, so a replacement starts the same way.
+    launch: TunnelLaunch,
 }
 
 /// Shared-mode tunnels on every node of a [`PodTopology`], each connected to its agent, every
 /// mesh pod enrolled, every tunnel ready.
 pub struct InpodMesh {
     nodes: Vec<MeshNode>,
+    tunnel_bin: PathBuf,
+    agent_bin: PathBuf,
 }
 
 impl InpodMesh {
@@ -108,13 +112,18 @@ impl InpodMesh {
         bins: MeshBins<'_>,
         mut launch: impl FnMut(&str, &Path) -> TunnelLaunch,
     ) -> Result<InpodMesh> {
-        let mut mesh = InpodMesh { nodes: Vec::new() };
+        let mut mesh = InpodMesh {
+            nodes: Vec::new(),
+            tunnel_bin: bins.tunnel.to_path_buf(),
+            agent_bin: bins.zds_agent.to_path_buf(),
+        };
         for node in topo.nodes() {
             let name = node.name();
             let socket = topo.path(&format!("{name}-zds.sock"));
             let agent_log = topo.path(&format!("{name}-zds-agent.log"));
             let agent = ZdsAgentProcess::spawn(node.ns(), bins.zds_agent, &socket, &agent_log)?;
-            let mut tunnel = topo.spawn_tunnel_launch(name, bins.tunnel, &launch(name, &socket))?;
+            let launch = launch(name, &socket);
+            let mut tunnel = topo.spawn_tunnel_launch(name, bins.tunnel, &launch)?;
             let snapshot = agent.wait_line_while(0, AGENT_DEADLINE, &mut tunnel, |l| {
                 l.starts_with("snapshot sent:")
             })?;
@@ -131,6 +140,7 @@ impl InpodMesh {
                 name: name.to_string(),
                 tunnel,
                 agent,
+                launch,
             });
         }
         Ok(mesh)
@@ -179,6 +189,92 @@ impl InpodMesh {
     /// Removes `pod` from its node's tunnel (`del uid-<pod>`); Ok once the tunnel acked it.
     pub fn del(&self, pod: &PodNs) -> Result<()> {
         self.agent(pod.node()).del(&uid_of(pod)).map(drop)
+    }
+
+    /// An in-place upgrade's first half on node `node`: starts a second tunnel the way the
+    /// first was started, in `ns` (its own namespace, as a tunnel pod that is not
+    /// host-network has, so its admin and readiness ports are its own), logging to
+    /// `log_path`; waits until the agent retired the old connection and sent the new tunnel
+    /// its snapshot (every acked), and the new tunnel is ready; then makes it the node's
+    /// tunnel and returns the old one, still running and serving, for the caller to SIGTERM
+    /// and watch drain.
+    pub fn replace_tunnel(&mut self, node: &str, ns: &Netns, log_path: &Path) -> Result<Tunnel> {
+        let bin = self.tunnel_bin.clone();
+        let n = self.node_mut(node);
+        let from = n.agent.line_count();
+        let mut tunnel = Tunnel::spawn_launch(ns, &bin, &n.launch, log_path)?;
+        n.agent
+            .wait_line_while(from, AGENT_DEADLINE, &mut tunnel, |l| {
+                l == "tunnel replaced by a newer connection"
+            })?;
+        let snapshot = n
+            .agent
+            .wait_line_while(from, AGENT_DEADLINE, &mut tunnel, |l| {
+                l.starts_with("snapshot sent:")
+            })?;
+        if !snapshot.ends_with("acks ok") {
+            return Err(n.agent.failure("the new tunnel's snapshot", &snapshot));
+        }
+        tunnel
+            .wait_ready(READY_DEADLINE)
+            .map_err(|e| n.agent.with_tail(e))?;
+        Ok(std::mem::replace(&mut n.tunnel, tunnel))
+    }
+
+    /// Restarts node `node`'s agent as a restarted CNI agent comes back: the old one stops
+    /// (stdin closed: it exits and removes its socket), a new one starts on the same socket
+    /// with `--hold`, is given `pods` (each `pending`: no tunnel yet), then `serve`. The
+    /// tunnel, which kept serving its pods meanwhile, reconnects and gets all of them in one
+    /// snapshot. Ok once that snapshot is acked and the tunnel is ready again.
+    pub fn restart_agent<'p>(
+        &mut self,
+        node: &str,
+        pods: impl IntoIterator<Item = &'p PodNs>,
+    ) -> Result<()> {
+        let agent_bin = self.agent_bin.clone();
+        let n = self.node_mut(node);
+        let (socket, log_path, ns) = (
+            n.agent.socket.clone(),
+            n.agent.log_path.with_extension("restarted.log"),
+            n.agent._ns.clone(),
+        );
+        let old = std::mem::replace(
+            &mut n.agent,
+            ZdsAgentProcess::spawn_with(&ns, &agent_bin, &socket, &log_path, &["--hold"])?,
+        );
+        // After the new one bound the socket: the old one removes the file only if it is
+        // still its own.
+        old.stop();
+        let mut count = 0;
+        for pod in pods {
+            let uid = uid_of(pod);
+            n.agent.request(
+                &add_command(pod),
+                |l| is_result_of(l, "add", &uid),
+                &format!("pending add {uid}: no tunnel connected"),
+            )?;
+            count += 1;
+        }
+        let from = n.agent.line_count();
+        n.agent.send("serve")?;
+        let snapshot = n
+            .agent
+            .wait_line_while(from, AGENT_DEADLINE, &mut n.tunnel, |l| {
+                l.starts_with("snapshot sent:")
+            })?;
+        if snapshot != format!("snapshot sent: {count} pods, acks ok") {
+            return Err(n.agent.failure("the snapshot after the restart", &snapshot));
+        }
+        n.tunnel
+            .wait_ready(READY_DEADLINE)
+            .map_err(|e| n.agent.with_tail(e))
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut MeshNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("the mesh has no node {name:?}"))
     }
 
     /// Stops every tunnel (SIGTERM, see [`Tunnel::stop`]) and then its agent; returns
@@ -248,6 +344,18 @@ impl ZdsAgentProcess {
     /// Runs `ip netns exec <ns> <bin> --socket <socket>` (`bin`: `nodetunnel-zds-agent`; stderr
     /// to `log_path`) and waits until the socket exists.
     pub fn spawn(ns: &Netns, bin: &Path, socket: &Path, log_path: &Path) -> Result<Self> {
+        ZdsAgentProcess::spawn_with(ns, bin, socket, log_path, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra arguments (`--hold`). Waits for the socket file only
+    /// when there was none: a restarted agent replaces the old one's file.
+    pub fn spawn_with(
+        ns: &Netns,
+        bin: &Path,
+        socket: &Path,
+        log_path: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
         let log = File::create(log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let mut child = Command::new("ip")
@@ -255,6 +363,7 @@ impl ZdsAgentProcess {
             .arg(bin)
             .arg("--socket")
             .arg(socket)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
@@ -429,13 +538,8 @@ impl ZdsAgentProcess {
     /// tunnel acked it with success.
     pub fn add(&self, pod: &PodNs) -> Result<String> {
         let uid = uid_of(pod);
-        let command = format!(
-            "add {uid} {} {}",
-            pod.ns().path().display(),
-            workload_info_of(pod)
-        );
         self.request(
-            &command,
+            &add_command(pod),
             |l| is_result_of(l, "add", &uid),
             &format!("ack add {uid} ok"),
         )
@@ -525,6 +629,16 @@ impl Drop for ZdsAgentProcess {
             let _ = writeln!(std::io::stderr(), "{}", self.output_tail(TAIL_LINES));
         }
     }
+}
+
+/// `add uid-<pod> <netns path> default/<pod>/<pod>`.
+fn add_command(pod: &PodNs) -> String {
+    format!(
+        "add {} {} {}",
+        uid_of(pod),
+        pod.ns().path().display(),
+        workload_info_of(pod)
+    )
 }
 
 /// Whether `line` is the result of an `<op>` (`add`/`del`) of `uid` (see the line table in

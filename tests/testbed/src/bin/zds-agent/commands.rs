@@ -8,7 +8,11 @@ use nodetunnel_zds::WorkloadInfo;
 
 /// The commands, for usage messages.
 pub const USAGE: &str =
-    "add <uid> <netns> [<namespace>/<name>/<service-account>] | del <uid> | list";
+    "add <uid> <netns> [<namespace>/<name>/<service-account>] | del <uid> | list | serve";
+
+/// The command that opens the socket to tunnels under `--hold`. The tool handles it itself:
+/// it is not a request to the agent.
+pub const SERVE: &str = "serve";
 /// Where a netns given by name lives (as `ip netns add` makes them).
 pub const NETNS_DIR: &str = "/run/netns";
 
