@@ -49,6 +49,11 @@ impl ClientError {
     /// processed one) or with REFUSED_STREAM. HTTP/2 (RFC 9113 §8.7) says such a request may
     /// be sent again, so the pool retries it on another connection instead of failing the
     /// user's connection — what lets a peer tunnel drain for an upgrade without dropping any.
+    ///
+    /// One case is ambiguous: h2 also hands the GOAWAY error to a stream the peer did process
+    /// if the peer then closes the connection before answering. A retry then costs the
+    /// destination one extra connection attempt that carries no data (we send none before the
+    /// 200), never duplicated bytes.
     pub fn is_unprocessed(&self) -> bool {
         match self {
             ClientError::Stream { source, .. } => {
