@@ -18,6 +18,8 @@ use tokio::sync::watch;
 
 mod dump;
 mod explain;
+mod logging;
+mod ready;
 
 use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
@@ -66,6 +68,15 @@ impl AdminState {
             xds,
             network,
         }
+    }
+
+    /// Why `/healthz/ready` says not ready: the first unmet start-up gate, else (shared mode)
+    /// the first running pod without a valid certificate; `None` when ready.
+    fn not_ready(&self) -> Option<String> {
+        if let Some(gate) = self.readiness.missing() {
+            return Some(gate.to_string());
+        }
+        ready::missing_certificate(&self.pods, &self.certs)
     }
 
     /// Not ready from now on: the tunnel is shutting down.
@@ -133,7 +144,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
 
 fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (endpoint, req.uri().path()) {
-        (Endpoint::Readiness, "/healthz/ready") => match admin.readiness.missing() {
+        (Endpoint::Readiness, "/healthz/ready") => match admin.not_ready() {
             None => text(StatusCode::OK, "ready\n"),
             Some(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -163,9 +174,13 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
+        (Endpoint::Admin, "/logging") => {
+            let (status, body) = logging::handle(req.method(), req.uri().query());
+            text(status, body)
+        }
         (Endpoint::Admin, "/") => text(
             StatusCode::OK,
-            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=\n",
+            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=, /logging[?level=]\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

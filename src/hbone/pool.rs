@@ -210,10 +210,8 @@ impl Pool {
                     // `proxy::connect`).
                     let connection = Box::pin(self.inner.connector.connect(key)).await?;
                     tracing::debug!(peer = %key.destination, source = %key.source_identity, "opened HBONE connection");
-                    let pooled = Arc::new(PooledConnection::new(
-                        connection,
-                        self.inner.gauges.clone(),
-                    ));
+                    let pooled =
+                        Arc::new(PooledConnection::new(connection, self.inner.gauges.clone()));
                     connections.push(pooled.clone());
                     pooled
                 }

@@ -123,4 +123,3 @@ impl Collector for XdsCollector {
         Ok(())
     }
 }
-

@@ -6,7 +6,8 @@ use super::*;
 
 /// A `/proc/self/stat` line of a process named `a) b (c` (52 fields), with utime 250,
 /// stime 50, 7 threads, started 12345 ticks after boot.
-const STAT: &str = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 12345 \
+const STAT: &str =
+    "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 12345 \
      100000000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0";
 
 #[test]
@@ -48,7 +49,9 @@ fn status_sizes_are_bytes() {
     assert_eq!(parse_status_bytes(STATUS, "VmRSS"), Ok(5120 * 1024));
     assert_eq!(parse_status_bytes(STATUS, "VmSize"), Ok(18432 * 1024));
     assert_eq!(
-        parse_status_bytes(STATUS, "VmSwap").unwrap_err().to_string(),
+        parse_status_bytes(STATUS, "VmSwap")
+            .unwrap_err()
+            .to_string(),
         "/proc/self/status: no VmSwap line"
     );
     assert_eq!(
@@ -59,7 +62,8 @@ fn status_sizes_are_bytes() {
     );
 }
 
-const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+const LIMITS: &str =
+    "Limit                     Soft Limit           Hard Limit           Units     \n\
 Max cpu time              unlimited            unlimited            seconds   \n\
 Max open files            1024                 524288               files     \n";
 
@@ -100,22 +104,32 @@ fn the_collector_reports_this_process() {
     let _held = std::fs::File::open("/proc/self/stat").unwrap();
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
     assert!(value(&text, "process_cpu_seconds_total") >= 0.0);
     assert!(value(&text, "process_resident_memory_bytes") > 0.0);
     assert!(
-        value(&text, "process_virtual_memory_bytes") >= value(&text, "process_resident_memory_bytes")
+        value(&text, "process_virtual_memory_bytes")
+            >= value(&text, "process_resident_memory_bytes")
     );
     let open = value(&text, "process_open_fds");
     let here = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64 - 1.0;
     // Other test threads may open or close files meanwhile; this one holds at least three
     // (stdin, stdout, stderr) plus `_held`.
-    assert!(open >= 4.0 && here >= 4.0, "open fds {open}, listing {here}");
+    assert!(
+        open >= 4.0 && here >= 4.0,
+        "open fds {open}, listing {here}"
+    );
     assert!(value(&text, "process_threads") >= 1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
     let started = value(&text, "process_start_time_seconds");
-    assert!(started > now - 86_400.0 * 365.0 && started <= now + 1.0, "started {started}");
+    assert!(
+        started > now - 86_400.0 * 365.0 && started <= now + 1.0,
+        "started {started}"
+    );
 }
