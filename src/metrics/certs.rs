@@ -60,7 +60,6 @@ impl Collector for CertificateCollector {
             };
             counts[index].1 += 1;
         }
-        drop(expiry);
         let mut family = encoder.encode_descriptor(
             "nodetunnel_certificates",
             "Identities whose certificate the tunnel holds or is fetching, by state",
