@@ -53,7 +53,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::admin::AdminState;
     use crate::identity::{CertificateSource, LocalCa};
+    use crate::inpod::manager::PodSummary;
+    use nodetunnel_base::readiness::Readiness;
 
     #[tokio::test]
     async fn every_pod_identity_needs_a_valid_certificate() {
@@ -82,5 +85,55 @@ mod tests {
         let later = now + Duration::from_secs(7200);
         assert!(first_missing(&pods, &certs.certificate_states(), later)
             .is_some_and(|why| why.ends_with("(pod default/a): its certificate has expired")));
+    }
+
+    /// The probe's answer: the start-up gates first, then the pods' certificates, each
+    /// computed when asked (a pod added later makes the tunnel not ready until its
+    /// certificate is there).
+    #[tokio::test]
+    async fn the_probe_waits_for_the_gates_then_for_every_pods_certificate() {
+        let ca = LocalCa::generate("cluster.local").unwrap();
+        let certs = SecretManager::new(
+            CertificateSource::Local(Arc::new(ca)),
+            Duration::from_secs(3600),
+        );
+        let mut readiness = Readiness::new();
+        let snapshot = readiness.condition("waiting for the node agent's snapshot");
+        let pods = PodTable::default();
+        let admin = AdminState::new(
+            readiness,
+            Arc::new(crate::metrics::Metrics::new()),
+            crate::state::StateHandle::default(),
+            certs.clone(),
+            pods.clone(),
+            None,
+            String::new(),
+        );
+        assert_eq!(
+            admin.not_ready().as_deref(),
+            Some("waiting for the node agent's snapshot")
+        );
+        snapshot.send_replace(true);
+        assert_eq!(admin.not_ready(), None, "no pods: nothing to wait for");
+        let id = Identity::new("cluster.local", "default", "a");
+        pods.lock().unwrap().insert(
+            "uid-a".into(),
+            PodSummary {
+                workload: "default/a".into(),
+                identity: id.to_string(),
+                netns: nodetunnel_base::netns::NetnsId { dev: 1, inode: 2 },
+                connections: Default::default(),
+            },
+        );
+        assert!(admin
+            .not_ready()
+            .is_some_and(|why| why.starts_with("waiting for the certificate of spiffe://")));
+        certs.fetch(&id).await.unwrap();
+        assert_eq!(admin.not_ready(), None);
+        admin.start_draining();
+        assert_eq!(
+            admin.not_ready().as_deref(),
+            Some("shutting down: draining connections")
+        );
     }
 }
