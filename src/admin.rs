@@ -16,10 +16,11 @@ use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-mod dump;
-mod explain;
 mod logging;
 mod ready;
+
+mod dump;
+mod explain;
 
 use crate::identity::SecretManager;
 use crate::inpod::manager::PodTable;
@@ -70,6 +71,11 @@ impl AdminState {
         }
     }
 
+    /// Not ready from now on: the tunnel is shutting down.
+    pub fn start_draining(&self) {
+        self.not_draining.send_replace(false);
+    }
+
     /// Why `/healthz/ready` says not ready: the first unmet start-up gate, else (shared mode)
     /// the first running pod without a valid certificate; `None` when ready.
     fn not_ready(&self) -> Option<String> {
@@ -77,11 +83,6 @@ impl AdminState {
             return Some(gate.to_string());
         }
         ready::missing_certificate(&self.pods, &self.certs)
-    }
-
-    /// Not ready from now on: the tunnel is shutting down.
-    pub fn start_draining(&self) {
-        self.not_draining.send_replace(false);
     }
 }
 
@@ -164,6 +165,10 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 format!("encoding /config_dump: {e}\n"),
             ),
         },
+        (Endpoint::Admin, "/logging") => {
+            let (status, body) = logging::handle(req.method(), req.uri().query());
+            text(status, body)
+        }
         (Endpoint::Admin, "/debug/authorize") => {
             let store = admin.state.read();
             match explain::explain_query(req.uri().query().unwrap_or(""), &store, &admin.network) {
@@ -174,13 +179,9 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             }
         }
-        (Endpoint::Admin, "/logging") => {
-            let (status, body) = logging::handle(req.method(), req.uri().query());
-            text(status, body)
-        }
         (Endpoint::Admin, "/") => text(
             StatusCode::OK,
-            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=, /logging[?level=]\n",
+            "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

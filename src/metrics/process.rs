@@ -191,36 +191,32 @@ impl Collector for ProcessCollector {
                 MetricType::Counter,
             )?)?;
         }
-        let gauges: [(&str, &str, Option<f64>); 6] = [
+        let whole = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        let gauges: [(&str, &str, Option<i64>); 5] = [
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
-                s.resident_bytes.map(|v| v as f64),
+                whole(s.resident_bytes),
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes",
-                s.virtual_bytes.map(|v| v as f64),
+                whole(s.virtual_bytes),
             ),
             (
                 "process_open_fds",
                 "Number of open file descriptors",
-                s.open_fds.map(|v| v as f64),
+                whole(s.open_fds),
             ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors (soft limit)",
-                s.max_fds.map(|v| v as f64),
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch in seconds",
-                s.start_time_seconds,
+                whole(s.max_fds),
             ),
             (
                 "process_threads",
                 "Number of OS threads in the process",
-                s.threads.map(|v| v as f64),
+                whole(s.threads),
             ),
         ];
         for (name, help, value) in gauges {
@@ -232,6 +228,14 @@ impl Collector for ProcessCollector {
                     MetricType::Gauge,
                 )?)?;
             }
+        }
+        if let Some(started) = s.start_time_seconds {
+            ConstGauge::new(started).encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         Ok(())
     }
