@@ -26,7 +26,7 @@ mod process;
 mod xds;
 
 pub use inpod::{ActivePods, InpodMetrics};
-pub use outcome::{Outcome, OutcomeLabels};
+pub use outcome::{ConnectionOutcome, OutcomeLabels};
 
 /// What a label reads when its value is not known, as ztunnel writes it (never empty).
 pub const UNKNOWN: &str = "unknown";

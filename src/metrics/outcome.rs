@@ -7,7 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 
 /// How a connection ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ConnectionOutcome {
     /// Admitted, reached the upstream and ended without an error.
     Completed,
     /// Refused by authorization policy, up front or when a policy change revoked it.
@@ -16,12 +16,12 @@ pub enum Outcome {
     Failed,
 }
 
-impl Outcome {
+impl ConnectionOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::Denied => "denied",
-            Outcome::Failed => "failed",
+            ConnectionOutcome::Completed => "completed",
+            ConnectionOutcome::Denied => "denied",
+            ConnectionOutcome::Failed => "failed",
         }
     }
 }
@@ -42,7 +42,7 @@ impl OutcomeLabels {
     pub fn new(
         direction: &'static str,
         protocol: &'static str,
-        outcome: Outcome,
+        outcome: ConnectionOutcome,
         flag: &'static str,
     ) -> OutcomeLabels {
         OutcomeLabels {

@@ -287,7 +287,7 @@ fn data_path_gauges_outcomes_and_build_info_are_exposed() {
         .get_or_create(&OutcomeLabels::new(
             "inbound",
             "HBONE",
-            Outcome::Denied,
+            ConnectionOutcome::Denied,
             "policy_denied",
         ))
         .inc();

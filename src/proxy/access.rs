@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::copy::Transferred;
 use super::ProxyError;
 use crate::identity::Identity;
-use crate::metrics::{ConnectionLabels, DenialLabels, Metrics, Outcome, OutcomeLabels};
+use crate::metrics::{ConnectionLabels, ConnectionOutcome, DenialLabels, Metrics, OutcomeLabels};
 use crate::state::{Service, Store, Workload};
 
 /// What the log line and the metric labels say about a connection, besides its outcome.
@@ -338,9 +338,9 @@ impl ConnectionRecord {
                 .inc_by(transferred.b_to_a);
         }
         let (outcome, flag) = match error {
-            None => (Outcome::Completed, "-"),
-            Some(e) if e.denial().is_some() => (Outcome::Denied, e.flag()),
-            Some(e) => (Outcome::Failed, e.flag()),
+            None => (ConnectionOutcome::Completed, "-"),
+            Some(e) if e.denial().is_some() => (ConnectionOutcome::Denied, e.flag()),
+            Some(e) => (ConnectionOutcome::Failed, e.flag()),
         };
         m.connection_outcomes
             .get_or_create(&OutcomeLabels::new(d.direction, d.protocol, outcome, flag))
@@ -382,7 +382,7 @@ impl Drop for ConnectionRecord {
             .get_or_create(&OutcomeLabels::new(
                 d.direction,
                 d.protocol,
-                Outcome::Failed,
+                ConnectionOutcome::Failed,
                 DRAIN_CUT_FLAG,
             ))
             .inc();
