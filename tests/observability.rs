@@ -2,7 +2,8 @@
 //! shared-mode tunnels (n1: pods client, client2; n2: pod server) fed by real
 //! `nodetunnel-zds-agent` processes, xDS and certificates from a real `nodetunnel-control`,
 //! a DENY policy naming client2. The tests drive an exact amount of traffic and then read
-//! `/metrics` (parsed as the exposition format), the access log and `/logging`.
+//! `/metrics` (parsed as the exposition format), the access log and `/logging`; and readiness
+//! with a CA that never answers.
 //!
 //! Needs root; without it each test prints "skipped: needs root" (and fails under CI=true).
 
@@ -11,13 +12,13 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nodetunnel_testbed::inpod::{InpodMesh, InpodRules, MeshBins, PodTopology};
+use nodetunnel_testbed::inpod::{InpodMesh, InpodRules, MeshBins, PodTopology, ZdsAgentProcess};
 use nodetunnel_testbed::prom::Exposition;
 use nodetunnel_testbed::tunnel::{field_u64, http_get};
 use nodetunnel_testbed::{
-    addr, assert_eventually, connect_from, generate_ca, namespaces_available, port, sibling_binary,
-    spiffe_id, Ca, ControlPlane, Match, Mesh, MeshConfig, Policy, Server, StringMatch, Tunnel,
-    ZDS_AGENT_BIN,
+    addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
+    set_env, shared_tunnel_env, sibling_binary, spiffe_id, Ca, ControlPlane, Match, Mesh,
+    MeshConfig, Policy, Server, StringMatch, Tunnel, ZDS_AGENT_BIN,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -666,4 +667,82 @@ fn logging_changes_the_filter_at_runtime_and_refuses_bad_values() {
         "no debug line after level=debug:\n{}",
         n1.log_tail(20)
     );
+}
+
+/// Shared mode is ready only while every running pod has its certificate: with a CA nobody
+/// answers, n1's tunnel is ready with no pods (xDS synced, the agent's empty snapshot applied)
+/// and not ready, naming the pod and its identity, once a pod is enrolled.
+#[test]
+fn readiness_waits_for_the_certificate_of_every_enrolled_pod() {
+    let test = "observe_ready";
+    if !namespaces_available(test) {
+        return;
+    }
+    let topo = PodTopology::two_node(test, InpodRules::Apply).expect("building the topology");
+    let config = topo.path("mesh.yaml");
+    MeshConfig::standard(SERVER_PORT)
+        .write(&config)
+        .expect("writing the mesh config");
+    let ca = topo.path("ca");
+    std::fs::create_dir_all(&ca).expect("creating the CA dir");
+    generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
+    let control = topo
+        .start_control_plane("n1", &control_bin(), &config, &ca, &[])
+        .expect("starting the control plane");
+    let socket = topo.path("n1-zds.sock");
+    let agent = ZdsAgentProcess::spawn(
+        topo.node_ns("n1"),
+        &sibling_binary(ZDS_AGENT_BIN).expect("the ZDS agent binary"),
+        &socket,
+        &topo.path("n1-zds-agent.log"),
+    )
+    .expect("starting the ZDS agent");
+    let mut env = shared_tunnel_env(
+        "n1",
+        Mesh::Control(&control),
+        Ca::Control(&control),
+        &socket,
+    );
+    // Nothing listens there: every issuance fails.
+    set_env(&mut env, "CA_ADDRESS", "https://127.0.0.1:9");
+    let tunnel = topo
+        .spawn_tunnel("n1", bin(), &env_refs(&env))
+        .expect("starting the tunnel");
+    agent
+        .wait_line(0, DEADLINE, |l| l.starts_with("snapshot sent:"))
+        .expect("the agent's empty snapshot");
+    assert_eventually!(
+        tunnel
+            .readiness_answer()
+            .is_ok_and(|(status, _)| status == 200),
+        DEADLINE,
+        "no pods, so no certificate to wait for: {:?}\n{}",
+        tunnel.readiness_answer(),
+        tunnel.log_tail(20)
+    );
+    agent.add(topo.pod("client")).expect("enrolling client");
+    let want = format!(
+        "not ready: waiting for the certificate of {} (pod default/client): ",
+        spiffe_id("default", "client")
+    );
+    assert_eventually!(
+        tunnel
+            .readiness_answer()
+            .is_ok_and(|(status, body)| status == 503 && body.starts_with(&want)),
+        DEADLINE,
+        "{:?}",
+        tunnel.readiness_answer()
+    );
+    // Removing the pod removes the wait.
+    agent.del("uid-client").expect("removing client");
+    assert_eventually!(
+        tunnel
+            .readiness_answer()
+            .is_ok_and(|(status, _)| status == 200),
+        DEADLINE,
+        "{:?}",
+        tunnel.readiness_answer()
+    );
+    drop(tunnel);
+    drop(agent);
 }
