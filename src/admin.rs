@@ -17,6 +17,9 @@ use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod logging;
+mod ready;
+
 mod dump;
 mod explain;
 pub mod live_view;
@@ -85,6 +88,15 @@ impl AdminState {
     pub fn start_draining(&self) {
         self.not_draining.send_replace(false);
     }
+
+    /// Why `/healthz/ready` says not ready: the first unmet start-up gate, else (shared mode)
+    /// the first running pod without a valid certificate; `None` when ready.
+    fn not_ready(&self) -> Option<String> {
+        if let Some(gate) = self.readiness.missing() {
+            return Some(gate.to_string());
+        }
+        ready::missing_certificate(&self.pods, &self.certs)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +158,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
 
 fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (endpoint, req.uri().path()) {
-        (Endpoint::Readiness, "/healthz/ready") => match admin.readiness.missing() {
+        (Endpoint::Readiness, "/healthz/ready") => match admin.not_ready() {
             None => text(StatusCode::OK, "ready\n"),
             Some(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,6 +178,10 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
                 format!("encoding /config_dump: {e}\n"),
             ),
         },
+        (Endpoint::Admin, "/logging") => {
+            let (status, body) = logging::handle(req.method(), req.uri().query());
+            text(status, body)
+        }
         (Endpoint::Admin, "/debug/authorize") => {
             let store = admin.state.read();
             match explain::explain_query(req.uri().query().unwrap_or(""), &store, &admin.network) {

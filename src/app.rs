@@ -21,7 +21,7 @@ use crate::identity::CertificateSource;
 use crate::identity::{CaClient, CaClientError, CaError, LocalCa, ManagerError, SecretManager};
 use crate::inpod::manager::{InpodManager, PodTable};
 use crate::inpod::pod::PodContext;
-use crate::metrics::Metrics;
+use crate::metrics::{ActivePods, Metrics};
 use crate::proxy::{Delivery, ListenError, ListenerSet, ProxyInputs, Scope};
 use crate::socket::{SocketFactory, TUNNEL_MARK};
 use crate::state::{self, Defaults, LoadError, StateHandle};
@@ -117,6 +117,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     if let Some(xds) = &xds {
         metrics.register_xds(xds.clone());
     }
+    metrics.register_certificates(certs.clone());
+    let pods = PodTable::default();
+    if let Mode::Shared(_) = &config.mode {
+        let table = pods.clone();
+        metrics.register_inpod(ActivePods(Box::new(move || {
+            table.lock().unwrap_or_else(|e| e.into_inner()).len()
+        })));
+    }
     // What `/healthz/ready` waits for, in the order start-up meets them: each gate's flag is
     // set by the step that passes it.
     let mut readiness = Readiness::new();
@@ -138,7 +146,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         metrics.clone(),
         state.clone(),
         certs.clone(),
-        PodTable::default(),
+        pods,
         xds.clone(),
         config.network.clone(),
     );

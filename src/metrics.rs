@@ -1,21 +1,32 @@
-//! Prometheus metrics with Istio's names and labels, so existing dashboards keep working.
+//! Prometheus metrics with Istio's names and labels, so existing dashboards keep working, plus
+//! what a team alerts on: ztunnel's names where ztunnel has the metric, `nodetunnel_*` where it
+//! has none.
+//!
+//! The data path only moves atomics (counters, gauges, one label-set lookup per connection);
+//! everything that needs a walk over shared state (certificates, pods, xDS, `/proc`) is a
+//! collector computed when `/metrics` is scraped, on the admin thread.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
-};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::hbone::pool::PoolGauges;
+use crate::identity::SecretManager;
 use crate::state::{Service, Workload};
-use crate::xds::{TypeStats, XdsHandle};
+use crate::xds::XdsHandle;
+
+mod certs;
+mod inpod;
+mod outcome;
+mod process;
+mod xds;
+
+pub use inpod::{ActivePods, InpodMetrics};
+pub use outcome::{ConnectionOutcome, OutcomeLabels};
 
 /// What a label reads when its value is not known, as ztunnel writes it (never empty).
 pub const UNKNOWN: &str = "unknown";
@@ -229,6 +240,31 @@ pub struct DenialLabels {
     pub protocol: &'static str,
 }
 
+/// Holds one unit of a gauge (`inc` now, `dec` on drop), for "currently open" gauges whose
+/// owner ends on several paths.
+#[must_use = "the gauge is decremented when the guard drops"]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn hold(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Labels of `nodetunnel_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    /// The crate version the binary was built from.
+    version: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections_opened: Family<ConnectionLabels, Counter>,
@@ -245,6 +281,14 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Inbound connections the authorize step refused, by deciding policy.
     pub policy_denials: Family<DenialLabels, Counter>,
+    /// Every proxied connection once, when it ends, by outcome.
+    pub connection_outcomes: Family<OutcomeLabels, Counter>,
+    /// The outbound HBONE pools' connections and streams (all pools of the process).
+    pub pool: PoolGauges,
+    /// HBONE connections from peers currently open on 15008.
+    pub hbone_inbound_connections: Gauge,
+    /// Shared mode's pods and agent connection (registered by [`Metrics::register_inpod`]).
+    pub inpod: InpodMetrics,
     /// The Istio release reported in `istio_build` and `/config_dump`'s `version`.
     istio_version: String,
 }
@@ -276,6 +320,10 @@ impl Metrics {
             hbone_connections_accepted: Counter::default(),
             active_connections: Gauge::default(),
             policy_denials: Family::default(),
+            connection_outcomes: Family::default(),
+            pool: PoolGauges::default(),
+            hbone_inbound_connections: Gauge::default(),
+            inpod: InpodMetrics::default(),
             istio_version,
         };
         let istio = registry.sub_registry_with_prefix("istio");
@@ -333,6 +381,33 @@ impl Metrics {
             "Proxied connections currently open",
             m.active_connections.clone(),
         );
+        own.register(
+            "connections",
+            "Proxied connections by how they ended (counted when they end): completed, denied, failed, with the access log's flag",
+            m.connection_outcomes.clone(),
+        );
+        own.register(
+            "hbone_pool_connections",
+            "HBONE connections held by the outbound pools",
+            m.pool.connections.clone(),
+        );
+        own.register(
+            "hbone_pool_streams",
+            "CONNECT streams open on the outbound pools' connections",
+            m.pool.streams.clone(),
+        );
+        own.register(
+            "hbone_inbound_connections",
+            "HBONE connections from peers currently open",
+            m.hbone_inbound_connections.clone(),
+        );
+        let info: Family<VersionLabel, Gauge> = Family::default();
+        info.get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+        own.register("build_info", "This nodetunnel build (always 1)", info);
+        registry.register_collector(Box::new(process::ProcessCollector));
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
@@ -342,113 +417,35 @@ impl Metrics {
         &self.istio_version
     }
 
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Adds the xDS client's counters, read from its handle at each scrape.
     pub fn register_xds(&self, xds: XdsHandle) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register_collector(Box::new(XdsCollector(xds)));
+        self.registry()
+            .register_collector(Box::new(xds::XdsCollector(xds)));
+    }
+
+    /// Adds each identity's certificate expiry and the count of identities per certificate
+    /// state, read from `certs` at each scrape.
+    pub fn register_certificates(&self, certs: Arc<SecretManager>) {
+        self.registry()
+            .register_collector(Box::new(certs::CertificateCollector(certs)));
+    }
+
+    /// Adds shared mode's metrics ([`InpodMetrics`] and `active`'s pod count).
+    pub fn register_inpod(&self, active: ActivePods) {
+        self.inpod.register(&mut self.registry(), active);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
-    }
-}
-
-/// The xDS client's state as metrics. Istio's `istio_xds_message_total{url}` counts responses
-/// per type; the `nodetunnel_xds_*` series add what an operator needs to see a stuck or
-/// rejected sync: connection state, resource counts, ACK/NACK split and apply time.
-#[derive(Debug)]
-struct XdsCollector(XdsHandle);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UrlLabel {
-    url: &'static str,
-}
-
-impl Collector for XdsCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.0.stats();
-        let types = [
-            (
-                nodetunnel_proto::WORKLOAD_ADDRESS_TYPE_URL,
-                &stats.addresses,
-            ),
-            (
-                nodetunnel_proto::AUTHORIZATION_TYPE_URL,
-                &stats.authorizations,
-            ),
-        ];
-        let per_type = |encoder: &mut DescriptorEncoder,
-                        name: &str,
-                        help: &str,
-                        counter: bool,
-                        value: &dyn Fn(&TypeStats) -> u64|
-         -> Result<(), std::fmt::Error> {
-            let kind = if counter {
-                MetricType::Counter
-            } else {
-                MetricType::Gauge
-            };
-            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-            for (url, t) in types {
-                let label = UrlLabel { url };
-                let metric = family.encode_family(&label)?;
-                if counter {
-                    ConstCounter::new(value(t)).encode(metric)?;
-                } else {
-                    ConstGauge::new(value(t) as i64).encode(metric)?;
-                }
-            }
-            Ok(())
-        };
-        per_type(
-            &mut encoder,
-            "istio_xds_message",
-            "xDS responses received, per type URL",
-            true,
-            &|t| t.acks + t.nacks,
-        )?;
-        per_type(
-            &mut encoder,
-            "nodetunnel_xds_nacks",
-            "xDS responses rejected (NACKed), per type URL",
-            true,
-            &|t| t.nacks,
-        )?;
-        per_type(
-            &mut encoder,
-            "nodetunnel_xds_resources",
-            "Resources currently accepted from the control plane, per type URL",
-            false,
-            &|t| t.resources as u64,
-        )?;
-        let gauge = ConstGauge::new(i64::from(stats.connected));
-        gauge.encode(encoder.encode_descriptor(
-            "nodetunnel_xds_connected",
-            "1 while the xDS stream to the control plane is established",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        ConstCounter::new(stats.connects).encode(encoder.encode_descriptor(
-            "nodetunnel_xds_connects",
-            "xDS streams established since start",
-            None,
-            MetricType::Counter,
-        )?)?;
-        let apply = stats.last_apply_duration.map_or(0.0, |d| d.as_secs_f64());
-        ConstGauge::new(apply).encode(encoder.encode_descriptor(
-            "nodetunnel_xds_last_apply_seconds",
-            "How long the last accepted xDS response held the state lock while applying",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        Ok(())
     }
 }
 

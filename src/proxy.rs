@@ -172,7 +172,7 @@ impl ProxyInputs {
             metrics.hbone_connections_opened.clone(),
         );
         ProxyInputs {
-            pool: Pool::new(config.pool.clone(), connector),
+            pool: Pool::new(config.pool.clone(), connector, metrics.pool.clone()),
             config,
             state,
             certs,

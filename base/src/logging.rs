@@ -1,10 +1,24 @@
 //! Process logging for every binary of the workspace: text (or JSON with `LOG_FORMAT=json`), always on stderr (stdout
 //! belongs to protocols — the CNI plugin's result, the zds-agent tool's lines), colour only on a
 //! terminal.
+//!
+//! The filter sits behind a reload layer, so a daemon can change it while running (the
+//! tunnel's admin `/logging`, see [`filter`]); everything else about the output is fixed at
+//! start.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
 
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+pub mod filter;
 mod json;
+
+pub use filter::{FilterControl, FilterError};
+
+/// The running process's filter control, set by [`init`].
+static CONTROL: OnceLock<FilterControl> = OnceLock::new();
 
 /// `LOG_FORMAT=json` selects one JSON object per line (ztunnel's variable and shape); anything
 /// else, or unset, keeps the text format.
@@ -21,14 +35,34 @@ pub fn init(filter: Option<&str>) {
         None => EnvFilter::try_from_default_env().ok(),
     }
     .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json_requested() {
-        builder.event_format(json::JsonFormat).init();
+    let initial = filter.to_string();
+    let (filter, handle) = reload::Layer::<EnvFilter, Registry>::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = if json_requested() {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(json::JsonFormat)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init()
+    };
+    // A second init (a test calling it twice) keeps the first subscriber and its control.
+    if installed.is_ok() {
+        let _ = CONTROL.set(FilterControl::new(handle, initial));
     }
+}
+
+/// The process's filter control; `None` before [`init`] (or when another subscriber was
+/// installed first).
+pub fn control() -> Option<&'static FilterControl> {
+    CONTROL.get()
 }

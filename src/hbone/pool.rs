@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::client::{ClientError, Connection};
 use super::connector::{ConnectError, Connector};
 use super::stream::H2Stream;
@@ -62,14 +64,45 @@ pub enum PoolError {
     Stream(#[from] ClientError),
 }
 
+/// What the pool reports to `/metrics`: connections it holds and streams open on them. Plain
+/// atomic gauges moved when a connection or stream comes and goes, so a scrape reads them
+/// without touching the pool's locks and the data path pays one atomic add per stream.
+#[derive(Clone, Debug, Default)]
+pub struct PoolGauges {
+    /// Connections held by the pool (counted until the last stream on them ends and the pool
+    /// lets go of them: at the next open on their key or the next sweep once closed).
+    pub connections: Gauge,
+    /// CONNECT streams open (or being opened) on pooled connections.
+    pub streams: Gauge,
+}
+
 struct PooledConnection {
     connection: Connection,
     active_streams: AtomicUsize,
     /// When the last stream ended (meaningful while `active_streams` is 0).
     idle_since: Mutex<Instant>,
+    gauges: PoolGauges,
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        self.gauges.connections.dec();
+    }
 }
 
 impl PooledConnection {
+    /// Counts the connection as held from now until it is dropped.
+    fn new(connection: Connection, gauges: PoolGauges) -> PooledConnection {
+        gauges.connections.inc();
+        PooledConnection {
+            connection,
+            // The stream the connection was opened for.
+            active_streams: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+            gauges,
+        }
+    }
+
     /// Claims a stream slot if one is free.
     fn try_acquire(&self, max: usize) -> bool {
         self.active_streams
@@ -101,8 +134,17 @@ impl PooledConnection {
 /// Returns the stream's slot to its connection when the stream is dropped.
 struct StreamSlot(Arc<PooledConnection>);
 
+impl StreamSlot {
+    /// Takes over a slot already claimed on `connection`, counting the stream as open.
+    fn new(connection: Arc<PooledConnection>) -> StreamSlot {
+        connection.gauges.streams.inc();
+        StreamSlot(connection)
+    }
+}
+
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        self.0.gauges.streams.dec();
         self.0.release();
     }
 }
@@ -117,6 +159,7 @@ type Slot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 struct Inner {
     config: PoolConfig,
     connector: Connector,
+    gauges: PoolGauges,
     slots: Mutex<HashMap<PoolKey, Slot>>,
 }
 
@@ -126,12 +169,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Creates the pool, which opens its connections with `connector`, and starts its idle
+    /// Creates the pool, which opens its connections with `connector` and counts them and
+    /// their streams in `gauges` (shared by every pool of the process), and starts its idle
     /// sweeper (which ends when the pool is dropped). Needs a tokio runtime.
-    pub fn new(config: PoolConfig, connector: Connector) -> Pool {
+    pub fn new(config: PoolConfig, connector: Connector, gauges: PoolGauges) -> Pool {
         let inner = Arc::new(Inner {
             config,
             connector,
+            gauges,
             slots: Mutex::new(HashMap::new()),
         });
         let sweep_every = (inner.config.idle_timeout / 4)
@@ -192,17 +237,14 @@ impl Pool {
                     // `proxy::connect`).
                     let connection = Box::pin(self.inner.connector.connect(key)).await?;
                     tracing::debug!(peer = %key.destination, source = %key.source_identity, "opened HBONE connection");
-                    let pooled = Arc::new(PooledConnection {
-                        connection,
-                        active_streams: AtomicUsize::new(1),
-                        idle_since: Mutex::new(Instant::now()),
-                    });
+                    let pooled =
+                        Arc::new(PooledConnection::new(connection, self.inner.gauges.clone()));
                     connections.push(pooled.clone());
                     pooled
                 }
             }
         };
-        let guard = StreamSlot(pooled.clone());
+        let guard = StreamSlot::new(pooled.clone());
         let stream = Box::pin(pooled.connection.connect_stream(authority, forwarded_for)).await?;
         Ok(stream.with_guard(Box::new(guard)))
     }

@@ -79,15 +79,19 @@ impl InpodManager {
                 () = &mut shutdown => break,
             };
             tracing::info!(uds = %uds.display(), pods = self.pods.len(), "connected to the node agent");
+            self.ctx.metrics.inpod.zds_connects.inc();
+            self.ctx.metrics.inpod.zds_connected.set(1);
             self.tracker.connected();
             let ended = tokio::select! {
                 ended = self.serve_connection(&mut conn) => ended,
                 () = &mut shutdown => {
                     self.tracker.disconnected();
+                    self.ctx.metrics.inpod.zds_connected.set(0);
                     break;
                 }
             };
             self.tracker.disconnected();
+            self.ctx.metrics.inpod.zds_connected.set(0);
             self.snapshot_applied.send_replace(false);
             match ended {
                 ConnectionEnd::AfterSnapshot(reason) => {
@@ -212,6 +216,7 @@ impl InpodManager {
                 tracing::info!(%uid, workload = %summary.workload, identity = %summary.identity, "pod proxy started");
                 self.table_mut().insert(uid.to_owned(), summary);
                 self.pods.insert(uid.to_owned(), pod);
+                self.ctx.metrics.inpod.proxies_started.inc();
                 None
             }
             Err(e) => {
@@ -227,6 +232,7 @@ impl InpodManager {
             return;
         };
         self.table_mut().remove(uid);
+        self.ctx.metrics.inpod.proxies_stopped.inc();
         // A certificate is forgotten (no longer renewed) once no running pod uses it.
         let identity = pod.identity();
         if !self.pods.values().any(|p| p.identity() == identity) {

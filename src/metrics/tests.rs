@@ -203,3 +203,111 @@ fn every_istio_family_is_registered_under_istios_name() {
         "{text}"
     );
 }
+
+/// The samples of `family` as (labels, value) lines, for the families added below.
+fn lines<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_per_identity_and_states_are_counted() {
+    use crate::identity::{CertificateSource, Identity, LocalCa, SecretManager};
+    use std::time::Duration;
+    let ca = LocalCa::generate("cluster.local").unwrap();
+    let certs = SecretManager::new(
+        CertificateSource::Local(std::sync::Arc::new(ca)),
+        Duration::from_secs(3600),
+    );
+    let ok = Identity::new("cluster.local", "default", "ok");
+    certs.fetch(&ok).await.unwrap();
+    let m = Metrics::new();
+    m.register_certificates(certs.clone());
+    let text = m.encode();
+    let expiry = lines(&text, "nodetunnel_certificate_expiry_seconds");
+    assert_eq!(expiry.len(), 1, "{text}");
+    let (labels, value) = expiry[0].rsplit_once(' ').unwrap();
+    assert_eq!(
+        labels,
+        "nodetunnel_certificate_expiry_seconds{identity=\"spiffe://cluster.local/ns/default/sa/ok\"}"
+    );
+    let left: f64 = value.parse().unwrap();
+    assert!(left > 3000.0 && left <= 3600.0 + 300.0, "{left}");
+    assert_eq!(
+        lines(&text, "nodetunnel_certificates"),
+        [
+            "nodetunnel_certificates{state=\"available\"} 1",
+            "nodetunnel_certificates{state=\"initializing\"} 0",
+            "nodetunnel_certificates{state=\"unavailable\"} 0",
+        ]
+    );
+    assert!(
+        super::certs::seconds_until(
+            std::time::UNIX_EPOCH,
+            std::time::UNIX_EPOCH + Duration::from_secs(5)
+        ) == -5.0
+    );
+}
+
+#[test]
+fn inpod_metrics_appear_only_once_registered_with_ztunnels_names() {
+    let m = Metrics::new();
+    assert!(
+        !m.encode().contains("workload_manager_"),
+        "dedicated mode has none"
+    );
+    m.inpod.zds_connected.set(1);
+    m.inpod.zds_connects.inc();
+    m.inpod.proxies_started.inc_by(3);
+    m.inpod.proxies_stopped.inc();
+    m.register_inpod(ActivePods(Box::new(|| 2)));
+    let text = m.encode();
+    for line in [
+        "workload_manager_active_proxy_count 2",
+        "workload_manager_proxies_started_total 3",
+        "workload_manager_proxies_stopped_total 1",
+        "nodetunnel_zds_connected 1",
+        "nodetunnel_zds_connects_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn data_path_gauges_outcomes_and_build_info_are_exposed() {
+    let m = Metrics::new();
+    m.pool.connections.inc();
+    m.pool.streams.inc_by(4);
+    let _open = GaugeGuard::hold(&m.hbone_inbound_connections);
+    m.connection_outcomes
+        .get_or_create(&OutcomeLabels::new(
+            "inbound",
+            "HBONE",
+            ConnectionOutcome::Denied,
+            "policy_denied",
+        ))
+        .inc();
+    let text = m.encode();
+    for line in [
+        "nodetunnel_hbone_pool_connections 1",
+        "nodetunnel_hbone_pool_streams 4",
+        "nodetunnel_hbone_inbound_connections 1",
+        "nodetunnel_connections_total{direction=\"inbound\",protocol=\"HBONE\",outcome=\"denied\",flag=\"policy_denied\"} 1",
+        &format!("nodetunnel_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    drop(_open);
+    assert!(m
+        .encode()
+        .lines()
+        .any(|l| l == "nodetunnel_hbone_inbound_connections 0"));
+    assert!(
+        text.contains("# TYPE process_resident_memory_bytes gauge"),
+        "the process collector is always registered"
+    );
+}

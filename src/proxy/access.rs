@@ -13,7 +13,7 @@ use super::copy::Transferred;
 use super::traffic::{EdgeHandle, Ends, Outcome, TrafficGraph};
 use super::ProxyError;
 use crate::identity::Identity;
-use crate::metrics::{ConnectionLabels, DenialLabels, Metrics};
+use crate::metrics::{ConnectionLabels, ConnectionOutcome, DenialLabels, Metrics, OutcomeLabels};
 use crate::state::{Service, Store, Workload};
 
 /// What the log line and the metric labels say about a connection, besides its outcome.
@@ -185,6 +185,17 @@ fn intern(parties: Parties) -> Arc<Parties> {
     shared
 }
 
+/// The access log's `(bytes_sent, bytes_recv)`, as ztunnel writes them: from the point of view
+/// of the workload this tunnel serves on that side. Outbound, the client sent the request
+/// (the copy's a → b); inbound, the server sent the response (b → a).
+fn logged_bytes(direction: &str, t: &Transferred) -> (u64, u64) {
+    if direction == "outbound" {
+        (t.a_to_b, t.b_to_a)
+    } else {
+        (t.b_to_a, t.a_to_b)
+    }
+}
+
 /// `flag` / `response_flags` of a connection cut at a drain deadline.
 pub const DRAIN_CUT_FLAG: &str = "drain_cut";
 
@@ -304,21 +315,22 @@ impl ConnectionRecord {
         }
         let d = &self.description;
         let line = Line::new(d, self.started);
+        let (bytes_sent, bytes_recv) = logged_bytes(d.direction, &transferred);
         match error {
             None => access_event!(
                 tracing::Level::INFO,
                 d,
                 line,
-                bytes_sent = transferred.a_to_b,
-                bytes_recv = transferred.b_to_a,
+                bytes_sent,
+                bytes_recv,
                 "connection complete"
             ),
             Some(e) => access_event!(
                 tracing::Level::WARN,
                 d,
                 line,
-                bytes_sent = transferred.a_to_b,
-                bytes_recv = transferred.b_to_a,
+                bytes_sent,
+                bytes_recv,
                 flag = e.flag(),
                 // A string, so the line quotes it: the reason has spaces and is read back whole.
                 reason = e.denial().map(|r| r.to_string()),
@@ -342,15 +354,25 @@ impl ConnectionRecord {
         let m = &self.metrics;
         let labels = &self.description.parties.labels;
         // Bytes carry the labels the connection opened with (`response_flags="-"`), as
-        // ztunnel's byte counters are bound when the connection opens.
+        // ztunnel's byte counters are bound when the connection opens. Istio's meaning, on
+        // both reporters: `received` is the request (client → server, the copy's a → b),
+        // `sent` the response.
         if self.opened {
-            m.sent_bytes
+            m.received_bytes
                 .get_or_create(labels)
                 .inc_by(transferred.a_to_b);
-            m.received_bytes
+            m.sent_bytes
                 .get_or_create(labels)
                 .inc_by(transferred.b_to_a);
         }
+        let (outcome, flag) = match error {
+            None => (ConnectionOutcome::Completed, "-"),
+            Some(e) if e.denial().is_some() => (ConnectionOutcome::Denied, e.flag()),
+            Some(e) => (ConnectionOutcome::Failed, e.flag()),
+        };
+        m.connection_outcomes
+            .get_or_create(&OutcomeLabels::new(d.direction, d.protocol, outcome, flag))
+            .inc();
         match error {
             Some(e) => {
                 let mut failed = labels.clone();
@@ -383,6 +405,15 @@ impl Drop for ConnectionRecord {
             flag = DRAIN_CUT_FLAG,
             "connection cut at the drain deadline"
         );
+        self.metrics
+            .connection_outcomes
+            .get_or_create(&OutcomeLabels::new(
+                d.direction,
+                d.protocol,
+                ConnectionOutcome::Failed,
+                DRAIN_CUT_FLAG,
+            ))
+            .inc();
         let mut labels = self.description.parties.labels.clone();
         // ztunnel's catch-all: the connection ended in an error.
         labels.response_flags = "CONNECT";

@@ -18,6 +18,7 @@ use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::hbone::server::{self, ConnectTarget, IncomingStream};
 use crate::identity::Identity;
+use crate::metrics::GaugeGuard;
 use crate::socket;
 use crate::state::Store;
 use crate::tls;
@@ -72,6 +73,7 @@ async fn serve_connection(
     )
     .map_err(ProxyError::PeerIdentity)?;
     pi.metrics.hbone_connections_accepted.inc();
+    let _open = GaugeGuard::hold(&pi.metrics.hbone_inbound_connections);
     // Shared by the connection's streams (one copy of the identity, not one per stream).
     let info = Arc::new(PeerInfo {
         addr: peer,

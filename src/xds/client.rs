@@ -246,10 +246,14 @@ impl XdsClient {
             }
             t.ignored += applied.ignored.len() as u64;
             match &applied.rejection {
-                None => t.acks += 1,
+                None => {
+                    t.acks += 1;
+                    t.last_ack_at = Some(std::time::SystemTime::now());
+                }
                 Some(rejection) => {
                     t.nacks += 1;
                     t.last_nack = Some(rejection.to_string());
+                    t.last_nack_at = Some(std::time::SystemTime::now());
                 }
             }
             // The good part of a first push is the state to serve, NACKed or not: a push

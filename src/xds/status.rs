@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,6 +38,9 @@ pub struct TypeStats {
     pub resources: usize,
     pub acks: u64,
     pub nacks: u64,
+    /// When the last response of this type was accepted (ACKed) / rejected (NACKed).
+    pub last_ack: Option<SystemTime>,
+    pub last_nack: Option<SystemTime>,
 }
 
 /// Per-type protocol state.
@@ -51,6 +54,8 @@ pub(super) struct TypeStatus {
     /// Resources skipped because this version does not understand them (unknown enums).
     pub(super) ignored: u64,
     pub(super) last_nack: Option<String>,
+    pub(super) last_ack_at: Option<SystemTime>,
+    pub(super) last_nack_at: Option<SystemTime>,
     /// The first response of this type on some stream (the whole state) was applied.
     pub(super) applied_once: bool,
 }
@@ -139,6 +144,8 @@ impl XdsHandle {
             resources: t.versions.len(),
             acks: t.acks,
             nacks: t.nacks,
+            last_ack: t.last_ack_at,
+            last_nack: t.last_nack_at,
         };
         XdsStats {
             connected: s.connected,

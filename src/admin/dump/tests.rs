@@ -662,3 +662,58 @@ fn running_pods_are_listed_in_workload_state_and_our_extras_keep_their_keys() {
     let _: BTreeMap<String, serde_json::Value> =
         serde_json::from_value(raw).expect("the dump is one object");
 }
+
+/// Every string in `value`, recursively.
+fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_dump_never_holds_a_private_key_in_any_encoding() {
+    use base64::Engine;
+    let certs = manager(Duration::from_secs(3600));
+    let id = Identity::new("cluster.local", "default", "server");
+    let cert = certs.fetch(&id).await.expect("a certificate");
+    let pods = PodTable::default();
+    pods.lock().unwrap().insert(
+        "pod-uid-1".into(),
+        PodSummary {
+            workload: "default/server".into(),
+            identity: id.to_string(),
+            netns: nodetunnel_base::netns::NetnsId { dev: 4, inode: 7 },
+            connections: Default::default(),
+        },
+    );
+    let bytes = super::config_dump(&admin(certs, pods)).expect("the dump encodes");
+    let text = String::from_utf8(bytes).expect("UTF-8");
+    let raw: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    // The dump does carry the certificate (with its expiry) and the pod, so the check below
+    // looks at a dump that has everything a key could hide beside.
+    assert_eq!(raw["certificates"][0]["identity"], id.to_string());
+    assert!(raw["certificates"][0]["certChain"][0]["expirationTime"].is_string());
+    assert_eq!(raw["pods"][0]["uid"], "pod-uid-1");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key_der = cert.key.secret_der();
+    assert!(
+        !text.contains(&b64.encode(key_der)),
+        "the key's DER, base64"
+    );
+    let mut all = Vec::new();
+    strings(&raw, &mut all);
+    let decoded: Vec<Vec<u8>> = all.iter().filter_map(|s| b64.decode(s).ok()).collect();
+    assert!(!decoded.is_empty(), "the certificates are base64 PEM");
+    for d in &decoded {
+        let as_text = String::from_utf8_lossy(d);
+        assert!(!as_text.contains("PRIVATE KEY"), "{as_text}");
+        assert!(
+            !d.windows(key_der.len()).any(|w| w == key_der),
+            "the key's DER inside a base64 field"
+        );
+    }
+}

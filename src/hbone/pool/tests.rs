@@ -76,6 +76,16 @@ fn key(source: &str, dst: SocketAddr) -> PoolKey {
 
 /// A pool whose connector takes certificates from `certs` and dials from this namespace.
 fn pool(certs: &Arc<SecretManager>, max: usize, idle: Duration) -> Pool {
+    counted_pool(certs, max, idle, PoolGauges::default())
+}
+
+/// [`pool`], counting into `gauges`.
+fn counted_pool(
+    certs: &Arc<SecretManager>,
+    max: usize,
+    idle: Duration,
+    gauges: PoolGauges,
+) -> Pool {
     let config = PoolConfig {
         max_streams_per_connection: max,
         idle_timeout: idle,
@@ -86,7 +96,7 @@ fn pool(certs: &Arc<SecretManager>, max: usize, idle: Duration) -> Pool {
         Duration::from_secs(5),
         Default::default(),
     );
-    Pool::new(config, connector)
+    Pool::new(config, connector, gauges)
 }
 
 async fn open(pool: &Pool, key: &PoolKey) -> H2Stream {
@@ -130,6 +140,27 @@ async fn full_connections_make_the_pool_open_another() {
     tokio::task::yield_now().await;
     held.push(open(&pool, &k).await);
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn gauges_count_held_connections_and_open_streams() {
+    let certs = secrets();
+    let (addr, _) = echo_server(&certs).await;
+    let gauges = PoolGauges::default();
+    let pool = counted_pool(&certs, 2, Duration::from_secs(60), gauges.clone());
+    let k = key("client", addr);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(open(&pool, &k).await);
+    }
+    assert_eq!((gauges.connections.get(), gauges.streams.get()), (2, 3));
+    held.truncate(1);
+    assert_eq!((gauges.connections.get(), gauges.streams.get()), (2, 1));
+    held.clear();
+    // Idle connections stay pooled (and counted) until the idle timeout.
+    assert_eq!((gauges.connections.get(), gauges.streams.get()), (2, 0));
+    drop(pool);
+    assert_eq!(gauges.connections.get(), 0);
 }
 
 #[tokio::test]

@@ -75,6 +75,13 @@ fn a_connection_cut_at_the_drain_deadline_counts_as_failed_and_closed() {
             "{family}"
         );
     }
+    assert!(
+        metrics.encode().contains(
+            "nodetunnel_connections_total{direction=\"outbound\",protocol=\"TCP\",outcome=\"failed\",flag=\"drain_cut\"} 1"
+        ),
+        "{}",
+        metrics.encode()
+    );
 }
 
 #[test]
@@ -100,10 +107,32 @@ fn a_clean_connection_is_not_failed() {
             "{family}"
         );
     }
+    // Istio's meaning: received = the request (a → b), sent = the response (b → a).
     assert_eq!(
-        samples(&metrics, "istio_tcp_sent_bytes_total"),
+        samples(&metrics, "istio_tcp_received_bytes_total"),
         [("-".to_string(), "3".to_string())]
     );
+    assert_eq!(
+        samples(&metrics, "istio_tcp_sent_bytes_total"),
+        [("-".to_string(), "4".to_string())]
+    );
+    assert!(
+        metrics.encode().contains(
+            "nodetunnel_connections_total{direction=\"outbound\",protocol=\"TCP\",outcome=\"completed\",flag=\"-\"} 1"
+        ),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[test]
+fn the_log_counts_bytes_from_the_served_workloads_side() {
+    let t = Transferred {
+        a_to_b: 10,
+        b_to_a: 25,
+    };
+    assert_eq!(logged_bytes("outbound", &t), (10, 25), "the client sent 10");
+    assert_eq!(logged_bytes("inbound", &t), (25, 10), "the server sent 25");
 }
 
 #[test]

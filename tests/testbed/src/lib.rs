@@ -36,6 +36,7 @@ pub mod netns;
 mod privilege;
 pub mod process;
 pub mod procstat;
+pub mod prom;
 pub mod raw_hbone;
 pub mod sandbox;
 pub mod server_pki;
