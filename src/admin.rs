@@ -202,6 +202,7 @@ fn route(endpoint: Endpoint, admin: &AdminState, req: Request<Incoming>) -> Resp
         (Endpoint::Admin, "/") => text(
             StatusCode::OK,
             "endpoints: /config_dump, /debug/authorize?source_identity=&source_ip=&destination=&port=, \
+             /logging (the log filter; POST ?level=<directives> or ?reset to change it), \
              /live (the node's traffic as a graph; its data: /live/graph.json)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
