@@ -12,12 +12,17 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version="${KUBERNETES_VERSION:-1.33.0}"
 
-for tool in kubectl kubernetes-validate; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "manifests/check.sh: $tool not found (kubectl; pip install kubernetes-validate==1.37.0)" >&2
-    exit 1
-  fi
-done
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "manifests/check.sh: kubectl not found" >&2
+  exit 1
+fi
+# Run as a module: a console script pip just installed may not be on PATH yet (pyenv shims
+# appear only after a rehash, ~/.local/bin may be missing from PATH).
+validate=(python3 -m kubernetes_validate)
+if ! "${validate[@]}" --version >/dev/null 2>&1; then
+  echo "manifests/check.sh: kubernetes-validate not found (pip install kubernetes-validate==1.37.0)" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -43,7 +48,7 @@ for overlay in "$work"/manifests/overlays/*/; do
     continue
   fi
   objects=$(grep -c '^kind:' "$rendered" || true)
-  if kubernetes-validate --strict --quiet --kubernetes-version "$version" "$rendered"; then
+  if "${validate[@]}" --strict --quiet --kubernetes-version "$version" "$rendered"; then
     echo "overlays/$name: $objects objects valid against Kubernetes $version"
   else
     echo "manifests/check.sh: overlays/$name: objects do not validate (above)" >&2
