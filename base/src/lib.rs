@@ -9,6 +9,8 @@
 //!   jitter; each user keeps its own numbers.
 //! - [`signal`]: [`shutdown`](signal::shutdown), SIGTERM/SIGINT registered eagerly.
 //! - [`accept`]: [`serve`](accept::serve), an accept loop that survives failed accepts.
+//! - [`local_socket`]: owner-only Unix socket files and the peer-credentials check of the
+//!   node agent's sockets.
 //! - [`logging`]: [`init`](logging::init), the one log set-up of every binary.
 //! - [`readiness`]: [`Readiness`](readiness::Readiness), "ready when every condition holds",
 //!   with what is missing when not.
@@ -19,6 +21,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod local_socket;
 pub mod logging;
 pub mod netns;
 pub mod readiness;

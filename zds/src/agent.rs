@@ -6,7 +6,11 @@
 //!   opens), then `SnapshotSent`, waiting for each ack. It then gets every later add and del.
 //! - The newest connection wins. An older one is retired: kept open and sent only dels (so a
 //!   tunnel being replaced stops serving pods that are gone), until its tunnel closes it
-//!   (closing it ourselves would make that tunnel reconnect and take over).
+//!   (closing it ourselves would make that tunnel reconnect and take over); at most
+//!   [`MAX_RETIRED`] are kept.
+//! - Only root and the agent's own user may connect (the socket file is owner-only and each
+//!   peer's `SO_PEERCRED` is checked); hellos are awaited concurrently, at most
+//!   [`MAX_PENDING_HELLOS`] at once.
 //! - A tunnel that fails (send or receive error, bad or unexpected message, no ack within the
 //!   timeout, closed) is dropped. Pods added meanwhile are recorded and go out in the next
 //!   snapshot; pods deleted meanwhile are left out of it, so the tunnel drains them.
@@ -43,6 +47,16 @@ pub mod lines;
 
 /// Pause after a failed `accept` (say, out of descriptors) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Connections waiting for their hello at once. Each has at most the ack timeout to say it;
+/// beyond this many, new connections are closed at once, so silent clients can neither hold
+/// up the next tunnel nor pile up descriptors.
+pub const MAX_PENDING_HELLOS: usize = 8;
+
+/// Retired connections kept open at once. More than one or two means tunnels keep
+/// reconnecting; past the cap the oldest is closed (its tunnel, if alive, reconnects and is
+/// served as the newest).
+pub const MAX_RETIRED: usize = 4;
 
 /// An enrolled pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,7 +383,6 @@ impl<T> ReplyTo<T> {
 struct Actor {
     pods: BTreeMap<String, Pod>,
     tunnel: Option<ZdsPeer>,
-    /// Older connections, each watched until its tunnel closes it.
     /// Older connections (a tunnel being replaced during an upgrade): they get every del, so
     /// the old tunnel stops serving a pod that is gone, but no adds. Dropped when their
     /// tunnel closes them. One that fails a del is muted (`true`): sent nothing more, since a
@@ -514,6 +527,13 @@ impl Actor {
     }
 
     fn retire(&mut self, peer: ZdsPeer) {
+        if self.retired.len() >= MAX_RETIRED {
+            drop(self.retired.remove(0));
+            tracing::warn!(
+                kept = MAX_RETIRED,
+                "too many retired tunnel connections; closed the oldest"
+            );
+        }
         self.retired.push((peer, false));
     }
 
@@ -595,22 +615,38 @@ async fn accept_loop(
         () = incoming.closed() => return,
         () = gate => {}
     }
+    // Hellos are awaited beside the accept, not in turn, so a silent client cannot hold up
+    // the tunnel connecting after it.
+    let mut hellos = tokio::task::JoinSet::new();
     loop {
-        let accepted = tokio::select! {
+        tokio::select! {
             () = incoming.closed() => return,
-            accepted = server.accept() => accepted,
-        };
-        match accepted {
-            Ok(peer) => {
-                if incoming.send(peer).is_err() {
-                    return;
+            Some(said) = hellos.join_next(), if !hellos.is_empty() => match said {
+                Ok(Ok(peer)) => {
+                    if incoming.send(peer).is_err() {
+                        return;
+                    }
                 }
-            }
-            Err(ZdsServerError::Accept(error)) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-            }
-            Err(error) => tracing::warn!(%error, "rejected a tunnel connection"),
+                Ok(Err(error)) => tracing::warn!(%error, "rejected a tunnel connection"),
+                Err(error) => tracing::warn!(%error, "a hello task failed"),
+            },
+            accepted = server.accept_connection() => match accepted {
+                Ok(peer) if hellos.len() >= MAX_PENDING_HELLOS => {
+                    drop(peer);
+                    tracing::warn!(
+                        waiting = MAX_PENDING_HELLOS,
+                        "closed a tunnel connection: too many connections have not said hello yet"
+                    );
+                }
+                Ok(peer) => {
+                    hellos.spawn(peer.read_hello());
+                }
+                Err(ZdsServerError::Accept(error)) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+                Err(error) => tracing::warn!(%error, "rejected a tunnel connection"),
+            },
         }
     }
 }

@@ -35,6 +35,13 @@ pub struct Datagram {
     pub control_truncated: bool,
 }
 
+/// The connected socket, for socket options such as the peer's credentials.
+impl AsFd for SeqPacket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
 impl SeqPacket {
     /// Connects to a listening socket. Fails with `WouldBlock` if its backlog is full.
     pub fn connect(path: &Path) -> io::Result<SeqPacket> {
@@ -149,7 +156,8 @@ pub struct SeqPacketListener {
 }
 
 impl SeqPacketListener {
-    /// Binds `path` (removing a stale socket file first) and listens.
+    /// Binds `path` (removing a stale socket file first), makes the file owner-only and only
+    /// then listens, so it never accepts a connection with a looser mode.
     pub fn bind(path: &Path) -> io::Result<SeqPacketListener> {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -157,6 +165,7 @@ impl SeqPacketListener {
         }
         let socket = Socket::new(Domain::UNIX, seqpacket(), None)?;
         socket.bind(&SockAddr::unix(path)?)?;
+        nodetunnel_base::local_socket::restrict_to_owner(path)?;
         socket.listen(128)?;
         Ok(SeqPacketListener {
             fd: sys::register(socket.into())?,

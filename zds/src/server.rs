@@ -13,6 +13,7 @@ use nodetunnel_proto::istio::zds::{
 
 use crate::seqpacket::{SeqPacket, SeqPacketListener};
 use crate::WorkloadInfo;
+use nodetunnel_base::local_socket::{PeerPolicy, PeerRejected};
 use prost::Message;
 
 /// How long the agent waits for the hello and for each ack.
@@ -29,6 +30,8 @@ pub enum ZdsServerError {
     },
     #[error("accept: {0}")]
     Accept(#[source] io::Error),
+    #[error("refused a connection: {0}")]
+    Peer(#[source] PeerRejected),
     #[error("send to the tunnel: {0}")]
     Send(#[source] io::Error),
     #[error("receive from the tunnel: {0}")]
@@ -59,10 +62,14 @@ impl Ack {
     }
 }
 
+/// The agent's listening socket. Whoever connects is handed every pod's network namespace,
+/// so the socket file is owner-only and each connection must come from root or the agent's
+/// own user (`SO_PEERCRED`, [`PeerPolicy`]).
 #[derive(Debug)]
 pub struct ZdsServer {
     listener: SeqPacketListener,
     path: PathBuf,
+    peers: PeerPolicy,
 }
 
 impl ZdsServer {
@@ -70,7 +77,11 @@ impl ZdsServer {
     pub fn bind(path: impl AsRef<Path>) -> Result<ZdsServer, ZdsServerError> {
         let path = path.as_ref().to_owned();
         match SeqPacketListener::bind(&path) {
-            Ok(listener) => Ok(ZdsServer { listener, path }),
+            Ok(listener) => Ok(ZdsServer {
+                listener,
+                path,
+                peers: PeerPolicy::this_user(),
+            }),
             Err(source) => Err(ZdsServerError::Bind { path, source }),
         }
     }
@@ -81,20 +92,24 @@ impl ZdsServer {
 
     /// Accepts a tunnel and reads its hello, which must say V1.
     pub async fn accept(&self) -> Result<ZdsPeer, ZdsServerError> {
-        let socket = self.listener.accept().await;
-        let mut peer = ZdsPeer {
-            socket: socket.map_err(ZdsServerError::Accept)?,
+        self.accept_connection().await?.read_hello().await
+    }
+
+    /// Accepts a connection whose peer the policy allows, without waiting for its hello (see
+    /// [`ZdsPeer::read_hello`]), so an accept loop can wait for hellos concurrently and one
+    /// silent client cannot hold up the next.
+    pub async fn accept_connection(&self) -> Result<ZdsPeer, ZdsServerError> {
+        let socket = self
+            .listener
+            .accept()
+            .await
+            .map_err(ZdsServerError::Accept)?;
+        self.peers.check(&socket).map_err(ZdsServerError::Peer)?;
+        Ok(ZdsPeer {
+            socket,
             buf: vec![0; RECV_BUFFER],
             timeout: ACK_TIMEOUT,
-        };
-        let hello: ZdsHello = peer.recv("hello", ZdsServerError::BadHello).await?;
-        match Version::try_from(hello.version) {
-            Ok(Version::V1) => Ok(peer),
-            _ => Err(ZdsServerError::BadHello(format!(
-                "version {}",
-                hello.version
-            ))),
-        }
+        })
     }
 }
 
@@ -107,6 +122,18 @@ pub struct ZdsPeer {
 }
 
 impl ZdsPeer {
+    /// Reads the tunnel's hello (within the ack timeout), which must say V1.
+    pub async fn read_hello(mut self) -> Result<ZdsPeer, ZdsServerError> {
+        let hello: ZdsHello = self.recv("hello", ZdsServerError::BadHello).await?;
+        match Version::try_from(hello.version) {
+            Ok(Version::V1) => Ok(self),
+            _ => Err(ZdsServerError::BadHello(format!(
+                "version {}",
+                hello.version
+            ))),
+        }
+    }
+
     /// Changes how long to wait for each ack (default [`ACK_TIMEOUT`]).
     pub(crate) fn set_ack_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;

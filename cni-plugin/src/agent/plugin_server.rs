@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use tokio::net::UnixListener;
+use nodetunnel_base::local_socket::{self, PeerPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use super::http_server::text;
@@ -48,20 +48,15 @@ pub fn bind(
             source,
         })?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(EventServerError::Bind {
+    // Whoever can post here enrolls pods: owner-only, and only root or the agent's own user
+    // (the plugin runs as root, from the container runtime).
+    let listener =
+        local_socket::listen_owner_only(path, PeerPolicy::this_user()).map_err(|source| {
+            EventServerError::Bind {
                 path: path.to_owned(),
                 source,
-            })
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(|source| EventServerError::Bind {
-        path: path.to_owned(),
-        source,
-    })?;
+            }
+        })?;
     Ok(super::http_server::serve(
         listener,
         "plugin events",
@@ -131,3 +126,6 @@ async fn handle(req: Request<Incoming>, inputs: mpsc::Sender<Input>) -> Response
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

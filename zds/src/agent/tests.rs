@@ -547,3 +547,66 @@ async fn a_gated_agent_serves_tunnels_only_after_the_gate_with_what_was_added_me
         "{got:?}"
     );
 }
+
+/// A client that connects and says nothing does not hold up the tunnel connecting after it:
+/// that one gets its snapshot while the first is still waiting for its hello; when the first
+/// finally says hello it is served too (as the newest).
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_up_the_next_tunnel() {
+    use crate::seqpacket::SeqPacket;
+    use nodetunnel_proto::istio::zds::{Version, ZdsHello};
+    use prost::Message;
+
+    let mut s = start(ACK);
+    s.agent.add("a", NETNS, None).await.unwrap();
+    let silent = SeqPacket::connect(s.agent.path()).unwrap();
+    let (_tunnel, got) = connect(&mut s, 1).await;
+    assert_eq!(got, pairs(&[("add", "a")]));
+    // Still open, still waiting: its hello now makes it the current tunnel.
+    let hello = ZdsHello {
+        version: Version::V1 as i32,
+    };
+    silent.send(&hello.encode_to_vec(), &[]).await.unwrap();
+    let replaced = next_event(&mut s.events).await;
+    assert!(matches!(replaced, AgentEvent::Replaced), "{replaced:?}");
+}
+
+/// Past [`MAX_PENDING_HELLOS`] connections that have not said hello, a new one is closed at
+/// once instead of queueing behind them.
+#[tokio::test]
+async fn connections_beyond_the_pending_hello_cap_are_closed() {
+    use crate::seqpacket::SeqPacket;
+
+    let s = start(ACK);
+    let _silent: Vec<SeqPacket> = (0..MAX_PENDING_HELLOS)
+        .map(|_| SeqPacket::connect(s.agent.path()).unwrap())
+        .collect();
+    let mut extra = SeqPacket::connect(s.agent.path()).unwrap();
+    let mut buf = [0u8; 16];
+    let got = tokio::time::timeout(WAIT, extra.recv(&mut buf))
+        .await
+        .expect("the extra connection closed in time");
+    assert!(matches!(got, Ok(None)), "{got:?}");
+}
+
+/// Tunnels that keep reconnecting leave at most [`MAX_RETIRED`] retired connections open:
+/// the oldest is closed.
+#[tokio::test]
+async fn retired_connections_are_bounded() {
+    let mut s = start(ACK);
+    let (mut first, _) = connect(&mut s, 0).await;
+    let mut later = Vec::new();
+    // MAX_RETIRED + 1 newer connections: the last is current, the other MAX_RETIRED and
+    // `first` were retired in turn.
+    for _ in 0..=MAX_RETIRED {
+        later.push(connect(&mut s, 0).await.0);
+    }
+    // `first` is the oldest of MAX_RETIRED + 1 retired connections: closed.
+    let got = tokio::time::timeout(WAIT, first.next())
+        .await
+        .expect("the oldest retired connection closed in time");
+    assert!(matches!(got, Ok(None)), "{got:?}");
+    // The next-oldest is kept.
+    let idle = tokio::time::timeout(Duration::from_millis(100), later[0].next()).await;
+    assert!(idle.is_err(), "the second connection got {idle:?}");
+}

@@ -51,3 +51,13 @@ async fn datagram_boundaries_and_truncation() {
     drop(client);
     assert!(server.recv(&mut buf).await.unwrap().is_none());
 }
+
+/// The socket file is owner-only from the moment it listens (set between bind and listen).
+#[tokio::test]
+async fn the_listening_socket_file_is_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let _listener = SeqPacketListener::bind(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+}
