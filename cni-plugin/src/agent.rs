@@ -11,6 +11,7 @@
 //! - `plugin_server`: `POST /cmdadd` from the plugin; `health`: `/healthz`, `/readyz`;
 //!   `metrics`: `/metrics` on the chart's port 15014.
 
+mod add_checks;
 mod check;
 mod config;
 mod enroll;
@@ -194,8 +195,11 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             )?
             .with_agent_pod_prefix(format!("{}-", config.daemonset_name)),
             client.clone(),
-            config.proc_root(),
-            host_mounts::HostMounts::new(config.host_mounts_path.clone()),
+            reconcile::ThisNode {
+                name: config.node_name.clone(),
+                proc_root: config.proc_root(),
+                host: host_mounts::HostMounts::new(config.host_mounts_path.clone()),
+            },
             enroller,
             synced_tx,
             metrics.clone(),

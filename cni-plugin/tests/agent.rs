@@ -993,3 +993,87 @@ fn agent_restarts_under_continuous_traffic_drop_nothing() {
         );
     }
 }
+
+/// Posts a CNI ADD event straight to the agent's event socket (as the plugin would) and
+/// returns the status line and body.
+fn post_add_event(run_dir: &Path, netns: &Path, pod: &str, ip: Ipv4Addr) -> String {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({
+        "Netns": netns.display().to_string(),
+        "PodName": pod,
+        "PodNamespace": "default",
+        "IPs": [{"Interface": 2, "Address": {"IP": ip.to_string(), "Mask": "////AA=="}, "Gateway": ""}],
+    })
+    .to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(run_dir.join("pluginevent.sock"))
+        .expect("the agent's event socket");
+    write!(
+        s,
+        "POST /cmdadd HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// A CNI ADD event must prove its pod: one for a pod scheduled on another node, one naming
+/// the node's own network namespace, and one whose IP is not in the netns it names are each
+/// refused (400, saying why) and enroll nothing. The same pod's real ADD then works.
+#[test]
+fn cni_add_events_that_do_not_prove_their_pod_are_refused() {
+    let Some((mesh, _server)) = Mesh::start_for_new_pods("cni_agent_add_checks") else {
+        return;
+    };
+    let uid = mesh.uid("fresh");
+    mesh.kube
+        .put_pod(pending(pod(&uid, "default", "fresh", "n1", FRESH_IP)));
+    let other_uid = mesh.uid("elsewhere");
+    mesh.kube.put_pod(pending(pod(
+        &other_uid,
+        "default",
+        "elsewhere",
+        "n2",
+        FRESH_IP,
+    )));
+    let sandbox =
+        Netns::create(&format!("{}-fresh", mesh.topo.prefix())).expect("the sandbox netns");
+    let run_dir = mesh.agents["n1"].run_dir.clone();
+
+    let cases = [
+        ("elsewhere", sandbox.path(), "scheduled on node \"n2\""),
+        ("fresh", mesh.topo.node_ns("n1").path(), "network namespace"),
+        (
+            "fresh",
+            sandbox.path(),
+            "is not on any interface in the netns",
+        ),
+    ];
+    for (pod_name, netns, why) in cases {
+        let answer = post_add_event(&run_dir, &netns, pod_name, FRESH_IP);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{pod_name} in {}: {answer}\nlog:\n{}",
+            netns.display(),
+            mesh.log("n1")
+        );
+        assert!(
+            answer.contains(why),
+            "{pod_name}: expected {why:?} in {answer}"
+        );
+    }
+    assert!(mesh.pod_annotation("fresh").is_none());
+    assert!(!mesh.tunnel_pods("n1").contains(&uid));
+    assert!(!mesh.tunnel_pods("n1").contains(&other_uid));
+
+    // The runtime's real ADD configures the address in the sandbox: now it proves the pod.
+    mesh.runtime("n1")
+        .add(&sandbox, "default", "fresh")
+        .unwrap_or_else(|e| panic!("CNI ADD: {e}; agent log:\n{}", mesh.log("n1")));
+    assert!(
+        mesh.enrolled_ns("fresh", &sandbox, "n1"),
+        "enrolled after the real ADD; log:\n{}",
+        mesh.log("n1")
+    );
+}

@@ -17,6 +17,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use nodetunnel_base::backoff::Backoff;
 use nodetunnel_base::netns::NetnsHandle;
+
+use super::add_checks;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::enroll::{is_annotated, Enroller, Trigger};
@@ -62,12 +64,20 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long one `/proc` index serves lookups.
 const PROC_INDEX_TTL: Duration = Duration::from_secs(1);
 
+/// Where this node's things are.
+pub struct ThisNode {
+    /// `NODE_NAME`: a CNI ADD for a pod scheduled elsewhere is refused.
+    pub name: String,
+    /// The host's /proc (running pods' netns, the host's netns).
+    pub proc_root: PathBuf,
+    /// Plugin-reported netns paths are host paths, opened under this mount.
+    pub host: HostMounts,
+}
+
 pub struct Reconciler {
     rules: EnrollmentRules,
     client: Client,
-    proc_root: PathBuf,
-    /// Plugin-reported netns paths are host paths, opened under this mount.
-    host: HostMounts,
+    node: ThisNode,
     enroller: Enroller,
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<PodKey, Pod>,
@@ -93,8 +103,7 @@ impl Reconciler {
     pub fn new(
         rules: EnrollmentRules,
         client: Client,
-        proc_root: PathBuf,
-        host: HostMounts,
+        node: ThisNode,
         enroller: Enroller,
         synced: watch::Sender<bool>,
         metrics: Arc<Metrics>,
@@ -102,8 +111,7 @@ impl Reconciler {
         Reconciler {
             rules,
             client,
-            proc_root,
-            host,
+            node,
             enroller,
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
@@ -426,7 +434,7 @@ impl Reconciler {
         let index = match &self.proc_index {
             Some((at, index)) if at.elapsed() < PROC_INDEX_TTL => index.clone(),
             _ => {
-                let root = self.proc_root.clone();
+                let root = self.node.proc_root.clone();
                 match tokio::task::spawn_blocking(move || ProcIndex::scan(&root)).await {
                     Ok(Ok(index)) => {
                         let index = Arc::new(index);
@@ -533,13 +541,30 @@ impl Reconciler {
         let Some(uid) = pod.uid() else {
             return CniAddOutcome::Failed(format!("pod {who} has no uid"));
         };
-        let path = match self.host.resolve(&event.netns) {
+        let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        if let Err(refused) = add_checks::on_this_node(scheduled, &self.node.name) {
+            return CniAddOutcome::BadEvent(format!("pod {who}: {refused}"));
+        }
+        let path = match self.node.host.resolve(&event.netns) {
             Ok(path) => path,
             Err(error) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),
         };
         let netns = match tokio::task::spawn_blocking(move || NetnsHandle::open(&path)).await {
             Ok(Ok(netns)) => netns,
             Ok(Err(error)) => return CniAddOutcome::BadEvent(format!("pod {who}: {error}")),
+            Err(error) => return CniAddOutcome::Failed(format!("pod {who}: {error}")),
+        };
+        let (proc_root, reported) = (self.node.proc_root.clone(), ips.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let result = add_checks::check_netns(&netns, &proc_root, &reported);
+            (netns, result)
+        })
+        .await;
+        let netns = match checked {
+            Ok((netns, Ok(()))) => netns,
+            Ok((_, Err(refused))) => {
+                return CniAddOutcome::BadEvent(format!("pod {who}: {refused}"))
+            }
             Err(error) => return CniAddOutcome::Failed(format!("pod {who}: {error}")),
         };
         if let Some(existing) = self.enroller.get(&uid) {
