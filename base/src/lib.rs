@@ -7,6 +7,8 @@
 //!   thread that is not shared with anything else.
 //! - [`backoff`]: [`Backoff`](backoff::Backoff), doubling delays with a cap and optional
 //!   jitter; each user keeps its own numbers.
+//! - [`files`]: [`replace`](files::replace), writing a file without ever following a
+//!   symlink (exclusive temporary file, then rename).
 //! - [`signal`]: [`shutdown`](signal::shutdown), SIGTERM/SIGINT registered eagerly.
 //! - [`accept`]: [`serve`](accept::serve), an accept loop that survives failed accepts.
 //! - [`local_socket`]: owner-only Unix socket files and the peer-credentials check of the
@@ -21,6 +23,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod files;
 pub mod local_socket;
 pub mod logging;
 pub mod netns;

@@ -287,10 +287,9 @@ fn write_root(ca: &LocalCa, path: &Path) -> Result<(), ControlError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
-    // Write then rename: a tunnel starting at the same moment never reads half a PEM.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, ca.root_pem()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    // Replaced, not rewritten: a tunnel starting at the same moment never reads half a PEM,
+    // and a symlink at the path is never followed.
+    nodetunnel_base::files::replace(path, ca.root_pem().as_bytes(), 0o644).map_err(err)?;
     tracing::info!(path = %path.display(), "wrote the root certificate ({ROOT_CERT_FILE})");
     Ok(())
 }

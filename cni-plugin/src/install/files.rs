@@ -11,9 +11,9 @@
 //! reverse, means the other one.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -22,8 +22,8 @@ use tracing::debug;
 
 use super::conflist::{self, Shape};
 
-/// Suffix of our temporary files; not a config extension, so no runtime ever loads one.
-const TEMP_SUFFIX: &str = ".nodetunnel-tmp";
+// Suffix of our temporary files; not a config extension, so no runtime ever loads one.
+use nodetunnel_base::files::TEMP_SUFFIX;
 
 #[derive(Debug, Error)]
 pub enum FileError {
@@ -136,35 +136,15 @@ pub fn mode_of(path: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o7777)
 }
 
-/// Replaces `path` with `contents`: a temporary file in the same directory is written, synced,
-/// given `mode`, and renamed over `path`; then the directory is synced. A reader sees either
-/// the old or the new file, never a mix, and a crash leaves at worst a stray temporary file.
+/// Replaces `path` with `contents` ([`nodetunnel_base::files::replace`]: an exclusive,
+/// unpredictably named temporary file renamed over it, so no symlink is ever followed). A
+/// reader sees either the old or the new file, never a mix, and a crash leaves at worst a
+/// stray temporary file.
 pub(crate) fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
-    let write_err = |source| FileError::Write {
+    nodetunnel_base::files::replace(path, contents, mode).map_err(|source| FileError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = temp_path(path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        // `mode` on open is filtered by the umask; set it exactly.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(write_err)
+    })
 }
 
 /// Removes `path`; a file already gone is fine.
@@ -177,15 +157,6 @@ pub(crate) fn remove_if_present(path: &Path) -> Result<bool, FileError> {
             source,
         }),
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()))
 }
 
 /// Whether a path is one of our temporary files (events about them are not worth a re-check).
@@ -242,7 +213,7 @@ mod tests {
 
     #[test]
     fn temp_files_are_recognised() {
-        let t = temp_path(Path::new("/d/10-a.conflist"));
+        let t = nodetunnel_base::files::temp_path(Path::new("/d/10-a.conflist"));
         assert!(is_temp(&t));
         assert!(shape_of(&t).is_none());
         assert!(!is_temp(Path::new("/d/10-a.conflist")));

@@ -330,21 +330,12 @@ fn issuing_root<'a>(
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let err = |source| CaError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    // `mode` only applies to new files; an existing key file must not stay world-readable.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(err)?;
-    file.write_all(contents.as_bytes()).map_err(err)
+    // Never through a symlink planted at the path, and an existing key file does not keep
+    // a looser mode: the file is replaced, not rewritten.
+    nodetunnel_base::files::replace(path, contents.as_bytes(), mode).map_err(|source| {
+        CaError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
