@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use nodetunnel_base::accept;
 use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
@@ -117,20 +117,36 @@ impl Endpoint {
     }
 }
 
+/// Connections served at once per endpoint family; more are closed at once. Probes and
+/// scrapers need a handful, and the rest of the process's descriptors belong to the data path.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request's headers (each request on a kept-alive
+/// connection too) before the connection is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one endpoint family on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoint: Endpoint, admin: Arc<AdminState>) {
-    accept::serve(listener, endpoint.name(), |tcp, _| {
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(endpoint, &admin, req)) }
+    accept::serve_limited(
+        listener,
+        endpoint.name(),
+        MAX_CONNECTIONS,
+        |tcp, _, slot| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(route(endpoint, &admin, req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    })
+        },
+    )
     .await
 }
 

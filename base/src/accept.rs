@@ -8,9 +8,11 @@
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Pause after a failed accept before the next one.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -56,6 +58,47 @@ where
             }
         }
     }
+}
+
+/// A connection's place under [`serve_limited`]'s cap: hold it for as long as the
+/// connection is served; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// How often a listener at its cap says so, at most.
+const AT_CAP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// [`serve`] with at most `limit` connections served at once. A connection accepted while
+/// `limit` are live is closed at once, and the listener logs (at most every 10 s) that it is
+/// at its cap, so slow or silent clients can hold no more than `limit` descriptors of the
+/// process — the tunnel's data path shares them.
+pub async fn serve_limited<L, F>(listener: L, name: &'static str, limit: usize, mut handle: F)
+where
+    L: Listener,
+    F: FnMut(L::Stream, L::Peer, Slot),
+{
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut last_warned: Option<Instant> = None;
+    let mut refused = 0u64;
+    serve(listener, name, move |stream, peer| {
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => handle(stream, peer, Slot(permit)),
+            Err(_) => {
+                drop(stream);
+                refused += 1;
+                if last_warned.is_none_or(|t| t.elapsed() >= AT_CAP_LOG_INTERVAL) {
+                    last_warned = Some(Instant::now());
+                    tracing::warn!(
+                        listener = name,
+                        limit,
+                        refused,
+                        "at the connection cap: closed a new connection"
+                    );
+                }
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

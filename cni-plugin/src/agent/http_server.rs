@@ -9,9 +9,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use nodetunnel_base::accept::{self, Listener};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Connections served at once per server; more are closed at once (a node starting many pods
+/// runs a few dozen CNI ADDs in parallel at most).
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// How long a client has to send a request's headers before the connection is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves every connection of `listener` (named `name` in logs) with `handler`, each on its own
 /// task, until dropped. Failed accepts are retried by [`accept::serve`].
@@ -22,18 +29,26 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    accept::serve(listener, name, move |stream, _peer| {
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let answer = handler(req);
-                async move { Ok::<_, Infallible>(answer.await) }
+    accept::serve_limited(
+        listener,
+        name,
+        MAX_CONNECTIONS,
+        move |stream, _peer, slot| {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let service = service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    })
+        },
+    )
     .await
 }
 
@@ -43,3 +58,6 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>
     *response.status_mut() = status;
     response
 }
+
+#[cfg(test)]
+mod tests;
