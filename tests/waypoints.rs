@@ -19,8 +19,8 @@ use nodetunnel_testbed::traffic::{echo_handler, echo_roundtrip, request_then_rea
 use nodetunnel_testbed::tunnel::field;
 use nodetunnel_testbed::{
     addr, assert_eventually, connect_from, env_refs, generate_ca, namespaces_available, port,
-    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Mesh, MeshConfig, RawHbone, Server, Service,
-    TestCa, Topology, Tunnel, Waypoint, WaypointStandIn, Workload,
+    spiffe_id, tunnel_env, Ca, Capture, ControlPlane, Match, Mesh, MeshConfig, Policy, RawHbone,
+    Server, Service, StringMatch, TestCa, Topology, Tunnel, Waypoint, WaypointStandIn, Workload,
 };
 
 const SERVER_PORT: u16 = 8080;
@@ -388,4 +388,37 @@ fn a_waypoint_added_over_xds_applies_to_the_next_connection() {
         ],
         WAIT,
     );
+}
+
+/// Policy on the destination judges the waypoint's identity, not the client's: an ALLOW for
+/// the client's principal alone refuses what the waypoint forwards (401 to the waypoint,
+/// `policy_denied` with `src.identity` the waypoint's at the server's tunnel).
+#[test]
+fn destination_policy_sees_the_waypoint_as_the_source() {
+    let mut cfg = mesh(true);
+    cfg.policies
+        .push(Policy::allow("default", "allow-client").rule([[
+            Match::default().principal(StringMatch::exact("cluster.local/ns/default/sa/client")),
+        ]]));
+    let Some(mut bed) = Bed::start("waypoint_policy", &cfg) else {
+        return;
+    };
+    bed.start_waypoint();
+    let server = bed.server();
+
+    assert_refused(&bed, vip());
+    let line = bed.t2.wait_access_line(
+        &[
+            ("direction", "inbound"),
+            ("flag", "policy_denied"),
+            ("src.identity", &spiffe_id("default", "waypoint")),
+        ],
+        WAIT,
+    );
+    assert!(line.contains("default/allow-client"), "{line}");
+    let hops = bed.waypoint().hops();
+    assert_eq!(hops.len(), 1, "{hops:?}");
+    assert_eq!(hops[0].peer_identity, spiffe_id("default", "client"));
+    assert_eq!(hops[0].upstream_status, Ok(401));
+    assert_eq!(server.accepted(), 0);
 }
