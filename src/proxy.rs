@@ -15,6 +15,7 @@ pub mod live;
 pub mod lookup;
 pub mod outbound;
 pub mod traffic;
+mod waypoint_guard;
 
 pub use error::ProxyError;
 pub use listeners::{ListenError, ListenerSet};

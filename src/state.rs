@@ -13,6 +13,7 @@ mod local;
 mod resolve;
 mod store;
 mod types;
+mod waypoint;
 
 pub(crate) use addresses::{unusable_address, unusable_range};
 pub(crate) use defaults::workload_type_name;
@@ -25,8 +26,9 @@ pub use store::{
     StoreDelta,
 };
 pub use types::{
-    check_policy_key, HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope,
-    LoadBalancing, Locality, NamespacedHostname, NetworkAddress, NetworkCidr, Policy, PolicyAction,
-    PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch,
-    Workload, DEFAULT_CAPACITY,
+    check_policy_key, GatewayAddress, GatewayDestination, HealthStatus, InboundProtocol, IpFamily,
+    LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, NamespacedHostname, NetworkAddress,
+    NetworkCidr, Policy, PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, Service,
+    ServiceAccountMatch, StringMatch, Workload, DEFAULT_CAPACITY, DEFAULT_GATEWAY_HBONE_PORT,
 };
+pub(crate) use waypoint::{WaypointError, WaypointHop};

@@ -12,9 +12,9 @@ use nodetunnel_proto::istio::workload as wl;
 use nodetunnel_proto::istio::workload::Address;
 
 use nodetunnel::state::{
-    HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope, LoadBalancing,
-    Locality, Policy, PolicyAction, PolicyMatch, PolicyScope, Service, ServiceAccountMatch,
-    StringMatch, Workload, DEFAULT_CAPACITY,
+    GatewayAddress, GatewayDestination, HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy,
+    LbMode, LbScope, LoadBalancing, Locality, Policy, PolicyAction, PolicyMatch, PolicyScope,
+    Service, ServiceAccountMatch, StringMatch, Workload, DEFAULT_CAPACITY,
 };
 
 fn ip_to_bytes(ip: IpAddr) -> Vec<u8> {
@@ -87,10 +87,31 @@ pub fn workload_to_proto(workload: &Workload) -> Address {
         } as i32,
         locality: locality_to_proto(&workload.locality),
         capacity: capacity_to_proto(workload.capacity),
+        waypoint: workload.waypoint.as_ref().map(gateway_to_proto),
         ..Default::default()
     };
     Address {
         r#type: Some(wl::address::Type::Workload(w)),
+    }
+}
+
+/// A waypoint as istiod sends it: by address or by the waypoint service's hostname.
+fn gateway_to_proto(gw: &GatewayAddress) -> wl::GatewayAddress {
+    use wl::gateway_address::Destination;
+    let destination = match &gw.destination {
+        GatewayDestination::Address(a) => Destination::Address(wl::NetworkAddress {
+            network: a.network.clone(),
+            address: ip_to_bytes(a.address),
+            length: None,
+        }),
+        GatewayDestination::Hostname(h) => Destination::Hostname(wl::NamespacedHostname {
+            namespace: h.namespace.clone(),
+            hostname: h.hostname.clone(),
+        }),
+    };
+    wl::GatewayAddress {
+        destination: Some(destination),
+        hbone_mtls_port: u32::from(gw.hbone_mtls_port),
     }
 }
 
@@ -176,6 +197,7 @@ pub fn service_to_proto(service: &Service) -> Address {
         } as i32,
         canonical: service.canonical,
         load_balancing: service.load_balancing.as_ref().map(load_balancing_to_proto),
+        waypoint: service.waypoint.as_ref().map(gateway_to_proto),
         ..Default::default()
     };
     Address {

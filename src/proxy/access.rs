@@ -33,6 +33,9 @@ pub struct Description {
     /// `HBONE` or `TCP`: how the connection travels between tunnels.
     pub protocol: &'static str,
     pub labels: ConnectionLabels,
+    /// Outbound through a waypoint: the waypoint instance's HBONE address (`dst` is then the
+    /// CONNECT target, the original destination).
+    pub waypoint: Option<SocketAddr>,
 }
 
 impl Description {
@@ -51,6 +54,7 @@ impl Description {
             dst_identity: None,
             protocol: "TCP",
             labels: base_labels(direction),
+            waypoint: None,
         }
     }
 }
@@ -115,6 +119,7 @@ struct Recorded {
     original_dst: Option<SocketAddr>,
     dst: Option<SocketAddr>,
     protocol: &'static str,
+    waypoint: Option<SocketAddr>,
     parties: Arc<Parties>,
 }
 
@@ -138,6 +143,7 @@ impl Recorded {
             original_dst: d.original_dst,
             dst: d.dst,
             protocol: d.protocol,
+            waypoint: d.waypoint,
             parties: intern(parties),
         }
     }
@@ -217,6 +223,7 @@ struct Line<'a> {
     dst_identity: Option<String>,
     dst_cluster: Option<&'a str>,
     original_dst: Option<SocketAddr>,
+    waypoint: Option<SocketAddr>,
     /// ztunnel writes the duration as `<n>ms`.
     duration: String,
 }
@@ -242,6 +249,7 @@ impl<'a> Line<'a> {
             dst_identity: d.parties.dst_identity.as_ref().map(ToString::to_string),
             dst_cluster: known(&l.destination_cluster),
             original_dst: d.original_dst,
+            waypoint: d.waypoint,
             duration: format!("{}ms", started.elapsed().as_millis()),
         }
     }
@@ -269,6 +277,7 @@ macro_rules! access_event {
             direction = $d.direction,
             protocol = $d.protocol,
             original_dst = $line.original_dst.map(tracing::field::display),
+            dst.waypoint = $line.waypoint.map(tracing::field::display),
             duration = $line.duration.as_str(),
             $($rest)*
         )

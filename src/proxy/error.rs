@@ -8,7 +8,7 @@ use crate::hbone::connector::ConnectError;
 use crate::hbone::pool::PoolError;
 use crate::hbone::server::RequestError;
 use crate::identity::ManagerError;
-use crate::state::ResolveError;
+use crate::state::{ResolveError, WaypointError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,6 +25,18 @@ pub enum ProxyError {
     SelfLoop(std::net::SocketAddr),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// Outbound: the destination names a waypoint that cannot be reached. Refused rather than
+    /// sent directly, which would skip the waypoint's policy.
+    #[error(transparent)]
+    Waypoint(#[from] WaypointError),
+    /// Inbound: the target workload has a waypoint, and the peer is not one of its instances.
+    #[error("{target} has waypoint {waypoint}: refusing {peer}, which is not it")]
+    WaypointBypass {
+        target: std::net::SocketAddr,
+        waypoint: String,
+        /// The peer's address and proven identity (or `plaintext`).
+        peer: String,
+    },
     /// Outbound to an endpoint known by hostname: its DNS lookup failed.
     #[error(transparent)]
     Lookup(#[from] super::lookup::LookupError),
@@ -86,7 +98,9 @@ impl ProxyError {
             | ProxyError::UnknownHostname { .. }
             | ProxyError::TargetMismatch { .. }
             | ProxyError::SelfLoop(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_)
+            | ProxyError::PolicyRevoked(_)
+            | ProxyError::WaypointBypass { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +108,7 @@ impl ProxyError {
             | ProxyError::UnknownSource(_)
             | ProxyError::AmbiguousLocal { .. }
             | ProxyError::Resolve(_)
+            | ProxyError::Waypoint(_)
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
             | ProxyError::Pool(_)
@@ -113,6 +128,8 @@ impl ProxyError {
             ProxyError::AmbiguousLocal { .. } => "ambiguous_workload",
             ProxyError::SelfLoop(_) => "loop",
             ProxyError::Resolve(_) => "no_route",
+            ProxyError::Waypoint(_) => "waypoint_unavailable",
+            ProxyError::WaypointBypass { .. } => "waypoint_bypass",
             ProxyError::Lookup(_) => "dns_lookup_failed",
             ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
@@ -151,7 +168,9 @@ impl ProxyError {
     /// [`flag`](Self::flag), which the access log keeps for diagnosis.
     pub fn response_flags(&self) -> &'static str {
         match self {
-            ProxyError::Denied(_) | ProxyError::PolicyRevoked(_) => "DENY",
+            ProxyError::Denied(_)
+            | ProxyError::PolicyRevoked(_)
+            | ProxyError::WaypointBypass { .. } => "DENY",
             ProxyError::InboundTls(_)
             | ProxyError::Pool(
                 PoolError::Connect(ConnectError::Handshake(_))

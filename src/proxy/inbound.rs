@@ -15,6 +15,7 @@ use super::access::{base_labels, inbound_service, ConnectionRecord, Description}
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional_until, Ended, Transferred};
 use super::live::Registration;
+use super::waypoint_guard::check_from_waypoint;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::hbone::server::{self, ConnectTarget, IncomingStream};
 use crate::identity::Identity;
@@ -132,6 +133,7 @@ fn admit_stream(
     let description = describe(pi, &store, peer, requested_addr, target.as_ref().ok());
     let record = ConnectionRecord::start(pi.metrics.clone(), description);
     let admitted = target.and_then(|target| {
+        check_from_waypoint(&store, &target, Some(&peer.identity), peer.addr.ip())?;
         let source = Some(peer.identity.clone());
         let live = pi.authorize(&store, source, peer.addr.ip(), &target)?;
         Ok((target, live))
@@ -169,6 +171,7 @@ fn describe(
         dst_identity: target.map(|t| t.workload.identity()),
         protocol: "HBONE",
         labels,
+        waypoint: None,
     }
 }
 

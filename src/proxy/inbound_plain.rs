@@ -14,6 +14,7 @@ use super::access::{base_labels, inbound_service, ConnectionRecord, Description}
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional_until, Ended, Transferred};
 use super::live::Registration;
+use super::waypoint_guard::check_from_waypoint;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::socket;
 use crate::state::Store;
@@ -38,6 +39,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut client: TcpStream, peer: SocketAddr) {
         let description = describe(&store, peer, original_dst, checked.as_ref().ok());
         let record = ConnectionRecord::start(pi.metrics.clone(), description);
         let admitted = checked.and_then(|target| {
+            check_from_waypoint(&store, &target, None, peer.ip())?;
             let live = pi.authorize(&store, None, peer.ip(), &target)?;
             Ok((target, live))
         });
@@ -99,6 +101,7 @@ fn describe(
                     .and_then(|t| inbound_service(store, &t.workload, t.addr.port()))
                     .as_deref(),
             ),
+        waypoint: None,
     }
 }
 

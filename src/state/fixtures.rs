@@ -28,6 +28,7 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         host_network: false,
         locality: Default::default(),
         capacity: super::types::DEFAULT_CAPACITY,
+        waypoint: None,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn service(host: &str, vip: &str) -> Service {
         load_balancing: None,
         ip_families: None,
         canonical: false,
+        waypoint: None,
     }
 }
 

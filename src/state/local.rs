@@ -23,6 +23,7 @@ use policies::LocalPolicy;
 use super::addresses::{unusable_address, unusable_range};
 use super::defaults::{parse_workload_type, Defaults};
 use super::store::Store;
+use super::types::{GatewayAddress, GatewayDestination, DEFAULT_GATEWAY_HBONE_PORT};
 use super::types::{
     HealthStatus, InboundProtocol, IpFamily, NamespacedHostname, NetworkAddress, NetworkCidr,
     Service, Workload,
@@ -146,8 +147,10 @@ struct LocalWorkload {
     /// Keys (`namespace/name`) of the workload-selector policies that select it.
     #[serde(default)]
     authorization_policies: Vec<String>,
-    // Accepted (ztunnel's format has them) but not acted on yet: each one present is warned about.
-    waypoint: Option<serde_yaml_ng::Value>,
+    /// ztunnel's local format: `waypoint: {destination: "<network>/<ip>" or
+    /// "<namespace>/<hostname>", hboneMtlsPort: 15008}`.
+    waypoint: Option<LocalGateway>,
+    // Accepted (ztunnel's format has it) but not acted on yet: warned about when present.
     network_gateway: Option<serde_yaml_ng::Value>,
     /// `HostNetwork` (or istiod's `HOST_NETWORK`) for a host-network pod; `Standard` by default.
     #[serde(default)]
@@ -158,6 +161,38 @@ struct LocalWorkload {
     #[serde(default)]
     locality: LocalLocality,
     capacity: Option<u32>,
+}
+
+/// A waypoint reference in ztunnel's local shape; the port defaults to 15008.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LocalGateway {
+    destination: String,
+    hbone_mtls_port: Option<u16>,
+}
+
+impl LocalGateway {
+    /// The reference, or what is wrong with it (for the loader to name the item).
+    fn into_gateway(self) -> Result<GatewayAddress, String> {
+        let destination: GatewayDestination = self
+            .destination
+            .parse()
+            .map_err(|e| format!("`waypoint.destination`: {e}"))?;
+        if let GatewayDestination::Address(a) = &destination {
+            if let Some(reason) = unusable_address(a.address) {
+                return Err(format!("`waypoint.destination` {}: {reason}", a.address));
+            }
+        }
+        let hbone_mtls_port = match self.hbone_mtls_port {
+            None => DEFAULT_GATEWAY_HBONE_PORT,
+            Some(0) => return Err("`waypoint.hboneMtlsPort` must not be 0".into()),
+            Some(p) => p,
+        };
+        Ok(GatewayAddress {
+            destination,
+            hbone_mtls_port,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,7 +285,7 @@ struct LocalService {
     #[serde(default)]
     subject_alt_names: Vec<String>,
     endpoints: Option<serde_yaml_ng::Value>,
-    waypoint: Option<serde_yaml_ng::Value>,
+    waypoint: Option<LocalGateway>,
     load_balancer: Option<LocalLoadBalancer>,
     ip_families: Option<LocalIpFamily>,
     /// ztunnel's `cidrVips: [{network: "", cidr: 10.0.0.0/24}]`.
@@ -386,13 +421,7 @@ impl Loader<'_> {
             name: &s.hostname,
         }
         .to_string();
-        self.warn_unused(
-            &item,
-            &[
-                ("endpoints", s.endpoints.is_some()),
-                ("waypoint", s.waypoint.is_some()),
-            ],
-        );
+        self.warn_unused(&item, &[("endpoints", s.endpoints.is_some())]);
         for (field, value) in [
             ("name", &s.name),
             ("namespace", &s.namespace),
@@ -431,6 +460,11 @@ impl Loader<'_> {
                 cidr,
             });
         }
+        let waypoint = s
+            .waypoint
+            .map(LocalGateway::into_gateway)
+            .transpose()
+            .map_err(|e| self.invalid(&item, e))?;
         let service = Service {
             name: s.name,
             namespace: s.namespace,
@@ -446,6 +480,7 @@ impl Loader<'_> {
                 LocalIpFamily::Dual => IpFamily::Dual,
             }),
             canonical: s.canonical,
+            waypoint,
         };
         if self.store.service(&service.key()).is_some() {
             return Err(self.invalid(&item, format!("service {} is defined twice", service.key())));
@@ -470,7 +505,6 @@ impl Loader<'_> {
         self.warn_unused(
             &item,
             &[
-                ("waypoint", w.waypoint.is_some()),
                 ("networkGateway", w.network_gateway.is_some()),
                 ("nativeTunnel", w.native_tunnel.is_some()),
                 ("applicationTunnel", w.application_tunnel.is_some()),
@@ -530,6 +564,11 @@ impl Loader<'_> {
                 return Err(self.invalid(&item, format!("`services` {key} has service port 0")));
             }
         }
+        let waypoint = w
+            .waypoint
+            .map(LocalGateway::into_gateway)
+            .transpose()
+            .map_err(|e| self.invalid(&item, e))?;
         let mut workload = Workload {
             uid: w.uid,
             name: w.name,
@@ -562,6 +601,7 @@ impl Loader<'_> {
                 subzone: w.locality.subzone,
             },
             capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
+            waypoint,
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {

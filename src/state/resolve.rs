@@ -280,7 +280,11 @@ impl Store {
 /// An endpoint address the service's IP families allow, preferring the family of the one the
 /// client dialed (ztunnel's rule: otherwise pure IPv4 or IPv6 clients of dual-stack endpoints
 /// break).
-fn pick_address(ips: &[IpAddr], dialed: IpAddr, family: Option<IpFamily>) -> Option<IpAddr> {
+pub(super) fn pick_address(
+    ips: &[IpAddr],
+    dialed: IpAddr,
+    family: Option<IpFamily>,
+) -> Option<IpAddr> {
     let mut allowed = ips
         .iter()
         .filter(|ip| family.is_none_or(|f| f.accepts(**ip)));

@@ -161,6 +161,9 @@ pub struct Workload {
     /// Relative weight among a service's endpoints (ztunnel reads an unset value as 1; 0 is
     /// never picked).
     pub capacity: u32,
+    /// The waypoint (L7 proxy) this workload's traffic must pass through, when addressed to
+    /// the workload directly; its own tunnel refuses traffic that did not come from it.
+    pub waypoint: Option<GatewayAddress>,
 }
 
 /// The capacity of a workload whose `capacity` is unset, as ztunnel reads it.
@@ -205,6 +208,53 @@ pub struct Service {
     /// Preferred over same-keyed services of other namespaces when none is in the client's
     /// namespace (for a shared VIP, CIDR or hostname).
     pub canonical: bool,
+    /// The waypoint that traffic to this service's VIPs is sent to instead of an endpoint.
+    pub waypoint: Option<GatewayAddress>,
+}
+
+/// Where a waypoint (or gateway) is reached (Istio's `GatewayAddress`): an address, or the
+/// hostname of a service whose endpoints are the waypoint's workloads, plus the port of its
+/// mTLS HBONE listener.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GatewayAddress {
+    pub destination: GatewayDestination,
+    pub hbone_mtls_port: u16,
+}
+
+/// The HBONE port of a gateway address that does not give one (istiod always does).
+pub const DEFAULT_GATEWAY_HBONE_PORT: u16 = 15008;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GatewayDestination {
+    /// A workload IP or a service VIP on a network.
+    Address(NetworkAddress),
+    /// A service, found in the mesh state by namespace and hostname (preferred by istiod: it
+    /// adapts to the client's address family).
+    Hostname(NamespacedHostname),
+}
+
+impl fmt::Display for GatewayAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.destination {
+            GatewayDestination::Address(a) => write!(f, "{a}")?,
+            GatewayDestination::Hostname(h) => write!(f, "{h}")?,
+        }
+        write!(f, " (HBONE port {})", self.hbone_mtls_port)
+    }
+}
+
+impl FromStr for GatewayDestination {
+    type Err = String;
+
+    /// `network/ip` (or a bare ip) is an address; `namespace/hostname` a service.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(address) = s.parse::<NetworkAddress>() {
+            return Ok(GatewayDestination::Address(address));
+        }
+        s.parse::<NamespacedHostname>()
+            .map(GatewayDestination::Hostname)
+            .map_err(|_| format!("{s:?} is neither <network>/<ip> nor <namespace>/<hostname>"))
+    }
 }
 
 /// A service's endpoint selection policy (Istio's `LoadBalancing`), applied by

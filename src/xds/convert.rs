@@ -4,7 +4,8 @@
 //! Received resources come from the network, so every conversion validates what the data path
 //! relies on (uids, namespaces, address lengths, ports, enum values) and fails with the
 //! resource name, the field and the reason instead of storing something half-valid. Fields
-//! the store does not model (waypoints, gateways, locality, ...) are accepted and dropped.
+//! the store does not model (network gateways, application tunnels, ...) are accepted and
+//! dropped.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use crate::state::{
     PolicyRule, PolicyScope, Service, ServiceAccountMatch, StringMatch, Workload,
 };
 use crate::state::{unusable_address, unusable_range, IpFamily, NetworkCidr};
+use crate::state::{GatewayAddress, GatewayDestination, DEFAULT_GATEWAY_HBONE_PORT};
 use crate::state::{LbHealthPolicy, LbMode, LbScope, LoadBalancing, Locality, DEFAULT_CAPACITY};
 
 /// What one `istio.workload.Address` resource holds.
@@ -190,6 +192,10 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
                 .map_err(|reason| FieldError::new(format!("authorization_policies[{i}]"), reason))
         })
         .collect::<FieldResult<Vec<_>>>()?;
+    let waypoint = match w.waypoint {
+        Some(gw) => Some(gateway_from_proto(gw).map_err(|e| e.under("waypoint"))?),
+        None => None,
+    };
     let mut workload = Workload {
         uid: w.uid,
         name: w.name,
@@ -212,6 +218,7 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         host_network,
         locality: w.locality.map(locality_from_proto).unwrap_or_default(),
         capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
+        waypoint,
     };
     defaults.fill_workload(&mut workload);
     Ok(workload)
@@ -262,6 +269,10 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         Some(lb) => Some(load_balancing_from_proto(&lb).map_err(|e| e.under("load_balancing"))?),
         None => None,
     };
+    let waypoint = match s.waypoint {
+        Some(gw) => Some(gateway_from_proto(gw).map_err(|e| e.under("waypoint"))?),
+        None => None,
+    };
     Ok(Service {
         name: s.name,
         namespace: s.namespace,
@@ -273,6 +284,68 @@ fn service_from_proto(name: &str, s: wl::Service) -> FieldResult<Service> {
         load_balancing,
         ip_families,
         canonical: s.canonical,
+        waypoint,
+    })
+}
+
+/// A waypoint reference: a usable address, or a service key with both parts. A waypoint that
+/// cannot be read is a NACK, not a drop: dropping it would send the traffic straight to its
+/// destination, skipping the waypoint's L7 policy. Port 0 (unset) reads as 15008.
+fn gateway_from_proto(gw: wl::GatewayAddress) -> FieldResult<GatewayAddress> {
+    use wl::gateway_address::Destination;
+    let destination = match gw.destination {
+        Some(Destination::Address(a)) => {
+            if a.length
+                .is_some_and(|len| len != if a.address.len() == 4 { 32 } else { 128 })
+            {
+                return Err(FieldError::new(
+                    "address.length",
+                    "a waypoint address must be a single address, not a range",
+                ));
+            }
+            let ip = usable_ip_from_bytes(&a.address).map_err(|e| e.under("address.address"))?;
+            GatewayDestination::Address(NetworkAddress::new(a.network, ip))
+        }
+        Some(Destination::Hostname(h)) => {
+            for (field, value) in [("namespace", &h.namespace), ("hostname", &h.hostname)] {
+                if value.is_empty() {
+                    return Err(FieldError::new(
+                        format!("hostname.{field}"),
+                        "must not be empty",
+                    ));
+                }
+                if value.contains('/') {
+                    return Err(FieldError::new(
+                        format!("hostname.{field}"),
+                        format!("{value:?} contains '/'"),
+                    ));
+                }
+            }
+            GatewayDestination::Hostname(NamespacedHostname {
+                namespace: h.namespace,
+                hostname: h.hostname,
+            })
+        }
+        None => {
+            return Err(FieldError::new(
+                "destination",
+                "empty: neither `hostname` nor `address` is set",
+            ))
+        }
+    };
+    let hbone_mtls_port = match u16::try_from(gw.hbone_mtls_port) {
+        Ok(0) => DEFAULT_GATEWAY_HBONE_PORT,
+        Ok(p) => p,
+        Err(_) => {
+            return Err(FieldError::new(
+                "hbone_mtls_port",
+                too_big(gw.hbone_mtls_port),
+            ))
+        }
+    };
+    Ok(GatewayAddress {
+        destination,
+        hbone_mtls_port,
     })
 }
 

@@ -35,6 +35,9 @@ fn a_rich_mesh_round_trips_through_the_protos() {
     // The fixture exercises load balancing, so the round trip covers it too.
     assert!(original.services().any(|s| s.load_balancing.is_some()));
     assert!(original.workloads().any(|w| w.capacity == 0));
+    // Waypoints by address (workload) and by hostname (service).
+    assert!(original.workloads().any(|w| w.waypoint.is_some()));
+    assert!(original.services().any(|s| s.waypoint.is_some()));
     assert!(original.workloads().any(|w| !w.locality.zone.is_empty()));
     assert!(original
         .workloads()

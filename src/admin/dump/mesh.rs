@@ -4,8 +4,8 @@
 //! the whole dump on one value of the wrong type, so a map must stay a map, a list a list).
 //!
 //! Views borrow from the store; nothing here changes it. Fields the store does not model
-//! (waypoints, network gateways, application tunnels, CIDR VIPs, IP families, visibility) are
-//! left out, as ztunnel leaves out a field at its default, rather than guessed.
+//! (network gateways, application tunnels, visibility) are left out, as ztunnel leaves out a
+//! field at its default, rather than guessed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,9 +13,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::state::{
-    HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy, LbMode, LbScope, LoadBalancing,
-    Locality, Policy, PolicyAction, PolicyMatch, PolicyScope, Service, ServiceAccountMatch, Store,
-    StringMatch, Workload,
+    GatewayAddress, GatewayDestination, HealthStatus, InboundProtocol, IpFamily, LbHealthPolicy,
+    LbMode, LbScope, LoadBalancing, Locality, Policy, PolicyAction, PolicyMatch, PolicyScope,
+    Service, ServiceAccountMatch, Store, StringMatch, Workload,
 };
 
 /// One workload as ztunnel serializes it (`state::workload::Workload`, camelCase; strings at
@@ -59,6 +59,27 @@ pub struct WorkloadDump<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
     capacity: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waypoint: Option<GatewayDump>,
+}
+
+/// A waypoint reference as ztunnel serializes `GatewayAddress`: the destination as one
+/// string (`network/ip` or `namespace/hostname`) and the port.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayDump {
+    destination: String,
+    hbone_mtls_port: u16,
+}
+
+fn gateway(gw: &GatewayAddress) -> GatewayDump {
+    GatewayDump {
+        destination: match &gw.destination {
+            GatewayDestination::Address(a) => a.to_string(),
+            GatewayDestination::Hostname(h) => h.to_string(),
+        },
+        hbone_mtls_port: gw.hbone_mtls_port,
+    }
 }
 
 /// ztunnel writes all three parts once any is set.
@@ -93,6 +114,8 @@ pub struct ServiceDump<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ip_families: Option<&'static str>,
     canonical: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waypoint: Option<GatewayDump>,
 }
 
 /// One CIDR VIP (`state::workload::NetworkCidr`).
@@ -230,6 +253,7 @@ pub fn workload(w: &Workload) -> WorkloadDump<'_> {
         locality: locality(&w.locality),
         services,
         capacity: w.capacity,
+        waypoint: w.waypoint.as_ref().map(gateway),
     }
 }
 
@@ -296,6 +320,7 @@ pub fn service<'a>(store: &Store, s: &'a Service) -> ServiceDump<'a> {
             IpFamily::Dual => "Dual",
         }),
         canonical: s.canonical,
+        waypoint: s.waypoint.as_ref().map(gateway),
     }
 }
 

@@ -88,7 +88,6 @@ struct ApplicationTunnel {
 
 #[derive(Debug, Deserialize)]
 struct GatewayAddress {
-    #[allow(dead_code)]
     destination: String,
 }
 
@@ -257,6 +256,7 @@ workloads:
     "default/server.default.svc.cluster.local":
       80: 9090
   authorizationPolicies: ["default/selected"]
+  waypoint: {destination: "net1/10.0.0.9", hboneMtlsPort: 15009}
 - uid: Kubernetes//Pod/kube-system/agent
   name: agent
   namespace: kube-system
@@ -275,6 +275,7 @@ services:
 - name: db
   namespace: other
   hostname: db.other.svc.cluster.local
+  waypoint: {destination: "other/wp.other.svc.cluster.local"}
 - name: ext
   namespace: other
   hostname: ext.example.com
@@ -384,7 +385,13 @@ fn workloads_decode_into_istioctls_type_with_ztunnels_values() {
         }
     );
     assert_eq!(server.authorization_policies, ["default/selected"]);
-    assert!(server.waypoint.is_none() && server.network_gateway.is_none());
+    // A waypoint as ztunnel writes `GatewayAddress`: one destination string and the port.
+    assert_eq!(
+        server.waypoint.as_ref().map(|w| w.destination.as_str()),
+        Some("net1/10.0.0.9")
+    );
+    assert_eq!(raw["workloads"][0]["waypoint"]["hboneMtlsPort"], 15009);
+    assert!(server.network_gateway.is_none());
     assert!(server.hostname.is_empty());
     assert_eq!(
         raw["workloads"][0]["services"],
@@ -464,6 +471,11 @@ fn services_decode_into_istioctls_type_with_endpoints_keyed_by_uid() {
 
     let db = &d.services[0];
     assert!(db.endpoints.is_empty() && db.vips.is_empty() && db.ports.is_empty());
+    assert_eq!(
+        db.waypoint.as_ref().map(|w| w.destination.as_str()),
+        Some("other/wp.other.svc.cluster.local")
+    );
+    assert_eq!(raw["services"][0]["waypoint"]["hboneMtlsPort"], 15008);
     assert!(raw["services"][0].get("loadBalancer").is_none());
     // Always written, as ztunnel writes them, even when empty.
     for present in ["vips", "ports", "endpoints", "subjectAltNames", "canonical"] {

@@ -8,7 +8,7 @@ use crate::config::HBONE_PORT;
 use crate::identity::Identity;
 use crate::proxy::access::{base_labels, Description};
 use crate::proxy::{ProxyError, Scope};
-use crate::state::{HostnameEndpoint, Resolution, Store, Upstream, Workload};
+use crate::state::{HostnameEndpoint, Resolution, Service, Store, Upstream, WaypointHop, Workload};
 
 /// Where a captured connection goes, decided before any upstream socket exists.
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub struct Route {
     /// What `original_dst` resolved to.
     pub upstream: Upstream,
     pub protocol: OutboundProtocol,
+    /// The waypoint instance's HBONE address, when the destination names a waypoint: then
+    /// `upstream` is that instance, and the CONNECT asks it for `original_dst` as dialed.
+    pub waypoint: Option<SocketAddr>,
 }
 
 /// How the connection travels to its target.
@@ -39,9 +42,14 @@ pub enum OutboundProtocol {
 }
 
 impl Route {
-    /// The address the application bytes are delivered to (the chosen endpoint and port).
+    /// The address the application bytes are delivered to (the chosen endpoint and port), and
+    /// the CONNECT target: through a waypoint, the original destination (the waypoint
+    /// chooses the endpoint).
     pub fn target(&self) -> SocketAddr {
-        self.upstream.target()
+        match self.waypoint {
+            Some(_) => self.original_dst,
+            None => self.upstream.target(),
+        }
     }
 
     /// The access-log description of this route, for a client at `src`.
@@ -76,6 +84,7 @@ impl Route {
             dst_identity,
             protocol,
             labels,
+            waypoint: self.waypoint,
         }
     }
 }
@@ -129,6 +138,32 @@ impl Route {
             original_dst,
             upstream,
             protocol,
+            waypoint: None,
+        }
+    }
+
+    /// A route through the destination's waypoint instance `hop`; `service` is the dialed
+    /// service, if the client dialed one.
+    fn via_waypoint(
+        source: Arc<Workload>,
+        original_dst: SocketAddr,
+        hop: WaypointHop,
+        service: Option<Arc<Service>>,
+    ) -> Route {
+        let protocol = OutboundProtocol::Hbone {
+            tunnel: hop.address,
+            expected_identities: hop.expected_identities(),
+        };
+        Route {
+            source,
+            original_dst,
+            upstream: Upstream::Workload {
+                workload: hop.workload,
+                address: hop.address,
+                service,
+            },
+            protocol,
+            waypoint: Some(hop.address),
         }
     }
 }
@@ -149,6 +184,12 @@ pub fn route(
         .map_err(|miss| {
             ProxyError::local_miss(miss, source_ip, ProxyError::UnknownSource(source_ip))
         })?;
+    // A destination with a waypoint goes there or nowhere (fail closed).
+    if let Some(required) = store.required_waypoint(network, &source, original_dst) {
+        let hop = store.resolve_waypoint(&required, &source, original_dst, pick)?;
+        let route = Route::via_waypoint(source, original_dst, hop, required.service);
+        return Ok(Routed::Ready(route));
+    }
     let resolution = store.resolve(
         network,
         Some(&source.namespace),

@@ -116,14 +116,14 @@ workloads:
 - name: a
   namespace: default
   workloadIps: ["10.0.0.1"]
-  waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
+  networkGateway: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
   authorizationPolicies: ["default/deny", "default/typo"]
 policies:
 - {name: deny, namespace: default, scope: WorkloadSelector, action: Deny}
 "#;
     let loaded = load(text).unwrap();
     let all = loaded.warnings.join("\n");
-    assert!(all.contains("`waypoint`"), "{all}");
+    assert!(all.contains("`networkGateway`"), "{all}");
     // Selected policies are modeled now: no warning for the field, but one for the key the
     // file does not define.
     assert!(!all.contains("`authorizationPolicies`"), "{all}");
@@ -568,4 +568,71 @@ services:
     );
     let err = load(&text.replace("IPv4", "IPv5")).unwrap_err();
     assert!(err.to_string().contains("IPv5"), "{err}");
+}
+
+#[test]
+fn waypoints_in_ztunnel_shape_by_address_and_hostname() {
+    let text = r#"
+services:
+- name: web
+  namespace: default
+  hostname: web.default.svc
+  vips: ["/10.10.0.1"]
+  ports: {80: 8080}
+  waypoint: {destination: "infra/waypoint.infra.svc", hboneMtlsPort: 15009}
+workloads:
+- name: a
+  namespace: default
+  workloadIps: ["10.0.0.1"]
+  waypoint: {destination: "net1/10.0.0.9"}
+"#;
+    let store = load(text).unwrap().store;
+    let service = store
+        .service(&"default/web.default.svc".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        service.waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Hostname("infra/waypoint.infra.svc".parse().unwrap()),
+            hbone_mtls_port: 15009,
+        })
+    );
+    let workload = store
+        .workload_by_uid("Kubernetes//v1/Pod/default/a")
+        .unwrap();
+    assert_eq!(
+        workload.waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress::new(
+                "net1",
+                "10.0.0.9".parse().unwrap()
+            )),
+            hbone_mtls_port: 15008,
+        })
+    );
+}
+
+#[test]
+fn bad_waypoints_name_the_entry_and_field() {
+    for (waypoint, want) in [
+        (
+            r#"{destination: "nothing"}"#,
+            "`waypoint.destination`: \"nothing\" is neither",
+        ),
+        (
+            r#"{destination: "/127.0.0.1"}"#,
+            "`waypoint.destination` 127.0.0.1:",
+        ),
+        (
+            r#"{destination: "/10.0.0.9", hboneMtlsPort: 0}"#,
+            "`waypoint.hboneMtlsPort` must not be 0",
+        ),
+    ] {
+        let text = format!(
+            "workloads:\n- {{name: a, namespace: d, workloadIps: [\"10.0.0.1\"], waypoint: {waypoint}}}\n"
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("workloads[0] (a)"), "{err}");
+        assert!(err.contains(want), "{waypoint}: {err}");
+    }
 }

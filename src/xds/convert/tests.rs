@@ -255,7 +255,7 @@ fn empty_identity_fields_get_the_same_defaults_as_local_files() {
 #[test]
 fn fields_the_store_does_not_model_are_accepted() {
     let mut w = valid_workload();
-    w.waypoint = Some(wl::GatewayAddress {
+    w.network_gateway = Some(wl::GatewayAddress {
         hbone_mtls_port: 15008,
         destination: None,
     });
@@ -582,4 +582,93 @@ fn unknown_load_balancing_enums_skip_the_service_without_a_nack() {
             other => panic!("{field}: expected Unsupported, got {other:?}"),
         }
     }
+}
+
+fn waypoint_by_address(ip: Vec<u8>, port: u32) -> wl::GatewayAddress {
+    wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Address(
+            wl::NetworkAddress {
+                network: "net1".into(),
+                address: ip,
+                length: None,
+            },
+        )),
+        hbone_mtls_port: port,
+    }
+}
+
+#[test]
+fn waypoints_are_kept_by_address_and_by_hostname() {
+    let mut w = valid_workload();
+    w.waypoint = Some(waypoint_by_address(vec![10, 0, 0, 9], 15009));
+    assert_eq!(
+        convert_workload(w).waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress::new("net1", ip("10.0.0.9"))),
+            hbone_mtls_port: 15009,
+        })
+    );
+    let mut s = valid_service();
+    s.waypoint = Some(wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Hostname(
+            wl::NamespacedHostname {
+                namespace: "infra".into(),
+                hostname: "waypoint.infra.svc".into(),
+            },
+        )),
+        // Unset: the standard HBONE port.
+        hbone_mtls_port: 0,
+    });
+    assert_eq!(
+        convert_service(s).waypoint,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Hostname("infra/waypoint.infra.svc".parse().unwrap()),
+            hbone_mtls_port: 15008,
+        })
+    );
+}
+
+#[test]
+fn unreadable_waypoints_are_refused_naming_the_field() {
+    assert_eq!(
+        workload_error(|w| w.waypoint = Some(waypoint_by_address(vec![1, 2, 3], 15008))),
+        "workload.waypoint.address.address: 3 bytes, expected 4 (IPv4) or 16 (IPv6)"
+    );
+    assert_eq!(
+        workload_error(|w| w.waypoint = Some(waypoint_by_address(vec![10, 0, 0, 9], 70000))),
+        "workload.waypoint.hbone_mtls_port: port 70000 exceeds 65535"
+    );
+    assert_eq!(
+        service_error(|s| {
+            s.waypoint = Some(wl::GatewayAddress {
+                destination: None,
+                hbone_mtls_port: 15008,
+            })
+        }),
+        "service.waypoint.destination: empty: neither `hostname` nor `address` is set"
+    );
+    assert_eq!(
+        service_error(|s| {
+            s.waypoint = Some(wl::GatewayAddress {
+                destination: Some(wl::gateway_address::Destination::Hostname(
+                    wl::NamespacedHostname {
+                        namespace: String::new(),
+                        hostname: "w".into(),
+                    },
+                )),
+                hbone_mtls_port: 15008,
+            })
+        }),
+        "service.waypoint.hostname.namespace: must not be empty"
+    );
+    assert_eq!(
+        workload_error(|w| {
+            let mut gw = waypoint_by_address(vec![10, 0, 0, 0], 15008);
+            if let Some(wl::gateway_address::Destination::Address(a)) = &mut gw.destination {
+                a.length = Some(24);
+            }
+            w.waypoint = Some(gw)
+        }),
+        "workload.waypoint.address.length: a waypoint address must be a single address, not a range"
+    );
 }

@@ -77,6 +77,41 @@ pub struct Workload {
     /// `hostname:`: a ServiceEntry endpoint with DNS resolution, looked up by the tunnel when
     /// `ips` is empty. None written when empty.
     pub hostname: String,
+    /// `waypoint: {destination, hboneMtlsPort}` (ztunnel's local shape); none when `None`.
+    pub waypoint: Option<Waypoint>,
+}
+
+/// A waypoint reference: `destination` is `"<network>/<ip>"` or `"<namespace>/<hostname>"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waypoint {
+    pub destination: String,
+    pub hbone_mtls_port: u16,
+}
+
+impl Waypoint {
+    /// The waypoint service `<namespace>/<hostname>`, its instances listening on `port`.
+    pub fn by_hostname(key: &str, port: u16) -> Waypoint {
+        Waypoint {
+            destination: key.into(),
+            hbone_mtls_port: port,
+        }
+    }
+
+    /// The waypoint at `ip` (default network), listening on `port`.
+    pub fn by_ip(ip: Ipv4Addr, port: u16) -> Waypoint {
+        Waypoint {
+            destination: format!("/{ip}"),
+            hbone_mtls_port: port,
+        }
+    }
+
+    fn as_yaml(&self) -> String {
+        format!(
+            "{{destination: {}, hboneMtlsPort: {}}}",
+            quote(&self.destination),
+            self.hbone_mtls_port
+        )
+    }
 }
 
 impl Workload {
@@ -97,7 +132,14 @@ impl Workload {
             healthy: true,
             cluster_id: String::new(),
             hostname: String::new(),
+            waypoint: None,
         }
+    }
+
+    /// Traffic addressed to this workload goes through `waypoint`.
+    pub fn waypoint(mut self, waypoint: Waypoint) -> Self {
+        self.waypoint = Some(waypoint);
+        self
     }
 
     /// A plain-TCP endpoint known by `hostname` only (no address), as istiod sends the
@@ -183,6 +225,8 @@ pub struct Service {
     pub ip_families: Option<&'static str>,
     /// `canonical: true` when set.
     pub canonical: bool,
+    /// Traffic to the VIPs goes through this waypoint; none written when `None`.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -198,7 +242,14 @@ impl Service {
             cidr_vips: Vec::new(),
             ip_families: None,
             canonical: false,
+            waypoint: None,
         }
+    }
+
+    /// Traffic to this service's VIPs goes through `waypoint`.
+    pub fn waypoint(mut self, waypoint: Waypoint) -> Self {
+        self.waypoint = Some(waypoint);
+        self
     }
 
     pub fn load_balancer(mut self, lb: LoadBalancer) -> Self {
@@ -303,6 +354,9 @@ impl MeshConfig {
             if !w.hostname.is_empty() {
                 let _ = writeln!(y, "  hostname: {}", quote(&w.hostname));
             }
+            if let Some(waypoint) = &w.waypoint {
+                let _ = writeln!(y, "  waypoint: {}", waypoint.as_yaml());
+            }
         }
         if self.services.is_empty() {
             y.push_str("services: []\n");
@@ -334,6 +388,9 @@ impl MeshConfig {
             }
             if s.canonical {
                 y.push_str("  canonical: true\n");
+            }
+            if let Some(waypoint) = &s.waypoint {
+                let _ = writeln!(y, "  waypoint: {}", waypoint.as_yaml());
             }
         }
         if !self.policies.is_empty() {

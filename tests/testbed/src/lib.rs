@@ -44,11 +44,12 @@ mod signals;
 pub mod topology;
 pub mod traffic;
 pub mod tunnel;
+pub mod waypoint;
 
 pub use config::{
     env_refs, generate_ca, set_env, shared_tunnel_env, spiffe_id, tunnel_env, Ca, LbHealthPolicy,
     LbMode, LbScope, LoadBalancer, Locality, Match, Mesh, MeshConfig, Policy, PolicyAction,
-    PolicyScope, Protocol, Service, StringMatch, Workload,
+    PolicyScope, Protocol, Service, StringMatch, Waypoint, Workload,
 };
 pub use control::{node_token, ControlPlane, ControlPlaneSpec};
 pub use dns::DnsServer;
@@ -67,6 +68,7 @@ pub use signals::cleanup_on_signals;
 pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};
 pub use tunnel::{Tunnel, TunnelLaunch};
+pub use waypoint::{Hop, WaypointStandIn};
 
 use std::path::PathBuf;
 

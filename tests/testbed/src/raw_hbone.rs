@@ -19,7 +19,7 @@
 //! [`IO_TIMEOUT`] so a broken tunnel fails the test instead of hanging it.
 
 mod pki;
-mod verify;
+pub(crate) mod verify;
 
 pub use pki::{ClientCert, TestCa};
 

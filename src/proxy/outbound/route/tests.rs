@@ -222,3 +222,90 @@ fn a_shared_vip_resolves_to_the_service_in_the_clients_namespace() {
     let r = route_from_client(&store, VIP).unwrap();
     assert_eq!(r.target(), addr("10.77.2.40:8080"), "other's service");
 }
+
+/// The mesh with waypoint `wp` (10.77.3.9, its own service `wp.default.svc`) named by the
+/// server service, and `plain` naming a waypoint by an address nobody holds.
+fn mesh_with_waypoints() -> Store {
+    use crate::state::{GatewayAddress, GatewayDestination, NetworkAddress};
+    let mut store = mesh();
+    let key: crate::state::NamespacedHostname =
+        "default/server.default.svc.cluster.local".parse().unwrap();
+    let mut svc = (*store.service(&key).unwrap()).clone();
+    svc.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Hostname("default/wp.default.svc".parse().unwrap()),
+        hbone_mtls_port: 15008,
+    });
+    store.insert_service(svc);
+    let wp_svc = service("wp.default.svc", "/10.96.0.99");
+    let wp_key = wp_svc.key();
+    store.insert_service(wp_svc);
+    let mut wp = workload("wp", "10.77.3.9");
+    wp.node = "n1".into();
+    wp.services.insert(wp_key, HashMap::new());
+    store.insert_workload(wp);
+    let mut plain = (*store.workload_by_uid("plain").unwrap()).clone();
+    plain.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress::new(
+            "",
+            "10.77.9.9".parse().unwrap(),
+        )),
+        hbone_mtls_port: 15008,
+    });
+    store.insert_workload(plain);
+    store
+}
+
+#[test]
+fn a_vip_with_a_waypoint_goes_to_the_waypoint_with_the_vip_as_target() {
+    let store = mesh_with_waypoints();
+    let r = route_from_client(&store, VIP).unwrap();
+    assert_eq!(r.waypoint, Some(addr("10.77.3.9:15008")));
+    // The CONNECT asks the waypoint for the VIP as dialed; the waypoint's identity is verified.
+    assert_eq!(r.target(), addr(VIP));
+    assert_eq!(
+        r.protocol,
+        OutboundProtocol::Hbone {
+            tunnel: addr("10.77.3.9:15008"),
+            expected_identities: vec![id("wp")],
+        }
+    );
+    let d = r.describe(addr("10.77.1.10:40000"));
+    assert_eq!(d.dst, Some(addr(VIP)));
+    assert_eq!(d.waypoint, Some(addr("10.77.3.9:15008")));
+    assert_eq!(d.dst_identity, Some(id("wp")));
+    assert_eq!(
+        d.labels.destination_service,
+        "server.default.svc.cluster.local"
+    );
+}
+
+#[test]
+fn a_named_waypoint_nobody_holds_refuses_the_connection() {
+    let store = mesh_with_waypoints();
+    let err = route_from_client(&store, "10.77.2.30:9000").unwrap_err();
+    assert_eq!(err.flag(), "waypoint_unavailable");
+    assert!(
+        err.to_string()
+            .contains("workload plain names waypoint /10.77.9.9 (HBONE port 15008)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_waypoint_reaches_the_destination_directly() {
+    let store = mesh_with_waypoints();
+    let scope = n1();
+    let r = match route(
+        &store,
+        "",
+        &scope,
+        "10.77.3.9".parse().unwrap(),
+        addr(VIP),
+        |_| 0,
+    ) {
+        Ok(Routed::Ready(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.waypoint, None);
+    assert_eq!(r.target(), addr("10.77.2.10:8080"));
+}

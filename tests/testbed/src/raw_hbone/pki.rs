@@ -39,7 +39,7 @@ pub struct ClientCert {
     /// The SPIFFE URI in the leaf's SAN.
     pub identity: String,
     pub chain: Vec<CertificateDer<'static>>,
-    pub(super) key: PrivateKeyDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 impl TestCa {

@@ -16,7 +16,7 @@ use super::pki::ClientCert;
 use super::RawHboneError;
 
 /// A client config presenting `cert` and accepting a server that chains to `roots`.
-pub(super) fn client_config(
+pub(crate) fn client_config(
     cert: &ClientCert,
     roots: &[CertificateDer<'static>],
 ) -> Result<Arc<ClientConfig>, RawHboneError> {
@@ -39,7 +39,7 @@ pub(super) fn client_config(
 }
 
 /// The one `spiffe://` URI SAN of `leaf`.
-pub(super) fn spiffe_uri(leaf: &CertificateDer<'_>) -> Result<String, String> {
+pub(crate) fn spiffe_uri(leaf: &CertificateDer<'_>) -> Result<String, String> {
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| e.to_string())?;
     let san = cert
         .subject_alternative_name()
