@@ -809,7 +809,11 @@ fn the_dns_proxy_is_on_by_default_on_loopback_15053_and_bad_values_are_refused()
     assert_eq!(cfg.dns.addr, "127.0.0.1:15053".parse().unwrap());
     let off = [base[0], base[1], ("ISTIO_META_DNS_CAPTURE", "false")];
     assert!(!Config::from_vars(&vars(&off)).unwrap().dns.enabled);
-    let moved = [base[0], base[1], ("ISTIO_META_DNS_PROXY_ADDR", "0.0.0.0:5353")];
+    let moved = [
+        base[0],
+        base[1],
+        ("ISTIO_META_DNS_PROXY_ADDR", "0.0.0.0:5353"),
+    ];
     assert_eq!(
         Config::from_vars(&vars(&moved)).unwrap().dns.addr,
         "0.0.0.0:5353".parse().unwrap()
