@@ -316,7 +316,7 @@ fn other_names_and_types_are_forwarded_unchanged_large_answers_truncate_and_sile
 }
 
 #[test]
-fn malformed_packets_get_formerr_or_nothing_and_the_proxy_keeps_answering() {
+fn malformed_packets_get_formerr_or_nothing_the_proxy_keeps_answering_and_closes_with_the_pod() {
     let Some(m) = start("dns_malformed") else {
         return;
     };
@@ -370,6 +370,21 @@ fn malformed_packets_get_formerr_or_nothing_and_the_proxy_keeps_answering() {
     assert!(
         m.mesh.tunnel("n1").is_ready(),
         "the tunnel is alive and ready"
+    );
+    // Unenrolled, the pod's 15053 sockets close with its other listeners: the captured query
+    // now meets a closed port (TCP refused), not a proxy left behind in the pod's netns.
+    m.mesh
+        .del(m.topo.pod("client"))
+        .expect("removing the client pod from its tunnel");
+    let closed = || {
+        let packet = good.clone();
+        let refused = ns.run(move || tcp_exchange(POD_NAMESERVER, &packet));
+        matches!(refused, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+    };
+    assert_eventually!(
+        closed(),
+        Duration::from_secs(10),
+        "15053 closed with the pod"
     );
     drop(m.mesh);
 }
