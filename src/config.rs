@@ -8,6 +8,7 @@
 
 mod ca;
 mod check;
+mod dns;
 mod env;
 mod grpc;
 mod listen;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub(crate) use ca::{CaConfig, CaSource};
 pub use check::{check_vars, ACCEPTED_UNUSED, PROCESS_VARIABLES};
+pub(crate) use dns::{DnsConfig, DNS_PORT};
 pub use env::parse_duration;
 pub(crate) use listen::{ListenConfig, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 pub(crate) use mode::{InpodConfig, Mode, ProxyWorkloadInfo};
@@ -89,6 +91,8 @@ pub struct Config {
     /// state, live inbound connections are authorized again and the denied ones closed.
     /// `false`: a change applies to new connections only.
     pub(crate) recheck_live_connections: bool,
+    /// The DNS proxy on 15053 (see `dns`).
+    pub(crate) dns: DnsConfig,
 }
 
 impl Config {
@@ -133,6 +137,7 @@ impl Config {
             drain_timeout: termination::deadline(env)?,
             worker_threads: workers::worker_threads(env, available_cores)?,
             recheck_live_connections: env.bool("ENFORCE_POLICY_ON_LIVE_CONNECTIONS", true)?,
+            dns: DnsConfig::from_env(env)?,
         })
     }
 }

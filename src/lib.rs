@@ -19,6 +19,7 @@ mod admin;
 pub mod app;
 pub mod authz;
 pub mod config;
+mod dns;
 mod drain;
 pub mod grpc;
 mod hbone;

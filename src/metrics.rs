@@ -289,6 +289,13 @@ pub struct Metrics {
     pub hbone_inbound_connections: Gauge,
     /// Shared mode's pods and agent connection (registered by [`Metrics::register_inpod`]).
     pub inpod: InpodMetrics,
+    /// DNS proxy queries received (ztunnel's `istio_dns_requests_total`), of which
+    /// forwarded upstream (`istio_dns_upstream_requests_total`) and failed there
+    /// (`istio_dns_upstream_failures_total`: timeout, error, budget exhausted → SERVFAIL).
+    /// Answered from the mesh state = requests − upstream requests (− malformed ones).
+    pub dns_requests: Counter,
+    pub dns_upstream_requests: Counter,
+    pub dns_upstream_failures: Counter,
     /// The Istio release reported in `istio_build` and `/config_dump`'s `version`.
     istio_version: String,
 }
@@ -324,6 +331,9 @@ impl Metrics {
             pool: PoolGauges::default(),
             hbone_inbound_connections: Gauge::default(),
             inpod: InpodMetrics::default(),
+            dns_requests: Counter::default(),
+            dns_upstream_requests: Counter::default(),
+            dns_upstream_failures: Counter::default(),
             istio_version,
         };
         let istio = registry.sub_registry_with_prefix("istio");
@@ -360,6 +370,21 @@ impl Metrics {
             })
             .set(1);
         istio.register("build", "Istio component build info", build);
+        istio.register(
+            "dns_requests",
+            "DNS queries received by the DNS proxy",
+            m.dns_requests.clone(),
+        );
+        istio.register(
+            "dns_upstream_requests",
+            "DNS queries the DNS proxy forwarded to the upstream resolver",
+            m.dns_upstream_requests.clone(),
+        );
+        istio.register(
+            "dns_upstream_failures",
+            "DNS queries the upstream resolver did not answer (SERVFAIL to the client)",
+            m.dns_upstream_failures.clone(),
+        );
         let own = registry.sub_registry_with_prefix("nodetunnel");
         own.register(
             "hbone_connections_opened",

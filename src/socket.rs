@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use nodetunnel_base::netns::NetnsHandle;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 /// SO_MARK on every socket the tunnel opens, so the capture rules let its own traffic pass
 /// (Istio's 1337).
@@ -92,6 +92,40 @@ impl SocketFactory {
         TcpListener::from_std(std_listener.into())
     }
 
+    /// A UDP socket bound to `addr` in this factory's namespace (SO_REUSEPORT as the TCP
+    /// listeners, so a replacement tunnel can bind beside this one), entered on a shared
+    /// `netns` thread like [`listen_async`](Self::listen_async). Unmarked: it only answers.
+    pub async fn bind_udp_async(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
+        let port_reuse = self.port_reuse;
+        let bind = move || bind_udp(addr, port_reuse);
+        let socket = match &self.netns {
+            None => bind()?,
+            Some(netns) => netns.run_async(bind).await??,
+        };
+        UdpSocket::from_std(socket.into())
+    }
+
+    /// A UDP socket connected to `dst`, created in this factory's namespace with its mark (so
+    /// in-pod capture rules let a forwarded DNS query pass instead of redirecting it back).
+    pub fn connect_udp(&self, dst: SocketAddr) -> io::Result<UdpSocket> {
+        let mark = self.mark;
+        let create = move || -> io::Result<Socket> {
+            let socket = Socket::new(Domain::for_address(dst), Type::DGRAM, Some(Protocol::UDP))?;
+            if let Some(mark) = mark {
+                socket.set_mark(mark)?;
+            }
+            socket.set_nonblocking(true)?;
+            socket.connect(&dst.into())?;
+            Ok(socket)
+        };
+        let socket = match &self.netns {
+            None => create()?,
+            // On this thread, synchronously (nothing awaited while inside the namespace).
+            Some(netns) => netns.run_here(create)??,
+        };
+        UdpSocket::from_std(socket.into())
+    }
+
     /// Connects to `dst` from a socket created in this factory's namespace, with its mark.
     pub async fn connect(&self, dst: SocketAddr, source: Source) -> io::Result<TcpStream> {
         let mark = self.mark;
@@ -154,6 +188,18 @@ fn bind_listener(addr: SocketAddr, port_reuse: bool) -> io::Result<Socket> {
     socket.set_reuse_port(port_reuse)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn bind_udp(addr: SocketAddr, port_reuse: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(port_reuse)?;
+    socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

@@ -41,6 +41,8 @@ pub fn check_vars(vars: &HashMap<String, String>) -> Result<Value, ConfigError> 
             "admin": config.listen.admin_addr.to_string(),
             "metrics": config.listen.metrics_addr.to_string(),
             "readiness": config.listen.readiness_addr.to_string(),
+            // The DNS proxy's UDP+TCP address in each scope's namespace; null when off.
+            "dns": config.dns.enabled.then(|| config.dns.addr.to_string()),
         },
         "config_source": match &config.source {
             ConfigSource::File(path) => json!({"file": path.display().to_string()}),

@@ -800,3 +800,30 @@ fn a_crl_the_tunnel_cannot_check_stops_it_rather_than_being_ignored() {
         "{err}"
     );
 }
+
+#[test]
+fn the_dns_proxy_is_on_by_default_on_loopback_15053_and_bad_values_are_refused() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    let cfg = Config::from_vars(&vars(&base)).unwrap();
+    assert!(cfg.dns.enabled, "ztunnel's default");
+    assert_eq!(cfg.dns.addr, "127.0.0.1:15053".parse().unwrap());
+    let off = [base[0], base[1], ("ISTIO_META_DNS_CAPTURE", "false")];
+    assert!(!Config::from_vars(&vars(&off)).unwrap().dns.enabled);
+    let moved = [
+        base[0],
+        base[1],
+        ("ISTIO_META_DNS_PROXY_ADDR", "0.0.0.0:5353"),
+    ];
+    assert_eq!(
+        Config::from_vars(&vars(&moved)).unwrap().dns.addr,
+        "0.0.0.0:5353".parse().unwrap()
+    );
+    for (var, value) in [
+        ("ISTIO_META_DNS_CAPTURE", "sometimes"),
+        ("ISTIO_META_DNS_PROXY_ADDR", "localhost"),
+    ] {
+        let bad = [base[0], base[1], (var, value)];
+        let err = Config::from_vars(&vars(&bad)).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{var}=\"{value}\"")), "{err}");
+    }
+}

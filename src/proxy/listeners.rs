@@ -1,5 +1,6 @@
-//! One workload scope's listener set: outbound capture (15001), inbound plaintext (15006) and
-//! inbound HBONE (15008), bound in one network namespace and served by one [`ProxyInputs`].
+//! One workload scope's listener set: outbound capture (15001), inbound plaintext (15006),
+//! inbound HBONE (15008) and, when enabled, the DNS proxy (15053 UDP + TCP), bound in one
+//! network namespace and served by one [`ProxyInputs`].
 //!
 //! Dedicated mode runs one set in the tunnel's own namespace; shared mode runs one per pod,
 //! inside the pod's namespace. Both start, stop and drain it the same way.
@@ -13,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::{inbound, inbound_plain, live, outbound, ProxyInputs};
-use crate::config::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::config::{DNS_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::dns::{self, DnsServer};
 use crate::drain::DrainOutcome;
 use crate::socket::SocketFactory;
 
@@ -26,6 +28,10 @@ pub enum Listener {
     InboundPlaintext,
     /// 15008: HBONE (mTLS + HTTP/2 CONNECT) from other tunnels.
     InboundHbone,
+    /// 15053/udp: the DNS proxy (`ISTIO_META_DNS_PROXY_ADDR` may move it).
+    DnsUdp,
+    /// 15053/tcp: the DNS proxy.
+    DnsTcp,
 }
 
 impl Listener {
@@ -34,6 +40,7 @@ impl Listener {
             Listener::Outbound => OUTBOUND_PORT,
             Listener::InboundPlaintext => INBOUND_PLAINTEXT_PORT,
             Listener::InboundHbone => HBONE_PORT,
+            Listener::DnsUdp | Listener::DnsTcp => DNS_PORT,
         }
     }
 }
@@ -44,6 +51,8 @@ impl fmt::Display for Listener {
             Listener::Outbound => "outbound capture",
             Listener::InboundPlaintext => "inbound plaintext",
             Listener::InboundHbone => "inbound HBONE",
+            Listener::DnsUdp => "DNS proxy (UDP)",
+            Listener::DnsTcp => "DNS proxy (TCP)",
         })
     }
 }
@@ -67,6 +76,8 @@ pub struct ListenerSet {
     /// Re-checks the set's live inbound connections after each state change, for as long as
     /// the set exists, draining included (`None` when switched off).
     recheck: Option<JoinHandle<()>>,
+    /// The DNS proxy (`ISTIO_META_DNS_CAPTURE`), closed with the other listeners.
+    dns: Option<DnsServer>,
 }
 
 impl ListenerSet {
@@ -92,6 +103,25 @@ impl ListenerSet {
         let outbound_listener: TcpListener = bind(Listener::Outbound).await?;
         let plaintext_listener = bind(Listener::InboundPlaintext).await?;
         let hbone_listener = bind(Listener::InboundHbone).await?;
+        let dns = match inputs.config.dns.enabled {
+            true => Some(
+                DnsServer::start(dns_handler(&inputs), sockets, inputs.config.dns.addr)
+                    .await
+                    .map_err(|e| match e {
+                        dns::DnsBindError::Udp { addr, source } => ListenError {
+                            addr,
+                            listener: Listener::DnsUdp,
+                            source,
+                        },
+                        dns::DnsBindError::Tcp { addr, source } => ListenError {
+                            addr,
+                            listener: Listener::DnsTcp,
+                            source,
+                        },
+                    })?,
+            ),
+            false => None,
+        };
         // Subscribed before any connection can register, so no write after a registration
         // goes unseen.
         let recheck = inputs.config.recheck_live_connections.then(|| {
@@ -110,6 +140,7 @@ impl ListenerSet {
             inputs,
             accepting,
             recheck,
+            dns,
         })
     }
 
@@ -128,6 +159,9 @@ impl ListenerSet {
         for task in self.accepting.drain(..) {
             let _ = task.await;
         }
+        if let Some(dns) = &mut self.dns {
+            dns.stop().await;
+        }
     }
 
     /// Stops listening, then gives live connections up to `deadline` before cutting them.
@@ -135,6 +169,20 @@ impl ListenerSet {
         self.stop_listening().await;
         self.inputs.tasks.drain(deadline).await
     }
+}
+
+/// The DNS proxy's view of this scope: its state, namespace and sockets (forwarded queries
+/// leave from the scope's namespace, marked, like its other upstream sockets).
+fn dns_handler(inputs: &ProxyInputs) -> Arc<dns::Handler> {
+    Arc::new(dns::Handler {
+        state: inputs.state.clone(),
+        namespace: inputs.scope.workload.as_ref().map(|w| w.namespace.clone()),
+        network: inputs.config.network.clone(),
+        cluster_domain: inputs.config.cluster_domain.clone(),
+        upstream: dns::Upstream::shared(),
+        sockets: inputs.sockets.clone(),
+        metrics: inputs.metrics.clone(),
+    })
 }
 
 impl Drop for ListenerSet {

@@ -28,7 +28,9 @@ use crate::tunnel::{self, Tunnel, TunnelLaunch};
 
 pub use builder::PodTopologyBuilder;
 pub use mesh::{InpodMesh, MeshBins, ZdsAgentProcess};
-pub use rules::{apply_inpod_rules, inpod_rules_v4, remove_inpod_rules};
+pub use rules::{
+    apply_inpod_rules, apply_inpod_rules_with_dns_capture, inpod_rules_v4, remove_inpod_rules,
+};
 
 /// Whether mesh pods get the in-pod rules when they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,6 +38,7 @@ pub mod process;
 pub mod procstat;
 pub mod prom;
 pub mod raw_hbone;
+pub mod resolver;
 pub mod sandbox;
 pub mod server_pki;
 mod signals;

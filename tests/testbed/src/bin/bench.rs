@@ -17,9 +17,14 @@
 //! - `policy [--seconds N] [--rounds N]`: inbound HBONE connections per second (a new
 //!   connection per request, 1 and 8 clients) to a workload with 100 authorization policies
 //!   against none, alternating within one run, with the direct rate (see [`policy`]).
+//! - `dns [--seconds N] [--window N]`: DNS queries per second from a pod through its DNS
+//!   capture rules: answered by the tunnel's DNS proxy from the mesh state, forwarded by it to
+//!   a resolver stand-in, and the stand-in asked directly (see [`dns`]).
 //! - `http-serve <ip:port>`, `hold-serve <ip:port>` (internal): the tiny HTTP server and the
 //!   connection holder the `inpod` bench runs in a pod.
 
+#[path = "bench/dns.rs"]
+mod dns;
 #[path = "bench/http.rs"]
 mod http;
 #[path = "bench/idle.rs"]
@@ -58,7 +63,8 @@ const USAGE: &str = "usage: nodetunnel-bench throughput [--seconds N]
        nodetunnel-bench inpod [--seconds N] [--requests N] [--runs N] [--idle N] [--profile DIR]
                               [--tunnel-env KEY=VALUE]...
        nodetunnel-bench xds [--workloads N] [--services N] [--updates N]
-       nodetunnel-bench policy [--seconds N] [--rounds N]";
+       nodetunnel-bench policy [--seconds N] [--rounds N]
+       nodetunnel-bench dns [--seconds N] [--window N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -78,6 +84,10 @@ fn main() -> ExitCode {
         Some("policy") => {
             cleanup_on_signals();
             policy::run(&args[1..])
+        }
+        Some("dns") => {
+            cleanup_on_signals();
+            dns::run(&args[1..])
         }
         Some("http-serve") if args.len() == 2 => http::serve(&args[1]),
         Some("hold-serve") if args.len() == 2 => idle::serve(&args[1]),

@@ -42,6 +42,18 @@ pub fn apply_inpod_rules(ns: &Netns) -> Result<()> {
     inpod_rules::apply(&pod, &OPTIONS).map_err(|source| rules_error(ns, source))
 }
 
+/// Installs the rules with DNS capture on (UDP and TCP port 53 → 15053, the `raw` table's
+/// conntrack zone for the tunnel's own queries), as the agent does for a pod when
+/// `AMBIENT_DNS_CAPTURE` is on; over rules already there, the set is replaced.
+pub fn apply_inpod_rules_with_dns_capture(ns: &Netns) -> Result<()> {
+    let pod = open(ns)?;
+    let options = RuleOptions {
+        dns_capture: true,
+        ..OPTIONS
+    };
+    inpod_rules::apply(&pod, &options).map_err(|source| rules_error(ns, source))
+}
+
 /// Removes everything [`apply_inpod_rules`] installed (`inpod_rules::remove`; missing pieces
 /// are not an error).
 pub fn remove_inpod_rules(ns: &Netns) -> Result<()> {

@@ -1,0 +1,21 @@
+//! The DNS proxy on 15053 (UDP and TCP): answers A and AAAA for mesh service hostnames from
+//! the current mesh state, and forwards everything else unchanged to the tunnel's own
+//! upstream resolver.
+//!
+//! Data flow, one file per step: `server` (the two listeners of one scope, bounded) →
+//! `handler` (decode, decide local or forward, encode) → `names` (the names a pod's search
+//! domains make of a query) + `answer` (name → addresses from the store) | `forward` (the raw
+//! query to the upstream over the client's transport) → `truncate` (fit a UDP reply to the
+//! client's size). The wire format is hickory-proto's; nothing here hand-parses DNS.
+
+mod answer;
+mod forward;
+mod handler;
+mod names;
+mod server;
+mod truncate;
+
+pub(crate) use forward::Upstream;
+pub(crate) use handler::Handler;
+pub use server::DnsBindError;
+pub(crate) use server::DnsServer;
