@@ -443,3 +443,253 @@ fn ca_down_certificates_serve_until_expiry_then_are_never_used_past_it() {
     // The long stream's session was established before the outage; it carried on.
     assert_clean(long, "CA down, expiry, CA back");
 }
+
+// --------------------------------------------------------------------------------------- load
+
+/// Connections held open together through both tunnels.
+const LOAD_CONNECTIONS: usize = 10_000;
+/// Bytes each connection sends (and gets echoed) in each of its two rounds.
+const LOAD_CHUNK: usize = 1024;
+/// Waiting for the whole load (connecting, echoing, closing) is bounded by this: a debug
+/// build on two cores, shared with other tests.
+const LOAD_WAIT: Duration = Duration::from_secs(600);
+/// Open files the test process needs for the client ends, plus margin; the server ends live
+/// in the echo server's process (`nodetunnel-echo`), the tunnels' in theirs (both inherit the
+/// raised soft limit).
+const LOAD_NOFILE: u64 = LOAD_CONNECTIONS as u64 + 2048;
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit, and checks that this is at
+/// least `n` (a container may not allow raising the hard limit itself).
+fn raise_nofile(n: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    assert!(ok, "getrlimit: {}", std::io::Error::last_os_error());
+    assert!(
+        limit.rlim_max >= n,
+        "RLIMIT_NOFILE's hard limit is {}, the load needs {n}",
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
+    assert!(
+        ok,
+        "raising RLIMIT_NOFILE: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `nodetunnel-echo` in `ns` on `addr`, once it listens.
+fn start_echo_process(
+    ns: &nodetunnel_testbed::Netns,
+    addr: SocketAddr,
+    log: &Path,
+) -> nodetunnel_testbed::process::NsProcess {
+    let bin = nodetunnel_testbed::sibling_binary("nodetunnel-echo").expect("the echo binary");
+    let p = nodetunnel_testbed::process::NsProcess::spawn(
+        "echo server",
+        ns,
+        &bin,
+        &[addr.to_string()],
+        &[],
+        log,
+    )
+    .expect("starting nodetunnel-echo");
+    assert_eventually!(
+        p.log().contains("listening"),
+        WAIT,
+        "nodetunnel-echo never listened: {}",
+        p.log()
+    );
+    p
+}
+
+/// One held connection: round 1 (a chunk out, its echo back, checked), then waits for
+/// `release`, then round 2 (another chunk, half-close, everything until EOF, checked).
+async fn load_client(
+    i: usize,
+    stream: std::net::TcpStream,
+    echoed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    mut release: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    use nodetunnel_testbed::traffic::Pattern;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |what: &str, e: std::io::Error| format!("connection {i}: {what}: {e}");
+    let mut stream = tokio::net::TcpStream::from_std(stream).map_err(|e| fail("tokio", e))?;
+    let sent = Pattern::new(i as u64).bytes(2 * LOAD_CHUNK);
+    stream
+        .write_all(&sent[..LOAD_CHUNK])
+        .await
+        .map_err(|e| fail("round 1 write", e))?;
+    let mut back = vec![0u8; LOAD_CHUNK];
+    stream
+        .read_exact(&mut back)
+        .await
+        .map_err(|e| fail("round 1 read", e))?;
+    if back != sent[..LOAD_CHUNK] {
+        return Err(format!("connection {i}: round 1 echo differs"));
+    }
+    echoed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    release
+        .wait_for(|go| *go)
+        .await
+        .map_err(|_| format!("connection {i}: released by nobody"))?;
+    stream
+        .write_all(&sent[LOAD_CHUNK..])
+        .await
+        .map_err(|e| fail("round 2 write", e))?;
+    stream.shutdown().await.map_err(|e| fail("half-close", e))?;
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .await
+        .map_err(|e| fail("round 2 read", e))?;
+    if rest != sent[LOAD_CHUNK..] {
+        return Err(format!(
+            "connection {i}: round 2 got {} bytes, not the {LOAD_CHUNK} sent (or different ones)",
+            rest.len()
+        ));
+    }
+    Ok(())
+}
+
+/// 10,000 connections from the client pod to the server pod, through both shared-mode tunnels
+/// (n1 outbound → HBONE → n2 inbound), all open at once: each echoes a first chunk, and only
+/// when every one has, the tunnels' RSS is read (growth per held connection printed), then
+/// every connection sends a second chunk, half-closes and must get exactly its bytes back.
+#[test]
+fn ten_thousand_concurrent_connections_through_the_tunnels_finish_byte_exact() {
+    use nodetunnel_testbed::{InpodMesh, InpodRules, MeshBins, PodTopology, ZDS_AGENT_BIN};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if !namespaces_available("faults_load") {
+        return;
+    }
+    raise_nofile(LOAD_NOFILE);
+    let topo = PodTopology::two_node("faults_load", InpodRules::Apply).expect("the topology");
+    let config = topo.path("mesh.yaml");
+    MeshConfig::standard(SERVER_PORT)
+        .write(&config)
+        .expect("writing the mesh config");
+    let ca = topo.path("ca");
+    std::fs::create_dir_all(&ca).expect("creating the CA dir");
+    generate_ca(bin(), &ca).expect("nodetunnel generate-ca");
+    let zds_agent = nodetunnel_testbed::sibling_binary(ZDS_AGENT_BIN).expect("the ZDS agent");
+    let bins = MeshBins {
+        tunnel: bin(),
+        zds_agent: &zds_agent,
+    };
+    let mesh = InpodMesh::start(&topo, bins, Mesh::File(&config), Ca::Dir(&ca), &[])
+        .expect("the in-pod mesh");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let server_pod = topo.pod("server");
+    let dst: SocketAddr = (server_pod.ip(), SERVER_PORT).into();
+    let echo = start_echo_process(server_pod.ns(), dst, &topo.path("echo.log"));
+    let client = topo.pod("client");
+    let (client_ns, src) = (client.ns().clone(), client.ip());
+
+    // Baseline: the mesh warmed up by one connection (certificates, the HBONE pool).
+    let warm = client_ns
+        .run(move || {
+            let mut s = connect_from(src, dst)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            echo_roundtrip(&mut s, b"warm-up")
+        })
+        .map(|()| ());
+    warm.expect("a warm-up connection through both tunnels");
+    let stats = |node: &str| {
+        mesh.tunnel(node)
+            .stats()
+            .unwrap_or_else(|e| panic!("{node} tunnel stats: {e}"))
+    };
+    let before = [stats("n1"), stats("n2")];
+
+    // Connect every client (the tunnel's listener in the client pod completes each at once),
+    // then run them all together.
+    let streams = client_ns
+        .run(move || {
+            (0..LOAD_CONNECTIONS)
+                .map(|_| {
+                    let s = connect_from(src, dst)?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .expect("opening the connections");
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = {
+        let _guard = rt.enter();
+        streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let client = load_client(i, s, echoed.clone(), released.clone());
+                rt.spawn(tokio::time::timeout(LOAD_WAIT, client))
+            })
+            .collect()
+    };
+    assert_eventually!(
+        echoed.load(Ordering::Relaxed) == LOAD_CONNECTIONS || tasks.iter().any(|t| t.is_finished()),
+        LOAD_WAIT,
+        "only {} of {LOAD_CONNECTIONS} connections echoed their first chunk",
+        echoed.load(Ordering::Relaxed)
+    );
+    let held = echoed.load(Ordering::Relaxed);
+    let during = [stats("n1"), stats("n2")];
+    for (node, (b, d)) in ["n1", "n2"].iter().zip(before.iter().zip(&during)) {
+        let per = (d.rss_kib.saturating_sub(b.rss_kib)) as f64 / held.max(1) as f64;
+        println!(
+            "{node} tunnel: {held} connections held, RSS {} → {} KiB ({per:.1} KiB per \
+             connection), fds {} → {}, threads {}",
+            b.rss_kib, d.rss_kib, b.fds, d.fds, d.threads
+        );
+    }
+    release.send(true).expect("releasing the clients");
+    let results: Vec<Result<(), String>> = rt.block_on(async {
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(match t.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(format!("a connection outlived {LOAD_WAIT:?}")),
+                Err(e) => Err(format!("a client task failed: {e}")),
+            });
+        }
+        out
+    });
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let ok = results.len() - failures.len();
+    println!(
+        "{ok} of {LOAD_CONNECTIONS} connections finished byte-exact ({} bytes each way each)",
+        2 * LOAD_CHUNK,
+    );
+    assert_eq!(
+        held, LOAD_CONNECTIONS,
+        "not every connection was held at once"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(ok, LOAD_CONNECTIONS);
+    // Every load connection reached the server pod's process (after the warm-up one).
+    assert!(
+        echo.log().contains(&format!("accepted {LOAD_CONNECTIONS}")),
+        "the echo server saw fewer connections: {}",
+        echo.log()
+    );
+    drop(rt);
+    drop(echo);
+    drop(mesh);
+}
