@@ -597,13 +597,11 @@ fn ten_thousand_concurrent_connections_through_the_tunnels_finish_byte_exact() {
     let (client_ns, src) = (client.ns().clone(), client.ip());
 
     // Baseline: the mesh warmed up by one connection (certificates, the HBONE pool).
-    let warm = client_ns
-        .run(move || {
-            let mut s = connect_from(src, dst)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            echo_roundtrip(&mut s, b"warm-up")
-        })
-        .map(|()| ());
+    let warm = client_ns.run(move || {
+        let mut s = connect_from(src, dst)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        echo_roundtrip(&mut s, b"warm-up")
+    });
     warm.expect("a warm-up connection through both tunnels");
     let stats = |node: &str| {
         mesh.tunnel(node)
