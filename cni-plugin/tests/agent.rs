@@ -1077,3 +1077,112 @@ fn cni_add_events_that_do_not_prove_their_pod_are_refused() {
         mesh.log("n1")
     );
 }
+
+/// Issue 17, "faults survived": the real node agents are SIGKILLed five times each under
+/// continuous traffic (short connections one after another and long streams, every byte
+/// checked), each time replaced by a new one. No pod is ever drained — neither tunnel logs a
+/// drain, and each keeps every pod across every restart — no connection drops, and every
+/// byte arrives.
+#[test]
+fn agents_killed_five_times_under_traffic_drain_no_pod_and_drop_nothing() {
+    use nodetunnel_testbed::traffic::continuous::{ContinuousTraffic, TrafficSpec};
+    const KILLS: usize = 5;
+    let Some(mut mesh) = Mesh::start("cni_agent_kill5") else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    let pods = [("client", "n1"), ("client2", "n1"), ("server", "n2")];
+    for (pod, node) in pods {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    let client = mesh.topo.pod("client");
+    let traffic = ContinuousTraffic::start(&TrafficSpec {
+        ns: client.ns().clone(),
+        src: client.ip(),
+        dst: (addr::SERVER, SERVER_PORT).into(),
+        short_loops: 2,
+        long_streams: 2,
+    })
+    .expect("starting the traffic");
+    let progress = |traffic: &ContinuousTraffic, step: &str| {
+        let (short, long) = (traffic.short_ok(), traffic.long_bytes());
+        assert_eventually!(
+            traffic.short_ok() >= short + 50 && traffic.long_bytes() > long,
+            WAIT,
+            "traffic stalled {step}; failures: {:?}",
+            traffic.failures()
+        );
+    };
+    progress(&traffic, "before the kills");
+    for round in 1..=KILLS {
+        for node in ["n1", "n2"] {
+            let mut old = mesh.agents.remove(node).expect("the node's agent");
+            old.process.kill();
+        }
+        progress(
+            &traffic,
+            &format!("with both agents killed (round {round})"),
+        );
+        for (node, pods) in [("n1", 2), ("n2", 1)] {
+            let agent = mesh.start_agent(node);
+            mesh.agents.insert(node.into(), agent);
+            mesh.wait_agent_ready(node);
+            let snapshot = format!("snapshot sent: {pods} pods, acks ok");
+            assert_eventually!(
+                mesh.log(node).contains(&snapshot),
+                WAIT,
+                "round {round}: the {node} tunnel got its pods from the new agent; log:\n{}",
+                mesh.log(node)
+            );
+        }
+        for (pod, node) in pods {
+            assert!(
+                mesh.tunnel_pods(node).contains(&mesh.uid(pod)),
+                "round {round}: the {node} tunnel lost {pod}: {}",
+                mesh.tunnel_pods(node)
+            );
+        }
+        progress(
+            &traffic,
+            &format!("after the agents came back (round {round})"),
+        );
+    }
+    let report = traffic.stop();
+    println!("CNI agents SIGKILLed {KILLS} times each on n1 and n2: {report}");
+    assert!(
+        report.failures.is_empty(),
+        "failures: {:#?}",
+        report.failures
+    );
+    assert!(
+        report
+            .long
+            .iter()
+            .all(|l| l.error.is_none() && l.verified > 0),
+        "{:?}",
+        report.long
+    );
+    for (node, tunnel) in &mut mesh.tunnels {
+        assert!(
+            tunnel.try_wait().is_ok_and(|s| s.is_none()),
+            "the {node} tunnel kept running"
+        );
+        let log = tunnel.log();
+        let lost = log.matches("node agent connection lost").count();
+        assert!(
+            lost >= KILLS,
+            "the {node} tunnel saw {lost} agent losses, expected {KILLS}"
+        );
+        let drains: Vec<&str> = log.lines().filter(|l| l.contains("draining")).collect();
+        assert!(
+            drains.is_empty(),
+            "the {node} tunnel drained pods: {drains:#?}"
+        );
+    }
+}

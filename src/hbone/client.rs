@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -11,6 +12,7 @@ use http::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::settings;
 use super::stream::H2Stream;
@@ -71,6 +73,10 @@ impl ClientError {
 pub struct Connection {
     send: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// The earliest expiry among the certificates this connection was authenticated with (the
+    /// peer's leaf, and ours once the connector adds it): a session must not carry new streams
+    /// on the strength of a certificate that is no longer valid.
+    expires: Option<SystemTime>,
 }
 
 impl Connection {
@@ -79,6 +85,18 @@ impl Connection {
     /// open streams carry on either way; the pool just stops handing it out.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether new streams may still go on this connection at `now`: every certificate it was
+    /// authenticated with is still valid. Streams already open carry on.
+    pub fn usable_at(&self, now: SystemTime) -> bool {
+        self.expires.is_none_or(|t| now < t)
+    }
+
+    /// Records that one of the certificates behind this connection expires at `not_after`.
+    pub fn expires_by(mut self, not_after: SystemTime) -> Connection {
+        self.expires = Some(self.expires.map_or(not_after, |t| t.min(not_after)));
+        self
     }
 
     /// Opens a CONNECT stream to `authority` (the destination workload's `ip:port`).
@@ -141,6 +159,12 @@ pub async fn handshake(
     if tls_stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(ClientError::NoH2 { addr });
     }
+    let peer_expires = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| leaf_not_after(leaf));
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(settings::STREAM_WINDOW)
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
@@ -148,7 +172,19 @@ pub async fn handshake(
         .handshake::<_, Bytes>(tls_stream)
         .await
         .map_err(|source| ClientError::Handshake { addr, source })?;
-    Ok(spawn_driver(send, connection, addr))
+    let connection = spawn_driver(send, connection, addr);
+    Ok(match peer_expires {
+        Some(t) => connection.expires_by(t),
+        None => connection,
+    })
+}
+
+/// The leaf's `notAfter`. The TLS verifier has already parsed and accepted it, so `None` (it
+/// does not parse again) cannot happen in practice; the connection then just carries no expiry.
+fn leaf_not_after(leaf: &rustls::pki_types::CertificateDer<'_>) -> Option<SystemTime> {
+    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 fn spawn_driver<T>(
@@ -167,5 +203,9 @@ where
         }
         flag.store(true, Ordering::Release);
     });
-    Connection { send, closed }
+    Connection {
+        send,
+        closed,
+        expires: None,
+    }
 }

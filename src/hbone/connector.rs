@@ -80,6 +80,6 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Timeout(addr))??;
         self.opened.inc();
-        Ok(connection)
+        Ok(connection.expires_by(cert.not_after))
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -229,7 +229,10 @@ impl Pool {
         let slot = self.slot(key);
         let pooled = {
             let mut connections = slot.lock().await;
-            connections.retain(|c| !c.connection.is_closed());
+            // A connection whose certificates expired takes no new streams (its open ones
+            // carry on, holding it): the next stream gets a new handshake with fresh ones.
+            let now = SystemTime::now();
+            connections.retain(|c| !c.connection.is_closed() && c.connection.usable_at(now));
             match connections.iter().find(|c| c.try_acquire(max)) {
                 Some(c) => c.clone(),
                 None => {

@@ -28,9 +28,10 @@ use super::{CaClient, CaClientError, CaError, Identity, LocalCa, TlsConfigs};
 mod bundle;
 use bundle::TrustBundle;
 
-/// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`]. No
-/// jitter: the retry is per identity, and a fetch inside the backoff answers at once with
-/// [`ManagerError::Backoff`], so exact delays are what a caller can reason about.
+/// First retry delay after a failed issuance; doubles per failure up to [`MAX_BACKOFF`], each
+/// delay spread over ±50% (never above the cap): when the CA goes away every tunnel of the
+/// fleet fails at the same moment, and without jitter they would all come back in lock step.
+/// A fetch inside the backoff answers at once with [`ManagerError::Backoff`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the background renewal sleeps when nothing is cached (it is woken on new entries).
@@ -224,7 +225,7 @@ struct Failures {
 impl Default for Failures {
     fn default() -> Failures {
         Failures {
-            backoff: Backoff::exact(MIN_BACKOFF, MAX_BACKOFF),
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             retry_at: None,
             last_error: String::new(),
         }
@@ -334,7 +335,12 @@ impl SecretManager {
                             "certificate renewal failed; keeping the current certificate");
                         Ok(cert)
                     }
-                    None => Err(err),
+                    None => {
+                        tracing::warn!(identity = %id, error = %err, retry_in = ?delay,
+                            "certificate issuance failed and no valid certificate is left; \
+                             connections needing it are refused until the CA answers");
+                        Err(err)
+                    }
                 }
             }
         }

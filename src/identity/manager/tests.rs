@@ -190,7 +190,8 @@ async fn failed_renewal_keeps_valid_cert_then_retries() {
     assert_eq!(m.issuance_count(), 2);
 
     m.hooks.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(MIN_BACKOFF + Duration::from_millis(50)).await;
+    // The first retry waits MIN_BACKOFF ±50% (jittered).
+    tokio::time::sleep(MIN_BACKOFF.mul_f64(1.5) + Duration::from_millis(50)).await;
     let renewed = m.fetch(&id("a")).await.unwrap();
     assert!(!Arc::ptr_eq(&first, &renewed));
     assert_eq!(m.issuance_count(), 3);
