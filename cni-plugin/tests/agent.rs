@@ -1334,7 +1334,9 @@ fn a_sandbox_replaced_without_a_cni_add_is_found_by_the_proc_scan() {
     let new = Netns::create(&format!("{}-client2-b", mesh.topo.prefix())).expect("a netns");
     for args in [
         &["link", "set", "lo", "up"][..],
-        &["link", "add", "eth0", "type", "dummy"],
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
         &["addr", "add", "10.77.1.11/24", "dev", "eth0"],
         &["link", "set", "eth0", "up"],
     ] {
