@@ -179,7 +179,7 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 .await??;
         // Tunnels are served only once the first listing is reconciled (see start_zds).
         let mut gate = synced.clone();
-        let zds = start_zds(&config, metrics.clone(), async move {
+        let zds = start_zds(&config, metrics.clone(), inputs.clone(), async move {
             // Never on a dropped sender (the reconciler died or the agent stops before its
             // first sync): a snapshot from before the sync would drain the tunnel's pods.
             if gate.wait_for(|synced| *synced).await.is_err() {
@@ -216,16 +216,10 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
             config.node_name.clone(),
             inputs.clone(),
         ));
-        let ticks = inputs.clone();
-        tasks.spawn(async move {
-            let mut every = tokio::time::interval(RETRY_EVERY);
-            loop {
-                every.tick().await;
-                if ticks.send(Input::Retry).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tasks.spawn(tick(inputs.clone(), RETRY_EVERY, || Input::Retry));
+        tasks.spawn(tick(inputs.clone(), config.reconcile_interval, || {
+            Input::Protect
+        }));
         Some(tokio::spawn(reconciler.run(inputs_rx)))
     } else {
         None
@@ -317,12 +311,25 @@ fn remove_if_ours(path: &std::path::Path, id: Option<(u64, u64)>) {
     }
 }
 
+/// Sends `input()` to the reconciler every `every`, until it stops.
+async fn tick(inputs: mpsc::Sender<Input>, every: Duration, input: fn() -> Input) {
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if inputs.send(input()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Binds the ZDS socket; tunnels are accepted once `synced` completes. Until the agent knows
 /// which pods are enrolled (after a restart: found again under /proc), a tunnel that
 /// reconnects would get an empty snapshot and drain every pod of the node.
 fn start_zds(
     config: &AgentConfig,
     metrics: Arc<metrics::Metrics>,
+    inputs: mpsc::Sender<Input>,
     synced: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ZdsAgent, AgentError> {
     let path = &config.ztunnel_uds_address;
@@ -341,6 +348,14 @@ fn start_zds(
         while let Some(event) = events.recv().await {
             metrics.on_zds(&event);
             log_zds_event(&event);
+            // A tunnel came or went: check every pod now rather than at the next tick (a
+            // full channel means a pass is coming anyway).
+            if matches!(
+                event,
+                AgentEvent::SnapshotSent { .. } | AgentEvent::Disconnected { .. }
+            ) {
+                let _ = inputs.try_send(Input::Protect);
+            }
         }
     });
     Ok(zds)

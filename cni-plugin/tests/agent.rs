@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use nodetunnel_testbed::cni_agent::{
-    pod_uid, primary_conflist, CniAgent, CniAgentSpec, NodeRuntime, HEALTH_PORT,
+    pod_uid, primary_conflist, CniAgent, CniAgentSpec, NodeRuntime, HEALTH_PORT, METRICS_PORT,
 };
 use nodetunnel_testbed::inpod::{InpodRules, PodTopology};
 use nodetunnel_testbed::kube_api::KubeApi;
+use nodetunnel_testbed::prom::Exposition;
 use nodetunnel_testbed::sandbox::Sandbox;
 use nodetunnel_testbed::traffic::echo_handler;
 use nodetunnel_testbed::tunnel::http_get_status;
@@ -281,6 +282,29 @@ impl Mesh {
         self.pod_annotation(pod).as_deref() == Some("enabled")
             && rules_in(ns).contains("-j ISTIO_OUTPUT")
             && self.tunnel_pods(node).contains(&self.uid(pod))
+    }
+
+    /// The agent's `/metrics` on `node`, parsed (`None` while it does not answer).
+    fn agent_metrics(&self, node: &str) -> Option<Exposition> {
+        let (status, body) = self
+            .topo
+            .node_ns(node)
+            .run(|| nodetunnel_testbed::tunnel::http_get(METRICS_PORT, "/metrics"))
+            .ok()?;
+        (status == 200).then(|| Exposition::parse(&body).expect("the agent's exposition"))
+    }
+
+    /// `nodetunnel_cni_unprotected_pods` on `node`.
+    fn unprotected(&self, node: &str) -> Option<f64> {
+        self.agent_metrics(node)?
+            .single("nodetunnel_cni_unprotected_pods", &[])
+    }
+
+    /// `nodetunnel_cni_repairs_total{kind}` on `node` (0 before the first).
+    fn repairs(&self, node: &str, kind: &str) -> f64 {
+        self.agent_metrics(node)
+            .map(|m| m.sum("nodetunnel_cni_repairs_total", &[("kind", kind)]))
+            .unwrap_or(0.0)
     }
 
     fn unenrolled(&self, pod: &str, node: &str) -> bool {
@@ -1185,4 +1209,283 @@ fn agents_killed_five_times_under_traffic_drain_no_pod_and_drop_nothing() {
             "the {node} tunnel drained pods: {drains:#?}"
         );
     }
+}
+
+/// The `-A`/chain lines of an `iptables-save` (no counters or timestamps).
+fn rule_lines(save: &str) -> Vec<String> {
+    save.lines()
+        .filter(|l| l.starts_with("-A") || l.starts_with(':') || l.starts_with('*'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+        .collect()
+}
+
+/// Inbound HBONE access lines on `node`'s tunnel from `sa`.
+fn hbone_lines(mesh: &Mesh, node: &str, sa: &str) -> usize {
+    let identity = format!("spiffe://cluster.local/ns/default/sa/{sa}");
+    mesh.tunnels[node]
+        .access_lines(&[
+            ("direction", "inbound"),
+            ("protocol", "HBONE"),
+            ("src.identity", identity.as_str()),
+        ])
+        .len()
+}
+
+/// SIGKILL: no cleanup, as when the node loses power.
+fn kill_tunnel(tunnel: Tunnel) {
+    let pid = tunnel.pid().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status();
+    tunnel.stop();
+}
+
+#[test]
+fn flushed_in_pod_rules_are_restored_by_the_reconcile_pass() {
+    let Some(mesh) = Mesh::start("cni_agent_flush") else {
+        return;
+    };
+    let _server = mesh.server();
+    mesh.label_default(true);
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    // Steady state: every enrolled pod protected.
+    for node in ["n1", "n2"] {
+        assert_eventually!(
+            mesh.unprotected(node) == Some(0.0),
+            WAIT,
+            "gauge on {node}: {:?}; log:\n{}",
+            mesh.unprotected(node),
+            mesh.log(node)
+        );
+    }
+    let written = rule_lines(&mesh.pod_rules("client"));
+    assert!(
+        written.iter().any(|l| l.contains("--to-ports 15001")),
+        "{written:?}"
+    );
+    let repairs = mesh.repairs("n1", "rules");
+    let crossed = hbone_lines(&mesh, "n2", "client");
+
+    // Someone flushes the pod's nat and mangle tables: jumps and our rules are gone.
+    let ns = mesh.topo.ns("client");
+    for table in ["nat", "mangle"] {
+        ns.exec("iptables", &["-t", table, "-F"])
+            .expect("flushing inside the pod");
+    }
+    assert!(!mesh.pod_rules("client").contains("-j ISTIO_OUTPUT"));
+
+    // The next pass finds them incomplete and writes exactly the same set again.
+    assert_eventually!(
+        rule_lines(&mesh.pod_rules("client")) == written,
+        WAIT,
+        "rules restored:\n{}\nlog:\n{}",
+        mesh.pod_rules("client"),
+        mesh.log("n1")
+    );
+    assert_eventually!(
+        mesh.repairs("n1", "rules") > repairs && mesh.unprotected("n1") == Some(0.0),
+        WAIT,
+        "repair counted, gauge back to 0: {:?}",
+        mesh.unprotected("n1")
+    );
+    let log = mesh.log("n1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("in-pod rules were missing or altered")
+                && l.contains("default/client")),
+        "{log}"
+    );
+    // And the pod's traffic is captured again: it crosses HBONE.
+    mesh.echo("client").expect("traffic after the repair");
+    assert_eventually!(
+        hbone_lines(&mesh, "n2", "client") > crossed,
+        WAIT,
+        "the connection after the repair crossed HBONE"
+    );
+}
+
+#[test]
+fn a_node_reboot_without_the_kernel_never_lets_pod_traffic_out_unencrypted() {
+    let Some(mut mesh) = Mesh::start("cni_agent_reboot") else {
+        return;
+    };
+    let server = mesh.server();
+    mesh.label_default(true);
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    mesh.echo("client").expect("traffic before the outage");
+    let crossed = hbone_lines(&mesh, "n2", "client");
+
+    // Every tunnel and every agent dies at once (SIGKILL); the pods' namespaces stay.
+    for node in ["n1", "n2"] {
+        kill_tunnel(mesh.tunnels.remove(node).expect("the tunnel"));
+        let mut agent = mesh.agents.remove(node).expect("the agent");
+        agent.process.kill();
+    }
+    // The server's listener records every peer: from here on, nothing may reach it until
+    // the tunnels are back. Mesh pods are refused at their own end (their rules redirect
+    // to 15001, where nothing listens), and `plain`, outside the mesh, at the server's
+    // (its rules redirect inbound to 15006).
+    let accepted = server.accepted();
+    let attempts = |mesh: &Mesh| {
+        for from in ["client", "client2", "plain"] {
+            assert!(
+                mesh.echo(from).is_err(),
+                "{from} reached the server while no tunnel runs"
+            );
+        }
+    };
+    attempts(&mesh);
+
+    // The agents come back first: they find the pods again under /proc and report them
+    // unprotected (no tunnel) until the tunnels connect; traffic is still refused.
+    for node in ["n1", "n2"] {
+        let agent = mesh.start_agent(node);
+        mesh.agents.insert(node.into(), agent);
+    }
+    for node in ["n1", "n2"] {
+        mesh.wait_agent_ready(node);
+    }
+    for (node, pods) in [("n1", 2.0), ("n2", 1.0)] {
+        assert_eventually!(
+            mesh.unprotected(node) == Some(pods),
+            WAIT,
+            "{pods} unprotected pods on {node} without a tunnel: {:?}; log:\n{}",
+            mesh.unprotected(node),
+            mesh.log(node)
+        );
+    }
+    let log = mesh.log("n1");
+    assert!(
+        log.lines().any(|l| l.contains("unprotected")
+            && l.contains("default/client")
+            && l.contains("no tunnel")),
+        "a line names the pod and why:\n{log}"
+    );
+    attempts(&mesh);
+    assert_eq!(
+        server.accepted(),
+        accepted,
+        "no connection reached the server during the outage: peers {:?}",
+        server.peers()
+    );
+
+    // The tunnels come back: every pod is protected again and traffic crosses HBONE.
+    for node in ["n1", "n2"] {
+        let tunnel = mesh.start_tunnel(node);
+        mesh.tunnels.insert(node.into(), tunnel);
+    }
+    for node in ["n1", "n2"] {
+        assert_eventually!(
+            mesh.unprotected(node) == Some(0.0),
+            WAIT,
+            "every pod on {node} protected again: {:?}; log:\n{}",
+            mesh.unprotected(node),
+            mesh.log(node)
+        );
+    }
+    for pod in ["client", "client2"] {
+        assert!(
+            mesh.enrolled(pod, "n1"),
+            "{pod} served by the new tunnel: {}",
+            mesh.tunnel_pods("n1")
+        );
+    }
+    assert_eventually!(
+        mesh.echo("client").is_ok(),
+        WAIT,
+        "traffic after the restart"
+    );
+    assert_eventually!(
+        hbone_lines(&mesh, "n2", "client") > 0,
+        WAIT,
+        "the new tunnel's connection crossed HBONE (before the outage: {crossed} lines in the old log)"
+    );
+    assert_eq!(
+        server.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(addr::CLIENT)),
+        "the server sees the client pod's address"
+    );
+}
+
+#[test]
+fn a_sandbox_replaced_without_a_cni_add_is_found_by_the_proc_scan() {
+    let Some(mut mesh) = Mesh::start("cni_agent_resandbox_scan") else {
+        return;
+    };
+    mesh.label_default(true);
+    assert_eventually!(
+        mesh.enrolled("client2", "n1"),
+        WAIT,
+        "client2 enrolled; log:\n{}",
+        mesh.log("n1")
+    );
+    let uid = mesh.uid("client2");
+    let old = netns_id(mesh.topo.ns("client2"));
+    assert!(mesh.tunnel_pods("n1").contains(&old));
+    let repairs = mesh.repairs("n1", "sandbox");
+
+    // A new netns holding the pod's IP, and the pod's process now lives there; the old
+    // sandbox's process is gone. No CNI ADD tells the agent.
+    let new = Netns::create(&format!("{}-client2-b", mesh.topo.prefix())).expect("a netns");
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
+        &["addr", "add", "10.77.1.11/24", "dev", "eth0"],
+        &["link", "set", "eth0", "up"],
+    ] {
+        new.ip(args).expect("setting up the new sandbox");
+    }
+    let index = mesh
+        .topo
+        .pods()
+        .iter()
+        .position(|p| p.name() == "client2")
+        .expect("client2's sandbox");
+    drop(mesh.sandboxes.remove(index));
+    let sandbox = Sandbox::start(&new, mesh.topo.prefix(), &uid).expect("the new sandbox");
+    mesh.sandboxes.push(sandbox);
+
+    let new_id = netns_id(&new);
+    assert_eventually!(
+        {
+            let pods = mesh.tunnel_pods("n1");
+            pods.contains(&new_id) && !pods.contains(&old) && pods.matches(&uid).count() == 1
+        },
+        WAIT,
+        "served from the new netns only: {}; log:\n{}",
+        mesh.tunnel_pods("n1"),
+        mesh.log("n1")
+    );
+    assert!(
+        rules_in(&new).contains("-j ISTIO_OUTPUT"),
+        "the new netns has the rules"
+    );
+    assert_eventually!(
+        mesh.repairs("n1", "sandbox") > repairs && mesh.unprotected("n1") == Some(0.0),
+        WAIT,
+        "the re-enrollment counted, gauge 0: {:?}",
+        mesh.unprotected("n1")
+    );
+    let log = mesh.log("n1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sandbox was replaced") && l.contains("default/client2")),
+        "{log}"
+    );
 }

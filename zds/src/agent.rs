@@ -27,7 +27,7 @@
 //! `nodetunnel-zds-agent` test tool (in `tests/testbed`, which drives this agent from stdin)
 //! prints them; that tool's `--help` documents its commands and every line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -173,6 +173,14 @@ pub struct Listing {
     pub tunnel_connected: bool,
 }
 
+/// Which pods the current tunnel serves: those whose last add it acked without an error
+/// (in its snapshot or after). The CNI agent's reconcile compares this with its enrolled pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Serving {
+    pub tunnel_connected: bool,
+    pub acked: BTreeSet<String>,
+}
+
 /// A command whose result goes to the event stream (see [`ZdsAgent::submit`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -188,6 +196,18 @@ pub enum SnapshotProblem {
     NoNetns { uid: String, error: String },
     /// An error ack; `request` is `add <uid>`, `keep <uid>` or `snapshot-sent`.
     ErrorAck { request: String, error: String },
+}
+
+impl SnapshotProblem {
+    /// Whether this problem leaves pod `uid` unserved (a `snapshot-sent` error concerns none).
+    fn concerns(&self, uid: &str) -> bool {
+        match self {
+            SnapshotProblem::NoNetns { uid: u, .. } => u == uid,
+            SnapshotProblem::ErrorAck { request, .. } => {
+                request.split_once(' ').is_some_and(|(_, u)| u == uid)
+            }
+        }
+    }
 }
 
 /// The agent's log, in order.
@@ -260,6 +280,7 @@ impl ZdsAgent {
         let actor = Actor {
             pods: BTreeMap::new(),
             tunnel: None,
+            acked: BTreeSet::new(),
             retired: Vec::new(),
             events,
             ack_timeout,
@@ -300,6 +321,13 @@ impl ZdsAgent {
     pub async fn del(&self, uid: impl Into<String>) -> Result<RequestOutcome, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Del(uid.into(), ReplyTo::Caller(tx)));
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// What the current tunnel serves (see [`Serving`]).
+    pub async fn serving(&self) -> Result<Serving, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Serving(tx));
         rx.await.map_err(|_| AgentError::Stopped)
     }
 
@@ -356,6 +384,7 @@ enum Command {
     Add(Pod, ReplyTo<Result<RequestOutcome, AgentError>>),
     Del(String, ReplyTo<RequestOutcome>),
     List(ReplyTo<Listing>),
+    Serving(oneshot::Sender<Serving>),
 }
 
 /// Where a command's result goes: back to an awaiting caller, or into the event stream.
@@ -383,6 +412,8 @@ impl<T> ReplyTo<T> {
 struct Actor {
     pods: BTreeMap<String, Pod>,
     tunnel: Option<ZdsPeer>,
+    /// Pods the current tunnel acked (without an error) since it connected.
+    acked: BTreeSet<String>,
     /// Older connections (a tunnel being replaced during an upgrade): they get every del, so
     /// the old tunnel stops serving a pod that is gone, but no adds. Dropped when their
     /// tunnel closes them. One that fails a del is muted (`true`): sent nothing more, since a
@@ -441,6 +472,12 @@ impl Actor {
                 };
                 reply.send(listing, &self.events, AgentEvent::Listed);
             }
+            Command::Serving(reply) => {
+                let _ = reply.send(Serving {
+                    tunnel_connected: self.tunnel.is_some(),
+                    acked: self.acked.clone(),
+                });
+            }
         }
     }
 
@@ -458,11 +495,16 @@ impl Actor {
         };
         let sent = peer.add(&pod.uid, pod.info.as_ref(), netns.as_fd()).await;
         drop(netns);
+        match &sent {
+            Ok(ack) if ack.error.is_none() => self.acked.insert(uid),
+            _ => self.acked.remove(&uid),
+        };
         Ok(self.outcome_of(sent))
     }
 
     async fn del(&mut self, uid: &str) -> RequestOutcome {
         self.pods.remove(uid);
+        self.acked.remove(uid);
         for (peer, muted) in self.retired.iter_mut().filter(|(_, muted)| !*muted) {
             match peer.del(uid).await {
                 Ok(ack) => {
@@ -509,9 +551,16 @@ impl Actor {
             "tunnel connected, sending the snapshot"
         );
         self.emit(AgentEvent::Connected);
+        self.acked.clear();
         match send_snapshot(&self.pods, &mut peer).await {
             Ok(problems) => {
                 self.tunnel = Some(peer);
+                self.acked = self
+                    .pods
+                    .keys()
+                    .filter(|uid| !problems.iter().any(|p| p.concerns(uid)))
+                    .cloned()
+                    .collect();
                 let pods = self.pods.len();
                 tracing::info!(pods, problems = problems.len(), "snapshot sent");
                 self.emit(AgentEvent::SnapshotSent { pods, problems });
@@ -522,6 +571,7 @@ impl Actor {
 
     fn disconnected(&mut self, reason: String) {
         self.tunnel = None;
+        self.acked.clear();
         tracing::warn!(%reason, "tunnel disconnected; waiting for the next connection");
         self.emit(AgentEvent::Disconnected { reason });
     }

@@ -13,7 +13,7 @@ use crate::ambient::{
 use crate::plugin::config::{DEFAULT_RUN_DIR, KUBECONFIG_NAME};
 
 mod values;
-use values::{go_bool, go_mem_limit, istio_log_level};
+use values::{go_bool, go_mem_limit, istio_log_level, reconcile_interval};
 
 /// The plugin's binary and conflist `type`.
 pub const PLUGIN_TYPE: &str = "nodetunnel-cni";
@@ -135,6 +135,12 @@ pub struct AgentConfig {
     /// `false`: in the agent's own network namespace (a pod with `hostNetwork: true`).
     #[arg(long, env = "ALLOW_SWITCH_TO_HOST_NS", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub allow_switch_to_host_ns: bool,
+
+    /// How often every enrolled pod is checked (in-pod rules complete, served by the current
+    /// tunnel, netns still the pod's) and repaired or failed closed; passes also run on tunnel
+    /// connects and disconnects. `5s`, `500ms`; 100 ms to 1 h.
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "5s", value_parser = reconcile_interval)]
+    pub reconcile_interval: std::time::Duration,
 
     /// Metrics (`/metrics`, Prometheus text), on the chart's `metrics` port.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15014")]

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use nodetunnel_base::netns::NetnsHandle;
-use nodetunnel_zds::agent::{NetnsSource, RequestOutcome, ZdsAgent};
+use nodetunnel_zds::agent::{NetnsSource, RequestOutcome, Serving, ZdsAgent};
 use nodetunnel_zds::WorkloadInfo;
 
 use crate::ambient::{
@@ -75,6 +75,19 @@ pub struct Enrolled {
     /// The redirection annotation is set; a failed patch is retried, it never undoes the
     /// enrollment (traffic is redirected either way; the annotation only tells so).
     pub annotated: bool,
+    /// Who the pod is, as sent to the tunnel (sent again when the tunnel lost the pod).
+    pub info: WorkloadInfo,
+}
+
+/// What a check of an enrolled pod's in-pod rules found.
+#[derive(Debug)]
+pub enum RulesCheck {
+    /// Exactly the rules the agent writes, with the ip rule and route.
+    Intact,
+    /// Something was missing or different; the rules were written again.
+    Restored,
+    /// Missing or different (or unreadable), and writing them failed: why.
+    Broken(String),
 }
 
 /// Cleanup that failed for a pod already taken out of the tunnel: retried until done.
@@ -137,8 +150,9 @@ impl Enroller {
             netns: Arc::new(netns),
             options: rule_options(pod, self.dns_capture),
             annotated: false,
+            info: workload_info(pod),
         };
-        if let Err(error) = self.program(pod, &uid, &enrolled, trigger).await {
+        if let Err(error) = self.program(&uid, &enrolled, trigger).await {
             tracing::warn!(%uid, %error, "enrollment failed; undoing it");
             self.undo(&uid, &enrolled, true).await;
             return Err(error);
@@ -167,7 +181,6 @@ impl Enroller {
     /// Rules, probe entries, tunnel: everything but the annotation.
     async fn program(
         &mut self,
-        pod: &Pod,
         uid: &str,
         enrolled: &Enrolled,
         trigger: Trigger,
@@ -187,6 +200,19 @@ impl Enroller {
             let (host, uid) = (self.host.clone(), uid.to_owned());
             tokio::task::spawn_blocking(move || host.add_pod(ip, &uid)).await??;
         }
+        tracing::debug!(%uid, "probe SNAT entries added; handing the pod to the tunnel");
+        self.send_to_tunnel(uid, enrolled, trigger).await
+    }
+
+    /// Hands the pod (a duplicate of its held netns descriptor) to the tunnel and maps the
+    /// answer: without a tunnel, a watch-found pod is fine (it goes out in the next snapshot),
+    /// a CNI `ADD` is not.
+    async fn send_to_tunnel(
+        &mut self,
+        uid: &str,
+        enrolled: &Enrolled,
+        trigger: Trigger,
+    ) -> Result<(), EnrollError> {
         let held = enrolled
             .netns
             .as_fd()
@@ -199,8 +225,10 @@ impl Enroller {
             fd: Arc::new(held),
             described_as: enrolled.netns.path().to_owned(),
         };
-        tracing::debug!(%uid, "probe SNAT entries added; handing the pod to the tunnel");
-        let outcome = self.zds.add(uid, source, Some(workload_info(pod))).await?;
+        let outcome = self
+            .zds
+            .add(uid, source, Some(enrolled.info.clone()))
+            .await?;
         tracing::debug!(%uid, ?outcome, "tunnel answered");
         match outcome {
             RequestOutcome::Acked(ack) => match ack.error {
@@ -216,6 +244,45 @@ impl Enroller {
             }),
             RequestOutcome::TunnelLost(error) => Err(EnrollError::TunnelLost(error.to_string())),
         }
+    }
+
+    /// What the current tunnel serves (the reconcile pass compares it with the enrolled pods).
+    pub async fn serving(&self) -> Result<Serving, EnrollError> {
+        Ok(self.zds.serving().await?)
+    }
+
+    /// Sends an enrolled pod to the tunnel again (the tunnel has not acked it: it refused it
+    /// before, or lost it). An error leaves the pod enrolled: its rules stay, so its traffic
+    /// is redirected to ports nothing listens on and refused, never sent in plaintext.
+    pub async fn resend(&mut self, uid: &str) -> Result<(), EnrollError> {
+        let Some(enrolled) = self.enrolled.get(uid).cloned() else {
+            return Ok(());
+        };
+        // `CniAdd`: here no tunnel means not served, which the caller must hear.
+        self.send_to_tunnel(uid, &enrolled, Trigger::CniAdd).await
+    }
+
+    /// Compares the in-pod rules of an enrolled pod with what the agent writes
+    /// (`iptables-save` inside its netns, the ip rule and route) and writes them again if they
+    /// differ.
+    pub async fn check_rules(&self, uid: &str) -> RulesCheck {
+        let Some(enrolled) = self.enrolled.get(uid) else {
+            return RulesCheck::Intact;
+        };
+        let (netns, options) = (enrolled.netns.clone(), enrolled.options);
+        let checked = tokio::task::spawn_blocking(move || {
+            match inpod_rules::is_applied_as(&netns, &options) {
+                Ok(true) => RulesCheck::Intact,
+                Ok(false) => match inpod_rules::apply(&netns, &options) {
+                    Ok(()) => RulesCheck::Restored,
+                    Err(error) => RulesCheck::Broken(format!("re-writing them failed: {error}")),
+                },
+                Err(error) => RulesCheck::Broken(format!("reading them failed: {error}")),
+            }
+        })
+        .await;
+        checked
+            .unwrap_or_else(|error| RulesCheck::Broken(format!("a blocking task failed: {error}")))
     }
 
     /// Re-applies the rules of an enrolled pod whose annotations now ask for other options

@@ -10,6 +10,10 @@
 //! | `istio_cni_plugin_requests_total` | counter | `response_code` | plugin `ADD` events answered, by HTTP status |
 //! | `nodeagent_reconcile_events_total` | counter | `type` | pod and namespace watch events handled: `add`, `update`, `delete` |
 //! | `ztunnel_connected` | gauge | | tunnel connections on the ZDS socket (this agent serves one: 0 or 1) |
+//! | `nodetunnel_cni_unprotected_pods` | gauge | | enrolled pods the last reconcile pass found not protected (rules incomplete, not served by the current tunnel, or quarantined); 0 in steady state |
+//! | `nodetunnel_cni_repairs_total` | counter | `kind` | repairs the reconcile made: `rules` (in-pod rules re-written), `tunnel` (pod re-sent to the tunnel), `sandbox` (a replaced netns re-enrolled) |
+//!
+//! The last two are this agent's own (Istio's agent has no continuous reconcile).
 //!
 //! Not exported: Istio's repair metrics (`istio_cni_repair_pods_repaired_total`), as this agent
 //! does no sidecar repair.
@@ -45,6 +49,11 @@ struct ResponseCodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabel {
     r#type: &'static str,
 }
@@ -76,6 +85,26 @@ pub struct Metrics {
     plugin_requests: Family<ResponseCodeLabel, Counter>,
     reconcile_events: Family<TypeLabel, Counter>,
     ztunnel_connected: Gauge,
+    unprotected_pods: Gauge,
+    repairs: Family<KindLabel, Counter>,
+}
+
+/// What a reconcile pass repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    Rules,
+    Tunnel,
+    Sandbox,
+}
+
+impl Repair {
+    fn label(self) -> &'static str {
+        match self {
+            Repair::Rules => "rules",
+            Repair::Tunnel => "tunnel",
+            Repair::Sandbox => "sandbox",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -86,6 +115,8 @@ impl Default for Metrics {
         let plugin_requests = Family::<ResponseCodeLabel, Counter>::default();
         let reconcile_events = Family::<TypeLabel, Counter>::default();
         let ztunnel_connected = Gauge::default();
+        let unprotected_pods = Gauge::default();
+        let repairs = Family::<KindLabel, Counter>::default();
         // Istio's help texts, less a final period (the encoder adds one); counters are
         // registered without `_total`, which the encoder adds.
         registry.register(
@@ -113,6 +144,16 @@ impl Default for Metrics {
             "number of connections to ztunnel",
             ztunnel_connected.clone(),
         );
+        registry.register(
+            "nodetunnel_cni_unprotected_pods",
+            "Enrolled pods whose in-pod rules, tunnel or netns the last reconcile pass found wrong and could not repair",
+            unprotected_pods.clone(),
+        );
+        registry.register(
+            "nodetunnel_cni_repairs",
+            "Repairs made by the reconcile pass, by kind",
+            repairs.clone(),
+        );
         Metrics {
             registry,
             install_ready,
@@ -120,6 +161,8 @@ impl Default for Metrics {
             plugin_requests,
             reconcile_events,
             ztunnel_connected,
+            unprotected_pods,
+            repairs,
         }
     }
 }
@@ -162,6 +205,21 @@ impl Metrics {
         self.reconcile_events
             .get_or_create(&TypeLabel {
                 r#type: event.label(),
+            })
+            .inc();
+    }
+
+    /// The count of unprotected pods found by the last reconcile pass.
+    pub fn set_unprotected(&self, pods: usize) {
+        self.unprotected_pods
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// One repair made.
+    pub fn on_repair(&self, repair: Repair) {
+        self.repairs
+            .get_or_create(&KindLabel {
+                kind: repair.label(),
             })
             .inc();
     }
@@ -234,6 +292,8 @@ mod tests {
         m.on_plugin_request(StatusCode::INTERNAL_SERVER_ERROR);
         m.on_reconcile_event(ReconcileEvent::Add);
         m.on_reconcile_event(ReconcileEvent::Delete);
+        m.on_repair(Repair::Rules);
+        m.set_unprotected(2);
         let text = m.render(true);
         for line in [
             "# TYPE istio_cni_installs counter",
@@ -244,6 +304,8 @@ mod tests {
             r#"nodeagent_reconcile_events_total{type="add"} 1"#,
             r#"nodeagent_reconcile_events_total{type="delete"} 1"#,
             "# TYPE ztunnel_connected gauge",
+            r#"nodetunnel_cni_repairs_total{kind="rules"} 1"#,
+            "nodetunnel_cni_unprotected_pods 2",
         ] {
             assert!(has(&text, line), "{line} in:\n{text}");
         }

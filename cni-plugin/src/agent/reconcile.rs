@@ -28,6 +28,8 @@ use crate::ambient::{Decision, EnrollmentRules, SkipReason};
 use crate::event::PluginEvent;
 use crate::node::procscan::ProcIndex;
 
+mod protect;
+
 /// Inputs of the reconciler.
 #[derive(Debug)]
 pub enum Input {
@@ -37,6 +39,8 @@ pub enum Input {
     CniAdd(PluginEvent, oneshot::Sender<CniAddOutcome>),
     /// Try again what could not be done yet (pods to enroll, annotations, cleanup).
     Retry,
+    /// Check every enrolled pod is protected, repair what is not (`protect`).
+    Protect,
     /// Shutdown: return the enroller (connections of the event server may still hold senders).
     Stop,
 }
@@ -97,6 +101,8 @@ pub struct Reconciler {
     /// Set once the first full listing has been reconciled (readiness, and the ZDS gate).
     synced: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Enrolled pods the protection pass found unprotected, and why.
+    unprotected: protect::Unprotected,
 }
 
 impl Reconciler {
@@ -124,6 +130,7 @@ impl Reconciler {
             proc_index: None,
             synced,
             metrics,
+            unprotected: protect::Unprotected::new(),
         }
     }
 
@@ -154,6 +161,7 @@ impl Reconciler {
                 let _ = reply.send(outcome);
             }
             Input::Retry => self.retry_due().await,
+            Input::Protect => self.protect_all().await,
             Input::Stop => {}
         }
     }
@@ -334,7 +342,10 @@ impl Reconciler {
         let enrolled = self.enroller.get(&uid).is_some();
         let finished = matches!(decision, Decision::Skip(SkipReason::Terminated(_)));
         match (decision, enrolled) {
-            (Decision::Enroll, true) => self.enroller.refresh(&pod).await,
+            (Decision::Enroll, true) => {
+                self.enroller.refresh(&pod).await;
+                self.protect_one(&uid).await;
+            }
             (Decision::Enroll, false) => self.enroll_running(key, &uid).await,
             (Decision::Skip(reason), true) => {
                 tracing::info!(pod = key, %reason, "pod leaves the mesh");

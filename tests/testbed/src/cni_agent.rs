@@ -18,6 +18,11 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 /// The agent's `/healthz` and `/readyz`, on 127.0.0.1 in its node namespace.
 pub const HEALTH_PORT: u16 = 18000;
+/// The agent's `/metrics`, on 127.0.0.1 in its node namespace (not the chart's 15014: the
+/// control-plane stand-in serves its status there).
+pub const METRICS_PORT: u16 = 18014;
+/// The agent's `RECONCILE_INTERVAL` in tests: short, so a repair is seen within seconds.
+pub const RECONCILE_INTERVAL: &str = "1s";
 /// The node's primary CNI config file, which the agent inserts itself into.
 pub const PRIMARY_CONFLIST: &str = "10-primary.conflist";
 
@@ -76,8 +81,8 @@ impl CniAgent {
             ("HOST_MOUNTS_PATH", "/".into()),
             ("PROC_ROOT", "/proc".into()),
             ("HEALTH_ADDR", format!("127.0.0.1:{HEALTH_PORT}")),
-            // Not the chart's 15014: the control-plane stand-in serves its status there.
-            ("METRICS_ADDR", "127.0.0.1:0".into()),
+            ("METRICS_ADDR", format!("127.0.0.1:{METRICS_PORT}")),
+            ("RECONCILE_INTERVAL", RECONCILE_INTERVAL.into()),
             // The stand-in serves no DaemonSets: on shutdown, always remove the plugin.
             ("AMBIENT_DISABLE_SAFE_UPGRADE", "true".into()),
             ("LOG_LEVEL", spec.log_level.into()),

@@ -205,3 +205,16 @@ fn refused_settings_and_bad_selectors() {
     let c = parse_with(&base, &[("ALLOW_SWITCH_TO_HOST_NS".into(), "false".into())]).unwrap();
     assert_eq!(c.host_netns(), None);
 }
+
+#[test]
+fn reconcile_interval_takes_seconds_or_milliseconds_within_bounds() {
+    use std::time::Duration;
+    assert_eq!(values::reconcile_interval("5s"), Ok(Duration::from_secs(5)));
+    assert_eq!(
+        values::reconcile_interval("500ms"),
+        Ok(Duration::from_millis(500))
+    );
+    for bad in ["5", "", "s", "-1s", "1.5s", "10ms", "2h", "3601s"] {
+        assert!(values::reconcile_interval(bad).is_err(), "{bad}");
+    }
+}

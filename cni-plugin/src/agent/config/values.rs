@@ -76,3 +76,24 @@ pub fn istio_log_level(value: &str) -> Result<String, String> {
     }
     Ok(filter)
 }
+
+/// `RECONCILE_INTERVAL`: a whole number of seconds (`5s`) or milliseconds (`500ms`), from
+/// 100 ms to one hour. Below that the pass (an `iptables-save` per pod) would busy the node;
+/// above it a broken pod would go unnoticed for too long.
+pub fn reconcile_interval(value: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let parsed = if let Some(ms) = value.strip_suffix("ms") {
+        ms.parse::<u64>().ok().map(Duration::from_millis)
+    } else if let Some(s) = value.strip_suffix('s') {
+        s.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        None
+    };
+    match parsed {
+        Some(d) if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) => Ok(d),
+        Some(_) => Err(format!("{value:?} is outside 100ms..3600s")),
+        None => Err(format!(
+            "{value:?} is not a duration: a whole number followed by s or ms (e.g. 5s, 500ms)"
+        )),
+    }
+}
