@@ -174,9 +174,11 @@ pub(crate) async fn run(config: AgentConfig) -> Result<(), AgentError> {
         if let Some(path) = &host_netns {
             tracing::info!(netns = %path.display(), "host rules go into the host's network namespace");
         }
-        let host =
-            tokio::task::spawn_blocking(move || HostProbeSnat::ensure_in(host_netns.as_deref()))
-                .await??;
+        let ipv6 = config.ambient_ipv6;
+        let host = tokio::task::spawn_blocking(move || {
+            HostProbeSnat::ensure_in(host_netns.as_deref(), ipv6)
+        })
+        .await??;
         // Tunnels are served only once the first listing is reconciled (see start_zds).
         let mut gate = synced.clone();
         let zds = start_zds(&config, metrics.clone(), inputs.clone(), async move {

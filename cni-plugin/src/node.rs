@@ -14,14 +14,14 @@
 //! - [`inpod_rules`]: the iptables rules, ip rule and route inside a pod (apply / remove / check).
 //! - [`listener_handover`]: `tcp_migrate_req=1` in a pod, so a tunnel upgrade resets nothing.
 //! - [`host_rules`]: the probe SNAT in the agent's (the host's) netns: ipset + `ISTIO_POSTRT`.
-//! - [`tools`]: the external binaries (`iptables-restore`, `iptables-save`, `ipset`) and their
-//!   errors.
-//!
-//! IPv4 only for now: the IPv6 twins (ip6tables, `istio-inpod-probes-v6`, the `::/0` route) are a
-//! follow-up.
+//! - [`tools`]: the external binaries (`iptables-restore`, `iptables-save`, their `ip6tables`
+//!   twins, `ipset`) and their errors.
+//! - [`family`]: what differs between the IPv4 and the IPv6 rule sets (binaries, loopback, probe
+//!   SNAT source). IPv6 is written when `AMBIENT_IPV6` is on (the default, as Istio's chart).
 
 #![deny(unsafe_code)]
 
+pub mod family;
 pub mod host_rules;
 pub mod inpod_rules;
 pub mod listener_handover;

@@ -161,6 +161,7 @@ fn inpod_rules_are_the_contract_idempotent_and_removable() {
         let opts = RuleOptions {
             dns_capture,
             bypass_inbound: false,
+            ipv6: false,
         };
         let ns = netns(if dns_capture { "dns" } else { "nodns" });
         let pod = open(&ns);
@@ -265,6 +266,7 @@ fn bypass_inbound_keeps_outbound_capture_only() {
     let opts = RuleOptions {
         dns_capture: false,
         bypass_inbound: true,
+        ipv6: false,
     };
     inpod_rules::apply(&pod, &opts).unwrap();
     let state = chains_named(&save(&ns), "ISTIO_");
@@ -478,7 +480,7 @@ fn host_probe_snat_ensure_entries_uninstall() {
         assert!(snat.entries()?.is_empty());
         assert!(matches!(
             snat.add_pod(ip("fd00::1"), uid1),
-            Err(HostRulesError::NotIpv4 { .. })
+            Err(HostRulesError::Ipv6Off { .. })
         ));
         snat.uninstall()?;
         snat.uninstall()
@@ -717,6 +719,7 @@ fn inpod_rules_on_the_legacy_backend_via_explicit_tools() {
     let opts = RuleOptions {
         dns_capture: true,
         bypass_inbound: false,
+        ipv6: false,
     };
     inpod_rules::apply_with(&tools, &pod, &opts).unwrap();
     let legacy_save = || {

@@ -81,6 +81,11 @@ pub struct AgentConfig {
     #[arg(long, env = "AMBIENT_DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub ambient_dns_capture: bool,
 
+    /// Also write the IPv6 rule set (ip6tables in each pod, `istio-inpod-probes-v6` and its
+    /// SNAT on the host), as Istio's `ambient.ipv6` (chart default `true`).
+    #[arg(long, env = "AMBIENT_IPV6", default_value_t = true, action = clap::ArgAction::Set, value_parser = go_bool)]
+    pub ambient_ipv6: bool,
+
     /// nftables instead of iptables: not supported by this agent; `true` is refused at start.
     #[arg(long, env = "NATIVE_NFTABLES", default_value_t = false, action = clap::ArgAction::Set, value_parser = go_bool)]
     pub native_nftables: bool,
@@ -179,8 +184,6 @@ pub struct AgentConfig {
 pub struct Noted {
     #[arg(long, env = "CURRENT_AGENT_VERSION")]
     pub current_agent_version: Option<String>,
-    #[arg(long, env = "AMBIENT_IPV6", value_parser = go_bool)]
-    pub ambient_ipv6: Option<bool>,
     #[arg(long, env = "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP", value_parser = go_bool)]
     pub ambient_reconcile_pod_rules_on_startup: Option<bool>,
     #[arg(long, env = "ENABLE_AMBIENT_DETECTION_RETRY", value_parser = go_bool)]
@@ -224,11 +227,6 @@ impl Noted {
             self.current_agent_version.is_some(),
             "CURRENT_AGENT_VERSION",
             "informational only",
-        );
-        note(
-            self.ambient_ipv6.is_some(),
-            "AMBIENT_IPV6",
-            "IPv4 rules only for now; no IPv6 rules are written",
         );
         note(
             self.ambient_reconcile_pod_rules_on_startup.is_some(),

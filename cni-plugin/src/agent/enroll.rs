@@ -148,7 +148,7 @@ impl Enroller {
             name: pod.name_any(),
             ips,
             netns: Arc::new(netns),
-            options: rule_options(pod, self.dns_capture),
+            options: rule_options(pod, self.dns_capture, self.host.ipv6()),
             annotated: false,
             info: workload_info(pod),
         };
@@ -196,7 +196,14 @@ impl Enroller {
             Ok(Err(error)) => tracing::warn!(%uid, %error, "listener handover not enabled"),
             Err(error) => tracing::warn!(%uid, %error, "listener handover not enabled"),
         }
-        for ip in enrolled.ips.iter().copied().filter(IpAddr::is_ipv4) {
+        // IPv6 addresses too when the host set for them exists (`AMBIENT_IPV6`).
+        let ipv6 = self.host.ipv6();
+        for ip in enrolled
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() || ipv6)
+        {
             let (host, uid) = (self.host.clone(), uid.to_owned());
             tokio::task::spawn_blocking(move || host.add_pod(ip, &uid)).await??;
         }
@@ -289,7 +296,7 @@ impl Enroller {
     /// (`ambient.istio.io/dns-capture`, `ambient.istio.io/bypass-inbound-capture`).
     pub async fn refresh(&mut self, pod: &Pod) {
         let Some(uid) = pod.uid() else { return };
-        let options = rule_options(pod, self.dns_capture);
+        let options = rule_options(pod, self.dns_capture, self.host.ipv6());
         let Some(enrolled) = self.enrolled.get_mut(&uid) else {
             return;
         };
@@ -372,7 +379,8 @@ impl Enroller {
     /// Removes `ips`' probe entries if they still belong to `uid` (a reused IP's entry may
     /// already be the new pod's).
     pub async fn remove_probe_entries(&self, uid: &str, ips: &[IpAddr]) {
-        for ip in ips.iter().copied().filter(IpAddr::is_ipv4) {
+        let ipv6 = self.host.ipv6();
+        for ip in ips.iter().copied().filter(|ip| ip.is_ipv4() || ipv6) {
             let (host, owner) = (self.host.clone(), uid.to_owned());
             match tokio::task::spawn_blocking(move || host.remove_pod_if_owned(ip, &owner)).await {
                 Ok(Ok(_)) => {}
@@ -459,8 +467,9 @@ fn workload_info(pod: &Pod) -> WorkloadInfo {
     }
 }
 
-/// The node-wide DNS capture setting, overridden per pod by `ambient.istio.io/dns-capture`.
-fn rule_options(pod: &Pod, dns_capture: bool) -> RuleOptions {
+/// The node-wide DNS capture setting, overridden per pod by `ambient.istio.io/dns-capture`;
+/// IPv6 rules as the node-wide `AMBIENT_IPV6` says (no per-pod override, as in Istio).
+fn rule_options(pod: &Pod, dns_capture: bool, ipv6: bool) -> RuleOptions {
     let annotation = |key: &str| pod.annotations().get(key).map(String::as_str);
     RuleOptions {
         dns_capture: match annotation(DNS_CAPTURE_ANNOTATION) {
@@ -469,6 +478,7 @@ fn rule_options(pod: &Pod, dns_capture: bool) -> RuleOptions {
             _ => dns_capture,
         },
         bypass_inbound: annotation(BYPASS_INBOUND_ANNOTATION) == Some("true"),
+        ipv6,
     }
 }
 

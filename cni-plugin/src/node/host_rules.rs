@@ -11,20 +11,22 @@
 //! with enrollment. Names, address and rule as in Istio (`cni/pkg/iptables/iptables.go`
 //! `AppendHostRules`, `cni/pkg/nodeagent/net.go` `addPodToHostNSIpset`).
 //!
-//! IPv4 only for now; `istio-inpod-probes-v6` and the `fd16:9254:7127:1337:ffff:ffff:ffff:ffff`
-//! source are a follow-up.
+//! With IPv6 on (`AMBIENT_IPV6`), the same in the ip6tables nat table with the set
+//! `istio-inpod-probes-v6` (hash:ip, family inet6) and the source
+//! `fd16:9254:7127:1337:ffff:ffff:ffff:ffff` (Istio's `ipset.V6Name`, `HOST_PROBE_SNAT_IPV6`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
+use super::family::{IpFamily, PROBE_SNAT_V4, PROBE_SNAT_V6};
 use super::ipt::{self, Desired, SaveParseError, TableSpec};
 use super::tools::{self, ToolError, Tools};
 
 pub const PROBE_IPSET: &str = "istio-inpod-probes-v4";
-pub(crate) const PROBE_SNAT_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+pub const PROBE_IPSET_V6: &str = "istio-inpod-probes-v6";
 pub(crate) const CHAIN_POSTROUTING: &str = "ISTIO_POSTRT";
 const OWNED: &[&str] = &[CHAIN_POSTROUTING];
 const PLACE: &str = "the agent's netns";
@@ -40,12 +42,16 @@ pub enum HostRulesError {
     Save(SaveParseError),
     #[error("the host network namespace: {0}")]
     Netns(#[from] NetnsError),
-    #[error("pod IP {ip}: only IPv4 is supported for now")]
-    NotIpv4 { ip: IpAddr },
+    #[error("pod IP {ip}: IPv6 probe SNAT is off (AMBIENT_IPV6=false)")]
+    Ipv6Off { ip: IpAddr },
     #[error("pod uid {uid:?} cannot be an ipset comment: {why}")]
     BadUid { uid: String, why: &'static str },
-    #[error("ipset {PROBE_IPSET} listed an entry this agent cannot read ({line:?}): {why}")]
-    BadEntry { line: String, why: &'static str },
+    #[error("ipset {set} listed an entry this agent cannot read ({line:?}): {why}")]
+    BadEntry {
+        set: &'static str,
+        line: String,
+        why: &'static str,
+    },
 }
 
 /// The probe SNAT, set up in the calling thread's netns. See the module docs.
@@ -54,58 +60,97 @@ pub struct HostProbeSnat {
     tools: Tools,
     /// The host's netns when it is not the agent's own.
     host: Option<Arc<NetnsHandle>>,
+    /// Also the IPv6 set and ip6tables rule.
+    ipv6: bool,
 }
 
 impl HostProbeSnat {
     /// Creates the ipset (kept with its entries when it exists) and the `ISTIO_POSTRT` chain
     /// with its one rule and one jump from nat POSTROUTING. Idempotent.
     pub fn ensure() -> Result<HostProbeSnat, HostRulesError> {
-        HostProbeSnat::ensure_with(Tools::default(), None)
+        HostProbeSnat::ensure_with(Tools::default(), None, false)
+    }
+
+    /// [`ensure`](Self::ensure) for both families: also `istio-inpod-probes-v6` and the
+    /// ip6tables rule.
+    pub fn ensure_dual_stack() -> Result<HostProbeSnat, HostRulesError> {
+        HostProbeSnat::ensure_with(Tools::default(), None, true)
     }
 
     /// [`ensure`](Self::ensure) in the netns at `host` (e.g. `/host/proc/1/ns/net`), entered
-    /// for each tool run; `None`: the agent's own netns.
-    pub fn ensure_in(host: Option<&Path>) -> Result<HostProbeSnat, HostRulesError> {
+    /// for each tool run; `None`: the agent's own netns. `ipv6`: both families.
+    pub fn ensure_in(host: Option<&Path>, ipv6: bool) -> Result<HostProbeSnat, HostRulesError> {
         let host = host.map(NetnsHandle::open).transpose()?.map(Arc::new);
-        HostProbeSnat::ensure_with(Tools::default(), host)
+        HostProbeSnat::ensure_with(Tools::default(), host, ipv6)
     }
 
     /// [`ensure`](Self::ensure) with explicit binaries.
     pub(crate) fn ensure_with(
         tools: Tools,
         host: Option<Arc<NetnsHandle>>,
+        ipv6: bool,
     ) -> Result<HostProbeSnat, HostRulesError> {
-        let snat = HostProbeSnat { tools, host };
-        // The set first: a rule naming a missing set is refused.
-        snat.ipset(&[
-            "create",
-            PROBE_IPSET,
-            "hash:ip",
-            "family",
-            "inet",
-            "comment",
-            "-exist",
-        ])?;
-        let saved = snat.read_nat()?;
-        if let Some(input) = desired().plan(&saved) {
-            snat.restore(&input)?;
+        let snat = HostProbeSnat { tools, host, ipv6 };
+        for family in snat.families() {
+            // The set first: a rule naming a missing set is refused.
+            let inet = match family {
+                IpFamily::V4 => "inet",
+                IpFamily::V6 => "inet6",
+            };
+            snat.ipset(&[
+                "create",
+                set_of(family),
+                "hash:ip",
+                "family",
+                inet,
+                "comment",
+                "-exist",
+            ])?;
+            let saved = snat.read_nat(family)?;
+            if let Some(input) = desired(family).plan(&saved) {
+                snat.restore(family, &input)?;
+            }
         }
         Ok(snat)
     }
 
-    /// Adds (or re-labels) the entry for `ip` with `uid` as its comment. A reused IP's old entry
-    /// is replaced, since the IP now belongs to the new pod.
+    /// Whether pods' IPv6 addresses get probe entries too.
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    fn families(&self) -> Vec<IpFamily> {
+        if self.ipv6 {
+            vec![IpFamily::V4, IpFamily::V6]
+        } else {
+            vec![IpFamily::V4]
+        }
+    }
+
+    /// The family of `ip` (IPv4-mapped counts as IPv4), refused when it is IPv6 and IPv6 is off.
+    fn family_of(&self, ip: IpAddr) -> Result<(IpFamily, IpAddr), HostRulesError> {
+        match ip.to_canonical() {
+            v4 @ IpAddr::V4(_) => Ok((IpFamily::V4, v4)),
+            v6 @ IpAddr::V6(_) if self.ipv6 => Ok((IpFamily::V6, v6)),
+            IpAddr::V6(_) => Err(HostRulesError::Ipv6Off { ip }),
+        }
+    }
+
+    /// Adds (or re-labels) the entry for `ip` with `uid` as its comment, in the set of its
+    /// family. A reused IP's old entry is replaced, since the IP now belongs to the new pod.
     pub fn add_pod(&self, ip: IpAddr, uid: &str) -> Result<(), HostRulesError> {
-        let ip = ipv4(ip)?.to_string();
+        let (family, ip) = self.family_of(ip)?;
         check_uid(uid)?;
-        self.ipset(&["add", PROBE_IPSET, &ip, "comment", uid, "-exist"])?;
+        let ip = ip.to_string();
+        self.ipset(&["add", set_of(family), &ip, "comment", uid, "-exist"])?;
         Ok(())
     }
 
     /// Deletes the entry for `ip`; fine when there is none.
     pub fn remove_pod(&self, ip: IpAddr) -> Result<(), HostRulesError> {
-        let ip = ipv4(ip)?.to_string();
-        self.ipset(&["del", PROBE_IPSET, &ip, "-exist"])?;
+        let (family, ip) = self.family_of(ip)?;
+        let ip = ip.to_string();
+        self.ipset(&["del", set_of(family), &ip, "-exist"])?;
         Ok(())
     }
 
@@ -113,21 +158,27 @@ impl HostProbeSnat {
     /// out of order (the IP's new pod added before the old one's removal), the new pod keeps its
     /// entry. Returns whether an entry was deleted.
     pub fn remove_pod_if_owned(&self, ip: IpAddr, uid: &str) -> Result<bool, HostRulesError> {
-        let ip4 = IpAddr::V4(ipv4(ip)?);
+        let (_, ip) = self.family_of(ip)?;
         let owned = self
             .entries()?
             .iter()
-            .any(|(entry_ip, comment)| *entry_ip == ip4 && comment == uid);
+            .any(|(entry_ip, comment)| *entry_ip == ip && comment == uid);
         if owned {
-            self.remove_pod(ip4)?;
+            self.remove_pod(ip)?;
         }
         Ok(owned)
     }
 
-    /// Every entry as (ip, comment), e.g. to drop the stale ones at start.
+    /// Every entry of every set (both families with IPv6 on) as (ip, comment), e.g. to drop
+    /// the stale ones at start.
     pub fn entries(&self) -> Result<Vec<(IpAddr, String)>, HostRulesError> {
-        let text = self.ipset(&["save", PROBE_IPSET])?;
-        parse_entries(&text)
+        let mut all = Vec::new();
+        for family in self.families() {
+            let set = set_of(family);
+            let text = self.ipset(&["save", set])?;
+            all.extend(parse_entries(set, &text)?);
+        }
+        Ok(all)
     }
 
     /// Removes the jump, the chain and the ipset. Fine when they are already gone.
@@ -136,14 +187,19 @@ impl HostProbeSnat {
             owned: OWNED,
             tables: Vec::new(),
         };
-        let saved = self.read_nat()?;
-        if let Some(input) = nothing.plan(&saved) {
-            self.restore(&input)?;
+        for family in self.families() {
+            let saved = self.read_nat(family)?;
+            if let Some(input) = nothing.plan(&saved) {
+                self.restore(family, &input)?;
+            }
         }
-        // The set is destroyable only once no rule references it, hence last.
+        // A set is destroyable only once no rule references it, hence last.
         let names = self.ipset(&["list", "-n"])?;
-        if names.lines().any(|n| n.trim() == PROBE_IPSET) {
-            self.ipset(&["destroy", PROBE_IPSET])?;
+        for family in self.families() {
+            let set = set_of(family);
+            if names.lines().any(|n| n.trim() == set) {
+                self.ipset(&["destroy", set])?;
+            }
         }
         Ok(())
     }
@@ -168,16 +224,16 @@ impl HostProbeSnat {
         }
     }
 
-    fn read_nat(&self) -> Result<ipt::Saved, HostRulesError> {
+    fn read_nat(&self, family: IpFamily) -> Result<ipt::Saved, HostRulesError> {
         // Only nat: the host's full ruleset can be large (kube-proxy) and ours lives in nat.
-        let text = self.run(&self.tools.iptables_save, &["-t", "nat"], None)?;
+        let text = self.run(family.save(&self.tools), &["-t", "nat"], None)?;
         ipt::parse_save(&text).map_err(HostRulesError::Save)
     }
 
-    fn restore(&self, input: &str) -> Result<(), HostRulesError> {
-        tracing::debug!(%input, "iptables-restore --noflush (host)");
+    fn restore(&self, family: IpFamily, input: &str) -> Result<(), HostRulesError> {
+        tracing::debug!(?family, %input, "iptables-restore --noflush (host)");
         self.run(
-            &self.tools.iptables_restore,
+            family.restore(&self.tools),
             &["--noflush", "--wait"],
             Some(input),
         )?;
@@ -185,7 +241,18 @@ impl HostProbeSnat {
     }
 }
 
-fn desired() -> Desired {
+fn set_of(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => PROBE_IPSET,
+        IpFamily::V6 => PROBE_IPSET_V6,
+    }
+}
+
+fn desired(family: IpFamily) -> Desired {
+    let (set, source) = match family {
+        IpFamily::V4 => (PROBE_IPSET, PROBE_SNAT_V4.to_string()),
+        IpFamily::V6 => (PROBE_IPSET_V6, PROBE_SNAT_V6.to_string()),
+    };
     Desired {
         owned: OWNED,
         tables: vec![TableSpec {
@@ -196,8 +263,8 @@ fn desired() -> Desired {
             rules: vec![(
                 CHAIN_POSTROUTING,
                 format!(
-                    "-p tcp -m owner --socket-exists -m set --match-set {PROBE_IPSET} dst \
-                     -j SNAT --to-source {PROBE_SNAT_SOURCE}"
+                    "-p tcp -m owner --socket-exists -m set --match-set {set} dst \
+                     -j SNAT --to-source {source}"
                 ),
             )],
         }],
@@ -206,14 +273,12 @@ fn desired() -> Desired {
 
 /// The `iptables-restore` input [`HostProbeSnat::ensure`] applies on a host without it.
 pub fn render() -> String {
-    desired().fresh_input()
+    desired(IpFamily::V4).fresh_input()
 }
 
-fn ipv4(ip: IpAddr) -> Result<Ipv4Addr, HostRulesError> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => Ok(v4),
-        IpAddr::V6(_) => Err(HostRulesError::NotIpv4 { ip }),
-    }
+/// The `ip6tables-restore` input [`HostProbeSnat::ensure_dual_stack`] adds on a host without it.
+pub fn render_v6() -> String {
+    desired(IpFamily::V6).fresh_input()
 }
 
 fn check_uid(uid: &str) -> Result<(), HostRulesError> {
@@ -233,13 +298,14 @@ fn check_uid(uid: &str) -> Result<(), HostRulesError> {
 }
 
 /// Reads `add <set> <ip> [comment "<text>"] …` lines of `ipset save`.
-fn parse_entries(text: &str) -> Result<Vec<(IpAddr, String)>, HostRulesError> {
+fn parse_entries(set: &'static str, text: &str) -> Result<Vec<(IpAddr, String)>, HostRulesError> {
     let mut entries = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.trim().strip_prefix("add ") else {
             continue; // the `create` line
         };
         let bad = |why| HostRulesError::BadEntry {
+            set,
             line: line.to_string(),
             why,
         };

@@ -11,12 +11,18 @@
 //! - with DNS capture, UDP and TCP port 53 go to 15053 and the tunnel's upstream DNS queries
 //!   get their own conntrack zone (raw table).
 //!
-//! IPv4 only for now; the ip6tables twin is a follow-up.
+//! With [`RuleOptions::ipv6`] (the agent's `AMBIENT_IPV6`, Istio's `ambient.ipv6` switch, on by
+//! default) the same set is written with `ip6tables-restore` too, with `::1/128` for loopback
+//! and `fd16:9254:7127:1337:ffff:ffff:ffff:ffff` as the probe source, plus the `ip -6` fwmark
+//! rule and `local ::/0 dev lo table 100` (skipped, as Istio does, while `lo` has IPv6
+//! disabled). A netns whose kernel has no IPv6 at all (`/proc/sys/net/ipv6` absent) can carry no
+//! IPv6 traffic, so there the IPv6 half is skipped.
 
 use std::path::PathBuf;
 
 use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
+use super::family::IpFamily;
 use super::ipt::{self, Desired, SaveParseError, Saved, TableSpec};
 use super::routing::{self, RoutingError};
 use super::tools::{self, ToolError, Tools};
@@ -35,6 +41,9 @@ pub struct RuleOptions {
     /// Leave inbound traffic alone: no 15006 redirect, no probe and connmark rules on the
     /// inbound path. Outbound is still captured.
     pub bypass_inbound: bool,
+    /// Also write the IPv6 set (ip6tables, `ip -6` rule and route). Off, the IPv6 state of the
+    /// netns is not touched by [`apply`] (and not looked at by [`is_applied_as`]).
+    pub ipv6: bool,
 }
 
 /// What went wrong applying, removing or checking the rules.
@@ -60,7 +69,33 @@ pub enum RulesError {
 /// none of them yet (`*mangle`, `*nat`, and `*raw` with DNS capture). Rules are spelled the way
 /// `iptables-save` prints them so that the applied state can be compared as text.
 pub fn render(opts: &RuleOptions) -> String {
-    desired(opts).fresh_input()
+    desired(opts, IpFamily::V4).fresh_input()
+}
+
+/// [`render`] for `ip6tables-restore`: the IPv6 set written when [`RuleOptions::ipv6`] is on.
+pub fn render_v6(opts: &RuleOptions) -> String {
+    desired(opts, IpFamily::V6).fresh_input()
+}
+
+/// What the IPv6 half can do in the calling thread's netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum V6Support {
+    /// The kernel has no IPv6 here: nothing to capture.
+    None,
+    /// IPv6, but `lo` has it disabled: rules and ip rule, no `::/0` route (as Istio).
+    NoLoopback,
+    Full,
+}
+
+fn v6_support() -> V6Support {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return V6Support::None;
+    }
+    match std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6") {
+        Ok(v) if v.trim() == "1" => V6Support::NoLoopback,
+        // Unreadable: try the route, and let netlink say what is wrong.
+        _ => V6Support::Full,
+    }
 }
 
 /// Applies the rules inside `netns`, plus the ip rule and table-100 route. Idempotent:
@@ -76,14 +111,25 @@ pub fn apply_with(
     netns: &NetnsHandle,
     opts: &RuleOptions,
 ) -> Result<(), RulesError> {
-    let want = desired(opts);
     netns.run(|| {
-        // The return route first (as Istio does): once the redirect is live, the tunnel's
-        // marked replies must already find their way back.
-        routing::ensure().map_err(|source| routing_error(netns, source))?;
-        let saved = read_state(tools, netns)?;
-        if let Some(input) = want.plan(&saved) {
-            restore(tools, netns, &input)?;
+        let mut families = vec![(IpFamily::V4, true)];
+        if opts.ipv6 {
+            match v6_support() {
+                V6Support::None => {
+                    tracing::debug!(netns = %netns.path().display(), "no IPv6 in this netns")
+                }
+                V6Support::NoLoopback => families.push((IpFamily::V6, false)),
+                V6Support::Full => families.push((IpFamily::V6, true)),
+            }
+        }
+        for (family, route) in families {
+            // The return route first (as Istio does): once the redirect is live, the
+            // tunnel's marked replies must already find their way back.
+            routing::ensure(family, route).map_err(|source| routing_error(netns, source))?;
+            let saved = read_state(tools, netns, family)?;
+            if let Some(input) = desired(opts, family).plan(&saved) {
+                restore(tools, netns, family, &input)?;
+            }
         }
         Ok(())
     })?
@@ -102,17 +148,35 @@ pub fn remove_with(tools: &Tools, netns: &NetnsHandle) -> Result<(), RulesError>
         tables: Vec::new(),
     };
     netns.run(|| {
-        // Stop redirecting before removing the return route.
-        let saved = read_state(tools, netns)?;
-        if let Some(input) = nothing.plan(&saved) {
-            restore(tools, netns, &input)?;
+        // Both families whatever the options were: the IPv6 set may be left from a run with
+        // IPv6 on. Without IPv6 in the kernel there can be none.
+        let mut families = vec![IpFamily::V4];
+        if v6_support() != V6Support::None {
+            families.push(IpFamily::V6);
         }
-        routing::remove().map_err(|source| routing_error(netns, source))
+        for family in families {
+            // Stop redirecting before removing the return route.
+            let saved = match read_state(tools, netns, family) {
+                Ok(saved) => saved,
+                // No ip6tables binary: nothing of ours was written with it.
+                Err(RulesError::Tool(ToolError {
+                    problem: tools::ToolProblem::Spawn(_),
+                    ..
+                })) if family == IpFamily::V6 => Saved::default(),
+                Err(e) => return Err(e),
+            };
+            if let Some(input) = nothing.plan(&saved) {
+                restore(tools, netns, family, &input)?;
+            }
+            routing::remove(family).map_err(|source| routing_error(netns, source))?;
+        }
+        Ok(())
     })?
 }
 
 /// Whether `netns` holds exactly the rules of one of the option combinations, plus the ip
-/// rule and route. (False for a partial or foreign set: the agent then re-applies.)
+/// rule and route (of each family the combination writes). (False for a partial or foreign
+/// set: the agent then re-applies.)
 pub fn is_applied(netns: &NetnsHandle) -> Result<bool, RulesError> {
     is_applied_with(&Tools::default(), netns, None)
 }
@@ -130,29 +194,61 @@ pub fn is_applied_with(
 ) -> Result<bool, RulesError> {
     let candidates: Vec<RuleOptions> = match opts {
         Some(o) => vec![*o],
-        None => [false, true]
-            .into_iter()
-            .flat_map(|dns_capture| {
-                [false, true].map(|bypass_inbound| RuleOptions {
-                    dns_capture,
-                    bypass_inbound,
-                })
-            })
-            .collect(),
+        None => {
+            let mut all = Vec::new();
+            for dns_capture in [false, true] {
+                for bypass_inbound in [false, true] {
+                    for ipv6 in [false, true] {
+                        all.push(RuleOptions {
+                            dns_capture,
+                            bypass_inbound,
+                            ipv6,
+                        });
+                    }
+                }
+            }
+            all
+        }
     };
     netns.run(|| {
-        let saved = read_state(tools, netns)?;
-        if !candidates.iter().any(|o| desired(o).is_exact(&saved)) {
-            return Ok(false);
+        let v6 = v6_support();
+        let saved = read_state(tools, netns, IpFamily::V4)?;
+        let mut saved6 = None;
+        for opts in &candidates {
+            if !desired(opts, IpFamily::V4).is_exact(&saved) {
+                continue;
+            }
+            if opts.ipv6 && v6 != V6Support::None {
+                if saved6.is_none() {
+                    saved6 = Some(read_state(tools, netns, IpFamily::V6)?);
+                }
+                if !saved6
+                    .as_ref()
+                    .is_some_and(|s| desired(opts, IpFamily::V6).is_exact(s))
+                {
+                    continue;
+                }
+            }
+            let routed = |family: IpFamily, need_route: bool| -> Result<bool, RulesError> {
+                let (rule, route) =
+                    routing::present(family).map_err(|source| routing_error(netns, source))?;
+                Ok(rule && (route || !need_route))
+            };
+            let mut ok = routed(IpFamily::V4, true)?;
+            if ok && opts.ipv6 && v6 != V6Support::None {
+                ok = routed(IpFamily::V6, v6 == V6Support::Full)?;
+            }
+            if ok {
+                return Ok(true);
+            }
         }
-        let (rule, route) = routing::present().map_err(|source| routing_error(netns, source))?;
-        Ok(rule && route)
+        Ok(false)
     })?
 }
 
-fn read_state(tools: &Tools, netns: &NetnsHandle) -> Result<Saved, RulesError> {
+fn read_state(tools: &Tools, netns: &NetnsHandle, family: IpFamily) -> Result<Saved, RulesError> {
     let text = tools::run(
-        &tools.iptables_save,
+        family.save(tools),
         &[],
         None,
         &tools::in_netns(netns.path()),
@@ -163,10 +259,15 @@ fn read_state(tools: &Tools, netns: &NetnsHandle) -> Result<Saved, RulesError> {
     })
 }
 
-fn restore(tools: &Tools, netns: &NetnsHandle, input: &str) -> Result<(), RulesError> {
-    tracing::debug!(netns = %netns.path().display(), %input, "iptables-restore --noflush");
+fn restore(
+    tools: &Tools,
+    netns: &NetnsHandle,
+    family: IpFamily,
+    input: &str,
+) -> Result<(), RulesError> {
+    tracing::debug!(netns = %netns.path().display(), ?family, %input, "iptables-restore --noflush");
     tools::run(
-        &tools.iptables_restore,
+        family.restore(tools),
         &["--noflush", "--wait"],
         Some(input),
         &tools::in_netns(netns.path()),
@@ -182,15 +283,17 @@ fn routing_error(netns: &NetnsHandle, source: RoutingError) -> RulesError {
 }
 
 // Istio constants (cni/pkg/iptables/iptables.go): InpodMark 1337 = 0x539, InpodMask 0xfff,
-// InpodTProxyMark 0x111/0xfff, restore mask 0xffffffff, ports 15001/15006/15008/15053, probe
-// SNAT source 169.254.7.127.
+// InpodTProxyMark 0x111/0xfff, restore mask 0xffffffff, ports 15001/15006/15008/15053; the
+// probe SNAT sources and loopback ranges per family are in `family`.
 const MARK: &str = "0x539/0xfff";
 const TPROXY_MARK: &str = "0x111/0xfff";
-const PROBE_SOURCE: &str = "169.254.7.127/32";
 
-fn desired(opts: &RuleOptions) -> Desired {
+/// The rule set of one family; identical for both but for loopback and the probe source.
+fn desired(opts: &RuleOptions, family: IpFamily) -> Desired {
     use CHAIN_OUTPUT as OUT;
     use CHAIN_PREROUTING as PRE;
+    let lo = family.loopback();
+    let probe = family.probe_source();
     let both = vec![PRE, OUT];
     let mut mangle = Vec::new();
     let mut nat = Vec::new();
@@ -208,14 +311,14 @@ fn desired(opts: &RuleOptions) -> Desired {
         ),
     ));
     if !opts.bypass_inbound {
-        nat.push((PRE, format!("-s {PROBE_SOURCE} -p tcp -m tcp -j ACCEPT")));
+        nat.push((PRE, format!("-s {probe} -p tcp -m tcp -j ACCEPT")));
     }
-    nat.push((OUT, format!("-d {PROBE_SOURCE} -p tcp -m tcp -j ACCEPT")));
+    nat.push((OUT, format!("-d {probe} -p tcp -m tcp -j ACCEPT")));
     if !opts.bypass_inbound {
         nat.push((
             PRE,
             format!(
-                "! -d 127.0.0.1/32 -p tcp -m tcp ! --dport 15008 -m mark ! --mark {MARK} \
+                "! -d {lo} -p tcp -m tcp ! --dport 15008 -m mark ! --mark {MARK} \
                  -j REDIRECT --to-ports 15006"
             ),
         ));
@@ -231,7 +334,7 @@ fn desired(opts: &RuleOptions) -> Desired {
         nat.push((
             OUT,
             format!(
-                "! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark {MARK} \
+                "! -d {lo} -p tcp -m tcp --dport 53 -m mark ! --mark {MARK} \
                  -j REDIRECT --to-ports 15053"
             ),
         ));
@@ -240,10 +343,10 @@ fn desired(opts: &RuleOptions) -> Desired {
         OUT,
         format!("-p tcp -m mark --mark {TPROXY_MARK} -j ACCEPT"),
     ));
-    nat.push((OUT, "! -d 127.0.0.1/32 -o lo -j ACCEPT".to_string()));
+    nat.push((OUT, format!("! -d {lo} -o lo -j ACCEPT")));
     nat.push((
         OUT,
-        format!("! -d 127.0.0.1/32 -p tcp -m mark ! --mark {MARK} -j REDIRECT --to-ports 15001"),
+        format!("! -d {lo} -p tcp -m mark ! --mark {MARK} -j REDIRECT --to-ports 15001"),
     ));
     let mut tables = vec![
         TableSpec {

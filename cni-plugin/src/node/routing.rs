@@ -2,13 +2,15 @@
 //! `ip rule add fwmark 0x111/0xfff pref 32764 lookup 100` and
 //! `ip route replace local 0.0.0.0/0 dev lo table 100` (Istio `cni/pkg/iptables/iptables_linux.go`:
 //! rule priority 32764, table `RouteTableInbound` = 100, route type local, scope host, dev lo).
+//! With IPv6 on, the same rule for `ip -6` and `local ::/0 dev lo table 100` (Istio adds the v6
+//! route only while `lo` has IPv6: `/proc/sys/net/ipv6/conf/lo/disable_ipv6` = 0).
 //!
 //! Done over rtnetlink on a small current-thread runtime. Every function must be called on a
 //! thread that is inside the pod's netns (the netlink socket is opened in the caller's netns).
 //! All of them list first and act on what they find, so they are idempotent and never depend on
 //! an errno meaning "already there".
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::route::{
@@ -16,6 +18,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+
+use super::family::IpFamily;
 
 /// Marks set (via CONNMARK restore) on the tunnel's in-pod traffic; Istio `InpodTProxyMark`.
 pub(crate) const TPROXY_MARK: u32 = 0x111;
@@ -62,21 +66,22 @@ where
     })
 }
 
-/// Adds the rule and the route when missing (and drops duplicate rules).
-pub(crate) fn ensure() -> Result<(), RoutingError> {
+/// Adds the rule and (when `route`) the route of `family` when missing, and drops duplicate
+/// rules.
+pub(crate) fn ensure(family: IpFamily, route: bool) -> Result<(), RoutingError> {
     let lo = nix::net::if_::if_nametoindex("lo").map_err(RoutingError::Loopback)?;
     with_handle(|handle| async move {
         // A rule without the lookup action (`ip rule` prints it as `lookup 100 none`) matches
         // but routes nothing: replies would leave the pod instead of reaching the tunnel.
-        let (good, bad): (Vec<_>, Vec<_>) = our_rules(&handle)
+        let (good, bad): (Vec<_>, Vec<_>) = our_rules(&handle, family)
             .await?
             .into_iter()
             .partition(|r| r.header.action == RuleAction::ToTable);
         if good.is_empty() {
+            // Everything but the family on the untyped request; `v4()`/`v6()` only set it.
             let mut add = handle
                 .rule()
                 .add()
-                .v4()
                 .fw_mark(TPROXY_MARK)
                 .priority(RULE_PRIORITY)
                 .table_id(TABLE)
@@ -84,9 +89,11 @@ pub(crate) fn ensure() -> Result<(), RoutingError> {
             add.message_mut()
                 .attributes
                 .push(RuleAttribute::FwMask(TPROXY_MASK));
-            add.execute()
-                .await
-                .map_err(netlink("adding the fwmark ip rule"))?;
+            let added = match family {
+                IpFamily::V4 => add.v4().execute().await,
+                IpFamily::V6 => add.v6().execute().await,
+            };
+            added.map_err(netlink("adding the fwmark ip rule"))?;
         }
         for extra in good.into_iter().skip(1).chain(bad) {
             handle
@@ -96,9 +103,12 @@ pub(crate) fn ensure() -> Result<(), RoutingError> {
                 .await
                 .map_err(netlink("deleting a duplicate or inert fwmark ip rule"))?;
         }
+        if !route {
+            return Ok(());
+        }
         handle
             .route()
-            .add(local_default_route(lo))
+            .add(local_default_route(family, lo))
             .replace()
             .execute()
             .await
@@ -106,10 +116,11 @@ pub(crate) fn ensure() -> Result<(), RoutingError> {
     })
 }
 
-/// Deletes every copy of the rule and the table-100 local default route; OK when absent.
-pub(crate) fn remove() -> Result<(), RoutingError> {
+/// Deletes every copy of the rule and the table-100 local default route of `family`; OK when
+/// absent.
+pub(crate) fn remove(family: IpFamily) -> Result<(), RoutingError> {
     with_handle(|handle| async move {
-        for rule in our_rules(&handle).await? {
+        for rule in our_rules(&handle, family).await? {
             handle
                 .rule()
                 .del(rule)
@@ -117,7 +128,7 @@ pub(crate) fn remove() -> Result<(), RoutingError> {
                 .await
                 .map_err(netlink("deleting the fwmark ip rule"))?;
         }
-        for route in our_routes(&handle).await? {
+        for route in our_routes(&handle, family).await? {
             handle
                 .route()
                 .del(route)
@@ -129,32 +140,46 @@ pub(crate) fn remove() -> Result<(), RoutingError> {
     })
 }
 
-/// (rule present, route present).
-pub(crate) fn present() -> Result<(bool, bool), RoutingError> {
+/// (rule present, route present) for `family`.
+pub(crate) fn present(family: IpFamily) -> Result<(bool, bool), RoutingError> {
     with_handle(|handle| async move {
-        let rules = our_rules(&handle).await?;
-        let routes = our_routes(&handle).await?;
+        let rules = our_rules(&handle, family).await?;
+        let routes = our_routes(&handle, family).await?;
         let working = rules.iter().any(|r| r.header.action == RuleAction::ToTable);
         Ok((working, !routes.is_empty()))
     })
 }
 
-fn local_default_route(lo: u32) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .output_interface(lo)
-        .table_id(TABLE)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host)
-        // What `ip route replace` sets by default.
-        .protocol(RouteProtocol::Boot)
-        .build()
+fn local_default_route(family: IpFamily, lo: u32) -> RouteMessage {
+    // What `ip route replace` sets by default: protocol boot.
+    match family {
+        IpFamily::V4 => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(lo)
+            .table_id(TABLE)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .protocol(RouteProtocol::Boot)
+            .build(),
+        IpFamily::V6 => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .output_interface(lo)
+            .table_id(TABLE)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .protocol(RouteProtocol::Boot)
+            .build(),
+    }
 }
 
-async fn our_rules(handle: &Handle) -> Result<Vec<RuleMessage>, RoutingError> {
+async fn our_rules(handle: &Handle, family: IpFamily) -> Result<Vec<RuleMessage>, RoutingError> {
+    let version = match family {
+        IpFamily::V4 => IpVersion::V4,
+        IpFamily::V6 => IpVersion::V6,
+    };
     let all: Vec<RuleMessage> = handle
         .rule()
-        .get(IpVersion::V4)
+        .get(version)
         .execute()
         .try_collect()
         .await
@@ -180,11 +205,16 @@ fn is_our_rule(rule: &RuleMessage) -> bool {
         && priority == Some(RULE_PRIORITY)
 }
 
-async fn our_routes(handle: &Handle) -> Result<Vec<RouteMessage>, RoutingError> {
-    // Without strict checking the kernel ignores the filter and dumps every table.
+async fn our_routes(handle: &Handle, family: IpFamily) -> Result<Vec<RouteMessage>, RoutingError> {
+    // Without strict checking the kernel ignores the filter and dumps every table (of the
+    // family the message names).
+    let filter = match family {
+        IpFamily::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        IpFamily::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    };
     let all: Vec<RouteMessage> = handle
         .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .get(filter)
         .execute()
         .try_collect()
         .await

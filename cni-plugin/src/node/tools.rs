@@ -17,6 +17,9 @@ use std::process::{Command, ExitStatus, Stdio};
 pub struct Tools {
     pub iptables_restore: PathBuf,
     pub iptables_save: PathBuf,
+    /// The IPv6 twins, used when IPv6 rules are on (`AMBIENT_IPV6`).
+    pub ip6tables_restore: PathBuf,
+    pub ip6tables_save: PathBuf,
     pub ipset: PathBuf,
 }
 
@@ -25,6 +28,8 @@ impl Default for Tools {
         Tools {
             iptables_restore: PathBuf::from("iptables-restore"),
             iptables_save: PathBuf::from("iptables-save"),
+            ip6tables_restore: PathBuf::from("ip6tables-restore"),
+            ip6tables_save: PathBuf::from("ip6tables-save"),
             ipset: PathBuf::from("ipset"),
         }
     }

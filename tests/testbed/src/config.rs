@@ -57,6 +57,8 @@ pub struct Workload {
     pub namespace: String,
     pub service_account: String,
     pub ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses, written after `ips` in `workloadIps` (dual-stack pods).
+    pub ips6: Vec<std::net::Ipv6Addr>,
     pub protocol: Protocol,
     pub node: String,
     /// `"<ns>/<hostname>"` → `[(service port, target port)]`.
@@ -122,6 +124,7 @@ impl Workload {
             namespace: "default".into(),
             service_account: name.into(),
             ips: vec![ip],
+            ips6: Vec::new(),
             protocol: Protocol::Hbone,
             node: node.into(),
             services: Vec::new(),
@@ -134,6 +137,12 @@ impl Workload {
             hostname: String::new(),
             waypoint: None,
         }
+    }
+
+    /// Adds an IPv6 address (a dual-stack pod).
+    pub fn ipv6(mut self, ip: std::net::Ipv6Addr) -> Self {
+        self.ips6.push(ip);
+        self
     }
 
     /// Traffic addressed to this workload goes through `waypoint`.
@@ -319,7 +328,14 @@ impl MeshConfig {
             let _ = writeln!(y, "  name: {}", quote(&w.name));
             let _ = writeln!(y, "  namespace: {}", quote(&w.namespace));
             let _ = writeln!(y, "  serviceAccount: {}", quote(&w.service_account));
-            let _ = writeln!(y, "  workloadIps: [{}]", ip_list(&w.ips, ""));
+            let mut ips = ip_list(&w.ips, "");
+            for ip6 in &w.ips6 {
+                if !ips.is_empty() {
+                    ips.push_str(", ");
+                }
+                ips.push_str(&quote(&ip6.to_string()));
+            }
+            let _ = writeln!(y, "  workloadIps: [{ips}]");
             let _ = writeln!(y, "  protocol: {}", w.protocol.as_yaml());
             let _ = writeln!(y, "  node: {}", quote(&w.node));
             if !w.services.is_empty() {

@@ -10,12 +10,18 @@
 //!   <node ip>`; the node answers ARP for its own address on every interface;
 //! - node side of a pod's veth: `p<n>` with `<pod ip>/32 dev p<n>`;
 //! - `rp_filter=0` in every namespace (transparent and forwarded traffic must not be dropped).
+//!
+//! Dual stack ([`PodTopologyBuilder::dual_stack`]): every address also has an IPv6 twin
+//! ([`v6_of`]: `10.77.<c>.<d>` → `fd77::<c>:0:0:<d>`, a ULA), set up the same way with `/128`s,
+//! `nodad` and `accept_dad=0` (usable at once); the node also holds its IPv6 address on each
+//! pod veth so it answers its pods' neighbour solicitations, and the peer node's pods are
+//! routed as `fd77::<c>:0:0:0/64 via <peer node v6>`.
 
 mod builder;
 pub mod mesh;
 pub mod rules;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
@@ -42,11 +48,24 @@ pub enum InpodRules {
     Skip,
 }
 
+/// The IPv6 twin of a testbed IPv4 address: `10.77.<c>.<d>` → `fd77::<c>:0:0:<d>`.
+pub fn v6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, c, d] = ip.octets();
+    Ipv6Addr::new(0xfd77, 0, 0, 0, c.into(), 0, 0, d.into())
+}
+
+/// The /64 holding the IPv6 twins of `ip`'s /24.
+fn v6_subnet(ip: Ipv4Addr) -> String {
+    let [_, _, c, _] = ip.octets();
+    format!("{}/64", Ipv6Addr::new(0xfd77, 0, 0, 0, c.into(), 0, 0, 0))
+}
+
 /// A pod: its own namespace, one address, a veth to its node.
 pub struct PodNs {
     name: String,
     node: String,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
     mesh: bool,
     veth: String,
     ns: Netns,
@@ -64,6 +83,11 @@ impl PodNs {
 
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// The pod's IPv6 address in a dual-stack topology.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
     }
 
     /// Whether the pod is in the mesh (mesh pods get the in-pod rules under
@@ -113,6 +137,7 @@ pub struct PodTopology {
     nodes: Vec<PodNode>,
     pods: Vec<PodNs>,
     rules: InpodRules,
+    dual_stack: bool,
     next_veth: usize,
     dir: TempDir,
 }
@@ -241,6 +266,16 @@ impl PodTopology {
         }
         let ns = Netns::create(&format!("{}-{node}-{name}", self.prefix))?;
         quiet_sysctls(&ns, &[])?;
+        if self.dual_stack {
+            ns.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
+        }
         let veth = format!("p{}", self.next_veth);
         self.next_veth += 1;
         let node_ns = &self.nodes[node_idx].ns;
@@ -268,6 +303,33 @@ impl PodTopology {
         ns.ip(&["route", "add", "default", "via", &node_ip_s, "dev", "eth0"])?;
         node_ns.ip(&["link", "set", &veth, "up"])?;
         node_ns.ip(&["route", "add", &format!("{ip_s}/32"), "dev", &veth])?;
+        let ip6 = self.dual_stack.then(|| v6_of(ip));
+        if let Some(ip6) = ip6 {
+            let node6 = v6_of(node_ip).to_string();
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ns.ip(&["-6", "route", "add", &node6, "dev", "eth0"])?;
+            ns.ip(&[
+                "-6", "route", "add", "default", "via", &node6, "dev", "eth0",
+            ])?;
+            node_ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{node6}/128"),
+                "dev",
+                &veth,
+                "nodad",
+            ])?;
+            node_ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &veth])?;
+        }
         if mesh && self.rules == InpodRules::Apply {
             apply_inpod_rules(&ns)?;
         }
@@ -275,6 +337,7 @@ impl PodTopology {
             name: name.into(),
             node: node.into(),
             ip,
+            ip6,
             mesh,
             veth,
             ns,
@@ -348,6 +411,23 @@ impl PodTopology {
                 "via",
                 &peer_ip,
             ])?;
+            if self.dual_stack {
+                let (me6, peer6) = (v6_of(me.ip).to_string(), v6_of(peer.ip).to_string());
+                me.ns
+                    .exec("sysctl", &["-qw", "net.ipv6.conf.eth0.accept_dad=0"])?;
+                me.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{me6}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+                me.ns.ip(&["-6", "route", "add", &peer6, "dev", "eth0"])?;
+                me.ns
+                    .ip(&["-6", "route", "add", &v6_subnet(peer.ip), "via", &peer6])?;
+            }
         }
         Ok(())
     }

@@ -87,6 +87,8 @@ fn the_charts_container_parses_with_istio_meaning() {
     assert_eq!(c.pod_namespace, "istio-system");
     assert_eq!(c.pod_name.as_deref(), Some("istio-cni-node-x7k2p"));
     assert!(c.ambient_enabled && c.ambient_dns_capture && !c.native_nftables);
+    assert!(c.ambient_ipv6, "AMBIENT_IPV6 is acted on, not merely noted");
+    assert!(!c.notes().iter().any(|n| n.starts_with("AMBIENT_IPV6")));
     assert_eq!(c.host_netns(), Some(PathBuf::from("/host/proc/1/ns/net")));
     assert_eq!(c.metrics_addr.port(), 15014);
     assert_eq!(c.health_addr.port(), 8000);
@@ -99,7 +101,6 @@ fn the_charts_container_parses_with_istio_meaning() {
     let notes = c.notes();
     for name in [
         "CURRENT_AGENT_VERSION",
-        "AMBIENT_IPV6",
         "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP",
         "ENABLE_AMBIENT_DETECTION_RETRY",
         "REPAIR_*",

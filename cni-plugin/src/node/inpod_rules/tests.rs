@@ -34,6 +34,7 @@ fn dns_capture_adds_the_15053_rules_and_the_raw_table() {
     let text = render(&RuleOptions {
         dns_capture: true,
         bypass_inbound: false,
+        ipv6: false,
     });
     assert!(text.contains(
         "-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 -j REDIRECT --to-ports 15053\n"
@@ -63,6 +64,7 @@ fn bypass_inbound_drops_only_the_inbound_path() {
     let text = render(&RuleOptions {
         dns_capture: false,
         bypass_inbound: true,
+        ipv6: false,
     });
     assert!(!text.contains("-A ISTIO_PRERT "), "{text}");
     // The chains and jumps stay, like Istio's "ingress" golden file.

@@ -13,6 +13,7 @@ pub struct PodTopologyBuilder {
     link: Option<(String, String)>,
     pods: Vec<(String, String, Ipv4Addr, bool)>,
     rules: InpodRules,
+    dual_stack: bool,
 }
 
 impl PodTopologyBuilder {
@@ -23,7 +24,15 @@ impl PodTopologyBuilder {
             link: None,
             pods: Vec::new(),
             rules: InpodRules::Apply,
+            dual_stack: false,
         }
+    }
+
+    /// Gives every node and pod an IPv6 address too ([`super::v6_of`] of its IPv4 one), with
+    /// IPv6 routes alongside the IPv4 ones and forwarding on in the nodes.
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
     }
 
     /// Adds a node with address `ip` (its pods must be in `ip`'s /24).
@@ -79,12 +88,17 @@ impl PodTopologyBuilder {
             nodes: Vec::new(),
             pods: Vec::new(),
             rules: self.rules,
+            dual_stack: self.dual_stack,
             next_veth: 0,
             dir,
         };
         for (name, ip) in &self.nodes {
             let ns = Netns::create(&format!("{}-{name}", topo.prefix))?;
-            quiet_sysctls(&ns, &["net.ipv4.ip_forward=1"])?;
+            let mut extra = vec!["net.ipv4.ip_forward=1"];
+            if self.dual_stack {
+                extra.push("net.ipv6.conf.all.forwarding=1");
+            }
+            quiet_sysctls(&ns, &extra)?;
             topo.nodes.push(PodNode {
                 name: name.clone(),
                 ip: *ip,
@@ -103,6 +117,10 @@ impl PodTopologyBuilder {
                 // No eth0: the node address still has to be local so it answers its pods' ARP.
                 node.ns
                     .ip(&["addr", "add", &format!("{}/32", node.ip), "dev", "lo"])?;
+                if self.dual_stack {
+                    let ip6 = format!("{}/128", super::v6_of(node.ip));
+                    node.ns.ip(&["-6", "addr", "add", &ip6, "dev", "lo"])?;
+                }
             }
         }
         for (node, name, ip, mesh) in self.pods {

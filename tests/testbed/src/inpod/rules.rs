@@ -22,10 +22,12 @@ pub const TUNNEL_SOCKET_MARK: u32 = 0x539;
 /// Source address of kubelet probes after the node's SNAT; the rules never redirect it.
 pub const PROBE_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 7, 127);
 
-/// The options the testbed installs the rules with: the agent's defaults.
+/// The options the testbed installs the rules with: the agent's defaults (IPv6 on, as
+/// `AMBIENT_IPV6` defaults to, so dual-stack pods are captured in both families).
 const OPTIONS: RuleOptions = RuleOptions {
     dns_capture: false,
     bypass_inbound: false,
+    ipv6: true,
 };
 
 /// The `iptables-restore --noflush` input the agent renders for a pod with no rules yet (the
