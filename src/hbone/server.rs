@@ -251,7 +251,7 @@ where
                     // Look again when it could first have been idle long enough.
                     Some(idle) => idle_check
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + (options.idle_timeout - idle)),
+                        .reset(tokio::time::Instant::now() + options.idle_timeout.saturating_sub(idle)),
                     None => idle_check
                         .as_mut()
                         .reset(tokio::time::Instant::now() + options.idle_timeout),
