@@ -6,6 +6,7 @@
 //! Every error names the variable, the value and why it was refused; the daemon refuses to
 //! start on any of them rather than run half-configured.
 
+mod bounds;
 mod ca;
 mod check;
 mod dns;
@@ -23,6 +24,8 @@ mod xds;
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub(crate) use bounds::HboneBounds;
+pub use bounds::{PingConfig, TcpKeepalive};
 pub(crate) use ca::{CaConfig, CaSource};
 pub use check::{check_vars, ACCEPTED_UNUSED, PROCESS_VARIABLES};
 pub(crate) use dns::{DnsConfig, DNS_PORT};
@@ -79,6 +82,10 @@ pub struct Config {
     pub(crate) pool: PoolConfig,
     /// `CONNECTION_TIMEOUT`: dialing an upstream (TCP + TLS + CONNECT) gives up after this.
     pub(crate) connect_timeout: Duration,
+    /// Handshake deadline, caps, idle timeout and PINGs of HBONE connections (see `bounds`).
+    pub(crate) hbone: HboneBounds,
+    /// `KEEPALIVE_*`: TCP keepalive on the data path's sockets (`None`: off).
+    pub(crate) keepalive: Option<TcpKeepalive>,
     pub(crate) listen: ListenConfig,
     /// How long live connections may finish after a shutdown signal or their pod's removal:
     /// `CONNECTION_TERMINATION_DEADLINE` (or our `DRAIN_TIMEOUT`), else derived from
@@ -133,6 +140,8 @@ impl Config {
             network: env.string_or("NETWORK", ""),
             pool: PoolConfig::from_env(env)?,
             connect_timeout: env.duration("CONNECTION_TIMEOUT", Duration::from_secs(10))?,
+            hbone: HboneBounds::from_env(env)?,
+            keepalive: TcpKeepalive::from_env(env)?,
             listen: ListenConfig::from_env(env)?,
             drain_timeout: termination::deadline(env)?,
             worker_threads: workers::worker_threads(env, available_cores)?,

@@ -5,6 +5,7 @@
 //! the authorize step), builds its access record once from that decision, then executes it.
 
 mod access;
+pub mod admission;
 mod connect;
 pub mod copy;
 mod error;
@@ -133,6 +134,8 @@ pub struct ProxyInputs {
     pub live: Arc<LiveConnections>,
     /// Looks up service endpoints known by hostname only (shared by every group).
     pub lookup: Arc<lookup::HostLookup>,
+    /// Caps on inbound HBONE connections, shared by every group of the process.
+    pub inbound_limits: Arc<admission::ConnectionLimits>,
 }
 
 /// Accepts connections until the task is dropped, running `handle` for each (with the peer's
@@ -141,14 +144,16 @@ pub struct ProxyInputs {
 pub(crate) async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     what: &'static str,
-    tasks: &ConnectionTasks,
+    pi: &ProxyInputs,
     handle: F,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     accept::serve(listener, what, |stream, peer| {
-        tasks.spawn(handle(stream, crate::socket::canonical(peer)));
+        pi.keep_alive(&stream);
+        pi.tasks
+            .spawn(handle(stream, crate::socket::canonical(peer)));
     })
     .await
 }
@@ -166,10 +171,16 @@ impl ProxyInputs {
         scope: Scope,
         delivery: Delivery,
     ) -> ProxyInputs {
+        let sockets = sockets.with_keepalive(config.keepalive);
+        let inbound_limits = admission::ConnectionLimits::shared(
+            config.hbone.max_connections,
+            config.hbone.max_connections_per_ip,
+        );
         let connector = Connector::new(
             certs.clone(),
             sockets.clone(),
             config.connect_timeout,
+            config.hbone.ping,
             metrics.hbone_connections_opened.clone(),
         );
         ProxyInputs {
@@ -184,6 +195,17 @@ impl ProxyInputs {
             tasks: ConnectionTasks::new(),
             live: Arc::new(LiveConnections::new()),
             lookup: lookup::HostLookup::shared(),
+            inbound_limits,
+        }
+    }
+
+    /// Turns on TCP keepalive (`KEEPALIVE_*`) on an accepted connection, so an idle one
+    /// whose client vanished, or whose NAT mapping expired, is noticed and ends.
+    pub(crate) fn keep_alive(&self, stream: &tokio::net::TcpStream) {
+        if let Some(keepalive) = &self.config.keepalive {
+            if let Err(error) = crate::socket::set_keepalive(stream, keepalive) {
+                tracing::debug!(%error, "cannot set TCP keepalive on an accepted connection");
+            }
         }
     }
 

@@ -13,6 +13,8 @@ use nodetunnel_base::netns::NetnsHandle;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
+use crate::config::TcpKeepalive;
+
 /// SO_MARK on every socket the tunnel opens, so the capture rules let its own traffic pass
 /// (Istio's 1337).
 pub const TUNNEL_MARK: u32 = 0x539;
@@ -37,6 +39,8 @@ pub struct SocketFactory {
     mark: Option<u32>,
     /// SO_REUSEPORT on listeners.
     port_reuse: bool,
+    /// TCP keepalive on upstream connections (`KEEPALIVE_*`).
+    keepalive: Option<TcpKeepalive>,
 }
 
 impl SocketFactory {
@@ -46,6 +50,7 @@ impl SocketFactory {
             netns: None,
             mark,
             port_reuse: true,
+            keepalive: None,
         }
     }
 
@@ -55,12 +60,19 @@ impl SocketFactory {
             netns: Some(netns),
             mark,
             port_reuse: true,
+            keepalive: None,
         }
     }
 
     /// Turns SO_REUSEPORT on listeners on or off (`INPOD_PORT_REUSE`).
     pub fn with_port_reuse(mut self, port_reuse: bool) -> SocketFactory {
         self.port_reuse = port_reuse;
+        self
+    }
+
+    /// Turns on TCP keepalive on the upstream connections this factory makes.
+    pub fn with_keepalive(mut self, keepalive: Option<TcpKeepalive>) -> SocketFactory {
+        self.keepalive = keepalive;
         self
     }
 
@@ -128,8 +140,14 @@ impl SocketFactory {
 
     /// Connects to `dst` from a socket created in this factory's namespace, with its mark.
     pub async fn connect(&self, dst: SocketAddr, source: Source) -> io::Result<TcpStream> {
-        let mark = self.mark;
-        let create = move || upstream_socket(dst, mark, source);
+        let (mark, keepalive) = (self.mark, self.keepalive);
+        let create = move || {
+            let socket = upstream_socket(dst, mark, source)?;
+            if let Some(keepalive) = &keepalive {
+                socket.set_tcp_keepalive(&socket2_keepalive(keepalive))?;
+            }
+            Ok::<_, io::Error>(socket)
+        };
         let socket = match &self.netns {
             None => create()?,
             // On this thread, synchronously (nothing awaited while inside the namespace).
@@ -231,6 +249,18 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     Ok(canonical(addr))
 }
 
+/// Turns on TCP keepalive on `stream` with `keepalive`'s timing.
+pub fn set_keepalive(stream: &TcpStream, keepalive: &TcpKeepalive) -> io::Result<()> {
+    SockRef::from(stream).set_tcp_keepalive(&socket2_keepalive(keepalive))
+}
+
+fn socket2_keepalive(keepalive: &TcpKeepalive) -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(keepalive.time)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries)
+}
+
 /// Makes closing `stream` abort it (SO_LINGER 0: the kernel sends RST and drops unsent data)
 /// instead of ending it with FIN, so the peer learns the connection was cut, not finished.
 pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
@@ -272,6 +302,31 @@ mod tests {
         let (peer, buf) = accept.await.unwrap();
         assert_eq!(peer.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(&buf, b"hello");
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_carry_the_configured_keepalive() {
+        let listener = SocketFactory::current(None)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let keepalive = TcpKeepalive {
+            time: std::time::Duration::from_secs(180),
+            interval: std::time::Duration::from_secs(170),
+            retries: 9,
+        };
+        let factory = SocketFactory::current(None).with_keepalive(Some(keepalive));
+        let stream = factory
+            .connect(listener.local_addr().unwrap(), Source::Any)
+            .await
+            .unwrap();
+        let sock = SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap().as_secs(), 180);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap().as_secs(), 170);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 9);
+        let (accepted, _) = listener.accept().await.unwrap();
+        set_keepalive(&accepted, &keepalive).unwrap();
+        assert!(SockRef::from(&accepted).keepalive().unwrap());
     }
 
     #[test]

@@ -92,6 +92,22 @@ fn check_config() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit, as ztunnel does: every
+/// connection the tunnel carries takes two or more, and in shared mode every pod's sockets are
+/// this process's, so the usual soft limit (often 1024) would refuse connections long before
+/// the connection caps (`HBONE_MAX_CONNECTIONS`) or the machine would.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
+            Err(error) => tracing::warn!(%error, soft, hard, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open files limit"),
+    }
+}
+
 fn run_daemon() -> ExitCode {
     let config = match nodetunnel::config::Config::from_env() {
         Ok(c) => c,
@@ -100,6 +116,7 @@ fn run_daemon() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_open_files_limit();
     tracing::info!(
         worker_threads = config.worker_threads,
         "starting the data path runtime"

@@ -827,3 +827,33 @@ fn the_dns_proxy_is_on_by_default_on_loopback_15053_and_bad_values_are_refused()
         assert!(err.starts_with(&format!("{var}=\"{value}\"")), "{err}");
     }
 }
+
+#[test]
+fn hbone_bounds_and_keepalives_default_to_ztunnels_and_are_checked() {
+    let base = [("LOCAL_XDS_PATH", "/x.yaml"), ("FAKE_CA", "true")];
+    let cfg = Config::from_vars(&vars(&base)).unwrap();
+    assert_eq!(cfg.hbone.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.hbone.max_connections, 16384);
+    assert_eq!(cfg.hbone.max_connections_per_ip, 1024);
+    assert_eq!(cfg.hbone.ping, PingConfig::default());
+    assert_eq!(cfg.hbone.ping.interval, Duration::from_secs(10));
+    assert_eq!(cfg.keepalive, Some(TcpKeepalive::default()));
+    assert_eq!(TcpKeepalive::default().time, Duration::from_secs(180));
+    let cfg = Config::from_vars(&vars(&[
+        base[0],
+        base[1],
+        ("HBONE_HANDSHAKE_TIMEOUT", "2s"),
+        ("KEEPALIVE_ENABLED", "false"),
+    ]))
+    .unwrap();
+    assert_eq!(cfg.hbone.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(cfg.keepalive, None);
+    for (var, value, why) in [
+        ("HBONE_HANDSHAKE_TIMEOUT", "0s", "must be more than zero"),
+        ("HBONE_MAX_CONNECTIONS_PER_IP", "0", "must be at least 1"),
+        ("KEEPALIVE_RETRIES", "0", "must be between 1 and 4294967295"),
+    ] {
+        let err = Config::from_vars(&vars(&[base[0], base[1], (var, value)])).unwrap_err();
+        assert_eq!(err.to_string(), format!("{var}=\"{value}\": {why}"));
+    }
+}

@@ -14,8 +14,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::keepalive;
 use super::settings;
 use super::stream::H2Stream;
+use crate::config::PingConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -99,6 +101,12 @@ impl Connection {
         self
     }
 
+    /// Stops the pool handing this connection out (its open streams carry on): after a
+    /// CONNECT on it got no answer in time, the peer may be stalled.
+    pub fn retire(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Opens a CONNECT stream to `authority` (the destination workload's `ip:port`).
     pub async fn connect_stream(
         &self,
@@ -142,10 +150,12 @@ fn forwarded_value(ip: IpAddr) -> String {
     }
 }
 
-/// Runs TLS and the HTTP/2 handshake over an already connected socket.
+/// Runs TLS and the HTTP/2 handshake over an already connected socket. The connection is
+/// kept alive with PINGs (`ping`); an unanswered one closes it.
 pub async fn handshake(
     tcp: TcpStream,
     tls: Arc<rustls::ClientConfig>,
+    ping: PingConfig,
 ) -> Result<Connection, ClientError> {
     let addr = tcp.peer_addr().map_err(|source| ClientError::Connect {
         addr: ([0, 0, 0, 0], 0).into(),
@@ -169,10 +179,15 @@ pub async fn handshake(
         .initial_window_size(settings::STREAM_WINDOW)
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME_SIZE)
+        .initial_max_send_streams(settings::MAX_CONCURRENT_STREAMS as usize)
+        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
+        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .enable_push(false)
         .handshake::<_, Bytes>(tls_stream)
         .await
         .map_err(|source| ClientError::Handshake { addr, source })?;
-    let connection = spawn_driver(send, connection, addr);
+    let connection = spawn_driver(send, connection, addr, ping);
     Ok(match peer_expires {
         Some(t) => connection.expires_by(t),
         None => connection,
@@ -187,19 +202,34 @@ fn leaf_not_after(leaf: &rustls::pki_types::CertificateDer<'_>) -> Option<System
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
+/// Drives the connection on its own task until it ends or stops answering PINGs (then it is
+/// dropped, which closes the socket and fails its streams).
 fn spawn_driver<T>(
     send: SendRequest<Bytes>,
-    connection: h2::client::Connection<T, Bytes>,
+    mut connection: h2::client::Connection<T, Bytes>,
     addr: SocketAddr,
+    ping: PingConfig,
 ) -> Connection
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let closed = Arc::new(AtomicBool::new(false));
     let flag = closed.clone();
+    let pings = connection.ping_pong();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(peer = %addr, error = %e, "HBONE connection ended with an error");
+        let pings = async move {
+            match pings {
+                Some(ping_pong) => keepalive::watch(ping_pong, ping).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = &mut connection => if let Err(e) = ended {
+                tracing::debug!(peer = %addr, error = %e, "HBONE connection ended with an error");
+            },
+            gone = pings => {
+                tracing::info!(peer = %addr, error = %gone, "HBONE peer stopped answering PINGs: connection closed");
+            }
         }
         flag.store(true, Ordering::Release);
     });

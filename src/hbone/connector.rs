@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::client::{self, ClientError, Connection};
 use super::pool::PoolKey;
+use crate::config::PingConfig;
 use crate::identity::{ManagerError, SecretManager};
 use crate::socket::{SocketFactory, Source};
 use crate::tls::{self, TlsError};
@@ -42,8 +43,11 @@ pub struct Connector {
     certs: Arc<SecretManager>,
     /// Creates the TCP sockets (marked, in the namespace of the pods this pool serves).
     sockets: SocketFactory,
-    /// `CONNECTION_TIMEOUT`, applied to the TCP connect and to the TLS + HTTP/2 handshake.
+    /// `CONNECTION_TIMEOUT`, applied to the TCP connect and to the TLS + HTTP/2 handshake (and
+    /// by the pool to each CONNECT on the connection).
     timeout: Duration,
+    /// Keepalive PINGs on every connection it opens.
+    ping: PingConfig,
     /// Counts every connection opened (`hbone_connections_opened`).
     opened: Counter,
 }
@@ -53,14 +57,21 @@ impl Connector {
         certs: Arc<SecretManager>,
         sockets: SocketFactory,
         timeout: Duration,
+        ping: PingConfig,
         opened: Counter,
     ) -> Connector {
         Connector {
             certs,
             sockets,
             timeout,
+            ping,
             opened,
         }
+    }
+
+    /// `CONNECTION_TIMEOUT`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A new connection from `key.source_identity` at `key.source_ip` to `key.destination`,
@@ -76,9 +87,10 @@ impl Connector {
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Tcp { addr, source })?;
-        let connection = tokio::time::timeout(self.timeout, client::handshake(tcp, tls_config))
-            .await
-            .map_err(|_| ConnectError::Timeout(addr))??;
+        let connection =
+            tokio::time::timeout(self.timeout, client::handshake(tcp, tls_config, self.ping))
+                .await
+                .map_err(|_| ConnectError::Timeout(addr))??;
         self.opened.inc();
         Ok(connection.expires_by(cert.not_after))
     }

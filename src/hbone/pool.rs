@@ -62,6 +62,14 @@ pub enum PoolError {
     /// The connection is up but the CONNECT stream failed or was refused.
     #[error(transparent)]
     Stream(#[from] ClientError),
+    /// The peer gave no stream capacity or no answer to the CONNECT within
+    /// `CONNECTION_TIMEOUT`; the connection is no longer handed out.
+    #[error("peer {peer} did not answer CONNECT to {authority} within {after:?}")]
+    StreamTimeout {
+        peer: SocketAddr,
+        authority: SocketAddr,
+        after: Duration,
+    },
 }
 
 /// What the pool reports to `/metrics`: connections it holds and streams open on them. Plain
@@ -248,7 +256,22 @@ impl Pool {
             }
         };
         let guard = StreamSlot::new(pooled.clone());
-        let stream = Box::pin(pooled.connection.connect_stream(authority, forwarded_for)).await?;
+        // Waiting for stream capacity and for the peer's answer counts against the same
+        // timeout as dialing: a peer that accepted TLS and HTTP/2 but never answers must not
+        // hold the client's connection (dropping the request resets the stream).
+        let after = self.inner.connector.timeout();
+        let connect = Box::pin(pooled.connection.connect_stream(authority, forwarded_for));
+        let stream = match tokio::time::timeout(after, connect).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                pooled.connection.retire();
+                return Err(PoolError::StreamTimeout {
+                    peer: key.destination,
+                    authority,
+                    after,
+                });
+            }
+        };
         Ok(stream.with_guard(Box::new(guard)))
     }
 

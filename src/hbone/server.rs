@@ -3,6 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -10,8 +13,10 @@ use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::keepalive::{self, PeerGone};
 use super::settings;
 use super::stream::H2Stream;
+use crate::config::PingConfig;
 
 /// Why a stream request could not be taken as a CONNECT to an address.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,44 +131,148 @@ fn requested_target(request: &Request<RecvStream>) -> Result<ConnectTarget, Requ
     ConnectTarget::parse(authority).ok_or_else(|| RequestError::BadAuthority(authority.to_string()))
 }
 
+/// How long [`serve`] waits for the peer, and how it notices one that went quiet.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// The HTTP/2 handshake (the client's preface) must be done by then; the caller starts it
+    /// at accept, so one deadline covers TLS and HTTP/2 (`HBONE_HANDSHAKE_TIMEOUT`).
+    pub handshake_deadline: tokio::time::Instant,
+    /// With no stream open for this long the connection is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    pub ping: PingConfig,
+}
+
+/// Why a connection [`serve`] was serving ended other than by the peer closing it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("no HTTP/2 preface before the handshake deadline")]
+    HandshakeTimeout,
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(h2::Error),
+    #[error("HTTP/2: {0}")]
+    Connection(h2::Error),
+    #[error("peer stopped answering: {0}")]
+    PeerGone(PeerGone),
+}
+
+/// Counts a connection's streams being handled, and when the last one ended.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    last_ended: Mutex<Option<Instant>>,
+}
+
+impl Streams {
+    /// How long the connection has had no stream (since `start` when none ever ended).
+    fn idle_for(&self, start: Instant) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = *self.last_ended.lock().unwrap_or_else(|e| e.into_inner());
+        Some(last.unwrap_or(start).elapsed())
+    }
+}
+
+/// Held by a stream's task: counts the stream open until dropped.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(streams: &Arc<Streams>) -> StreamGuard {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        *self.0.last_ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves one HTTP/2 connection: each CONNECT stream is passed to `handle` on its own task.
-/// Returns when the peer closes the connection. Once `shutdown` resolves, the connection
-/// sends GOAWAY, takes no new streams and ends when its open streams have.
-pub async fn serve<IO, H, Fut, S>(io: IO, handle: H, shutdown: S) -> Result<(), h2::Error>
+/// Returns when the peer closes the connection, when it has carried no stream for
+/// `options.idle_timeout` (GOAWAY first), or when a keepalive PING goes unanswered. Once
+/// `shutdown` resolves, the connection sends GOAWAY, takes no new streams and ends when its
+/// open streams have.
+pub async fn serve<IO, H, Fut, S>(
+    io: IO,
+    handle: H,
+    shutdown: S,
+    options: ServeOptions,
+) -> Result<(), ServeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(IncomingStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
     S: Future<Output = ()>,
 {
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(settings::STREAM_WINDOW)
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME_SIZE)
-        .max_concurrent_streams(settings::SERVER_MAX_CONCURRENT_STREAMS)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
+        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .handshake::<_, Bytes>(io);
+    let mut connection = tokio::time::timeout_at(options.handshake_deadline, handshake)
+        .await
+        .map_err(|_| ServeError::HandshakeTimeout)?
+        .map_err(ServeError::Handshake)?;
+    let ping_pong = connection.ping_pong();
+    let mut pings = std::pin::pin!(async move {
+        match ping_pong {
+            Some(ping_pong) => keepalive::watch(ping_pong, options.ping).await,
+            None => std::future::pending().await,
+        }
+    });
+    let streams = Arc::new(Streams::default());
+    let start = Instant::now();
+    let idle_check = tokio::time::sleep(options.idle_timeout);
+    let mut idle_check = std::pin::pin!(idle_check);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
     loop {
-        let next = if shutting_down {
-            connection.accept().await
-        } else {
-            tokio::select! {
-                next = connection.accept() => next,
-                () = &mut shutdown => {
-                    shutting_down = true;
-                    connection.graceful_shutdown();
-                    continue;
+        let next = tokio::select! {
+            next = connection.accept() => next,
+            gone = &mut pings => return Err(ServeError::PeerGone(gone)),
+            () = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                connection.graceful_shutdown();
+                continue;
+            }
+            () = &mut idle_check, if !shutting_down => {
+                match streams.idle_for(start) {
+                    Some(idle) if idle >= options.idle_timeout => {
+                        tracing::debug!(idle_timeout = ?options.idle_timeout, "HBONE connection idle: closing it");
+                        shutting_down = true;
+                        connection.graceful_shutdown();
+                    }
+                    // Look again when it could first have been idle long enough.
+                    Some(idle) => idle_check
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + options.idle_timeout.saturating_sub(idle)),
+                    None => idle_check
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + options.idle_timeout),
                 }
+                continue;
             }
         };
         let Some(next) = next else { break };
-        let (request, respond) = next?;
-        tokio::spawn(handle(IncomingStream::new(request, respond)));
+        let (request, respond) = next.map_err(ServeError::Connection)?;
+        let guard = StreamGuard::new(&streams);
+        let stream = handle(IncomingStream::new(request, respond));
+        tokio::spawn(async move {
+            stream.await;
+            drop(guard);
+        });
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod target_tests {

@@ -77,6 +77,9 @@ pub enum ProxyError {
     PolicyRevoked(DenyReason),
     #[error("inbound TLS handshake: {0}")]
     InboundTls(std::io::Error),
+    /// Inbound HBONE: the peer did not finish TLS within `HBONE_HANDSHAKE_TIMEOUT`.
+    #[error("inbound TLS handshake not finished within {0:?} (HBONE_HANDSHAKE_TIMEOUT)")]
+    InboundHandshakeTimeout(std::time::Duration),
     #[error("peer certificate: {0}")]
     PeerIdentity(crate::tls::TlsError),
     /// Inbound HBONE: answering an accepted CONNECT stream failed.
@@ -113,6 +116,7 @@ impl ProxyError {
             | ProxyError::TlsConfig(_)
             | ProxyError::Pool(_)
             | ProxyError::InboundTls(_)
+            | ProxyError::InboundHandshakeTimeout(_)
             | ProxyError::PeerIdentity(_)
             | ProxyError::InboundStream { .. }
             | ProxyError::Copy(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,6 +143,7 @@ impl ProxyError {
             ProxyError::Pool(PoolError::Connect(
                 ConnectError::Tcp { .. } | ConnectError::Timeout(_),
             ))
+            | ProxyError::Pool(PoolError::StreamTimeout { .. })
             | ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout(_) => "upstream_connect_failed",
             ProxyError::Pool(PoolError::Stream(ClientError::Refused { .. })) => "peer_refused",
@@ -159,6 +164,7 @@ impl ProxyError {
             ProxyError::Denied(_) => "policy_denied",
             ProxyError::PolicyRevoked(_) => "policy_revoked",
             ProxyError::InboundTls(_) | ProxyError::PeerIdentity(_) => "tls_error",
+            ProxyError::InboundHandshakeTimeout(_) => "handshake_timeout",
             ProxyError::Copy(_) => "copy_error",
         }
     }

@@ -24,14 +24,29 @@ use crate::socket;
 use crate::state::Store;
 use crate::tls;
 
+/// Accepts HBONE connections within the process's caps (`proxy/admission.rs`: a connection
+/// over one is closed at once, before any TLS work) and serves each on its own task.
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "inbound HBONE", &pi.tasks, |stream, peer| {
-        let pi = pi.clone();
-        async move {
-            if let Err(e) = serve_connection(pi, stream, peer).await {
-                tracing::warn!(target: "access", direction = "inbound", src = %peer, flag = e.flag(), error = %e, "HBONE connection refused");
+    nodetunnel_base::accept::serve(listener, "inbound HBONE", |stream, peer| {
+        let peer = socket::canonical(peer);
+        let Ok(place) = pi.inbound_limits.admit(peer.ip()) else {
+            // Dropped unanswered: the refusal was logged (rate-limited) by `admit`.
+            return;
+        };
+        pi.keep_alive(&stream);
+        let pi2 = pi.clone();
+        pi.tasks.spawn(async move {
+            let _place = place;
+            match serve_connection(pi2, stream, peer).await {
+                Ok(()) => {}
+                // Silent or slow clients are reaped here by the thousand under a flood: not
+                // one warning each.
+                Err(e @ ProxyError::InboundHandshakeTimeout(_)) => {
+                    tracing::debug!(target: "access", direction = "inbound", src = %peer, flag = e.flag(), error = %e, "HBONE connection closed");
+                }
+                Err(e) => tracing::warn!(target: "access", direction = "inbound", src = %peer, flag = e.flag(), error = %e, "HBONE connection refused"),
             }
-        }
+        });
     })
     .await
 }
@@ -49,6 +64,9 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), ProxyError> {
+    // One deadline from accept to an established HTTP/2 connection: a peer that connects and
+    // stays silent, or stalls its TLS or HTTP/2 handshake, holds its descriptor this long.
+    let handshake_deadline = tokio::time::Instant::now() + pi.config.hbone.handshake_timeout;
     let _ = tcp.set_nodelay(true);
     let local = socket::canonical(tcp.local_addr().map_err(ProxyError::InboundTls)?);
     // Present the identity of the workload whose address was dialed (waiting a moment for a
@@ -61,10 +79,11 @@ async fn serve_connection(
         })?;
     let cert = pi.certs.fetch(&workload.identity()).await?;
     let config = tls::server_config(&cert)?;
-    let tls_stream = TlsAcceptor::from(config)
-        .accept(tcp)
-        .await
-        .map_err(ProxyError::InboundTls)?;
+    let tls_stream =
+        tokio::time::timeout_at(handshake_deadline, TlsAcceptor::from(config).accept(tcp))
+            .await
+            .map_err(|_| ProxyError::InboundHandshakeTimeout(pi.config.hbone.handshake_timeout))?
+            .map_err(ProxyError::InboundTls)?;
     let identity = tls::peer_identity(
         tls_stream
             .get_ref()
@@ -88,6 +107,11 @@ async fn serve_connection(
                 .wrap(handle_stream(pi.clone(), info.clone(), incoming))
         },
         pi.tasks.draining(),
+        server::ServeOptions {
+            handshake_deadline,
+            idle_timeout: pi.config.hbone.idle_timeout,
+            ping: pi.config.hbone.ping,
+        },
     )
     .await;
     if let Err(e) = result {

@@ -20,7 +20,7 @@ use crate::socket;
 use crate::state::Store;
 
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "inbound plaintext", &pi.tasks, |stream, peer| {
+    super::accept_loop(listener, "inbound plaintext", &pi, |stream, peer| {
         handle(pi.clone(), stream, peer)
     })
     .await

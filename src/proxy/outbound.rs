@@ -20,7 +20,7 @@ use crate::socket::{self, Source};
 
 /// Accepts captured connections until the listener fails or the task is dropped.
 pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(listener, "outbound", &pi.tasks, |stream, peer| {
+    super::accept_loop(listener, "outbound", &pi, |stream, peer| {
         handle(pi.clone(), stream, peer)
     })
     .await

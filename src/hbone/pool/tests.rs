@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
+use crate::config::PingConfig;
 use crate::identity::CertificateSource;
 use crate::identity::{LocalCa, SecretManager};
 use crate::socket::SocketFactory;
@@ -86,6 +87,25 @@ fn counted_pool(
     idle: Duration,
     gauges: PoolGauges,
 ) -> Pool {
+    timed_pool(
+        certs,
+        max,
+        idle,
+        gauges,
+        Duration::from_secs(5),
+        PingConfig::default(),
+    )
+}
+
+/// [`counted_pool`] with a connection timeout and keepalive PINGs of its own.
+fn timed_pool(
+    certs: &Arc<SecretManager>,
+    max: usize,
+    idle: Duration,
+    gauges: PoolGauges,
+    timeout: Duration,
+    ping: PingConfig,
+) -> Pool {
     let config = PoolConfig {
         max_streams_per_connection: max,
         idle_timeout: idle,
@@ -93,10 +113,38 @@ fn counted_pool(
     let connector = Connector::new(
         certs.clone(),
         SocketFactory::current(None),
-        Duration::from_secs(5),
+        timeout,
+        ping,
         Default::default(),
     );
     Pool::new(config, connector, gauges)
+}
+
+/// An mTLS HTTP/2 server presenting `server` that takes CONNECT requests and never answers
+/// them (a stalled peer tunnel).
+async fn stalled_server(certs: &SecretManager) -> SocketAddr {
+    let cert = certs.fetch(&id("server")).await.unwrap();
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(&cert).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let mut unanswered = Vec::new();
+                while let Some(Ok(request)) = conn.accept().await {
+                    unanswered.push(request);
+                }
+            });
+        }
+    });
+    addr
 }
 
 async fn open(pool: &Pool, key: &PoolKey) -> H2Stream {
@@ -240,4 +288,72 @@ async fn a_peer_with_an_unexpected_identity_is_refused_and_not_pooled() {
         "{err:?}"
     );
     assert_eq!(pool.connections(&k), 0);
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_connect_fails_the_stream_after_the_timeout() {
+    let certs = secrets();
+    let addr = stalled_server(&certs).await;
+    let timeout = Duration::from_millis(300);
+    let pool = timed_pool(
+        &certs,
+        100,
+        Duration::from_secs(60),
+        PoolGauges::default(),
+        timeout,
+        PingConfig::default(),
+    );
+    let k = key("client", addr);
+    let open = pool.open_stream(&k, "10.0.0.1:80".parse().unwrap(), None);
+    let err = tokio::time::timeout(Duration::from_secs(20), open)
+        .await
+        .expect("the CONNECT is still waiting for the stalled peer")
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::StreamTimeout { after, .. } if after == timeout),
+        "{err:?}"
+    );
+    // The stalled connection is no longer handed out.
+    assert_eq!(pool.connections(&k), 0);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_to_a_vanished_peer_is_dropped_and_the_next_stream_dials_anew() {
+    let certs = secrets();
+    let (addr, accepted) = echo_server(&certs).await;
+    let relay = crate::hbone::test_relay::Relay::start(addr).await;
+    let ping = PingConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+    };
+    let pool = timed_pool(
+        &certs,
+        100,
+        Duration::from_secs(3600),
+        PoolGauges::default(),
+        Duration::from_secs(5),
+        ping,
+    );
+    let k = key("client", relay.addr);
+    drop(open(&pool, &k).await);
+    assert_eq!(pool.connections(&k), 1);
+    // PINGs are answered: the idle connection stays pooled.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(pool.connections(&k), 1);
+    relay.freeze();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.connections(&k) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pool.connections(&k),
+        0,
+        "the vanished peer's connection is still pooled"
+    );
+    let mut stream = open(&pool, &k).await;
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

@@ -64,7 +64,12 @@ async fn a_denied_stream_is_refused_with_401_and_the_connection_stays_up() {
                 Ok(_) => drop(incoming.accept()),
             }
         };
-        let _ = server::serve(tcp, handle, std::future::pending()).await;
+        let options = server::ServeOptions {
+            handshake_deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(600),
+            ping: crate::config::PingConfig::default(),
+        };
+        let _ = server::serve(tcp, handle, std::future::pending(), options).await;
     });
 
     let tcp = TcpStream::connect(addr).await.unwrap();
