@@ -4,10 +4,12 @@
 //! new connection (certificate, TLS config, TCP, handshake), `pool` shares connections between
 //! streams of the same source identity and opens new ones with its connector, `server`
 //! terminates them, and `stream` makes one CONNECT stream look like a byte stream to the copy
-//! loop.
+//! loop. `nested` runs HBONE over any byte stream (double HBONE's inner layer, inside an outer
+//! CONNECT stream) and sends CONNECTs to `hostname:port` targets.
 
 pub mod client;
 pub mod connector;
+pub mod nested;
 pub mod pool;
 pub mod server;
 pub mod stream;

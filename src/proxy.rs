@@ -7,7 +7,9 @@
 mod access;
 mod connect;
 pub mod copy;
+mod double_hbone;
 mod error;
+mod gateway;
 pub mod inbound;
 pub mod inbound_plain;
 mod listeners;
@@ -133,6 +135,9 @@ pub struct ProxyInputs {
     pub live: Arc<LiveConnections>,
     /// Looks up service endpoints known by hostname only (shared by every group).
     pub lookup: Arc<lookup::HostLookup>,
+    /// The pool's connector, for connections that are never pooled: double HBONE's outer
+    /// layer, which carries exactly one inner connection (`double_hbone.rs`).
+    pub connector: Connector,
 }
 
 /// Accepts connections until the task is dropped, running `handle` for each (with the peer's
@@ -173,7 +178,8 @@ impl ProxyInputs {
             metrics.hbone_connections_opened.clone(),
         );
         ProxyInputs {
-            pool: Pool::new(config.pool.clone(), connector, metrics.pool.clone()),
+            pool: Pool::new(config.pool.clone(), connector.clone(), metrics.pool.clone()),
+            connector,
             config,
             state,
             certs,

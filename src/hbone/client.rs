@@ -81,6 +81,11 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// The request handle, for CONNECTs this module does not build (`nested.rs`).
+    pub(super) fn sender(&self) -> SendRequest<Bytes> {
+        self.send.clone()
+    }
+
     /// Opens a CONNECT stream to `authority` (the destination workload's `ip:port`).
     pub async fn connect_stream(
         &self,
@@ -151,7 +156,7 @@ pub async fn handshake(
     Ok(spawn_driver(send, connection, addr))
 }
 
-fn spawn_driver<T>(
+pub(super) fn spawn_driver<T>(
     send: SendRequest<Bytes>,
     connection: h2::client::Connection<T, Bytes>,
     addr: SocketAddr,

@@ -5,10 +5,11 @@ use http::StatusCode;
 use crate::authz::DenyReason;
 use crate::hbone::client::ClientError;
 use crate::hbone::connector::ConnectError;
+use crate::hbone::nested::NestedError;
 use crate::hbone::pool::PoolError;
 use crate::hbone::server::RequestError;
 use crate::identity::ManagerError;
-use crate::state::{ResolveError, WaypointError};
+use crate::state::{GatewayForwardError, NetworkGatewayError, ResolveError, WaypointError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -29,6 +30,23 @@ pub enum ProxyError {
     /// sent directly, which would skip the waypoint's policy.
     #[error(transparent)]
     Waypoint(#[from] WaypointError),
+    /// Outbound: the destination is on another network and its network gateway cannot be
+    /// used. Refused: nothing is ever sent directly to another network.
+    #[error(transparent)]
+    NetworkGateway(#[from] NetworkGatewayError),
+    /// Outbound double HBONE: the inner layer (TLS to the destination through the gateway,
+    /// or its CONNECT) failed.
+    #[error("double HBONE through {gateway}: {source}")]
+    DoubleHbone {
+        gateway: std::net::SocketAddr,
+        source: NestedError,
+    },
+    /// At a network gateway: the `hostname:port` target has no endpoint to forward to.
+    #[error("network gateway: CONNECT to {target}: {source}")]
+    GatewayForward {
+        target: String,
+        source: GatewayForwardError,
+    },
     /// Inbound: the target workload has a waypoint, and the peer is not one of its instances.
     #[error("{target} has waypoint {waypoint}: refusing {peer}, which is not it")]
     WaypointBypass {
@@ -101,14 +119,22 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::GatewayForward {
+                source:
+                    GatewayForwardError::UnknownService { .. } | GatewayForwardError::UnknownPort { .. },
+                ..
+            } => StatusCode::BAD_REQUEST,
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::GatewayForward { .. }
             | ProxyError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
             | ProxyError::AmbiguousLocal { .. }
             | ProxyError::Resolve(_)
             | ProxyError::Waypoint(_)
+            | ProxyError::NetworkGateway(_)
+            | ProxyError::DoubleHbone { .. }
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
             | ProxyError::Pool(_)
@@ -130,6 +156,13 @@ impl ProxyError {
             ProxyError::Resolve(_) => "no_route",
             ProxyError::Waypoint(_) => "waypoint_unavailable",
             ProxyError::WaypointBypass { .. } => "waypoint_bypass",
+            ProxyError::NetworkGateway(_) => "network_gateway_unavailable",
+            ProxyError::GatewayForward { .. } => "gateway_no_route",
+            ProxyError::DoubleHbone {
+                source: NestedError::Refused { .. },
+                ..
+            } => "peer_refused",
+            ProxyError::DoubleHbone { .. } => "hbone_connect_failed",
             ProxyError::Lookup(_) => "dns_lookup_failed",
             ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
@@ -172,6 +205,10 @@ impl ProxyError {
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => "DENY",
             ProxyError::InboundTls(_)
+            | ProxyError::DoubleHbone {
+                source: NestedError::Tls { .. },
+                ..
+            }
             | ProxyError::Pool(
                 PoolError::Connect(ConnectError::Handshake(_))
                 | PoolError::Stream(ClientError::Tls { .. }),
