@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::access::{base_labels, ConnectionRecord, Description};
 use super::connect::connect_plain;
-use super::copy::{copy_bidirectional_until, Ended, Transferred};
+use super::copy::{copy_bidirectional_until, Direction, Ended, Transferred};
 use super::inbound::PeerInfo;
 use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
@@ -176,6 +176,15 @@ async fn relay(
     record.opened();
     match copy_bidirectional_until(&mut stream, &mut upstream, revoked).await {
         Ended::Done(moved) => Ok(moved),
+        // The client finished after the destination's tunnel had closed its socket (its
+        // inner TLS session was over): passing the FIN on fails with ENOTCONN, which only
+        // the socket shutdown reports. Everything was delivered; nothing was cut.
+        Ended::Failed(e)
+            if e.direction == Direction::AToB
+                && e.source.kind() == std::io::ErrorKind::NotConnected =>
+        {
+            Ok(e.transferred)
+        }
         Ended::Failed(e) => Err((e.transferred, e.into())),
         Ended::Stopped(reason, moved) => {
             stream.reset(h2::Reason::CANCEL);
