@@ -43,7 +43,7 @@ pub(super) async fn open(pi: &ProxyInputs, hop: Hop<'_>) -> Result<H2Stream, Pro
 async fn open_layers(pi: &ProxyInputs, hop: &Hop<'_>) -> Result<H2Stream, ProxyError> {
     let double = |source: NestedError| ProxyError::DoubleHbone {
         gateway: hop.gateway,
-        source,
+        source: Box::new(source),
     };
     let key = PoolKey::new(
         hop.source.clone(),

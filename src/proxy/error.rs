@@ -32,20 +32,22 @@ pub enum ProxyError {
     Waypoint(#[from] WaypointError),
     /// Outbound: the destination is on another network and its network gateway cannot be
     /// used. Refused: nothing is ever sent directly to another network.
+    /// Boxed, as the other rare, large variants: every `Result` on the data path carries
+    /// this enum.
     #[error(transparent)]
-    NetworkGateway(#[from] NetworkGatewayError),
+    NetworkGateway(Box<NetworkGatewayError>),
     /// Outbound double HBONE: the inner layer (TLS to the destination through the gateway,
     /// or its CONNECT) failed.
     #[error("double HBONE through {gateway}: {source}")]
     DoubleHbone {
         gateway: std::net::SocketAddr,
-        source: NestedError,
+        source: Box<NestedError>,
     },
     /// At a network gateway: the `hostname:port` target has no endpoint to forward to.
     #[error("network gateway: CONNECT to {target}: {source}")]
     GatewayForward {
         target: String,
-        source: GatewayForwardError,
+        source: Box<GatewayForwardError>,
     },
     /// Inbound: the target workload has a waypoint, and the peer is not one of its instances.
     #[error("{target} has waypoint {waypoint}: refusing {peer}, which is not it")]
@@ -119,11 +121,15 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => StatusCode::UNAUTHORIZED,
-            ProxyError::GatewayForward {
-                source:
-                    GatewayForwardError::UnknownService { .. } | GatewayForwardError::UnknownPort { .. },
-                ..
-            } => StatusCode::BAD_REQUEST,
+            ProxyError::GatewayForward { source, .. }
+                if matches!(
+                    **source,
+                    GatewayForwardError::UnknownService { .. }
+                        | GatewayForwardError::UnknownPort { .. }
+                ) =>
+            {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::GatewayForward { .. }
@@ -158,10 +164,11 @@ impl ProxyError {
             ProxyError::WaypointBypass { .. } => "waypoint_bypass",
             ProxyError::NetworkGateway(_) => "network_gateway_unavailable",
             ProxyError::GatewayForward { .. } => "gateway_no_route",
-            ProxyError::DoubleHbone {
-                source: NestedError::Refused { .. },
-                ..
-            } => "peer_refused",
+            ProxyError::DoubleHbone { source, .. }
+                if matches!(**source, NestedError::Refused { .. }) =>
+            {
+                "peer_refused"
+            }
             ProxyError::DoubleHbone { .. } => "hbone_connect_failed",
             ProxyError::Lookup(_) => "dns_lookup_failed",
             ProxyError::Certificate(_)
@@ -204,11 +211,12 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => "DENY",
-            ProxyError::InboundTls(_)
-            | ProxyError::DoubleHbone {
-                source: NestedError::Tls { .. },
-                ..
+            ProxyError::DoubleHbone { source, .. }
+                if matches!(**source, NestedError::Tls { .. }) =>
+            {
+                "TLS_FAILURE"
             }
+            ProxyError::InboundTls(_)
             | ProxyError::Pool(
                 PoolError::Connect(ConnectError::Handshake(_))
                 | PoolError::Stream(ClientError::Tls { .. }),
@@ -262,5 +270,11 @@ impl ProxyError {
             super::LocalMiss::Unknown => unknown,
             super::LocalMiss::Ambiguous(uids) => ProxyError::AmbiguousLocal { ip, uids },
         }
+    }
+}
+
+impl From<NetworkGatewayError> for ProxyError {
+    fn from(e: NetworkGatewayError) -> ProxyError {
+        ProxyError::NetworkGateway(Box::new(e))
     }
 }

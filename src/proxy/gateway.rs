@@ -74,7 +74,7 @@ fn decide(
             })
             .map_err(|source| ProxyError::GatewayForward {
                 target: target.clone(),
-                source,
+                source: Box::new(source),
             })
     });
     let mut labels = base_labels("inbound");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::balance::{self, NoEndpoint};
 use super::resolve::pick_address;
 use super::store::Store;
-use super::types::{GatewayAddress, InboundProtocol, Service, Workload};
+use super::types::{InboundProtocol, Service, Workload};
 use super::waypoint::{RequiredWaypoint, WaypointError, WaypointHop};
 use crate::config::HBONE_PORT;
 use crate::identity::Identity;
@@ -49,19 +49,19 @@ pub(crate) enum NetworkGatewayError {
     Unknown {
         uid: String,
         network: String,
-        gateway: GatewayAddress,
+        gateway: String,
     },
     #[error("endpoint {uid:?} is on network {network:?}: its network gateway {gateway} has no healthy instance")]
     NoHealthyInstance {
         uid: String,
         network: String,
-        gateway: GatewayAddress,
+        gateway: String,
     },
     #[error("endpoint {uid:?} is on network {network:?}: network gateway {gateway}'s instance {instance:?} has no usable address")]
     InstanceWithoutAddress {
         uid: String,
         network: String,
-        gateway: GatewayAddress,
+        gateway: String,
         instance: String,
     },
 }
@@ -127,18 +127,18 @@ impl Store {
                 WaypointError::Unknown { .. } => NetworkGatewayError::Unknown {
                     uid: w.uid.clone(),
                     network: w.network.clone(),
-                    gateway: gateway.clone(),
+                    gateway: gateway.to_string(),
                 },
                 WaypointError::NoHealthyInstance { .. } => NetworkGatewayError::NoHealthyInstance {
                     uid: w.uid.clone(),
                     network: w.network.clone(),
-                    gateway: gateway.clone(),
+                    gateway: gateway.to_string(),
                 },
                 WaypointError::InstanceWithoutAddress { uid, .. } => {
                     NetworkGatewayError::InstanceWithoutAddress {
                         uid: w.uid.clone(),
                         network: w.network.clone(),
-                        gateway: gateway.clone(),
+                        gateway: gateway.to_string(),
                         instance: uid,
                     }
                 }

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::state::fixtures::{service, workload};
+use crate::state::types::GatewayAddress;
 use crate::state::types::{GatewayDestination, NetworkAddress};
 use crate::state::Resolution;
 
