@@ -79,6 +79,11 @@ pub struct Config {
     pub(crate) node_name: Option<String>,
     /// `NETWORK`: the network this tunnel's workloads are on.
     pub(crate) network: String,
+    /// `EAST_WEST_GATEWAY` (ours; default false): this tunnel is its network's east-west
+    /// gateway receiver. A CONNECT to `hostname:port` on a local workload's 15008 is then not
+    /// delivered to that workload but forwarded, unread, to an endpoint's tunnel on this
+    /// network (double HBONE's outer layer ends here; see `proxy/gateway.rs`).
+    pub(crate) east_west_gateway: bool,
     pub(crate) pool: PoolConfig,
     /// `CONNECTION_TIMEOUT`: dialing an upstream (TCP + TLS + CONNECT) gives up after this.
     pub(crate) connect_timeout: Duration,
@@ -138,6 +143,7 @@ impl Config {
             trust_domain: env.string_or("TRUST_DOMAIN", "cluster.local"),
             node_name,
             network: env.string_or("NETWORK", ""),
+            east_west_gateway: env.bool("EAST_WEST_GATEWAY", false)?,
             pool: PoolConfig::from_env(env)?,
             connect_timeout: env.duration("CONNECTION_TIMEOUT", Duration::from_secs(10))?,
             hbone: HboneBounds::from_env(env)?,

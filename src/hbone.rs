@@ -3,12 +3,15 @@
 //! `client` runs the TLS and HTTP/2 handshakes and opens CONNECT streams, `connector` dials a
 //! new connection (certificate, TLS config, TCP, handshake), `pool` shares connections between
 //! streams of the same source identity and opens new ones with its connector, `server`
-//! terminates them, `keepalive` PINGs both ends' connections, and `stream` makes one CONNECT stream look like a byte stream to the copy
-//! loop.
+//! terminates them, `keepalive` PINGs both ends' connections, and `stream` makes one CONNECT
+//! stream look like a byte stream to the copy loop. `nested` runs HBONE over any byte stream
+//! (double HBONE's inner layer, inside an outer CONNECT stream) and sends CONNECTs to
+//! `hostname:port` targets.
 
 pub mod client;
 pub mod connector;
 pub mod keepalive;
+pub mod nested;
 pub mod pool;
 pub mod server;
 pub mod stream;

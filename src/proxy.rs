@@ -8,7 +8,9 @@ mod access;
 pub mod admission;
 mod connect;
 pub mod copy;
+mod double_hbone;
 mod error;
+mod gateway;
 pub mod inbound;
 pub mod inbound_plain;
 mod listeners;
@@ -136,6 +138,9 @@ pub struct ProxyInputs {
     pub lookup: Arc<lookup::HostLookup>,
     /// Caps on inbound HBONE connections, shared by every group of the process.
     pub inbound_limits: Arc<admission::ConnectionLimits>,
+    /// The pool's connector, for connections that are never pooled: double HBONE's outer
+    /// layer, which carries exactly one inner connection (`double_hbone.rs`).
+    pub connector: Connector,
 }
 
 /// Accepts connections until the task is dropped, running `handle` for each (with the peer's
@@ -184,7 +189,8 @@ impl ProxyInputs {
             metrics.hbone_connections_opened.clone(),
         );
         ProxyInputs {
-            pool: Pool::new(config.pool.clone(), connector, metrics.pool.clone()),
+            pool: Pool::new(config.pool.clone(), connector.clone(), metrics.pool.clone()),
+            connector,
             config,
             state,
             certs,

@@ -10,6 +10,7 @@ mod defaults;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod local;
+mod network_gateway;
 mod resolve;
 mod store;
 mod types;
@@ -20,6 +21,9 @@ pub(crate) use defaults::workload_type_name;
 pub use defaults::Defaults;
 pub(crate) use local::load_file;
 pub use local::{load_str, LoadError, Loaded};
+pub(crate) use network_gateway::{
+    DoubleHbone, GatewayForwardError, NetworkGatewayError, RemoteEndpoint,
+};
 pub(crate) use resolve::{HostnameEndpoint, Resolution, ResolveError, Upstream};
 pub use store::{
     preferred_claimant, Applicable, ApplicablePolicies, StateHandle, StateWriteGuard, Store,

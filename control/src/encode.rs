@@ -88,6 +88,7 @@ pub fn workload_to_proto(workload: &Workload) -> Address {
         locality: locality_to_proto(&workload.locality),
         capacity: capacity_to_proto(workload.capacity),
         waypoint: workload.waypoint.as_ref().map(gateway_to_proto),
+        network_gateway: workload.network_gateway.as_ref().map(gateway_to_proto),
         ..Default::default()
     };
     Address {

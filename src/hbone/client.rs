@@ -107,6 +107,11 @@ impl Connection {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// The request handle, for CONNECTs this module does not build (`nested.rs`).
+    pub(super) fn sender(&self) -> SendRequest<Bytes> {
+        self.send.clone()
+    }
+
     /// Opens a CONNECT stream to `authority` (the destination workload's `ip:port`).
     pub async fn connect_stream(
         &self,
@@ -150,6 +155,22 @@ fn forwarded_value(ip: IpAddr) -> String {
     }
 }
 
+/// The HTTP/2 client settings of every HBONE connection, pooled or nested (double HBONE's
+/// inner layer): the same windows, frame size and bounds as the server's.
+pub(super) fn h2_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(settings::STREAM_WINDOW)
+        .initial_connection_window_size(settings::CONNECTION_WINDOW)
+        .max_frame_size(settings::MAX_FRAME_SIZE)
+        .initial_max_send_streams(settings::MAX_CONCURRENT_STREAMS as usize)
+        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
+        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .enable_push(false);
+    builder
+}
+
 /// Runs TLS and the HTTP/2 handshake over an already connected socket. The connection is
 /// kept alive with PINGs (`ping`); an unanswered one closes it.
 pub async fn handshake(
@@ -175,15 +196,7 @@ pub async fn handshake(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| leaf_not_after(leaf));
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(settings::STREAM_WINDOW)
-        .initial_connection_window_size(settings::CONNECTION_WINDOW)
-        .max_frame_size(settings::MAX_FRAME_SIZE)
-        .initial_max_send_streams(settings::MAX_CONCURRENT_STREAMS as usize)
-        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(settings::MAX_HEADER_LIST)
-        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
-        .enable_push(false)
+    let (send, connection) = h2_builder()
         .handshake::<_, Bytes>(tls_stream)
         .await
         .map_err(|source| ClientError::Handshake { addr, source })?;
@@ -204,7 +217,7 @@ fn leaf_not_after(leaf: &rustls::pki_types::CertificateDer<'_>) -> Option<System
 
 /// Drives the connection on its own task until it ends or stops answering PINGs (then it is
 /// dropped, which closes the socket and fails its streams).
-fn spawn_driver<T>(
+pub(super) fn spawn_driver<T>(
     send: SendRequest<Bytes>,
     mut connection: h2::client::Connection<T, Bytes>,
     addr: SocketAddr,

@@ -74,6 +74,12 @@ impl Connector {
         self.timeout
     }
 
+    /// The keepalive PINGs of its connections, for connections built on top of one of them
+    /// (double HBONE's inner layer).
+    pub fn ping(&self) -> PingConfig {
+        self.ping
+    }
+
     /// A new connection from `key.source_identity` at `key.source_ip` to `key.destination`,
     /// accepted only if the peer proves one of `key.expected_identities`.
     pub async fn connect(&self, key: &PoolKey) -> Result<Connection, ConnectError> {

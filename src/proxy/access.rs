@@ -36,6 +36,14 @@ pub struct Description {
     /// Outbound through a waypoint: the waypoint instance's HBONE address (`dst` is then the
     /// CONNECT target, the original destination).
     pub waypoint: Option<SocketAddr>,
+    /// A CONNECT target named by service (`hostname:port`), logged as `dst.hbone_addr`:
+    /// double HBONE's, on the client's side and at the gateway.
+    pub hbone_target: Option<Arc<str>>,
+    /// Outbound through a network gateway (double HBONE): the gateway's HBONE address.
+    pub network_gateway: Option<SocketAddr>,
+    /// At a network gateway: the stream was forwarded without being read (the inner TLS
+    /// goes on to the destination's tunnel), logged as `forwarded=opaque`.
+    pub opaque: bool,
 }
 
 impl Description {
@@ -55,6 +63,9 @@ impl Description {
             protocol: "TCP",
             labels: base_labels(direction),
             waypoint: None,
+            hbone_target: None,
+            network_gateway: None,
+            opaque: false,
         }
     }
 }
@@ -120,6 +131,9 @@ struct Recorded {
     dst: Option<SocketAddr>,
     protocol: &'static str,
     waypoint: Option<SocketAddr>,
+    hbone_target: Option<Arc<str>>,
+    network_gateway: Option<SocketAddr>,
+    opaque: bool,
     parties: Arc<Parties>,
 }
 
@@ -144,6 +158,9 @@ impl Recorded {
             dst: d.dst,
             protocol: d.protocol,
             waypoint: d.waypoint,
+            hbone_target: d.hbone_target,
+            network_gateway: d.network_gateway,
+            opaque: d.opaque,
             parties: intern(parties),
         }
     }
@@ -216,7 +233,7 @@ struct Line<'a> {
     src_cluster: Option<&'a str>,
     dst: Option<SocketAddr>,
     /// The HBONE CONNECT target; only for connections HBONE carries.
-    hbone_addr: Option<SocketAddr>,
+    hbone_addr: Option<String>,
     dst_service: Option<&'a str>,
     dst_workload: Option<&'a str>,
     dst_namespace: Option<&'a str>,
@@ -224,6 +241,8 @@ struct Line<'a> {
     dst_cluster: Option<&'a str>,
     original_dst: Option<SocketAddr>,
     waypoint: Option<SocketAddr>,
+    network_gateway: Option<SocketAddr>,
+    forwarded: Option<&'static str>,
     /// ztunnel writes the duration as `<n>ms`.
     duration: String,
 }
@@ -242,7 +261,13 @@ impl<'a> Line<'a> {
             src_identity: d.parties.src_identity.as_ref().map(ToString::to_string),
             src_cluster: known(&l.source_cluster),
             dst: d.dst,
-            hbone_addr: d.dst.filter(|_| d.protocol == "HBONE"),
+            hbone_addr: match &d.hbone_target {
+                Some(target) => Some(target.to_string()),
+                None => d
+                    .dst
+                    .filter(|_| d.protocol == "HBONE")
+                    .map(|a| a.to_string()),
+            },
             dst_service: known(&l.destination_service),
             dst_workload: known(&l.destination_workload),
             dst_namespace: known(&l.destination_workload_namespace),
@@ -250,6 +275,8 @@ impl<'a> Line<'a> {
             dst_cluster: known(&l.destination_cluster),
             original_dst: d.original_dst,
             waypoint: d.waypoint,
+            network_gateway: d.network_gateway,
+            forwarded: d.opaque.then_some("opaque"),
             duration: format!("{}ms", started.elapsed().as_millis()),
         }
     }
@@ -278,6 +305,8 @@ macro_rules! access_event {
             protocol = $d.protocol,
             original_dst = $line.original_dst.map(tracing::field::display),
             dst.waypoint = $line.waypoint.map(tracing::field::display),
+            dst.network_gateway = $line.network_gateway.map(tracing::field::display),
+            forwarded = $line.forwarded,
             duration = $line.duration.as_str(),
             $($rest)*
         )

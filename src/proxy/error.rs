@@ -5,10 +5,11 @@ use http::StatusCode;
 use crate::authz::DenyReason;
 use crate::hbone::client::ClientError;
 use crate::hbone::connector::ConnectError;
+use crate::hbone::nested::NestedError;
 use crate::hbone::pool::PoolError;
 use crate::hbone::server::RequestError;
 use crate::identity::ManagerError;
-use crate::state::{ResolveError, WaypointError};
+use crate::state::{GatewayForwardError, NetworkGatewayError, ResolveError, WaypointError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -29,6 +30,25 @@ pub enum ProxyError {
     /// sent directly, which would skip the waypoint's policy.
     #[error(transparent)]
     Waypoint(#[from] WaypointError),
+    /// Outbound: the destination is on another network and its network gateway cannot be
+    /// used. Refused: nothing is ever sent directly to another network.
+    /// Boxed, as the other rare, large variants: every `Result` on the data path carries
+    /// this enum.
+    #[error(transparent)]
+    NetworkGateway(Box<NetworkGatewayError>),
+    /// Outbound double HBONE: the inner layer (TLS to the destination through the gateway,
+    /// or its CONNECT) failed.
+    #[error("double HBONE through {gateway}: {source}")]
+    DoubleHbone {
+        gateway: std::net::SocketAddr,
+        source: Box<NestedError>,
+    },
+    /// At a network gateway: the `hostname:port` target has no endpoint to forward to.
+    #[error("network gateway: CONNECT to {target}: {source}")]
+    GatewayForward {
+        target: String,
+        source: Box<GatewayForwardError>,
+    },
     /// Inbound: the target workload has a waypoint, and the peer is not one of its instances.
     #[error("{target} has waypoint {waypoint}: refusing {peer}, which is not it")]
     WaypointBypass {
@@ -104,14 +124,26 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::GatewayForward { source, .. }
+                if matches!(
+                    **source,
+                    GatewayForwardError::UnknownService { .. }
+                        | GatewayForwardError::UnknownPort { .. }
+                ) =>
+            {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::GatewayForward { .. }
             | ProxyError::Lookup(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::OriginalDestination(_)
             | ProxyError::UnknownSource(_)
             | ProxyError::AmbiguousLocal { .. }
             | ProxyError::Resolve(_)
             | ProxyError::Waypoint(_)
+            | ProxyError::NetworkGateway(_)
+            | ProxyError::DoubleHbone { .. }
             | ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
             | ProxyError::Pool(_)
@@ -134,6 +166,14 @@ impl ProxyError {
             ProxyError::Resolve(_) => "no_route",
             ProxyError::Waypoint(_) => "waypoint_unavailable",
             ProxyError::WaypointBypass { .. } => "waypoint_bypass",
+            ProxyError::NetworkGateway(_) => "network_gateway_unavailable",
+            ProxyError::GatewayForward { .. } => "gateway_no_route",
+            ProxyError::DoubleHbone { source, .. }
+                if matches!(**source, NestedError::Refused { .. }) =>
+            {
+                "peer_refused"
+            }
+            ProxyError::DoubleHbone { .. } => "hbone_connect_failed",
             ProxyError::Lookup(_) => "dns_lookup_failed",
             ProxyError::Certificate(_)
             | ProxyError::TlsConfig(_)
@@ -177,6 +217,11 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::PolicyRevoked(_)
             | ProxyError::WaypointBypass { .. } => "DENY",
+            ProxyError::DoubleHbone { source, .. }
+                if matches!(**source, NestedError::Tls { .. }) =>
+            {
+                "TLS_FAILURE"
+            }
             ProxyError::InboundTls(_)
             | ProxyError::Pool(
                 PoolError::Connect(ConnectError::Handshake(_))
@@ -231,5 +276,11 @@ impl ProxyError {
             super::LocalMiss::Unknown => unknown,
             super::LocalMiss::Ambiguous(uids) => ProxyError::AmbiguousLocal { ip, uids },
         }
+    }
+}
+
+impl From<NetworkGatewayError> for ProxyError {
+    fn from(e: NetworkGatewayError) -> ProxyError {
+        ProxyError::NetworkGateway(Box::new(e))
     }
 }

@@ -53,10 +53,10 @@ pub async fn run(pi: Arc<ProxyInputs>, listener: TcpListener) {
 
 /// Who is on the other end of an accepted mTLS connection, and which local address they dialed.
 #[derive(Clone)]
-struct PeerInfo {
-    addr: SocketAddr,
-    identity: Identity,
-    dialed: IpAddr,
+pub(super) struct PeerInfo {
+    pub(super) addr: SocketAddr,
+    pub(super) identity: Identity,
+    pub(super) dialed: IpAddr,
 }
 
 async fn serve_connection(
@@ -121,6 +121,12 @@ async fn serve_connection(
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, peer: Arc<PeerInfo>, incoming: IncomingStream) {
+    if pi.config.east_west_gateway {
+        // A network gateway forwards service-named targets (double HBONE) unread.
+        if let Ok(ConnectTarget::Hostname { host, port }) = incoming.target() {
+            return super::gateway::forward(pi, peer, incoming, host, port).await;
+        }
+    }
     // The synchronous part is its own function: locals of an async fn that are moved on
     // before an await still take space in its future, which lives as long as the stream.
     let (mut record, admitted) = admit_stream(&pi, &peer, &incoming);
@@ -196,6 +202,9 @@ fn describe(
         protocol: "HBONE",
         labels,
         waypoint: None,
+        hbone_target: None,
+        network_gateway: None,
+        opaque: false,
     }
 }
 

@@ -102,6 +102,9 @@ fn describe(
                     .as_deref(),
             ),
         waypoint: None,
+        hbone_target: None,
+        network_gateway: None,
+        opaque: false,
     }
 }
 

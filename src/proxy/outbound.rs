@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::access::{ConnectionRecord, Description};
 use super::connect::connect_plain;
 use super::copy::{copy_bidirectional, Transferred};
+use super::double_hbone;
 use super::{ProxyError, ProxyInputs};
 use crate::hbone::pool::PoolKey;
 use crate::socket::{self, Source};
@@ -123,6 +124,26 @@ async fn forward(
                 expected_identities.clone(),
             );
             let mut stream = Box::pin(pi.pool.open_stream(&key, route.target(), Some(peer.ip())))
+                .await
+                .map_err(before_copy)?;
+            record.opened();
+            copy_bidirectional(client, &mut stream).await
+        }
+        OutboundProtocol::DoubleHbone {
+            gateway,
+            gateway_identities,
+            target,
+            final_identities,
+        } => {
+            let hop = double_hbone::Hop {
+                source: route.source.identity(),
+                client: peer,
+                gateway: *gateway,
+                gateway_identities,
+                target,
+                final_identities,
+            };
+            let mut stream = Box::pin(double_hbone::open(pi, hop))
                 .await
                 .map_err(before_copy)?;
             record.opened();

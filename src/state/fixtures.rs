@@ -29,6 +29,7 @@ pub fn workload(uid: &str, ip: &str) -> Workload {
         locality: Default::default(),
         capacity: super::types::DEFAULT_CAPACITY,
         waypoint: None,
+        network_gateway: None,
     }
 }
 

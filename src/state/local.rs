@@ -150,8 +150,9 @@ struct LocalWorkload {
     /// ztunnel's local format: `waypoint: {destination: "<network>/<ip>" or
     /// "<namespace>/<hostname>", hboneMtlsPort: 15008}`.
     waypoint: Option<LocalGateway>,
-    // Accepted (ztunnel's format has it) but not acted on yet: warned about when present.
-    network_gateway: Option<serde_yaml_ng::Value>,
+    /// The east-west gateway clients on other networks reach it through, in the same shape
+    /// as `waypoint`.
+    network_gateway: Option<LocalGateway>,
     /// `HostNetwork` (or istiod's `HOST_NETWORK`) for a host-network pod; `Standard` by default.
     #[serde(default)]
     network_mode: String,
@@ -174,18 +175,23 @@ struct LocalGateway {
 impl LocalGateway {
     /// The reference, or what is wrong with it (for the loader to name the item).
     fn into_gateway(self) -> Result<GatewayAddress, String> {
+        self.into_gateway_at("waypoint")
+    }
+
+    /// [`into_gateway`](Self::into_gateway) for the field called `field`.
+    fn into_gateway_at(self, field: &str) -> Result<GatewayAddress, String> {
         let destination: GatewayDestination = self
             .destination
             .parse()
-            .map_err(|e| format!("`waypoint.destination`: {e}"))?;
+            .map_err(|e| format!("`{field}.destination`: {e}"))?;
         if let GatewayDestination::Address(a) = &destination {
             if let Some(reason) = unusable_address(a.address) {
-                return Err(format!("`waypoint.destination` {}: {reason}", a.address));
+                return Err(format!("`{field}.destination` {}: {reason}", a.address));
             }
         }
         let hbone_mtls_port = match self.hbone_mtls_port {
             None => DEFAULT_GATEWAY_HBONE_PORT,
-            Some(0) => return Err("`waypoint.hboneMtlsPort` must not be 0".into()),
+            Some(0) => return Err(format!("`{field}.hboneMtlsPort` must not be 0")),
             Some(p) => p,
         };
         Ok(GatewayAddress {
@@ -505,7 +511,6 @@ impl Loader<'_> {
         self.warn_unused(
             &item,
             &[
-                ("networkGateway", w.network_gateway.is_some()),
                 ("nativeTunnel", w.native_tunnel.is_some()),
                 ("applicationTunnel", w.application_tunnel.is_some()),
             ],
@@ -569,6 +574,11 @@ impl Loader<'_> {
             .map(LocalGateway::into_gateway)
             .transpose()
             .map_err(|e| self.invalid(&item, e))?;
+        let network_gateway = w
+            .network_gateway
+            .map(|gw| gw.into_gateway_at("networkGateway"))
+            .transpose()
+            .map_err(|e| self.invalid(&item, e))?;
         let mut workload = Workload {
             uid: w.uid,
             name: w.name,
@@ -602,6 +612,7 @@ impl Loader<'_> {
             },
             capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
             waypoint,
+            network_gateway,
         };
         defaults.fill_workload(&mut workload);
         if workload.uid.is_empty() {

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::balance::{self, NoEndpoint};
+use super::network_gateway::RemoteEndpoint;
 use super::store::Store;
 use super::types::{
     InboundProtocol, IpFamily, LbMode, LbScope, NamespacedHostname, Service, Workload,
@@ -74,6 +75,9 @@ pub(crate) enum Upstream {
 pub(crate) enum Resolution {
     Ready(Upstream),
     Lookup(HostnameEndpoint),
+    /// A service endpoint on another network than the client's: reached only through its
+    /// network gateway (`Store::through_network_gateway`), never dialed.
+    Remote(RemoteEndpoint),
 }
 
 #[cfg(test)]
@@ -83,6 +87,7 @@ impl Resolution {
         match self {
             Resolution::Ready(up) => up,
             Resolution::Lookup(h) => panic!("expected an upstream, got a lookup of {h:?}"),
+            Resolution::Remote(r) => panic!("expected an upstream, got a remote endpoint {r:?}"),
         }
     }
 }
@@ -194,7 +199,7 @@ impl Store {
         pick: impl FnOnce(u64) -> u64,
     ) -> Result<Resolution, ResolveError> {
         if let Some(service) = self.service_by_vip(network, dst.ip(), client_namespace) {
-            return self.resolve_service(service, client, dst, pick);
+            return self.resolve_service(network, service, client, dst, pick);
         }
         if let Some(workload) = self.workload_by_ip(network, dst.ip()) {
             return Ok(Resolution::Ready(Upstream::Workload {
@@ -208,6 +213,7 @@ impl Store {
 
     fn resolve_service(
         &self,
+        network: &str,
         service: Arc<Service>,
         client: Option<&Workload>,
         dst: SocketAddr,
@@ -245,6 +251,14 @@ impl Store {
                 return Err(ResolveError::NoEndpointCapacity { service: key })
             }
         };
+        if workload.network != network {
+            // No route leads there: only its network gateway (checked by the caller).
+            return Ok(Resolution::Remote(RemoteEndpoint {
+                workload,
+                service,
+                service_port,
+            }));
+        }
         let override_target = workload
             .services
             .get(&key)

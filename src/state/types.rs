@@ -164,6 +164,10 @@ pub struct Workload {
     /// The waypoint (L7 proxy) this workload's traffic must pass through, when addressed to
     /// the workload directly; its own tunnel refuses traffic that did not come from it.
     pub waypoint: Option<GatewayAddress>,
+    /// The east-west gateway a client on another network reaches this workload through
+    /// (double HBONE, `crate::state::network_gateway`); `None` for a workload reachable only
+    /// from its own network.
+    pub network_gateway: Option<GatewayAddress>,
 }
 
 /// The capacity of a workload whose `capacity` is unset, as ztunnel reads it.

@@ -4,8 +4,7 @@
 //! Received resources come from the network, so every conversion validates what the data path
 //! relies on (uids, namespaces, address lengths, ports, enum values) and fails with the
 //! resource name, the field and the reason instead of storing something half-valid. Fields
-//! the store does not model (network gateways, application tunnels, ...) are accepted and
-//! dropped.
+//! the store does not model (application tunnels, ...) are accepted and dropped.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -196,6 +195,10 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         Some(gw) => Some(gateway_from_proto(gw).map_err(|e| e.under("waypoint"))?),
         None => None,
     };
+    let network_gateway = match w.network_gateway {
+        Some(gw) => Some(gateway_from_proto(gw).map_err(|e| e.under("network_gateway"))?),
+        None => None,
+    };
     let mut workload = Workload {
         uid: w.uid,
         name: w.name,
@@ -219,6 +222,7 @@ fn workload_from_proto(name: &str, w: wl::Workload, defaults: &Defaults) -> Fiel
         locality: w.locality.map(locality_from_proto).unwrap_or_default(),
         capacity: w.capacity.unwrap_or(DEFAULT_CAPACITY),
         waypoint,
+        network_gateway,
     };
     defaults.fill_workload(&mut workload);
     Ok(workload)

@@ -61,6 +61,8 @@ pub struct WorkloadDump<'a> {
     capacity: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     waypoint: Option<GatewayDump>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_gateway: Option<GatewayDump>,
 }
 
 /// A waypoint reference as ztunnel serializes `GatewayAddress`: the destination as one
@@ -254,6 +256,7 @@ pub fn workload(w: &Workload) -> WorkloadDump<'_> {
         services,
         capacity: w.capacity,
         waypoint: w.waypoint.as_ref().map(gateway),
+        network_gateway: w.network_gateway.as_ref().map(gateway),
     }
 }
 

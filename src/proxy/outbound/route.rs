@@ -8,7 +8,9 @@ use crate::config::HBONE_PORT;
 use crate::identity::Identity;
 use crate::proxy::access::{base_labels, Description};
 use crate::proxy::{ProxyError, Scope};
-use crate::state::{HostnameEndpoint, Resolution, Service, Store, Upstream, WaypointHop, Workload};
+use crate::state::{
+    DoubleHbone, HostnameEndpoint, Resolution, Service, Store, Upstream, WaypointHop, Workload,
+};
 
 /// Where a captured connection goes, decided before any upstream socket exists.
 #[derive(Clone, Debug)]
@@ -39,6 +41,19 @@ pub enum OutboundProtocol {
     /// Plain TCP straight to the target: it is outside the mesh, or its workload takes plain
     /// TCP.
     Tcp,
+    /// The target is on another network: an outer HBONE connection to its network gateway
+    /// carries an inner one to the destination's tunnel, both CONNECTs to `target`
+    /// (`hostname:port`). Neither layer is pooled.
+    DoubleHbone {
+        /// The gateway instance's HBONE address.
+        gateway: SocketAddr,
+        /// The identities the gateway may prove (outer TLS).
+        gateway_identities: Vec<Identity>,
+        /// `hostname:service port`, the CONNECT target of both layers.
+        target: String,
+        /// The identities the destination tunnel may prove (inner TLS, end to end).
+        final_identities: Vec<Identity>,
+    },
 }
 
 impl Route {
@@ -46,9 +61,11 @@ impl Route {
     /// the CONNECT target: through a waypoint, the original destination (the waypoint
     /// chooses the endpoint).
     pub fn target(&self) -> SocketAddr {
-        match self.waypoint {
-            Some(_) => self.original_dst,
-            None => self.upstream.target(),
+        match (&self.protocol, self.waypoint) {
+            // What is dialed: the gateway (the target is a hostname, see `protocol`).
+            (OutboundProtocol::DoubleHbone { gateway, .. }, _) => *gateway,
+            (_, Some(_)) => self.original_dst,
+            (_, None) => self.upstream.target(),
         }
     }
 
@@ -63,6 +80,8 @@ impl Route {
                 .with_destination(Some(workload))
                 .with_destination_service(service.as_deref());
         }
+        let mut hbone_target = None;
+        let mut network_gateway = None;
         let (protocol, dst_identity) = match &self.protocol {
             OutboundProtocol::Hbone {
                 expected_identities,
@@ -72,6 +91,18 @@ impl Route {
                 // The identity mTLS will prove; plain TCP proves none (ztunnel's rule).
                 labels.source_principal = self.source.identity().to_string();
                 ("HBONE", expected_identities.first().cloned())
+            }
+            OutboundProtocol::DoubleHbone {
+                gateway,
+                target,
+                final_identities,
+                ..
+            } => {
+                labels.connection_security_policy = "mutual_tls";
+                labels.source_principal = self.source.identity().to_string();
+                hbone_target = Some(target.as_str().into());
+                network_gateway = Some(*gateway);
+                ("HBONE", final_identities.first().cloned())
             }
             OutboundProtocol::Tcp => ("TCP", None),
         };
@@ -85,6 +116,9 @@ impl Route {
             protocol,
             labels,
             waypoint: self.waypoint,
+            hbone_target,
+            network_gateway,
+            opaque: false,
         }
     }
 }
@@ -168,6 +202,36 @@ impl Route {
     }
 }
 
+impl Route {
+    /// A route to `remote` (a service endpoint on another network) through its network
+    /// gateway, as `double` says.
+    fn through_gateway(
+        source: Arc<Workload>,
+        original_dst: SocketAddr,
+        remote: crate::state::RemoteEndpoint,
+        double: DoubleHbone,
+    ) -> Route {
+        let protocol = OutboundProtocol::DoubleHbone {
+            gateway: double.gateway.address,
+            gateway_identities: double.gateway.expected_identities(),
+            target: double.target,
+            final_identities: double.final_identities,
+        };
+        Route {
+            source,
+            original_dst,
+            // The record names the destination the client meant; `target()` is the gateway.
+            upstream: Upstream::Workload {
+                address: double.gateway.address,
+                workload: remote.workload,
+                service: Some(remote.service),
+            },
+            protocol,
+            waypoint: None,
+        }
+    }
+}
+
 /// Routes a connection from `source_ip` to `original_dst`: the source must be a workload this
 /// scope serves; the destination is resolved on `network`, `pick` choosing among a service's
 /// endpoints (given their total capacity, returns a point below it).
@@ -177,7 +241,7 @@ pub fn route(
     scope: &Scope,
     source_ip: IpAddr,
     original_dst: SocketAddr,
-    pick: impl FnOnce(u64) -> u64,
+    mut pick: impl FnMut(u64) -> u64,
 ) -> Result<Routed, ProxyError> {
     let source = scope
         .local_workload(store, network, source_ip)
@@ -186,7 +250,7 @@ pub fn route(
         })?;
     // A destination with a waypoint goes there or nowhere (fail closed).
     if let Some(required) = store.required_waypoint(network, &source, original_dst) {
-        let hop = store.resolve_waypoint(&required, &source, original_dst, pick)?;
+        let hop = store.resolve_waypoint(&required, &source, original_dst, &mut pick)?;
         let route = Route::via_waypoint(source, original_dst, hop, required.service);
         return Ok(Routed::Ready(route));
     }
@@ -195,7 +259,7 @@ pub fn route(
         Some(&source.namespace),
         Some(&source),
         original_dst,
-        pick,
+        &mut pick,
     )?;
     Ok(match resolution {
         Resolution::Ready(upstream) => Routed::Ready(Route::new(source, original_dst, upstream)),
@@ -204,6 +268,17 @@ pub fn route(
             original_dst,
             endpoint,
         }),
+        // On another network: through its gateway or not at all (fail closed).
+        Resolution::Remote(remote) => {
+            let double = store.through_network_gateway(
+                &remote,
+                network,
+                &source,
+                original_dst,
+                &mut pick,
+            )?;
+            Routed::Ready(Route::through_gateway(source, original_dst, remote, double))
+        }
     })
 }
 

@@ -116,14 +116,14 @@ workloads:
 - name: a
   namespace: default
   workloadIps: ["10.0.0.1"]
-  networkGateway: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
+  nativeTunnel: true
   authorizationPolicies: ["default/deny", "default/typo"]
 policies:
 - {name: deny, namespace: default, scope: WorkloadSelector, action: Deny}
 "#;
     let loaded = load(text).unwrap();
     let all = loaded.warnings.join("\n");
-    assert!(all.contains("`networkGateway`"), "{all}");
+    assert!(all.contains("`nativeTunnel`"), "{all}");
     // Selected policies are modeled now: no warning for the field, but one for the key the
     // file does not define.
     assert!(!all.contains("`authorizationPolicies`"), "{all}");
@@ -635,4 +635,45 @@ fn bad_waypoints_name_the_entry_and_field() {
         assert!(err.contains("workloads[0] (a)"), "{err}");
         assert!(err.contains(want), "{waypoint}: {err}");
     }
+}
+
+#[test]
+fn a_network_gateway_is_read_like_a_waypoint() {
+    let text = r#"
+workloads:
+- name: a
+  namespace: default
+  network: net-b
+  workloadIps: ["10.0.0.1"]
+  networkGateway: {destination: "net-b/10.0.0.9", hboneMtlsPort: 15009}
+- name: b
+  namespace: default
+  workloadIps: ["10.0.0.2"]
+  networkGateway: {destination: "istio-system/eastwest.istio-system.svc.cluster.local"}
+"#;
+    let loaded = load(text).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let gateway = |uid: &str| {
+        loaded
+            .store
+            .workload_by_uid(uid)
+            .and_then(|w| w.network_gateway.clone())
+            .map(|gw| gw.to_string())
+    };
+    assert_eq!(
+        gateway("Kubernetes//v1/Pod/default/a").as_deref(),
+        Some("net-b/10.0.0.9 (HBONE port 15009)")
+    );
+    assert_eq!(
+        gateway("Kubernetes//v1/Pod/default/b").as_deref(),
+        Some("istio-system/eastwest.istio-system.svc.cluster.local (HBONE port 15008)")
+    );
+    let err = load(
+        "workloads:\n- {name: c, namespace: default, workloadIps: [10.0.0.3], networkGateway: {destination: nowhere}}\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`networkGateway.destination`"),
+        "{err}"
+    );
 }

@@ -255,10 +255,6 @@ fn empty_identity_fields_get_the_same_defaults_as_local_files() {
 #[test]
 fn fields_the_store_does_not_model_are_accepted() {
     let mut w = valid_workload();
-    w.network_gateway = Some(wl::GatewayAddress {
-        hbone_mtls_port: 15008,
-        destination: None,
-    });
     w.locality = Some(wl::Locality::default());
     w.capacity = Some(3);
     convert_workload(w);
@@ -670,5 +666,22 @@ fn unreadable_waypoints_are_refused_naming_the_field() {
             w.waypoint = Some(gw)
         }),
         "workload.waypoint.address.length: a waypoint address must be a single address, not a range"
+    );
+}
+
+#[test]
+fn network_gateways_are_kept_and_unreadable_ones_refused_naming_the_field() {
+    let mut w = valid_workload();
+    w.network_gateway = Some(waypoint_by_address(vec![10, 0, 0, 9], 15009));
+    assert_eq!(
+        convert_workload(w).network_gateway,
+        Some(GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress::new("net1", ip("10.0.0.9"))),
+            hbone_mtls_port: 15009,
+        })
+    );
+    assert_eq!(
+        workload_error(|w| w.network_gateway = Some(waypoint_by_address(vec![1, 2, 3], 15008))),
+        "workload.network_gateway.address.address: 3 bytes, expected 4 (IPv4) or 16 (IPv6)"
     );
 }

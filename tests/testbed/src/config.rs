@@ -81,6 +81,10 @@ pub struct Workload {
     pub hostname: String,
     /// `waypoint: {destination, hboneMtlsPort}` (ztunnel's local shape); none when `None`.
     pub waypoint: Option<Waypoint>,
+    /// `network:`; none written when empty (the default network).
+    pub network: String,
+    /// `networkGateway:` in the waypoint's shape: how clients on other networks reach it.
+    pub network_gateway: Option<Waypoint>,
 }
 
 /// A waypoint reference: `destination` is `"<network>/<ip>"` or `"<namespace>/<hostname>"`.
@@ -95,6 +99,14 @@ impl Waypoint {
     pub fn by_hostname(key: &str, port: u16) -> Waypoint {
         Waypoint {
             destination: key.into(),
+            hbone_mtls_port: port,
+        }
+    }
+
+    /// The gateway or waypoint at `ip` on `network`, listening on `port`.
+    pub fn on_network(network: &str, ip: Ipv4Addr, port: u16) -> Waypoint {
+        Waypoint {
+            destination: format!("{network}/{ip}"),
             hbone_mtls_port: port,
         }
     }
@@ -136,12 +148,21 @@ impl Workload {
             cluster_id: String::new(),
             hostname: String::new(),
             waypoint: None,
+            network: String::new(),
+            network_gateway: None,
         }
     }
 
     /// Adds an IPv6 address (a dual-stack pod).
     pub fn ipv6(mut self, ip: std::net::Ipv6Addr) -> Self {
         self.ips6.push(ip);
+        self
+    }
+
+    /// On network `network`, reached from other networks through `gateway` (if any).
+    pub fn on_network(mut self, network: &str, gateway: Option<Waypoint>) -> Self {
+        self.network = network.into();
+        self.network_gateway = gateway;
         self
     }
 
@@ -372,6 +393,12 @@ impl MeshConfig {
             }
             if let Some(waypoint) = &w.waypoint {
                 let _ = writeln!(y, "  waypoint: {}", waypoint.as_yaml());
+            }
+            if !w.network.is_empty() {
+                let _ = writeln!(y, "  network: {}", quote(&w.network));
+            }
+            if let Some(gateway) = &w.network_gateway {
+                let _ = writeln!(y, "  networkGateway: {}", gateway.as_yaml());
             }
         }
         if self.services.is_empty() {

@@ -66,7 +66,7 @@ pub use procstat::ProcStats;
 pub use raw_hbone::{ClientCert, RawHbone, RawHboneError, TestCa};
 pub use server_pki::ServerPki;
 pub use signals::cleanup_on_signals;
-pub use topology::{addr, port, Capture, Node, NodeSpec, Pod, Topology};
+pub use topology::{addr, net, port, Capture, Node, NodeSpec, Pod, Topology};
 pub use traffic::{connect_from, Server};
 pub use tunnel::{Tunnel, TunnelLaunch};
 pub use waypoint::{Hop, WaypointStandIn};

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::netns::{self, Netns};
 use crate::tunnel::Tunnel;
 
+mod networks;
+pub use networks::net;
+
 /// The addresses of the standard two-node topology (all inside 10.77.0.0/16, plus a service
 /// VIP routed onto the link). Nothing else is ever a target.
 pub mod addr {
