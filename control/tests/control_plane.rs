@@ -1043,7 +1043,10 @@ async fn a_client_that_stops_reading_is_dropped() {
         tokio_util::sync::CancellationToken::new(),
         StreamLimits {
             max_response_bytes: 8 * 1024,
-            slow_client_timeout: Duration::from_millis(300),
+            // Long enough that the reader, which reads in a loop, is never taken for stalled
+            // on a loaded 2-core machine (300 ms was not); the stalled client still goes well
+            // within DEADLINE.
+            slow_client_timeout: Duration::from_secs(3),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
