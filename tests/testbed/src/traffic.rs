@@ -90,7 +90,12 @@ impl Pattern {
         let mut first_mismatch = None;
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;
-            let read = r.read(&mut got[..n])?;
+            let read = match r.read(&mut got[..n]) {
+                // A read with SO_RCVTIMEO returns EINTR when the process was stopped and
+                // continued (SIGSTOP/SIGCONT, a debugger), even without a signal handler.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
             if read == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
