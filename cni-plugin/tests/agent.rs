@@ -1598,11 +1598,12 @@ fn rules_that_cannot_be_rewritten_fail_closed_until_they_are_back() {
     );
     let log = mesh.agents["n1"].process.log();
     assert!(
-        log.lines().any(|l| l.contains("pod enrolled but unprotected")
-            && l.contains("default/client")
-            && l.contains("re-writing them failed")
-            && l.contains("broken by the test")
-            && l.contains("blocked")),
+        log.lines()
+            .any(|l| l.contains("pod enrolled but unprotected")
+                && l.contains("default/client")
+                && l.contains("re-writing them failed")
+                && l.contains("broken by the test")
+                && l.contains("blocked")),
         "{log}"
     );
     // The pod's plaintext connection outside the mesh never arrives.

@@ -149,10 +149,7 @@ fn for_families<T: Send>(
     })?
 }
 
-async fn execute(
-    add: rtnetlink::RuleAddRequest,
-    family: IpFamily,
-) -> Result<(), rtnetlink::Error> {
+async fn execute(add: rtnetlink::RuleAddRequest, family: IpFamily) -> Result<(), rtnetlink::Error> {
     match family {
         IpFamily::V4 => add.v4().execute().await,
         IpFamily::V6 => add.v6().execute().await,
