@@ -12,6 +12,8 @@
 //!
 //! - [`procscan`]: the netns of a running pod, found under `/proc` by cgroup pod uid + pod IP.
 //! - [`inpod_rules`]: the iptables rules, ip rule and route inside a pod (apply / remove / check).
+//! - [`fail_closed`]: the netlink-only block (`ip rule … prohibit`) that keeps a pod's traffic in
+//!   while its rules are broken and cannot be written again.
 //! - [`listener_handover`]: `tcp_migrate_req=1` in a pod, so a tunnel upgrade resets nothing.
 //! - [`host_rules`]: the probe SNAT in the agent's (the host's) netns: ipset + `ISTIO_POSTRT`.
 //! - [`tools`]: the external binaries (`iptables-restore`, `iptables-save`, their `ip6tables`
@@ -21,6 +23,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod fail_closed;
 pub mod family;
 pub mod host_rules;
 pub mod inpod_rules;

@@ -171,7 +171,21 @@ impl Mesh {
             primary_conflist: &conflist,
             log_level: "info,kube=warn,nodetunnel_cni::agent=debug",
         };
-        CniAgent::start(self.topo.node_ns(node), &dir, &spec).expect("starting the agent")
+        // Test doubles for the agent's tools go in `tools_dir` (empty: the real ones run).
+        let tools = self.tools_dir(node);
+        std::fs::create_dir_all(&tools).expect("creating the tools dir");
+        let path = format!(
+            "{}:{}",
+            tools.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        CniAgent::start_with_env(self.topo.node_ns(node), &dir, &spec, &[("PATH", &path)])
+            .expect("starting the agent")
+    }
+
+    /// First on the PATH of `node`'s agent: a binary put here replaces the real tool.
+    fn tools_dir(&self, node: &str) -> PathBuf {
+        self.topo.path(&format!("{node}-tools"))
     }
 
     fn start_tunnel(&self, node: &str) -> Tunnel {
@@ -1488,4 +1502,155 @@ fn a_sandbox_replaced_without_a_cni_add_is_found_by_the_proc_scan() {
             .any(|l| l.contains("sandbox was replaced") && l.contains("default/client2")),
         "{log}"
     );
+}
+
+/// Makes `iptables-restore` fail for `node`'s agent (`broken`) or run the real one again.
+fn break_iptables_restore(mesh: &Mesh, node: &str, broken: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let double = mesh.tools_dir(node).join("iptables-restore");
+    if !broken {
+        std::fs::remove_file(&double).expect("removing the iptables-restore double");
+        return;
+    }
+    // Written aside and renamed: the agent never executes a half-written file.
+    let aside = mesh.tools_dir(node).join(".iptables-restore");
+    std::fs::write(
+        &aside,
+        "#!/bin/sh\necho 'iptables-restore: broken by the test' >&2\nexit 1\n",
+    )
+    .expect("writing the iptables-restore double");
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755))
+        .expect("making the double executable");
+    std::fs::rename(&aside, &double).expect("putting the double in place");
+}
+
+/// The fail-closed `prohibit` ip rules in `ns`, IPv4 and IPv6 (empty when none).
+fn block_rules(ns: &Netns) -> String {
+    let mut out = String::new();
+    for family in ["-4", "-6"] {
+        let rules = ns
+            .exec("ip", &[family, "rule", "show"])
+            .expect("ip rule show in the pod");
+        for line in rules.lines().filter(|l| l.contains("prohibit")) {
+            out.push_str(family);
+            out.push(' ');
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn rules_that_cannot_be_rewritten_fail_closed_until_they_are_back() {
+    let Some(mesh) = Mesh::start("cni_agent_failclosed") else {
+        return;
+    };
+    let _server = mesh.server();
+    // A server outside the mesh, recording who reaches it.
+    let plain = mesh.topo.pod("plain");
+    let outside = Server::start(plain.ns(), (plain.ip(), SERVER_PORT).into(), echo_handler)
+        .expect("starting the server outside the mesh");
+    mesh.label_default(true);
+    for (pod, node) in [("client", "n1"), ("client2", "n1"), ("server", "n2")] {
+        assert_eventually!(
+            mesh.enrolled(pod, node),
+            WAIT,
+            "{pod} enrolled; log:\n{}",
+            mesh.log(node)
+        );
+    }
+    assert_eventually!(
+        mesh.unprotected("n1") == Some(0.0),
+        WAIT,
+        "gauge on n1: {:?}; log:\n{}",
+        mesh.unprotected("n1"),
+        mesh.log("n1")
+    );
+    let ns = mesh.topo.ns("client");
+    let written = rule_lines(&mesh.pod_rules("client"));
+    assert_eq!(block_rules(ns), "", "no block while the rules are intact");
+
+    // iptables-restore breaks for the agent, then the pod's rules are flushed.
+    break_iptables_restore(&mesh, "n1", true);
+    for table in ["nat", "mangle"] {
+        ns.exec("iptables", &["-t", table, "-F"])
+            .expect("flushing inside the pod");
+    }
+
+    // The pass cannot write them again: the pod is counted, named in the log with why, and
+    // blocked below iptables.
+    assert_eventually!(
+        mesh.unprotected("n1") == Some(1.0),
+        WAIT,
+        "gauge on n1 with the rules unrestorable: {:?}; log:\n{}",
+        mesh.unprotected("n1"),
+        mesh.agents["n1"].process.log_tail(40)
+    );
+    assert!(
+        !mesh.pod_rules("client").contains("-j ISTIO_OUTPUT"),
+        "the rules stayed gone (iptables-restore is broken)"
+    );
+    let blocked = block_rules(ns);
+    assert!(
+        blocked.contains("-4 ") && blocked.contains("not from all fwmark 0x539/0xfff"),
+        "the block is in place:\n{blocked}"
+    );
+    let log = mesh.agents["n1"].process.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("pod enrolled but unprotected")
+                && l.contains("default/client")
+                && l.contains("re-writing them failed")
+                && l.contains("broken by the test")
+                && l.contains("blocked")),
+        "{log}"
+    );
+    // The pod's plaintext connection outside the mesh never arrives.
+    let client_ip = mesh.topo.pod("client").ip();
+    let attempt = ns.run(move || connect_from(client_ip, (addr::NON_MESH, SERVER_PORT).into()));
+    assert!(
+        attempt.is_err(),
+        "a connection out of the unprotected pod was let through"
+    );
+    assert!(
+        outside.peers().is_empty(),
+        "the server outside the mesh was reached: {:?}",
+        outside.peers()
+    );
+    // Other pods on the node are untouched.
+    assert_eq!(block_rules(mesh.topo.ns("client2")), "");
+    mesh.echo("client2").expect("client2's traffic");
+
+    // The tool works again: the rules return, the block goes, the gauge reads 0.
+    let crossed = hbone_lines(&mesh, "n2", "client");
+    break_iptables_restore(&mesh, "n1", false);
+    assert_eventually!(
+        rule_lines(&mesh.pod_rules("client")) == written && block_rules(ns).is_empty(),
+        WAIT,
+        "rules restored, block lifted:\n{}\n{}\nlog:\n{}",
+        mesh.pod_rules("client"),
+        block_rules(ns),
+        mesh.log("n1")
+    );
+    assert_eventually!(
+        mesh.unprotected("n1") == Some(0.0),
+        WAIT,
+        "gauge back to 0: {:?}",
+        mesh.unprotected("n1")
+    );
+    let log = mesh.log("n1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fail-closed block is lifted") && l.contains("default/client")),
+        "{log}"
+    );
+    // And the pod's traffic crosses HBONE again.
+    mesh.echo("client").expect("traffic after the repair");
+    assert_eventually!(
+        hbone_lines(&mesh, "n2", "client") > crossed,
+        WAIT,
+        "the connection after the repair crossed HBONE"
+    );
+    assert!(outside.peers().is_empty(), "{:?}", outside.peers());
 }

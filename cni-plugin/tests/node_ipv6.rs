@@ -332,3 +332,48 @@ fn ipv6_host_probe_snat_rewrites_node_local_connections_to_enrolled_pods() {
         .unwrap()
         .contains(PROBE_IPSET_V6));
 }
+
+#[test]
+fn ipv6_kubelet_probes_reach_an_enrolled_pods_app_from_the_probe_source_uncaptured() {
+    if !namespaces_available("ipv6_kubelet_probes_reach_an_enrolled_pods_app") {
+        return;
+    }
+    // "node" fd50::2 ⇄ "pod" fd50::1, the pod enrolled as the agent does it: in-pod rules for
+    // both families, the node's probe SNAT with the pod's IPv6 address in the `-v6` set.
+    let (pod_ns, node_ns) = pod_and_world();
+    pod_ns
+        .ip(&["-6", "route", "add", "default", "via", &WORLD.to_string()])
+        .unwrap();
+    let (pod, node) = (open(&pod_ns), open(&node_ns));
+    let app = listen(&pod, "[fd50::1]:8080");
+    let inbound = listen(&pod, "[::]:15006");
+    let dst = SocketAddrV6::new(POD, 8080, 0, 0);
+    inpod_rules::apply(&pod, &V6_ON).unwrap();
+    let snat = node.run(HostProbeSnat::ensure_dual_stack).unwrap().unwrap();
+
+    // Not in the probe set yet: the node's connection is an ordinary inbound one, captured.
+    let _c1 = node.run(|| connect6(dst, None)).unwrap().unwrap();
+    let (_, peer) = accept_one(&inbound).expect("inbound IPv6 TCP lands on 15006");
+    assert_eq!(peer.ip(), IpAddr::V6(WORLD));
+    assert!(nothing_pending(&app), "the app saw a captured connection");
+
+    // In the set (what the agent adds on enrollment): the kubelet's probe arrives from the
+    // IPv6 probe source and goes to the app, not to the tunnel.
+    node.run(|| snat.add_pod(IpAddr::V6(POD), "11111111-2222-3333-4444-555555555555"))
+        .unwrap()
+        .unwrap();
+    let _probe = node.run(|| connect6(dst, None)).unwrap().unwrap();
+    let (_, peer) = accept_one(&app).expect("the probe reaches the app");
+    assert_eq!(peer.ip(), IpAddr::V6(PROBE_SNAT_V6));
+    assert_eq!(
+        peer.ip().to_string(),
+        "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
+    );
+    assert!(
+        nothing_pending(&inbound),
+        "the probe was redirected to 15006"
+    );
+
+    node.run(|| snat.uninstall()).unwrap().unwrap();
+    inpod_rules::remove(&pod).unwrap();
+}

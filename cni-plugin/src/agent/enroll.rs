@@ -18,6 +18,7 @@ use nodetunnel_zds::WorkloadInfo;
 use crate::ambient::{
     BYPASS_INBOUND_ANNOTATION, DNS_CAPTURE_ANNOTATION, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED,
 };
+use crate::node::fail_closed;
 use crate::node::host_rules::{HostProbeSnat, HostRulesError};
 use crate::node::inpod_rules::{self, RuleOptions, RulesError};
 use crate::node::listener_handover;
@@ -86,7 +87,8 @@ pub enum RulesCheck {
     Intact,
     /// Something was missing or different; the rules were written again.
     Restored,
-    /// Missing or different (or unreadable), and writing them failed: why.
+    /// Missing or different (or unreadable), and writing them failed: why, and whether the
+    /// fail-closed block holds the pod's traffic in meanwhile.
     Broken(String),
 }
 
@@ -271,20 +273,55 @@ impl Enroller {
 
     /// Compares the in-pod rules of an enrolled pod with what the agent writes
     /// (`iptables-save` inside its netns, the ip rule and route) and writes them again if they
-    /// differ.
+    /// differ. Rules that cannot be read or written again get the [`fail_closed`] block, so the
+    /// pod's traffic cannot leave it in plaintext meanwhile; rules found complete (again) have
+    /// it lifted.
     pub async fn check_rules(&self, uid: &str) -> RulesCheck {
         let Some(enrolled) = self.enrolled.get(uid) else {
             return RulesCheck::Intact;
         };
         let (netns, options) = (enrolled.netns.clone(), enrolled.options);
+        let pod = format!("{}/{}", enrolled.namespace, enrolled.name);
+        let uid = uid.to_owned();
         let checked = tokio::task::spawn_blocking(move || {
-            match inpod_rules::is_applied_as(&netns, &options) {
+            let checked = match inpod_rules::is_applied_as(&netns, &options) {
                 Ok(true) => RulesCheck::Intact,
                 Ok(false) => match inpod_rules::apply(&netns, &options) {
                     Ok(()) => RulesCheck::Restored,
                     Err(error) => RulesCheck::Broken(format!("re-writing them failed: {error}")),
                 },
                 Err(error) => RulesCheck::Broken(format!("reading them failed: {error}")),
+            };
+            match checked {
+                RulesCheck::Broken(why) => match fail_closed::install(&netns) {
+                    Ok(()) => RulesCheck::Broken(format!(
+                        "{why}; its traffic is blocked (ip rule prohibit) until they are back"
+                    )),
+                    Err(error) => {
+                        tracing::error!(
+                            %pod, %uid, %error,
+                            "the fail-closed block could not be installed: the pod's traffic may leave it unencrypted"
+                        );
+                        RulesCheck::Broken(format!(
+                            "{why}; and blocking its traffic failed too: {error}"
+                        ))
+                    }
+                },
+                done => {
+                    match fail_closed::lift(&netns) {
+                        Ok(true) => tracing::info!(
+                            %pod, %uid, "in-pod rules back: the fail-closed block is lifted"
+                        ),
+                        Ok(false) => {}
+                        // Still blocked: the next pass tries again; traffic stays in.
+                        Err(error) => {
+                            return RulesCheck::Broken(format!(
+                                "the rules are back but lifting the fail-closed block failed: {error}"
+                            ))
+                        }
+                    }
+                    done
+                }
             }
         })
         .await;

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 
+use super::fail_closed::{self, BlockError};
 use super::family::IpFamily;
 use super::ipt::{self, Desired, SaveParseError, Saved, TableSpec};
 use super::routing::{self, RoutingError};
@@ -58,6 +59,8 @@ pub enum RulesError {
         netns: PathBuf,
         source: SaveParseError,
     },
+    #[error(transparent)]
+    Block(#[from] BlockError),
     #[error("ip rule/route in netns {netns}: {source}")]
     Routing {
         netns: PathBuf,
@@ -79,7 +82,7 @@ pub fn render_v6(opts: &RuleOptions) -> String {
 
 /// What the IPv6 half can do in the calling thread's netns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum V6Support {
+pub(crate) enum V6Support {
     /// The kernel has no IPv6 here: nothing to capture.
     None,
     /// IPv6, but `lo` has it disabled: rules and ip rule, no `::/0` route (as Istio).
@@ -87,7 +90,7 @@ enum V6Support {
     Full,
 }
 
-fn v6_support() -> V6Support {
+pub(crate) fn v6_support() -> V6Support {
     if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
         return V6Support::None;
     }
@@ -136,7 +139,7 @@ pub fn apply_with(
 }
 
 /// Removes everything [`apply`] creates: the jumps, our chains in every table, the ip rule and
-/// the route. Idempotent, and fine when nothing is there.
+/// the route, and the [`fail_closed`] block if one is in place. Idempotent, and fine when nothing is there.
 pub fn remove(netns: &NetnsHandle) -> Result<(), RulesError> {
     remove_with(&Tools::default(), netns)
 }
@@ -170,8 +173,11 @@ pub fn remove_with(tools: &Tools, netns: &NetnsHandle) -> Result<(), RulesError>
             }
             routing::remove(family).map_err(|source| routing_error(netns, source))?;
         }
-        Ok(())
-    })?
+        Ok::<(), RulesError>(())
+    })??;
+    // Out of the mesh, nothing stays blocked (the block exists only while rules were broken).
+    fail_closed::lift(netns)?;
+    Ok(())
 }
 
 /// Whether `netns` holds exactly the rules of one of the option combinations, plus the ip

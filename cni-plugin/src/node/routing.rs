@@ -49,7 +49,7 @@ fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutingError 
 }
 
 /// Runs `f` with a netlink handle opened in the calling thread's netns.
-fn with_handle<T, F>(f: impl FnOnce(Handle) -> F) -> Result<T, RoutingError>
+pub(crate) fn with_handle<T, F>(f: impl FnOnce(Handle) -> F) -> Result<T, RoutingError>
 where
     F: std::future::Future<Output = Result<T, RoutingError>>,
 {

@@ -58,6 +58,17 @@ impl CniAgent {
     /// Creates `dir/{run,net.d,bin}`, writes the primary conflist and starts the agent in
     /// `ns`, logging to `dir/agent.log` (truncated: a restarted agent starts a fresh log).
     pub fn start(ns: &Netns, dir: &Path, spec: &CniAgentSpec) -> Result<CniAgent> {
+        CniAgent::start_with_env(ns, dir, spec, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` added to (or overriding) the agent's environment,
+    /// e.g. a `PATH` with a directory of test doubles for its tools in front.
+    pub fn start_with_env(
+        ns: &Netns,
+        dir: &Path,
+        spec: &CniAgentSpec,
+        extra: &[(&str, &str)],
+    ) -> Result<CniAgent> {
         let (run_dir, net_dir, bin_dir) = (dir.join("run"), dir.join("net.d"), dir.join("bin"));
         for d in [&run_dir, &net_dir, &bin_dir] {
             std::fs::create_dir_all(d)
@@ -87,7 +98,8 @@ impl CniAgent {
             ("AMBIENT_DISABLE_SAFE_UPGRADE", "true".into()),
             ("LOG_LEVEL", spec.log_level.into()),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(extra);
         let process = NsProcess::spawn(
             "cni agent",
             ns,

@@ -13,8 +13,11 @@
 //! 3. **The tunnel serves it**: a tunnel is connected and has acked the pod; a connected
 //!    tunnel that has not is sent the pod again.
 //!
-//! Fail closed: what cannot be repaired never leaves the pod's traffic unencrypted, because the
-//! rules are never removed for a failure. With no tunnel (or a tunnel that refused the pod),
+//! Fail closed: what cannot be repaired never leaves the pod's traffic unencrypted. The rules
+//! are never removed for a failure; rules that are gone and cannot be written again (or cannot
+//! be read) get the netlink-only block of [`fail_closed`](crate::node::fail_closed) (`ip rule
+//! … prohibit` for everything but the tunnel's marked sockets and local traffic), lifted once
+//! a pass finds the rules complete again. With no tunnel (or a tunnel that refused the pod),
 //! the rules redirect the pod's TCP to 15001/15006 in its netns, where nothing listens, so
 //! connections are refused. Such a pod counts in `nodetunnel_cni_unprotected_pods` and gets a
 //! warning naming it and why, once per change of reason.
