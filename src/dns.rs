@@ -9,9 +9,11 @@
 //! client's size). The wire format is hickory-proto's; nothing here hand-parses DNS.
 
 mod answer;
+mod conntrack;
 mod forward;
 mod handler;
 mod names;
+mod origin;
 mod server;
 mod truncate;
 
