@@ -2,7 +2,8 @@
 //! DNS (the CNI agent's own rules with DNS capture on, UDP and TCP port 53 → 15053), a real
 //! `nodetunnel` per node, and a resolver stand-in (`testbed::resolver`) in node n1's namespace
 //! at 10.77.1.1:53 — the tunnel's own resolv.conf names it, and it is also where the pod's
-//! queries are addressed (as a pod's resolv.conf names the cluster DNS).
+//! queries are addressed (as a pod's resolv.conf names the cluster DNS). One test adds a second
+//! stand-in at 10.77.53.53 that only the pod addresses (a pod's own `dnsConfig`).
 //!
 //! Topology: `PodTopology::two_node` (client 10.77.1.10 on n1, server 10.77.2.10 on n2,
 //! service `server.default.svc.cluster.local` VIP 10.96.0.10:80 → 8080).

@@ -127,13 +127,12 @@ fn truncated_or_corrupted_replies_are_errors_never_panics() {
         if cut >= 4 {
             short[..4].copy_from_slice(&(cut as u32).to_ne_bytes());
         }
-        match decode_reply(&short, 3) {
-            // Only a cut in the trailing CTA_TIMEOUT (8 bytes) leaves the original tuple whole.
-            Ok(found) => assert!(
+        // Only a cut in the trailing CTA_TIMEOUT (8 bytes) leaves the original tuple whole.
+        if let Ok(found) = decode_reply(&short, 3) {
+            assert!(
                 cut >= good.len() - 8 && found == addr("10.0.0.53:53"),
                 "cut at {cut}: {found}"
-            ),
-            Err(_) => {}
+            );
         }
     }
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;

@@ -1,6 +1,7 @@
 //! A resolver stand-in for the DNS proxy's tests: a small authoritative server on UDP and TCP
 //! port 53 of one address in a test namespace, made that namespace's resolver (for daemons
-//! started there afterwards: `ip netns exec` mounts `/etc/netns/<ns>/resolv.conf`).
+//! started there afterwards: `ip netns exec` mounts `/etc/netns/<ns>/resolv.conf`) — or, with
+//! [`ResolverStandIn::start_unlisted`], not (a pod's own nameserver that the tunnel does not know).
 //!
 //! Zone (all under `example.org`, answers deterministic so a test can byte-compare a reply
 //! through the proxy with one asked directly):
