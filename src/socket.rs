@@ -138,6 +138,16 @@ impl SocketFactory {
         UdpSocket::from_std(socket.into())
     }
 
+    /// Runs `create` in this factory's namespace, synchronously on this thread, so the socket
+    /// it opens lives there (a netlink socket asking that namespace's conntrack, say). Nothing
+    /// may be awaited inside; the mark is the caller's to set.
+    pub fn create_here<T>(&self, create: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        match &self.netns {
+            None => create(),
+            Some(netns) => netns.run_here(create)?,
+        }
+    }
+
     /// Connects to `dst` from a socket created in this factory's namespace, with its mark.
     pub async fn connect(&self, dst: SocketAddr, source: Source) -> io::Result<TcpStream> {
         let (mark, keepalive) = (self.mark, self.keepalive);

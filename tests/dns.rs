@@ -2,7 +2,8 @@
 //! DNS (the CNI agent's own rules with DNS capture on, UDP and TCP port 53 → 15053), a real
 //! `nodetunnel` per node, and a resolver stand-in (`testbed::resolver`) in node n1's namespace
 //! at 10.77.1.1:53 — the tunnel's own resolv.conf names it, and it is also where the pod's
-//! queries are addressed (as a pod's resolv.conf names the cluster DNS).
+//! queries are addressed (as a pod's resolv.conf names the cluster DNS). One test adds a second
+//! stand-in at 10.77.53.53 that only the pod addresses (a pod's own `dnsConfig`).
 //!
 //! Topology: `PodTopology::two_node` (client 10.77.1.10 on n1, server 10.77.2.10 on n2,
 //! service `server.default.svc.cluster.local` VIP 10.96.0.10:80 → 8080).
@@ -31,6 +32,11 @@ const SERVER_PORT: u16 = 8080;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(12);
 /// Where the pod sends its queries: the node's address, port 53 (captured to 15053).
 const POD_NAMESERVER: SocketAddr = SocketAddr::new(IpAddr::V4(addr::NODE1), 53);
+/// A second resolver, on an extra address of node n1: a pod's own nameserver (its
+/// `dnsConfig`), which the tunnel's resolv.conf does not name.
+const OWN_NAMESERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 53, 53);
+/// The proxy's address in the pod, asked directly (no capture rule matches it).
+const PROXY_DIRECT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15053);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nodetunnel"))
@@ -92,21 +98,31 @@ impl DnsMesh {
     /// Sends `packet` over UDP from the client pod to its nameserver (captured); the reply,
     /// or `None` when none came within [`CLIENT_TIMEOUT`].
     fn udp(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let packet = packet.to_vec();
-        self.topo
-            .pod("client")
-            .ns()
-            .run(move || udp_exchange(POD_NAMESERVER, &packet))
-            .expect("UDP from the pod")
+        self.udp_to(POD_NAMESERVER, packet)
     }
 
     /// Sends `packet` over TCP (length-prefixed) from the client pod to its nameserver.
     fn tcp(&self, packet: &[u8]) -> Vec<u8> {
+        self.tcp_to(POD_NAMESERVER, packet)
+    }
+
+    /// Sends `packet` over UDP from the client pod to `to`.
+    fn udp_to(&self, to: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
         let packet = packet.to_vec();
         self.topo
             .pod("client")
             .ns()
-            .run(move || tcp_exchange(POD_NAMESERVER, &packet))
+            .run(move || udp_exchange(to, &packet))
+            .expect("UDP from the pod")
+    }
+
+    /// Sends `packet` over TCP from the client pod to `to`.
+    fn tcp_to(&self, to: SocketAddr, packet: &[u8]) -> Vec<u8> {
+        let packet = packet.to_vec();
+        self.topo
+            .pod("client")
+            .ns()
+            .run(move || tcp_exchange(to, &packet))
             .expect("TCP from the pod")
     }
 
@@ -312,6 +328,92 @@ fn other_names_and_types_are_forwarded_unchanged_large_answers_truncate_and_sile
         parse(&m.tcp(&silent)).metadata.response_code,
         ResponseCode::ServFail
     );
+    drop(m.mesh);
+}
+
+#[test]
+fn forwarded_queries_go_to_the_nameserver_the_pod_addressed_and_direct_ones_to_the_tunnels() {
+    let Some(m) = start("dns_pod_upstream") else {
+        return;
+    };
+    let client_ip = IpAddr::V4(m.topo.pod("client").ip());
+    let n1 = m.topo.node_ns("n1");
+    n1.ip(&[
+        "addr",
+        "add",
+        &format!("{OWN_NAMESERVER_IP}/32"),
+        "dev",
+        "lo",
+    ])
+    .expect("the second resolver's address on n1");
+    // Dropped before `m` (declared after it): the pod's own resolver, unknown to the tunnel.
+    let own = ResolverStandIn::start_unlisted(n1, OWN_NAMESERVER_IP).expect("the pod's resolver");
+    // Queries of one resolver from the client pod for `name` over `transport`.
+    let from_pod = |resolver: &ResolverStandIn, name: &str, transport: &str| {
+        resolver
+            .sources()
+            .iter()
+            .filter(|(n, _, ip, t)| n == name && *ip == client_ip && *t == transport)
+            .count()
+    };
+
+    // Captured, to the pod's own nameserver: answered by that one, unchanged (both stand-ins
+    // serve the same zone, so the reply equals the tunnel's resolver's asked directly).
+    for (name, rtype) in [
+        ("outside.example.org.", RecordType::A),
+        ("outside.example.org.", RecordType::TXT),
+        ("_http._tcp.outside.example.org.", RecordType::SRV),
+    ] {
+        let packet = query(name, rtype, Some(1232));
+        let udp = m.udp_to(own.addr(), &packet).expect("a forwarded answer");
+        assert_eq!(udp, m.direct_udp(&packet), "UDP {name} {rtype}");
+        assert_eq!(
+            m.tcp_to(own.addr(), &packet),
+            m.direct_tcp(&packet),
+            "TCP {name} {rtype}"
+        );
+    }
+    let srv = parse(&m.tcp_to(
+        own.addr(),
+        &query("_http._tcp.outside.example.org.", RecordType::SRV, None),
+    ));
+    assert!(matches!(srv.answers[0].data, RData::SRV(ref s) if s.port == 8080));
+    for name in ["outside.example.org", "_http._tcp.outside.example.org"] {
+        for transport in ["udp", "tcp"] {
+            assert!(
+                from_pod(&own, name, transport) > 0,
+                "{name} over {transport} reached the pod's resolver: {:?}",
+                own.sources()
+            );
+            assert_eq!(
+                from_pod(&m.resolver, name, transport),
+                0,
+                "{name} over {transport} went to the tunnel's resolver: {:?}",
+                m.resolver.sources()
+            );
+        }
+    }
+
+    // Sent straight to the proxy (127.0.0.1:15053, not redirected): no other nameserver was
+    // addressed, so the tunnel's resolv.conf names the upstream.
+    let packet = query("direct.example.org.", RecordType::A, None);
+    let udp = parse(&m.udp_to(PROXY_DIRECT, &packet).expect("an answer"));
+    assert_eq!(udp.metadata.response_code, ResponseCode::NXDomain);
+    let tcp = parse(&m.tcp_to(PROXY_DIRECT, &packet));
+    assert_eq!(tcp.metadata.response_code, ResponseCode::NXDomain);
+    for transport in ["udp", "tcp"] {
+        assert_eq!(
+            from_pod(&m.resolver, "direct.example.org", transport),
+            1,
+            "{transport}"
+        );
+        assert_eq!(
+            from_pod(&own, "direct.example.org", transport),
+            0,
+            "{transport}"
+        );
+    }
+    drop(own);
     drop(m.mesh);
 }
 

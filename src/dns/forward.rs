@@ -1,10 +1,11 @@
 //! Forwarding a query, byte for byte, to the upstream resolver over the client's transport.
 //!
-//! The upstream is the tunnel's own resolver configuration (`/etc/resolv.conf`), as ztunnel
-//! uses it: the tunnel cannot read a pod's resolv.conf from its network namespace, and in
-//! Kubernetes both name the same cluster DNS (the pod's `dnsPolicy: ClusterFirst`, the tunnel's
-//! too). The query's socket is opened in the client's scope — inside the pod's namespace in
-//! shared mode — with the tunnel's mark, so the capture rules let it leave and the cluster DNS
+//! The upstream is the nameserver the client addressed (its resolv.conf's, recovered by
+//! [`origin`](super::origin) from the REDIRECT that brought the query here), so a pod with
+//! its own `dnsConfig` keeps its resolver. Only when that is unknown, or is the proxy itself,
+//! the tunnel's own resolver configuration (`/etc/resolv.conf`) is used, as ztunnel always
+//! does. The query's socket is opened in the client's scope — inside the pod's namespace in
+//! shared mode — with the tunnel's mark, so the capture rules let it leave and the resolver
 //! sees the pod as the client, as it would without the proxy.
 //!
 //! Bounds: one upstream query at a time per permit of a process-wide budget
@@ -114,6 +115,29 @@ impl Upstream {
         }
     }
 
+    /// The resolver for a query the client addressed to `addressed` (or why that is not
+    /// known), received by the proxy at `proxy`: the addressed one, else the tunnel's first
+    /// nameserver — never the proxy's own address, which would loop.
+    pub(crate) fn choose(
+        &self,
+        addressed: Result<SocketAddr, String>,
+        proxy: SocketAddr,
+    ) -> Result<SocketAddr, ForwardError> {
+        let upstream = match addressed {
+            Ok(upstream) => upstream,
+            Err(why) => {
+                tracing::debug!(%why, "DNS proxy: the client's nameserver is not known; using the tunnel's");
+                self.server()?
+            }
+        };
+        if upstream == proxy {
+            return Err(ForwardError::NoUpstream(format!(
+                "{upstream} is the proxy's own address"
+            )));
+        }
+        Ok(upstream)
+    }
+
     fn server(&self) -> Result<SocketAddr, ForwardError> {
         // The first nameserver, as a resolver tries it first; it is the cluster DNS in a pod.
         match &self.servers {
@@ -141,15 +165,15 @@ impl Upstream {
         })
     }
 
-    /// Sends `query` over UDP from a socket of `sockets` and returns the upstream's reply as
+    /// Sends `query` to `upstream` over UDP from a socket of `sockets` and returns the upstream's reply as
     /// received, its id set back to the query's. The query leaves with a fresh random id, and
     /// only a reply with that id is taken (anything else on the socket is ignored).
     pub(crate) async fn udp(
         &self,
         sockets: &SocketFactory,
+        upstream: SocketAddr,
         query: &[u8],
     ) -> Result<Vec<u8>, ForwardError> {
-        let upstream = self.server()?;
         let _permit = self.permit()?;
         let io = |source| ForwardError::Io { upstream, source };
         let (outgoing, id) = with_fresh_id(query);
@@ -175,9 +199,9 @@ impl Upstream {
     pub(crate) async fn tcp(
         &self,
         sockets: &SocketFactory,
+        upstream: SocketAddr,
         query: &[u8],
     ) -> Result<Vec<u8>, ForwardError> {
-        let upstream = self.server()?;
         let _permit = self.permit()?;
         let io = |source| ForwardError::Io { upstream, source };
         let (outgoing, id) = with_fresh_id(query);

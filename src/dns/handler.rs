@@ -11,6 +11,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use super::answer::{self, Family, MeshAnswer};
 use super::forward::{ForwardError, Upstream};
 use super::names;
+use super::origin::{self, Arrival};
 use super::truncate::{client_limit, encode_within, CLASSIC_UDP_SIZE};
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
@@ -48,8 +49,9 @@ impl Handler {
         &self,
         packet: &[u8],
         client: SocketAddr,
-        transport: Transport,
+        arrival: &Arrival,
     ) -> Option<Vec<u8>> {
+        let transport = arrival.transport();
         let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
         if header.metadata.message_type == MessageType::Response {
             return None;
@@ -67,9 +69,13 @@ impl Handler {
             return encode_within(reply, limit).ok();
         }
         self.metrics.dns_upstream_requests.inc();
-        let forwarded = match transport {
-            Transport::Udp => self.upstream.udp(&self.sockets, packet).await,
-            Transport::Tcp => self.upstream.tcp(&self.sockets, packet).await,
+        let addressed = origin::addressed(arrival, client, &self.sockets);
+        let forwarded = match self.upstream.choose(addressed, arrival.local(client)) {
+            Ok(upstream) => match transport {
+                Transport::Udp => self.upstream.udp(&self.sockets, upstream, packet).await,
+                Transport::Tcp => self.upstream.tcp(&self.sockets, upstream, packet).await,
+            },
+            Err(error) => Err(error),
         };
         match forwarded {
             Ok(reply) if reply.len() <= limit => Some(reply),

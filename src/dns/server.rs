@@ -16,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::forward::MAX_MESSAGE;
-use super::handler::{Handler, Transport};
-use crate::socket::{canonical, SocketFactory};
+use super::handler::Handler;
+use super::origin::Arrival;
+use crate::socket::{canonical, original_dst, SocketFactory};
 
 /// UDP queries being handled at once by one server (a forward holds one for up to the
 /// upstream timeout).
@@ -95,6 +96,13 @@ impl Drop for DnsServer {
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
+    let arrival = match socket.local_addr() {
+        Ok(local) => Arc::new(Arrival::Udp { local }),
+        Err(error) => {
+            tracing::warn!(%error, "DNS proxy: the UDP socket has no address; not serving UDP");
+            return;
+        }
+    };
     let mut in_flight = JoinSet::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -111,10 +119,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
             continue;
         }
         let packet = buf[..len].to_vec();
-        let (socket, handler) = (socket.clone(), handler.clone());
+        let (socket, handler, arrival) = (socket.clone(), handler.clone(), arrival.clone());
         in_flight.spawn(async move {
             let client = canonical(client);
-            if let Some(reply) = handler.handle(&packet, client, Transport::Udp).await {
+            if let Some(reply) = handler.handle(&packet, client, &arrival).await {
                 let _ = socket.send_to(&reply, client).await;
             }
         });
@@ -149,6 +157,14 @@ async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>) {
 /// Length-prefixed messages (RFC 1035 §4.2.2), answered in order, until the client closes,
 /// sends a zero length, or stays idle for [`TCP_IDLE_TIMEOUT`].
 async fn serve_connection(mut stream: TcpStream, client: SocketAddr, handler: Arc<Handler>) {
+    // Where the client connected before the REDIRECT: its nameserver, for forwarded queries.
+    let arrival = match stream.local_addr() {
+        Ok(local) => Arrival::Tcp {
+            local,
+            original: original_dst(&stream).map_err(|e| format!("SO_ORIGINAL_DST: {e}")),
+        },
+        Err(_) => return,
+    };
     loop {
         let read = async {
             let len = stream.read_u16().await?;
@@ -160,7 +176,7 @@ async fn serve_connection(mut stream: TcpStream, client: SocketAddr, handler: Ar
             Ok(Ok(message)) if !message.is_empty() => message,
             _ => return,
         };
-        let Some(reply) = handler.handle(&message, client, Transport::Tcp).await else {
+        let Some(reply) = handler.handle(&message, client, &arrival).await else {
             // Not answerable (not even a header): the stream is out of step; close it.
             return;
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use super::{Handler, Transport};
+use super::Handler;
+use crate::dns::origin::Arrival;
 use crate::dns::Upstream;
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
@@ -16,6 +17,21 @@ use crate::state::fixtures::{service, workload};
 use crate::state::{NamespacedHostname, StateHandle, Store, StoreDelta};
 
 const CLIENT: &str = "10.0.0.5:40000";
+
+/// A datagram to the proxy (its flow is in no conntrack table: forwards use the fallback).
+fn udp() -> Arrival {
+    Arrival::Udp {
+        local: "127.0.0.1:15053".parse().unwrap(),
+    }
+}
+
+/// A TCP connection that was not redirected.
+fn tcp() -> Arrival {
+    Arrival::Tcp {
+        local: "127.0.0.1:15053".parse().unwrap(),
+        original: Err("not redirected".into()),
+    }
+}
 
 fn handler() -> Handler {
     let mut store = Store::default();
@@ -67,7 +83,7 @@ fn query(name: &str, rtype: RecordType) -> Vec<u8> {
 
 async fn ask(h: &Handler, packet: &[u8]) -> Option<Message> {
     let client: SocketAddr = CLIENT.parse().unwrap();
-    h.handle(packet, client, Transport::Udp)
+    h.handle(packet, client, &udp())
         .await
         .map(|bytes| Message::from_vec(&bytes).expect("the reply decodes"))
 }
@@ -194,11 +210,11 @@ async fn a_large_local_answer_is_truncated_to_the_client_size_over_udp_only() {
     };
     let packet = query("big.default.svc.cluster.local.", RecordType::A);
     let client: SocketAddr = CLIENT.parse().unwrap();
-    let udp = h.handle(&packet, client, Transport::Udp).await.unwrap();
+    let udp = h.handle(&packet, client, &udp()).await.unwrap();
     assert!(udp.len() <= 512);
     let udp = Message::from_vec(&udp).unwrap();
     assert!(udp.metadata.truncation);
-    let tcp = h.handle(&packet, client, Transport::Tcp).await.unwrap();
+    let tcp = h.handle(&packet, client, &tcp()).await.unwrap();
     let tcp = Message::from_vec(&tcp).unwrap();
     assert!(!tcp.metadata.truncation);
     assert_eq!(tcp.answers.len(), 100);

@@ -1,6 +1,7 @@
 //! A resolver stand-in for the DNS proxy's tests: a small authoritative server on UDP and TCP
 //! port 53 of one address in a test namespace, made that namespace's resolver (for daemons
-//! started there afterwards: `ip netns exec` mounts `/etc/netns/<ns>/resolv.conf`).
+//! started there afterwards: `ip netns exec` mounts `/etc/netns/<ns>/resolv.conf`) — or, with
+//! [`ResolverStandIn::start_unlisted`], not (a pod's own nameserver that the tunnel does not know).
 //!
 //! Zone (all under `example.org`, answers deterministic so a test can byte-compare a reply
 //! through the proxy with one asked directly):
@@ -42,20 +43,31 @@ pub struct ResolverStandIn {
     sources: Sources,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    etc_dir: PathBuf,
+    /// The `/etc/netns/<ns>` directory holding the resolv.conf this stand-in wrote, if any.
+    etc_dir: Option<PathBuf>,
 }
 
 impl ResolverStandIn {
     /// Serves on `ip`:53 (UDP and TCP) inside `ns` and writes `nameserver <ip>` as `ns`'s
     /// resolv.conf.
     pub fn start(ns: &Netns, ip: Ipv4Addr) -> Result<ResolverStandIn> {
-        let addr = SocketAddr::from((ip, 53));
         let etc_dir = PathBuf::from("/etc/netns").join(ns.name());
         fs::create_dir_all(&etc_dir)
             .map_err(|e| Error::io(format!("creating {}", etc_dir.display()), e))?;
         let conf = etc_dir.join("resolv.conf");
         fs::write(&conf, format!("nameserver {ip}\n"))
             .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+        Self::serve(ns, ip, Some(etc_dir))
+    }
+
+    /// Serves on `ip`:53 inside `ns` without touching any resolv.conf: a second resolver,
+    /// one that a pod addresses but that the namespace's daemons do not know.
+    pub fn start_unlisted(ns: &Netns, ip: Ipv4Addr) -> Result<ResolverStandIn> {
+        Self::serve(ns, ip, None)
+    }
+
+    fn serve(ns: &Netns, ip: Ipv4Addr, etc_dir: Option<PathBuf>) -> Result<ResolverStandIn> {
+        let addr = SocketAddr::from((ip, 53));
         let (udp, tcp) = ns
             .run(move || Ok::<_, io::Error>((UdpSocket::bind(addr)?, TcpListener::bind(addr)?)))
             .map_err(|e| Error::io(format!("binding {addr} in {}", ns.name()), e))?;
@@ -100,7 +112,9 @@ impl Drop for ResolverStandIn {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        let _ = fs::remove_dir_all(&self.etc_dir);
+        if let Some(etc_dir) = &self.etc_dir {
+            let _ = fs::remove_dir_all(etc_dir);
+        }
     }
 }
 
