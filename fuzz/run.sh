@@ -10,8 +10,10 @@
 # macros. No AddressSanitizer: that needs nightly (-Zsanitizer), and the code under test is
 # safe Rust, where a bug shows as a panic, which libFuzzer reports as a crash.
 #
-# New inputs that add coverage go to fuzz/corpus/<target>/ (the corpus the tests replay);
-# a crashing input is written to fuzz/artifacts/<target>/. Logs: fuzz/logs/<target>.log.
+# Each run starts from fuzz/corpus/<target>/ (the corpus the tests replay) and collects new
+# inputs in fuzz/work/<target>/; afterwards only those that add coverage are merged into
+# fuzz/corpus/<target>/ (`-merge=1`), which keeps the committed corpus small. A crashing
+# input is written to fuzz/artifacts/<target>/. Logs: fuzz/logs/<target>.log.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,18 +39,19 @@ mkdir -p logs
 status=0
 printf '%-14s %12s %8s %8s %s\n' target executions crashes seconds corpus
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "artifacts/$t"
+    mkdir -p "corpus/$t" "artifacts/$t" "work/$t"
     log="logs/$t.log"
     started=$(date +%s)
     # -max_total_time ends the run; -timeout makes a hang (one input > 10 s) a crash too.
-    # The corpus directory is both read (seeds) and written (new coverage).
+    # libFuzzer writes new inputs to the first directory and only reads the others.
     set +e
-    "target/$triple/release/$t" "corpus/$t" \
+    "target/$triple/release/$t" "work/$t" "corpus/$t" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     rc=$?
     set -e
     took=$(( $(date +%s) - started ))
+    "target/$triple/release/$t" -merge=1 "corpus/$t" "work/$t" >"logs/$t.merge.log" 2>&1 || true
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     # Without final stats (the run died), take the last status line's count.
     [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#')
