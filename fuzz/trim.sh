@@ -22,12 +22,14 @@ for t in "${targets[@]}"; do
     "target/$triple/release/$t" -set_cover_merge=1 "$tmp/min" "$dir" "$tmp/found" >"$tmp/log" 2>&1 || {
         cat "$tmp/log" >&2; exit 1; }
     used=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
-    # Smallest first, while the budget lasts.
-    find "$tmp/min" -type f -printf '%s %p\n' | sort -n | while read -r size path; do
+    # Smallest first, while the budget lasts (the list is written out first: a pipe into a
+    # loop that stops early would fail the script with SIGPIPE).
+    find "$tmp/min" -type f -printf '%s %p\n' | sort -n >"$tmp/by-size"
+    while read -r size path; do
         [ $((used + size)) -le "$budget" ] || break
         used=$((used + size))
         mv "$path" "$dir/"
-    done
+    done <"$tmp/by-size"
     rm -rf "$tmp"
     printf '%-14s %4s files %7s bytes\n' "$t" "$(find "$dir" -type f | wc -l)" \
         "$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')"
