@@ -20,6 +20,7 @@ mod server;
 mod truncate;
 
 pub(crate) use forward::Upstream;
-pub(crate) use handler::Handler;
+pub(crate) use handler::{fit_reply, Handler, Transport};
 pub use server::DnsBindError;
 pub(crate) use server::DnsServer;
+pub(crate) use truncate::client_limit;

@@ -21,6 +21,8 @@ pub mod authz;
 pub mod config;
 mod dns;
 mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 mod hbone;
 pub mod identity;

@@ -16,7 +16,7 @@ mod backoff;
 mod client;
 mod convert;
 mod node;
-mod response;
+pub(crate) mod response;
 mod status;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,8 @@
 pub mod agent;
 mod ambient;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod install;
 pub mod node;
 pub mod plugin;

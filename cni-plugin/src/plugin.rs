@@ -146,6 +146,32 @@ fn execute(
     }
 }
 
+/// Everything `ADD` decodes from its input before any API call or socket: the `CNI_*`
+/// variables (`CNI_ARGS` included), the config, `prevResult` converted to the config's
+/// version, the enrollment rules and name-based skips, and the pod addresses the agent
+/// would be sent. For the fuzz target, which must not reach the API server; `add` runs the
+/// same steps in the same order.
+pub(crate) fn decode_add(
+    env: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Vec<event::EventIp>, PluginError> {
+    let invocation = Invocation::from_env(&env)?;
+    let (config, raw) = parse_config(stdin)?;
+    invocation.add_params()?;
+    let result = match raw.get("prevResult") {
+        None | Some(Value::Null) => result::empty(&config.cni_version),
+        Some(prev) => {
+            result::convert(prev, &config.cni_version).map_err(PluginError::PrevResult)?
+        }
+    };
+    let k8s = invocation.k8s()?;
+    let rules = EnrollmentRules::from_plugin_config(&config)?;
+    if let Some((namespace, name)) = k8s.pod() {
+        let _ = rules.skip_by_name(namespace, name);
+    }
+    result::event_ips(&result).map_err(PluginError::PrevResult)
+}
+
 fn add(
     invocation: &Invocation,
     config: &PluginConfig,

@@ -288,3 +288,6 @@ fn string_match_to_proto(m: &StringMatch) -> sec::StringMatch {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_seeds;

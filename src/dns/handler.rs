@@ -78,12 +78,7 @@ impl Handler {
             Err(error) => Err(error),
         };
         match forwarded {
-            Ok(reply) if reply.len() <= limit => Some(reply),
-            // Larger than the client takes (an upstream ignoring its EDNS size): cut to fit.
-            Ok(reply) => match Message::from_vec(&reply) {
-                Ok(parsed) => encode_within(parsed, limit).ok(),
-                Err(_) => truncated_reply(&request),
-            },
+            Ok(reply) => fit_reply(&request, reply, limit),
             Err(error) => {
                 self.metrics.dns_upstream_failures.inc();
                 log_failure(&error);
@@ -141,6 +136,19 @@ impl Handler {
             reply.add_answer(Record::from_rdata(query.name().clone(), MESH_TTL, rdata));
         }
         Some(reply)
+    }
+}
+
+/// The upstream's `reply` to `request` as the client gets it: unchanged when it fits `limit`;
+/// larger (an upstream ignoring the client's EDNS size) it is cut to fit, or, when it does
+/// not even decode, replaced by the question alone with TC set.
+pub(crate) fn fit_reply(request: &Message, reply: Vec<u8>, limit: usize) -> Option<Vec<u8>> {
+    if reply.len() <= limit {
+        return Some(reply);
+    }
+    match Message::from_vec(&reply) {
+        Ok(parsed) => encode_within(parsed, limit).ok(),
+        Err(_) => truncated_reply(request),
     }
 }
 

@@ -31,11 +31,11 @@ const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// What a response changed, and what it got wrong.
 #[derive(Debug)]
-pub(super) struct Applied {
+pub(crate) struct Applied {
     /// Resources added or replaced: (name, version).
-    pub(super) updated: Vec<(String, String)>,
+    pub(crate) updated: Vec<(String, String)>,
     /// Names removed (possibly including names we never had; the store ignores those).
-    pub(super) removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// Resources skipped because this version does not understand them (logged as warnings;
     /// the push is still ACKed).
     pub(super) ignored: Vec<Problem>,
@@ -43,7 +43,7 @@ pub(super) struct Applied {
     /// applied all the same.
     pub(super) rejection: Option<Rejection>,
     /// Time spent waiting for and holding the store's write lock.
-    pub(super) duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// One resource the response got wrong.
@@ -88,7 +88,7 @@ fn describe_problems(total: usize, problems: &[Problem]) -> String {
 
 /// Validates `response` (of type `kind`) and applies its good resources to `state` in one
 /// write; the bad ones are listed in [`Applied::rejection`].
-pub(super) fn apply(
+pub(crate) fn apply(
     kind: ResourceType,
     response: DeltaDiscoveryResponse,
     state: &StateHandle,
@@ -188,7 +188,7 @@ pub(super) fn apply(
 
 /// Why one resource was not applied.
 #[derive(Debug)]
-enum Refused {
+pub(crate) enum Refused {
     /// It is wrong: NACKed.
     Invalid(String),
     /// It uses something this version does not know: skipped with a warning, ACKed.
@@ -229,7 +229,7 @@ fn convert_guarded(
 
 /// Decodes and converts one resource into `delta`; the error is a reason phrase (the caller
 /// names the resource).
-fn convert(
+pub(crate) fn convert(
     kind: ResourceType,
     resource: Resource,
     defaults: &Defaults,

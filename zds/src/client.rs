@@ -162,7 +162,7 @@ fn parse(bytes: &[u8], d: Datagram) -> WorkloadEvent {
     validate(bytes, d).unwrap_or_else(WorkloadEvent::Invalid)
 }
 
-fn validate(bytes: &[u8], d: Datagram) -> Result<WorkloadEvent, ProtocolViolation> {
+pub(crate) fn validate(bytes: &[u8], d: Datagram) -> Result<WorkloadEvent, ProtocolViolation> {
     use ProtocolViolation as V;
     if d.truncated {
         return Err(V::Truncated);

@@ -12,6 +12,8 @@
 
 pub mod agent;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 mod seqpacket;
 pub mod server;
 

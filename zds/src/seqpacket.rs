@@ -188,50 +188,70 @@ impl SeqPacketListener {
     }
 }
 
-/// The only unsafe code in `inpod`: taking ownership of descriptors the kernel installed, and
-/// registering owned descriptors with the reactor.
-#[allow(unsafe_code)]
-mod sys {
-    use std::io;
-    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-
-    use tokio::io::unix::AsyncFd;
-
+/// The descriptor numbers of every `SCM_RIGHTS` message in a control buffer filled by
+/// `recvmsg` (zeroed before the call). Walks the headers like `CMSG_NXTHDR`, reading bytes,
+/// never pointers, and stops at the first header that does not fit, so any buffer is safe
+/// to walk (the fuzz target feeds it arbitrary bytes). Only numbers: owning them is
+/// `sys::take_fds`'s job.
+pub(crate) fn control_fds(buf: &[u8]) -> Vec<RawFd> {
     use std::mem::{offset_of, size_of};
-
     const HEADER: usize = size_of::<libc::cmsghdr>();
     /// `CMSG_ALIGN` rounds to `size_t`.
     const ALIGN: usize = size_of::<usize>();
     const LEVEL: usize = offset_of!(libc::cmsghdr, cmsg_level);
     const TYPE: usize = offset_of!(libc::cmsghdr, cmsg_type);
+    let int_at = |h: &[u8], at: usize| {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(&h[at..at + 4]);
+        i32::from_ne_bytes(bytes)
+    };
+    let mut fds = Vec::new();
+    let mut at: usize = 0;
+    while let Some(h) = buf.get(at..at.saturating_add(HEADER)) {
+        // cmsg_len is a size_t at offset 0 (glibc; musl's socklen_t plus zero padding reads
+        // the same on little-endian targets).
+        let mut len_bytes = [0; ALIGN];
+        len_bytes.copy_from_slice(&h[..ALIGN]);
+        let len = usize::from_ne_bytes(len_bytes);
+        let (level, kind) = (int_at(h, LEVEL), int_at(h, TYPE));
+        let end = match at.checked_add(len) {
+            Some(end) if len >= HEADER && end <= buf.len() => end,
+            _ => break, // the zeroed rest, or nothing the kernel wrote
+        };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            fds.extend(
+                buf[at + HEADER..end]
+                    .chunks_exact(4)
+                    .map(|raw| int_at(raw, 0)),
+            );
+        }
+        match end.checked_next_multiple_of(ALIGN) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    fds
+}
+
+/// The only unsafe code in `inpod`: taking ownership of descriptors the kernel installed, and
+/// registering owned descriptors with the reactor.
+#[allow(unsafe_code)]
+mod sys {
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use tokio::io::unix::AsyncFd;
 
     /// Every `SCM_RIGHTS` descriptor in a control buffer filled by `recvmsg` (zeroed before
-    /// the call). Walks the headers like `CMSG_NXTHDR`, reading bytes, never pointers.
+    /// the call), owned.
     pub(super) fn take_fds(buf: &[u8]) -> Vec<OwnedFd> {
-        let mut fds = Vec::new();
-        let mut at = 0;
-        while at + HEADER <= buf.len() {
-            let h = &buf[at..at + HEADER];
-            // cmsg_len is a size_t at offset 0 (glibc; musl's socklen_t plus zero padding
-            // reads the same on little-endian targets).
-            let len = usize::from_ne_bytes(h[..ALIGN].try_into().expect("size_t"));
-            let level = i32::from_ne_bytes(h[LEVEL..LEVEL + 4].try_into().expect("int"));
-            let kind = i32::from_ne_bytes(h[TYPE..TYPE + 4].try_into().expect("int"));
-            if len < HEADER || at + len > buf.len() {
-                break; // the zeroed rest, or nothing the kernel wrote
-            }
-            if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
-                for raw in buf[at + HEADER..at + len].chunks_exact(4) {
-                    let fd = RawFd::from_ne_bytes(raw.try_into().expect("int"));
-                    // SAFETY: the kernel just installed `fd` in our descriptor table for this
-                    // SCM_RIGHTS message; nothing else has seen the number, so taking sole
-                    // ownership (and closing it on drop) is sound.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-            at += len.next_multiple_of(ALIGN);
-        }
-        fds
+        super::control_fds(buf)
+            .into_iter()
+            // SAFETY: the kernel just installed each `fd` in our descriptor table for this
+            // SCM_RIGHTS message; nothing else has seen the numbers, so taking sole ownership
+            // (and closing them on drop) is sound.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect()
     }
 
     /// Registers `fd` with the tokio reactor (readable and writable).

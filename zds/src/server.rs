@@ -125,13 +125,8 @@ impl ZdsPeer {
     /// Reads the tunnel's hello (within the ack timeout), which must say V1.
     pub async fn read_hello(mut self) -> Result<ZdsPeer, ZdsServerError> {
         let hello: ZdsHello = self.recv("hello", ZdsServerError::BadHello).await?;
-        match Version::try_from(hello.version) {
-            Ok(Version::V1) => Ok(self),
-            _ => Err(ZdsServerError::BadHello(format!(
-                "version {}",
-                hello.version
-            ))),
-        }
+        check_hello(&hello)?;
+        Ok(self)
     }
 
     /// Changes how long to wait for each ack (default [`ACK_TIMEOUT`]).
@@ -192,15 +187,7 @@ impl ZdsPeer {
     /// request's, so drop the connection instead of sending more.
     pub async fn recv_ack(&mut self) -> Result<Ack, ZdsServerError> {
         let response: WorkloadResponse = self.recv("ack", ZdsServerError::BadResponse).await?;
-        match response.payload {
-            Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => {
-                Ok(Ack { error: None })
-            }
-            Some(workload_response::Payload::Ack(ack)) => Ok(Ack {
-                error: Some(ack.error),
-            }),
-            None => Err(ZdsServerError::BadResponse("no ack".into())),
-        }
+        ack_of(response)
     }
 
     async fn request(
@@ -237,5 +224,29 @@ impl ZdsPeer {
             return Err(bad(format!("{} unexpected file descriptors", d.fds.len())));
         }
         M::decode(&self.buf[..d.len]).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// The tunnel's hello must say V1.
+pub(crate) fn check_hello(hello: &ZdsHello) -> Result<(), ZdsServerError> {
+    match Version::try_from(hello.version) {
+        Ok(Version::V1) => Ok(()),
+        _ => Err(ZdsServerError::BadHello(format!(
+            "version {}",
+            hello.version
+        ))),
+    }
+}
+
+/// The ack a response carries; an empty error string is success.
+pub(crate) fn ack_of(response: WorkloadResponse) -> Result<Ack, ZdsServerError> {
+    match response.payload {
+        Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => {
+            Ok(Ack { error: None })
+        }
+        Some(workload_response::Payload::Ack(ack)) => Ok(Ack {
+            error: Some(ack.error),
+        }),
+        None => Err(ZdsServerError::BadResponse("no ack".into())),
     }
 }
