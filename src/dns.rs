@@ -21,6 +21,7 @@ mod truncate;
 
 pub(crate) use forward::Upstream;
 pub(crate) use handler::{fit_reply, Handler, Transport};
+pub(crate) use origin::Arrival;
 pub use server::DnsBindError;
 pub(crate) use server::DnsServer;
 pub(crate) use truncate::client_limit;

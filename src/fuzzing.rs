@@ -19,7 +19,7 @@ use nodetunnel_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::dns::{fit_reply, Handler, Transport, Upstream};
+use crate::dns::{fit_reply, Arrival, Handler, Transport, Upstream};
 use crate::hbone::server::{self as hbone_server, ConnectTarget, RequestError};
 use crate::metrics::Metrics;
 use crate::socket::SocketFactory;
@@ -100,7 +100,13 @@ pub fn hbone_connect(
         drained: Arc::clone(&drained),
     };
     let ended = block_on(async {
-        let serving = hbone_server::serve(io, handle, std::future::pending());
+        // Bounds far beyond one input's run: the target is the decoding, not the timers.
+        let options = hbone_server::ServeOptions {
+            handshake_deadline: tokio::time::Instant::now() + Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+            ping: crate::config::PingConfig::default(),
+        };
+        let serving = hbone_server::serve(io, handle, std::future::pending(), options);
         tokio::select! {
             // Polled first: everything the input holds is decoded before the other branch
             // gets a turn.
@@ -212,7 +218,17 @@ pub fn dns_query(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     };
     let client: SocketAddr = SocketAddr::from(([10, 0, 0, 5], 40000));
     let handler = dns_handler();
-    let reply = block_on(handler.handle(query, client, transport));
+    // Where the REDIRECT delivered it; the original destination is unknown (TCP) or looked up
+    // and not found (UDP), so a forwarded query falls back to the tunnel's nameservers (none).
+    let local: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15053));
+    let arrival = match transport {
+        Transport::Tcp => Arrival::Tcp {
+            local,
+            original: Err("not redirected (fuzz input)".into()),
+        },
+        Transport::Udp => Arrival::Udp { local },
+    };
+    let reply = block_on(handler.handle(query, client, &arrival));
     let fitted = hickory_proto::op::Message::from_vec(query)
         .ok()
         .filter(|_| !upstream.is_empty())
