@@ -40,8 +40,16 @@ impl std::fmt::Display for Explained {
         let Explained(refusal, names) = self;
         let what = names.listener;
         match refusal {
-            Refusal::Total { limit } => write!(f, "{limit} {what} connections are open ({})", names.total_setting),
-            Refusal::PerSource { limit } => write!(f, "{limit} {what} connections from this address are open ({})", names.per_source_setting),
+            Refusal::Total { limit } => write!(
+                f,
+                "{limit} {what} connections are open ({})",
+                names.total_setting
+            ),
+            Refusal::PerSource { limit } => write!(
+                f,
+                "{limit} {what} connections from this address are open ({})",
+                names.per_source_setting
+            ),
         }
     }
 }

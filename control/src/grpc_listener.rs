@@ -142,11 +142,8 @@ pub struct Incoming {
 
 impl Incoming {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor, bounds: GrpcBounds) -> Incoming {
-        let limits = ConnectionLimits::new(
-            NAMES,
-            bounds.max_connections,
-            bounds.max_connections_per_ip,
-        );
+        let limits =
+            ConnectionLimits::new(NAMES, bounds.max_connections, bounds.max_connections_per_ip);
         // Each waiting connection holds a place under the caps, so the queue is bounded by
         // them; tonic takes connections as soon as they are ready.
         let (tx, connections) = mpsc::channel(64);
