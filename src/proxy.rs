@@ -177,7 +177,7 @@ impl ProxyInputs {
         delivery: Delivery,
     ) -> ProxyInputs {
         let sockets = sockets.with_keepalive(config.keepalive);
-        let inbound_limits = admission::ConnectionLimits::shared(
+        let inbound_limits = admission::shared(
             config.hbone.max_connections,
             config.hbone.max_connections_per_ip,
         );

@@ -11,6 +11,8 @@
 //!   symlink (exclusive temporary file, then rename).
 //! - [`signal`]: [`shutdown`](signal::shutdown), SIGTERM/SIGINT registered eagerly.
 //! - [`accept`]: [`serve`](accept::serve), an accept loop that survives failed accepts.
+//! - [`admission`]: [`ConnectionLimits`](admission::ConnectionLimits), caps on a TLS
+//!   listener's connections overall and per source address.
 //! - [`local_socket`]: owner-only Unix socket files and the peer-credentials check of the
 //!   node agent's sockets.
 //! - [`logging`]: [`init`](logging::init), the one log set-up of every binary.
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod admission;
 pub mod backoff;
 pub mod files;
 pub mod local_socket;

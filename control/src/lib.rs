@@ -6,13 +6,15 @@
 //! `connections` records what each tunnel got); `ca_service` signs workload certificates for
 //! identities the current mesh contains (to a node's token, only its node's); `auth` decides who
 //! may call either and which node a token speaks for; `status` serves
-//! `/ready` and the debug endpoints. [`run`] wires them onto one TLS port, like istiod's 15012.
+//! `/ready` and the debug endpoints; `grpc_listener` terminates TLS within the port's bounds
+//! (caps, handshake deadline). [`run`] wires them onto one TLS port, like istiod's 15012.
 
 pub mod auth;
 pub mod ca_service;
 mod check;
 pub mod connections;
 mod encode;
+pub mod grpc_listener;
 mod mesh;
 mod push;
 mod status;
@@ -30,11 +32,12 @@ use nodetunnel_proto::envoy::service::discovery::v3::aggregated_discovery_servic
 use nodetunnel_proto::istio::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use auth::Authenticator;
 use ca_service::{CaService, Placement};
 use connections::Connections;
+use grpc_listener::{GrpcBounds, Incoming, TlsSetupError};
 use nodetunnel::identity::{CaError, LocalCa, ROOT_CERT_FILE};
 use nodetunnel::state::Defaults;
 use status::StatusState;
@@ -54,6 +57,9 @@ pub(crate) const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 360
 /// `initial_resource_versions` — about 80 bytes each, so 8 MiB at 100,000 workloads — which
 /// tonic's default 4 MiB limit would refuse, leaving the tunnel unable to reconnect at all.
 const MAX_XDS_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest certificate request accepted: a CSR is a few KiB; anything near this is not one.
+pub const MAX_CA_REQUEST_BYTES: usize = 256 * 1024;
 
 /// How long a shutdown waits for streams to receive their final status and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -80,6 +86,8 @@ pub struct ControlOptions {
     pub max_cert_ttl: Duration,
     pub trust_domain: String,
     pub cluster_id: String,
+    /// Caps, deadlines and PINGs on the gRPC port.
+    pub grpc_bounds: GrpcBounds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +121,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("TLS setup for the gRPC listener failed: {0}")]
-    Tls(String),
+    Tls(#[from] TlsSetupError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
     #[error("cannot install signal handlers: {0}")]
@@ -143,13 +151,8 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
             sans: sans.clone(),
             source,
         })?;
-    let tls = ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(
-            &serving.cert_chain_pem,
-            &serving.key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(ca.root_pem()))
-        .client_auth_optional(true);
+    let tls =
+        grpc_listener::tls_acceptor(&serving.cert_chain_pem, &serving.key_pem, &ca.root_pem())?;
 
     let grpc = TcpListener::bind(opts.listen)
         .await
@@ -189,9 +192,15 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
     });
     let status_task = tokio::spawn(status::serve(status_listener, status.clone()));
 
+    let bounds = opts.grpc_bounds;
+    // TLS is `grpc_listener`'s (under the handshake deadline); these bound what a connection
+    // may ask of the server once it speaks HTTP/2.
     let mut server = Server::builder()
-        .tls_config(tls)
-        .map_err(|e| ControlError::Tls(nodetunnel::grpc::error_chain(&e)))?;
+        .http2_keepalive_interval(Some(bounds.ping_interval))
+        .http2_keepalive_timeout(Some(bounds.ping_timeout))
+        .max_concurrent_streams(grpc_listener::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(grpc_listener::MAX_HEADER_LIST_BYTES)
+        .max_frame_size(grpc_listener::MAX_FRAME_BYTES);
     let meshes = watcher.subscribe();
     // Read per request from the watcher's latest mesh, so moves and removals apply at once.
     let placement: Placement = Arc::new(move |id| meshes.borrow().mesh.nodes_running(id).cloned());
@@ -201,8 +210,11 @@ pub async fn run(opts: ControlOptions) -> Result<(), ControlError> {
             AggregatedDiscoveryServiceServer::new(ads)
                 .max_decoding_message_size(MAX_XDS_REQUEST_BYTES),
         )
-        .add_service(IstioCertificateServiceServer::new(ca_service));
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+        .add_service(
+            IstioCertificateServiceServer::new(ca_service)
+                .max_decoding_message_size(MAX_CA_REQUEST_BYTES),
+        );
+    let incoming = Incoming::new(grpc, tls, bounds);
     // Two steps on shutdown: first every xDS stream ends with UNAVAILABLE (they never end by
     // themselves), then the server stops accepting and waits for those last messages to flush.
     let stop_server = CancellationToken::new();

@@ -1,5 +1,6 @@
 //! The control plane's small HTTP status listener: `/ready`, `/debug/connections`,
-//! `/debug/mesh`. Plain HTTP/1.1 meant for 127.0.0.1 (it names every connected node).
+//! `/debug/mesh`. Plain HTTP/1.1 meant for 127.0.0.1 (it names every connected node), capped
+//! and with a header-read timeout like the tunnel's admin endpoints.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use nodetunnel_base::accept;
 use nodetunnel_base::readiness::Readiness;
 use tokio::net::TcpListener;
@@ -29,16 +30,27 @@ pub struct StatusState {
     pub load: Arc<Mutex<LoadStatus>>,
 }
 
+/// Connections served at once; more are closed at accept. Probes and operators need a
+/// handful; the rest of the process's descriptors belong to the gRPC port.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request's headers (each request on a kept-alive
+/// connection too) before the connection is closed, so silent clients give their place back.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<StatusState>) {
-    accept::serve(listener, "status", |tcp, _| {
+    accept::serve_limited(listener, "status", MAX_CONNECTIONS, |tcp, _, slot| {
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

@@ -134,6 +134,11 @@ impl Control {
 
     /// Starts the binary on loopback with a token file and waits for its "serving" line.
     fn start(yaml: &str) -> Control {
+        Control::start_with(yaml, &[])
+    }
+
+    /// [`Control::start`] with extra environment variables (settings).
+    fn start_with(yaml: &str, env: &[(&str, &str)]) -> Control {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
         std::fs::write(
@@ -150,6 +155,7 @@ impl Control {
             .arg("--write-root")
             .arg(dir.path().join("root-cert.pem"))
             .env("RUST_LOG", "info,nodetunnel_control=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1475,4 +1481,261 @@ async fn xds_shows_the_tokens_node_and_warns_when_the_tunnel_claims_another() {
         "{}",
         cp.logs()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds on the gRPC and status ports
+
+/// Whether the peer closed `conn`: reads (skipping what the server sends first, such as its
+/// HTTP/2 SETTINGS) end in EOF or a reset instead of timing out.
+fn closed_by_peer(conn: &mut impl Read) -> bool {
+    loop {
+        match conn.read(&mut [0u8; 1024]) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// A TCP connection from `source` to `to`, sending nothing.
+async fn silent_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(to).await.unwrap().into_std().unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp
+}
+
+/// Completes a TLS handshake (offering h2) on `tcp` trusting the control plane's root, then
+/// returns the session without sending HTTP/2's preface.
+fn tls_only(
+    cp: &Control,
+    tcp: TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    try_tls(cp, tcp).expect("the TLS handshake")
+}
+
+/// [`tls_only`], or how the handshake failed.
+fn try_tls(
+    cp: &Control,
+    tcp: TcpStream,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cp.root()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Clients that connect and say nothing, or finish TLS and never send HTTP/2's preface, are
+/// closed at the handshake deadline; a tunnel's xDS stream older than the deadline keeps
+/// receiving pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_grpc_clients_are_closed_at_the_handshake_deadline() {
+    let workloads = three_workloads();
+    let cp = Control::start_with(
+        &mesh_yaml(&workloads, true),
+        &[("CONTROL_HANDSHAKE_TIMEOUT", "1s")],
+    );
+    let mut xds = cp.xds().await;
+    xds.sync(&HashMap::new()).await;
+
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(silent_from("127.0.0.1", cp.grpc).await);
+    }
+    let stalled = tls_only(&cp, silent_from("127.0.0.1", cp.grpc).await);
+
+    let (silent_closed, stalled_closed) = tokio::task::spawn_blocking(move || {
+        // `all` stops at the first left open: one read timeout, not one per client.
+        let silent_closed = silent.iter_mut().all(closed_by_peer);
+        let mut stalled = stalled;
+        let stalled_closed = closed_by_peer(&mut stalled);
+        (silent_closed, stalled_closed)
+    })
+    .await
+    .unwrap();
+    assert!(
+        silent_closed,
+        "a silent TCP client was left open\n{}",
+        cp.logs()
+    );
+    assert!(
+        stalled_closed,
+        "a client that finished TLS but sent no HTTP/2 preface was left open\n{}",
+        cp.logs()
+    );
+    assert!(
+        cp.logs().contains("TLS handshake not finished within 1s"),
+        "{}",
+        cp.logs()
+    );
+
+    // The tunnel's connection outlived the deadline and still gets the next change.
+    let mut edited = workloads.clone();
+    edited[1].ip = "10.0.1.2".into();
+    write_mesh(&cp.mesh_path(), &mesh_yaml(&edited, true));
+    let push = xds.recv().await;
+    assert_eq!(names(&push), vec![uid("b")]);
+}
+
+/// Over the per-address cap a connection is closed at accept and the refusal is logged with
+/// the setting to raise; other addresses are unaffected, and a freed place is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_over_the_per_ip_cap_are_closed_and_logged() {
+    let cp = Control::start_with(
+        &mesh_yaml(&three_workloads(), true),
+        &[
+            ("CONTROL_MAX_CONNECTIONS_PER_IP", "2"),
+            // Long enough that the held connections are not reaped during the test.
+            ("CONTROL_HANDSHAKE_TIMEOUT", "600s"),
+        ],
+    );
+    let held = [
+        silent_from("127.0.0.2", cp.grpc).await,
+        silent_from("127.0.0.2", cp.grpc).await,
+    ];
+    // Accept order is connect order: the first two hold the address's places.
+    let mut over = silent_from("127.0.0.2", cp.grpc).await;
+    let over_closed = tokio::task::spawn_blocking(move || closed_by_peer(&mut over))
+        .await
+        .unwrap();
+    assert!(
+        over_closed,
+        "the third connection from 127.0.0.2 was held\n{}",
+        cp.logs()
+    );
+    let start = Instant::now();
+    while !cp.logs().contains("CONTROL_MAX_CONNECTIONS_PER_IP") {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no refusal logged:\n{}",
+            cp.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let logs = cp.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("CONTROL_MAX_CONNECTIONS_PER_IP"))
+        .unwrap();
+    assert!(
+        line.contains("at the connection cap") && line.contains("127.0.0.2"),
+        "{line}"
+    );
+
+    // Another address still gets a full xDS sync.
+    let mut xds = cp.xds().await;
+    xds.sync(&HashMap::new()).await;
+
+    // Closing one held connection frees its place for the next client from that address.
+    drop(held);
+    let start = Instant::now();
+    loop {
+        let tcp = silent_from("127.0.0.2", cp.grpc).await;
+        if try_tls(&cp, tcp).is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the freed places were never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A certificate request larger than the CA's limit is refused by the decoder with
+/// OUT_OF_RANGE, naming the limit (tonic's default limit would let it through to the CSR parser).
+#[tokio::test]
+async fn an_oversized_certificate_request_is_refused_naming_the_limit() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: "A".repeat(1024 * 1024),
+        validity_duration: 600,
+        metadata: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let refused = IstioCertificateServiceClient::new(cp.channel().await)
+        .create_certificate(request)
+        .await
+        .expect_err("a 1 MiB request was accepted");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("too large") && refused.message().contains("262144"),
+        "{refused:?}"
+    );
+    // The connection and the service survive it.
+    assert_eq!(
+        cp.sign(TOKEN, "a").await.unwrap(),
+        "spiffe://cluster.local/ns/default/sa/a"
+    );
+}
+
+/// The status port holds at most its cap of connections (one more is closed unanswered) and
+/// closes clients that never finish their request headers, after which it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_server_caps_connections_and_closes_unfinished_headers() {
+    let cp = Control::start(&mesh_yaml(&three_workloads(), true));
+    let mut unfinished = Vec::new();
+    for _ in 0..64 {
+        let mut tcp = silent_from("127.0.0.1", cp.status).await;
+        tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: status\r\n")
+            .unwrap();
+        unfinished.push(tcp);
+    }
+    let status = cp.status;
+    let (over, unfinished_closed) = tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(status).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: status\r\nconnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let read = tcp.read_to_end(&mut answer);
+        let over = (
+            read.map_err(|e| e.kind()),
+            String::from_utf8_lossy(&answer).into_owned(),
+        );
+        let closed = unfinished.iter_mut().all(closed_by_peer);
+        (over, closed)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !over.1.contains("HTTP/1.1"),
+        "a 65th connection was served: {over:?}"
+    );
+    assert!(
+        !matches!(
+            over.0,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "the 65th connection was held, not closed: {over:?}"
+    );
+    assert!(
+        unfinished_closed,
+        "a client with unfinished headers was left open"
+    );
+    let (code, body) = http_get(cp.status, "/ready");
+    assert_eq!(code, 200, "{body}");
 }

@@ -1,147 +1,24 @@
-//! Caps on inbound HBONE connections (15008), overall and per source address, shared by every
-//! listener group of the process: in shared mode all pods' sockets are this process's
-//! descriptors, so the caps protect the whole node, and the per-address cap keeps one noisy or
-//! hostile peer from taking every place.
-//!
-//! A connection over a cap is closed at accept, before any TLS work; the refusal is logged at
-//! most every 10 s with the count refused since the last line.
+//! The caps on inbound HBONE connections (15008): `nodetunnel_base::admission`'s, made once per
+//! process and shared by every listener group — in shared mode all pods' sockets are this
+//! process's descriptors, so the caps protect the whole node.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
 
-/// How often a cap being hit is logged, at most.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub use nodetunnel_base::admission::ConnectionLimits;
+use nodetunnel_base::admission::Names;
 
-/// Which cap refused a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    Total { limit: usize },
-    PerSource { limit: usize },
-}
+/// What the log lines call 15008 and its settings.
+const NAMES: Names = Names {
+    listener: "inbound HBONE",
+    total_setting: "HBONE_MAX_CONNECTIONS",
+    per_source_setting: "HBONE_MAX_CONNECTIONS_PER_IP",
+};
 
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Total { limit } => write!(f, "{limit} inbound HBONE connections are open (HBONE_MAX_CONNECTIONS)"),
-            Refusal::PerSource { limit } => write!(f, "{limit} inbound HBONE connections from this address are open (HBONE_MAX_CONNECTIONS_PER_IP)"),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    by_source: HashMap<IpAddr, usize>,
-    refused_since_log: u64,
-    last_log: Option<Instant>,
-}
-
-/// The caps and what is held under them.
-pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_source: usize,
-    counts: Mutex<Counts>,
-}
-
-/// One admitted connection's place; dropping it frees the place.
-pub struct Admitted {
-    limits: Arc<ConnectionLimits>,
-    source: IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut counts = self.limits.lock();
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.by_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                counts.by_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_source: usize) -> Arc<ConnectionLimits> {
-        Arc::new(ConnectionLimits {
-            max_total,
-            max_per_source,
-            counts: Mutex::default(),
-        })
-    }
-
-    /// The process's limits: made with the first caller's values (the daemon has one
-    /// configuration), shared by every listener group after.
-    pub fn shared(max_total: usize, max_per_source: usize) -> Arc<ConnectionLimits> {
-        static SHARED: OnceLock<Arc<ConnectionLimits>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| ConnectionLimits::new(max_total, max_per_source))
-            .clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A place for a connection from `source`, or which cap is full. A refusal is logged
-    /// (rate-limited) here, so every caller says the same thing.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Admitted, Refusal> {
-        let mut counts = self.lock();
-        let from_source = counts.by_source.get(&source).copied().unwrap_or(0);
-        let refusal = if counts.total >= self.max_total {
-            Some(Refusal::Total {
-                limit: self.max_total,
-            })
-        } else if from_source >= self.max_per_source {
-            Some(Refusal::PerSource {
-                limit: self.max_per_source,
-            })
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            counts.refused_since_log += 1;
-            if counts.last_log.is_none_or(|t| t.elapsed() >= LOG_INTERVAL) {
-                tracing::warn!(
-                    listener = "inbound HBONE",
-                    src = %source,
-                    refused = counts.refused_since_log,
-                    "at the connection cap: {refusal}; closing new connections"
-                );
-                counts.last_log = Some(Instant::now());
-                counts.refused_since_log = 0;
-            }
-            return Err(refusal);
-        }
-        counts.total += 1;
-        *counts.by_source.entry(source).or_insert(0) += 1;
-        Ok(Admitted {
-            limits: self.clone(),
-            source,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caps_overall_and_per_source_and_frees_places_on_drop() {
-        let limits = ConnectionLimits::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = limits.admit(a).unwrap();
-        let _a2 = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).err(), Some(Refusal::PerSource { limit: 2 }));
-        let _b1 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).err(), Some(Refusal::Total { limit: 3 }));
-        drop(a1);
-        let _a3 = limits.admit(a).unwrap();
-        assert!(limits.admit(b).is_err());
-        assert_eq!(limits.lock().by_source.len(), 2);
-    }
+/// The process's limits: made with the first caller's values (the daemon has one
+/// configuration), shared by every listener group after.
+pub fn shared(max_total: usize, max_per_source: usize) -> Arc<ConnectionLimits> {
+    static SHARED: OnceLock<Arc<ConnectionLimits>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| ConnectionLimits::new(NAMES, max_total, max_per_source))
+        .clone()
 }

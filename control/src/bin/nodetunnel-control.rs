@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use nodetunnel_control::grpc_listener::GrpcBounds;
 use nodetunnel_control::{self as control, ControlOptions};
 
 #[derive(Parser, Debug)]
@@ -63,6 +64,27 @@ struct Cli {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     cluster_id: String,
 
+    /// From accept to the end of a client's HTTP/2 preface (TLS handshake included); a client
+    /// still handshaking then is closed.
+    #[arg(long, env = "CONTROL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// gRPC connections held at once; more are closed at accept (logged).
+    #[arg(long, env = "CONTROL_MAX_CONNECTIONS", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Of those, from one source address.
+    #[arg(long, env = "CONTROL_MAX_CONNECTIONS_PER_IP", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_ip: u32,
+
+    /// An HTTP/2 PING after this long without a frame from a client...
+    #[arg(long, env = "CONTROL_PING_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    ping_interval: Duration,
+
+    /// ...and the connection is closed when it is not answered within this.
+    #[arg(long, env = "CONTROL_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    ping_timeout: Duration,
+
     /// Load the mesh file, the token file and the CA as start-up does, print what would be
     /// served as JSON on stdout and exit (1 with the start-up error); binds nothing.
     #[arg(long)]
@@ -115,6 +137,13 @@ fn main() -> ExitCode {
         max_cert_ttl: cli.max_cert_ttl,
         trust_domain: cli.trust_domain,
         cluster_id: cli.cluster_id,
+        grpc_bounds: GrpcBounds {
+            handshake_timeout: cli.handshake_timeout,
+            max_connections: cli.max_connections as usize,
+            max_connections_per_ip: cli.max_connections_per_ip as usize,
+            ping_interval: cli.ping_interval,
+            ping_timeout: cli.ping_timeout,
+        },
     };
     if cli.check_config {
         return check_config(&opts);
