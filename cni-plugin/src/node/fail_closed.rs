@@ -18,14 +18,13 @@
 //! Both families are blocked whenever the netns has IPv6, whatever `AMBIENT_IPV6` says: the
 //! block only exists while something is wrong, and then nothing should leave the pod.
 
-use futures_util::TryStreamExt;
 use nodetunnel_base::netns::{NetnsError, NetnsHandle};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
-use rtnetlink::{Handle, IpVersion};
+use rtnetlink::Handle;
 
 use super::family::IpFamily;
 use super::inpod_rules::{v6_support, V6Support};
-use super::routing::{self, RoutingError, TABLE, TPROXY_MARK, TPROXY_MASK};
+use super::routing::{self, netlink, RoutingError, TABLE, TPROXY_MARK, TPROXY_MASK};
 
 /// The tunnel's socket mark (Istio `InpodMark`), the one the block lets through.
 pub(crate) const TUNNEL_MARK: u32 = 0x539;
@@ -156,26 +155,8 @@ async fn execute(add: rtnetlink::RuleAddRequest, family: IpFamily) -> Result<(),
     }
 }
 
-fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutingError {
-    move |source| RoutingError::Netlink { what, source }
-}
-
 async fn ours(handle: &Handle, family: IpFamily) -> Result<Vec<RuleMessage>, RoutingError> {
-    let version = match family {
-        IpFamily::V4 => IpVersion::V4,
-        IpFamily::V6 => IpVersion::V6,
-    };
-    let all: Vec<RuleMessage> = handle
-        .rule()
-        .get(version)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink("listing ip rules"))?;
-    Ok(all
-        .into_iter()
-        .filter(|r| is_pass(r) || is_block(r))
-        .collect())
+    routing::rules_where(handle, family, |r| is_pass(r) || is_block(r)).await
 }
 
 fn priority(rule: &RuleMessage) -> Option<u32> {

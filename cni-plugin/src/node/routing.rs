@@ -44,7 +44,7 @@ pub enum RoutingError {
     },
 }
 
-fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutingError {
+pub(crate) fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> RoutingError {
     move |source| RoutingError::Netlink { what, source }
 }
 
@@ -173,6 +173,16 @@ fn local_default_route(family: IpFamily, lo: u32) -> RouteMessage {
 }
 
 async fn our_rules(handle: &Handle, family: IpFamily) -> Result<Vec<RuleMessage>, RoutingError> {
+    rules_where(handle, family, is_our_rule).await
+}
+
+/// The `family` policy rules of the netns `handle` works in that `keep` selects: what the agent
+/// put there is found by its priority, action and marks, never deleted by a guess.
+pub(crate) async fn rules_where(
+    handle: &Handle,
+    family: IpFamily,
+    keep: impl Fn(&RuleMessage) -> bool,
+) -> Result<Vec<RuleMessage>, RoutingError> {
     let version = match family {
         IpFamily::V4 => IpVersion::V4,
         IpFamily::V6 => IpVersion::V6,
@@ -184,7 +194,7 @@ async fn our_rules(handle: &Handle, family: IpFamily) -> Result<Vec<RuleMessage>
         .try_collect()
         .await
         .map_err(netlink("listing ip rules"))?;
-    Ok(all.into_iter().filter(is_our_rule).collect())
+    Ok(all.into_iter().filter(|r| keep(r)).collect())
 }
 
 fn is_our_rule(rule: &RuleMessage) -> bool {
