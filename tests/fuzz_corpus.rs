@@ -13,28 +13,9 @@ use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use nodetunnel::fuzzing::{dns_query, hbone_connect, local_yaml, xds_response};
 
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
-}
-
 /// Every file of a corpus; fails when there is none, so a lost corpus cannot pass.
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("fuzz corpus {} unreadable: {e}", dir.display()));
-    let mut files: Vec<(PathBuf, Vec<u8>)> = entries
-        .map(|entry| {
-            let path = entry.expect("corpus entry").path();
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("corpus file {} unreadable: {e}", path.display()));
-            (path, bytes)
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "fuzz corpus {} is empty", dir.display());
-    files
+    nodetunnel_testbed::fuzz_corpus::files(target)
 }
 
 /// Runs `decode` on every file of `target`'s corpus; returns how many it accepted.
@@ -84,7 +65,7 @@ fn dns_query_corpus_replays_without_panics() {
 }
 
 fn write(target: &str, seeds: Vec<(&str, Vec<u8>)>) {
-    let dir = corpus_dir(target);
+    let dir = nodetunnel_testbed::fuzz_corpus::dir(target);
     std::fs::create_dir_all(&dir).unwrap();
     for (name, bytes) in seeds {
         std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();

@@ -2,33 +2,14 @@
 //! input the fuzzer kept, and every crash it once found, must decode without a panic, forever.
 //! The seeds are real configs and events written by `write_seeds` (run with `--ignored`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nodetunnel_cni::fuzzing::{cni_invocation, plugin_event};
 use serde_json::{json, Value};
 
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
 /// Every file of a corpus; fails when there is none, so a lost corpus cannot pass.
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("fuzz corpus {} unreadable: {e}", dir.display()));
-    let mut files: Vec<(PathBuf, Vec<u8>)> = entries
-        .map(|entry| {
-            let path = entry.expect("corpus entry").path();
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("corpus file {} unreadable: {e}", path.display()));
-            (path, bytes)
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "fuzz corpus {} is empty", dir.display());
-    files
+    nodetunnel_testbed::fuzz_corpus::files(target)
 }
 
 #[test]
@@ -135,7 +116,7 @@ fn write_seeds() {
         ),
     ];
     for (target, seeds) in [("cni_config", &cni[..]), ("plugin_event", &events[..])] {
-        let dir = corpus_dir(target);
+        let dir = nodetunnel_testbed::fuzz_corpus::dir(target);
         std::fs::create_dir_all(&dir).unwrap();
         for (name, bytes) in seeds {
             std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();

@@ -29,6 +29,7 @@ pub mod control;
 pub mod dns;
 mod error;
 pub mod eventually;
+pub mod fuzz_corpus;
 pub mod inpod;
 pub mod kube_api;
 pub mod manifests;
