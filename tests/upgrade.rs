@@ -375,9 +375,20 @@ fn close_one_of_two_listeners(addr: SocketAddr, n: usize) -> (usize, usize) {
         .collect();
     drop(old);
     new.set_nonblocking(true).expect("nonblocking");
+    // A handshake still in flight when the old listener closed (its final ACK not processed
+    // yet, as on a loaded machine) is migrated when that ACK arrives, a moment later: keep
+    // accepting until every client is in or a deadline passes (without the setting the reset
+    // ones never come, so that run waits the whole deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut accepted = Vec::new();
-    while let Ok((s, _)) = new.accept() {
-        accepted.push(s);
+    while accepted.len() < n && std::time::Instant::now() < deadline {
+        match new.accept() {
+            Ok((s, _)) => accepted.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept on the new listener: {e}"),
+        }
     }
     let mut reset = 0;
     for mut c in clients {
