@@ -11,18 +11,16 @@
 //! identity the destination's tunnel verifies is the client's own.
 
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 
 use super::access::{base_labels, ConnectionRecord, Description};
-use super::connect::connect_plain;
-use super::copy::{copy_bidirectional_until, Direction, Ended, Transferred};
-use super::inbound::PeerInfo;
+use super::copy::{CopyError, Direction, Transferred};
+use super::inbound::{splice, PeerInfo};
 use super::live::Registration;
 use super::{InboundTarget, ProxyError, ProxyInputs};
 use crate::config::HBONE_PORT;
 use crate::hbone::server::IncomingStream;
-use crate::socket::{self, Source};
+use crate::socket::Source;
 
 /// Where one forwarded stream goes, decided on one snapshot of the state.
 struct Forward {
@@ -148,48 +146,21 @@ async fn relay(
     forward: Forward,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, Failed> {
-    let Forward { endpoint, mut live } = forward;
-    let mut revoked = pin!(live.revoked());
-    let connect = connect_plain(pi, endpoint, Source::Any);
-    let connected = tokio::select! {
-        biased;
-        reason = &mut revoked => Err(ProxyError::PolicyRevoked(reason)),
-        connected = connect => connected,
+    let Forward { endpoint, live } = forward;
+    // The client finished after the destination's tunnel had closed its socket (its inner TLS
+    // session was over): passing the FIN on fails with ENOTCONN, which only the socket
+    // shutdown reports. Everything was delivered; nothing was cut.
+    let fin_after_close = |e: &CopyError| {
+        e.direction == Direction::AToB && e.source.kind() == std::io::ErrorKind::NotConnected
     };
-    let mut upstream = match connected {
-        Ok(up) => up,
-        Err(e) => {
-            incoming.refuse(e.status());
-            return Err((Transferred::default(), e));
-        }
-    };
-    let mut stream = match incoming.accept() {
-        Ok(stream) => stream,
-        Err(source) => {
-            let e = ProxyError::InboundStream {
-                target: endpoint,
-                source,
-            };
-            return Err((Transferred::default(), e));
-        }
-    };
-    record.opened();
-    match copy_bidirectional_until(&mut stream, &mut upstream, revoked).await {
-        Ended::Done(moved) => Ok(moved),
-        // The client finished after the destination's tunnel had closed its socket (its
-        // inner TLS session was over): passing the FIN on fails with ENOTCONN, which only
-        // the socket shutdown reports. Everything was delivered; nothing was cut.
-        Ended::Failed(e)
-            if e.direction == Direction::AToB
-                && e.source.kind() == std::io::ErrorKind::NotConnected =>
-        {
-            Ok(e.transferred)
-        }
-        Ended::Failed(e) => Err((e.transferred, e.into())),
-        Ended::Stopped(reason, moved) => {
-            stream.reset(h2::Reason::CANCEL);
-            let _ = socket::reset_on_close(&upstream);
-            Err((moved, ProxyError::PolicyRevoked(reason)))
-        }
-    }
+    splice(
+        pi,
+        incoming,
+        endpoint,
+        Source::Any,
+        live,
+        record,
+        fin_after_close,
+    )
+    .await
 }

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access::{base_labels, inbound_service, ConnectionRecord, Description};
 use super::connect::connect_plain;
-use super::copy::{copy_bidirectional_until, Ended, Transferred};
+use super::copy::{copy_bidirectional_until, CopyError, Ended, Transferred};
 use super::live::Registration;
 use super::waypoint_guard::check_from_waypoint;
 use super::{InboundTarget, ProxyError, ProxyInputs};
@@ -219,11 +219,30 @@ async fn deliver(
     peer: &PeerInfo,
     incoming: IncomingStream,
     target: InboundTarget,
-    mut live: Registration,
+    live: Registration,
     record: &mut ConnectionRecord,
 ) -> Result<Transferred, Failed> {
+    let source = pi.delivery_source(peer.addr.ip());
+    splice(pi, incoming, target.addr, source, live, record, |_| false).await
+}
+
+/// Connects to `addr` from `source` (given up if the policy is revoked meanwhile), answers the
+/// stream, and copies both ways until both ends finish or the policy is revoked: then only
+/// this stream is reset (the HTTP/2 connection keeps carrying the peer's others) and the
+/// upstream connection aborted. A copy failure `clean_end` accepts counts as a clean end
+/// (the gateway's relay, `gateway.rs`, has one). The inbound delivery and the gateway's
+/// relay both end HBONE streams here.
+pub(super) async fn splice(
+    pi: &ProxyInputs,
+    incoming: IncomingStream,
+    addr: SocketAddr,
+    source: socket::Source,
+    mut live: Registration,
+    record: &mut ConnectionRecord,
+    clean_end: impl Fn(&CopyError) -> bool,
+) -> Result<Transferred, Failed> {
     let mut revoked = pin!(live.revoked());
-    let connect = connect_plain(pi, target.addr, pi.delivery_source(peer.addr.ip()));
+    let connect = connect_plain(pi, addr, source);
     let connected = tokio::select! {
         biased;
         reason = &mut revoked => Err(ProxyError::PolicyRevoked(reason)),
@@ -240,19 +259,19 @@ async fn deliver(
         Ok(stream) => stream,
         Err(source) => {
             let e = ProxyError::InboundStream {
-                target: target.addr,
+                target: addr,
                 source,
             };
             return Err((Transferred::default(), e));
         }
     };
     record.opened();
-    // a→b is what the client sent: from the HBONE stream to the workload.
+    // a→b is what the client sent: from the HBONE stream to the upstream.
     match copy_bidirectional_until(&mut stream, &mut upstream, revoked).await {
         Ended::Done(moved) => Ok(moved),
+        Ended::Failed(e) if clean_end(&e) => Ok(e.transferred),
         Ended::Failed(e) => Err((e.transferred, e.into())),
         Ended::Stopped(reason, moved) => {
-            // Only this stream: the HTTP/2 connection keeps carrying the peer's others.
             stream.reset(h2::Reason::CANCEL);
             let _ = socket::reset_on_close(&upstream);
             Err((moved, ProxyError::PolicyRevoked(reason)))
