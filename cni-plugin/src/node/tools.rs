@@ -99,12 +99,14 @@ pub(crate) fn run(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(ToolProblem::Spawn(e)))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The inputs are a few KiB, below any pipe buffer, so writing before reading stdout
-        // cannot deadlock; the pipe closes when `pipe` drops.
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| fail(ToolProblem::Spawn(e)))?;
-    }
+    // The inputs are a few KiB, below any pipe buffer, so writing before reading stdout cannot
+    // deadlock; the pipe closes when it drops. A tool that exits before reading all of its input
+    // (it failed early) breaks the pipe: the child is still reaped, and its exit status and
+    // stderr are what explain the failure, not the EPIPE.
+    let written = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => pipe.write_all(input.as_bytes()),
+        _ => Ok(()),
+    };
     let out = child
         .wait_with_output()
         .map_err(|e| fail(ToolProblem::Spawn(e)))?;
@@ -114,6 +116,8 @@ pub(crate) fn run(
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         }));
     }
+    // It succeeded without taking all of its input: what it applied is not what was asked.
+    written.map_err(|e| fail(ToolProblem::Spawn(e)))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

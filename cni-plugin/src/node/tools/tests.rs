@@ -36,3 +36,28 @@ fn missing_binary_is_a_spawn_error() {
         .to_string()
         .starts_with("/nonexistent/iptables-restore in here could not run"));
 }
+
+#[test]
+fn a_tool_that_fails_before_reading_its_input_is_reported_by_its_exit_and_stderr() {
+    // More than a pipe buffer, so the write cannot finish before the tool exits: the pipe
+    // breaks every time. The failure is still the tool's own, with its stderr.
+    let input = "x".repeat(1 << 20);
+    let err = run(
+        Path::new("sh"),
+        &["-c", "echo 'broken on purpose' >&2; exit 1"],
+        Some(&input),
+        "here",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sh in here failed (exit 1): broken on purpose"
+    );
+}
+
+#[test]
+fn a_tool_that_succeeds_without_reading_its_input_is_an_error() {
+    let input = "x".repeat(1 << 20);
+    let err = run(Path::new("true"), &[], Some(&input), "here").unwrap_err();
+    assert!(matches!(err.problem, ToolProblem::Spawn(_)), "{err:?}");
+}
